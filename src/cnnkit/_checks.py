@@ -1,0 +1,69 @@
+"""Argument normalisation shared by every public function (one place, one wording)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from numbers import Integral
+from typing import Any
+
+from cnnkit.errors import ShapeError
+
+__all__ = ["check_choice", "ntuple"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def ntuple(value: Any, n: int, name: str, *, minimum: int | None = 1) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ``n`` integers, each at least ``minimum``.
+
+    An integer is repeated ``n`` times; a sequence must have length ``n``.
+
+    Args:
+        value: An integer or a sequence of integers.
+        n: The number of spatial dimensions.
+        name: The argument's name, used in the error message.
+        minimum: Smallest allowed value (``None`` for no bound).
+
+    Examples:
+        >>> ntuple(3, 2, "kernel_size")
+        (3, 3)
+        >>> ntuple((1, 0), 2, "kernel_size")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: kernel_size must be a tuple of 2 integers >= 1. Received kernel_size=(1, 0).
+    """
+    bound = "" if minimum is None else f" >= {minimum}"
+    rule = f"{name} must be an integer{bound} or a tuple of {n} integers{bound}"
+    if _is_int(value):
+        items: tuple[Any, ...] = (int(value),) * n
+    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        items = tuple(value)
+        if len(items) != n:
+            raise ShapeError(f"{name} must be a tuple of {n} integers{bound}. Received {name}={value!r}.")
+    else:
+        raise ShapeError(f"{rule}. Received {name}={value!r}.")
+    if not all(_is_int(v) for v in items):
+        raise ShapeError(f"{rule}. Received {name}={value!r}.")
+    if minimum is not None and any(v < minimum for v in items):
+        if _is_int(value):
+            raise ShapeError(f"{name} must be an integer{bound}. Received {name}={value!r}.")
+        raise ShapeError(f"{name} must be a tuple of {n} integers{bound}. Received {name}={value!r}.")
+    return tuple(int(v) for v in items)
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ``ShapeError`` listing them.
+
+    Examples:
+        >>> check_choice("same", ("valid", "same"), "padding")
+        'same'
+        >>> check_choice("smae", ("valid", "same"), "padding")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: Unknown padding 'smae'. Expected one of ('valid', 'same').
+    """
+    if value not in choices:
+        raise ShapeError(f"Unknown {name} {value!r}. Expected one of {tuple(choices)!r}.")
+    return value

@@ -1,0 +1,1 @@
+"""Keras-compatible initialisation (being written)."""
