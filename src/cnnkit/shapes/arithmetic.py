@@ -39,6 +39,7 @@ __all__ = [
     "conv_output_size",
     "conv_transpose_output_size",
     "describe_conv_size",
+    "describe_pool_size",
     "padding_amounts",
     "pool_output_size",
     "receptive_fields",
@@ -377,6 +378,39 @@ def describe_conv_size(
             line = f"{i} → ceil({i} / {s}) = {o} ({padding!r}, {name}: pad ({lo}, {hi}))"
         else:
             line = f"{i} → floor(({i} + {lo} + {hi} − {d}·({k}−1) − 1) / {s}) + 1 = {o}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def describe_pool_size(
+    size: Size,
+    kernel_size: Size,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
+    ceil_mode: bool = False,
+) -> list[str]:
+    """The output-size derivation of :func:`pool_output_size` in words, one line per distinct dimension.
+
+    Examples:
+        >>> print(*describe_pool_size((7, 7), 2, ceil_mode=True), sep="\\n")
+        7 → ceil((7 + 2·0 − 1·(2−1) − 1) / 2) + 1 = 4
+    """
+    if isinstance(padding, str):
+        return describe_conv_size(size, kernel_size, kernel_size if stride is None else stride, padding,
+                                  dilation)
+    n = _rank(size)
+    sizes = ntuple(size, n, "size")
+    kernel = ntuple(kernel_size, n, "kernel_size")
+    strides = kernel if stride is None else ntuple(stride, n, "stride")
+    dilations = ntuple(dilation, n, "dilation")
+    pads = ntuple(padding, n, "padding", minimum=0)
+    outs = pool_output_size(sizes, kernel, strides, pads, dilations, ceil_mode)
+    rounding = "ceil" if ceil_mode else "floor"
+    lines: list[str] = []
+    for i, k, s, d, p, o in zip(sizes, kernel, strides, dilations, pads, outs):
+        line = f"{i} → {rounding}(({i} + 2·{p} − {d}·({k}−1) − 1) / {s}) + 1 = {o}"
         if line not in lines:
             lines.append(line)
     return lines

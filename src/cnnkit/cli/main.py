@@ -1,0 +1,105 @@
+"""The ``cnnkit`` command line: ``demo``, ``explain`` and ``summary``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from torch import nn
+
+from cnnkit.cli.layer_expr import parse_input_shape, parse_layer
+from cnnkit.errors import CnnkitError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Convolutional networks on real-world data: shapes explained, exact masks, a look inside.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(error: Exception) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    height: int = typer.Option(64, min=4, help="Height of the example image."),
+    width: int = typer.Option(96, min=4, help="Width of the example image."),
+) -> None:
+    """Answer the seed questions' shape puzzles and summarise a small segmentation network."""
+    from cnnkit.demo import run_demo
+
+    try:
+        run_demo(Console(), height=height, width=width)
+    except CnnkitError as error:
+        _fail(error)
+
+
+@app.command()
+def explain(
+    layer: str = typer.Argument(..., help='A layer as Python call syntax, e.g. "Conv2d(3, 32, 5)".'),
+    input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x32x32."),
+) -> None:
+    """Explain one layer: output shape, weights in torch and Keras layout, parameters, and why."""
+    from cnnkit.explain import explain as explain_layer
+
+    try:
+        print(explain_layer(parse_layer(layer), parse_input_shape(input)))
+    except CnnkitError as error:
+        _fail(error)
+
+
+def load_factory(target: str) -> nn.Module:
+    """``path/to/file.py:build_model`` or ``package.module:build_model`` → the model it returns.
+
+    The file is the user's own code and is imported as such. The attribute may be an ``nn.Module``
+    instance, a class, or a function taking no arguments.
+    """
+    source, sep, attr = target.rpartition(":")
+    if not sep or not source or not attr:
+        raise CnnkitError(f"MODEL must look like path/to/file.py:build_model. Received {target!r}.")
+    if source.endswith(".py") or "/" in source:
+        path = Path(source)
+        if not path.is_file():
+            raise CnnkitError(f"No such file: {source!r} (from MODEL={target!r}).")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(path.stem, module)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(source)
+    if not hasattr(module, attr):
+        raise CnnkitError(f"{source!r} has no attribute {attr!r}.")
+    obj = getattr(module, attr)
+    model = obj if isinstance(obj, nn.Module) else obj()
+    if not isinstance(model, nn.Module):
+        raise CnnkitError(f"{target!r} gave a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+@app.command()
+def summary(
+    model: str = typer.Argument(..., help="path/to/file.py:build_model (a function, class or module)."),
+    input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x224x224."),
+    batch_size: int = typer.Option(1, min=1, help="Batch size of the zeros run through the model."),
+) -> None:
+    """Summarise a whole model: every layer's output shape, weights, parameters, receptive field."""
+    from cnnkit.explain import summary as summarise
+
+    try:
+        Console().print(summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size))
+    except CnnkitError as error:
+        _fail(error)
+
+
+def main() -> None:
+    """Entry point of the ``cnnkit`` script."""
+    app()

@@ -1,0 +1,40 @@
+"""The demo: the seed questions' shapes answered by :func:`cnnkit.explain` and a model summary.
+
+This is the foundation-stage demo: it explains layers and a small segmentation network. Training on
+the built-in dataset and the HTML report arrive with the demo issue.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.rule import Rule
+from torch import nn
+
+from cnnkit.demo.networks import TinySegNet
+from cnnkit.explain import explain, summary
+
+__all__ = ["SEED_QUESTIONS", "run_demo"]
+
+# (question, layer, input shape without batch) — the shapes people asked about in the seed questions.
+SEED_QUESTIONS: list[tuple[str, nn.Module, tuple[int, ...]]] = [
+    ("Keras Conv2D(32, (5, 5)) on a 32×32×3 image: what do its filters look like?",
+     nn.Conv2d(3, 32, 5), (3, 32, 32)),
+    ("Theano tutorial: why is a 28×28 input 24×24 after a 5×5 filter ('valid')?",
+     nn.Conv2d(1, 20, 5), (1, 28, 28)),
+    ("… and 32×32 with border_mode='full'?", nn.Conv2d(1, 20, 5, padding=4), (1, 28, 28)),
+    ("Convolution1D(111, 5) over 300 channels: why is the kernel (5, 300, 111)?",
+     nn.Conv1d(300, 111, 5), (300, 300)),
+    ("Dense from 2000 to 4800 units: (4800, 2000) or (2000, 4800)?", nn.Linear(2000, 4800), (2000,)),
+]
+
+
+def run_demo(console: Console | None = None, height: int = 64, width: int = 96) -> None:
+    """Print the seed answers and the summary of :class:`TinySegNet` on a 4-band ``height×width`` image."""
+    console = console or Console()
+    console.print(Rule("cnnkit demo — shapes, explained"))
+    for question, layer, shape in SEED_QUESTIONS:
+        console.print(f"\n[bold]{question}[/bold]")
+        console.print(str(explain(layer, shape)), markup=False, highlight=False, soft_wrap=True)
+    net = TinySegNet(in_channels=4, num_classes=5)
+    console.print(Rule(f"A small segmentation network on a 4-band {height}×{width} image"))
+    console.print(summary(net, (4, height, width)))

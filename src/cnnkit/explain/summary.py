@@ -1,0 +1,322 @@
+"""``summary(model, input_shape)``: one row per layer call and per functional op of a whole model.
+
+Collection works by running the model once on zeros (in eval mode, without gradients) with forward
+hooks on every module and a :class:`~torch.overrides.TorchFunctionMode` that notices tensor functions
+(``torch.cat``, ``x.flatten(1)``, ``x + y``, ``F.relu`` …) called from a container's own ``forward``.
+A *leaf* is a module with a registered explainer or without children; what happens inside a leaf is
+its own business and is not listed. Hooks are removed and the train/eval mode restored in ``finally``,
+also when the model raises.
+
+Receptive fields are tracked per tensor: a window layer grows the field of its input
+(:meth:`ReceptiveField.step`), point-wise layers and element-wise ops keep it, concatenation and
+addition take the largest of their inputs, and anything else (flatten, linear over space, upsampling)
+ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.formatting import render_summary
+from cnnkit.explain.registry import check_input_shape, find_explainer
+from cnnkit.keras.layouts import has_keras_layout, keras_shapes
+from cnnkit.shapes import ReceptiveField
+
+__all__ = ["LayerRow", "Summary", "summary"]
+
+# Functional ops that keep each position's receptive field (element-wise or channel concatenation).
+_KEEPS_FIELD = {
+    "__add__", "__radd__", "__iadd__", "add", "__sub__", "__rsub__", "sub", "__mul__", "__rmul__",
+    "__imul__", "mul", "__truediv__", "div", "cat", "concat", "concatenate", "stack", "relu", "relu_",
+    "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "dropout", "dropout2d", "elu", "hardswish",
+    "clamp", "__neg__", "neg", "contiguous", "batch_norm", "mish", "hardtanh", "relu6", "softplus",
+}
+_SYMBOLS = {"__add__": "+", "__radd__": "+", "__iadd__": "+=", "__sub__": "−", "__rsub__": "−",
+            "__mul__": "×", "__rmul__": "×", "__imul__": "×=", "__truediv__": "/", "__matmul__": "@",
+            "__getitem__": "[…]", "__neg__": "−x"}
+# Calls that return metadata or would only add noise to the table.
+_SKIP = {"__get__", "__set__", "size", "dim", "numel", "__len__", "__iter__", "__format__", "__repr__",
+         "__bool__", "__index__", "__int__", "__float__", "item", "tolist", "__hash__", "__eq__"}
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of a :class:`Summary`.
+
+    Attributes:
+        name: Dotted module name (``"features.0"``), or ``"<container>:<op>"`` for a functional op.
+        kind: Module class name, or the op (``"torch.cat"``, ``"Tensor.flatten"``, ``"+"``).
+        output_shape: Output shapes *including* the batch dimension, one per tensor returned.
+        weights: Parameter name → torch shape, for parameters counted in this row.
+        keras_weights: Keras weight name → shape where cnnkit knows the layout.
+        num_params: Parameters first seen in this row (shared weights count once, in their first row).
+        receptive_field: ``(size, jump)`` per spatial dimension where defined.
+        depth: Nesting depth of the module (0 for the model's direct children).
+    """
+
+    name: str
+    kind: str
+    output_shape: tuple[tuple[int, ...], ...]
+    weights: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    keras_weights: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    num_params: int = 0
+    receptive_field: ReceptiveField | None = None
+    depth: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The result of :func:`summary`: rows as data, totals, and a table as ``str()``."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    batch_size: int
+    rows: tuple[LayerRow, ...]
+    total_params: int
+    trainable_params: int
+
+    def __str__(self) -> str:
+        return render_summary(self)
+
+    def __rich__(self):
+        from cnnkit.explain.formatting import summary_table
+
+        return summary_table(self)
+
+
+def _tensors(value) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _op_name(func) -> tuple[str, str]:
+    name = getattr(func, "__name__", repr(func))
+    qual = getattr(func, "__qualname__", name)
+    if name in _SYMBOLS:
+        return name, _SYMBOLS[name]
+    if qual.startswith("TensorBase.") or qual.startswith("Tensor."):
+        return name, f"Tensor.{name}"
+    module = getattr(func, "__module__", "") or ""
+    if module.startswith("torch.nn.functional"):
+        return name, f"F.{name}"
+    return name, f"torch.{name}"
+
+
+class _Collector(TorchFunctionMode):
+    def __init__(self, model: nn.Module, ndim: int):
+        super().__init__()
+        self.model = model
+        self.ndim = ndim
+        self.rows: list[LayerRow] = []
+        self.stack: list[tuple[str, nn.Module, bool]] = []  # (name, module, is_leaf)
+        self.fields: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.seen: set[int] = set()
+        self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.last_done = ""
+        self.op_counts: dict[tuple[str, str], int] = {}
+        self.busy = False  # True while cnnkit's own bookkeeping runs tensor code
+
+    # -- receptive fields --------------------------------------------------------------------------
+    def _field_of(self, tensors: Sequence[Tensor]) -> ReceptiveField | None:
+        fields = [self.fields.get(t) for t in tensors]
+        known = [f for f in fields if f is not None]
+        if not known or len(known) != len(fields) or len({f.jump for f in known}) != 1:
+            return None
+        return ReceptiveField(tuple(max(s) for s in zip(*(f.size for f in known))), known[0].jump)
+
+    def _set_field(self, outputs: Sequence[Tensor], rf: ReceptiveField | None) -> None:
+        for t in outputs:
+            if rf is not None and t.dim() == self.ndim + 2:
+                self.fields[t] = rf
+
+    # -- module hooks ------------------------------------------------------------------------------
+    def is_leaf(self, module: nn.Module) -> bool:
+        return find_explainer(module) is not None or next(module.children(), None) is None
+
+    def pre_hook(self, module: nn.Module, args):
+        inside_leaf = bool(self.stack) and self.stack[-1][2]
+        name = self.names.get(id(module), type(module).__name__)
+        self.stack.append((name, module, self.is_leaf(module) or inside_leaf))
+
+    def post_hook(self, module: nn.Module, args, output):
+        self.busy = True
+        try:
+            self._record_module(module, args, output)
+        finally:
+            self.busy = False
+
+    def _record_module(self, module: nn.Module, args, output):
+        name, _, leaf = self.stack.pop()
+        inside_leaf = bool(self.stack) and self.stack[-1][2]
+        self.last_done = name
+        if not leaf or inside_leaf:
+            return
+        inputs = _tensors(args)
+        outputs = _tensors(output)
+        rf = self._module_field(module, inputs)
+        self._set_field(outputs, rf)
+        own = dict(module.named_parameters())
+        new = {k: p for k, p in own.items() if id(p) not in self.seen}
+        self.seen.update(id(p) for p in own.values())
+        keras = {}
+        if has_keras_layout(module) and len(new) == len(own):
+            keras = keras_shapes(module)
+        note = "shares weights with an earlier row" if own and not new else ""
+        self.rows.append(LayerRow(
+            name=name,
+            kind=type(module).__name__,
+            output_shape=tuple(tuple(t.shape) for t in outputs),
+            weights={k: tuple(p.shape) for k, p in new.items()},
+            keras_weights=keras,
+            num_params=sum(p.numel() for p in new.values()),
+            receptive_field=rf,
+            depth=name.count("."),
+            note=note,
+        ))
+
+    def _module_field(self, module: nn.Module, inputs: list[Tensor]) -> ReceptiveField | None:
+        if len(inputs) != 1:
+            return None
+        rf = self._field_of(inputs)
+        explainer = find_explainer(module)
+        if rf is None or explainer is None:
+            return None
+        try:
+            geometry = explainer(module, tuple(inputs[0].shape[1:])).geometry
+        except (CnnkitError, ValueError):
+            return None
+        if geometry == "pointwise":
+            return rf
+        if isinstance(geometry, tuple):
+            return rf.step(*geometry)
+        return None
+
+    # -- functional ops ----------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.busy or not self.stack or self.stack[-1][2]:
+            return out  # outside the model's forward, or inside a leaf
+        name, label = _op_name(func)
+        outputs = _tensors(out)
+        if name in _SKIP or not outputs:
+            return out
+        inputs = _tensors(args) + _tensors(kwargs)
+        rf = self._field_of(inputs) if name in _KEEPS_FIELD else None
+        self._set_field(outputs, rf)
+        owner = self.stack[-1][0] or "(model)"
+        key = (owner, label)
+        self.op_counts[key] = self.op_counts.get(key, 0) + 1
+        count = self.op_counts[key]
+        self.rows.append(LayerRow(
+            name=f"{owner}:{label}" + (f"#{count}" if count > 1 else ""),
+            kind=label,
+            output_shape=tuple(tuple(t.shape) for t in outputs),
+            receptive_field=rf,
+            depth=owner.count(".") + (0 if owner == "(model)" else 1),
+        ))
+        return out
+
+
+def summary(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 1,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Summary:
+    """Per-layer output shapes, weight shapes (torch and Keras), parameters and receptive fields.
+
+    Args:
+        model: Any ``nn.Module``.
+        input_shape: Shape of one sample, without the batch dimension, e.g. ``(3, 224, 224)``.
+        batch_size: Batch size of the zeros run through the model (default 1).
+        dtype, device: Of the zeros input; default: those of the model's first parameter.
+
+    Returns:
+        A :class:`Summary`; ``print(summary(...))`` shows the table. Its ``total_params`` equals
+        ``sum(p.numel() for p in model.parameters())``, and the rows' ``num_params`` add up to it (weights
+        of modules never called get a ``(not called)`` row).
+
+    Raises:
+        CnnkitError: if the forward pass fails; the message names the layer that was running.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 15 * 15, 10))
+        >>> s = summary(net, (3, 32, 32))
+        >>> [r.output_shape[0] for r in s.rows]
+        [(1, 8, 30, 30), (1, 8, 30, 30), (1, 8, 15, 15), (1, 1800), (1, 10)]
+        >>> s.total_params == sum(p.numel() for p in net.parameters())
+        True
+        >>> s.rows[2].receptive_field.size
+        (4, 4)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
+    shape = check_input_shape(input_shape)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CnnkitError(f"batch_size must be a positive integer. Received batch_size={batch_size!r}.")
+    first = next(model.parameters(), None)
+    dtype = dtype or (first.dtype if first is not None and first.is_floating_point() else torch.float32)
+    device = device or (first.device if first is not None else "cpu")
+    x = torch.zeros((batch_size, *shape), dtype=dtype, device=device)
+    collector = _Collector(model, ndim=len(shape) - 1)
+    collector.fields[x] = ReceptiveField.identity(len(shape) - 1)
+
+    modes = {m: m.training for m in model.modules()}
+    handles = []
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(collector.pre_hook))
+            handles.append(module.register_forward_hook(collector.post_hook))
+        model.eval()
+        with torch.no_grad(), collector:
+            try:
+                model(x)
+            except Exception as error:
+                running = collector.stack[-1][0] if collector.stack else "(model)"
+                running_type = type(collector.stack[-1][1]).__name__ if collector.stack else type(model).__name__
+                raise CnnkitError(
+                    f"summary: the forward pass failed in layer {running!r} ({running_type}) on input_shape="
+                    f"{shape}; the last layer that finished was {collector.last_done or 'none'!r}. "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+
+    rows = list(collector.rows)
+    leftover = {n: p for n, p in model.named_parameters() if id(p) not in collector.seen}
+    if leftover:
+        rows.append(LayerRow(
+            name="(not called)", kind="parameters",
+            output_shape=(),
+            weights={n: tuple(p.shape) for n, p in leftover.items()},
+            num_params=sum(p.numel() for p in leftover.values()),
+            note="parameters of modules that forward() did not call, or held by a container",
+        ))
+    params = list(model.parameters())
+    return Summary(
+        model=type(model).__name__,
+        input_shape=shape,
+        batch_size=batch_size,
+        rows=tuple(rows),
+        total_params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+    )
