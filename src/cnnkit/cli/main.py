@@ -95,7 +95,8 @@ def summary(
     from cnnkit.explain import summary as summarise
 
     try:
-        Console().print(summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size))
+        result = summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size)
+        Console(width=max(Console().width, 140)).print(result)
     except CnnkitError as error:
         _fail(error)
 

@@ -30,7 +30,7 @@ SEED_QUESTIONS: list[tuple[str, nn.Module, tuple[int, ...]]] = [
 
 def run_demo(console: Console | None = None, height: int = 64, width: int = 96) -> None:
     """Print the seed answers and the summary of :class:`TinySegNet` on a 4-band ``height×width`` image."""
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 140))
     console.print(Rule("cnnkit demo — shapes, explained"))
     for question, layer, shape in SEED_QUESTIONS:
         console.print(f"\n[bold]{question}[/bold]")

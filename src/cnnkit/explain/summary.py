@@ -256,7 +256,8 @@ def summary(
         CnnkitError: if the forward pass fails; the message names the layer that was running.
 
     Examples:
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 15 * 15, 10))
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        ...                     nn.Linear(8 * 15 * 15, 10))
         >>> s = summary(net, (3, 32, 32))
         >>> [r.output_shape[0] for r in s.rows]
         [(1, 8, 30, 30), (1, 8, 30, 30), (1, 8, 15, 15), (1, 1800), (1, 10)]

@@ -107,7 +107,9 @@ def to_keras(module: nn.Module) -> dict[str, Tensor]:
         {'kernel': (2000, 4800), 'bias': (4800,)}
     """
     with torch.no_grad():
-        return {k: v.detach() for k, v in _layout(module).to_keras(module, _own_state(module)).items()}
+        arrays = _layout(module).to_keras(module, _own_state(module))
+        # Copies, as Keras's get_weights() gives: changing them never changes the module.
+        return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in arrays.items()}
 
 
 def keras_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -26,9 +26,8 @@ With stride 1, ``"same"`` and ``"causal"`` keep the size, ``"full"`` grows it by
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from cnnkit._checks import _is_int, check_choice, ntuple
 from cnnkit.errors import ShapeError
@@ -47,8 +46,8 @@ __all__ = [
 ]
 
 PADDING_MODES = ("valid", "same", "full", "causal")
-Size = Union[int, Sequence[int]]
-Padding = Union[str, int, Sequence[int]]
+Size = int | Sequence[int]
+Padding = str | int | Sequence[int]
 
 
 def _rank(size: Size) -> int:

@@ -1,0 +1,93 @@
+"""The command line, through typer's runner and once as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnkit import CnnkitError
+from cnnkit.cli.layer_expr import parse_input_shape, parse_layer
+from cnnkit.cli.main import app
+
+runner = CliRunner()
+
+
+def test_explain_command_prints_the_derivation():
+    result = runner.invoke(app, ["explain", "Conv2d(3, 32, 5)", "--input", "3x32x32"])
+    assert result.exit_code == 0, result.output
+    assert "output (32, 28, 28)" in result.output
+    assert "kernel (5, 5, 3, 32)" in result.output
+
+
+def test_summary_command_loads_a_factory_from_a_file(tmp_path):
+    path = tmp_path / "mymodel.py"
+    path.write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build_model():
+            return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 2))
+    """))
+    result = runner.invoke(app, ["summary", f"{path}:build_model", "--input", "3x8x8"])
+    assert result.exit_code == 0, result.output
+    assert "Total params: 802" in result.output  # (8·3·3·3 + 8) + (8·6·6·2 + 2)
+    assert "Tensor.flatten" not in result.output and "Flatten" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["explain", "Conv2d(3, 32, 5)", "--input", "3x0x32"], "--input must look like 3x32x32"),
+        (["explain", "Conv9d(3, 32, 5)", "--input", "3x32x32"], "Unknown layer 'Conv9d'"),
+        (["explain", "conv2d(3, 32, 5)", "--input", "3x32x32"], "Did you mean 'Conv2d'"),
+        (["explain", "Conv2d(3, 32, 5)", "--input", "4x32x32"], "in_channels=3"),
+        (["summary", "nofile.py:build", "--input", "3x8x8"], "No such file"),
+        (["summary", "build_model", "--input", "3x8x8"], "MODEL must look like"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_layer_expressions_never_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    attempts = [
+        f"__import__('pathlib').Path({str(marker)!r}).touch()",
+        f"Conv2d(__import__('pathlib').Path({str(marker)!r}).touch(), 3, 3)",
+        "Conv2d(*[3, 8, 3])",
+        "Conv2d(3, 8, 3) if True else 0",
+        "Conv2d(3, 8, lambda: 3)",
+        "Conv2d(3, 8, 3).__class__",
+        "torch.load('x')",
+    ]
+    for text in attempts:
+        with pytest.raises(CnnkitError):
+            parse_layer(text)
+    assert not marker.exists()
+
+
+def test_parse_layer_builds_nested_layers_and_keywords():
+    m = parse_layer("nn.Sequential(Conv2d(1, 4, kernel_size=(3, 5), padding='same'), torch.nn.ReLU())")
+    assert m[0].kernel_size == (3, 5) and m[0].padding == "same"
+
+
+def test_parse_input_shape_variants():
+    assert parse_input_shape("3×32×32") == parse_input_shape("3,32,32") == (3, 32, 32)
+
+
+def test_help_golden(golden):
+    result = runner.invoke(app, ["--help"], prog_name="cnnkit", terminal_width=100,
+                           env={"COLUMNS": "100", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    golden("cli/golden/help.txt", result.output)
+
+
+def test_real_subprocess_entry_point():
+    out = subprocess.run([sys.executable, "-m", "cnnkit", "explain", "Linear(2000, 4800)", "-i", "2000"],
+                         capture_output=True, text=True, check=True)
+    assert "kernel (2000, 4800)" in out.stdout

@@ -1,0 +1,139 @@
+"""summary(): rows against real runs, totals against sum(p.numel()), and nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cnnkit import CnnkitError
+from cnnkit.demo import TinySegNet
+from cnnkit.explain import summary
+
+
+class UNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        a = self.down(x)
+        b = self.mid(self.pool(a))
+        b = F.relu(b) + b
+        return self.head(torch.cat([a, self.up(b)], dim=1)).flatten(1)
+
+
+def test_rows_follow_the_forward_pass_and_output_matches_a_plain_run():
+    net = UNetish()
+    s = summary(net, (3, 16, 16), batch_size=2)
+    kinds = [r.kind for r in s.rows]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Conv2d", "F.relu", "Tensor.add",
+                     "ConvTranspose2d", "torch.cat", "Conv2d", "Tensor.flatten"]
+    assert s.rows[-1].output_shape == (tuple(net(torch.zeros(2, 3, 16, 16)).shape),)
+    cat = next(r for r in s.rows if r.kind == "torch.cat")
+    assert cat.output_shape == ((2, 16, 16, 16),)
+
+
+def test_totals_equal_parameter_count_and_rows_add_up():
+    net = UNetish()
+    s = summary(net, (3, 16, 16))
+    assert s.total_params == sum(p.numel() for p in net.parameters())
+    assert sum(r.num_params for r in s.rows) == s.total_params
+
+
+def test_shared_weights_counted_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.other = nn.Conv2d(4, 4, 3, padding=1)
+            self.other.weight = self.conv.weight  # tied across two modules
+
+        def forward(self, x):
+            return self.other(self.conv(self.conv(x)))  # and one module called twice
+
+    net = Tied()
+    s = summary(net, (4, 8, 8))
+    assert s.total_params == sum(p.numel() for p in net.parameters()) == 4 * 4 * 9 + 4 + 4
+    assert sum(r.num_params for r in s.rows) == s.total_params
+    assert [r.num_params for r in s.rows] == [4 * 4 * 9 + 4, 0, 4]
+    assert s.rows[1].note.startswith("shares")
+
+
+def test_uncalled_modules_get_a_row():
+    net = nn.Module()
+    net.used = nn.Linear(3, 4)
+    net.unused = nn.Linear(4, 5)
+    net.forward = lambda x: net.used(x)
+    s = summary(net, (3,))
+    assert s.rows[-1].name == "(not called)"
+    assert s.rows[-1].num_params == 4 * 5 + 5
+    assert sum(r.num_params for r in s.rows) == s.total_params
+
+
+def test_receptive_fields_of_a_chain_match_hand_values():
+    # 3×3 conv, 3×3 conv, 2×2 pool stride 2, 3×3 conv: fields 3, 5, 6, 10 with jumps 1, 1, 2, 2.
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3),
+                        nn.Flatten())
+    rows = summary(net, (1, 32, 32)).rows
+    fields = [r.receptive_field for r in rows]
+    assert [f.size[0] for f in fields[:5]] == [3, 3, 5, 6, 10]
+    assert [f.jump[0] for f in fields[:5]] == [1, 1, 1, 2, 2]
+    assert fields[5] is None  # after flatten the field is not a spatial notion
+
+
+def test_modes_and_hooks_restored_even_when_the_model_raises():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ok = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.bad = nn.Linear(5, 5)
+
+        def forward(self, x):
+            return self.bad(self.bn(self.ok(x)))
+
+    net = Broken()
+    net.train()
+    net.bn.eval()  # a mixed state that must come back exactly
+    before = {n: m.training for n, m in net.named_modules()}
+    with pytest.raises(CnnkitError, match=r"failed in layer 'bad' \(Linear\).*last layer that finished was 'bn'"):
+        summary(net, (3, 8, 8))
+    assert {n: m.training for n, m in net.named_modules()} == before
+    for m in net.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    # and no torch function mode is left active: a plain run behaves as before
+    assert net.ok(torch.zeros(1, 3, 8, 8)).shape == (1, 4, 6, 6)
+
+
+def test_hooks_removed_after_success_and_weights_untouched():
+    net = TinySegNet(4, 5)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    summary(net, (4, 32, 48))
+    for m in net.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k  # eval mode: BatchNorm running stats not updated
+
+
+def test_model_that_is_a_single_layer():
+    s = summary(nn.Conv2d(3, 8, 3), (3, 10, 10))
+    assert [r.output_shape for r in s.rows] == [((1, 8, 8, 8),)]
+    assert s.rows[0].keras_weights == {"kernel": (3, 3, 3, 8), "bias": (8,)}
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"input_shape must be .*Received input_shape='3x8x8'"):
+        summary(nn.Conv2d(3, 8, 3), "3x8x8")
+    with pytest.raises(CnnkitError, match=r"batch_size must be a positive integer\. Received batch_size=0"):
+        summary(nn.Conv2d(3, 8, 3), (3, 8, 8), batch_size=0)
+
+
+def test_summary_text_golden(golden):
+    torch.manual_seed(0)
+    golden("explain/golden/summary_tinysegnet.txt", str(summary(TinySegNet(4, 5), (4, 64, 96))))
