@@ -1,6 +1,6 @@
 """Explainers for the standard ``torch.nn`` layers.
 
-Each function turns ``(module, input_shape)`` into a :class:`~cnnkit.explain.registry.LayerReport`:
+Each function turns ``(module, input_shape)`` into a :class:`~cnnkit.explainers.registry.LayerReport`:
 the output shape (computed with :mod:`cnnkit.shapes`, never by running the layer), the derivation in
 words, and the window geometry used for receptive fields.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cnnkit.errors import ShapeError
-from cnnkit.explain.registry import LayerReport, register_explainer
+from cnnkit.explainers.registry import LayerReport, register_explainer
 from cnnkit.shapes import (
     conv_output_size,
     conv_transpose_output_size,

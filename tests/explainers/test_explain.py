@@ -12,7 +12,7 @@ from torch import nn
 
 import cnnkit
 from cnnkit import ShapeError, explain
-from cnnkit.explain import LayerReport, register_explainer
+from cnnkit.explainers import LayerReport, register_explainer
 
 
 def run_shape(module: nn.Module, shape: tuple[int, ...], dtype=torch.float32) -> tuple[int, ...]:
@@ -246,7 +246,7 @@ def test_not_a_module():
     ],
 )
 def test_explain_text_golden(golden, name, module, shape):
-    golden(f"explain/golden/{name}.txt", str(explain(module, shape)) + "\n")
+    golden(f"explainers/golden/{name}.txt", str(explain(module, shape)) + "\n")
 
 
 def test_public_names_are_exported():

@@ -1,4 +1,4 @@
-"""Rendering of :class:`~cnnkit.explain.summary.Summary` as a terminal table (rich) or plain text."""
+"""Rendering of :class:`~cnnkit.explainers.summary.Summary` as a terminal table (rich) or plain text."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from cnnkit.explain.summary import Summary
+    from cnnkit.explainers.summary import Summary
 
 __all__ = ["render_summary", "summary_table"]
 

@@ -24,8 +24,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from cnnkit.errors import CnnkitError
-from cnnkit.explain.formatting import render_summary
-from cnnkit.explain.registry import check_input_shape, find_explainer
+from cnnkit.explainers.formatting import render_summary
+from cnnkit.explainers.registry import check_input_shape, find_explainer
 from cnnkit.keras.layouts import has_keras_layout, keras_shapes
 from cnnkit.shapes import ReceptiveField
 
@@ -87,7 +87,7 @@ class Summary:
         return render_summary(self)
 
     def __rich__(self):
-        from cnnkit.explain.formatting import summary_table
+        from cnnkit.explainers.formatting import summary_table
 
         return summary_table(self)
 

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from cnnkit import CnnkitError
 from cnnkit.demo import TinySegNet
-from cnnkit.explain import summary
+from cnnkit.explainers import summary
 
 
 class UNetish(nn.Module):
@@ -136,4 +136,4 @@ def test_bad_arguments():
 
 def test_summary_text_golden(golden):
     torch.manual_seed(0)
-    golden("explain/golden/summary_tinysegnet.txt", str(summary(TinySegNet(4, 5), (4, 64, 96))))
+    golden("explainers/golden/summary_tinysegnet.txt", str(summary(TinySegNet(4, 5), (4, 64, 96))))

@@ -1,0 +1,36 @@
+"""The demo command end to end, and the public API surface."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+import cnnkit
+from cnnkit.demo import run_demo
+
+
+def test_demo_prints_the_seed_answers_and_a_summary():
+    buffer = io.StringIO()
+    run_demo(Console(file=buffer, width=160, color_system=None), height=32, width=48)
+    text = buffer.getvalue()
+    assert "output (20, 24, 24)" in text  # 28 − 5 + 1
+    assert "output (20, 32, 32)" in text  # 28 + 5 − 1
+    assert "kernel (5, 300, 111)" in text
+    assert "kernel (2000, 4800)" in text
+    assert "TinySegNet on input (1, 4, 32, 48)" in text
+    assert "Total params:" in text
+
+
+def test_public_api_names():
+    expected = {
+        "CnnkitError", "Explanation", "ShapeError", "UnsupportedError", "conv_output_size",
+        "conv_transpose_output_size", "errors", "explain", "pool_output_size", "register_explainer", "shapes",
+        "summary", "Summary", "explainers", "keras",
+    }
+    assert expected <= set(cnnkit.__all__)
+    for name in cnnkit.__all__:
+        assert hasattr(cnnkit, name), name
+    assert {"conv_output_size", "tf_same_padding", "padding_amounts", "pool_output_size",
+            "conv_transpose_output_size", "ReceptiveField", "receptive_fields"} <= set(cnnkit.shapes.__all__)
+    assert {"explain", "summary", "register_explainer", "LayerReport"} <= set(cnnkit.explainers.__all__)
