@@ -49,7 +49,7 @@ def explain(
     input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x32x32."),
 ) -> None:
     """Explain one layer: output shape, weights in torch and Keras layout, parameters, and why."""
-    from cnnkit.explain import explain as explain_layer
+    from cnnkit.explainers import explain as explain_layer
 
     try:
         print(explain_layer(parse_layer(layer), parse_input_shape(input)))
@@ -92,7 +92,7 @@ def summary(
     batch_size: int = typer.Option(1, min=1, help="Batch size of the zeros run through the model."),
 ) -> None:
     """Summarise a whole model: every layer's output shape, weights, parameters, receptive field."""
-    from cnnkit.explain import summary as summarise
+    from cnnkit.explainers import summary as summarise
 
     try:
         result = summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size)

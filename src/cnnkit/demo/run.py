@@ -1,4 +1,4 @@
-"""The demo: the seed questions' shapes answered by :func:`cnnkit.explain` and a model summary.
+"""The demo: the seed questions' shapes answered by :func:`cnnkit.explainers` and a model summary.
 
 This is the foundation-stage demo: it explains layers and a small segmentation network. Training on
 the built-in dataset and the HTML report arrive with the demo issue.
@@ -11,7 +11,7 @@ from rich.rule import Rule
 from torch import nn
 
 from cnnkit.demo.networks import TinySegNet
-from cnnkit.explain import explain, summary
+from cnnkit.explainers import explain, summary
 
 __all__ = ["SEED_QUESTIONS", "run_demo"]
 

@@ -3,7 +3,7 @@
 PyTorch and Keras store the same numbers in different orders. For each supported module type a
 :class:`KerasLayout` converts the module's tensors to the arrays that Keras's ``layer.get_weights()``
 returns (:func:`to_keras`) and back (:func:`from_keras`). :func:`keras_shapes` runs the same conversion
-on shape-only ("meta") tensors, so that :func:`cnnkit.explain` reports Keras shapes from the very code
+on shape-only ("meta") tensors, so that :func:`cnnkit.explainers` reports Keras shapes from the very code
 that converts the numbers.
 
 =====================  ==================================  ==========================================

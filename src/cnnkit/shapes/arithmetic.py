@@ -1,6 +1,6 @@
 """Output sizes, padding amounts and receptive fields of convolution-like layers.
 
-This module is the single place where cnnkit does shape arithmetic: the layers, :func:`cnnkit.explain`,
+This module is the single place where cnnkit does shape arithmetic: the layers, :func:`cnnkit.explainers`,
 :func:`cnnkit.summary`, the command line and the tests all call these functions. Everything here is pure
 integer arithmetic on Python ints; no tensor is created.
 
