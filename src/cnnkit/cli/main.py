@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 
 
+def _console() -> Console:
+    """A console at least 140 columns wide: tables are cut, not wrapped, on narrow terminals and pipes."""
+    return Console(width=max(Console().width, 140))
+
+
 def _fail(error: Exception) -> None:
     Console(stderr=True).print(f"[red]error:[/red] {error}", markup=True, highlight=False)
     raise typer.Exit(code=2)
@@ -38,7 +43,7 @@ def demo(
     from cnnkit.demo import run_demo
 
     try:
-        run_demo(Console(), height=height, width=width)
+        run_demo(_console(), height=height, width=width)
     except CnnkitError as error:
         _fail(error)
 
@@ -96,7 +101,7 @@ def summary(
 
     try:
         result = summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size)
-        Console(width=max(Console().width, 140)).print(result)
+        _console().print(result)
     except CnnkitError as error:
         _fail(error)
 
