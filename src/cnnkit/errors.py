@@ -18,5 +18,9 @@ class ShapeError(CnnkitError, ValueError):
     """An argument or a tensor has a shape, size or value that the rule at hand does not allow."""
 
 
-class UnsupportedError(CnnkitError, TypeError):
-    """A module, op or file entry that cnnkit does not know how to handle (it never guesses)."""
+class UnsupportedError(CnnkitError, NotImplementedError):
+    """A module, op or file entry that cnnkit does not handle (it never guesses).
+
+    A ``NotImplementedError`` rather than a ``TypeError``: PyTorch turns a ``TypeError`` raised inside a
+    binary operator into ``NotImplemented``, which would hide the message.
+    """

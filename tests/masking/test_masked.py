@@ -1,0 +1,296 @@
+"""masked(model): padded batched output == each sample run alone, zeros outside, gradients summed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+from cnnkit import ShapeError, UnsupportedError
+from cnnkit.masking import masked, masked_batch_norm, pad_batch
+from cnnkit.shapes import conv_output_size, pool_output_size
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride), nn.BatchNorm2d(cout)) if (
+            stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+class ResNetish(nn.Module):
+    """Stride-2 convs, BatchNorm, residual adds, max-pool, global average pool, Linear head."""
+
+    def __init__(self, cin=3, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(cin, 8, 5, stride=2, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.layer1 = Block(8, 8, 1)
+        self.layer2 = Block(8, 16, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layer2(self.layer1(self.stem(x)))), 1))
+
+
+class ResNetishFeatures(ResNetish):
+    def forward(self, x):
+        return self.layer2(self.layer1(self.stem(x)))
+
+
+class UNetish(nn.Module):
+    """Down-sampling, up-sampling (nearest and bilinear, transposed conv), skip concatenation."""
+
+    def __init__(self, cin=3, classes=4):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(cin, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.enc3 = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(16, 16, 3, padding=1), nn.Sigmoid())
+        self.up3 = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.dec2 = nn.Sequential(nn.Conv2d(32, 8, 3, padding=1), nn.ReLU())
+        self.up2 = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.up2b = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Conv2d(8 + 8 + 16, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        d2 = self.dec2(torch.cat([self.up3(e3), e2], dim=1))
+        return self.head(torch.cat([e1, self.up2(d2), self.up2b(e2)], dim=1)).softmax(dim=1)
+
+
+def _images(sizes, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(channels, h, w, generator=g) for h, w in sizes]
+
+
+def _check_invariance(model, images, atol=1e-5):
+    model.eval()
+    batch = pad_batch(images)
+    out = masked(model)(batch)
+    refs = [model(img[None])[0] for img in images]
+    if isinstance(out, torch.Tensor):  # classification head: no padding left
+        torch.testing.assert_close(out, torch.stack(refs), atol=atol, rtol=1e-5)
+        return out
+    for n, ref in enumerate(refs):
+        extent = tuple(out.sizes[n].tolist())
+        assert extent == tuple(ref.shape[1:]), (n, extent, ref.shape)
+        valid = out.data[(n, slice(None), *(slice(0, s) for s in extent))]
+        torch.testing.assert_close(valid, ref, atol=atol, rtol=1e-5)
+        outside = out.data[n].clone()
+        outside[(slice(None), *(slice(0, s) for s in extent))] = 0
+        assert torch.count_nonzero(outside) == 0
+    return out
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=g)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g)
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.integers(9, 40), st.integers(9, 40)), min_size=1, max_size=4),
+       st.integers(0, 1000))
+def test_resnet_features_equal_per_sample_runs(sizes, seed):
+    torch.manual_seed(seed)
+    model = ResNetishFeatures()
+    _randomise_bn(model)
+    _check_invariance(model, _images(sizes, seed=seed))
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.integers(5, 40), st.integers(5, 40)), min_size=1, max_size=4),
+       st.integers(0, 1000))
+def test_resnet_classifier_equals_per_sample_runs(sizes, seed):
+    torch.manual_seed(seed)
+    model = ResNetish()
+    _randomise_bn(model)
+    _check_invariance(model, _images(sizes, seed=seed))
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(1, 8)), min_size=1, max_size=4), st.integers(0, 1000))
+def test_unet_equals_per_sample_runs(blocks, seed):
+    torch.manual_seed(seed)
+    model = UNetish()
+    _randomise_bn(model)
+    sizes = [(4 * h, 4 * w) for h, w in blocks]  # divisible by the total stride 4
+    _check_invariance(model, _images(sizes, seed=seed))
+
+
+def test_output_sizes_follow_the_shape_arithmetic():
+    model = ResNetishFeatures().eval()
+    out = masked(model)(pad_batch(_images([(33, 17), (20, 40)])))
+    for (h, w), size in zip([(33, 17), (20, 40)], out.sizes.tolist()):
+        s = conv_output_size((h, w), 5, 2, 2)
+        s = pool_output_size(s, 3, 2, 1)
+        s = conv_output_size(s, 3, 2, 1)
+        assert tuple(size) == s
+
+
+def test_weight_gradients_equal_the_sum_of_per_sample_gradients():
+    torch.manual_seed(0)
+    model = UNetish().eval()
+    images = _images([(12, 20), (16, 8), (8, 8)])
+    out = masked(model)(pad_batch(images))
+    (out.data ** 2).sum().backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for img in images:
+        (model(img[None]) ** 2).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(batched[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_train_mode_batchnorm_equals_batchnorm_on_the_valid_pixels():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    images = _images([(5, 7), (3, 2), (6, 6)], channels=4)
+    out = masked(bn)(pad_batch(images))
+    # Reference: the valid pixels of all samples, side by side as one (1, C, 1, P) image.
+    pixels = torch.cat([img.reshape(4, -1) for img in images], dim=1)[None, :, None, :]
+    ref_bn = nn.BatchNorm2d(4)
+    ref = ref_bn(pixels)[0, :, 0]
+    offset = 0
+    for n, img in enumerate(images):
+        count = img.shape[1] * img.shape[2]
+        got = out.unpad()[n].reshape(4, -1)
+        torch.testing.assert_close(got, ref[:, offset:offset + count], atol=1e-5, rtol=1e-5)
+        offset += count
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var)
+    assert bn.num_batches_tracked.item() == 1
+
+
+def test_masked_batch_norm_gradient_float64():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(2, 1, 4, 5, dtype=torch.bool)
+    mask[0, :, :3, :4] = True
+    mask[1, :, :4, :2] = True
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: masked_batch_norm(x, mask, None, None, w, b) * mask,
+                                    (x, w, b))
+
+
+def test_groupnorm_and_instancenorm_use_each_samples_valid_pixels():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.InstanceNorm2d(6, affine=True))
+    _check_invariance(model, _images([(7, 9), (4, 11)]))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.AvgPool2d(2), nn.MaxPool2d(2, ceil_mode=True),
+     nn.MaxPool2d(3, stride=2, padding=1, dilation=2), nn.Upsample(scale_factor=3, mode="bicubic"),
+     nn.Upsample(scale_factor=1.5, mode="nearest"), nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1),
+     nn.ZeroPad2d((1, 2, 0, 3)), nn.Conv2d(3, 2, 4, padding="same"), nn.Conv2d(3, 2, 3, dilation=2, groups=1),
+     nn.AdaptiveMaxPool2d(1), nn.Dropout(0.5), nn.Softmax(dim=1), nn.Hardsigmoid()],
+    ids=lambda m: repr(m)[:40],
+)
+def test_single_layers_equal_per_sample_runs(layer):
+    _check_invariance(layer, _images([(9, 13), (11, 6), (5, 5)]))
+
+
+def test_1d_and_3d_networks():
+    net1 = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 3, 3))
+    images = [torch.randn(2, n) for n in (20, 9, 15)]
+    batch = pad_batch(images)
+    out = masked(net1)(batch)
+    for n, img in enumerate(images):
+        torch.testing.assert_close(out.unpad()[n], net1(img[None])[0], atol=1e-5, rtol=1e-5)
+    net3 = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.BatchNorm3d(2).eval(), nn.AvgPool3d(2))
+    vols = [torch.randn(1, 4, 6, 8), torch.randn(1, 8, 4, 6)]
+    out3 = masked(net3)(pad_batch(vols))
+    for n, v in enumerate(vols):
+        torch.testing.assert_close(out3.unpad()[n], net3(v[None])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_spatial_mean_and_max_in_forward_code():
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(-2, -1))], dim=1)
+
+    _check_invariance(Head(), _images([(6, 9), (3, 3), (10, 2)]))
+
+
+def test_weights_are_shared_not_copied():
+    model = nn.Conv2d(3, 4, 3)
+    wrapped = masked(model)
+    assert wrapped.model is model
+    assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("forward", "match"),
+    [
+        (lambda x: x.flatten(1), "Tensor.flatten is not supported on a padded batch"),
+        (lambda x: x.view(x.shape[0], -1), "Tensor.view is not supported"),
+        (lambda x: F.interpolate(x, size=(8, 8)), "interpolate"),
+        (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True), "align_corners=True"),
+        (lambda x: F.adaptive_avg_pool2d(x, 2), "output_size=1"),
+        (lambda x: x.mean(dim=2), "reduces some spatial dimensions"),
+        (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "mode='reflect'"),
+        (lambda x: x + torch.ones(1, 1, x.shape[2], x.shape[3]), "varies over the spatial dimensions"),
+        (lambda x: x.transpose(2, 3), "Tensor.transpose"),
+        (lambda x: F.linear(x, torch.ones(2, x.shape[-1])), "linear"),
+    ],
+)
+def test_unsupported_ops_raise_naming_the_op(forward, match):
+    class Net(nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    with pytest.raises(UnsupportedError, match=match):
+        masked(Net())(pad_batch(_images([(8, 8), (4, 6)])))
+
+
+def test_reflect_padding_conv_is_refused():
+    with pytest.raises(UnsupportedError, match="reflect"):
+        masked(nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect"))(pad_batch(_images([(8, 8), (4, 6)])))
+
+
+def test_sample_too_small_for_the_network():
+    net = nn.Sequential(nn.Conv2d(3, 2, 5), nn.Conv2d(2, 2, 5))
+    with pytest.raises(ShapeError, match=r"sample 1 \(extent \(2, 2\) at this layer\) is too small"):
+        masked(net)(pad_batch(_images([(20, 20), (6, 6)])))
+
+
+def test_bad_batches():
+    with pytest.raises(TypeError, match="PaddedBatch"):
+        masked(nn.ReLU())(torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ShapeError, match=r"between 1 and the canvas \(4, 4\)"):
+        masked(nn.ReLU())((torch.zeros(2, 1, 4, 4), torch.tensor([[4, 4], [0, 3]])))
+    with pytest.raises(ShapeError, match="same rank and channel count"):
+        pad_batch([torch.zeros(3, 4, 4), torch.zeros(2, 4, 4)])
+    with pytest.raises(ShapeError, match="must not be empty"):
+        pad_batch([torch.zeros(3, 4, 4), torch.zeros(3, 0, 4)])
+
+
+def test_no_nan_with_padding_and_train_mode():
+    model = UNetish().train()
+    out = masked(model)(pad_batch(_images([(16, 8), (4, 4)])))
+    assert torch.isfinite(out.data).all()
