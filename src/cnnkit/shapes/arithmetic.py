@@ -221,6 +221,12 @@ def pool_output_size(
         check_choice(padding, ("valid", "same"), "padding")
         if ceil_mode:
             raise ShapeError(f"ceil_mode=True only goes with an integer padding. Received {args}.")
+        for i, k, d in zip(sizes, kernel, dilations):
+            if padding == "valid" and i < d * (k - 1) + 1:
+                raise ShapeError(
+                    f"Pooling output would be empty: the window spans {d * (k - 1) + 1} positions but the "
+                    f"input has {i}. Received {args}."
+                )
         return conv_output_size(size, kernel, strides, padding, dilations)
     pads = ntuple(padding, n, "padding", minimum=0)
     out = []
@@ -228,17 +234,19 @@ def pool_output_size(
         if 2 * p > k:
             raise ShapeError(f"padding must be at most half of kernel_size. Received {args}.")
         span = d * (k - 1) + 1
-        if i + 2 * p < span:
+        if ceil_mode:
+            # PyTorch's rule: round up (a last window may overhang the end), but drop a window that
+            # would start in the right padding.
+            o = (i + 2 * p - span + s - 1) // s + 1
+            if (o - 1) * s >= i + p:
+                o -= 1
+        else:
+            o = (i + 2 * p - span) // s + 1
+        if o < 1:
             raise ShapeError(
                 f"Pooling output would be empty: the window spans {span} positions but the padded "
                 f"input has {i + 2 * p}. Received {args}."
             )
-        if ceil_mode:
-            o = -(-(i + 2 * p - span) // s) + 1
-            if (o - 1) * s >= i + p:  # the last window would start in the right padding
-                o -= 1
-        else:
-            o = (i + 2 * p - span) // s + 1
         out.append(o)
     return _unwrap(tuple(out), size)
 
