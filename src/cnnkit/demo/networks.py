@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TinySegNet"]
+__all__ = ["TinyResNet", "TinySegNet"]
 
 
 class TinySegNet(nn.Module):
@@ -44,3 +44,53 @@ class TinySegNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}"
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+class TinyResNet(nn.Module):
+    """A small ResNet-style classifier: stride-2 stem, max-pool, residual blocks, global pooling, Linear.
+
+    Args:
+        in_channels: Input channels.
+        num_classes: Outputs of the Linear head.
+        width: Channels of the first stage (doubled at each of the later stages).
+        features_only: Return the last feature map instead of class scores.
+
+    Examples:
+        >>> TinyResNet(3, 10)(torch.zeros(2, 3, 64, 48)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, features_only: bool = False):
+        super().__init__()
+        self.features_only = features_only
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        self.layer1 = _Block(width, width, 1)
+        self.layer2 = _Block(width, 2 * width, 2)
+        self.layer3 = _Block(2 * width, 4 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        if self.features_only:
+            return x
+        return self.fc(torch.flatten(self.pool(x), 1))
