@@ -35,3 +35,13 @@ def test_public_api_names():
     assert {"conv_output_size", "tf_same_padding", "padding_amounts", "pool_output_size",
             "conv_transpose_output_size", "ReceptiveField", "receptive_fields"} <= set(cnnkit.shapes.__all__)
     assert {"explain", "summary", "register_explainer", "LayerReport"} <= set(cnnkit.explainers.__all__)
+
+
+def test_readme_examples_run():
+    import doctest
+    from pathlib import Path
+
+    readme = Path(__file__).parents[1] / "README.md"
+    result = doctest.testfile(str(readme), module_relative=False,
+                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 10 and result.failed == 0
