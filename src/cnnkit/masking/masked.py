@@ -159,6 +159,7 @@ class _MaskedMode(TorchFunctionMode):
         return t
 
     def mask(self, sizes: Sizes, canvas: Sequence[int], device) -> Tensor:
+        """The (N, 1, *canvas) bool extent mask (made once per forward pass and extent)."""
         key = (sizes, tuple(canvas), str(device))
         if key not in self.masks:
             self.masks[key] = extent_mask(torch.tensor(sizes, device=device), canvas)
@@ -174,7 +175,8 @@ class _MaskedMode(TorchFunctionMode):
         cached = self.cleaned.get(t)
         if cached is not None and cached[0] == t._version:
             return cached[1]
-        out = t.masked_fill(~self.mask_of(t), 0)
+        # One pass forward and backward; unlike a multiplication it also clears -inf left by max pooling.
+        out = torch.where(self.mask(entry.sizes, t.shape[2:], t.device), t, 0)
         self.register(out, entry.sizes, clean=True)
         self.cleaned[t] = (t._version, out)
         return out
@@ -338,7 +340,7 @@ def _max_pool(mode: _MaskedMode, func, args, kwargs, padded):
     padding = _tuple(_arg(args, kwargs, 3, "padding", 0), n)
     dilation = _tuple(_arg(args, kwargs, 4, "dilation", 1), n)
     ceil_mode = _arg(args, kwargs, 5, "ceil_mode", False)
-    filled = x.masked_fill(~mode.mask_of(x), -math.inf)
+    filled = torch.where(mode.mask_of(x), x, -math.inf)
     out = func(filled, *args[1:], **kwargs)
     sizes = _window_sizes(pool_output_size, mode.entries[x].sizes, kernel, stride, padding, dilation, ceil_mode)
     if isinstance(out, tuple):  # (values, indices)
@@ -392,7 +394,7 @@ def _adaptive(mode: _MaskedMode, func, args, kwargs, padded):
     if func in _ADAPTIVE_AVG:
         out = mode.clean(x).sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).to(x.dtype)
         return out
-    values = x.masked_fill(~mask, -math.inf)
+    values = torch.where(mask, x, -math.inf)
     flat = values.flatten(2)
     best, index = flat.max(dim=2)
     out = best.view(*best.shape, *([1] * n))
@@ -423,7 +425,7 @@ def _reduce(mode: _MaskedMode, func, args, kwargs, padded):
     mask = mode.mask_of(x)
     if name in ("amax", "amin"):
         fill = -math.inf if name == "amax" else math.inf
-        return func(x.masked_fill(~mask, fill), *args[1:], **kwargs)
+        return func(torch.where(mask, x, fill), *args[1:], **kwargs)
     total = mode.clean(x).sum(dims, keepdim=keepdim)
     if name == "sum":
         return total
@@ -618,7 +620,7 @@ class MaskedModel(nn.Module):
             )
         mode = _MaskedMode(self._group())
         sizes = tuple(tuple(s) for s in batch.sizes.tolist())
-        x = batch.data.masked_fill(~mode.mask(sizes, batch.canvas, batch.data.device), 0)
+        x = torch.where(mode.mask(sizes, batch.canvas, batch.data.device), batch.data, 0)
         mode.register(x, sizes, clean=True)
         with mode:
             out = self.model(x, *args, **kwargs)
