@@ -18,6 +18,7 @@ def test_demo_prints_the_seed_answers_and_a_summary():
     assert "output (20, 32, 32)" in text  # 28 + 5 − 1
     assert "kernel (5, 300, 111)" in text
     assert "kernel (2000, 4800)" in text
+    assert "kernel (16, 36, 4), bias (4, 4, 4)" in text
     assert "TinySegNet on input (1, 4, 32, 48)" in text
     assert "Total params:" in text
 
@@ -27,7 +28,7 @@ def test_public_api_names():
         "CnnkitError", "Explanation", "ShapeError", "UnsupportedError", "conv_output_size",
         "conv_transpose_output_size", "errors", "explain", "pool_output_size", "register_explainer", "shapes",
         "summary", "Summary", "explainers", "keras", "init", "masking", "masked", "pad_batch", "PaddedBatch",
-        "collate_padded",
+        "collate_padded", "nn",
     }
     assert expected <= set(cnnkit.__all__)
     for name in cnnkit.__all__:

@@ -420,3 +420,22 @@ def test_public_api():
     assert expected <= set(cnnkit.init.__all__)
     for name in cnnkit.init.__all__:
         assert hasattr(cnnkit.init, name), name
+
+
+def test_keras_reaches_the_cnnkit_layers_through_the_registry():
+    from cnnkit.nn import ConvLSTM2d, LocallyConnected2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(LocallyConnected2d(4, 6, 3, input_size=(8, 8)), ConvLSTM2d(2, 5, 3))
+    keras_(model)
+    lc, lstm = model[0], model[1]
+    # LocallyConnected2D kernel (L, K, out) = (36, 36, 6): Keras counts the 36 positions in both fans.
+    limit = math.sqrt(6 / (36 * 36 + 36 * 6))
+    assert lc.weight.abs().max() <= limit and lc.weight.abs().max() > 0.9 * limit
+    assert torch.count_nonzero(lc.bias) == 0
+    f = 5
+    expected_bias = torch.cat([torch.zeros(f), torch.ones(f), torch.zeros(2 * f)])
+    torch.testing.assert_close(lstm.bias_l0, expected_bias)
+    # Recurrent kernel in Keras view (kh·kw·F, 4F) has orthonormal columns... it is tall: 45 × 20.
+    view = lstm.weight_hh_l0.permute(2, 3, 1, 0).reshape(9 * f, 4 * f)
+    torch.testing.assert_close(view.T @ view, torch.eye(4 * f), atol=1e-5, rtol=0)

@@ -4,7 +4,7 @@ The most used names are here; each domain has its own package: ``cnnkit.shapes``
 ``cnnkit.masking``, ``cnnkit.nn``, ``cnnkit.init``, ``cnnkit.keras``.
 """
 
-from cnnkit import errors, explainers, init, keras, masking, shapes
+from cnnkit import errors, explainers, init, keras, masking, nn, shapes
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers import Explanation, Summary, explain, register_explainer, summary
 from cnnkit.masking import PaddedBatch, collate_padded, masked, pad_batch
@@ -29,6 +29,7 @@ __all__ = [
     "keras",
     "masked",
     "masking",
+    "nn",
     "pad_batch",
     "pool_output_size",
     "register_explainer",

@@ -61,6 +61,23 @@ def test_seed_dense_2000_to_4800():
     assert "(4800, 2000)" in str(e) and "(2000, 4800)" in str(e)
 
 
+def test_seed_locally_connected_6x6x4_four_filters_3x3():
+    from cnnkit.nn import LocallyConnected2d
+
+    e = explain(LocallyConnected2d(4, 4, 3, input_size=(6, 6)), (4, 6, 6))
+    assert e.keras_weights == {"kernel": (16, 36, 4), "bias": (4, 4, 4)}
+    assert e.output_shape == (4, 4, 4)
+    assert e.num_params == (4 * 4) * (3 * 3 * 4 * 4) + (4 * 4) * 4
+    assert "(4·4 patches) × (3·3·4 inputs) × 4 filters" in str(e)
+
+
+def test_keras_docs_locally_connected_32x32x3_64_filters():
+    from cnnkit.nn import LocallyConnected2d
+
+    e = explain(LocallyConnected2d(3, 64, 3, input_size=(32, 32)), (3, 32, 32))
+    assert e.num_params == (30 * 30) * (3 * 3 * 3 * 64) + (30 * 30) * 64
+
+
 # --- shapes against torch ---------------------------------------------------------------------------------
 
 

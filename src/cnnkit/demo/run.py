@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnkit.demo.networks import TinySegNet
 from cnnkit.explainers import explain, summary
+from cnnkit.nn import LocallyConnected2d
 
 __all__ = ["SEED_QUESTIONS", "run_demo"]
 
@@ -25,6 +26,8 @@ SEED_QUESTIONS: list[tuple[str, nn.Module, tuple[int, ...]]] = [
     ("Convolution1D(111, 5) over 300 channels: why is the kernel (5, 300, 111)?",
      nn.Conv1d(300, 111, 5), (300, 300)),
     ("Dense from 2000 to 4800 units: (4800, 2000) or (2000, 4800)?", nn.Linear(2000, 4800), (2000,)),
+    ("LocallyConnected2D, 4 filters 3×3 on 6×6×4: why is the kernel (16, 36, 4)?",
+     LocallyConnected2d(4, 4, 3, input_size=(6, 6)), (4, 6, 6)),
 ]
 
 

@@ -1,3 +1,31 @@
-"""Layers PyTorch lacks (filled in by the layers issue)."""
+"""Layers PyTorch lacks: locally connected (unshared-weight) convolutions, convolutional LSTMs, and
+partial convolutions for missing data (defined in :mod:`cnnkit.masking`, exported here too).
 
-__all__: list[str] = []
+Each layer knows its Keras weight layout (:func:`cnnkit.keras.to_keras`) and how to explain itself
+(:func:`cnnkit.explain`). See ``docs/nn.md``.
+"""
+
+from cnnkit.masking.partial_conv import PartialConv1d, PartialConv2d, PartialConv3d, partial_conv
+from cnnkit.nn.conv_lstm import ConvLSTM1d, ConvLSTM2d, conv_lstm_nd
+from cnnkit.nn.locally_connected import (
+    LocallyConnected1d,
+    LocallyConnected2d,
+    locally_connected1d,
+    locally_connected2d,
+    locally_connected_nd,
+)
+
+__all__ = [
+    "ConvLSTM1d",
+    "ConvLSTM2d",
+    "LocallyConnected1d",
+    "LocallyConnected2d",
+    "PartialConv1d",
+    "PartialConv2d",
+    "PartialConv3d",
+    "conv_lstm_nd",
+    "locally_connected1d",
+    "locally_connected2d",
+    "locally_connected_nd",
+    "partial_conv",
+]
