@@ -34,6 +34,13 @@ def ntuple(value: Any, n: int, name: str, *, minimum: int | None = 1) -> tuple[i
         ...
         cnnkit.errors.ShapeError: kernel_size must be a tuple of 2 integers >= 1. Received kernel_size=(1, 0).
     """
+    # Fast path for the common, valid cases (plain ints); shape arithmetic runs in hot loops.
+    if type(value) is int and (minimum is None or value >= minimum):
+        return (value,) * n
+    if type(value) is tuple and len(value) == n and all(
+        type(v) is int and (minimum is None or v >= minimum) for v in value
+    ):
+        return value
     bound = "" if minimum is None else f" >= {minimum}"
     rule = f"{name} must be an integer{bound} or a tuple of {n} integers{bound}"
     if _is_int(value):

@@ -44,7 +44,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.masking.batch import PaddedBatch, extent_mask
 from cnnkit.masking.norm import masked_batch_norm, masked_group_norm
-from cnnkit.shapes import conv_output_size, conv_transpose_output_size, pool_output_size
+from cnnkit.shapes import conv_output_size, conv_transpose_output_size, padding_amounts, pool_output_size
 
 __all__ = ["MaskedModel", "masked"]
 
@@ -210,7 +210,7 @@ class _MaskedMode(TorchFunctionMode):
             return self._getitem(func, args, kwargs, padded)
         raise UnsupportedError(
             f"masked(): {_name(func)} is not supported on a padded batch: it could mix padding into valid "
-            "positions (see cnnkit.masking.masked for the supported ops). Received a tensor of shape "
+            "positions (see cnnkit.masking.masked_model for the supported ops). Received a tensor of shape "
             f"{tuple(padded[0].shape)} with per-sample extents {self.entries[padded[0]].sizes}."
         )
 
@@ -299,12 +299,29 @@ def _conv(mode: _MaskedMode, func, args, kwargs, padded):
     stride = _arg(args, kwargs, 3, "stride", 1)
     padding = _arg(args, kwargs, 4, "padding", 0)
     dilation = _arg(args, kwargs, 5, "dilation", 1)
-    clean_args = (mode.clean(x), *args[1:])
-    out = func(*clean_args, **kwargs)
     k = tuple(weight.shape[2:])
-    sizes = _window_sizes(conv_output_size, mode.entries[x].sizes, k, _tuple(stride, n), _pad_arg(padding, n),
-                          _tuple(dilation, n))
+    stride, dilation, padding = _tuple(stride, n), _tuple(dilation, n), _pad_arg(padding, n)
+    in_sizes = mode.entries[x].sizes
+    sizes = _window_sizes(conv_output_size, in_sizes, k, stride, padding, dilation)
+    before = [tuple(lo for lo, _ in padding_amounts(size, k, stride, padding, dilation)) for size in in_sizes] if (
+        isinstance(padding, str)) else [padding] * len(in_sizes)
+    source = mode.clean(x) if _reads_outside(in_sizes, sizes, k, stride, dilation, before) else x
+    out = func(source, *args[1:], **kwargs)
     return mode.register(out, sizes, clean=False)
+
+
+def _reads_outside(in_sizes: Sizes, out_sizes: Sizes, kernel, stride, dilation, before) -> bool:
+    """Whether any valid output's window reaches past its sample's extent (into padding or garbage).
+
+    The last valid output of a dimension starts at ``(out − 1)·s − pad_before`` and spans ``d·(k − 1) + 1``
+    inputs; if that stays inside the sample (``padding=0``, or a stride that does not reach the edge), the
+    values outside the extent are never read and need not be zeroed.
+    """
+    for size, out, pad in zip(in_sizes, out_sizes, before):
+        for i, o, k, s, d, p in zip(size, out, kernel, stride, dilation, pad):
+            if (o - 1) * s - p + d * (k - 1) >= i:
+                return True
+    return False
 
 
 def _tuple(value, n):
@@ -340,9 +357,11 @@ def _max_pool(mode: _MaskedMode, func, args, kwargs, padded):
     padding = _tuple(_arg(args, kwargs, 3, "padding", 0), n)
     dilation = _tuple(_arg(args, kwargs, 4, "dilation", 1), n)
     ceil_mode = _arg(args, kwargs, 5, "ceil_mode", False)
-    filled = torch.where(mode.mask_of(x), x, -math.inf)
+    in_sizes = mode.entries[x].sizes
+    sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, dilation, ceil_mode)
+    reads_outside = _reads_outside(in_sizes, sizes, kernel, stride, dilation, [padding] * len(in_sizes))
+    filled = torch.where(mode.mask_of(x), x, -math.inf) if reads_outside else x
     out = func(filled, *args[1:], **kwargs)
-    sizes = _window_sizes(pool_output_size, mode.entries[x].sizes, kernel, stride, padding, dilation, ceil_mode)
     if isinstance(out, tuple):  # (values, indices)
         return (mode.register(out[0], sizes, clean=False), *out[1:])
     return mode.register(out, sizes, clean=False)
@@ -358,7 +377,11 @@ def _avg_pool(mode: _MaskedMode, func, args, kwargs, padded):
     ceil_mode = _arg(args, kwargs, 4, "ceil_mode", False)
     count_include_pad = _arg(args, kwargs, 5, "count_include_pad", True)
     divisor_override = _arg(args, kwargs, 6, "divisor_override", None)
-    sizes = _window_sizes(pool_output_size, mode.entries[x].sizes, kernel, stride, padding, 1, ceil_mode)
+    in_sizes = mode.entries[x].sizes
+    sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, 1, ceil_mode)
+    ones = (1,) * n
+    if not _reads_outside(in_sizes, sizes, kernel, stride, ones, [padding] * len(in_sizes)):
+        return mode.register(func(*args, **kwargs), sizes, clean=False)  # every window inside its sample
     clean = mode.clean(x)
     if count_include_pad or divisor_override is not None:
         if ceil_mode and divisor_override is None:
