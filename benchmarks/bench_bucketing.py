@@ -10,7 +10,7 @@ Rows:
 * the same with ``megabatch=64`` (more varied batches from epoch to epoch, more padding).
 * 1-D heights (the seed's constant-width scans), 2000 samples, batch 8.
 
-Run: ``python -m benchmarks bucketing`` (or ``python benchmarks/bench_bucketing.py``).
+Run: ``python -m benchmarks bucketing`` (or ``python -m benchmarks.bench_bucketing``).
 """
 
 from __future__ import annotations

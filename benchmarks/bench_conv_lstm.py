@@ -7,7 +7,7 @@ Rows (``ratio = ms / baseline_ms``, lower is better; goal ≤ 1.1 with masks on)
 * forward + backward with an ``(N, T)`` step mask, with an ``(N, T, H', W')`` pixel mask, and without.
 * forward only (inference, ``torch.no_grad``) with the pixel mask.
 
-Run: ``python benchmarks/bench_conv_lstm.py`` (or ``python -m benchmarks conv_lstm``).
+Run: ``python -m benchmarks.bench_conv_lstm`` (or ``python -m benchmarks conv_lstm``).
 """
 
 from __future__ import annotations
@@ -16,30 +16,9 @@ import os
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 
+from benchmarks._timing import interleaved_ms
 from cnnkit.nn import ConvLSTM2d
-
-
-def _ms(fn, min_run_time: float = 0.5) -> float:
-    """Best block mean of one round, in ms."""
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())  # Timer defaults to 1
-    return 1000 * min(timer.blocked_autorange(min_run_time=min_run_time).times)
-
-
-def _interleaved_ms(fns: dict, rounds: int = 3, min_run_time: float = 0.5) -> dict:
-    """Best time of each function over ``rounds`` interleaved rounds, in ms.
-
-    On a shared machine other processes only ever add time, so the minimum is the estimate; alternating
-    the candidates spreads any disturbance over all of them instead of one.
-    """
-    for fn in fns.values():
-        fn()  # warm-up (allocations, lazy initialisation)
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            best[name] = min(best[name], _ms(fn, min_run_time))
-    return best
 
 
 class CatCell(nn.Module):
@@ -95,7 +74,7 @@ def run(batch: int = 8, steps: int = 10, size: int = 32, channels: int = 8, hidd
         with torch.no_grad():
             cell(x)
 
-    ms = _interleaved_ms({
+    ms = interleaved_ms({
         "cell": cell_step, "cell_fwd": cell_infer, "step": train_step(step_mask),
         "pixel": train_step(pixel_mask), "none": train_step(None), "pixel_fwd": infer(pixel_mask),
     })

@@ -10,7 +10,7 @@ two backward). Rows (``ratio = ms / baseline_ms``, lower is better):
   layer's shape reaches when the weight is shared (informative).
 * vs ``F.unfold`` + ``torch.einsum`` written here (goal ≤ 0.4, i.e. ≥ 2.5× faster).
 
-Run: ``python benchmarks/bench_locally_connected.py`` (or ``python -m benchmarks locally``).
+Run: ``python -m benchmarks.bench_locally_connected`` (or ``python -m benchmarks locally``).
 """
 
 from __future__ import annotations
@@ -19,30 +19,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
+from benchmarks._timing import interleaved_ms
 from cnnkit.nn import LocallyConnected2d
-
-
-def _ms(fn, min_run_time: float = 0.5) -> float:
-    """Best block mean of one round, in ms."""
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())  # Timer defaults to 1
-    return 1000 * min(timer.blocked_autorange(min_run_time=min_run_time).times)
-
-
-def _interleaved_ms(fns: dict, rounds: int = 3, min_run_time: float = 0.5) -> dict:
-    """Best time of each function over ``rounds`` interleaved rounds, in ms.
-
-    On a shared machine other processes only ever add time, so the minimum is the estimate; alternating
-    the candidates spreads any disturbance over all of them instead of one.
-    """
-    for fn in fns.values():
-        fn()  # warm-up (allocations, lazy initialisation)
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            best[name] = min(best[name], _ms(fn, min_run_time))
-    return best
 
 
 def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, kernel: int = 3) -> list[dict]:
@@ -70,7 +49,7 @@ def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, 
     flops = 3 * 2 * batch * positions * inputs * filters
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     c, d = torch.randn(batch * positions, inputs), torch.randn(inputs, filters)
-    ms = _interleaved_ms({"ours": ours, "einsum": unfold_einsum, "square": lambda: torch.matmul(a, b),
+    ms = interleaved_ms({"ours": ours, "einsum": unfold_einsum, "square": lambda: torch.matmul(a, b),
                           "dense": lambda: torch.matmul(c, d)})
     peak = 2 * 2048**3 / ms["square"] / 1e6  # GFLOP/s
     dense = 2 * batch * positions * inputs * filters / ms["dense"] / 1e6

@@ -6,36 +6,16 @@ Rows:
 * ``masked(model)`` on a padded batch vs running the samples one at a time (what exactness costs
   without cnnkit).
 
-Run: ``python -m benchmarks masked`` (or ``python benchmarks/bench_masked.py``).
+Run: ``python -m benchmarks masked`` (or ``python -m benchmarks.bench_masked``).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from benchmarks._timing import interleaved_ms
 from cnnkit.demo import TinyResNet
 from cnnkit.masking import masked, pad_batch
-
-
-def _interleaved_ms(fns: dict, rounds: int = 5, repeat: int = 3) -> dict:
-    """Best time of each function (ms) over ``rounds`` interleaved rounds of ``repeat`` calls.
-
-    Other processes only ever add time, so the minimum is the estimate; alternating the candidates spreads
-    any disturbance over all of them.
-    """
-    for fn in fns.values():
-        fn()
-        fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(repeat):
-                start = time.perf_counter()
-                fn()
-                best[name] = min(best[name], 1000 * (time.perf_counter() - start))
-    return best
 
 
 def _rows(batch: int, width: int, low: int, high: int, seed: int) -> list[dict]:
@@ -60,7 +40,7 @@ def _rows(batch: int, width: int, low: int, high: int, seed: int) -> list[dict]:
         for img in images:
             model(img[None]).square().sum().backward()
 
-    ms = _interleaved_ms({"plain": plain_step, "masked": masked_step, "loop": one_at_a_time})
+    ms = interleaved_ms({"plain": plain_step, "masked": masked_step, "loop": one_at_a_time}, min_run_time=0.3)
     plain_ms, masked_ms, loop_ms = ms["plain"], ms["masked"], ms["loop"]
     name = f"masked TinyResNet(width={width}) fwd+bwd, batch {batch}, sides {low}–{high}"
     return [

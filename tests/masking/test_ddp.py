@@ -45,6 +45,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save({"outputs": [t.detach() for t in out.unpad()], "grads": grads,
                     "running_mean": model[1].running_mean, "running_var": model[1].running_var},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # nobody leaves while the other still talks
     finally:
         dist.destroy_process_group()
 

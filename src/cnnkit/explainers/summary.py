@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from cnnkit._tensors import tensors_in
 from cnnkit.errors import CnnkitError
 from cnnkit.explainers.formatting import render_summary
 from cnnkit.explainers.registry import check_input_shape, find_explainer
@@ -92,16 +93,6 @@ class Summary:
         return summary_table(self)
 
 
-def _tensors(value) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
 def _op_name(func) -> tuple[str, str]:
     name = getattr(func, "__name__", repr(func))
     qual = getattr(func, "__qualname__", name)
@@ -164,8 +155,8 @@ class _Collector(TorchFunctionMode):
         self.last_done = name
         if not leaf or inside_leaf:
             return
-        inputs = _tensors(args)
-        outputs = _tensors(output)
+        inputs = tensors_in(args)
+        outputs = tensors_in(output)
         rf = self._module_field(module, inputs)
         self._set_field(outputs, rf)
         own = dict(module.named_parameters())
@@ -211,10 +202,10 @@ class _Collector(TorchFunctionMode):
         if self.busy or not self.stack or self.stack[-1][2]:
             return out  # outside the model's forward, or inside a leaf
         name, label = _op_name(func)
-        outputs = _tensors(out)
+        outputs = tensors_in(out)
         if name in _SKIP or not outputs:
             return out
-        inputs = _tensors(args) + _tensors(kwargs)
+        inputs = tensors_in(args) + tensors_in(kwargs)
         rf = self._field_of(inputs) if name in _KEEPS_FIELD else None
         self._set_field(outputs, rf)
         owner = self.stack[-1][0] or "(model)"

@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from cnnkit._tensors import tensors_in
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.masking.batch import PaddedBatch, extent_mask
 from cnnkit.masking.norm import masked_batch_norm, masked_group_norm
@@ -55,16 +56,6 @@ Sizes = tuple[tuple[int, ...], ...]
 class _Entry:
     sizes: Sizes  # per-sample spatial extent
     clean: bool  # zero outside the extent?
-
-
-def _tensors(value) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 def _name(func) -> str:
@@ -191,7 +182,7 @@ class _MaskedMode(TorchFunctionMode):
     # -- dispatch -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        padded = [t for t in _tensors(args) + _tensors(kwargs) if t in self.entries]
+        padded = [t for t in tensors_in(args) + tensors_in(kwargs) if t in self.entries]
         if not padded:
             return func(*args, **kwargs)
         for handlers, handler in _HANDLERS:
@@ -204,7 +195,7 @@ class _MaskedMode(TorchFunctionMode):
                 self.register(out, entry.sizes, entry.clean)
             return out
         out = func(*args, **kwargs) if _name(func) in _METADATA else None
-        if out is not None and not _tensors(out):
+        if out is not None and not tensors_in(out):
             return out
         if _name(func) in ("Tensor.data", "Tensor.__getitem__"):
             return self._getitem(func, args, kwargs, padded)
@@ -260,7 +251,7 @@ def _check_operands(mode: _MaskedMode, func, args, kwargs, padded) -> _Entry:
     if len(sizes) != 1:
         raise ShapeError(f"masked(): {_name(func)} combines padded tensors with different extents: {sorted(sizes)}.")
     canvas = tuple(padded[0].shape[2:])
-    for t in _tensors(args) + _tensors(kwargs):
+    for t in tensors_in(args) + tensors_in(kwargs):
         if t in mode.entries:
             if tuple(t.shape[2:]) != canvas:
                 raise ShapeError(f"masked(): {_name(func)} combines padded tensors of canvas {canvas} and "
@@ -348,14 +339,18 @@ def _conv_transpose(mode: _MaskedMode, func, args, kwargs, padded):
     return mode.register(out, sizes, clean=False)
 
 
-def _max_pool(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    n = x.dim() - 2
+def _pool_geometry(args, kwargs, n: int):
+    """``(kernel_size, stride, padding)`` tuples of a ``*_pool*d`` call; ``stride`` defaults to the kernel."""
     kernel = _tuple(_arg(args, kwargs, 1, "kernel_size"), n)
     stride = _arg(args, kwargs, 2, "stride", None)
     stride = kernel if stride is None or stride == [] or stride == () else _tuple(stride, n)
-    padding = _tuple(_arg(args, kwargs, 3, "padding", 0), n)
-    dilation = _tuple(_arg(args, kwargs, 4, "dilation", 1), n)
+    return kernel, stride, _tuple(_arg(args, kwargs, 3, "padding", 0), n)
+
+
+def _max_pool(mode: _MaskedMode, func, args, kwargs, padded):
+    x = args[0]
+    kernel, stride, padding = _pool_geometry(args, kwargs, x.dim() - 2)
+    dilation = _tuple(_arg(args, kwargs, 4, "dilation", 1), x.dim() - 2)
     ceil_mode = _arg(args, kwargs, 5, "ceil_mode", False)
     in_sizes = mode.entries[x].sizes
     sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, dilation, ceil_mode)
@@ -370,10 +365,7 @@ def _max_pool(mode: _MaskedMode, func, args, kwargs, padded):
 def _avg_pool(mode: _MaskedMode, func, args, kwargs, padded):
     x = args[0]
     n = x.dim() - 2
-    kernel = _tuple(_arg(args, kwargs, 1, "kernel_size"), n)
-    stride = _arg(args, kwargs, 2, "stride", None)
-    stride = kernel if stride is None or stride == [] or stride == () else _tuple(stride, n)
-    padding = _tuple(_arg(args, kwargs, 3, "padding", 0), n)
+    kernel, stride, padding = _pool_geometry(args, kwargs, n)
     ceil_mode = _arg(args, kwargs, 4, "ceil_mode", False)
     count_include_pad = _arg(args, kwargs, 5, "count_include_pad", True)
     divisor_override = _arg(args, kwargs, 6, "divisor_override", None)

@@ -16,13 +16,32 @@ from cnnkit.errors import ShapeError
 __all__ = ["masked_batch_norm", "masked_group_norm"]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the sum of the gradients (another all-reduce)."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, process_group) -> Tensor:
+        import torch.distributed as dist
+
+        ctx.process_group = process_group
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=process_group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.process_group)
+        return grad, None
+
+
 def _all_reduce(tensor: Tensor, process_group) -> Tensor:
     """Differentiable sum over the processes of ``process_group`` (identity without one)."""
     if process_group is None:
         return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor, group=process_group)
+    return _AllReduceSum.apply(tensor, process_group)
 
 
 def _check_mask(input: Tensor, mask: Tensor) -> None:
