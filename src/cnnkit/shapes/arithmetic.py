@@ -60,6 +60,14 @@ def _rank(size: Size) -> int:
     )
 
 
+def _geometry(size: Size, kernel_size: Size, stride: Size | None, dilation: Size):
+    """``(n, sizes, kernel, strides, dilations)`` as tuples of ``n`` ints; ``stride=None`` means the kernel."""
+    n = _rank(size)
+    kernel = ntuple(kernel_size, n, "kernel_size")
+    strides = kernel if stride is None else ntuple(stride, n, "stride")
+    return n, ntuple(size, n, "size"), kernel, strides, ntuple(dilation, n, "dilation")
+
+
 def _unwrap(values: tuple, size: Size):
     return values[0] if _is_int(size) else values
 
@@ -106,11 +114,7 @@ def padding_amounts(
         >>> padding_amounts((5, 6), 3, stride=2, padding="same")
         ((1, 1), (0, 1))
     """
-    n = _rank(size)
-    sizes = ntuple(size, n, "size")
-    kernel = ntuple(kernel_size, n, "kernel_size")
-    strides = ntuple(stride, n, "stride")
-    dilations = ntuple(dilation, n, "dilation")
+    n, sizes, kernel, strides, dilations = _geometry(size, kernel_size, stride, dilation)
     return _pads(sizes, kernel, strides, dilations, padding, n)
 
 
@@ -162,11 +166,7 @@ def conv_output_size(
         >>> conv_output_size((224, 224), 7, stride=2, padding=3)
         (112, 112)
     """
-    n = _rank(size)
-    sizes = ntuple(size, n, "size")
-    kernel = ntuple(kernel_size, n, "kernel_size")
-    strides = ntuple(stride, n, "stride")
-    dilations = ntuple(dilation, n, "dilation")
+    n, sizes, kernel, strides, dilations = _geometry(size, kernel_size, stride, dilation)
     pads = _pads(sizes, kernel, strides, dilations, padding, n)
     out = []
     for i, k, s, d, (lo, hi) in zip(sizes, kernel, strides, dilations, pads):
@@ -208,11 +208,7 @@ def pool_output_size(
         >>> pool_output_size(5, 2, padding="same")
         3
     """
-    n = _rank(size)
-    sizes = ntuple(size, n, "size")
-    kernel = ntuple(kernel_size, n, "kernel_size")
-    strides = kernel if stride is None else ntuple(stride, n, "stride")
-    dilations = ntuple(dilation, n, "dilation")
+    n, sizes, kernel, strides, dilations = _geometry(size, kernel_size, stride, dilation)
     args = _args_text(
         size=size, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
         ceil_mode=ceil_mode,
@@ -273,11 +269,7 @@ def conv_transpose_output_size(
         >>> conv_transpose_output_size(10, 3, stride=2, padding="valid")
         21
     """
-    n = _rank(size)
-    sizes = ntuple(size, n, "size")
-    kernel = ntuple(kernel_size, n, "kernel_size")
-    strides = ntuple(stride, n, "stride")
-    dilations = ntuple(dilation, n, "dilation")
+    n, sizes, kernel, strides, dilations = _geometry(size, kernel_size, stride, dilation)
     extra = ntuple(output_padding, n, "output_padding", minimum=0)
     args = _args_text(
         size=size, kernel_size=kernel_size, stride=stride, padding=padding,
@@ -371,11 +363,7 @@ def describe_conv_size(
         >>> print(*describe_conv_size((28, 28), 5, stride=2, padding="same"), sep="\\n")
         28 → ceil(28 / 2) = 14 ('same', TensorFlow rule: pad (1, 2))
     """
-    n = _rank(size)
-    sizes = ntuple(size, n, "size")
-    kernel = ntuple(kernel_size, n, "kernel_size")
-    strides = ntuple(stride, n, "stride")
-    dilations = ntuple(dilation, n, "dilation")
+    n, sizes, kernel, strides, dilations = _geometry(size, kernel_size, stride, dilation)
     outs = conv_output_size(sizes, kernel, strides, padding, dilations)
     pads = _pads(sizes, kernel, strides, dilations, padding, n)
     lines: list[str] = []
@@ -407,11 +395,7 @@ def describe_pool_size(
     if isinstance(padding, str):
         return describe_conv_size(size, kernel_size, kernel_size if stride is None else stride, padding,
                                   dilation)
-    n = _rank(size)
-    sizes = ntuple(size, n, "size")
-    kernel = ntuple(kernel_size, n, "kernel_size")
-    strides = kernel if stride is None else ntuple(stride, n, "stride")
-    dilations = ntuple(dilation, n, "dilation")
+    n, sizes, kernel, strides, dilations = _geometry(size, kernel_size, stride, dilation)
     pads = ntuple(padding, n, "padding", minimum=0)
     outs = pool_output_size(sizes, kernel, strides, pads, dilations, ceil_mode)
     rounding = "ceil" if ceil_mode else "floor"
