@@ -28,7 +28,8 @@ def test_public_api_names():
         "CnnkitError", "Explanation", "ShapeError", "UnsupportedError", "conv_output_size",
         "conv_transpose_output_size", "errors", "explain", "pool_output_size", "register_explainer", "shapes",
         "summary", "Summary", "explainers", "keras", "init", "masking", "masked", "pad_batch", "PaddedBatch",
-        "collate_padded", "nn",
+        "collate_padded", "nn", "losses", "data", "pixel_cross_entropy", "PixelCrossEntropy",
+        "class_weights",
     }
     assert expected <= set(cnnkit.__all__)
     for name in cnnkit.__all__:

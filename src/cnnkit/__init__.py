@@ -1,12 +1,14 @@
 """cnnkit: convolutional networks on real-world data.
 
 The most used names are here; each domain has its own package: ``cnnkit.shapes``, ``cnnkit.explainers``,
-``cnnkit.masking``, ``cnnkit.nn``, ``cnnkit.init``, ``cnnkit.keras``.
+``cnnkit.masking``, ``cnnkit.nn``, ``cnnkit.init``, ``cnnkit.keras``, ``cnnkit.losses``, ``cnnkit.metrics``,
+``cnnkit.data``.
 """
 
-from cnnkit import errors, explainers, init, keras, masking, nn, shapes
+from cnnkit import data, errors, explainers, init, keras, losses, masking, nn, shapes
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers import Explanation, Summary, explain, register_explainer, summary
+from cnnkit.losses import PixelCrossEntropy, class_weights, pixel_cross_entropy
 from cnnkit.masking import PaddedBatch, collate_padded, masked, pad_batch
 from cnnkit.shapes import conv_output_size, conv_transpose_output_size, pool_output_size
 
@@ -16,21 +18,26 @@ __all__ = [
     "CnnkitError",
     "Explanation",
     "PaddedBatch",
+    "PixelCrossEntropy",
     "ShapeError",
     "Summary",
     "UnsupportedError",
+    "class_weights",
     "collate_padded",
     "conv_output_size",
     "conv_transpose_output_size",
+    "data",
     "errors",
     "explain",
     "explainers",
     "init",
     "keras",
+    "losses",
     "masked",
     "masking",
     "nn",
     "pad_batch",
+    "pixel_cross_entropy",
     "pool_output_size",
     "register_explainer",
     "shapes",
