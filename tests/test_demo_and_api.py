@@ -28,7 +28,7 @@ def test_public_api_names():
         "CnnkitError", "Explanation", "ShapeError", "UnsupportedError", "conv_output_size",
         "conv_transpose_output_size", "errors", "explain", "pool_output_size", "register_explainer", "shapes",
         "summary", "Summary", "explainers", "keras", "init", "masking", "masked", "pad_batch", "PaddedBatch",
-        "collate_padded", "nn", "losses", "data", "pixel_cross_entropy", "PixelCrossEntropy",
+        "collate_padded", "nn", "losses", "data", "render", "inspect", "pixel_cross_entropy", "PixelCrossEntropy",
         "class_weights",
     }
     assert expected <= set(cnnkit.__all__)

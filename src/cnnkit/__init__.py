@@ -2,10 +2,10 @@
 
 The most used names are here; each domain has its own package: ``cnnkit.shapes``, ``cnnkit.explainers``,
 ``cnnkit.masking``, ``cnnkit.nn``, ``cnnkit.init``, ``cnnkit.keras``, ``cnnkit.losses``, ``cnnkit.metrics``,
-``cnnkit.data``.
+``cnnkit.data``, ``cnnkit.render``, ``cnnkit.inspect``.
 """
 
-from cnnkit import data, errors, explainers, init, keras, losses, masking, nn, shapes
+from cnnkit import data, errors, explainers, init, inspect, keras, losses, masking, nn, render, shapes
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers import Explanation, Summary, explain, register_explainer, summary
 from cnnkit.losses import PixelCrossEntropy, class_weights, pixel_cross_entropy
@@ -31,6 +31,7 @@ __all__ = [
     "explain",
     "explainers",
     "init",
+    "inspect",
     "keras",
     "losses",
     "masked",
@@ -40,6 +41,7 @@ __all__ = [
     "pixel_cross_entropy",
     "pool_output_size",
     "register_explainer",
+    "render",
     "shapes",
     "summary",
 ]

@@ -1,0 +1,142 @@
+"""t-SNE of learned features: do samples of one class end up near each other in feature space?
+
+:func:`tsne_plot` embeds feature vectors in 2-D with scikit-learn's :class:`~sklearn.manifold.TSNE`
+(van der Maaten & Hinton, 2008) and draws them with matplotlib, coloured by class with the same fixed
+palette as :func:`cnnkit.render.colorize`. Feature maps (N, C, *spatial) are global-average-pooled to
+(N, C) first. matplotlib is driven through its object API with the Agg canvas: no window, no pyplot
+global state, no change of the user's backend.
+
+scikit-learn and matplotlib are imported when the function runs, so ``import cnnkit.inspect`` does not
+need them.
+
+References:
+    L. van der Maaten, G. Hinton, "Visualizing Data using t-SNE", JMLR 9 (2008) 2579–2605.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cnnkit.errors import ShapeError
+from cnnkit.render.labels import DEFAULT_PALETTE
+
+__all__ = ["pool_features", "tsne_plot"]
+
+
+def pool_features(features: Tensor | np.ndarray) -> np.ndarray:
+    """(N, D) features as float64 NumPy; (N, C, *spatial) feature maps are averaged over space first.
+
+    Examples:
+        >>> pool_features(torch.ones(2, 3, 4, 4)).shape
+        (2, 3)
+    """
+    if isinstance(features, Tensor):
+        arr = features.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(features, np.ndarray):
+        arr = features.astype(np.float64)
+    else:
+        raise TypeError(f"features must be a torch.Tensor or a numpy.ndarray. Received {type(features).__name__}.")
+    if arr.ndim < 2:
+        raise ShapeError(
+            f"features must have shape (N, D) or (N, C, *spatial). Received features with shape {arr.shape}."
+        )
+    if arr.size == 0:
+        raise ShapeError(f"features must not be empty. Received features with shape {arr.shape}.")
+    if arr.ndim > 2:
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1).mean(axis=2)
+    if not np.isfinite(arr).all():
+        raise ShapeError("features must be finite. Received features with NaN or infinite values.")
+    return arr
+
+
+def tsne_plot(
+    features: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray | Sequence[int] | None,
+    path: str | Path | None,
+    *,
+    perplexity: float = 30.0,
+    seed: int = 0,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    title: str | None = None,
+    point_size: float = 12.0,
+) -> np.ndarray:
+    """Embed features in 2-D with t-SNE and save a scatter plot coloured by class as PNG.
+
+    Args:
+        features: (N, D) vectors, or (N, C, *spatial) feature maps (global-average-pooled).
+        labels: (N,) integer classes (colour ``k`` of :data:`cnnkit.render.DEFAULT_PALETTE`), or None.
+        path: PNG file to write, or None to only compute the coordinates.
+        perplexity: t-SNE perplexity; must be less than N (typical 5–50).
+        seed: ``random_state`` of the t-SNE; the same seed gives the same coordinates.
+        class_names: Legend entries by class (sequence or mapping); default the class numbers.
+        title: Figure title.
+        point_size: Marker area in points².
+
+    Returns:
+        The (N, 2) embedding coordinates.
+
+    Shape:
+        - features: (N, D) or (N, C, *spatial); labels: (N,)
+        - Output: (N, 2), float64.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> feats = np.concatenate([rng.normal(0, 1, (20, 5)), rng.normal(8, 1, (20, 5))])
+        >>> xy = tsne_plot(feats, [0] * 20 + [1] * 20, None, perplexity=5)
+        >>> xy.shape
+        (40, 2)
+
+    References:
+        L. van der Maaten, G. Hinton, "Visualizing Data using t-SNE", JMLR 2008.
+    """
+    from sklearn.manifold import TSNE
+
+    x = pool_features(features)
+    n = x.shape[0]
+    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or not 0 < perplexity < n:
+        raise ShapeError(
+            f"perplexity must be a number in (0, N) with N = {n} samples (typical 5–50). "
+            f"Received perplexity={perplexity!r}."
+        )
+    if labels is not None:
+        lab = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+        if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer) or (lab < 0).any():
+            raise ShapeError(
+                f"labels must be {n} integer classes >= 0, one per sample. Received labels with shape {lab.shape} "
+                f"and dtype {lab.dtype}."
+            )
+    coords = TSNE(n_components=2, perplexity=float(perplexity), random_state=seed, init="pca",
+                  learning_rate="auto").fit_transform(x)
+    if path is not None:
+        _plot(coords, None if labels is None else lab, Path(path), class_names, title, point_size)
+    return coords
+
+
+def _plot(coords, labels, path, class_names, title, point_size) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    palette = np.asarray(DEFAULT_PALETTE, dtype=np.float64) / 255.0
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=point_size, color=palette[0])
+    else:
+        names = dict(enumerate(class_names)) if isinstance(class_names, Sequence) else dict(class_names or {})
+        for k in np.unique(labels):
+            sel = labels == k
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=point_size, color=palette[k % len(palette)],
+                       label=str(names.get(int(k), int(k))))
+        ax.legend(loc="best", fontsize="small", markerscale=1.5, frameon=False)
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
