@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cnnkit._checks import ntuple
+from cnnkit._random import EpochSeeded
 from cnnkit.errors import ShapeError
 from cnnkit.masking.batch import IGNORE_INDEX
 
@@ -27,7 +28,7 @@ def _is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-class RareClassCrops(Dataset):
+class RareClassCrops(EpochSeeded, Dataset):
     """Crops of fixed size, each centred (with jitter) on a pixel of a chosen class with a given probability.
 
     For crop ``index`` of image ``index // num_crops``:
@@ -124,16 +125,7 @@ class RareClassCrops(Dataset):
         if not _is_int(num_crops) or num_crops < 1:
             raise ShapeError(f"num_crops must be an integer >= 1. Received num_crops={num_crops!r}.")
         self.num_crops = int(num_crops)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ShapeError(f"generator must be a torch.Generator or None. Received generator={generator!r}.")
-        self.seed = int(torch.randint(0, 2**62, (), generator=generator))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s crops from now on (same seed and epoch → same crops)."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ShapeError(f"epoch must be a non-negative integer. Received epoch={epoch!r}.")
-        self.epoch = int(epoch)
+        self._draw_seed(generator)
 
     def __len__(self) -> int:
         return len(self.dataset) * self.num_crops

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from cnnkit._checks import _is_int
+from cnnkit._random import EpochSeeded
 from cnnkit.errors import ShapeError
 
 __all__ = ["BucketBatchSampler", "padding_fraction"]
@@ -186,7 +187,7 @@ def _swap_search(groups: np.ndarray, table: np.ndarray) -> np.ndarray:
     return groups
 
 
-class BucketBatchSampler(Sampler[list[int]]):
+class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
     """Yield batches of indices whose samples have similar spatial sizes, for little padding.
 
     Use it as a ``DataLoader``'s ``batch_sampler`` together with :func:`cnnkit.masking.collate_padded`.
@@ -236,20 +237,11 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ShapeError(
                 f"shuffle and drop_last must be booleans. Received shuffle={shuffle!r}, drop_last={drop_last!r}."
             )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ShapeError(f"generator must be a torch.Generator or None. Received generator={generator!r}.")
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.megabatch = int(megabatch)
-        self.seed = int(torch.randint(0, 2**62, (), generator=generator))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass use epoch ``epoch`` (same seed and epoch → same batches on every process)."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ShapeError(f"epoch must be a non-negative integer. Received epoch={epoch!r}.")
-        self.epoch = int(epoch)
+        self._draw_seed(generator)
 
     def __len__(self) -> int:
         n = len(self.sizes)
