@@ -91,3 +91,50 @@ def test_real_subprocess_entry_point():
     out = subprocess.run([sys.executable, "-m", "cnnkit", "explain", "Linear(2000, 4800)", "-i", "2000"],
                          capture_output=True, text=True, check=True)
     assert "kernel (2000, 4800)" in out.stdout
+
+
+# --- Keras commands ----------------------------------------------------------------------------------
+
+KERAS_FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "keras" / "fixtures"
+
+
+def test_convert_writes_safetensors_that_load_into_the_converted_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from cnnkit.keras import load
+
+    out = tmp_path / "classifier.safetensors"
+    result = runner.invoke(app, ["convert", str(KERAS_FIXTURES / "classifier.keras"), str(out), "-v"])
+    assert result.exit_code == 0, result.output
+    assert "445 parameters" in result.output and "torch momentum 0.1" in result.output
+    model, _ = load(KERAS_FIXTURES / "classifier.keras")
+    state = load_file(out)
+    assert state.keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert (state[k] == v).all()
+
+
+def test_keras_explain_shows_both_layouts_of_the_seed_layers():
+    result = runner.invoke(app, ["keras-explain", str(KERAS_FIXTURES / "seed_dense.keras")], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "kernel (2000, 4800)" in result.output and "weight (4800, 2000)" in result.output
+    result = runner.invoke(app, ["keras-explain", str(KERAS_FIXTURES / "seed_conv1d.keras")], terminal_width=160)
+    assert "kernel (5, 300, 111)" in result.output and "weight (111, 300, 5)" in result.output
+    assert "(1, 111, 36)" in result.output
+
+
+def test_keras_explain_with_several_inputs_prints_the_report_only():
+    result = runner.invoke(app, ["keras-explain", str(KERAS_FIXTURES / "conv2d_same.h5")])
+    assert result.exit_code == 0, result.output
+    assert "no summary table" in result.output and "KerasConv2d" in result.output
+
+
+@pytest.mark.parametrize("command", ["convert", "keras-explain"])
+def test_keras_commands_refuse_bad_files_in_one_line(tmp_path, command):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    args = [command, str(bad)] + ([str(tmp_path / "out.safetensors")] if command == "convert" else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "error:" in result.output and "truncated" in result.output
+    assert not (tmp_path / "out.safetensors").exists()

@@ -270,3 +270,14 @@ def test_public_names_are_exported():
     for name in ["explain", "conv_output_size", "pool_output_size", "conv_transpose_output_size", "ShapeError",
                  "register_explainer", "Explanation"]:
         assert name in cnnkit.__all__ and hasattr(cnnkit, name)
+
+
+@pytest.mark.parametrize("padding", ["same", "causal", "valid"])
+def test_keras_convolutions_are_explained_with_keras_padding(padding):
+    from cnnkit.keras.modules import KerasConv1d, KerasConv2d
+
+    layers = [(KerasConv1d(3, 4, 4, stride=2, padding=padding), (3, 11))]
+    if padding != "causal":
+        layers.append((KerasConv2d(3, 4, 3, stride=2, padding=padding), (3, 9, 8)))
+    for layer, shape in layers:
+        assert explain(layer, shape).output_shape == run_shape(layer, shape)

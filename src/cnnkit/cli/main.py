@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command line: ``demo``, ``explain`` and ``summary``."""
+"""The ``cnnkit`` command line: ``demo``, ``explain``, ``summary``, ``convert`` and ``keras-explain``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,50 @@ def summary(
     try:
         result = summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size)
         _console().print(result)
+    except CnnkitError as error:
+        _fail(error)
+
+
+@app.command()
+def convert(
+    model: str = typer.Argument(..., help="A Keras model: .keras archive or legacy .h5 file."),
+    output: str = typer.Argument(..., help="Where to write the PyTorch weights (.safetensors)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Record that the model takes NHWC input."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print every layout conversion made."),
+) -> None:
+    """Convert a Keras model to PyTorch weights (safetensors), without TensorFlow or running its code."""
+    from cnnkit.keras import load, save_safetensors
+
+    try:
+        module, report = load(model, channels_last_input=channels_last)
+        save_safetensors(module, output, metadata={"source": Path(model).name, "keras_version": report.keras_version,
+                                                   "channels_last": str(channels_last)})
+    except (CnnkitError, OSError) as error:
+        _fail(error)
+    if verbose:
+        print(report)
+    print(f"wrote {len(module.state_dict())} tensors ({report.num_params:,} parameters) of "
+          f"{len(report.layers)} Keras layers to {output}")
+
+
+@app.command("keras-explain")
+def keras_explain(
+    model: str = typer.Argument(..., help="A Keras model: .keras archive or legacy .h5 file."),
+) -> None:
+    """Show how a Keras model converts: every layer, its weights in Keras and torch layout, and a summary."""
+    from cnnkit.explainers import summary as summarise
+    from cnnkit.keras import load
+
+    try:
+        module, report = load(model)
+        print(report)
+        shapes = module.input_shapes
+        if len(shapes) == 1 and all(s is not None for s in shapes[0]):
+            print()
+            _console().print(summarise(module, shapes[0]))
+        else:
+            print("\n(no summary table: it needs one input of known shape; this model has "
+                  f"{', '.join(str(s) for s in shapes)})")
     except CnnkitError as error:
         _fail(error)
 

@@ -74,17 +74,26 @@ def init_line(weight_shape: Sequence[int]) -> str:
 
 @register_explainer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv(m: nn.modules.conv._ConvNd, shape: tuple[int, ...]) -> LayerReport:
+    return conv_report(m, shape, m.padding)
+
+
+def conv_report(m: nn.modules.conv._ConvNd, shape: tuple[int, ...], padding) -> LayerReport:
+    """The explanation of a convolution module whose zeros follow ``padding`` (any cnnkit.shapes padding).
+
+    Modules that pad on their own before the convolution (a Keras ``"same"`` or ``"causal"`` layer)
+    pass that rule here instead of ``m.padding``.
+    """
     n = len(m.kernel_size)
     expect_rank(m, shape, [n + 1], f"(C, {_SPATIAL[n]})")
     expect_channels(m, shape[0], m.in_channels, "in_channels")
-    spatial = conv_output_size(shape[1:], m.kernel_size, m.stride, m.padding, m.dilation)
+    spatial = conv_output_size(shape[1:], m.kernel_size, m.stride, padding, m.dilation)
     cin = m.in_channels // m.groups
     per_filter = cin * math.prod(m.kernel_size)
     grouped = (
         f" (groups={m.groups}: each filter sees {cin} of the {m.in_channels} input channels)"
         if m.groups > 1 else ""
     )
-    steps = [f"size: {line}" for line in describe_conv_size(shape[1:], m.kernel_size, m.stride, m.padding,
+    steps = [f"size: {line}" for line in describe_conv_size(shape[1:], m.kernel_size, m.stride, padding,
                                                              m.dilation)]
     steps.append(
         f"weight: {m.out_channels} filters, each {cin} input channels × {x(m.kernel_size)} = "
