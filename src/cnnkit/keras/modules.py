@@ -268,32 +268,26 @@ class KerasConv1d(_KerasConv, nn.Conv1d):
         self._set_activation(activation)
 
 
-class KerasLocallyConnected2d(_ActivationMixin, LocallyConnected2d):
+class _ThenActivation(_ActivationMixin):
+    """A cnnkit layer (the next base class) followed by the Keras layer's ``activation``."""
+
+    def __init__(self, *args, activation: str = "linear", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._act(super().forward(input))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._activation_repr()
+
+
+class KerasLocallyConnected2d(_ThenActivation, LocallyConnected2d):
     """Keras 2 ``LocallyConnected2D`` (implementation 1): :class:`cnnkit.nn.LocallyConnected2d` + activation."""
 
-    def __init__(self, *args, activation: str = "linear", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self._act(super().forward(input))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._activation_repr()
-
-
-class KerasLocallyConnected1d(_ActivationMixin, LocallyConnected1d):
+class KerasLocallyConnected1d(_ThenActivation, LocallyConnected1d):
     """Keras 2 ``LocallyConnected1D``: :class:`cnnkit.nn.LocallyConnected1d` + activation."""
-
-    def __init__(self, *args, activation: str = "linear", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self._act(super().forward(input))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._activation_repr()
 
 
 class KerasEmbedding(nn.Embedding):
