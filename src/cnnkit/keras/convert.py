@@ -426,7 +426,8 @@ def _batch_norm(c: _Layer) -> _Built:
     if not 0 <= momentum <= 1 or eps <= 0:
         raise c.error(f"momentum must be in [0, 1] and epsilon > 0. Received momentum={momentum}, epsilon={eps}.")
     cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
-    module = cls(channels, eps=eps, momentum=1.0 - momentum)
+    # round() keeps 1 − 0.9 from showing as 0.09999999999999998 (a difference of 2e-17).
+    module = cls(channels, eps=eps, momentum=round(1.0 - momentum, 12))
     c.notes.append(f"momentum {momentum:g} (Keras: weight of the old mean) → torch momentum "
                    f"{1 - momentum:g} (weight of the new batch); epsilon {eps:g} kept; axis -1 → dim 1")
     names, defaults = [], {}
