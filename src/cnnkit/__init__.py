@@ -2,7 +2,7 @@
 
 The most used names are here; each domain has its own package: ``cnnkit.shapes``, ``cnnkit.explainers``,
 ``cnnkit.masking``, ``cnnkit.nn``, ``cnnkit.init``, ``cnnkit.keras``, ``cnnkit.losses``, ``cnnkit.metrics``,
-``cnnkit.data``, ``cnnkit.render``, ``cnnkit.inspect``.
+``cnnkit.data``, ``cnnkit.render``, ``cnnkit.inspect``, ``cnnkit.train`` (imported on demand: it loads Lightning).
 """
 
 from cnnkit import data, errors, explainers, init, inspect, keras, losses, masking, nn, render, shapes

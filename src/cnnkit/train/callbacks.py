@@ -1,0 +1,90 @@
+"""Lightning callbacks around cnnkit's introspection tools."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from cnnkit.inspect import FilterEvolution
+from cnnkit.inspect.evolution import LayerSpec
+
+__all__ = ["FilterEvolutionCallback"]
+
+
+class FilterEvolutionCallback(L.Callback):
+    """Records :class:`~cnnkit.inspect.FilterEvolution` snapshots during ``trainer.fit``, kept in checkpoints.
+
+    The evolution is created in ``setup`` (its first snapshot is the model before training) on the task's
+    ``model`` attribute when it has one (so layer names are those of your network, e.g. ``"stem.0"``), else on
+    the LightningModule itself. After each training batch its step counter is brought up to
+    ``trainer.global_step`` (optimizer steps, so gradient accumulation is respected), snapshotting every
+    ``every_n_steps``. Its state is saved in every checkpoint and restored on resume, so a resumed run
+    continues the same history.
+
+    Args:
+        layers: Layer names, module types or modules, as for :class:`~cnnkit.inspect.FilterEvolution`.
+        every_n_steps: Snapshot every this many optimizer steps (>= 1).
+        param: The parameter to follow (default ``"weight"``).
+
+    Attributes:
+        evolution: The :class:`~cnnkit.inspect.FilterEvolution` (``None`` before ``setup``); call its
+            ``change(layer)`` or ``render(layer)`` after training.
+
+    Examples:
+        >>> callback = FilterEvolutionCallback(nn.Conv2d, every_n_steps=10)
+        >>> callback
+        FilterEvolutionCallback(layers=<class 'torch.nn.modules.conv.Conv2d'>, every_n_steps=10, param='weight')
+    """
+
+    def __init__(self, layers: LayerSpec | Sequence[LayerSpec], every_n_steps: int = 100, *, param: str = "weight"):
+        super().__init__()
+        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
+            from cnnkit.errors import ShapeError
+
+            raise ShapeError(f"every_n_steps must be an integer >= 1. Received every_n_steps={every_n_steps!r}.")
+        self.layers = layers
+        self.every_n_steps = every_n_steps
+        self.param = param
+        self.evolution: FilterEvolution | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(layers={self.layers!r}, every_n_steps={self.every_n_steps}, "
+                f"param={self.param!r})")
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=repr(self.layers), every_n_steps=self.every_n_steps, param=self.param)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.evolution is not None:
+            return
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, nn.Module):
+            model = pl_module
+        self.evolution = FilterEvolution(model, self.layers, self.every_n_steps, param=self.param)
+        if self._pending_state is not None:
+            self.evolution.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self.evolution is None:
+            return
+        while self.evolution.global_step < trainer.global_step:
+            self.evolution.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.evolution is not None:
+            return self.evolution.state_dict()
+        return dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.evolution is None:
+            self._pending_state = dict(state_dict)
+        else:
+            self.evolution.load_state_dict(state_dict)

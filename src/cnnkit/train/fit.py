@@ -1,0 +1,235 @@
+"""``fit``: one call that trains a task with logs, progress, ``last.ckpt`` every epoch, and resume.
+
+Layout of ``run_dir``::
+
+    run_dir/
+        checkpoints/last.ckpt        written at the end of every epoch (atomically, see AtomicCheckpointIO)
+        checkpoints/best.ckpt        lowest ``val/loss`` so far (only with a validation loader)
+        logs/version_<k>/metrics.csv one CSV per (re)start; the ``step`` column is the global step
+        tensorboard/version_<k>/     when ``tensorboard`` is installed
+
+Resume: with ``resume="auto"`` a run whose ``checkpoints/last.ckpt`` exists continues from it — model,
+optimiser, epoch and global step, callback states (e.g. :class:`~cnnkit.train.FilterEvolutionCallback`) —
+so a crashed or killed run is restarted with the same call. A checkpoint is written after the epoch's
+validation, so a restart repeats at most the interrupted epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from cnnkit.errors import ShapeError
+
+__all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writer that never leaves a torn file: write ``<name>.tmp-*`` beside it, fsync, ``os.replace``.
+
+    Lightning's own ``_atomic_save`` stages the file in the system temporary directory and *moves* it, which is
+    a plain copy (not atomic) when that directory is on another file system than the run. Here the temporary
+    file lives in the checkpoint's own directory, so the rename is atomic on POSIX and Windows: a process
+    killed at any moment leaves either the previous complete checkpoint or the new complete one.
+    Non-local paths (``s3://`` …) fall back to Lightning's writer.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> path = Path(tempfile.mkdtemp()) / "a" / "x.ckpt"
+        >>> AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, path)
+        >>> torch.load(path)["w"], sorted(p.name for p in path.parent.iterdir())
+        (tensor([1., 1.]), ['x.ckpt'])
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                "AtomicCheckpointIO.save_checkpoint does not take storage_options. "
+                f"Received storage_options={storage_options!r}."
+            )
+        if "://" in str(path) and not str(path).startswith("file://"):
+            super().save_checkpoint(checkpoint, path)
+            return
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """``run_dir/checkpoints/last.ckpt`` if it exists, else ``None``.
+
+    Examples:
+        >>> last_checkpoint(tempfile.mkdtemp()) is None
+        True
+    """
+    path = Path(run_dir) / CHECKPOINT_DIR / LAST
+    return path if path.is_file() else None
+
+
+def _progress_bar(progress: bool) -> Callback | None:
+    if not progress:
+        return None
+    if importlib.util.find_spec("rich") is not None:
+        return RichProgressBar()
+    return TQDMProgressBar()
+
+
+def fit(
+    task: L.LightningModule,
+    train_loader,
+    val_loader=None,
+    *,
+    run_dir: str | os.PathLike,
+    max_epochs: int,
+    resume: str | os.PathLike | None = "auto",
+    accelerator: str = "cpu",
+    devices: int | str | Sequence[int] = 1,
+    strategy: str | Any = "auto",
+    num_nodes: int = 1,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    """Train ``task`` with CSV (and TensorBoard) logs, a progress bar, ``last.ckpt`` every epoch, and resume.
+
+    Args:
+        task: A :class:`lightning.LightningModule`, e.g. :class:`~cnnkit.train.SegmentationTask`.
+        train_loader: The training ``DataLoader``. Under DDP Lightning gives each process its share
+            (it swaps in a ``DistributedSampler``; a custom batch sampler such as
+            :class:`~cnnkit.BucketBatchSampler` must be made distributed by you).
+        val_loader: Optional validation ``DataLoader``, run after every training epoch.
+        run_dir: Folder of checkpoints and logs (created; see the module documentation for the layout).
+        max_epochs: Number of epochs in total, counting those done before a resume (>= 1).
+        resume: ``"auto"``: continue from ``run_dir/checkpoints/last.ckpt`` if it exists, else start afresh;
+            ``None``: start afresh (an existing ``last.ckpt`` is overwritten); a path: continue from that
+            checkpoint, which must exist.
+        accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"`` …).
+        devices: Devices per node (an int, ``"auto"`` or a list of indices).
+        strategy: Lightning strategy: ``"auto"``, ``"ddp"``, ``"ddp_spawn"`` … (with ``accelerator="cpu"``
+            DDP uses the gloo backend). Multi-node: set ``num_nodes`` and launch as Lightning documents.
+        num_nodes: Number of machines.
+        progress: Show a progress bar (Rich when ``rich`` is installed, else tqdm).
+        callbacks: More Lightning callbacks.
+        **trainer_kwargs: Passed to :class:`lightning.Trainer` (``precision``, ``gradient_clip_val``,
+            ``limit_train_batches`` …).
+
+    Returns:
+        The :class:`lightning.Trainer` after ``fit`` (``trainer.global_step``, ``trainer.logger.log_dir``,
+        ``trainer.checkpoint_callback.best_model_path`` …).
+
+    Examples:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from cnnkit.train import SegmentationTask
+        >>> x = torch.randn(8, 1, 8, 8)
+        >>> data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=4)
+        >>> task = SegmentationTask(torch.nn.Conv2d(1, 2, 3, padding=1), num_classes=2, lr=0.05)
+        >>> trainer = fit(task, data, data, run_dir=tempfile.mkdtemp(), max_epochs=2, progress=False,
+        ...               enable_model_summary=False)
+        >>> trainer.global_step, last_checkpoint(trainer.default_root_dir).name
+        (4, 'last.ckpt')
+    """
+    if not isinstance(task, L.LightningModule):
+        raise TypeError(f"task must be a lightning.LightningModule. Received {type(task).__name__}.")
+    if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
+        raise ShapeError(f"max_epochs must be an integer >= 1. Received max_epochs={max_epochs!r}.")
+    if not isinstance(progress, bool):
+        raise ShapeError(f"progress must be True or False. Received progress={progress!r}.")
+    for key in ("logger", "default_root_dir", "enable_checkpointing", "max_epochs"):
+        if key in trainer_kwargs:
+            raise ShapeError(
+                f"fit sets {key} itself (from run_dir / max_epochs). Received {key}={trainer_kwargs[key]!r}."
+            )
+    if "://" in os.fspath(run_dir):
+        raise ShapeError(f"run_dir must be a local folder. Received run_dir={os.fspath(run_dir)!r}.")
+    run_dir = Path(run_dir)
+    ckpt_path = _resolve_resume(resume, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ``save_last=True`` only writes last.ckpt when a top-k checkpoint is saved in the same step, so last.ckpt
+    # gets its own callback: monitor=None, top-1 under a fixed name, overwritten after every epoch.
+    last = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename=LAST.removesuffix(".ckpt"),
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        enable_version_counter=False,
+    )
+    all_callbacks: list[Callback] = [last]
+    if val_loader is not None:
+        all_callbacks.append(ModelCheckpoint(
+            dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+            every_n_epochs=1, enable_version_counter=False,
+        ))
+    all_callbacks += list(callbacks)
+    bar = _progress_bar(progress)
+    if bar is not None:
+        all_callbacks.append(bar)
+    loggers: list = [CSVLogger(save_dir=run_dir, name="logs")]
+    if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard"))
+    plugins = list(trainer_kwargs.pop("plugins", None) or [])
+    if not any(isinstance(p, TorchCheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    trainer_kwargs.setdefault("log_every_n_steps", 1)
+
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        logger=loggers,
+        callbacks=all_callbacks,
+        enable_progress_bar=progress,
+        plugins=plugins,
+        **trainer_kwargs,
+    )
+    trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    return trainer
+
+
+def _resolve_resume(resume, run_dir: Path) -> str | None:
+    if resume is None:
+        return None
+    if isinstance(resume, str) and resume == "auto":
+        last = last_checkpoint(run_dir)
+        return str(last) if last is not None else None
+    if isinstance(resume, (str, os.PathLike)):
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(
+                "resume must be 'auto', None or an existing checkpoint file. "
+                f"Received resume={str(resume)!r}, which does not exist."
+            )
+        return str(path)
+    raise ShapeError(f"resume must be 'auto', None or a checkpoint path. Received resume={resume!r}.")

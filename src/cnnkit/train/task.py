@@ -1,0 +1,405 @@
+"""Lightning tasks: a model, its loss, optimiser and metrics, for segmentation and classification.
+
+A task wraps *any* ``nn.Module``. Batches are ``(images, targets)``: ``images`` is a tensor (N, C, *spatial)
+or, with ``masked_input=True``, a :class:`~cnnkit.PaddedBatch` from :func:`~cnnkit.collate_padded`, which is
+run through :func:`cnnkit.masked` so that each sample is computed exactly as if alone. Targets are integer
+labels; −100 (what :func:`~cnnkit.collate_padded` pads label maps with) is always ignored.
+
+Logged values (``self.log`` with ``sync_dist=True``, so they are averaged over DDP processes):
+
+* :class:`SegmentationTask`: ``train/loss`` (per step and per epoch), ``val/loss``, ``val/mean_iou``,
+  ``val/pixel_accuracy`` and ``val/iou/<class>`` for every class, from
+  :class:`~cnnkit.metrics.SegmentationMetrics` (its confusion matrix is summed over processes).
+* :class:`ClassificationTask`: ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from numbers import Real
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnkit._checks import check_choice
+from cnnkit.errors import ShapeError
+from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
+from cnnkit.losses._common import check_class_weight, check_ignore_index
+from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
+from cnnkit.metrics import SegmentationMetrics
+
+__all__ = ["LOSSES", "OPTIMIZERS", "ClassificationTask", "SegmentationTask"]
+
+LOSSES = ("cross_entropy", "focal", "dice")
+"""Names accepted by ``SegmentationTask(loss=...)``."""
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+"""Names accepted by the tasks' ``optimizer`` argument."""
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def _check_positive_int(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ShapeError(f"{name} must be an integer >= 1. Received {name}={value!r}.")
+    return value
+
+
+def _check_number(value, name: str, *, positive: bool = False) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    if not ok or value < 0 or (positive and value == 0):
+        rule = "> 0" if positive else ">= 0"
+        raise ShapeError(f"{name} must be a finite number {rule}. Received {name}={value!r}.")
+    return float(value)
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ShapeError(f"{name} must be True or False. Received {name}={value!r}.")
+    return value
+
+
+class _Task(L.LightningModule):
+    """Shared model wrapping, optimiser and batch checks of the tasks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        class_weight,
+        ignore_index: int | None,
+        optimizer: str | OptimizerFactory,
+        lr: float,
+        weight_decay: float,
+        masked_input: bool,
+        sync_batchnorm: bool | None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module. Received model of type {type(model).__name__}.")
+        self.model = model
+        self.num_classes = _check_positive_int(num_classes, "num_classes")
+        self.ignore_index = check_ignore_index(ignore_index)
+        weight = check_class_weight(class_weight, self.num_classes)
+        self.register_buffer("class_weight", weight, persistent=False)
+        if not callable(optimizer):
+            optimizer = check_choice(optimizer, OPTIMIZERS, "optimizer")
+        self.optimizer = optimizer
+        self.lr = _check_number(lr, "lr", positive=True)
+        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.masked_input = _check_bool(masked_input, "masked_input")
+        if sync_batchnorm is not None:
+            _check_bool(sync_batchnorm, "sync_batchnorm")
+        self.sync_batchnorm = sync_batchnorm
+
+    # -- forward -------------------------------------------------------------------------------------
+
+    def _sync_bn(self) -> bool:
+        """``sync_batchnorm`` as given, or (None) whether the trainer runs more than one process."""
+        if self.sync_batchnorm is not None:
+            return self.sync_batchnorm
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1
+
+    def forward(self, images: Tensor | PaddedBatch) -> Tensor | PaddedBatch:
+        """Run the model; a :class:`~cnnkit.PaddedBatch` goes through :func:`cnnkit.masked` (``masked_input``)."""
+        if isinstance(images, PaddedBatch):
+            if not self.masked_input:
+                raise ShapeError(
+                    "images is a PaddedBatch, but the task was built with masked_input=False. "
+                    "Pass masked_input=True to run padded batches through cnnkit.masked."
+                )
+            return masked(self.model, sync_batchnorm=self._sync_bn())(images)
+        if not isinstance(images, Tensor):
+            raise ShapeError(f"images must be a tensor or a PaddedBatch. Received {type(images).__name__}.")
+        return self.model(images)
+
+    @staticmethod
+    def _split(batch) -> tuple[Tensor | PaddedBatch, Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ShapeError(
+                "batch must be a pair (images, targets), as a DataLoader of (image, target) samples yields. "
+                f"Received {type(batch).__name__}"
+                + (f" of length {len(batch)}." if isinstance(batch, (tuple, list)) else ".")
+            )
+        images, targets = batch[0], batch[1]
+        if not isinstance(targets, Tensor):
+            raise ShapeError(f"targets must be a tensor. Received {type(targets).__name__}.")
+        return images, targets
+
+    # -- optimiser -----------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if callable(self.optimizer):
+            return self.optimizer(params)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _optimizer_name(self) -> str:
+        return self.optimizer if isinstance(self.optimizer, str) else getattr(self.optimizer, "__name__", "callable")
+
+
+class SegmentationTask(_Task):
+    """Per-pixel classification of any model, with cnnkit's losses, masks and metrics.
+
+    Args:
+        model: Any module mapping images (N, C_in, *spatial) to logits (N, num_classes, *spatial).
+        num_classes: Number of classes C (>= 1).
+        loss: ``"cross_entropy"`` (:class:`~cnnkit.losses.PixelCrossEntropy`), ``"focal"``
+            (:class:`~cnnkit.losses.FocalLoss`), ``"dice"`` (:class:`~cnnkit.losses.DiceLoss`), or a callable
+            ``loss(logits, targets) -> scalar`` where ``logits`` may be a :class:`~cnnkit.PaddedBatch`.
+        class_weight: Weight of each class (C,) for the built-in losses, e.g. from
+            :func:`~cnnkit.losses.class_weights`. Not allowed with a callable loss (give it to the callable).
+        ignore_index: A target value to leave out of loss and metrics, besides −100 which is always left out.
+        optimizer: ``"adamw"`` (default), ``"adam"``, ``"sgd"`` (no momentum), or a callable
+            ``optimizer(parameters) -> torch.optim.Optimizer`` (then ``lr`` and ``weight_decay`` are unused).
+        lr: Learning rate (> 0).
+        weight_decay: Weight decay (>= 0); AdamW's decoupled decay, L2 for Adam and SGD.
+        masked_input: Accept :class:`~cnnkit.PaddedBatch` images (from :func:`~cnnkit.collate_padded`) and
+            run them through :func:`cnnkit.masked`; plain tensors still work.
+        sync_batchnorm: Reduce masked batch-norm statistics over all processes. ``None`` (default): when the
+            trainer's world size is > 1. Only used with ``masked_input`` (for plain tensors, use Lightning's
+            ``Trainer(sync_batchnorm=True)``).
+        class_names: Names used in the logged keys ``val/iou/<name>`` (default: the class indices).
+
+    Shape:
+        - images: (N, C_in, *spatial) tensor, or a PaddedBatch of them
+        - targets: (N, *spatial) integer labels, −100 (and ``ignore_index``) ignored
+
+    Examples:
+        >>> from cnnkit.demo.networks import TinySegNet
+        >>> task = SegmentationTask(TinySegNet(in_channels=1, num_classes=3, width=4), num_classes=3, lr=1e-2)
+        >>> task
+        SegmentationTask(num_classes=3, loss='cross_entropy', optimizer='adamw', lr=0.01, weight_decay=0.01)
+        >>> logits = task(torch.randn(2, 1, 8, 8))
+        >>> logits.shape
+        torch.Size([2, 3, 8, 8])
+        >>> float(task.loss_fn(logits.detach(), torch.randint(0, 3, (2, 8, 8)))) > 0
+        True
+        >>> SegmentationTask(TinySegNet(), num_classes=5, loss="bce")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: Unknown loss 'bce'. Expected one of ('cross_entropy', 'focal', 'dice').
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        loss: str | Callable[..., Tensor] = "cross_entropy",
+        class_weight=None,
+        ignore_index: int | None = None,
+        optimizer: str | OptimizerFactory = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        masked_input: bool = False,
+        sync_batchnorm: bool | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            num_classes,
+            class_weight=class_weight,
+            ignore_index=ignore_index,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            masked_input=masked_input,
+            sync_batchnorm=sync_batchnorm,
+        )
+        if callable(loss):
+            if class_weight is not None:
+                raise ShapeError(
+                    "class_weight applies to the built-in losses only; with a callable loss, give the weights to "
+                    f"the callable. Received loss={loss!r} and class_weight={self.class_weight.tolist()}."
+                )
+            self.loss_name = getattr(loss, "__name__", type(loss).__name__)
+            self.loss_fn = loss
+        else:
+            self.loss_name = check_choice(loss, LOSSES, "loss")
+            kinds = {"cross_entropy": PixelCrossEntropy, "focal": FocalLoss, "dice": DiceLoss}
+            self.loss_fn = kinds[self.loss_name](class_weight=self.class_weight, ignore_index=self.ignore_index)
+        if class_names is None:
+            class_names = [str(c) for c in range(self.num_classes)]
+        if isinstance(class_names, str) or len(class_names) != self.num_classes:
+            raise ShapeError(
+                f"class_names must be a sequence of num_classes={self.num_classes} names. "
+                f"Received class_names={class_names!r}."
+            )
+        self.class_names = [str(name) for name in class_names]
+        self.val_metrics = SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index)
+        self.save_hyperparameters({
+            "num_classes": self.num_classes, "loss": self.loss_name, "ignore_index": self.ignore_index,
+            "class_weight": None if self.class_weight is None else self.class_weight.tolist(),
+            "optimizer": self._optimizer_name(), "lr": self.lr, "weight_decay": self.weight_decay,
+            "masked_input": self.masked_input, "class_names": self.class_names,
+        })
+
+    def __repr__(self) -> str:
+        items = [f"num_classes={self.num_classes}", f"loss={self.loss_name!r}"]
+        if self.class_weight is not None:
+            items.append(f"class_weight={[round(v, 4) for v in self.class_weight.tolist()]}")
+        if self.ignore_index is not None:
+            items.append(f"ignore_index={self.ignore_index}")
+        items += [f"optimizer={self._optimizer_name()!r}", f"lr={self.lr}", f"weight_decay={self.weight_decay}"]
+        if self.masked_input:
+            items.append("masked_input=True")
+        return f"{type(self).__name__}({', '.join(items)})"
+
+    def _step(self, batch) -> tuple[Tensor, Tensor | PaddedBatch, int]:
+        images, targets = self._split(batch)
+        logits = self(images)
+        return self.loss_fn(logits, targets), logits, len(targets)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss, _, n = self._step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        loss, logits, n = self._step(batch)
+        _, targets = self._split(batch)
+        self.val_metrics.update(_detach(logits), targets)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() sums the confusion matrices of all processes, so every rank logs the same numbers.
+        result = self.val_metrics.compute()
+        self.log("val/mean_iou", result["mean_iou"], prog_bar=True, sync_dist=True)
+        self.log("val/pixel_accuracy", result["pixel_accuracy"], sync_dist=True)
+        for name, value in zip(self.class_names, result["iou"]):
+            self.log(f"val/iou/{name}", value, sync_dist=True)
+        self.val_metrics.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor | PaddedBatch:
+        """Predicted labels (N, *spatial) (a PaddedBatch of labels (N, 1, *spatial) for padded input)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        logits = self(images)
+        if isinstance(logits, PaddedBatch):
+            return PaddedBatch(logits.data.argmax(dim=1, keepdim=True), logits.sizes)
+        return logits.argmax(dim=1)
+
+
+class ClassificationTask(_Task):
+    """Image classification of any model: weighted cross-entropy and accuracy.
+
+    Args:
+        model: Any module mapping images (N, C_in, *spatial) to logits (N, num_classes); with
+            ``masked_input`` it may end in a global pooling so padded batches work.
+        num_classes: Number of classes C (>= 2).
+        class_weight: Weight of each class (C,) in the cross-entropy.
+        ignore_index: A target value to leave out, besides −100 which is always left out.
+        label_smoothing: Label smoothing of ``F.cross_entropy``, in [0, 1).
+        optimizer, lr, weight_decay, masked_input, sync_batchnorm: As in :class:`SegmentationTask`.
+
+    Shape:
+        - images: (N, C_in, *spatial) tensor, or a PaddedBatch of them
+        - targets: (N,) integer labels
+
+    Examples:
+        >>> from cnnkit.demo.networks import TinyResNet
+        >>> task = ClassificationTask(TinyResNet(in_channels=1, num_classes=4, width=4), num_classes=4)
+        >>> task(torch.randn(2, 1, 16, 16)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        class_weight=None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: str | OptimizerFactory = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        masked_input: bool = False,
+        sync_batchnorm: bool | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            num_classes,
+            class_weight=class_weight,
+            ignore_index=ignore_index,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            masked_input=masked_input,
+            sync_batchnorm=sync_batchnorm,
+        )
+        if self.num_classes < 2:
+            raise ShapeError(f"num_classes must be >= 2 for classification. Received num_classes={num_classes}.")
+        self.label_smoothing = _check_number(label_smoothing, "label_smoothing")
+        if self.label_smoothing >= 1:
+            raise ShapeError(f"label_smoothing must be in [0, 1). Received label_smoothing={label_smoothing!r}.")
+        self.save_hyperparameters({
+            "num_classes": self.num_classes, "ignore_index": self.ignore_index,
+            "class_weight": None if self.class_weight is None else self.class_weight.tolist(),
+            "label_smoothing": self.label_smoothing, "optimizer": self._optimizer_name(), "lr": self.lr,
+            "weight_decay": self.weight_decay, "masked_input": self.masked_input,
+        })
+
+    def __repr__(self) -> str:
+        items = [f"num_classes={self.num_classes}", f"optimizer={self._optimizer_name()!r}", f"lr={self.lr}",
+                 f"weight_decay={self.weight_decay}"]
+        if self.masked_input:
+            items.append("masked_input=True")
+        return f"{type(self).__name__}({', '.join(items)})"
+
+    def _step(self, batch) -> tuple[Tensor, Tensor, Tensor, int]:
+        images, targets = self._split(batch)
+        if targets.dim() != 1 or targets.is_floating_point():
+            raise ShapeError(f"targets must be integer labels (N,). Received targets of dtype {targets.dtype} "
+                             f"and shape {tuple(targets.shape)}.")
+        logits = self(images)
+        if isinstance(logits, PaddedBatch) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            shape = tuple(logits.data.shape) if isinstance(logits, PaddedBatch) else tuple(logits.shape)
+            raise ShapeError(f"the model must return logits (N, num_classes={self.num_classes}). "
+                             f"Received {type(logits).__name__} of shape {shape}.")
+        valid = targets != IGNORE_INDEX
+        if self.ignore_index is not None:
+            valid &= targets != self.ignore_index
+        if bool(valid.any()):
+            loss = F.cross_entropy(logits[valid], targets[valid], weight=self.class_weight,
+                                   label_smoothing=self.label_smoothing)
+        else:  # nothing counted: 0 with a zero gradient, not NaN
+            loss = logits.sum() * 0.0
+        correct = (logits.argmax(dim=1)[valid] == targets[valid]).sum()
+        return loss, correct, valid.sum(), len(targets)
+
+    def _log_step(self, stage: str, batch) -> Tensor:
+        loss, correct, counted, n = self._step(batch)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        accuracy = correct.float() / counted.clamp(min=1)
+        self.log(f"{stage}/accuracy", accuracy, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=max(int(counted), 1))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._log_step("train", batch)
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._log_step("val", batch)
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """Predicted labels (N,)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).argmax(dim=1)
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, PaddedBatch):
+        return PaddedBatch(value.data.detach(), value.sizes)
+    return value.detach()
