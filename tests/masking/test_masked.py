@@ -237,6 +237,20 @@ def test_spatial_mean_and_max_in_forward_code():
     _check_invariance(Head(), _images([(6, 9), (3, 3), (10, 2)]))
 
 
+def test_tensor_factories_in_forward_code():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            bias = y.new_zeros(1, y.shape[1], 1, 1) + 0.5  # an ordinary tensor borrowing dtype/device
+            return self.conv.weight.new_ones(()) * torch.zeros_like(y) + torch.ones_like(y) + y + bias
+
+    _check_invariance(Net(), _images([(6, 9), (3, 5)]))
+
+
 def test_weights_are_shared_not_copied():
     model = nn.Conv2d(3, 4, 3)
     wrapped = masked(model)

@@ -578,7 +578,23 @@ def _interpolate(mode: _MaskedMode, func, args, kwargs, padded):
     return mode.register(out, sizes, clean=False)
 
 
+def _like(mode: _MaskedMode, func, args, kwargs, padded):
+    """``zeros_like`` & co.: a tensor of the same extents (zeros are zero outside too, so it is clean)."""
+    out = func(*args, **kwargs)
+    zeros = getattr(func, "__name__", "") == "zeros_like" or (
+        getattr(func, "__name__", "") == "full_like" and _arg(args, kwargs, 1, "fill_value") == 0)
+    return mode.register(out, mode.entries[padded[0]].sizes, clean=zeros)
+
+
+def _new(mode: _MaskedMode, func, args, kwargs, padded):
+    """``x.new_zeros(shape)`` & co. only borrow dtype and device: the result is an ordinary tensor."""
+    return func(*args, **kwargs)
+
+
 _HANDLERS: list[tuple[set, Callable]] = [
+    (_funcs("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+            namespaces=(torch,)), _like),
+    (_funcs("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", namespaces=(Tensor,)), _new),
     (_POINTWISE, _pointwise),
     (_ADD | _MUL | _DIV, _binary),
     (_CONV, _conv),
