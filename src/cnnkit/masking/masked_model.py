@@ -140,8 +140,6 @@ class _MaskedMode(TorchFunctionMode):
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def register(self, t: Tensor, sizes: Sizes, clean: bool) -> Tensor:
-        if any(s <= 0 for size in sizes for s in size):
-            raise ShapeError(f"masked(): a sample's extent became empty: {sizes}.")
         canvas = tuple(t.shape[2:])
         if all(size == canvas for size in sizes):
             self.entries.pop(t, None)  # every sample fills the canvas: an ordinary tensor now
@@ -182,12 +180,13 @@ class _MaskedMode(TorchFunctionMode):
     # -- dispatch -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        padded = [t for t in tensors_in(args) + tensors_in(kwargs) if t in self.entries]
+        entries = self.entries
+        padded = [t for t in tensors_in(args) + tensors_in(kwargs) if t in entries] if entries else []
         if not padded:
             return func(*args, **kwargs)
-        for handlers, handler in _HANDLERS:
-            if func in handlers:
-                return handler(self, func, args, kwargs, padded)
+        handler = _DISPATCH.get(func)
+        if handler is not None:
+            return handler(self, func, args, kwargs, padded)
         if func in _SAME:
             out = func(*args, **kwargs)
             if isinstance(out, Tensor) and out is not padded[0]:
@@ -575,6 +574,8 @@ def _interpolate(mode: _MaskedMode, func, args, kwargs, padded):
         raise UnsupportedError(f"masked(): interpolate mode={interp_mode!r} is not supported on a padded batch.")
     out = func(source, *args[1:], **kwargs)
     sizes = tuple(tuple(math.floor(s * f) for s, f in zip(size_, scales)) for size_ in entry.sizes)
+    if any(s < 1 for size_ in sizes for s in size_):
+        raise ShapeError(f"masked(): interpolate(scale_factor={scale}) leaves a sample empty: extents {sizes}.")
     return mode.register(out, sizes, clean=False)
 
 
@@ -611,6 +612,10 @@ _HANDLERS: list[tuple[set, Callable]] = [
     ({F.pad}, _pad),
     ({F.interpolate}, _interpolate),
 ]
+
+_DISPATCH: dict[Callable, Callable] = {func: handler for funcs, handler in _HANDLERS for func in funcs}
+if len(_DISPATCH) != sum(len(funcs) for funcs, _ in _HANDLERS):  # pragma: no cover - a programming error
+    raise RuntimeError("masked(): a function is listed under two handlers")
 
 
 class MaskedModel(nn.Module):
