@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command line: ``demo``, ``explain``, ``summary``, ``convert`` and ``keras-explain``."""
+"""The ``cnnkit`` command line: ``demo``, ``explain``, ``summary``, ``convert``, ``keras-explain`` and ``report``."""
 
 from __future__ import annotations
 
@@ -148,6 +148,36 @@ def keras_explain(
                   f"{', '.join(str(s) for s in shapes)})")
     except CnnkitError as error:
         _fail(error)
+
+
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="The run folder given to cnnkit.train.fit (logs/, checkpoints/)."),
+    model: str = typer.Option(None, "--model", "-m", help="path/to/file.py:build_model, for the model sections."),
+    input: str = typer.Option(None, "--input", "-i", help="One sample's shape for the summary, no batch: 3x64x64."),
+    title: str = typer.Option(None, "--title", help="Page title (default: the run folder's name)."),
+) -> None:
+    """Write a static HTML report of a training run (curves, IoU, filters) to RUN_DIR/report/report.html."""
+    import warnings
+
+    from cnnkit.report import load_run_weights, write_report
+
+    try:
+        network = None
+        if model is not None:
+            network = load_factory(model)
+            if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
+                load_run_weights(network, run_dir)
+        shape = parse_input_shape(input) if input is not None else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            path = write_report(run_dir, model=network, input_shape=shape, title=title)
+    except (CnnkitError, OSError) as error:
+        _fail(error)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning) and warning.filename == __file__:
+            print(f"note: {warning.message}", file=sys.stderr)
+    print(f"wrote {path}")
 
 
 def main() -> None:

@@ -1,0 +1,221 @@
+"""``cnnkit.report``: a tiny real training run, its HTML parsed, its images opened, and (if installed) Chromium."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import textwrap
+import warnings
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from typer.testing import CliRunner
+
+import cnnkit.report
+from cnnkit import CnnkitError
+from cnnkit.cli.main import app
+from cnnkit.report import read_metrics, write_report
+from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
+
+CHROMIUM = Path("/usr/bin/chromium")
+CLASS_NAMES = ["background", "road", "car <&>"]  # markup in a name must come out escaped
+SECTIONS = ("curves", "iou", "evolution", "summary", "filters", "activations", "gradcam", "tsne", "predictions")
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(6, 3, 1))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two epochs of SegmentationTask on generated 3 × 16 × 16 images, with a FilterEvolutionCallback."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 16, 16)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.8).long()
+    y[:, 0] = -100  # an unlabelled row
+    data = DataLoader(TensorDataset(x, y), batch_size=8)
+    net = _net()
+    task = SegmentationTask(net, num_classes=3, lr=0.05, class_names=CLASS_NAMES)
+    run_dir = tmp_path_factory.mktemp("run")
+    fit(task, data, data, run_dir=run_dir, max_epochs=2, progress=False, enable_model_summary=False,
+        callbacks=[FilterEvolutionCallback(nn.Conv2d, every_n_steps=1)])
+    samples = [(x[i], y[i]) for i in range(8)]
+    path = write_report(run_dir, model=net, input_shape=(3, 16, 16), samples=samples, class_names=CLASS_NAMES,
+                        title="tiny <run> & co")
+    return run_dir, path, net, samples
+
+
+class _Page(HTMLParser):
+    """Collects images, links, sections and IoU cells of the report."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.links: list[str] = []
+        self.sections: dict[str, str] = {}
+        self.cells: dict[str, dict[str, str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.images.append(a)
+        for key in ("src", "href"):
+            if key in a:
+                self.links.append(a[key])
+        if tag == "section":
+            self.sections[a["id"]] = a["data-present"]
+        if tag == "td" and a.get("data-key"):
+            self.cells[a["data-key"]] = a
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_public_names():
+    assert set(cnnkit.report.__all__) == {"REPORT_DIR", "load_run_weights", "read_metrics", "write_report"}
+
+
+def test_report_is_one_file_with_valid_relative_pngs(run):
+    run_dir, path, _, _ = run
+    assert path == run_dir / "report" / "report.html"
+    page = _parse(path)
+    assert len(page.images) >= 10
+    for img in page.images:
+        src = img["src"]
+        assert not Path(src).is_absolute() and "/" not in src and ":" not in src, src
+        assert img["alt"].strip(), f"{src} has no alt text"
+        with Image.open(path.parent / src) as image:
+            assert image.format == "PNG" and image.size[0] > 0 and image.size[1] > 0
+    assert not [link for link in page.links if re.match(r"(https?:)?//", link)]
+    html = path.read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html and "@import" not in html
+
+
+def test_every_section_is_present(run):
+    _, path, _, _ = run
+    page = _parse(path)
+    assert page.sections == dict.fromkeys(SECTIONS, "yes")
+
+
+def test_user_strings_are_escaped(run):
+    _, path, _, _ = run
+    html = path.read_text(encoding="utf-8")
+    assert "tiny &lt;run&gt; &amp; co" in html and "<run>" not in html
+    assert "car &lt;&amp;&gt;" in html and "car <&>" not in html
+
+
+def test_iou_table_equals_the_last_validation_row(run):
+    run_dir, path, _, _ = run
+    with (run_dir / "logs" / "version_0" / "metrics.csv").open(newline="") as f:
+        last = [row for row in csv.DictReader(f) if row["val/mean_iou"]][-1]
+    cells = _parse(path).cells
+    keys = [f"val/iou/{name}" for name in CLASS_NAMES] + ["val/mean_iou", "val/pixel_accuracy"]
+    for key in keys:
+        assert float(cells[key]["data-value"]) == float(last[key]), key
+    text = path.read_text(encoding="utf-8")
+    for key in keys:
+        assert f">{float(last[key]):.4f}</td>" in text, key
+
+
+def test_resumed_run_is_read_as_one_history(tmp_path):
+    for k, rows in enumerate([["0,1,0.9"], ["1,2,0.8", "1,3,0.7"]]):
+        folder = tmp_path / "logs" / f"version_{k}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text("epoch,step,val/loss\n" + "\n".join(rows) + "\n")
+    assert [(r["step"], r["version"]) for r in read_metrics(tmp_path)] == [(1, 0), (2, 1), (3, 1)]
+    path = write_report(tmp_path)
+    page = _parse(path)
+    assert page.sections["curves"] == "yes" and page.sections["evolution"] == "no"
+    assert "1 restart(s)" in path.read_text(encoding="utf-8")
+
+
+def test_model_without_samples_notes_what_is_missing(tmp_path):
+    with pytest.warns(UserWarning, match="no logs/version_\\*/metrics.csv"):
+        path = write_report(tmp_path, model=_net(), input_shape=(3, 8, 8))
+    page = _parse(path)
+    assert page.sections["summary"] == "yes" and page.sections["filters"] == "yes"
+    assert page.sections["curves"] == "no" and page.sections["gradcam"] == "no"
+    assert "No samples given" in path.read_text(encoding="utf-8")
+
+
+def test_model_state_is_left_alone(run):
+    run_dir, _, net, samples = run
+    net.train()
+    before = [p.grad for p in net.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(run_dir, model=net, samples=samples[:2])
+    assert net.training and [p.grad for p in net.parameters()] == before
+
+
+def test_errors_name_the_run_dir(tmp_path):
+    with pytest.raises(CnnkitError, match=f"Nothing to report in run_dir '{re.escape(str(tmp_path))}'"):
+        write_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run_dir must be an existing folder"):
+        write_report(tmp_path / "nope")
+
+
+def test_cli_report(run, tmp_path):
+    run_dir, _, _, _ = run
+    factory = tmp_path / "tinynet.py"
+    factory.write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build():
+            return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1),
+                                 nn.ReLU(), nn.Conv2d(6, 3, 1))
+    """))
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(run_dir), "--model", f"{factory}:build", "--input", "3x16x16"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {run_dir / 'report' / 'report.html'}" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["report", str(empty)])
+    assert result.exit_code == 2 and "Nothing to report" in result.output and "metrics.csv" in result.output
+    model_only = tmp_path / "model_only"
+    model_only.mkdir()
+    result = runner.invoke(app, ["report", str(model_only), "--model", f"{factory}:build", "--input", "3x16x16"])
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.output and "has no logs/version_*/metrics.csv" in result.output
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless check needs /usr/bin/chromium "
+                    "(Debian: apt-get install -y chromium)")
+def test_chromium_renders_every_image_without_console_errors(run, tmp_path):
+    _, path, _, _ = run
+    url = path.resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    result = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
+    assert shot.is_file(), result.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2000)
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colors is None or len(colors) > 50  # not a blank page
+    dom = _chromium(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
+                    "--dump-dom", url)
+    states = re.findall(r'data-loaded="([a-z]+)"', dom.stdout)
+    assert states and set(states) == {"yes"}, (states, dom.stderr[-2000:])
+    assert len(states) == len(_parse(path).images)
+    for stderr in (result.stderr, dom.stderr):
+        bad = [line for line in stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line]
+        assert not bad, bad
