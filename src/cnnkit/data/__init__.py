@@ -1,5 +1,6 @@
-"""Data-set helpers for pixel-wise learning: crops centred on rare-class pixels."""
+"""Data-set helpers for pixel-wise learning: a user's folder of images and masks, rare-class crops."""
 
 from cnnkit.data.crops import RareClassCrops
+from cnnkit.data.folder import SegmentationFolder
 
-__all__ = ["RareClassCrops"]
+__all__ = ["RareClassCrops", "SegmentationFolder"]

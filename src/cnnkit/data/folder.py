@@ -1,0 +1,228 @@
+"""A dataset over a folder of images and label masks matched by file stem: PNG or multi-band TIFF, any size.
+
+Layout::
+
+    root/
+      images/  scene_01.png   scene_02.tif   ...
+      masks/   scene_01.png   scene_02.tif   ...
+
+``images/scene_01.png`` is paired with the mask of the same stem (``masks/scene_01.*``). Images may differ
+in size from one another (batch them with :func:`cnnkit.masking.collate_padded`), but each mask must have
+its image's height and width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.masking.batch import IGNORE_INDEX
+
+__all__ = ["SegmentationFolder"]
+
+PNG_EXTENSIONS = (".png",)
+TIFF_EXTENSIONS = (".tif", ".tiff")
+EXTENSIONS = PNG_EXTENSIONS + TIFF_EXTENSIONS
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise UnsupportedError(
+            f"Reading TIFF files needs the 'tifffile' package (pip install tifffile). Received: {path}"
+        ) from err
+    return np.asarray(tifffile.imread(path))
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+            return np.array(img)  # palette: the indices, not the colours
+        if img.mode in ("RGB", "RGBA", "LA"):
+            return np.array(img)
+        return np.array(img.convert("RGB"))
+
+
+def _read(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix in TIFF_EXTENSIONS:
+        return _read_tiff(path)
+    if suffix in PNG_EXTENSIONS:
+        return _read_png(path)
+    raise UnsupportedError(
+        f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
+    )
+
+
+class SegmentationFolder(Dataset):
+    """Pairs of (image, label map) read from ``root/images`` and ``root/masks``, matched by file stem.
+
+    Images are PNG (RGB, RGBA or grayscale, read with Pillow) or TIFF with any number of bands (read with
+    ``tifffile``). Masks are PNG (palette images give their palette *indices*; grayscale images their
+    values) or TIFF, holding integer class labels. Values are not rescaled: a ``uint8`` image gives
+    0–255 as float32, a ``uint16`` band its raw counts.
+
+    **Band layout of TIFF images.** A 2-D array is one band (1, H, W). A 3-D array is matched against
+    its mask's (H, W): if its first two axes equal the mask's shape it is channels-last (H, W, C), if its
+    last two do it is channels-first (C, H, W); when both hold (a C×C×C cube) channels-last wins, as in
+    Pillow and most writers. If neither holds, the image and mask sizes do not match and an error says so.
+
+    Args:
+        root: The dataset folder.
+        images: Sub-folder (relative to ``root``) with the images. Every file in it must have a supported
+            extension (``.png``, ``.tif``, ``.tiff``); hidden files are skipped.
+        masks: Sub-folder with the label masks, one per image stem.
+        bands: Optional band indices to keep, in order (e.g. ``(3, 2, 1)``); default all bands.
+        ignore_index: Optional mask value meaning "not labelled" (e.g. 255); it is returned as −100, the
+            value that :func:`cnnkit.losses.pixel_cross_entropy` and ``F.cross_entropy`` leave out.
+
+    Returns (per item):
+        ``(image, label)``: float32 (C, H, W) and int64 (H, W).
+
+    Raises:
+        CnnkitError: a folder is missing or empty, or an image has no mask (or more than one).
+        UnsupportedError: a file has an unsupported extension, a mask is colour (RGB) or not integral.
+        ShapeError: an image and its mask differ in size (both files and shapes are named), or a band
+            index is out of range.
+
+    Examples:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "images").mkdir(); (root / "masks").mkdir()
+        >>> Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(root / "images" / "a.png")
+        >>> Image.fromarray(np.ones((5, 7), np.uint8)).save(root / "masks" / "a.png")
+        >>> image, label = SegmentationFolder(root)[0]
+        >>> image.shape, image.dtype, label.shape, label.dtype
+        (torch.Size([3, 5, 7]), torch.float32, torch.Size([5, 7]), torch.int64)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        images: str = "images",
+        masks: str = "masks",
+        bands: Sequence[int] | None = None,
+        ignore_index: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.image_dir = self.root / images
+        self.mask_dir = self.root / masks
+        for name, folder in (("images", self.image_dir), ("masks", self.mask_dir)):
+            if not folder.is_dir():
+                raise CnnkitError(f"{name} folder does not exist. Received: {name}={str(folder)!r}")
+        if bands is not None:
+            bands = tuple(bands)
+            if not bands or not all(_is_int(b) and b >= 0 for b in bands):
+                raise ValueError(
+                    f"bands must be a non-empty sequence of non-negative integers. Received: bands={bands!r}"
+                )
+        if ignore_index is not None and not _is_int(ignore_index):
+            raise ValueError(f"ignore_index must be an integer or None. Received: ignore_index={ignore_index!r}")
+        self.bands = bands
+        self.ignore_index = ignore_index
+
+        image_files = self._list(self.image_dir)
+        if not image_files:
+            raise CnnkitError(f"No images found in {str(self.image_dir)!r} (expected {EXTENSIONS} files).")
+        masks_by_stem: dict[str, list[Path]] = {}
+        for path in self._list(self.mask_dir):
+            masks_by_stem.setdefault(path.stem, []).append(path)
+        self.samples: list[tuple[Path, Path]] = []
+        stems: dict[str, Path] = {}
+        for path in image_files:
+            if path.stem in stems:
+                raise CnnkitError(f"Two images share the stem {path.stem!r}: {stems[path.stem]} and {path}.")
+            stems[path.stem] = path
+            found = masks_by_stem.get(path.stem, [])
+            if not found:
+                raise CnnkitError(
+                    f"No mask for image {path}: expected a file "
+                    f"{path.stem}{{{','.join(EXTENSIONS)}}} in {self.mask_dir}."
+                )
+            if len(found) > 1:
+                raise CnnkitError(f"More than one mask for image {path}: {', '.join(map(str, found))}.")
+            self.samples.append((path, found[0]))
+
+    @staticmethod
+    def _list(folder: Path) -> list[Path]:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        for path in files:
+            if path.suffix.lower() not in EXTENSIONS:
+                raise UnsupportedError(
+                    f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
+                )
+        return files
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, images={self.image_dir.name!r}, "
+                f"masks={self.mask_dir.name!r}, bands={self.bands!r}, ignore_index={self.ignore_index!r})"
+                f"  # {len(self)} samples")
+
+    def _label(self, path: Path) -> np.ndarray:
+        mask = _read(path)
+        if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+            mask = mask.squeeze(0) if mask.shape[0] == 1 else mask.squeeze(-1)
+        if mask.ndim != 2:
+            raise UnsupportedError(
+                f"A mask must hold one integer label per pixel (H, W); colour or multi-band masks are not "
+                f"supported (save a palette or grayscale PNG). Received shape {mask.shape} from {path}"
+            )
+        integral = np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.bool_)
+        if not integral and (not np.all(np.isfinite(mask)) or not np.array_equal(mask, np.round(mask))):
+            raise UnsupportedError(
+                f"A mask must hold integer labels. Received dtype {mask.dtype} with non-integer values from {path}"
+            )
+        return mask.astype(np.int64)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image_path, mask_path = self.samples[index]
+        label = self._label(mask_path)
+        array = _read(image_path)
+        hw = label.shape
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3:
+            if array.shape[:2] == hw:
+                array = np.moveaxis(array, -1, 0)
+            elif array.shape[1:] != hw:
+                raise ShapeError(
+                    f"Image and mask sizes differ: image {image_path} has shape {array.shape}, mask {mask_path} "
+                    f"has shape {hw}; the image must be (H, W), (H, W, C) or (C, H, W) with the mask's (H, W)."
+                )
+        else:
+            raise ShapeError(f"An image must be 2-D or 3-D. Received shape {array.shape} from {image_path}")
+        if array.shape[1:] != hw:
+            raise ShapeError(
+                f"Image and mask sizes differ: image {image_path} has shape {array.shape[1:]}, "
+                f"mask {mask_path} has shape {hw}."
+            )
+        if self.bands is not None:
+            if max(self.bands) >= array.shape[0]:
+                raise ShapeError(
+                    f"bands must index the image's {array.shape[0]} bands. Received: bands={self.bands} "
+                    f"for {image_path}"
+                )
+            array = array[list(self.bands)]
+        image = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
+        target = torch.from_numpy(label)
+        if self.ignore_index is not None:
+            target[target == self.ignore_index] = IGNORE_INDEX
+        return image, target

@@ -1,0 +1,137 @@
+"""SegmentationFolder: PNG and TIFF pairs round-trip exactly, errors name the files, DataLoader works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from cnnkit.data.folder import SegmentationFolder
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.masking import PaddedBatch, collate_padded
+
+
+def _palette_png(labels: np.ndarray, path) -> None:
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 - 4) * 3)
+    img.save(path)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """Two RGB PNGs with palette / grayscale masks and two 4-band TIFFs (HWC and CHW) with TIFF masks."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    expected = {}
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    lab = rng.integers(0, 4, (5, 7), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "images" / "a.png")
+    _palette_png(lab, tmp_path / "masks" / "a.png")
+    expected["a"] = (rgb.transpose(2, 0, 1), lab)
+
+    gray_img = rng.integers(0, 256, (6, 3, 3), dtype=np.uint8)
+    lab_b = rng.integers(0, 3, (6, 3), dtype=np.uint8)
+    Image.fromarray(gray_img).save(tmp_path / "images" / "b.png")
+    Image.fromarray(lab_b, mode="L").save(tmp_path / "masks" / "b.png")
+    expected["b"] = (gray_img.transpose(2, 0, 1), lab_b)
+
+    hwc = rng.integers(0, 65535, (9, 4, 4), dtype=np.uint16)
+    lab_c = rng.integers(0, 5, (9, 4), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "images" / "c.tif", hwc, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "masks" / "c.tif", lab_c)
+    expected["c"] = (hwc.transpose(2, 0, 1), lab_c)
+
+    chw = rng.normal(size=(4, 8, 10)).astype(np.float32)
+    lab_d = rng.integers(0, 5, (8, 10), dtype=np.int32)
+    lab_d[0, :3] = 255
+    tifffile.imwrite(tmp_path / "images" / "d.tiff", chw, photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "masks" / "d.tiff", lab_d)
+    expected["d"] = (chw, lab_d)
+    return tmp_path, expected
+
+
+def test_values_round_trip_exactly(folder):
+    root, expected = folder
+    ds = SegmentationFolder(root)
+    assert len(ds) == 4
+    for (image_path, _), index in zip(ds.samples, range(len(ds))):
+        image, label = ds[index]
+        want_image, want_label = expected[image_path.stem]
+        assert image.dtype == torch.float32 and label.dtype == torch.int64
+        assert image.shape == want_image.shape and label.shape == want_label.shape
+        np.testing.assert_array_equal(image.numpy(), want_image.astype(np.float32))
+        np.testing.assert_array_equal(label.numpy(), want_label.astype(np.int64))
+
+
+def test_bands_and_ignore_index(folder):
+    root, expected = folder
+    (root / "images" / "a.png").unlink(), (root / "masks" / "a.png").unlink()
+    (root / "images" / "b.png").unlink(), (root / "masks" / "b.png").unlink()
+    ds = SegmentationFolder(root, bands=(3, 0), ignore_index=255)
+    image, label = ds[1]
+    chw, lab_d = expected["d"]
+    np.testing.assert_array_equal(image.numpy(), chw[[3, 0]])
+    want = lab_d.astype(np.int64)
+    want[want == 255] = -100
+    np.testing.assert_array_equal(label.numpy(), want)
+    with pytest.raises(ShapeError, match="bands must index the image's 4 bands"):
+        SegmentationFolder(root, bands=(4,))[0]
+    with pytest.raises(ValueError, match="bands must be a non-empty sequence"):
+        SegmentationFolder(root, bands=(-1,))
+
+
+def test_dataloader_with_collate_padded(folder):
+    root, expected = folder
+    ds = SegmentationFolder(root, bands=(0,))  # one band so that RGB, gray and TIFF images batch together
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_padded)
+    batch, labels = next(iter(loader))
+    assert isinstance(batch, PaddedBatch)
+    assert batch.data.shape == (4, 1, 9, 10)
+    assert labels.shape == (4, 9, 10) and labels.dtype == torch.int64
+    for i, (image_path, _) in enumerate(ds.samples):
+        want_image, want_label = expected[image_path.stem]
+        h, w = want_label.shape
+        assert batch.sizes[i].tolist() == [h, w]
+        np.testing.assert_array_equal(batch.data[i, 0, :h, :w].numpy(), want_image[0].astype(np.float32))
+        np.testing.assert_array_equal(labels[i, :h, :w].numpy(), want_label.astype(np.int64))
+        assert (labels[i, h:] == -100).all() and (labels[i, :, w:] == -100).all()
+
+
+def test_missing_mask_is_named(folder):
+    root, _ = folder
+    (root / "masks" / "c.tif").unlink()
+    with pytest.raises(CnnkitError, match=r"No mask for image .*c\.tif"):
+        SegmentationFolder(root)
+
+
+def test_size_mismatch_names_both_files(folder):
+    root, _ = folder
+    tifffile.imwrite(root / "masks" / "c.tif", np.zeros((9, 5), np.uint8))
+    ds = SegmentationFolder(root)
+    index = [p.stem for p, _ in ds.samples].index("c")
+    pattern = r"images.c\.tif has shape \(9, 4, 4\), mask .*masks.c\.tif has shape \(9, 5\)"
+    with pytest.raises(ShapeError, match=pattern):
+        ds[index]
+
+
+def test_unsupported_extension(folder):
+    root, _ = folder
+    (root / "images" / "e.jpg").write_bytes(b"")
+    with pytest.raises(UnsupportedError, match=r"Unsupported file extension '\.jpg'. Expected one of"):
+        SegmentationFolder(root)
+
+
+def test_rgb_mask_refused(folder):
+    root, _ = folder
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(root / "masks" / "a.png")
+    ds = SegmentationFolder(root)
+    with pytest.raises(UnsupportedError, match="colour or multi-band masks are not supported"):
+        ds[0]
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CnnkitError, match="images folder does not exist"):
+        SegmentationFolder(tmp_path)
