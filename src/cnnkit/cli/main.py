@@ -36,14 +36,22 @@ def _fail(error: Exception) -> None:
 
 @app.command()
 def demo(
-    height: int = typer.Option(64, min=4, help="Height of the example image."),
-    width: int = typer.Option(96, min=4, help="Width of the example image."),
+    out: str = typer.Option("cnnkit-demo", "--out", help="Run folder: logs, checkpoints, report/report.html."),
+    epochs: int = typer.Option(None, min=1, help="Training epochs (default 30: 20–45 s on 2 CPU cores)."),
+    seed: int = typer.Option(0, help="Seed of the built-in data set, the weights and the batch order."),
+    device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
+    shapes: bool = typer.Option(False, "--shapes", help="Only print the seed questions' shape answers, no training."),
+    height: int = typer.Option(64, min=4, help="--shapes: height of the example image."),
+    width: int = typer.Option(96, min=4, help="--shapes: width of the example image."),
 ) -> None:
-    """Answer the seed questions' shape puzzles and summarise a small segmentation network."""
-    from cnnkit.demo import run_demo
+    """Train a mask-aware segmentation network on built-in cloudy multi-band scenes and write an HTML report."""
+    from cnnkit.demo import run_demo, run_training_demo
 
     try:
-        run_demo(_console(), height=height, width=width)
+        if shapes:
+            run_demo(_console(), height=height, width=width)
+        else:
+            run_training_demo(out, epochs=epochs, seed=seed, device=device)
     except CnnkitError as error:
         _fail(error)
 

@@ -1,6 +1,24 @@
-"""``cnnkit demo``: what the library shows on a fresh machine."""
+"""``cnnkit demo``: a mask-aware segmentation network trained on a built-in data set, and its report.
 
+See ``docs/demo.md``.
+"""
+
+from cnnkit.demo.dataset import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
 from cnnkit.demo.networks import TinyResNet, TinySegNet
-from cnnkit.demo.run import run_demo
+from cnnkit.demo.pipeline import DemoResult, evaluate, majority_baseline, train_demo
+from cnnkit.demo.run import SEED_QUESTIONS, run_demo, run_training_demo
 
-__all__ = ["TinyResNet", "TinySegNet", "run_demo"]
+__all__ = [
+    "CLASS_NAMES",
+    "RARE_CLASS",
+    "SEED_QUESTIONS",
+    "DemoResult",
+    "SyntheticLandCover",
+    "TinyResNet",
+    "TinySegNet",
+    "evaluate",
+    "majority_baseline",
+    "run_demo",
+    "run_training_demo",
+    "train_demo",
+]

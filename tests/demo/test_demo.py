@@ -1,0 +1,150 @@
+"""The training demo: its data set (against hand-checked properties) and a shortened run end to end."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cnnkit.cli.main import app
+from cnnkit.demo import CLASS_NAMES, RARE_CLASS, SyntheticLandCover, majority_baseline, run_training_demo
+from cnnkit.errors import ShapeError
+from cnnkit.metrics import mean_iou
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_dataset_is_deterministic_for_a_seed():
+    a, b, c = SyntheticLandCover(6, seed=3), SyntheticLandCover(6, seed=3), SyntheticLandCover(6, seed=4)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert a.sizes != c.sizes or not all(torch.equal(x, y) for (x, _), (y, _) in zip(a, c))
+
+
+def test_dataset_sizes_clouds_unlabelled_and_rare_class():
+    data = SyntheticLandCover(60, seed=0)
+    heights = [h for h, _ in data.sizes]
+    widths = [w for _, w in data.sizes]
+    assert max(heights) >= 2 * min(heights) and max(widths) >= 2 * min(widths)  # several-fold in both
+    assert all(h % 4 == 0 and w % 4 == 0 and 32 <= h <= 96 and 32 <= w <= 96 for h, w in data.sizes)
+    cloudy = 0
+    for (image, label), cloud in zip(data, data.clouds):
+        assert image.shape == (5, *label.shape) and image.dtype == torch.float32 and label.dtype == torch.int64
+        assert torch.equal(image[-1], (~cloud).float())  # the validity band
+        assert (image[:4, cloud] == 0).all()  # no data under clouds
+        assert (label[cloud] == -100).all()  # no labels under clouds
+        assert set(label.unique().tolist()) <= {-100, 0, 1, 2, 3, 4}
+        cloudy += bool(cloud.any())
+    assert 10 <= cloudy < 60
+    labels = torch.cat([y.flatten() for _, y in data])
+    clear = torch.cat([(~c).flatten() for c in data.clouds])
+    assert ((labels == -100) & clear).any()  # unlabelled pixels that are not clouds
+    counted = labels[labels >= 0]
+    share = (counted == RARE_CLASS).float().mean().item()
+    assert 0 < share < 0.03
+    assert all((counted == k).float().mean() > 0.15 for k in range(4))
+
+
+def test_dataset_rejects_bad_arguments():
+    with pytest.raises(ShapeError, match=r"num_images must be an integer >= 1\. Received num_images=0"):
+        SyntheticLandCover(0)
+    with pytest.raises(ShapeError, match="min_size and max_size"):
+        SyntheticLandCover(2, min_size=64, max_size=32)
+
+
+def test_majority_baseline_matches_hand_computed_iou():
+    data = [(None, torch.tensor([[0, 0, 1, -100]])), (None, torch.tensor([[2, 0, 0, 0]]))]
+    # predicting 0 everywhere: IoU(0) = 5 / 7, classes 1 and 2 are true but never predicted: IoU 0
+    result = majority_baseline(0, data)
+    assert result["mean_iou"].item() == pytest.approx((5 / 7) / 3)
+    assert result["mean_iou"].item() == pytest.approx(mean_iou(result["confusion_matrix"]).item())
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    buffer = io.StringIO()
+    result = run_training_demo(out, epochs=2, n_train=16, n_heldout=8, width=8, progress=False,
+                               console=Console(file=buffer, width=160, color_system=None))
+    return out, result, buffer.getvalue()
+
+
+def test_short_demo_writes_a_report_whose_images_exist(short_run):
+    out, result, _ = short_run
+    assert result.report == out / "report" / "report.html" and result.report.is_file()
+    page = _Images()
+    page.feed(result.report.read_text(encoding="utf-8"))
+    assert len(page.sources) > 5
+    for src in page.sources:
+        assert (result.report.parent / src).is_file(), src
+    assert "greenhouse" in result.report.read_text(encoding="utf-8")  # class names reach the report
+    assert result.data_summary.is_file() and result.data_summary.parent == result.report.parent
+
+
+def test_short_demo_prints_and_returns_iou_and_baseline(short_run):
+    _, result, text = short_run
+    assert 0 <= result.mean_iou <= 1 and 0 <= result.baseline_mean_iou <= 1
+    assert len(result.iou) == len(CLASS_NAMES)
+    assert re.search(rf"held-out mean IoU:\s+{result.mean_iou:.3f}", text)
+    assert re.search(rf"majority-class baseline IoU:\s+{result.baseline_mean_iou:.3f}", text)
+    assert "report:" in text and "elapsed:" in text
+    assert result.padding_bucketed < result.padding_random
+    assert result.class_weight[RARE_CLASS] > max(result.class_weight[:RARE_CLASS])
+
+
+def test_cli_demo_shapes_and_bad_device(tmp_path):
+    runner = CliRunner()
+    shapes = runner.invoke(app, ["demo", "--shapes", "--height", "32", "--width", "48"])
+    assert shapes.exit_code == 0, shapes.output
+    assert "kernel (16, 36, 4), bias (4, 4, 4)" in shapes.output
+    bad = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "tpu"])
+    assert bad.exit_code == 2
+    assert "Unknown device 'tpu'" in bad.output
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless check needs /usr/bin/chromium "
+                    "(Debian: apt-get install -y chromium)")
+def test_chromium_renders_the_demo_report(short_run, tmp_path):
+    from PIL import Image
+
+    _, result, _ = short_run
+    url = result.report.resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    run = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
+    assert shot.is_file(), run.stderr[-2000:]
+    with Image.open(shot) as image:
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colors is None or len(colors) > 50  # not a blank page
+    dom = _chromium(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
+                    "--dump-dom", url)
+    states = re.findall(r'data-loaded="([a-z]+)"', dom.stdout)
+    assert states and set(states) == {"yes"}, (states, dom.stderr[-2000:])
+    for stderr in (run.stderr, dom.stderr):
+        bad = [line for line in stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line]
+        assert not bad, bad
