@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def pytest_addoption(parser):
@@ -35,3 +39,44 @@ def golden(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+         "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def open_in_chromium(tmp_path):
+    """``open_in_chromium(html_path)``: load a page in headless Chromium (skips without it) and check it.
+
+    Takes a 1200×2000 screenshot that must not be blank, dumps the DOM after load and requires every image
+    to report ``data-loaded="yes"``, and fails on any console error. Returns ``(screenshot path, states)``.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip("headless check needs /usr/bin/chromium (Debian: apt-get install -y chromium)")
+
+    def check(page: Path) -> tuple[Path, list[str]]:
+        from PIL import Image
+
+        url = page.resolve().as_uri()
+        shot = tmp_path / "shot.png"
+        run = _chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2000", url)
+        assert shot.is_file(), run.stderr[-2000:]
+        with Image.open(shot) as image:
+            colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colors is None or len(colors) > 50  # not a blank page
+        dom = _chromium(tmp_path / "profile", "--run-all-compositor-stages-before-draw",
+                        "--virtual-time-budget=5000", "--dump-dom", url)
+        states = re.findall(r'data-loaded="([a-z]+)"', dom.stdout)
+        assert states and set(states) == {"yes"}, (states, dom.stderr[-2000:])
+        for stderr in (run.stderr, dom.stderr):
+            bad = [line for line in stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line]
+            assert not bad, bad
+        return shot, states
+
+    return check
