@@ -361,7 +361,7 @@ def _model_sections(
               ("gradcam", "Grad-CAM"), ("tsne", "t-SNE of pooled features"),
               ("predictions", "Predicted vs true labels")]
     if not samples:
-        sections.append(_filters_only(model, writer))
+        sections.append(_filters_section(model, writer))
         sections += [_Section(i, t, note="No samples given (samples=[(image, label), …]).") for i, t in titles[1:]]
         return sections
     images = torch.stack([torch.as_tensor(s[0]) for s in samples]).float()
@@ -372,7 +372,7 @@ def _model_sections(
     was_training = model.training
     model.eval()
     try:
-        sections.append(_filters_section(model, images, labels, segmentation, writer))
+        sections.append(_filters_section(model, writer, images, labels, segmentation))
         sections.append(_activations_section(model, images, writer))
         with torch.no_grad():
             logits = model(images)
@@ -385,30 +385,14 @@ def _model_sections(
     return sections
 
 
-def _filters_only(model: nn.Module, writer: _Writer) -> _Section:
-    """The first-layer filter grid without samples (so without gradients)."""
-    from cnnkit.render import filter_grid
-
-    section = _Section("filters", "First-layer filters and weight gradients")
-    convs = _conv_layers(model)
-    if not convs:
-        section.note = "The model has no Conv1d / Conv2d layer."
-        return section
-    name, conv = convs[0]
-    weight = conv.weight.detach().cpu()
-    section.images.append(_Image(writer.png(filter_grid(weight, zoom=_zoom(weight.shape[-1], 24)), f"filters_{name}"),
-                                 f"Filters of the first conv layer {name}", f"Filters of layer {name}."))
-    section.note = "No samples given, so no weight gradients."
-    return section
-
-
 def _loss(logits: Tensor, labels: list[Tensor], segmentation: bool) -> Tensor:
     target = torch.stack([lab.long() for lab in labels]).to(logits.device) if segmentation \
         else torch.tensor([int(lab) for lab in labels], device=logits.device)
     return F.cross_entropy(logits, target, ignore_index=_IGNORE)
 
 
-def _filters_section(model, images, labels, segmentation, writer) -> _Section:
+def _filters_section(model, writer, images=None, labels=None, segmentation=False) -> _Section:
+    """The first-layer filter grid, and its weight-gradient grid when samples are given."""
     from cnnkit.inspect import Recorder
     from cnnkit.render import filter_grid
 
@@ -418,6 +402,13 @@ def _filters_section(model, images, labels, segmentation, writer) -> _Section:
         section.note = "The model has no Conv1d / Conv2d layer."
         return section
     name, conv = convs[0]
+    if images is None:
+        weight = conv.weight.detach().cpu()
+        section.images.append(_Image(writer.png(filter_grid(weight, zoom=_zoom(weight.shape[-1], 24)),
+                                                f"filters_{name}"),
+                                     f"Filters of the first conv layer {name}", f"Filters of layer {name}."))
+        section.note = "No samples given, so no weight gradients."
+        return section
     saved = {p: p.grad for p in model.parameters()}  # leave the caller's .grad as it was
     try:
         with Recorder(model, name, activations=False, weight_grads=True) as rec:
