@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks._timing import interleaved_ms
-from cnnkit.demo import TinyResNet
 from cnnkit.masking import masked, pad_batch
+from cnnkit.models import TinyResNet
 
 
 def _rows(batch: int, width: int, low: int, high: int, seed: int) -> list[dict]:

@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from cnnkit import CnnkitError
-from cnnkit.demo import TinySegNet
 from cnnkit.explainers import summary
+from cnnkit.models import TinySegNet
 
 
 class UNetish(nn.Module):

@@ -80,7 +80,8 @@ def _parse(path: Path) -> _Page:
 
 
 def test_public_names():
-    assert set(cnnkit.report.__all__) == {"REPORT_DIR", "load_run_weights", "read_metrics", "write_report"}
+    assert set(cnnkit.report.__all__) == {"REPORT_DIR", "ReportSection", "load_run_weights", "read_metrics",
+                                             "write_report"}
 
 
 def test_report_is_one_file_with_valid_relative_pngs(run):
@@ -144,6 +145,55 @@ def test_model_without_samples_notes_what_is_missing(tmp_path):
     assert page.sections["summary"] == "yes" and page.sections["filters"] == "yes"
     assert page.sections["curves"] == "no" and page.sections["gradcam"] == "no"
     assert "No samples given" in path.read_text(encoding="utf-8")
+
+
+def test_sections_of_your_own_come_first_with_their_figures_and_exact_numbers(tmp_path):
+    from matplotlib.figure import Figure
+
+    from cnnkit.report import ReportSection
+
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    data = ReportSection("Data <summary>", "Sizes & shares.", figures=[(fig, "a line")], id="data",
+                         columns=["class", "share", "note"],
+                         rows=[("water", 1 / 3, "common"), ("reed", 0.0125, "rare")])
+    with pytest.warns(UserWarning, match="no logs"):
+        path = write_report(tmp_path, sections=[data, ReportSection("Second")])
+    page = _parse(path)
+    assert list(page.sections)[:2] == ["data", "extra-1"] and page.sections["data"] == "yes"
+    assert float(page.cells["data/share/water"]["data-value"]) == 1 / 3  # exact, not the 4 shown decimals
+    assert page.cells["data/note/reed"]["data-value"] == "rare"
+    assert (path.parent / page.images[0]["src"]).is_file() and page.images[0]["alt"] == "a line"
+    assert "Data &lt;summary&gt;" in path.read_text(encoding="utf-8")
+
+
+def test_report_section_checks_its_table_and_id():
+    from cnnkit.report import ReportSection
+
+    with pytest.raises(ValueError, match=r"one cell per column \(2\)\. Received row lengths \[3\]"):
+        ReportSection("t", columns=["a", "b"], rows=[(1, 2, 3)])
+    with pytest.raises(ValueError, match="id must start with a letter"):
+        ReportSection("t", id="1 bad")
+    with pytest.raises(TypeError, match=r"sections must hold cnnkit\.report\.ReportSection"):
+        write_report(Path("."), sections=["text"])
+
+
+def test_classification_samples_get_a_true_vs_predicted_table(tmp_path):
+    from cnnkit.models import TinyResNet
+
+    torch.manual_seed(0)
+    net = TinyResNet(in_channels=3, num_classes=4, width=4)
+    images = torch.randn(5, 3, 16, 16)
+    samples = [(images[i], i % 4) for i in range(5)]
+    with pytest.warns(UserWarning, match="no logs"):
+        path = write_report(tmp_path, model=net, samples=samples, class_names=["a", "b", "c", "d"])
+    page = _parse(path)
+    with torch.no_grad():
+        predicted = net.eval()(images).argmax(1).tolist()
+    for i in range(5):
+        assert page.cells[f"predictions/true/{i}"]["data-value"] == f"{i % 4}: {'abcd'[i % 4]}"
+        assert page.cells[f"predictions/predicted/{i}"]["data-value"] == f"{predicted[i]}: {'abcd'[predicted[i]]}"
+    assert page.sections["gradcam"] == "yes" and page.sections["tsne"] == "yes"
 
 
 def test_model_state_is_left_alone(run):

@@ -123,7 +123,7 @@ def test_fit_rejects_bad_arguments(tmp_path):
 
 
 def test_loss_decreases(tmp_path):
-    from cnnkit.demo.networks import TinySegNet
+    from cnnkit.models import TinySegNet
 
     data = _seg_data(32)
     x, y = data.tensors

@@ -4,9 +4,9 @@ See ``docs/demo.md``.
 """
 
 from cnnkit.demo.dataset import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
-from cnnkit.demo.networks import TinyResNet, TinySegNet
 from cnnkit.demo.pipeline import DemoResult, evaluate, majority_baseline, train_demo
 from cnnkit.demo.run import SEED_QUESTIONS, run_demo, run_training_demo
+from cnnkit.models import TinyResNet, TinySegNet
 
 __all__ = [
     "CLASS_NAMES",

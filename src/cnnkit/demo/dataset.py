@@ -3,7 +3,7 @@
 Each image mimics a small satellite scene:
 
 * **size**: height and width drawn independently and log-uniformly from ``[min_size, max_size]`` (multiples
-  of 4, so that :class:`~cnnkit.demo.TinySegNet`'s two stride-2 stages divide them), e.g. 32–96 px: sizes
+  of 4, so that :class:`~cnnkit.models.TinySegNet`'s two stride-2 stages divide them), e.g. 32–96 px: sizes
   vary three-fold in both dimensions, which is what :class:`~cnnkit.masking.BucketBatchSampler` is for;
 * **labels**: smooth random regions of the four common classes (``water``, ``forest``, ``cropland``,
   ``urban``) — the arg-max of four low-frequency noise fields — and small blobs (radius 1.5–2.5 px) of the

@@ -30,11 +30,11 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit.data import RareClassCrops
 from cnnkit.demo.dataset import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
-from cnnkit.demo.networks import TinySegNet
 from cnnkit.errors import ShapeError
 from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, masked, padding_fraction
 from cnnkit.metrics import SegmentationMetrics
+from cnnkit.models import TinySegNet
 
 __all__ = ["DemoResult", "evaluate", "majority_baseline", "padding_shares", "train_demo"]
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.rule import Rule
 from torch import nn
 
-from cnnkit.demo.networks import TinySegNet
 from cnnkit.explainers import explain, summary
+from cnnkit.models import TinySegNet
 from cnnkit.nn import LocallyConnected2d
 
 __all__ = ["SEED_QUESTIONS", "run_demo", "run_training_demo"]

@@ -21,6 +21,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,46 @@ class _Section:
         return bool(self.images or self.table or self.pre)
 
 
+@dataclass
+class ReportSection:
+    """A section of your own for :func:`write_report`: a paragraph, figures and a table, placed first.
+
+    Args:
+        title: The heading (and the link in the page's navigation).
+        text: A paragraph under the heading (plain text; it is escaped).
+        figures: ``[(matplotlib Figure, caption), …]``, each saved as a PNG beside the report.
+        columns: Table header; the first column names the rows.
+        rows: Table rows ``(name, value, …)``, one value per further column. Numbers are shown with four
+            decimals and keep their exact value in the cell's ``data-value`` attribute, under the
+            ``data-key`` ``"<id>/<column>/<name>"``; other values are shown as text.
+        id: The section's HTML id (default ``extra-<position>``).
+
+    Examples:
+        >>> section = ReportSection("Held-out IoU", "Network against a constant prediction.",
+        ...                         columns=["class", "network", "baseline"], rows=[("water", 0.91, 0.40)])
+        >>> section.rows[0][1]
+        0.91
+    """
+
+    title: str
+    text: str = ""
+    figures: Sequence[tuple[Any, str]] = ()
+    columns: Sequence[str] = ()
+    rows: Sequence[Sequence[Any]] = ()
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.title, str) or not self.title:
+            raise ShapeError(f"title must be a non-empty string. Received title={self.title!r}.")
+        widths = {len(row) for row in self.rows}
+        if len(widths) > 1 or (self.columns and widths and widths != {len(self.columns)}):
+            raise ShapeError(f"rows must all have one cell per column ({len(self.columns) or 'equal lengths'}). "
+                             f"Received row lengths {sorted(widths)}.")
+        if self.id is not None and not re.fullmatch(r"[A-Za-z][\w-]*", self.id):
+            raise ShapeError("id must start with a letter and hold letters, digits, '_' or '-'. "
+                             f"Received id={self.id!r}.")
+
+
 class _Writer:
     """Writes PNGs into the report folder under unique, file-system-safe names."""
 
@@ -293,10 +334,10 @@ def _iou_section(rows: list[dict[str, float]], class_names: Sequence[str] | None
         name = key.removeprefix("val/iou/")
         if class_names is not None and name.isdigit() and int(name) < len(class_names):
             name = f"{name}: {class_names[int(name)]}"
-        body.append({"name": name, "key": key, "value": last[key], "text": _number(last[key])})
-    summary = [{"name": k.removeprefix("val/"), "key": k, "value": last[k], "text": _number(last[k])}
+        body.append({"name": name, "cells": [_cell(key, last[key])]})
+    summary = [{"name": k.removeprefix("val/"), "cells": [_cell(k, last[k])]}
                for k in ("val/mean_iou", "val/pixel_accuracy", "val/loss") if k in last]
-    section.table = {"rows": body, "summary": summary}
+    section.table = {"header": ["class", "IoU"], "rows": body, "summary": summary}
     where = f"epoch {int(last['epoch'])}, " if "epoch" in last else ""
     section.intro = f"From the last validation row ({where}step {int(last.get('step', -1))})."
     return section
@@ -304,6 +345,29 @@ def _iou_section(rows: list[dict[str, float]], class_names: Sequence[str] | None
 
 def _number(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def _cell(key: str, value: Any) -> dict[str, Any]:
+    """A table cell: numbers carry their exact value in ``data-value`` and are shown with 4 decimals."""
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return {"key": key, "value": float(value), "text": _number(float(value)), "numeric": True}
+    return {"key": key, "value": str(value), "text": str(value), "numeric": False}
+
+
+def _user_section(index: int, section: ReportSection, writer: _Writer) -> _Section:
+    ident = section.id or f"extra-{index}"
+    out = _Section(ident, section.title, intro=section.text)
+    for k, (fig, caption) in enumerate(section.figures):
+        out.images.append(_Image(writer.figure(fig, f"{ident}_{k}"), caption or section.title, caption))
+    if section.rows:
+        columns = list(section.columns) or ["item", *(f"value {i}" for i in range(1, len(section.rows[0])))]
+        body = []
+        for row in section.rows:
+            name, *values = row
+            body.append({"name": str(name), "cells": [_cell(f"{ident}/{col}/{name}", v)
+                                                      for col, v in zip(columns[1:], values)]})
+        out.table = {"header": columns, "rows": body, "summary": []}
+    return out
 
 
 def _evolution_section(run_dir: Path, evolution, writer: _Writer) -> _Section:
@@ -516,10 +580,10 @@ def _predictions_section(images, labels, logits, segmentation, class_names, writ
     section = _Section("predictions", "Predicted vs true labels")
     if not segmentation:
         predicted = logits.argmax(1).tolist()
-        rows = [{"name": f"sample {i}", "key": "", "value": float(p),
-                 "text": f"true {_class_name(int(t), class_names)}, predicted {_class_name(p, class_names)}"}
+        rows = [{"name": f"sample {i}", "cells": [_cell(f"predictions/true/{i}", _class_name(int(t), class_names)),
+                                                  _cell(f"predictions/predicted/{i}", _class_name(p, class_names))]}
                 for i, (t, p) in enumerate(zip(labels, predicted))]
-        section.table = {"rows": rows, "summary": []}
+        section.table = {"header": ["sample", "true", "predicted"], "rows": rows, "summary": []}
         return section
     predicted = logits.argmax(1).cpu()
     num_classes = logits.shape[1]
@@ -557,6 +621,7 @@ def write_report(
     class_names: Sequence[str] | None = None,
     title: str | None = None,
     evolution=None,
+    sections: Sequence[ReportSection] = (),
 ) -> Path:
     """Write ``run_dir/report/report.html`` (and its PNG images beside it) for a training run.
 
@@ -576,6 +641,7 @@ def write_report(
         class_names: Names by class index, for the legend, Grad-CAM captions and the IoU table.
         title: Page title (default: the run folder's name).
         evolution: A :class:`~cnnkit.inspect.FilterEvolution` to draw instead of the one in ``last.ckpt``.
+        sections: :class:`ReportSection` objects of your own (e.g. a data summary or a baseline), shown first.
 
     Returns:
         The path of ``report.html``.
@@ -596,9 +662,14 @@ def write_report(
                          f"Received samples of type {type(samples).__name__}.")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
+    sections = list(sections)
+    for section in sections:
+        if not isinstance(section, ReportSection):
+            raise TypeError("sections must hold cnnkit.report.ReportSection objects. "
+                            f"Received {type(section).__name__}.")
     rows = read_metrics(run)
     has_history = evolution is not None or bool(_evolution_states(run))
-    if not rows and not has_history and model is None:
+    if not rows and not has_history and model is None and not sections:
         raise CnnkitError(
             f"Nothing to report in run_dir {str(run)!r}: no logs/version_*/metrics.csv, no FilterEvolutionCallback "
             "state in checkpoints/last.ckpt, and no model given."
@@ -611,15 +682,16 @@ def write_report(
     for old in folder.glob("*.png"):  # images of an earlier report
         old.unlink()
     writer = _Writer(folder)
-    sections = [_curves_section(rows, writer, run), _iou_section(rows, class_names),
-                _evolution_section(run, evolution, writer)]
+    parts = [_user_section(i, section, writer) for i, section in enumerate(sections)]
+    parts += [_curves_section(rows, writer, run), _iou_section(rows, class_names),
+              _evolution_section(run, evolution, writer)]
     if model is not None:
-        sections += _model_sections(model, input_shape, samples, class_names, writer)
+        parts += _model_sections(model, input_shape, samples, class_names, writer)
     else:
-        sections.append(_Section("model", "Model", note="No model given (CLI: --model file.py:build): no summary, "
+        parts.append(_Section("model", "Model", note="No model given (CLI: --model file.py:build): no summary, "
                                  "filters, activations, Grad-CAM, t-SNE or prediction overlays."))
     html = _render_html({"title": title if title is not None else run.resolve().name, "run_dir": str(run),
-                         "sections": sections})
+                         "sections": parts})
     path = folder / "report.html"
     path.write_text(html, encoding="utf-8")
     return path

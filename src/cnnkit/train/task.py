@@ -175,7 +175,7 @@ class SegmentationTask(_Task):
         - targets: (N, *spatial) integer labels, −100 (and ``ignore_index``) ignored
 
     Examples:
-        >>> from cnnkit.demo.networks import TinySegNet
+        >>> from cnnkit.models import TinySegNet
         >>> task = SegmentationTask(TinySegNet(in_channels=1, num_classes=3, width=4), num_classes=3, lr=1e-2)
         >>> task
         SegmentationTask(num_classes=3, loss='cross_entropy', optimizer='adamw', lr=0.01, weight_decay=0.01)
@@ -307,7 +307,7 @@ class ClassificationTask(_Task):
         - targets: (N,) integer labels
 
     Examples:
-        >>> from cnnkit.demo.networks import TinyResNet
+        >>> from cnnkit.models import TinyResNet
         >>> task = ClassificationTask(TinyResNet(in_channels=1, num_classes=4, width=4), num_classes=4)
         >>> task(torch.randn(2, 1, 16, 16)).shape
         torch.Size([2, 4])

@@ -1,4 +1,4 @@
-"""Small example networks used by ``cnnkit demo`` and the examples."""
+"""TinySegNet and TinyResNet: the small networks of ``cnnkit demo``, ``cnnkit train``, the examples and tests."""
 
 from __future__ import annotations
 
