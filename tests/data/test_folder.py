@@ -135,3 +135,13 @@ def test_rgb_mask_refused(folder):
 def test_missing_folder(tmp_path):
     with pytest.raises(CnnkitError, match="images folder does not exist"):
         SegmentationFolder(tmp_path)
+
+
+def test_sizes_and_label_read_only_what_they_need(folder):
+    root, expected = folder
+    ds = SegmentationFolder(root, ignore_index=255)
+    assert ds.sizes == [expected[path.stem][1].shape for path, _ in ds.samples]
+    for i, (path, _) in enumerate(ds.samples):
+        reference = torch.from_numpy(expected[path.stem][1].astype(np.int64))
+        reference[reference == 255] = -100
+        assert torch.equal(ds.label(i), reference) and torch.equal(ds[i][1], reference)

@@ -12,9 +12,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from cnnkit.cli.main import app
-from cnnkit.demo import CLASS_NAMES, RARE_CLASS, SyntheticLandCover, majority_baseline, run_training_demo
+from cnnkit.demo import CLASS_NAMES, RARE_CLASS, SyntheticLandCover, run_training_demo
 from cnnkit.errors import ShapeError
 from cnnkit.metrics import mean_iou
+from cnnkit.train.pipeline import majority_baseline
 
 
 def test_dataset_is_deterministic_for_a_seed():
@@ -58,7 +59,7 @@ def test_dataset_rejects_bad_arguments():
 def test_majority_baseline_matches_hand_computed_iou():
     data = [(None, torch.tensor([[0, 0, 1, -100]])), (None, torch.tensor([[2, 0, 0, 0]]))]
     # predicting 0 everywhere: IoU(0) = 5 / 7, classes 1 and 2 are true but never predicted: IoU 0
-    result = majority_baseline(0, data)
+    result = majority_baseline(0, data, 3)
     assert result["mean_iou"].item() == pytest.approx((5 / 7) / 3)
     assert result["mean_iou"].item() == pytest.approx(mean_iou(result["confusion_matrix"]).item())
 
@@ -67,10 +68,17 @@ class _Images(HTMLParser):
     def __init__(self):
         super().__init__()
         self.sources: list[str] = []
+        self.sections: dict[str, str] = {}
+        self.cells: dict[str, str] = {}
 
     def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
         if tag == "img":
-            self.sources.append(dict(attrs)["src"])
+            self.sources.append(a["src"])
+        if tag == "section":
+            self.sections[a["id"]] = a["data-present"]
+        if tag == "td" and a.get("data-key"):
+            self.cells[a["data-key"]] = a["data-value"]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +99,14 @@ def test_short_demo_writes_a_report_whose_images_exist(short_run):
     for src in page.sources:
         assert (result.report.parent / src).is_file(), src
     assert "greenhouse" in result.report.read_text(encoding="utf-8")  # class names reach the report
-    assert result.data_summary.is_file() and result.data_summary.parent == result.report.parent
+    for section in ("data", "heldout", "curves", "iou", "evolution", "summary", "filters", "activations",
+                    "gradcam", "tsne", "predictions"):
+        assert page.sections[section] == "yes", section
+    # the numbers the command prints are the report's
+    assert float(page.cells["heldout/network IoU/mean IoU"]) == result.mean_iou
+    assert float(page.cells["heldout/majority-class IoU/mean IoU"]) == result.baseline_mean_iou
+    assert float(page.cells[f"data/loss weight/{RARE_CLASS}: greenhouse"]) == result.class_weight[RARE_CLASS]
+    assert result.rare_classes == [RARE_CLASS]
 
 
 def test_short_demo_prints_and_returns_iou_and_baseline(short_run):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -83,6 +84,7 @@ def test_public_names():
         ({"weight_decay": float("nan")}, r"weight_decay must be a finite number >= 0"),
         ({"class_weight": [1.0, 2.0]}, r"class_weight must have one entry per class \(C = 3\)"),
         ({"masked_input": 1}, r"masked_input must be True or False. Received masked_input=1"),
+        ({"scheduler": "step"}, r"Unknown scheduler 'step'. Expected one of \('cosine',\)"),
         ({"class_names": ["a"]}, r"class_names must be a sequence of num_classes=3 names"),
         ({"loss": lambda logits, t: logits.sum(), "class_weight": [1.0, 1.0, 1.0]}, r"class_weight applies to"),
     ],
@@ -120,6 +122,21 @@ def test_fit_rejects_bad_arguments(tmp_path):
 
 
 # --- training -----------------------------------------------------------------------------------------
+
+
+def test_cosine_scheduler_follows_the_half_cosine_to_zero(tmp_path):
+    import lightning as L
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    task = SegmentationTask(nn.Conv2d(1, 3, 1), num_classes=3, lr=0.1, scheduler="cosine")
+    fit(task, DataLoader(_seg_data(8), batch_size=2), run_dir=tmp_path, max_epochs=3, callbacks=[Record()], **QUIET)
+    steps = 3 * 4
+    assert seen == pytest.approx([0.05 * (1 + math.cos(math.pi * k / steps)) for k in range(steps)], rel=1e-6)
 
 
 def test_loss_decreases(tmp_path):

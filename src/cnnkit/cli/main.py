@@ -12,7 +12,7 @@ from rich.console import Console
 from torch import nn
 
 from cnnkit.cli.layer_expr import parse_input_shape, parse_layer
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, ShapeError
 
 __all__ = ["app", "main"]
 
@@ -54,6 +54,60 @@ def demo(
             run_training_demo(out, epochs=epochs, seed=seed, device=device)
     except CnnkitError as error:
         _fail(error)
+
+
+def _csv(text: str | None, name: str, cast=str):
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    try:
+        return [cast(t) for t in items if t]
+    except ValueError:
+        message = f"{name} must be a comma-separated list of {cast.__name__}s. Received {name}={text!r}."
+        raise ShapeError(message) from None
+
+
+@app.command()
+def train(
+    root: str = typer.Argument(..., help="Data folder with images/ and masks/ (PNG or multi-band TIFF, by stem)."),
+    out: str = typer.Option("cnnkit-run", "--out", help="Run folder: logs, checkpoints, report/report.html."),
+    epochs: int = typer.Option(30, min=1, help="Training epochs."),
+    seed: int = typer.Option(0, help="Seed of the held-out split, the weights, the crops and the batch order."),
+    device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
+    heldout: str = typer.Option(None, help="A held-out folder with the same layout (default: hold out a share)."),
+    heldout_fraction: float = typer.Option(0.2, help="Share of the images held out when no --heldout is given."),
+    classes: str = typer.Option(None, help="Class names in label order, comma-separated: water,forest,urban."),
+    num_classes: int = typer.Option(None, min=2, help="Number of classes (default: largest label + 1)."),
+    ignore_index: int = typer.Option(None, help="Mask value meaning 'not labelled', e.g. 255."),
+    nodata: float = typer.Option(None, help="Band value meaning 'no data' (NaN and inf always are)."),
+    bands: str = typer.Option(None, help="Band indices to keep, comma-separated: 3,2,1 (default all)."),
+    images: str = typer.Option("images", help="Sub-folder of the images."),
+    masks: str = typer.Option("masks", help="Sub-folder of the label masks."),
+    batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
+    width: int = typer.Option(16, min=1, help="Channels of TinySegNet's first stage."),
+    lr: float = typer.Option(1e-2, help="AdamW learning rate."),
+) -> None:
+    """Train a mask-aware segmentation network on your folder of images and masks and write an HTML report."""
+    from rich.rule import Rule
+
+    from cnnkit.train.pipeline import train_folder
+
+    console = _console()
+    try:
+        names, band_list = _csv(classes, "classes"), _csv(bands, "bands", int)
+        if names is not None and num_classes is None:
+            num_classes = len(names)
+        console.print(Rule(f"cnnkit train — {root}"))
+        result = train_folder(root, out, images=images, masks=masks, heldout=heldout,
+                              heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
+                              ignore_index=ignore_index, nodata=nodata, bands=band_list, seed=seed, epochs=epochs,
+                              device=device, batch_size=batch_size, width=width, lr=lr,
+                              log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    except CnnkitError as error:
+        _fail(error)
+    console.print(Rule("result"))
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -68,6 +68,27 @@ def _read(path: Path) -> np.ndarray:
     )
 
 
+def _size(path: Path) -> tuple[int, int]:
+    """(H, W) of a mask file from its header."""
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(int(v) for v in tif.series[0].shape)
+        if len(shape) == 3 and 1 in (shape[0], shape[-1]):
+            shape = shape[1:] if shape[0] == 1 else shape[:-1]
+        if len(shape) != 2:
+            raise UnsupportedError(
+                f"A mask must hold one integer label per pixel (H, W). Received shape {shape} from {path}"
+            )
+        return shape
+    from PIL import Image
+
+    with Image.open(path) as img:
+        width, height = img.size
+    return height, width
+
+
 class SegmentationFolder(Dataset):
     """Pairs of (image, label map) read from ``root/images`` and ``root/masks``, matched by file stem.
 
@@ -128,13 +149,14 @@ class SegmentationFolder(Dataset):
         if bands is not None:
             bands = tuple(bands)
             if not bands or not all(_is_int(b) and b >= 0 for b in bands):
-                raise ValueError(
+                raise ShapeError(
                     f"bands must be a non-empty sequence of non-negative integers. Received: bands={bands!r}"
                 )
         if ignore_index is not None and not _is_int(ignore_index):
-            raise ValueError(f"ignore_index must be an integer or None. Received: ignore_index={ignore_index!r}")
+            raise ShapeError(f"ignore_index must be an integer or None. Received: ignore_index={ignore_index!r}")
         self.bands = bands
         self.ignore_index = ignore_index
+        self._sizes: list[tuple[int, int]] | None = None
 
         image_files = self._list(self.image_dir)
         if not image_files:
@@ -171,6 +193,16 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """``[(H, W), …]`` of every sample, read from the masks' headers (no pixel is decoded).
+
+        For :class:`~cnnkit.masking.BucketBatchSampler`. Read once, then kept.
+        """
+        if self._sizes is None:
+            self._sizes = [_size(mask) for _, mask in self.samples]
+        return self._sizes
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, images={self.image_dir.name!r}, "
                 f"masks={self.mask_dir.name!r}, bands={self.bands!r}, ignore_index={self.ignore_index!r})"
@@ -191,6 +223,13 @@ class SegmentationFolder(Dataset):
                 f"A mask must hold integer labels. Received dtype {mask.dtype} with non-integer values from {path}"
             )
         return mask.astype(np.int64)
+
+    def label(self, index: int) -> Tensor:
+        """The label map of sample ``index`` alone (the image is not read): int64 (H, W), −100 for ``ignore_index``."""
+        target = torch.from_numpy(self._label(self.samples[index][1]))
+        if self.ignore_index is not None:
+            target[target == self.ignore_index] = IGNORE_INDEX
+        return target
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image_path, mask_path = self.samples[index]

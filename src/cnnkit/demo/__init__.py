@@ -4,7 +4,7 @@ See ``docs/demo.md``.
 """
 
 from cnnkit.demo.dataset import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
-from cnnkit.demo.pipeline import DemoResult, evaluate, majority_baseline, train_demo
+from cnnkit.demo.pipeline import train_demo
 from cnnkit.demo.run import SEED_QUESTIONS, run_demo, run_training_demo
 from cnnkit.models import TinyResNet, TinySegNet
 
@@ -12,12 +12,9 @@ __all__ = [
     "CLASS_NAMES",
     "RARE_CLASS",
     "SEED_QUESTIONS",
-    "DemoResult",
     "SyntheticLandCover",
     "TinyResNet",
     "TinySegNet",
-    "evaluate",
-    "majority_baseline",
     "run_demo",
     "run_training_demo",
     "train_demo",

@@ -57,29 +57,18 @@ def run_training_demo(
     console: Console | None = None,
     **kwargs,
 ):
-    """Run :func:`cnnkit.demo.pipeline.train_demo` and print the report's path, the time and both mean IoUs.
+    """Run :func:`cnnkit.demo.train_demo` and print the report's path, the time and both mean IoUs.
 
     ``kwargs`` go to ``train_demo`` (``n_train``, ``n_heldout``, ``width``, ``progress`` …). Returns its
-    :class:`~cnnkit.demo.pipeline.DemoResult`.
+    :class:`~cnnkit.train.pipeline.SegmentationRun`.
     """
     from cnnkit.demo.pipeline import DEFAULT_EPOCHS, train_demo
 
     console = console or Console(width=max(Console().width, 140))
     console.print(Rule("cnnkit demo — a mask-aware segmentation network on synthetic land cover with clouds"))
     result = train_demo(out, epochs=DEFAULT_EPOCHS if epochs is None else epochs, seed=seed, device=device,
-                        log=lambda line: console.print(line, markup=False, highlight=False), **kwargs)
+                        log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), **kwargs)
     console.print(Rule("result"))
-    lines = [
-        f"held-out mean IoU:             {result.mean_iou:.3f}",
-        f"majority-class baseline IoU:   {result.baseline_mean_iou:.3f}  "
-        f"(predicting '{result.class_names[result.majority]}', the most frequent training class, everywhere)",
-        "per-class IoU:                 " + ", ".join(f"{n} {v:.3f}" for n, v in zip(result.class_names, result.iou)),
-        f"padded pixels per epoch:       {100 * result.padding_bucketed:.1f} % bucketed vs "
-        f"{100 * result.padding_random:.1f} % random batches",
-        f"report:                        {result.report}",
-        f"data summary:                  {result.data_summary}  (size histogram, padding saved by bucketing)",
-        f"elapsed:                       {result.seconds:.1f} s",
-    ]
-    for line in lines:
-        console.print(line, markup=False, highlight=False)
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return result

@@ -5,7 +5,7 @@ from cnnkit.masking.bridge import feature_sizes, from_packed_sequence, to_packed
 from cnnkit.masking.masked_model import MaskedModel, masked
 from cnnkit.masking.norm import masked_batch_norm, masked_group_norm
 from cnnkit.masking.partial_conv import PartialConv1d, PartialConv2d, PartialConv3d, partial_conv
-from cnnkit.masking.sampler import BucketBatchSampler, padding_fraction
+from cnnkit.masking.sampler import BucketBatchSampler, padding_fraction, spatial_sizes
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,5 +25,6 @@ __all__ = [
     "pad_batch",
     "padding_fraction",
     "partial_conv",
+    "spatial_sizes",
     "to_packed_sequence",
 ]

@@ -83,6 +83,20 @@ def _as_sizes(sizes, name: str = "sizes") -> np.ndarray:
     return array.astype(np.int64)
 
 
+def spatial_sizes(dataset) -> list[tuple[int, ...]]:
+    """Each sample's spatial size, for :class:`BucketBatchSampler`: the data set's ``sizes`` if it has them,
+    else the shape of every item's label (one pass over the data).
+
+    Examples:
+        >>> spatial_sizes([(torch.zeros(3, 4, 5), torch.zeros(4, 5)), (torch.zeros(3, 2, 2), torch.zeros(2, 2))])
+        [(4, 5), (2, 2)]
+    """
+    sizes = getattr(dataset, "sizes", None)
+    if sizes is None:
+        sizes = [tuple(torch.as_tensor(label).shape) for _, label in dataset]
+    return [tuple(int(v) for v in size) for size in sizes]
+
+
 def padding_fraction(batches: Iterable[Sequence[int]], sizes) -> float:
     """Share of padded positions when each batch is padded to the elementwise maximum of its sizes.
 

@@ -31,12 +31,13 @@ from cnnkit.losses._common import check_class_weight, check_ignore_index
 from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
 from cnnkit.metrics import SegmentationMetrics
 
-__all__ = ["LOSSES", "OPTIMIZERS", "ClassificationTask", "SegmentationTask"]
+__all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "ClassificationTask", "SegmentationTask"]
 
 LOSSES = ("cross_entropy", "focal", "dice")
 """Names accepted by ``SegmentationTask(loss=...)``."""
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine",)
 """Names accepted by the tasks' ``optimizer`` argument."""
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -77,6 +78,7 @@ class _Task(L.LightningModule):
         weight_decay: float,
         masked_input: bool,
         sync_batchnorm: bool | None,
+        scheduler: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -95,6 +97,7 @@ class _Task(L.LightningModule):
         if sync_batchnorm is not None:
             _check_bool(sync_batchnorm, "sync_batchnorm")
         self.sync_batchnorm = sync_batchnorm
+        self.scheduler = None if scheduler is None else check_choice(scheduler, SCHEDULERS, "scheduler")
 
     # -- forward -------------------------------------------------------------------------------------
 
@@ -133,15 +136,22 @@ class _Task(L.LightningModule):
 
     # -- optimiser -----------------------------------------------------------------------------------
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if callable(self.optimizer):
-            return self.optimizer(params)
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
+            optimizer = self.optimizer(params)
+        elif self.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        elif self.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler is None:
+            return optimizer
+        # "cosine": from each group's lr down to 0 over all the optimizer steps of the run, stepped every step.
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def _optimizer_name(self) -> str:
         return self.optimizer if isinstance(self.optimizer, str) else getattr(self.optimizer, "__name__", "callable")
@@ -168,6 +178,8 @@ class SegmentationTask(_Task):
         sync_batchnorm: Reduce masked batch-norm statistics over all processes. ``None`` (default): when the
             trainer's world size is > 1. Only used with ``masked_input`` (for plain tensors, use Lightning's
             ``Trainer(sync_batchnorm=True)``).
+        scheduler: ``None`` (constant learning rate) or ``"cosine"``: from ``lr`` down to 0 along a half
+            cosine over all the optimizer steps of the run (``trainer.estimated_stepping_batches``).
         class_names: Names used in the logged keys ``val/iou/<name>`` (default: the class indices).
 
     Shape:
@@ -203,6 +215,7 @@ class SegmentationTask(_Task):
         weight_decay: float = 1e-2,
         masked_input: bool = False,
         sync_batchnorm: bool | None = None,
+        scheduler: str | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
@@ -215,6 +228,7 @@ class SegmentationTask(_Task):
             weight_decay=weight_decay,
             masked_input=masked_input,
             sync_batchnorm=sync_batchnorm,
+            scheduler=scheduler,
         )
         if callable(loss):
             if class_weight is not None:
@@ -300,7 +314,7 @@ class ClassificationTask(_Task):
         class_weight: Weight of each class (C,) in the cross-entropy.
         ignore_index: A target value to leave out, besides −100 which is always left out.
         label_smoothing: Label smoothing of ``F.cross_entropy``, in [0, 1).
-        optimizer, lr, weight_decay, masked_input, sync_batchnorm: As in :class:`SegmentationTask`.
+        optimizer, lr, weight_decay, masked_input, sync_batchnorm, scheduler: As in :class:`SegmentationTask`.
 
     Shape:
         - images: (N, C_in, *spatial) tensor, or a PaddedBatch of them
@@ -326,6 +340,7 @@ class ClassificationTask(_Task):
         weight_decay: float = 1e-2,
         masked_input: bool = False,
         sync_batchnorm: bool | None = None,
+        scheduler: str | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -337,6 +352,7 @@ class ClassificationTask(_Task):
             weight_decay=weight_decay,
             masked_input=masked_input,
             sync_batchnorm=sync_batchnorm,
+            scheduler=scheduler,
         )
         if self.num_classes < 2:
             raise ShapeError(f"num_classes must be >= 2 for classification. Received num_classes={num_classes}.")

@@ -1,0 +1,462 @@
+"""From two data sets to a trained, evaluated segmentation network and its report, in one call.
+
+:func:`train_segmentation` is what ``cnnkit demo`` runs on its built-in scenes and ``cnnkit train`` on a
+user's folder:
+
+1. count the labelled pixels of every class in the training split (−100 is never counted) and name the
+   **rare** classes (under ``rare_below`` of the labelled pixels);
+2. mix into every epoch one crop per training image centred, half of the time, on a rare-class pixel
+   (:class:`~cnnkit.data.RareClassCrops`), and estimate class weights (:func:`cnnkit.losses.class_weights`,
+   ENet's ``1 / ln(1.02 + share)`` by default) on the images *and* the crops: what the loss sees;
+3. train through :class:`~cnnkit.train.SegmentationTask` with ``masked_input=True`` (every padded batch
+   runs through :func:`cnnkit.masked`) on batches of similar sizes
+   (:class:`~cnnkit.masking.BucketBatchSampler` + :func:`~cnnkit.masking.collate_padded`), with the
+   weighted cross-entropy that ignores −100, a progress bar, CSV logs and checkpoints (:func:`fit`);
+4. measure the held-out mean IoU and that of a baseline predicting the most frequent training class
+   everywhere (:class:`~cnnkit.metrics.SegmentationMetrics`, padding and −100 left out);
+5. write the HTML report (:func:`cnnkit.report.write_report`) with two sections of its own first:
+   **Data** (size scatter and histogram, padded share per epoch with bucketing vs random batches, class
+   shares and weights) and **Held-out evaluation** (network vs baseline, per class, and the time taken).
+
+Items are ``(image (C, H, W) float, label (H, W) int)``; −100 marks pixels without a label.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from cnnkit.data import RareClassCrops
+from cnnkit.errors import ShapeError
+from cnnkit.losses import class_weights
+from cnnkit.masking import BucketBatchSampler, collate_padded, masked, padding_fraction, spatial_sizes
+from cnnkit.masking.batch import IGNORE_INDEX
+from cnnkit.metrics import SegmentationMetrics
+
+__all__ = ["SegmentationRun", "evaluate", "majority_baseline", "padding_shares", "train_folder", "train_segmentation"]
+
+RARE_CROP_SHARE = 0.5
+"""Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
+
+
+@dataclass
+class SegmentationRun:
+    """What :func:`train_segmentation` measured and wrote.
+
+    Attributes:
+        report: Path of ``report.html``.
+        mean_iou: Mean IoU of the trained network on the held-out split.
+        baseline_mean_iou: Mean IoU of predicting ``majority`` everywhere, same split and metric.
+        iou, baseline_iou: Per-class IoU of the network and of the baseline (NaN: class absent from the
+            held-out labels and never predicted).
+        class_names: Name of each class.
+        class_share: Share of each class among the labelled training pixels.
+        class_weight: The class weights used in the loss.
+        rare_classes: Classes under ``rare_below`` of the labelled pixels (they get crops).
+        padding_bucketed / padding_random: Share of padded pixels of one epoch's batches of the training
+            images with :class:`~cnnkit.masking.BucketBatchSampler` and with random batches of the same size.
+        sizes: (H, W) of every training image.
+        majority: The baseline's class (most frequent in the training labels).
+        seconds: Wall time from the start to the written report.
+    """
+
+    report: Path
+    mean_iou: float
+    baseline_mean_iou: float
+    iou: list[float]
+    baseline_iou: list[float]
+    class_names: tuple[str, ...]
+    class_share: list[float]
+    class_weight: list[float]
+    rare_classes: list[int]
+    padding_bucketed: float
+    padding_random: float
+    sizes: list[tuple[int, int]]
+    majority: int
+    seconds: float
+
+    def lines(self) -> list[str]:
+        """The result as the lines ``cnnkit demo`` and ``cnnkit train`` print."""
+        names = self.class_names
+        return [
+            f"held-out mean IoU:             {self.mean_iou:.3f}",
+            f"majority-class baseline IoU:   {self.baseline_mean_iou:.3f}  (predicting '{names[self.majority]}', "
+            "the most frequent training class, everywhere)",
+            "per-class IoU:                 " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, self.iou)),
+            f"padded pixels per epoch:       {100 * self.padding_bucketed:.1f} % bucketed vs "
+            f"{100 * self.padding_random:.1f} % random batches",
+            f"report:                        {self.report}",
+            f"elapsed:                       {self.seconds:.1f} s",
+        ]
+
+
+def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
+             device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """:class:`~cnnkit.metrics.SegmentationMetrics` of ``masked(model)`` in eval mode over ``dataset``.
+
+    Batches are padded (bucketed, in size order); padding and −100 labels are not counted. The model's
+    mode is restored.
+    """
+    metrics = SegmentationMetrics(num_classes)
+    sampler = BucketBatchSampler(spatial_sizes(dataset), batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded)
+    was_training = model.training
+    model.eval()
+    try:
+        runner = masked(model)
+        with torch.no_grad():
+            for images, labels in loader:
+                metrics.update(runner(images.to(device)).to("cpu"), labels)
+    finally:
+        model.train(was_training)
+    return metrics.compute()
+
+
+def majority_baseline(majority: int, dataset, num_classes: int) -> dict[str, Tensor]:
+    """The same metrics for the constant prediction ``majority`` on every pixel of ``dataset``."""
+    metrics = SegmentationMetrics(num_classes)
+    for _, label in dataset:
+        label = torch.as_tensor(label)
+        metrics.update(torch.full_like(label, majority)[None], label[None])
+    return metrics.compute()
+
+
+def padding_shares(sizes, batch_size: int, seed: int) -> tuple[float, float]:
+    """Padded share of one epoch's batches: (bucketed, random batches of the same size)."""
+    g = torch.Generator().manual_seed(seed)
+    bucketed = padding_fraction(BucketBatchSampler(sizes, batch_size, generator=g).batches(), sizes)
+    order = torch.randperm(len(sizes), generator=g).tolist()
+    randomly = padding_fraction([order[i : i + batch_size] for i in range(0, len(order), batch_size)], sizes)
+    return bucketed, randomly
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ShapeError(f"{name} must be an integer >= {low}. Received {name}={value!r}.")
+
+
+def _accelerator(device: str) -> tuple[str, int | list[int]]:
+    if not isinstance(device, str):
+        raise ShapeError(f"device must be a string such as 'cpu' or 'cuda:0'. Received device={device!r}.")
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 1
+    if kind == "cuda" and (not index or index.isdigit()):
+        if not torch.cuda.is_available():
+            raise ShapeError(f"device {device!r} needs CUDA, which this machine does not have. Use --device cpu.")
+        return "gpu", [int(index or 0)]
+    raise ShapeError(f"Unknown device {device!r}. Expected 'cpu', 'cuda' or 'cuda:<index>'.")
+
+
+def _report_samples(dataset, sizes, count: int = 8, side: int = 48) -> list[tuple[Tensor, Tensor]]:
+    """Up to ``count`` held-out pairs cut to a common square (write_report stacks them): images with
+    unlabelled or missing pixels first (half), then the others, in data set order."""
+    side = min(side, *(min(s) for s in sizes))
+    chosen = [i for i, s in enumerate(sizes) if min(s) >= side][: 4 * count]
+    items = {i: dataset[i] for i in chosen}
+    gaps = [i for i in chosen if (torch.as_tensor(items[i][1])[:side, :side] == IGNORE_INDEX).any()]
+    ordered = gaps[: count // 2] + [i for i in chosen if i not in gaps[: count // 2]]
+    return [(torch.as_tensor(items[i][0])[:, :side, :side], torch.as_tensor(items[i][1])[:side, :side])
+            for i in ordered[:count]]
+
+
+def _data_section(sizes, bucketed: float, randomly: float, names, share, weight, rare, batch_size: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cnnkit.report import ReportSection
+
+    fig = Figure(figsize=(10, 3.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, middle, right = fig.subplots(1, 3)
+    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+    left.scatter(widths, heights, s=10, alpha=0.6)
+    left.set(xlabel="width (px)", ylabel="height (px)", title=f"{len(sizes)} training image sizes")
+    middle.hist([heights, widths], bins=min(24, max(4, len(sizes) // 4)), label=["height", "width"])
+    middle.set(xlabel="pixels", ylabel="images", title="size histogram")
+    middle.legend()
+    bars = right.bar(["random\nbatches", "BucketBatch\nSampler"], [100 * randomly, 100 * bucketed],
+                     color=["#c44e52", "#4c72b0"])
+    right.bar_label(bars, fmt="%.1f %%")
+    right.set(ylabel="padded pixels (%)", title=f"padding per epoch, batches of {batch_size}", ylim=(0, 100))
+    rare_text = ", ".join(f"'{names[k]}' ({100 * share[k]:.2f} %)" for k in rare) or "none"
+    text = (f"{len(sizes)} training images, {min(min(s) for s in sizes)}–{max(max(s) for s in sizes)} px a side. "
+            f"Bucketing batches of similar sizes pads {100 * bucketed:.1f} % of the pixels of an epoch, against "
+            f"{100 * randomly:.1f} % for random batches. Rare classes: {rare_text}.")
+    rows = [(f"{k}: {name}", s, w, "rare" if k in rare else "") for k, (name, s, w) in
+            enumerate(zip(names, share, weight))]
+    return ReportSection("Data", text, figures=[(fig, "Image sizes and the padding saved by bucketing")],
+                         columns=["class", "share of labelled pixels", "loss weight", "note"], rows=rows, id="data")
+
+
+def _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, majority, seconds, heldout: int):
+    from cnnkit.report import ReportSection
+
+    text = (f"Mean IoU on {heldout} held-out images: {mean_iou:.3f} for the network, {baseline_mean:.3f} for a "
+            f"baseline that predicts the most frequent training class ('{names[majority]}') everywhere. "
+            f"Reading the data, training and evaluating took {seconds:.1f} s (this report is written after).")
+    rows = [(f"{k}: {name}", a, b) for k, (name, a, b) in enumerate(zip(names, iou, baseline_iou))]
+    rows.append(("mean IoU", mean_iou, baseline_mean))
+    return ReportSection("Held-out evaluation", text, columns=["class", "network IoU", "majority-class IoU"],
+                         rows=rows, id="heldout")
+
+
+def train_segmentation(
+    train,
+    heldout,
+    num_classes: int,
+    out: str | os.PathLike = "cnnkit-run",
+    *,
+    class_names: Sequence[str] | None = None,
+    model: nn.Module | None = None,
+    epochs: int = 30,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 8,
+    lr: float = 1e-2,
+    scheduler: str | None = "cosine",
+    width: int = 16,
+    crop_size: int = 32,
+    rare_below: float = 0.05,
+    weighting: str = "enet",
+    title: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SegmentationRun:
+    """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
+
+    Args:
+        train, heldout: Data sets of ``(image (C, H, W), label (H, W))`` with −100 for unlabelled pixels;
+            their ``sizes`` attribute (``[(H, W), …]``) is used if present. For a folder of files wrap a
+            :class:`~cnnkit.data.SegmentationFolder` in :class:`~cnnkit.data.Standardized`.
+        num_classes: Number of classes; labels lie in ``[0, num_classes)`` or are −100.
+        out: Run folder (created). Its ``logs/``, ``checkpoints/``, ``tensorboard/`` and ``report/`` from an
+            earlier run are replaced.
+        class_names: A name per class (default ``"class 0"``, …).
+        model: The network (default :class:`~cnnkit.models.TinySegNet` with ``width``, which needs heights
+            and widths divisible by 4: ``Standardized(..., multiple_of=4)``). It must map
+            ``(N, C, H, W)`` to ``(N, num_classes, H, W)`` and be supported by :func:`cnnkit.masked`.
+        epochs: Training epochs (>= 1).
+        seed: Seed of the initial weights, the crops and the batch order.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+        batch_size: Images (or crops) per batch.
+        lr: AdamW learning rate (the first one, with ``scheduler``).
+        scheduler: ``"cosine"`` (``lr`` down to 0 over the run) or ``None`` (constant), see
+            :class:`~cnnkit.train.SegmentationTask`.
+        width: Channels of the default network's first stage.
+        crop_size: Side of the crops mixed into each epoch (a multiple of 4 for the default network).
+        rare_below: A class under this share of the labelled training pixels is rare (gets crops).
+        weighting: ``method`` of :func:`cnnkit.losses.class_weights` (measured on the demo in
+            ``docs/demo.md``: with rare-class crops, ENet's milder weights beat median-frequency ones).
+        title: The report's title.
+        progress: Show Lightning's progress bar.
+        log: Called with each line of text to print.
+
+    Returns:
+        A :class:`SegmentationRun`.
+
+    Raises:
+        ShapeError: a bad argument, a label out of range, or sizes the default network cannot take.
+    """
+    import lightning as L
+
+    from cnnkit.models import TinySegNet
+    from cnnkit.report import write_report
+    from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
+
+    start = time.perf_counter()
+    for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
+                             ("batch_size", batch_size, 1), ("crop_size", crop_size, 4)):
+        _check_int(name, value, low)
+    if not 0 <= rare_below < 1:
+        raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
+    names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))
+    if len(names) != num_classes:
+        raise ShapeError(f"class_names must name all {num_classes} classes. Received {len(names)} names: {names}.")
+    if len(train) < 1 or len(heldout) < 1:
+        raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
+    accelerator, devices = _accelerator(device)
+    sizes, heldout_sizes = spatial_sizes(train), spatial_sizes(heldout)
+    if model is None and crop_size % 4:
+        raise ShapeError(f"crop_size must be a multiple of 4 for the default network. Received crop_size={crop_size}.")
+    if model is None and any(v % 4 for s in sizes + heldout_sizes for v in s):
+        odd = next(s for s in sizes + heldout_sizes if any(v % 4 for v in s))
+        raise ShapeError(f"The default network (TinySegNet) needs heights and widths divisible by 4. Received an "
+                         f"image of {odd[0]}×{odd[1]}: wrap the data set in cnnkit.data.Standardized(..., "
+                         "multiple_of=4), or pass a model of your own.")
+    out = Path(out)
+    for old in ("logs", "checkpoints", "tensorboard", "report"):
+        if (out / old).is_dir():
+            shutil.rmtree(out / old)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for _, label in train:
+        label = torch.as_tensor(label)
+        counted = label[label != IGNORE_INDEX]
+        if counted.numel() and (counted.min() < 0 or counted.max() >= num_classes):
+            bad = int(counted[(counted < 0) | (counted >= num_classes)][0])
+            raise ShapeError(f"labels must be class indices in [0, {num_classes}) or -100 (num_classes={num_classes}). "
+                             f"Received a label {bad}.")
+        counts += torch.bincount(counted.flatten(), minlength=num_classes)
+    if counts.sum() == 0:
+        raise ShapeError("The training labels hold no labelled pixel (all are -100).")
+    share = (counts / counts.sum()).tolist()
+    majority = int(counts.argmax())
+    rare = [k for k in range(num_classes) if 0 < share[k] < rare_below]
+    first_image = torch.as_tensor(train[0][0])
+    log(f"data: {len(train)} training and {len(heldout)} held-out images, {first_image.shape[0]} channels, sizes "
+        f"{min(min(s) for s in sizes)}–{max(max(s) for s in sizes)} px; "
+        + "; ".join(f"'{names[k]}' {100 * share[k]:.2f} %" for k in range(num_classes)) + " of labelled pixels")
+
+    parts, part_sizes = [train], list(sizes)
+    if rare:
+        crops = RareClassCrops(train, crop_size=crop_size, class_ratios={k: RARE_CROP_SHARE / len(rare) for k in rare},
+                               generator=torch.Generator().manual_seed(seed))
+        parts.append(crops)
+        part_sizes += [(crop_size, crop_size)] * len(crops)
+        log(f"rare classes (< {100 * rare_below:g} %): " + ", ".join(names[k] for k in rare)
+            + f"; {len(crops)} crops of {crop_size}×{crop_size} per epoch")
+    # The weights are estimated on what the loss sees in an epoch, crops included: the crops already raise the
+    # rare classes' share, and weights from the images alone would count that boost twice.
+    mixed = ConcatDataset(parts)
+    weight = class_weights((label for _, label in mixed), num_classes, weighting)
+    log(f"class weights ({weighting.replace('_', ' ')}, images{' and crops' if rare else ''}): "
+        + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weight.tolist())))
+    sampler = BucketBatchSampler(part_sizes, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(mixed, batch_sampler=sampler, collate_fn=collate_padded)
+    val_loader = DataLoader(heldout, batch_sampler=BucketBatchSampler(heldout_sizes, batch_size, shuffle=False),
+                            collate_fn=collate_padded)
+    bucketed, randomly = padding_shares(sizes, batch_size, seed)
+
+    class _NewCrops(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if rare:
+                crops.set_epoch(trainer.current_epoch)
+
+    net = model if model is not None else TinySegNet(first_image.shape[0], num_classes, width)
+    task = SegmentationTask(net, num_classes, class_weight=weight, masked_input=True, lr=lr, weight_decay=1e-4,
+                            scheduler=scheduler, class_names=names)
+    first_conv = next((name for name, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))), None)
+    callbacks: list = [_NewCrops()]
+    if first_conv is not None:
+        callbacks.append(FilterEvolutionCallback(first_conv, every_n_steps=max(1, epochs * len(sampler) // 8)))
+    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume=None, accelerator=accelerator,
+        devices=devices, progress=progress, callbacks=callbacks, enable_model_summary=False, num_sanity_val_steps=0)
+    net.to(torch.device(device))
+
+    result = evaluate(net, heldout, num_classes, batch_size, device)
+    baseline = majority_baseline(majority, heldout, num_classes)
+    iou, baseline_iou = [float(v) for v in result["iou"]], [float(v) for v in baseline["iou"]]
+    mean_iou, baseline_mean = float(result["mean_iou"]), float(baseline["mean_iou"])
+    samples = [(image.to(device), label) for image, label in _report_samples(heldout, heldout_sizes)]
+    sections = [
+        _data_section(sizes, bucketed, randomly, names, share, weight.tolist(), rare, batch_size),
+        _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, majority,
+                            time.perf_counter() - start, len(heldout)),
+    ]
+    report = write_report(out, model=net, samples=samples, class_names=names, title=title, sections=sections)
+    return SegmentationRun(
+        report=report, mean_iou=mean_iou, baseline_mean_iou=baseline_mean, iou=iou, baseline_iou=baseline_iou,
+        class_names=names, class_share=share, class_weight=weight.tolist(), rare_classes=rare,
+        padding_bucketed=bucketed, padding_random=randomly, sizes=sizes, majority=majority,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def train_folder(
+    root: str | os.PathLike,
+    out: str | os.PathLike = "cnnkit-run",
+    *,
+    images: str = "images",
+    masks: str = "masks",
+    heldout: str | os.PathLike | None = None,
+    heldout_fraction: float = 0.2,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    nodata: float | None = None,
+    bands: Sequence[int] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    **kwargs,
+) -> SegmentationRun:
+    """:func:`train_segmentation` on a folder of images and label masks (``cnnkit train``).
+
+    Reads ``root/images`` and ``root/masks`` with :class:`~cnnkit.data.SegmentationFolder` (PNG or
+    multi-band TIFF, any sizes), holds out a random ``heldout_fraction`` of the images (or uses the folder
+    ``heldout`` with the same layout), and wraps both in :class:`~cnnkit.data.Standardized` with the
+    training split's band statistics, a validity band for missing pixels (NaN, ±inf or ``nodata``) and
+    sizes rounded up to a multiple of 4.
+
+    Args:
+        root: The data folder.
+        out: Run folder (report in ``out/report/report.html``).
+        images, masks: Sub-folders of ``root`` (and of ``heldout``).
+        heldout: A separate held-out folder; if given, ``heldout_fraction`` is not used.
+        heldout_fraction: Share of ``root``'s images held out (at least one image each side).
+        num_classes: Number of classes (default: the largest label found + 1).
+        class_names: A name per class.
+        ignore_index: A mask value meaning "not labelled" (e.g. 255), read as −100.
+        nodata: A band value meaning "no data" (besides NaN and ±inf).
+        bands: Band indices to keep, in order (default all).
+        seed: Seed of the split, the weights, the crops and the batch order.
+        log: Called with each line of text to print.
+        kwargs: Further options of :func:`train_segmentation` (``epochs``, ``device``, ``width`` …).
+    """
+    from cnnkit.data import SegmentationFolder, Standardized
+
+    folder = SegmentationFolder(root, images, masks, bands=bands, ignore_index=ignore_index)
+    if heldout is not None:
+        held = SegmentationFolder(heldout, images, masks, bands=bands, ignore_index=ignore_index)
+        train_part, held_part = folder, held
+        split = f"held-out folder {str(heldout)!r}"
+    else:
+        if not 0 < heldout_fraction < 1:
+            raise ShapeError(f"heldout_fraction must be in (0, 1). Received heldout_fraction={heldout_fraction!r}.")
+        if len(folder) < 2:
+            raise ShapeError(f"{str(root)!r} holds {len(folder)} image: at least 2 are needed to hold one out "
+                             "(or give a held-out folder).")
+        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
+        count = min(len(folder) - 1, max(1, round(heldout_fraction * len(folder))))
+        train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
+        split = f"{count} of {len(folder)} images held out at random (seed {seed})"
+    if num_classes is None:
+        found = max(int(part.label(i).max()) for part in (train_part, held_part) for i in range(len(part)))
+        if found < 1:
+            raise ShapeError(f"The masks in {str(root)!r} hold fewer than 2 classes (largest label {found}); "
+                             "give num_classes if classes are missing from the masks.")
+        num_classes = found + 1
+    log(f"folder {str(root)!r}: {len(folder)} images, {num_classes} classes; {split}")
+    train = Standardized(train_part, nodata=nodata, multiple_of=4)
+    held = Standardized(held_part, train.mean, train.std, nodata=nodata, multiple_of=4)
+    log("band mean " + ", ".join(f"{v:.4g}" for v in train.mean.tolist())
+        + "; std " + ", ".join(f"{v:.4g}" for v in train.std.tolist()))
+    return train_segmentation(train, held, num_classes, out, class_names=class_names, seed=seed, log=log,
+                              title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name}"), **kwargs)
+
+
+class _Subset(torch.utils.data.Dataset):
+    """``indices`` of a :class:`~cnnkit.data.SegmentationFolder`, with its ``sizes`` and ``label``."""
+
+    def __init__(self, folder, indices: list[int]):
+        self.folder, self.indices = folder, indices
+        self.sizes = [folder.sizes[i] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.folder[self.indices[index]]
+
+    def label(self, index: int) -> Tensor:
+        return self.folder.label(self.indices[index])

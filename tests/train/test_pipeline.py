@@ -1,0 +1,157 @@
+"""``cnnkit train`` on generated folders of PNG and multi-band TIFF files, end to end through the CLI.
+
+The scenes come from :class:`cnnkit.demo.SyntheticLandCover` (clouds, unlabelled areas, a rare class),
+written to disk the way a user's data looks: uint8 RGB PNGs with 0 for "no data" and palette masks with
+255 for "not labelled", or float32 4-band TIFFs with NaN under clouds. Sizes are cut to odd values so the
+pipeline must round them up. The majority-class baseline in the report is checked against numpy counts.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+# Imported here, Lightning's log handler writes to pytest's stream, not to the stream of the first CliRunner
+# call (closed by the second).
+import lightning.pytorch  # noqa: F401
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnkit.cli.main import app
+from cnnkit.demo import CLASS_NAMES, SyntheticLandCover
+
+NAMES = ",".join(CLASS_NAMES)
+
+
+def _write(root: Path, data: SyntheticLandCover, kind: str) -> list[np.ndarray]:
+    """Write ``data`` under root/images and root/masks; return the label maps as written (255 = unlabelled)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    written = []
+    for i, ((image, label), cloud) in enumerate(zip(data, data.clouds)):
+        cut = (i % 3, (2 * i) % 4)  # odd sizes: the pipeline rounds them up to multiples of 4
+        h, w = label.shape[0] - cut[0], label.shape[1] - cut[1]
+        bands = image[:4, :h, :w].numpy()
+        mask = label[:h, :w].numpy().copy()
+        mask[mask < 0] = 255
+        mask = mask.astype(np.uint8)
+        if kind == "png":
+            rgb = np.clip(bands[[2, 1, 0]] * 400 + 1, 1, 255).astype(np.uint8)  # 0 is kept for "no data"
+            rgb[:, cloud[:h, :w].numpy()] = 0
+            Image.fromarray(rgb.transpose(1, 2, 0)).save(root / "images" / f"scene_{i:02d}.png")
+            palette = Image.fromarray(mask, mode="P")
+            palette.putpalette([0, 0, 255, 0, 128, 0, 255, 255, 0, 128, 128, 128, 255, 0, 255] + [0] * 753)
+            palette.save(root / "masks" / f"scene_{i:02d}.png")
+        else:
+            bands = bands.astype(np.float32)
+            bands[:, cloud[:h, :w].numpy()] = np.nan
+            tifffile.imwrite(root / "images" / f"scene_{i:02d}.tif", bands, photometric="minisblack",
+                             planarconfig="separate")
+            tifffile.imwrite(root / "masks" / f"scene_{i:02d}.tif", mask)
+        written.append(mask)
+    return written
+
+
+class _Cells(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.cells: dict[str, str] = {}
+        self.sections: dict[str, str] = {}
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "td" and a.get("data-key"):
+            self.cells[a["data-key"]] = a["data-value"]
+        if tag == "section":
+            self.sections[a["id"]] = a["data-present"]
+        if tag == "img":
+            self.images.append(a["src"])
+
+
+def _parse(path: Path) -> _Cells:
+    page = _Cells()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _baseline(train_masks, heldout_masks, num_classes: int) -> tuple[int, list[float], float]:
+    """Majority class of the training masks and the IoU of predicting it everywhere on the held-out ones."""
+    counts = np.bincount(np.concatenate([m[m != 255] for m in train_masks]), minlength=num_classes)
+    majority = int(counts.argmax())
+    held = np.concatenate([m[m != 255] for m in heldout_masks])
+    iou = []
+    for k in range(num_classes):
+        true, predicted = (held == k).sum(), held.size if k == majority else 0
+        both = true if k == majority else 0
+        union = true + predicted - both
+        iou.append(float(both / union) if union else float("nan"))
+    return majority, iou, float(np.nanmean(iou))
+
+
+def test_tiff_folder_with_a_heldout_folder(tmp_path):
+    train_masks = _write(tmp_path / "train", SyntheticLandCover(10, seed=5, max_size=64), "tif")
+    held_masks = _write(tmp_path / "held", SyntheticLandCover(4, seed=6, max_size=64), "tif")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", str(tmp_path / "train"), "--heldout", str(tmp_path / "held"), "--out", str(out), "--epochs", "2",
+        "--width", "4", "--classes", NAMES, "--ignore-index", "255",
+    ])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "folder" in text and "5 classes" in text and "held-out folder" in text
+    assert "rare classes (< 5 %): greenhouse" in text
+    report = out / "report" / "report.html"
+    assert f"report:                        {report}" in text
+    page = _parse(report)
+    assert page.sections["data"] == page.sections["heldout"] == "yes"
+    assert all((report.parent / src).is_file() for src in page.images)
+
+    majority, iou, mean = _baseline(train_masks, held_masks, len(CLASS_NAMES))
+    assert f"(predicting '{CLASS_NAMES[majority]}'" in text
+    for k, name in enumerate(CLASS_NAMES):
+        value = float(page.cells[f"heldout/majority-class IoU/{k}: {name}"])
+        assert value == pytest.approx(iou[k], abs=1e-6) or (np.isnan(value) and np.isnan(iou[k]))
+    assert float(page.cells["heldout/majority-class IoU/mean IoU"]) == pytest.approx(mean, abs=1e-6)
+    printed = float(re.search(r"held-out mean IoU:\s+([0-9.]+)", text).group(1))
+    assert float(page.cells["heldout/network IoU/mean IoU"]) == pytest.approx(printed, abs=5e-4)
+    shares = np.bincount(np.concatenate([m[m != 255] for m in train_masks]), minlength=5) / sum(
+        (m != 255).sum() for m in train_masks)
+    for k, name in enumerate(CLASS_NAMES):
+        assert float(page.cells[f"data/share of labelled pixels/{k}: {name}"]) == pytest.approx(shares[k], abs=1e-9)
+
+
+def test_png_folder_with_a_random_split(tmp_path):
+    _write(tmp_path / "data", SyntheticLandCover(10, seed=7, max_size=64), "png")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--width", "4",
+        "--ignore-index", "255", "--nodata", "0", "--heldout-fraction", "0.3",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "3 of 10 images held out at random (seed 0)" in result.output
+    assert "5 classes" in result.output  # largest label + 1
+    page = _parse(out / "report" / "report.html")
+    assert "heldout/network IoU/0: class 0" in page.cells
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--heldout-fraction", "1.5"], "heldout_fraction must be in (0, 1)"),
+    (["--bands", "0,x"], "bands must be a comma-separated list of ints"),
+    (["--classes", "a,b"], "labels must be class indices in [0, 2) or -100"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, message):
+    _write(tmp_path / "data", SyntheticLandCover(3, seed=1, max_size=40), "png")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                                      "--ignore-index", "255", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "images folder does not exist" in result.output
