@@ -93,14 +93,16 @@ def keras_convlstm(x, kernel, rkernel, bias, *, stride=(1, 1), padding="same", d
     return torch.stack(outputs, 1).permute(0, 1, 4, 2, 3), hs.permute(0, 3, 1, 2), cs.permute(0, 3, 1, 2)
 
 
+RACT = {"sigmoid": torch.sigmoid, "hard_sigmoid": lambda t: (t / 6 + 0.5).clamp(0, 1),
+        "hard_sigmoid_keras2": lambda t: (0.2 * t + 0.5).clamp(0, 1)}
+
+
 def ref_of(module, x, suffix="", prefix="", **kwargs):
     """The reference run with ``module``'s weights, read through keras_weights() (checks the layout)."""
     kw = module.keras_weights()
-    ract = {"sigmoid": torch.sigmoid, "hard_sigmoid": lambda t: (t / 6 + 0.5).clamp(0, 1),
-            "hard_sigmoid_keras2": lambda t: (0.2 * t + 0.5).clamp(0, 1)}[module.recurrent_activation]
     return keras_convlstm(x, kw[prefix + "kernel"], kw[prefix + "recurrent_kernel"], kw.get(prefix + "bias"),
-                          stride=module.stride, padding=module.padding, dilation=module.dilation, ract=ract,
-                          **kwargs)
+                          stride=module.stride, padding=module.padding, dilation=module.dilation,
+                          ract=RACT[module.recurrent_activation], **kwargs)
 
 
 def rand_module(*args, **kwargs):
@@ -392,6 +394,40 @@ def test_gradcheck_float64():
     bi = ConvLSTM1d(1, 2, 2, bidirectional=True, dtype=D64)
     x1 = torch.randn(2, 3, 1, 5, dtype=D64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: bi(x, mask=step_mask)[0], (x1,))
+
+
+@pytest.mark.parametrize("recurrent_activation", ["sigmoid", "hard_sigmoid", "hard_sigmoid_keras2"])
+@pytest.mark.parametrize("kind", ["step", "pixel"])
+@pytest.mark.parametrize("stride", [1, 2], ids=["fused", "strided"])
+def test_masked_gradients_match_reference(recurrent_activation, kind, stride):
+    # Gradients of outputs and last states with respect to everything (input, weights, bias, h0, c0)
+    # against autograd through the reference, whose masked steps select with torch.where.
+    torch.manual_seed(0)
+    size = -(-6 // stride)
+    x = torch.randn(2, 4, 2, 6, 6, dtype=D64, requires_grad=True)
+    w_ih = (0.6 * torch.randn(12, 2, 3, 3, dtype=D64)).requires_grad_()
+    w_hh = (0.6 * torch.randn(12, 3, 3, 3, dtype=D64)).requires_grad_()
+    b = torch.randn(12, dtype=D64, requires_grad=True)
+    h0 = torch.randn(2, 3, size, size, dtype=D64, requires_grad=True)
+    c0 = torch.randn(2, 3, size, size, dtype=D64, requires_grad=True)
+    if kind == "step":
+        mask = torch.tensor([[True, False, True, False], [False, True, True, True]])
+    else:
+        mask = torch.rand(2, 4, size, size) > 0.4
+    weights = [torch.randn(2, 4, 3, size, size, dtype=D64), torch.randn(2, 3, size, size, dtype=D64),
+               torch.randn(2, 3, size, size, dtype=D64)]
+    leaves = (x, w_ih, w_hh, b, h0, c0)
+
+    out, (h, c) = conv_lstm_nd(x, w_ih, w_hh, b, (h0, c0), mask, stride=stride,
+                               recurrent_activation=recurrent_activation)
+    grads = torch.autograd.grad(sum((t * w).sum() for t, w in zip((out, h, c), weights)), leaves)
+    ref = keras_convlstm(x, w_ih.movedim((0, 1), (-1, -2)), w_hh.movedim((0, 1), (-1, -2)), b,
+                         stride=(stride, stride), ract=RACT[recurrent_activation], mask=mask, state=(h0, c0))
+    ref_grads = torch.autograd.grad(sum((t * w).sum() for t, w in zip(ref, weights)), leaves)
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected)
+    if kind == "pixel" and stride == 1:  # the input under a masked pixel is zero: no gradient reaches it
+        assert torch.count_nonzero(grads[0][~mask.unsqueeze(2).expand_as(x)]) == 0
 
 
 # --- Keras layout, init, plumbing ---------------------------------------------------------------------
