@@ -1,19 +1,25 @@
-"""Training that scales: Lightning tasks, a ``fit`` helper with checkpoints and resume, introspection callbacks.
+"""Training that scales: Lightning tasks, a ``fit`` helper with checkpoints and resume, introspection callbacks,
+and the data → trained network → report pipeline of ``cnnkit demo`` and ``cnnkit train``.
 
 Needs ``lightning>=2.2,<3``. See ``docs/train.md``.
 """
 
 from cnnkit.train.callbacks import FilterEvolutionCallback
 from cnnkit.train.fit import AtomicCheckpointIO, fit, last_checkpoint
-from cnnkit.train.task import LOSSES, OPTIMIZERS, ClassificationTask, SegmentationTask
+from cnnkit.train.pipeline import SegmentationRun, train_folder, train_segmentation
+from cnnkit.train.task import LOSSES, OPTIMIZERS, SCHEDULERS, ClassificationTask, SegmentationTask
 
 __all__ = [
     "LOSSES",
     "OPTIMIZERS",
+    "SCHEDULERS",
     "AtomicCheckpointIO",
     "ClassificationTask",
     "FilterEvolutionCallback",
+    "SegmentationRun",
     "SegmentationTask",
     "fit",
     "last_checkpoint",
+    "train_folder",
+    "train_segmentation",
 ]
