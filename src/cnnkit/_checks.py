@@ -8,11 +8,27 @@ from typing import Any
 
 from cnnkit.errors import ShapeError
 
-__all__ = ["check_choice", "ntuple"]
+__all__ = ["check_choice", "check_int", "ntuple"]
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an integer (not a bool) of at least ``minimum``; else one clear error.
+
+    Examples:
+        >>> check_int(3, "epochs")
+        3
+        >>> check_int(0, "epochs")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: epochs must be an integer >= 1. Received epochs=0.
+    """
+    if not _is_int(value) or value < minimum:
+        raise ShapeError(f"{name} must be an integer >= {minimum}. Received {name}={value!r}.")
+    return int(value)
 
 
 def ntuple(value: Any, n: int, name: str, *, minimum: int | None = 1) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.masking.sampler import spatial_sizes
@@ -115,8 +116,7 @@ class Standardized(Dataset):
         nodata: float | None = None,
         multiple_of: int = 1,
     ) -> None:
-        if not isinstance(multiple_of, int) or isinstance(multiple_of, bool) or multiple_of < 1:
-            raise ShapeError(f"multiple_of must be an integer >= 1. Received multiple_of={multiple_of!r}.")
+        check_int(multiple_of, "multiple_of")
         if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, (int, float))):
             raise ShapeError(f"nodata must be a number or None. Received nodata={nodata!r}.")
         if (mean is None) != (std is None):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
+from cnnkit._checks import check_int
 from cnnkit.demo.dataset import CLASS_NAMES, SyntheticLandCover
-from cnnkit.errors import ShapeError
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_HELDOUT", "DEFAULT_TRAIN", "train_demo"]
 
@@ -51,9 +51,8 @@ def train_demo(
     """
     from cnnkit.train.pipeline import train_segmentation
 
-    for name, value, low in (("n_train", n_train, 2), ("n_heldout", n_heldout, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ShapeError(f"{name} must be an integer >= {low}. Received {name}={value!r}.")
+    check_int(n_train, "n_train", 2)
+    check_int(n_heldout, "n_heldout")
     train = SyntheticLandCover(n_train, seed=2 * seed)
     heldout = SyntheticLandCover(n_heldout, seed=2 * seed + 1)
     log(f"built-in data: seeded synthetic land cover, {train.bands} bands + a validity band (0 under clouds)")

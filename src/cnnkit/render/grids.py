@@ -32,16 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.render.labels import _check_color, _to_numpy
 
 __all__ = ["activation_grid", "filter_grid", "signed_to_rgb", "tile_images"]
-
-
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ShapeError(f"{name} must be an integer >= {minimum}. Received {name}={value!r}.")
-    return value
 
 
 def _as_float(values, name: str) -> np.ndarray:
@@ -129,10 +124,10 @@ def tile_images(
     if tiles.shape[0] == 0:
         raise ShapeError("tiles must hold at least one tile. Received 0 tiles.")
     count = tiles.shape[0]
-    ncols = math.ceil(math.sqrt(count)) if ncols is None else _check_positive_int(ncols, "ncols")
+    ncols = math.ceil(math.sqrt(count)) if ncols is None else check_int(ncols, "ncols")
     ncols = min(ncols, count)
-    padding = _check_positive_int(padding, "padding", minimum=0)
-    zoom = _check_positive_int(zoom, "zoom")
+    padding = check_int(padding, "padding", minimum=0)
+    zoom = check_int(zoom, "zoom")
     color = _check_color(pad_color, "pad_color")
     if zoom > 1:
         tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)

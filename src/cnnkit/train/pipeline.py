@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from cnnkit._checks import check_int
 from cnnkit.data import RareClassCrops
 from cnnkit.errors import ShapeError
 from cnnkit.losses import class_weights
@@ -136,11 +137,6 @@ def padding_shares(sizes, batch_size: int, seed: int) -> tuple[float, float]:
     order = torch.randperm(len(sizes), generator=g).tolist()
     randomly = padding_fraction([order[i : i + batch_size] for i in range(0, len(order), batch_size)], sizes)
     return bucketed, randomly
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ShapeError(f"{name} must be an integer >= {low}. Received {name}={value!r}.")
 
 
 def _accelerator(device: str) -> tuple[str, int | list[int]]:
@@ -275,7 +271,7 @@ def train_segmentation(
     start = time.perf_counter()
     for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
                              ("batch_size", batch_size, 1), ("crop_size", crop_size, 4)):
-        _check_int(name, value, low)
+        check_int(value, name, low)
     if not 0 <= rare_below < 1:
         raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
     names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))

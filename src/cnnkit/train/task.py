@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit._checks import check_choice
+from cnnkit._checks import check_choice, check_int
 from cnnkit.errors import ShapeError
 from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
 from cnnkit.losses._common import check_class_weight, check_ignore_index
@@ -41,12 +41,6 @@ SCHEDULERS = ("cosine",)
 """Names accepted by the tasks' ``optimizer`` argument."""
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-
-
-def _check_positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ShapeError(f"{name} must be an integer >= 1. Received {name}={value!r}.")
-    return value
 
 
 def _check_number(value, name: str, *, positive: bool = False) -> float:
@@ -84,7 +78,7 @@ class _Task(L.LightningModule):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module. Received model of type {type(model).__name__}.")
         self.model = model
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
+        self.num_classes = check_int(num_classes, "num_classes")
         self.ignore_index = check_ignore_index(ignore_index)
         weight = check_class_weight(class_weight, self.num_classes)
         self.register_buffer("class_weight", weight, persistent=False)
