@@ -11,7 +11,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -27,43 +26,17 @@ MODELS = ["classifier", "text_cnn", "conv2d_same", "conv1d_stack", "activations"
 CASES = [(m, ext) for m in MODELS for ext in (".keras", ".h5")] + [("lc2d", ".h5"), ("lc1d_functional", ".h5")]
 
 
-def sample(name: str) -> tuple[list[torch.Tensor], list[np.ndarray]]:
-    data = np.load(FIXTURES / f"{name}.npz", allow_pickle=False)
-    xs = [torch.from_numpy(data[f"x{i}"]) for i in range(sum(k.startswith("x") for k in data.files))]
-    ys = [data[f"y{i}"] for i in range(sum(k.startswith("y") for k in data.files))]
-    return xs, ys
-
-
-def as_tuple(out) -> tuple[torch.Tensor, ...]:
-    return out if isinstance(out, tuple) else (out,)
-
-
-def channels_first(t: torch.Tensor) -> torch.Tensor:
-    return t.movedim(-1, 1) if t.dim() >= 3 and t.is_floating_point() else t
-
-
 @pytest.mark.parametrize(("name", "ext"), CASES, ids=[f"{m}{e}" for m, e in CASES])
-def test_channels_last_matches_keras(name, ext):
+def test_channels_last_matches_keras(name, ext, keras_outputs):
     model, report = ck.load(FIXTURES / f"{name}{ext}", channels_last_input=True)
-    xs, ys = sample(name)
-    with torch.no_grad():
-        outs = as_tuple(model(*xs))
-    assert len(outs) == len(ys)
-    for out, y in zip(outs, ys):
-        assert tuple(out.shape) == y.shape
-        np.testing.assert_allclose(out.numpy(), y, atol=1e-4, rtol=0)
-    assert report.output_shapes == tuple(tuple(y.shape[1:]) for y in ys)
+    keras_outputs.check_channels_last(model, report, FIXTURES / f"{name}.npz")
 
 
 @pytest.mark.parametrize("name", [*MODELS, "lc2d"])
-def test_channels_first_matches_keras(name):
+def test_channels_first_matches_keras(name, keras_outputs):
     ext = ".h5" if name == "lc2d" else ".keras"
     model, _ = ck.load(FIXTURES / f"{name}{ext}")
-    xs, ys = sample(name)
-    with torch.no_grad():
-        outs = as_tuple(model(*[channels_first(x) for x in xs]))
-    for out, y in zip(outs, ys):
-        np.testing.assert_allclose(out.numpy(), channels_first(torch.from_numpy(y)).numpy(), atol=1e-4, rtol=0)
+    keras_outputs.check_channels_first(model, FIXTURES / f"{name}.npz")
 
 
 def test_keras_and_h5_give_the_same_weights():

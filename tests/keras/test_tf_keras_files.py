@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -28,46 +27,20 @@ def path(name: str) -> Path:
     return FIXTURES / f"tfk_{name}.h5"
 
 
-def sample(name: str) -> tuple[list[torch.Tensor], list[np.ndarray]]:
-    data = np.load(FIXTURES / f"tfk_{name}.npz", allow_pickle=False)
-    xs = [torch.from_numpy(data[f"x{i}"]) for i in range(sum(k.startswith("x") for k in data.files))]
-    ys = [data[f"y{i}"] for i in range(sum(k.startswith("y") for k in data.files))]
-    return xs, ys
-
-
 def text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def as_tuple(out) -> tuple[torch.Tensor, ...]:
-    return out if isinstance(out, tuple) else (out,)
-
-
-def channels_first(t: torch.Tensor) -> torch.Tensor:
-    return t.movedim(-1, 1) if t.dim() >= 3 and t.is_floating_point() else t
-
-
 @pytest.mark.parametrize("name", MODELS)
-def test_channels_last_matches_tf_keras(name):
+def test_channels_last_matches_tf_keras(name, keras_outputs):
     model, report = ck.load(path(name), channels_last_input=True)
-    xs, ys = sample(name)
-    with torch.no_grad():
-        outs = as_tuple(model(*xs))
-    assert len(outs) == len(ys)
-    for out, y in zip(outs, ys):
-        assert tuple(out.shape) == y.shape
-        np.testing.assert_allclose(out.numpy(), y, atol=1e-4, rtol=0)
-    assert report.output_shapes == tuple(tuple(y.shape[1:]) for y in ys)
+    keras_outputs.check_channels_last(model, report, FIXTURES / f"tfk_{name}.npz")
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_channels_first_matches_tf_keras(name):
+def test_channels_first_matches_tf_keras(name, keras_outputs):
     model, _ = ck.load(path(name))
-    xs, ys = sample(name)
-    with torch.no_grad():
-        outs = as_tuple(model(*[channels_first(x) for x in xs]))
-    for out, y in zip(outs, ys):
-        np.testing.assert_allclose(out.numpy(), channels_first(torch.from_numpy(y)).numpy(), atol=1e-4, rtol=0)
+    keras_outputs.check_channels_first(model, FIXTURES / f"tfk_{name}.npz")
 
 
 @pytest.mark.parametrize("name", MODELS)
