@@ -263,6 +263,151 @@ def test_many_slabs_equal_one_slab(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+# --- the C kernel (float32 on CPU) against the same references ----------------------------------------
+
+NATIVE = "_NativeLocallyConnectedFunctionBackward"
+
+
+@pytest.fixture(scope="module")
+def native():
+    """The C kernel's module, or a skip naming why it could not be built (CI builds it: gcc is there)."""
+    import cnnkit._native as builder
+    import cnnkit.nn.locally_connected as module
+
+    if builder.load("nn.locally_connected") is None:
+        pytest.skip(f"C kernel unavailable: {builder.status('nn.locally_connected')}")
+    return module
+
+
+def float32_copy(lc):
+    """The same layer in float32 (the C kernel's dtype), weights rounded once."""
+    lc32 = type(lc)(lc.in_channels, lc.out_channels, lc.kernel_size, lc.input_size, lc.stride, lc.padding,
+                    lc.dilation, bias=lc.bias is not None)
+    lc32.load_state_dict({k: v.float() for k, v in lc.state_dict().items()})
+    return lc32
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 21), c=st.integers(1, 5), f=st.integers(1, 70), h=st.integers(3, 9), w=st.integers(3, 9),
+    kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 2), sw=st.integers(1, 2),
+    dh=st.integers(1, 2), padding=st.sampled_from(["valid", "same", 1]), bias=st.booleans(),
+)
+def test_native_matches_keras_style_loop(native, n, c, f, h, w, kh, kw, sh, sw, dh, padding, bias):
+    # Batches that are not whole tiles (8/4/2/1 samples) or whole vectors (16), filter counts that leave
+    # a partial vector or a second block of 64: the C kernel in float32 against the float64 loop.
+    k, s, d = (kh, kw), (sh, sw), (dh, 1)
+    pads = pads_for((h, w), k, s, d, padding)
+    if any(size + lo + hi < dd * (kk - 1) + 1 for size, (lo, hi), kk, dd in zip((h, w), pads, k, d)):
+        return
+    lc = float32_copy(LocallyConnected2d(c, f, k, (h, w), s, padding, d, bias=bias, dtype=torch.float64))
+    x = torch.randn(n, c, h, w, requires_grad=True)
+    out = lc(x)
+    assert type(out.grad_fn).__name__ == NATIVE
+    keras = {name: t.double().requires_grad_() for name, t in lc.keras_weights().items()}
+    x64 = x.detach().double().requires_grad_()
+    expected = keras_loop_2d(x64, keras["kernel"], keras.get("bias"), k, s, d, pads)
+    tol = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(out.double(), expected, **tol)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, lc.weight, *([lc.bias] if bias else [])], g)
+    ref = torch.autograd.grad(expected, [x64, keras["kernel"], *([keras["bias"]] if bias else [])], g.double())
+    torch.testing.assert_close(grads[0].double(), ref[0], **tol)
+    torch.testing.assert_close(grads[1].double(), ref[1], **tol)
+    if bias:
+        torch.testing.assert_close(grads[2].double(), ref[2].permute(2, 0, 1), **tol)
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "bias"])
+def test_native_gradients_when_only_one_argument_requires_grad(native, which):
+    lc = LocallyConnected2d(3, 17, 3, input_size=(7, 6), stride=(2, 1), padding="same")
+    x = torch.randn(5, 3, 7, 6, requires_grad=which == "input")
+    lc.weight.requires_grad_(which == "weight")
+    lc.bias.requires_grad_(which == "bias")
+    target = {"input": x, "weight": lc.weight, "bias": lc.bias}[which]
+    out = lc(x)
+    assert type(out.grad_fn).__name__ == NATIVE
+    (got,) = torch.autograd.grad(out.square().sum(), target)
+    native._use_native = False
+    try:
+        (want,) = torch.autograd.grad(lc(x).square().sum(), target)
+    finally:
+        native._use_native = True
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "kernel_size", "stride", "dilation", "padding"),
+    [((19, 3, 23), 4, 3, 1, "same"), ((6, 2, 11), 3, 1, 3, 2), ((3, 2, 5, 6, 7), (2, 3, 2), (1, 2, 1), 1, "same"),
+     ((17, 1, 4, 5, 3), 2, 1, (1, 2, 1), "valid")],
+)
+def test_native_1d_and_3d_equal_the_torch_path_in_float64(native, input_shape, kernel_size, stride, dilation,
+                                                          padding):
+    # The torch path (float64) is the reference here: it is itself checked against the loops above and,
+    # in 3-D, against Conv3d below.
+    torch.manual_seed(0)
+    x = torch.randn(input_shape, requires_grad=True)
+    n = x.dim() - 2
+    probe = cnnkit.shapes.conv_output_size(input_shape[2:], kernel_size, stride, padding, dilation)
+    positions = math.prod(probe)
+    inputs = math.prod(kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * n) * input_shape[1]
+    weight = torch.randn(positions, inputs, 20, requires_grad=True)
+    bias = torch.randn(20, *probe, requires_grad=True)
+    kw = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation, "padding": padding}
+    out = cnn.locally_connected_nd(x, weight, bias, **kw)
+    assert type(out.grad_fn).__name__ == NATIVE
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, weight, bias], g)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    ref = cnn.locally_connected_nd(*ref_in, **kw)
+    ref_grads = torch.autograd.grad(ref, ref_in, g.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_native_shared_weights_equal_conv3d(native):
+    conv = nn.Conv3d(2, 18, (2, 3, 2), stride=(1, 2, 1), padding=1)
+    x = torch.randn(3, 2, 5, 6, 4)
+    expected = conv(x)
+    kernel = conv.weight.detach().permute(2, 3, 4, 1, 0).reshape(-1, 18)
+    positions = math.prod(expected.shape[2:])
+    weight = kernel.expand(positions, *kernel.shape).contiguous().requires_grad_()
+    bias = conv.bias.detach().view(18, 1, 1, 1).expand(18, *expected.shape[2:])
+    out = cnn.locally_connected_nd(x, weight, bias, kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=1)
+    assert type(out.grad_fn).__name__ == NATIVE
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_native_many_row_bands_equal_one_thread(native):
+    # The input gradient runs bands of output rows in two phases so that no two threads add to the same
+    # input; with a tall output, a big dilated kernel and all threads the bands are narrow. One thread
+    # (one band at a time) must give the same gradients.
+    lc = LocallyConnected2d(2, 16, 5, input_size=(40, 6), dilation=(3, 1), padding="same")
+    x = torch.randn(18, 2, 40, 6, requires_grad=True)
+    grads = torch.autograd.grad(lc(x).square().sum(), [x, lc.weight])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grads1 = torch.autograd.grad(lc(x).square().sum(), [x, lc.weight])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(grads, grads1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_other_dtypes_and_the_switch_use_the_torch_path(native):
+    lc = LocallyConnected2d(2, 3, 3, input_size=5)
+    x = torch.randn(2, 2, 5, 5)
+    assert type(lc(x).grad_fn).__name__ == NATIVE
+    assert type(lc.double()(x.double()).grad_fn).__name__ == "_LocallyConnectedFunctionBackward"
+    native._use_native = False
+    try:
+        assert type(lc.float()(x).grad_fn).__name__ == "_LocallyConnectedFunctionBackward"
+    finally:
+        native._use_native = True
+
+
 # --- module plumbing ----------------------------------------------------------------------------------
 
 

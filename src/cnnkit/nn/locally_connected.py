@@ -22,6 +22,8 @@ contiguous numbers. The bias is ``(out_channels, *output_size)`` in torch (it is
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from cnnkit import _native
 from cnnkit._checks import check_choice, ntuple
 from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import dot, expect_channels, expect_rank, x
@@ -162,6 +165,145 @@ class _LocallyConnectedFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
+# --- the C kernel --------------------------------------------------------------------------------------
+
+_VL = 16  # floats per vector in csrc/locally_connected.c; its batch-last layouts are padded to whole vectors
+_use_native = True  # False forces the torch path (tests compare the two)
+
+
+def _kernel(x: Tensor, weight: Tensor, bias: Tensor | None) -> ctypes.CDLL | None:
+    """The C kernel if it applies to these tensors (CPU float32, contiguous weight, non-empty), else None."""
+    tensors = [x, weight] if bias is None else [x, weight, bias]
+    if not _use_native or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    if not weight.is_contiguous() or x.numel() == 0 or weight.numel() == 0:
+        return None
+    lib = _native.load("nn.locally_connected")
+    return None if lib is None else _declared(lib)
+
+
+@functools.cache
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` with its functions' argument types set (sizes are int64; a bare int would pass as C int)."""
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    signatures = {
+        # x, N, X, offsets, L, KK, C, w, F, y, threads
+        "lc_forward": ([p, i64, i64, p, i64, i64, i64, p, i64, p, i32], i32),
+        # x, N, X, offsets, L, KK, C, g, F, FP, gw, threads
+        "lc_grad_weight": ([p, i64, i64, p, i64, i64, i64, p, i64, i64, p, i32], None),
+        # offsets, L, KK, C, w, F, gt, NP, gx, per_row, band, threads
+        "lc_grad_input": ([p, i64, i64, i64, p, i64, p, i64, p, i64, i64, i32], None),
+    }
+    for name, (args, result) in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = args, result
+    return lib
+
+
+@functools.lru_cache(maxsize=64)
+def _patch_offsets(padded_size: tuple, kernel_size: tuple, stride: tuple, dilation: tuple, channels: int,
+                   output_size: tuple) -> Tensor:
+    """``(L, prod(kernel_size))`` int64: where each patch's run of channels starts in a channels-last sample.
+
+    ``patch[n, l, kk·C + c] = x_cl.view(N, -1)[n, offsets[l, kk] + c]``, with ``l`` and ``kk`` row-major.
+    """
+    n = len(padded_size)
+    total = torch.zeros((), dtype=torch.int64)
+    for i in range(n):
+        step = math.prod(padded_size[i + 1:]) * channels
+        at_out, at_kernel = [1] * (2 * n), [1] * (2 * n)
+        at_out[i], at_kernel[n + i] = output_size[i], kernel_size[i]
+        total = (total + (torch.arange(output_size[i]) * (stride[i] * step)).view(at_out)
+                 + (torch.arange(kernel_size[i]) * (dilation[i] * step)).view(at_kernel))
+    return total.reshape(math.prod(output_size), math.prod(kernel_size)).contiguous()
+
+
+def _ptr(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _rounded(n: int) -> int:
+    return -(-n // _VL) * _VL
+
+
+class _NativeLocallyConnectedFunction(torch.autograd.Function):
+    """Same op and arguments as :class:`_LocallyConnectedFunction`, computed by ``csrc/locally_connected.c``.
+
+    The C kernel reads patches straight from a channels-last copy of the (padded) input and multiplies them
+    with each position's weights in register tiles, in parallel over positions (forward, weight gradient)
+    or over non-overlapping bands of output rows (input gradient, accumulated batch-last so that it is
+    vector adds). Torch does the layout moves around it: the channels-last input, ``(N, L, F) → (N, F, L)``
+    plus bias, and the batch-last gradient layouts.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kernel_size, stride, dilation, output_size):
+        lib = ctx.lib = _kernel(x, weight, bias)
+        threads = torch.get_num_threads()
+        batch, channels = x.shape[:2]
+        positions, _, out_channels = weight.shape
+        offsets = _patch_offsets(tuple(x.shape[2:]), kernel_size, stride, dilation, channels, output_size)
+        x_cl = x.detach().movedim(1, -1).contiguous()
+        per_sample = x_cl[0].numel()
+        y = x.new_empty((batch, positions, out_channels))
+        status = lib.lc_forward(_ptr(x_cl), batch, per_sample, _ptr(offsets), positions, offsets.shape[1],
+                                channels, _ptr(weight), out_channels, _ptr(y), threads)
+        if status != 0:
+            raise MemoryError("LocallyConnected: the C kernel could not allocate its packing buffer.")
+        result = x.new_empty((batch, out_channels, *output_size))
+        if bias is None:
+            result.view(batch, out_channels, positions).copy_(y.transpose(1, 2))
+        else:
+            torch.add(y.transpose(1, 2), bias.reshape(out_channels, positions),
+                      out=result.view(batch, out_channels, positions))
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(x_cl if need_w else None, weight if need_x else None)
+        ctx.geometry = (tuple(x.shape), kernel_size, stride, dilation, output_size, offsets)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x_cl, weight = ctx.saved_tensors
+        shape, kernel_size, stride, dilation, output_size, offsets = ctx.geometry
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        lib, threads = ctx.lib, torch.get_num_threads()
+        batch, channels = shape[:2]
+        out_channels = grad.shape[1]
+        positions, kernel_offsets = offsets.shape
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if need_b:
+            grad_b = grad.sum(0)
+        if not (need_x or need_w):
+            return None, None, grad_b, None, None, None, None
+        # Batch-last gradient (L, F, NP), zero-padded to whole vectors of samples: one 2-D transpose.
+        padded_batch = _rounded(batch)
+        g_t = grad.new_empty((positions, out_channels, padded_batch))
+        g_t[:, :, batch:].zero_()
+        g_t[:, :, :batch].copy_(grad.view(batch, out_channels * positions).t()
+                                .view(out_channels, positions, batch).transpose(0, 1))
+        if need_w:
+            # (L, N, FP), zero-padded to whole vectors of filters: small transposes of g_t.
+            padded_filters = _rounded(out_channels)
+            g = grad.new_empty((positions, batch, padded_filters))
+            g[:, :, out_channels:].zero_()
+            g[:, :, :out_channels].copy_(g_t[:, :, :batch].transpose(1, 2))
+            grad_w = grad.new_empty((positions, kernel_offsets * channels, out_channels))
+            lib.lc_grad_weight(_ptr(x_cl), batch, x_cl[0].numel(), _ptr(offsets), positions, kernel_offsets,
+                               channels, _ptr(g), out_channels, padded_filters, _ptr(grad_w), threads)
+        if need_x:
+            # Bands of output rows far enough apart that every other band touches disjoint inputs.
+            rows = output_size[0]
+            band = max(-(-rows // (2 * threads)), -(-dilation[0] * (kernel_size[0] - 1) // stride[0]), 1)
+            per_sample = math.prod(shape[1:])
+            g_x = grad.new_zeros((per_sample, padded_batch))
+            lib.lc_grad_input(_ptr(offsets), positions, kernel_offsets, channels, _ptr(weight), out_channels,
+                              _ptr(g_t), padded_batch, _ptr(g_x), positions // rows, band, threads)
+            grad_x = g_x[:, :batch].t().contiguous().view(batch, *shape[2:], channels).movedim(-1, 1)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
 def locally_connected_nd(
     input: Tensor,
     weight: Tensor,
@@ -226,7 +368,9 @@ def locally_connected_nd(
     pads = padding_amounts(size, kernel, strides, pad, dilations)
     if any(lo or hi for lo, hi in pads):
         input = F.pad(input, [p for pair in reversed(pads) for p in pair])
-    return _LocallyConnectedFunction.apply(input, weight, bias, kernel, strides, dilations, output_size)
+    native = _kernel(input, weight, bias) is not None
+    function = _NativeLocallyConnectedFunction if native else _LocallyConnectedFunction
+    return function.apply(input, weight, bias, kernel, strides, dilations, output_size)
 
 
 def _ranked(n: int, name: str):
