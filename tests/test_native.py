@@ -13,6 +13,7 @@ import torch
 
 import cnnkit._native as native
 import cnnkit.nn.locally_connected as lc_module
+from cnnkit.errors import NativeKernelWarning
 from cnnkit.nn import LocallyConnected2d
 
 NAME = "nn.locally_connected"
@@ -55,13 +56,13 @@ def test_builds_once_into_the_cache_and_reuses_it(fresh, monkeypatch):
 
 def test_no_compiler_warns_once_and_falls_back(fresh, monkeypatch):
     monkeypatch.setattr(native, "_compiler", lambda: None)
-    with pytest.warns(native.NativeKernelWarning, match="no C compiler found.*CNNKIT_NATIVE=0"):
+    with pytest.warns(NativeKernelWarning, match="no C compiler found.*CNNKIT_NATIVE=0"):
         assert native.load(NAME) is None
     assert native.status(NAME).startswith("not available: no C compiler")
     with warnings.catch_warnings(record=True) as later:
         warnings.simplefilter("always")
         assert uses_torch_path()
-    assert not [w for w in later if issubclass(w.category, native.NativeKernelWarning)]  # once per process
+    assert not [w for w in later if issubclass(w.category, NativeKernelWarning)]  # once per process
 
 
 def test_compile_error_is_reported_with_the_compiler_output(fresh, monkeypatch, tmp_path):
@@ -71,7 +72,7 @@ def test_compile_error_is_reported_with_the_compiler_output(fresh, monkeypatch, 
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setattr(native, "_source", lambda name: broken)
-    with pytest.warns(native.NativeKernelWarning, match=r"the compiler failed:\n\$ .*-O3.*error"):
+    with pytest.warns(NativeKernelWarning, match=r"the compiler failed:\n\$ .*-O3.*error"):
         assert native.load(NAME) is None
     assert uses_torch_path()
     assert list(fresh.glob("*.so")) == [] and list(fresh.glob("tmp*")) == []  # no half-written files left
@@ -82,7 +83,7 @@ def test_disabled_by_environment_without_a_warning(fresh, monkeypatch, recwarn):
     assert native.load(NAME) is None
     assert native.status(NAME) == "not available: disabled by CNNKIT_NATIVE=0"
     assert uses_torch_path()
-    assert not [w for w in recwarn if issubclass(w.category, native.NativeKernelWarning)]
+    assert not [w for w in recwarn if issubclass(w.category, NativeKernelWarning)]
 
 
 def test_unwritable_cache_falls_back_to_a_temporary_folder(monkeypatch, tmp_path):

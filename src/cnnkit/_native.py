@@ -8,7 +8,7 @@ caller has laid out.
 
 Every caller keeps a pure-torch path, used whenever :func:`load` returns ``None``: no compiler, a compile
 error, ``CNNKIT_NATIVE=0`` in the environment, or a kernel built without OpenMP while torch runs more than
-one thread. The first failure is reported once with :class:`NativeKernelWarning`.
+one thread. The first failure is reported once with :class:`cnnkit.errors.NativeKernelWarning`.
 
 Cache: ``$CNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnkit``, else ``~/.cache/cnnkit`` (the first that
 can be written, else a folder in the temporary directory); the file name
@@ -36,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeKernelWarning", "load", "status"]
+from cnnkit.errors import NativeKernelWarning
+
+__all__ = ["load", "status"]
 
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
@@ -44,10 +46,6 @@ _FLAG_SETS = (
     ["-O3"],  # no OpenMP (e.g. Apple clang): usable with one thread only
 )
 _FAILURES: dict[str, str] = {}
-
-
-class NativeKernelWarning(RuntimeWarning):
-    """A C kernel could not be built or loaded; the pure-torch path is used instead."""
 
 
 def _compiler() -> str | None:

@@ -7,7 +7,7 @@ Every error that comes from bad user input is a :class:`CnnkitError`. Shape prob
 
 from __future__ import annotations
 
-__all__ = ["CnnkitError", "ShapeError", "UnsupportedError"]
+__all__ = ["CnnkitError", "NativeKernelWarning", "ShapeError", "UnsupportedError"]
 
 
 class CnnkitError(Exception):
@@ -23,4 +23,13 @@ class UnsupportedError(CnnkitError, NotImplementedError):
 
     A ``NotImplementedError`` rather than a ``TypeError``: PyTorch turns a ``TypeError`` raised inside a
     binary operator into ``NotImplemented``, which would hide the message.
+    """
+
+
+class NativeKernelWarning(RuntimeWarning):
+    """A C kernel (see ``cnnkit._native``) could not be built or loaded; the pure-torch path is used.
+
+    Issued once per kernel and process, with the reason (no compiler, or the compiler's output). Silence it
+    with ``CNNKIT_NATIVE=0`` (which also skips the build) or ``warnings.filterwarnings("ignore",
+    category=cnnkit.errors.NativeKernelWarning)``.
     """

@@ -18,6 +18,17 @@ This is exactly the ``kernel`` that Keras's ``LocallyConnected2D`` (``implementa
 CPU: patches are gathered from a channels-last copy of the input in runs of ``kw·in_channels``
 contiguous numbers. The bias is ``(out_channels, *output_size)`` in torch (it is added to the
 ``(N, out, H', W')`` output) and ``(*output_size, out_channels)`` in Keras.
+
+Two implementations
+-------------------
+* ``_NativeLocallyConnectedFunction``: float32 on CPU. A C kernel (``csrc/locally_connected.c``, built on
+  first use by :mod:`cnnkit._native`) reads the patches straight from the channels-last input and runs each
+  position's products in register tiles, in parallel.
+* ``_LocallyConnectedFunction``: everything else (other dtypes and devices, no C compiler,
+  ``CNNKIT_NATIVE=0``): gathered patches and ``torch.bmm`` per slab of output rows.
+
+Both take the same arguments and give the same numbers up to rounding; the tests hold both to the same
+references.
 """
 
 from __future__ import annotations
