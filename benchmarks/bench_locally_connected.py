@@ -33,10 +33,10 @@ from cnnkit._native import status
 from cnnkit.nn import LocallyConnected2d
 
 
-def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, kernel: int = 3) -> list[dict]:
+def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, k: int = 3) -> list[dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    layer = LocallyConnected2d(channels, filters, kernel, input_size=size)
+    layer = LocallyConnected2d(channels, filters, k, input_size=size)
     x = torch.randn(batch, channels, size, size, requires_grad=True)
     positions, inputs, _ = layer.weight.shape
     out_size = layer.output_size
@@ -58,7 +58,7 @@ def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, 
     def unfold_einsum():
         x.grad = weight.grad = bias.grad = None
         # unfold's patch order is (C, kh, kw); the baseline keeps its weight in that order.
-        cols = F.unfold(x, kernel)  # (N, C·kh·kw, L)
+        cols = F.unfold(x, k)  # (N, C·kh·kw, L)
         out = torch.einsum("nkl,lko->nol", cols, weight).reshape(batch, filters, *out_size) + bias
         out.backward(grad)
 
@@ -71,9 +71,10 @@ def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, 
     dense = 2 * batch * positions * inputs * filters / ms["dense"] / 1e6
     ours_ms, base_ms = ms["ours"], ms["einsum"]
     limit_ms, dense_ms = flops / peak / 1e6, flops / dense / 1e6
-    kernel_status = status("nn.locally_connected")
-    path = "C kernel" if kernel_status.startswith("built") else f"torch path ({kernel_status.splitlines()[0]})"
-    name = (f"LocallyConnected2d fwd+bwd, ({batch}, {channels}, {size}, {size}) → {filters}, {kernel}×{kernel}, "
+    kernel = lc_module._kernel(x, layer.weight, layer.bias)
+    path = (f"C kernel, {kernel.lc_vector_width()}-float vectors" if kernel is not None
+            else f"torch path ({status('nn.locally_connected').splitlines()[0]})")
+    name = (f"LocallyConnected2d fwd+bwd, ({batch}, {channels}, {size}, {size}) → {filters}, {k}×{k}, "
             f"{path}")
     return [
         {"benchmark": name, "baseline": f"matmul-bound limit ({flops / 1e9:.2f} GFLOP at {peak:.0f} GFLOP/s, "

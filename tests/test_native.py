@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tempfile
@@ -13,8 +14,9 @@ import torch
 
 import cnnkit._native as native
 import cnnkit.nn.locally_connected as lc_module
+from cnnkit import shapes as cnnkit_shapes
 from cnnkit.errors import NativeKernelWarning
-from cnnkit.nn import LocallyConnected2d
+from cnnkit.nn import LocallyConnected2d, locally_connected_nd
 
 NAME = "nn.locally_connected"
 
@@ -107,3 +109,40 @@ def test_a_fresh_process_uses_the_kernel_in_forward_and_backward():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "_NativeLocallyConnectedFunctionBackward"
     assert lc_module._use_native
+
+
+def _x86_flags() -> str:
+    try:
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ""
+
+
+@pytest.mark.parametrize(("march", "cpu_flag", "width"), [("x86-64-v3", " avx2 ", 8), ("x86-64", " sse2 ", 4)])
+def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, march, cpu_flag, width):
+    # -march=native picks the widest vectors here (AVX-512 on the CI machine); users' CPUs may only have
+    # AVX2 (8 floats, 16 registers) or SSE2/NEON (4 floats): build those variants of the tiles and hold them
+    # to the torch path in float64.
+    if native._compiler() is None or cpu_flag not in _x86_flags() + " ":
+        pytest.skip(f"needs a C compiler and an x86-64 CPU with {cpu_flag.strip()}")
+    monkeypatch.setattr(native, "_FLAG_SETS", (["-O3", f"-march={march}", "-fopenmp"],))
+    assert lc_module._declared(native.load(NAME)).lc_vector_width() == width
+    torch.manual_seed(0)
+    for shape, kernel, stride, padding, filters in [
+        ((21, 3, 9, 8), 3, 1, "same", 37), ((5, 2, 7, 7), (2, 3), (2, 1), "valid", 70),
+        ((3, 4, 10), 3, 2, 1, 9), ((2, 2, 4, 5, 4), 2, 1, "same", 16),
+    ]:
+        x = torch.randn(shape, requires_grad=True)
+        size = cnnkit_shapes.conv_output_size(shape[2:], kernel, stride, padding, 1)
+        k = math.prod(kernel if isinstance(kernel, tuple) else (kernel,) * (len(shape) - 2)) * shape[1]
+        weight = torch.randn(math.prod(size), k, filters, requires_grad=True)
+        kw = {"kernel_size": kernel, "stride": stride, "padding": padding}
+        out = locally_connected_nd(x, weight, **kw)
+        assert type(out.grad_fn).__name__ == "_NativeLocallyConnectedFunctionBackward"
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [x, weight], g)
+        ref_in = [x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()]
+        ref = locally_connected_nd(*ref_in, **kw)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads, torch.autograd.grad(ref, ref_in, g.double())):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)

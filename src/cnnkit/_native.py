@@ -2,7 +2,9 @@
 
 A few layers have a C kernel beside them (``cnnkit/<package>/csrc/<name>.c``) for the case where torch has no
 fast op. :func:`load` compiles the file once per machine with the system's C compiler
-(``cc -O3 -march=native -fopenmp``, about a second), caches the shared library and returns it. It needs no
+(``cc -O3 -march=native -fopenmp``, about a second), caches the shared library and returns it. The code
+is vectorised for the CPU it is built on (AVX-512, AVX2, SSE2 or NEON widths), so ``-march=native`` is
+required; a compiler that refuses it means the torch path. It needs no
 Python headers and no torch headers: the kernels take raw pointers to contiguous float32 buffers the
 caller has laid out.
 
@@ -40,10 +42,11 @@ from cnnkit.errors import NativeKernelWarning
 
 __all__ = ["load", "status"]
 
+# Always for the CPU at hand: a build for the baseline ISA (SSE2 on x86-64) would be slower than torch's
+# own kernels, which pick the CPU's vector width at run time.
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-fopenmp"],  # compilers or CPUs without -march=native
-    ["-O3"],  # no OpenMP (e.g. Apple clang): usable with one thread only
+    ["-O3", "-march=native"],  # no OpenMP (e.g. Apple clang): used with one thread only
 )
 _FAILURES: dict[str, str] = {}
 

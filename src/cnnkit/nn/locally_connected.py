@@ -204,6 +204,7 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
         "lc_grad_weight": ([p, i64, i64, p, i64, i64, i64, p, i64, i64, p, i32], None),
         # offsets, L, KK, C, w, F, gt, NP, gx, per_row, band, threads
         "lc_grad_input": ([p, i64, i64, i64, p, i64, p, i64, p, i64, i64, i32], None),
+        "lc_vector_width": ([], i32),
     }
     for name, (args, result) in signatures.items():
         function = getattr(lib, name)

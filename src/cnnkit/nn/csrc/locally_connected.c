@@ -12,17 +12,35 @@
  *         a sample, so that patch[n, l, kk·C + c] = x[n·X + offs[l·KK + kk] + c].
  *   w     (L, K, F): the weight, untouched (never copied, never packed as a whole).
  *
- * Every product is a small matmul per position, computed in register tiles of 16-float vectors (GCC/Clang
- * vector extensions: 512-bit registers where the CPU has them, pairs or quads of narrower ones otherwise).
- * The patches are read straight from x (no unfolded copy). */
+ * Every product is a small matmul per position, computed in register tiles of the target's vectors
+ * (GCC/Clang vector extensions: 16 floats with AVX-512, 8 with AVX, 4 with SSE2 or NEON). The patches are
+ * read straight from x (no unfolded copy). */
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define VL 16 /* floats per vector */
-typedef float vf __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned loads and stores */
+/* Vector width and register budget of the target (the kernel is built with -march=native where the
+ * compiler allows): VL floats per vector, ACC accumulator vectors per tile (leaving registers for the
+ * operands). Tiles are up to 8 rows × NVMAX vectors with rows·vectors ≤ ACC. The caller pads its
+ * batch-last layouts to multiples of 16 floats, a multiple of every VL here. */
+#if defined(__AVX512F__)
+#define VL 16
+#define ACC 24 /* of 32 registers */
+#elif defined(__AVX__)
+#define VL 8
+#define ACC 12 /* of 16 */
+#elif defined(__aarch64__)
+#define VL 4
+#define ACC 24 /* of 32 */
+#else
+#define VL 4
+#define ACC 12 /* of 16 (SSE2) */
+#endif
+#define NVMAX 4 /* the tiles' loops over vectors are unrolled 4 times: keep in step */
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef float vfu __attribute__((vector_size(VL * sizeof(float)), aligned(4))); /* unaligned access */
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -32,12 +50,19 @@ INLINE vf vbcast(float s) { return (vf){0} + s; }
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Rows of the next tile: 8, 4, 2 or 1, no more than are left and within the register budget. */
+static int tile_rows(int64_t rows, int NV) {
+    int rn = 8;
+    while (rn > 1 && (rn > rows || rn * NV > ACC)) rn /= 2;
+    return rn;
+}
+
 /* ---- forward: y[n, l, f] = sum_k patch[n, l, k] · w[l, k, f] ------------------------------------------
  * Tile: RN samples × NV vectors of filters. Broadcast one patch value per sample, FMA into NV vectors. */
 
 INLINE void fwd_tile(const int RN, const int NV, const float *x, int64_t X, const int64_t *off, int64_t KK,
                      int64_t C, const float *w, int64_t ldw, float *y, int64_t ldy) {
-    vf acc[8][4];
+    vf acc[8][NVMAX];
 #pragma GCC unroll 8
     for (int r = 0; r < RN; r++)
 #pragma GCC unroll 4
@@ -46,7 +71,7 @@ INLINE void fwd_tile(const int RN, const int NV, const float *x, int64_t X, cons
         const float *xk = x + off[kk];
         const float *wk = w + kk * C * ldw;
         for (int64_t c = 0; c < C; c++) {
-            vf wv[4];
+            vf wv[NVMAX];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++) wv[v] = vload(wk + c * ldw + v * VL);
 #pragma GCC unroll 8
@@ -73,8 +98,7 @@ INLINE void fwd_tile(const int RN, const int NV, const float *x, int64_t X, cons
 static void fwd_rows(int64_t rows, int NV, const float *x, int64_t X, const int64_t *off, int64_t KK, int64_t C,
                      const float *w, int64_t ldw, float *y, int64_t ldy) {
     while (rows > 0) {
-        int rn = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
-        if (NV == 4 && rn == 8) rn = 4; /* 4 × 8 accumulators would not fit in 32 registers */
+        const int rn = tile_rows(rows, NV);
         switch (rn * 4 + NV) {
             FWD_CASES(1)
             FWD_CASES(2)
@@ -96,16 +120,16 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
 #pragma omp parallel num_threads(threads)
     {
         /* A partial last block of filters is packed, zero-padded to whole vectors, per position. */
-        float *wbuf = partial ? malloc(K * 4 * VL * sizeof(float)) : NULL;
-        float ybuf[8 * 4 * VL];
+        float *wbuf = partial ? malloc(K * NVMAX * VL * sizeof(float)) : NULL;
+        float ybuf[8 * NVMAX * VL];
         if (partial && !wbuf) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t l = 0; l < L; l++) {
             if (partial && !wbuf) continue;
             const int64_t *off = offs + l * KK;
             const float *wl = w + l * K * F;
-            for (int64_t f0 = 0; f0 < F; f0 += 4 * VL) {
-                const int64_t nf = min64(4 * VL, F - f0);
+            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) {
+                const int64_t nf = min64(NVMAX * VL, F - f0);
                 const int NV = (int)((nf + VL - 1) / VL);
                 if (nf == NV * VL) {
                     fwd_rows(N, NV, x, X, off, KK, C, wl + f0, F, y + l * F + f0, L * F);
@@ -134,13 +158,13 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
 
 INLINE void gw_tile(const int RK, const int NV, const float *const *xr, int64_t X, int64_t N, const float *g,
                     int64_t FP, float *gw, int64_t ldgw) {
-    vf acc[8][4];
+    vf acc[8][NVMAX];
 #pragma GCC unroll 8
     for (int r = 0; r < RK; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
     for (int64_t n = 0; n < N; n++) {
-        vf gv[4];
+        vf gv[NVMAX];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) gv[v] = vload(g + n * FP + v * VL);
 #pragma GCC unroll 8
@@ -166,8 +190,7 @@ INLINE void gw_tile(const int RK, const int NV, const float *const *xr, int64_t 
 static void gw_rows(int64_t rows, int NV, const float *const *xr, int64_t X, int64_t N, const float *g,
                     int64_t FP, float *gw, int64_t ldgw) {
     while (rows > 0) {
-        int rk = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
-        if (NV == 4 && rk == 8) rk = 4;
+        const int rk = tile_rows(rows, NV);
         switch (rk * 4 + NV) {
             GW_CASES(1)
             GW_CASES(2)
@@ -189,13 +212,13 @@ void lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, i
         const int64_t *off = offs + l * KK;
         const float *gl = g + l * N * FP;
         float *gwl = gw + l * K * F;
-        float buf[8 * 4 * VL];
+        float buf[8 * NVMAX * VL];
         for (int64_t k0 = 0; k0 < K; k0 += 8) {
             const float *xr[8];
             const int64_t rows = min64(8, K - k0);
             for (int64_t r = 0; r < rows; r++) xr[r] = x + off[(k0 + r) / C] + (k0 + r) % C;
-            for (int64_t f0 = 0; f0 < F; f0 += 4 * VL) {
-                const int64_t nf = min64(4 * VL, F - f0);
+            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) {
+                const int64_t nf = min64(NVMAX * VL, F - f0);
                 const int NV = (int)((nf + VL - 1) / VL);
                 if (nf == NV * VL) {
                     gw_rows(rows, NV, xr, X, N, gl + f0, FP, gwl + k0 * F + f0, F);
@@ -219,13 +242,13 @@ void lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, i
 
 INLINE void gx_tile(const int RK, const int NV, const float *w, int64_t F, const float *gt, int64_t NP,
                     float *const *dst) {
-    vf acc[8][4];
+    vf acc[8][NVMAX];
 #pragma GCC unroll 8
     for (int r = 0; r < RK; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
     for (int64_t f = 0; f < F; f++) {
-        vf gv[4];
+        vf gv[NVMAX];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) gv[v] = vload(gt + f * NP + v * VL);
 #pragma GCC unroll 8
@@ -257,11 +280,10 @@ static void gx_position(int64_t l, const int64_t *offs, int64_t KK, int64_t C, c
         const int64_t rows = min64(8, K - k0);
         float *dst[8];
         for (int64_t r = 0; r < rows; r++) dst[r] = gx + (off[(k0 + r) / C] + (k0 + r) % C) * NP;
-        for (int64_t n0 = 0; n0 < NP; n0 += 4 * VL) {
-            const int NV = (int)(min64(4 * VL, NP - n0) / VL);
+        for (int64_t n0 = 0; n0 < NP; n0 += NVMAX * VL) {
+            const int NV = (int)(min64(NVMAX * VL, NP - n0) / VL);
             for (int64_t done = 0; done < rows;) {
-                int rk = rows - done >= 8 ? 8 : rows - done >= 4 ? 4 : rows - done >= 2 ? 2 : 1;
-                if (NV == 4 && rk == 8) rk = 4;
+                const int rk = tile_rows(rows - done, NV);
                 const float *wk = wl + (k0 + done) * F;
                 const float *gtn = gtl + n0;
                 float *dn[8];
@@ -291,3 +313,6 @@ void lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const 
         }
     }
 }
+
+/* Floats per vector in this build (16 with AVX-512, 8 with AVX, 4 otherwise). */
+int lc_vector_width(void) { return VL; }
