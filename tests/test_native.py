@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,7 @@ def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, m
     if native._compiler() is None or cpu_flag not in _x86_flags() + " ":
         pytest.skip(f"needs a C compiler and an x86-64 CPU with {cpu_flag.strip()}")
     monkeypatch.setattr(native, "_FLAG_SETS", (["-O3", f"-march={march}", "-fopenmp"],))
-    assert lc_module._declared(native.load(NAME)).lc_vector_width() == width
+    assert native.load(NAME).lc_vector_width() == width
     torch.manual_seed(0)
     for shape, kernel, stride, padding, filters in [
         ((21, 3, 9, 8), 3, 1, "same", 37), ((5, 2, 7, 7), (2, 3), (2, 1), "valid", 70),
@@ -146,3 +147,53 @@ def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, m
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
         for a, b in zip(grads, torch.autograd.grad(ref, ref_in, g.double())):
             torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_offsets_stay_on_the_cpu_whatever_the_default_device():
+    # The C kernel reads the offsets table: a table made on torch's default device (meta, cuda) would be
+    # a foreign pointer (a segfault before this was fixed).
+    lc_module._patch_offsets.cache_clear()
+    torch.set_default_device("meta")
+    try:
+        table = lc_module._patch_offsets((6, 6), (3, 3), (2, 2), (1, 1), 3, (2, 2))
+    finally:
+        torch.set_default_device("cpu")
+        lc_module._patch_offsets.cache_clear()
+    assert table.device.type == "cpu"
+    assert table.tolist() == [[3 * (r * 6 + c) for r in (i, i + 1, i + 2) for c in (j, j + 1, j + 2)]
+                              for i in (0, 2) for j in (0, 2)]
+
+
+def test_no_home_directory_uses_a_private_temporary_folder(monkeypatch):
+    for variable in ("CNNKIT_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(native.Path, "home", staticmethod(no_home))
+    folder = native._cache_dir()
+    assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("cnnkit-kernels-")
+    assert folder.stat().st_mode & 0o777 == 0o700  # nobody else can plant a library there
+
+
+def test_cached_library_is_readable_by_other_users(fresh):
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    assert native.load(NAME) is not None
+    (built,) = fresh.glob("*.so")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert built.stat().st_mode & 0o777 == 0o755 & ~umask  # not mkstemp's 0600: a shared cache works
+
+
+def test_a_library_without_the_declared_functions_falls_back(fresh, monkeypatch, tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    other = tmp_path / "csrc" / "locally_connected.c"
+    other.parent.mkdir()
+    other.write_text("int something_else(void) { return 0; }\n")
+    monkeypatch.setattr(native, "_source", lambda name: other)
+    with pytest.warns(NativeKernelWarning, match="AttributeError.*lc_forward"):
+        assert native.load(NAME) is None
+    assert uses_torch_path()

@@ -1,26 +1,28 @@
 """Build-on-first-use C kernels, loaded with :mod:`ctypes`.
 
-A few layers have a C kernel beside them (``cnnkit/<package>/csrc/<name>.c``) for the case where torch has no
-fast op. :func:`load` compiles the file once per machine with the system's C compiler
-(``cc -O3 -march=native -fopenmp``, about a second), caches the shared library and returns it. The code
-is vectorised for the CPU it is built on (AVX-512, AVX2, SSE2 or NEON widths), so ``-march=native`` is
-required; a compiler that refuses it means the torch path. It needs no
-Python headers and no torch headers: the kernels take raw pointers to contiguous float32 buffers the
-caller has laid out.
+A few layers have a C kernel beside them (``cnnkit/<package>/csrc/<name>.c``) for the case where torch has
+no fast op. :func:`load` compiles the file once per machine with the system's C compiler
+(``cc -O3 -march=native -fopenmp``, about a second), caches the shared library and returns it with the
+argument types the layer registered through :func:`declare`. No Python or torch headers are needed: the
+kernels take raw pointers to contiguous float32 buffers the caller has laid out. The code is vectorised for
+the CPU it is built on (AVX-512, AVX2, SSE2 or NEON widths), so ``-march=native`` is required; a compiler
+that refuses it means the torch path.
 
 Every caller keeps a pure-torch path, used whenever :func:`load` returns ``None``: no compiler, a compile
 error, ``CNNKIT_NATIVE=0`` in the environment, or a kernel built without OpenMP while torch runs more than
 one thread. The first failure is reported once with :class:`cnnkit.errors.NativeKernelWarning`.
 
 Cache: ``$CNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnkit``, else ``~/.cache/cnnkit`` (the first that
-can be written, else a folder in the temporary directory); the file name
+can be written, else a private temporary folder for the process); the file name
 holds a hash of the source, the compiler, its flags and the CPU's flags, so an edited kernel, another
 compiler or another CPU gets its own build. Builds are written to a temporary name and renamed, so
 processes that build at the same time (DDP workers, test runners) do not see half-written files.
 
 OpenMP: the kernels' parallel loops use ``libgomp.so.1``. When torch has already loaded a library of that
-name (Linux wheels ship one), the dynamic loader hands the kernels the same runtime, so they share torch's
-thread pool rather than starting a second one.
+name (the Linux wheel of torch 2.13 ships one under that name), the dynamic loader hands the kernels the
+same runtime, so they share torch's thread pool. A torch build whose OpenMP runtime has another name
+(older wheels bundled a renamed ``libgomp-<hash>.so.1``) leaves the kernels with the system's runtime: a
+second pool of the same size, which works but was not measured here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -40,7 +43,7 @@ import torch
 
 from cnnkit.errors import NativeKernelWarning
 
-__all__ = ["load", "status"]
+__all__ = ["declare", "load", "status"]
 
 # Always for the CPU at hand: a build for the baseline ISA (SSE2 on x86-64) would be slower than torch's
 # own kernels, which pick the CPU's vector width at run time.
@@ -48,13 +51,30 @@ _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-march=native"],  # no OpenMP (e.g. Apple clang): used with one thread only
 )
+_COMPILE_TIMEOUT_S = 300
 _FAILURES: dict[str, str] = {}
+_SIGNATURES: dict[str, dict[str, tuple[list, object]]] = {}
+
+CFunctionTypes = dict[str, tuple[list, object]]
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+def declare(name: str, signatures: CFunctionTypes) -> None:
+    """Register the C functions kernel ``name`` must export: ``{function: (argtypes, restype)}``.
+
+    :func:`load` sets them on the library (a bare Python int would otherwise be passed as a C ``int``) and
+    treats a missing function as a failed build.
+    """
+    _SIGNATURES[name] = signatures
+
+
+def _compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` (may be ``"ccache gcc"``), else cc, gcc or clang on the PATH."""
+    cc = shlex.split(os.environ.get("CC", ""))
+    if cc and shutil.which(cc[0]):
+        return [shutil.which(cc[0]), *cc[1:]]
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
+            return [shutil.which(name)]
     return None
 
 
@@ -68,20 +88,35 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _writable(root: Path) -> bool:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(root, os.W_OK)
+
+
+@functools.cache
+def _private_dir() -> Path:
+    """A fresh folder only this process's user can write (``mkdtemp`` makes it 0700)."""
+    return Path(tempfile.mkdtemp(prefix="cnnkit-kernels-"))
+
+
 def _cache_dir() -> Path:
     """The first of $CNNKIT_CACHE_DIR, $XDG_CACHE_HOME/cnnkit, ~/.cache/cnnkit that can be written, else a
-    folder in the system's temporary directory."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    candidates = [os.environ.get("CNNKIT_CACHE_DIR"), (Path(xdg) if xdg else Path.home() / ".cache") / "cnnkit"]
-    for root in candidates:
-        if root:
-            try:
-                Path(root).mkdir(parents=True, exist_ok=True)
-            except OSError:
-                continue
-            if os.access(root, os.W_OK):
-                return Path(root)
-    return Path(tempfile.gettempdir()) / f"cnnkit-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    private temporary folder for this process (never a shared one with a guessable name: another user
+    could plant a library there)."""
+    if os.environ.get("CNNKIT_CACHE_DIR") and _writable(Path(os.environ["CNNKIT_CACHE_DIR"])):
+        return Path(os.environ["CNNKIT_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME") and _writable(Path(os.environ["XDG_CACHE_HOME"]) / "cnnkit"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "cnnkit"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry (containers run as an unknown uid)
+        home = None
+    if home is not None and _writable(home / ".cache" / "cnnkit"):
+        return home / ".cache" / "cnnkit"
+    return _private_dir()
 
 
 def _source(name: str) -> Path:
@@ -89,28 +124,41 @@ def _source(name: str) -> Path:
     return Path(__file__).parent.joinpath(*package.split("."), "csrc", f"{stem}.c")
 
 
-def _build(source: Path, compiler: str) -> tuple[Path | None, bool, str]:
-    """Compile ``source`` with the first flag set that works: ``(library, has OpenMP, error text)``."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    errors = []
+def _build(source: Path, compiler: list[str]) -> tuple[Path | None, bool, str]:
+    """Compile ``source`` with the first flag set that works: ``(library, has OpenMP, error text)``.
+
+    A build already in the cache for any flag set is used before anything is compiled.
+    """
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
+                             timeout=_COMPILE_TIMEOUT_S).stdout
+    folder = _cache_dir()
+    targets = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
-            "\0".join([source.read_text(), compiler, version, " ".join(flags), platform.machine(), _cpu_flags()])
-            .encode()
+            "\0".join([source.read_text(), " ".join(compiler), version, " ".join(flags), platform.machine(),
+                       _cpu_flags()]).encode()
         ).hexdigest()[:16]
-        target = _cache_dir() / f"{source.stem}-{key}.so"
+        targets.append((flags, folder / f"{source.stem}-{key}.so"))
+    for flags, target in targets:
         if target.exists():
             return target, "-fopenmp" in flags, ""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    errors = []
+    for flags, target in targets:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
-        cmd = [compiler, *flags, "-shared", "-fPIC", str(source), "-o", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode == 0:
-            os.replace(tmp, target)
-            return target, "-fopenmp" in flags, ""
-        os.unlink(tmp)
-        errors.append(f"$ {' '.join(cmd)}\n{done.stderr.strip()}")
+        try:
+            cmd = [*compiler, *flags, "-shared", "-fPIC", str(source), "-o", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
+            if done.returncode == 0:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o755 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
+                os.replace(tmp, target)
+                return target, "-fopenmp" in flags, ""
+            errors.append(f"$ {' '.join(cmd)}\n{done.stderr.strip()}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return None, False, "\n".join(errors)
 
 
@@ -126,9 +174,14 @@ def _load(name: str) -> tuple[ctypes.CDLL | None, bool]:
         try:
             path, openmp, error = _build(_source(name), compiler)
             if path is not None:
-                return ctypes.CDLL(str(path)), openmp
+                lib = ctypes.CDLL(str(path))
+                for function, (argtypes, restype) in _SIGNATURES.get(name, {}).items():
+                    getattr(lib, function).argtypes = argtypes  # AttributeError: an old or foreign library
+                    getattr(lib, function).restype = restype
+                return lib, openmp
             _FAILURES[name] = f"the compiler failed:\n{error}"
-        except OSError as e:  # unwritable cache, unloadable library
+        except (OSError, AttributeError, subprocess.TimeoutExpired) as e:
+            # unwritable cache, unloadable library, a library without the declared functions, a hung compiler
             _FAILURES[name] = f"{type(e).__name__}: {e}"
     warnings.warn(
         f"cnnkit: the C kernel {name!r} is not available, so the slower pure-torch path is used. Reason: "

@@ -189,27 +189,19 @@ def _kernel(x: Tensor, weight: Tensor, bias: Tensor | None) -> ctypes.CDLL | Non
         return None
     if not weight.is_contiguous() or x.numel() == 0 or weight.numel() == 0:
         return None
-    lib = _native.load("nn.locally_connected")
-    return None if lib is None else _declared(lib)
+    return _native.load("nn.locally_connected")
 
 
-@functools.cache
-def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """``lib`` with its functions' argument types set (sizes are int64; a bare int would pass as C int)."""
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    signatures = {
-        # x, N, X, offsets, L, KK, C, w, F, y, threads
-        "lc_forward": ([p, i64, i64, p, i64, i64, i64, p, i64, p, i32], i32),
-        # x, N, X, offsets, L, KK, C, g, F, FP, gw, threads
-        "lc_grad_weight": ([p, i64, i64, p, i64, i64, i64, p, i64, i64, p, i32], None),
-        # offsets, L, KK, C, w, F, gt, NP, gx, per_row, band, threads
-        "lc_grad_input": ([p, i64, i64, i64, p, i64, p, i64, p, i64, i64, i32], None),
-        "lc_vector_width": ([], i32),
-    }
-    for name, (args, result) in signatures.items():
-        function = getattr(lib, name)
-        function.argtypes, function.restype = args, result
-    return lib
+_p, _i64, _i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_native.declare("nn.locally_connected", {  # sizes are int64: a bare Python int would pass as a C int
+    # x, N, X, offsets, L, KK, C, w, F, y, threads -> 0, or -1 when out of memory
+    "lc_forward": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _p, _i32], _i32),
+    # x, N, X, offsets, L, KK, C, g, F, FP, gw, threads
+    "lc_grad_weight": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i32], None),
+    # offsets, L, KK, C, w, F, gt, NP, gx, per_row, band, threads
+    "lc_grad_input": ([_p, _i64, _i64, _i64, _p, _i64, _p, _i64, _p, _i64, _i64, _i32], None),
+    "lc_vector_width": ([], _i32),
+})
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,13 +212,14 @@ def _patch_offsets(padded_size: tuple, kernel_size: tuple, stride: tuple, dilati
     ``patch[n, l, kk·C + c] = x_cl.view(N, -1)[n, offsets[l, kk] + c]``, with ``l`` and ``kk`` row-major.
     """
     n = len(padded_size)
-    total = torch.zeros((), dtype=torch.int64)
+    cpu = {"dtype": torch.int64, "device": "cpu"}  # the C kernel reads it: never torch's default device
+    total = torch.zeros((), **cpu)
     for i in range(n):
         step = math.prod(padded_size[i + 1:]) * channels
         at_out, at_kernel = [1] * (2 * n), [1] * (2 * n)
         at_out[i], at_kernel[n + i] = output_size[i], kernel_size[i]
-        total = (total + (torch.arange(output_size[i]) * (stride[i] * step)).view(at_out)
-                 + (torch.arange(kernel_size[i]) * (dilation[i] * step)).view(at_kernel))
+        total = (total + (torch.arange(output_size[i], **cpu) * (stride[i] * step)).view(at_out)
+                 + (torch.arange(kernel_size[i], **cpu) * (dilation[i] * step)).view(at_kernel))
     return total.reshape(math.prod(output_size), math.prod(kernel_size)).contiguous()
 
 

@@ -237,8 +237,10 @@ void lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, i
  * Computed batch-last so that the scatter onto the input is whole-vector adds: gt is (L, F, NP) and gx is
  * (X, NP), NP = N rounded up to whole vectors, both zero-padded. Tile: RK inputs × NV vectors of samples;
  * the sum runs over the filters. Positions whose patches overlap must not run at the same time: the
- * output rows (first spatial dimension, `per_row` positions each) are cut into chunks of `chunk` rows, far
- * enough apart that chunks 2 apart never touch the same input, and the even chunks run before the odd. */
+ * output rows (first spatial dimension, `per_row` positions each) are cut into bands of `band` rows, wide
+ * enough that bands 2 apart never touch the same input ((band + 1)·stride > dilation·(kernel − 1), which
+ * the caller's band ≥ ceil(dilation·(kernel − 1) / stride) satisfies), and the even bands run before the
+ * odd. */
 
 INLINE void gx_tile(const int RK, const int NV, const float *w, int64_t F, const float *gt, int64_t NP,
                     float *const *dst) {
@@ -302,14 +304,14 @@ static void gx_position(int64_t l, const int64_t *offs, int64_t KK, int64_t C, c
 
 /* gx: (X, NP), accumulated into (the caller zeroes it). */
 void lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const float *w, int64_t F,
-                   const float *gt, int64_t NP, float *gx, int64_t per_row, int64_t chunk, int threads) {
+                   const float *gt, int64_t NP, float *gx, int64_t per_row, int64_t band, int threads) {
     const int64_t rows = L / per_row;
-    const int64_t chunks = (rows + chunk - 1) / chunk;
+    const int64_t bands = (rows + band - 1) / band;
     for (int phase = 0; phase < 2; phase++) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-        for (int64_t ci = phase; ci < chunks; ci += 2) {
-            const int64_t l1 = min64((ci + 1) * chunk, rows) * per_row;
-            for (int64_t l = ci * chunk * per_row; l < l1; l++) gx_position(l, offs, KK, C, w, F, gt, NP, gx);
+        for (int64_t b = phase; b < bands; b += 2) {
+            const int64_t l1 = min64((b + 1) * band, rows) * per_row;
+            for (int64_t l = b * band * per_row; l < l1; l++) gx_position(l, offs, KK, C, w, F, gt, NP, gx);
         }
     }
 }
