@@ -194,12 +194,13 @@ def _kernel(x: Tensor, weight: Tensor, bias: Tensor | None) -> ctypes.CDLL | Non
 
 _p, _i64, _i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _native.declare("nn.locally_connected", {  # sizes are int64: a bare Python int would pass as a C int
-    # x, N, X, offsets, L, KK, C, w, F, y, threads -> 0, or -1 when out of memory
+    # each returns 0, or -1 when its scratch buffers could not be allocated
+    # x, N, X, offsets, L, KK, C, w, F, y, threads
     "lc_forward": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _p, _i32], _i32),
     # x, N, X, offsets, L, KK, C, g, F, FP, gw, threads
-    "lc_grad_weight": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i32], None),
+    "lc_grad_weight": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i32], _i32),
     # offsets, L, KK, C, w, F, gt, NP, gx, per_row, band, threads
-    "lc_grad_input": ([_p, _i64, _i64, _i64, _p, _i64, _p, _i64, _p, _i64, _i64, _i32], None),
+    "lc_grad_input": ([_p, _i64, _i64, _i64, _p, _i64, _p, _i64, _p, _i64, _i64, _i32], _i32),
     "lc_vector_width": ([], _i32),
 })
 
@@ -227,6 +228,11 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("LocallyConnected: the C kernel could not allocate its scratch buffers.")
+
+
 def _rounded(n: int) -> int:
     return -(-n // _VL) * _VL
 
@@ -251,10 +257,8 @@ class _NativeLocallyConnectedFunction(torch.autograd.Function):
         x_cl = x.detach().movedim(1, -1).contiguous()
         per_sample = x_cl[0].numel()
         y = x.new_empty((batch, positions, out_channels))
-        status = lib.lc_forward(_ptr(x_cl), batch, per_sample, _ptr(offsets), positions, offsets.shape[1],
-                                channels, _ptr(weight), out_channels, _ptr(y), threads)
-        if status != 0:
-            raise MemoryError("LocallyConnected: the C kernel could not allocate its packing buffer.")
+        _check(lib.lc_forward(_ptr(x_cl), batch, per_sample, _ptr(offsets), positions, offsets.shape[1],
+                              channels, _ptr(weight), out_channels, _ptr(y), threads))
         result = x.new_empty((batch, out_channels, *output_size))
         if bias is None:
             result.view(batch, out_channels, positions).copy_(y.transpose(1, 2))
@@ -295,16 +299,18 @@ class _NativeLocallyConnectedFunction(torch.autograd.Function):
             g[:, :, out_channels:].zero_()
             g[:, :, :out_channels].copy_(g_t[:, :, :batch].transpose(1, 2))
             grad_w = grad.new_empty((positions, kernel_offsets * channels, out_channels))
-            lib.lc_grad_weight(_ptr(x_cl), batch, x_cl[0].numel(), _ptr(offsets), positions, kernel_offsets,
-                               channels, _ptr(g), out_channels, padded_filters, _ptr(grad_w), threads)
+            _check(lib.lc_grad_weight(_ptr(x_cl), batch, x_cl[0].numel(), _ptr(offsets), positions,
+                                      kernel_offsets, channels, _ptr(g), out_channels, padded_filters,
+                                      _ptr(grad_w), threads))
         if need_x:
             # Bands of output rows far enough apart that every other band touches disjoint inputs.
             rows = output_size[0]
             band = max(-(-rows // (2 * threads)), -(-dilation[0] * (kernel_size[0] - 1) // stride[0]), 1)
             per_sample = math.prod(shape[1:])
             g_x = grad.new_zeros((per_sample, padded_batch))
-            lib.lc_grad_input(_ptr(offsets), positions, kernel_offsets, channels, _ptr(weight), out_channels,
-                              _ptr(g_t), padded_batch, _ptr(g_x), positions // rows, band, threads)
+            _check(lib.lc_grad_input(_ptr(offsets), positions, kernel_offsets, channels, _ptr(weight),
+                                     out_channels, _ptr(g_t), padded_batch, _ptr(g_x), positions // rows, band,
+                                     threads))
             grad_x = g_x[:, :batch].t().contiguous().view(batch, *shape[2:], channels).movedim(-1, 1)
         return grad_x, grad_w, grad_b, None, None, None, None
 

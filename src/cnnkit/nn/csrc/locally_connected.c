@@ -57,61 +57,115 @@ static int tile_rows(int64_t rows, int NV) {
     return rn;
 }
 
-/* ---- forward: y[n, l, f] = sum_k patch[n, l, k] · w[l, k, f] ------------------------------------------
- * Tile: RN samples × NV vectors of filters. Broadcast one patch value per sample, FMA into NV vectors. */
+/* ---- the register tile ------------------------------------------------------------------------------
+ * The three products share one shape. For RN rows r and NV vectors v:
+ *
+ *     out[r][v·VL ..] (= or +=)  Σ_s Σ_{i < len}  a[r][seg[s] + i·a_step] · b[s·b_seg + i·b_step + v·VL ..]
+ *
+ * one broadcast number per row and step, NV vectors of b per step, RN·NV accumulators in registers:
+ *
+ *   product       rows     a (broadcast)                        b (vectors)               sum over
+ *   forward       samples  patch rows, one segment per offset   weight rows               (offset, channel)
+ *   weight grad   inputs   patch columns (a_step = X)           gradient rows (L, N, FP)  samples
+ *   input grad    inputs   weight rows                          gradient rows (L, F, NP)  filters
+ */
 
-INLINE void fwd_tile(const int RN, const int NV, const float *x, int64_t X, const int64_t *off, int64_t KK,
-                     int64_t C, const float *w, int64_t ldw, float *y, int64_t ldy) {
+typedef struct {
+    const float *const *a; /* one pointer per row */
+    int64_t a_step;
+    const int64_t *seg; /* nseg offsets added to every row pointer; NULL for one segment at 0 */
+    int64_t nseg, len;
+    const float *b;
+    int64_t b_seg, b_step;
+    float *const *out; /* one pointer per row */
+    int add;           /* accumulate into out instead of overwriting it */
+} Tile;
+
+INLINE void tile(const int RN, const int NV, const Tile *t) {
     vf acc[8][NVMAX];
 #pragma GCC unroll 8
     for (int r = 0; r < RN; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
-    for (int64_t kk = 0; kk < KK; kk++) {
-        const float *xk = x + off[kk];
-        const float *wk = w + kk * C * ldw;
-        for (int64_t c = 0; c < C; c++) {
-            vf wv[NVMAX];
+    for (int64_t s = 0; s < t->nseg; s++) {
+        const int64_t offset = t->seg ? t->seg[s] : 0;
+        const float *b = t->b + s * t->b_seg;
+        const float *a[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < RN; r++) a[r] = t->a[r] + offset;
+        for (int64_t i = 0; i < t->len; i++) {
+            vf bv[NVMAX];
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) wv[v] = vload(wk + c * ldw + v * VL);
+            for (int v = 0; v < NV; v++) bv[v] = vload(b + i * t->b_step + v * VL);
 #pragma GCC unroll 8
             for (int r = 0; r < RN; r++) {
-                vf b = vbcast(xk[r * X + c]);
+                const vf x = vbcast(a[r][i * t->a_step]);
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) acc[r][v] += b * wv[v];
+                for (int v = 0; v < NV; v++) acc[r][v] += x * bv[v];
             }
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < RN; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) vstore(y + r * ldy + v * VL, acc[r][v]);
+        for (int v = 0; v < NV; v++) {
+            float *o = t->out[r] + v * VL;
+            vstore(o, t->add ? vload(o) + acc[r][v] : acc[r][v]);
+        }
 }
 
-#define FWD_CASES(NV)                                                                                      \
-    case 8 * 4 + NV: fwd_tile(8, NV, x, X, off, KK, C, w, ldw, y, ldy); break;                           \
-    case 4 * 4 + NV: fwd_tile(4, NV, x, X, off, KK, C, w, ldw, y, ldy); break;                           \
-    case 2 * 4 + NV: fwd_tile(2, NV, x, X, off, KK, C, w, ldw, y, ldy); break;                           \
-    case 1 * 4 + NV: fwd_tile(1, NV, x, X, off, KK, C, w, ldw, y, ldy); break;
+#define TILE_CASES(NV)                                                                                     \
+    case 8 * 4 + NV: tile(8, NV, &t); break;                                                               \
+    case 4 * 4 + NV: tile(4, NV, &t); break;                                                               \
+    case 2 * 4 + NV: tile(2, NV, &t); break;                                                               \
+    case 1 * 4 + NV: tile(1, NV, &t); break;
 
-/* Rows n0..n0+rows of one position's output, NV vectors of filters (NV·16 columns of w and y). */
-static void fwd_rows(int64_t rows, int NV, const float *x, int64_t X, const int64_t *off, int64_t KK, int64_t C,
-                     const float *w, int64_t ldw, float *y, int64_t ldy) {
+/* All `rows` rows of a product, NV vectors wide, in tiles of 8, 4, 2 or 1 rows. Inlined into each caller
+ * so that the caller's constant fields (a_step, seg, add) specialise the tiles' loops. */
+INLINE void product(int64_t rows, int NV, Tile t) {
     while (rows > 0) {
         const int rn = tile_rows(rows, NV);
         switch (rn * 4 + NV) {
-            FWD_CASES(1)
-            FWD_CASES(2)
-            FWD_CASES(3)
-            FWD_CASES(4)
+            TILE_CASES(1)
+            TILE_CASES(2)
+            TILE_CASES(3)
+            TILE_CASES(4)
         }
         rows -= rn;
-        x += rn * X;
-        y += rn * ldy;
+        t.a += rn;
+        t.out += rn;
     }
 }
 
-/* y: (N, L, F). Returns 0, or -1 if a buffer could not be allocated. */
+/* Vectors needed for `columns` columns (the last one possibly partial). */
+static int vectors(int64_t columns) { return (int)((columns + VL - 1) / VL); }
+
+/* Per-thread scratch: row pointers and the buffers of a partial column block. */
+typedef struct {
+    const float **a;
+    float **out;
+    float *pack, *rows;
+} Scratch;
+
+static int scratch_new(Scratch *s, int64_t rows, int64_t pack_floats, int64_t row_floats) {
+    s->a = malloc(rows * sizeof(float *));
+    s->out = malloc(rows * sizeof(float *));
+    s->pack = pack_floats ? malloc(pack_floats * sizeof(float)) : NULL;
+    s->rows = row_floats ? malloc(row_floats * sizeof(float)) : NULL;
+    return s->a && s->out && (s->pack || !pack_floats) && (s->rows || !row_floats);
+}
+
+static void scratch_free(Scratch *s) {
+    free(s->a);
+    free(s->out);
+    free(s->pack);
+    free(s->rows);
+}
+
+/* ---- forward: y[n, l, f] = Σ_k patch[n, l, k] · w[l, k, f] ---------------------------------------------
+ * y is (N, L, F). A partial last block of filters (F not a multiple of VL) is packed per position,
+ * zero-padded to whole vectors, and its rows are written through a buffer. Returns 0, or -1 when out of
+ * memory. */
 int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_t L, int64_t KK, int64_t C,
                const float *w, int64_t F, float *y, int threads) {
     const int64_t K = KK * C;
@@ -119,201 +173,121 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        /* A partial last block of filters is packed, zero-padded to whole vectors, per position. */
-        float *wbuf = partial ? malloc(K * NVMAX * VL * sizeof(float)) : NULL;
-        float ybuf[8 * NVMAX * VL];
-        if (partial && !wbuf) failed = 1;
+        Scratch s;
+        const int ok = scratch_new(&s, N, partial ? K * NVMAX * VL : 0, partial ? N * NVMAX * VL : 0);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        if (ok)
+            for (int64_t n = 0; n < N; n++) s.a[n] = x + n * X;
 #pragma omp for schedule(static)
         for (int64_t l = 0; l < L; l++) {
-            if (partial && !wbuf) continue;
-            const int64_t *off = offs + l * KK;
+            if (!ok) continue;
             const float *wl = w + l * K * F;
-            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) {
+            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) { /* blocks of filters */
                 const int64_t nf = min64(NVMAX * VL, F - f0);
-                const int NV = (int)((nf + VL - 1) / VL);
-                if (nf == NV * VL) {
-                    fwd_rows(N, NV, x, X, off, KK, C, wl + f0, F, y + l * F + f0, L * F);
-                    continue;
-                }
-                for (int64_t k = 0; k < K; k++) {
-                    memcpy(wbuf + k * NV * VL, wl + k * F + f0, nf * sizeof(float));
-                    memset(wbuf + k * NV * VL + nf, 0, (NV * VL - nf) * sizeof(float));
-                }
-                for (int64_t n0 = 0; n0 < N; n0 += 8) {
-                    const int64_t rows = min64(8, N - n0);
-                    fwd_rows(rows, NV, x + n0 * X, X, off, KK, C, wbuf, NV * VL, ybuf, NV * VL);
-                    for (int64_t r = 0; r < rows; r++)
-                        memcpy(y + (n0 + r) * L * F + l * F + f0, ybuf + r * NV * VL, nf * sizeof(float));
-                }
+                const int NV = vectors(nf), whole = nf == NV * VL;
+                if (!whole)
+                    for (int64_t k = 0; k < K; k++) {
+                        memcpy(s.pack + k * NV * VL, wl + k * F + f0, nf * sizeof(float));
+                        /* The padding lanes' results are dropped; zeros keep denormal garbage out of them. */
+                        memset(s.pack + k * NV * VL + nf, 0, (NV * VL - nf) * sizeof(float));
+                    }
+                for (int64_t n = 0; n < N; n++)
+                    s.out[n] = whole ? y + n * L * F + l * F + f0 : s.rows + n * NV * VL;
+                const int64_t ldw = whole ? F : NV * VL;
+                const Tile t = {s.a, 1, offs + l * KK, KK, C, whole ? wl + f0 : s.pack, C * ldw, ldw, s.out, 0};
+                product(N, NV, t);
+                if (!whole)
+                    for (int64_t n = 0; n < N; n++)
+                        memcpy(y + n * L * F + l * F + f0, s.rows + n * NV * VL, nf * sizeof(float));
             }
         }
-        free(wbuf);
+        scratch_free(&s);
     }
     return failed ? -1 : 0;
 }
 
-/* ---- weight gradient: gw[l, k, f] = sum_n patch[n, l, k] · g[l, n, f] -----------------------------------
- * g is (L, N, FP) with FP = F rounded up to whole vectors, zero-padded. Tile: RK inputs × NV vectors of
- * filters; the sum runs over the samples. */
-
-INLINE void gw_tile(const int RK, const int NV, const float *const *xr, int64_t X, int64_t N, const float *g,
-                    int64_t FP, float *gw, int64_t ldgw) {
-    vf acc[8][NVMAX];
-#pragma GCC unroll 8
-    for (int r = 0; r < RK; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
-    for (int64_t n = 0; n < N; n++) {
-        vf gv[NVMAX];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) gv[v] = vload(g + n * FP + v * VL);
-#pragma GCC unroll 8
-        for (int r = 0; r < RK; r++) {
-            vf b = vbcast(xr[r][n * X]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[r][v] += b * gv[v];
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < RK; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) vstore(gw + r * ldgw + v * VL, acc[r][v]);
-}
-
-#define GW_CASES(NV)                                                                                       \
-    case 8 * 4 + NV: gw_tile(8, NV, xr, X, N, g, FP, gw, ldgw); break;                                     \
-    case 4 * 4 + NV: gw_tile(4, NV, xr, X, N, g, FP, gw, ldgw); break;                                     \
-    case 2 * 4 + NV: gw_tile(2, NV, xr, X, N, g, FP, gw, ldgw); break;                                     \
-    case 1 * 4 + NV: gw_tile(1, NV, xr, X, N, g, FP, gw, ldgw); break;
-
-/* `rows` inputs (their patch columns start at xr[0..rows)) × NV vectors of filters. */
-static void gw_rows(int64_t rows, int NV, const float *const *xr, int64_t X, int64_t N, const float *g,
-                    int64_t FP, float *gw, int64_t ldgw) {
-    while (rows > 0) {
-        const int rk = tile_rows(rows, NV);
-        switch (rk * 4 + NV) {
-            GW_CASES(1)
-            GW_CASES(2)
-            GW_CASES(3)
-            GW_CASES(4)
-        }
-        rows -= rk;
-        xr += rk;
-        gw += rk * ldgw;
-    }
-}
-
-/* gw: (L, K, F). */
-void lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_t L, int64_t KK,
-                    int64_t C, const float *g, int64_t F, int64_t FP, float *gw, int threads) {
+/* ---- weight gradient: gw[l, k, f] = Σ_n patch[n, l, k] · g[l, n, f] -------------------------------------
+ * g is (L, N, FP), FP = F rounded up to whole vectors and zero-padded, so every block is computed whole;
+ * a partial last block is written through a buffer. gw is (L, K, F). Returns 0, or -1 when out of memory. */
+int lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_t L, int64_t KK, int64_t C,
+                   const float *g, int64_t F, int64_t FP, float *gw, int threads) {
     const int64_t K = KK * C;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t l = 0; l < L; l++) {
-        const int64_t *off = offs + l * KK;
-        const float *gl = g + l * N * FP;
-        float *gwl = gw + l * K * F;
-        float buf[8 * NVMAX * VL];
-        for (int64_t k0 = 0; k0 < K; k0 += 8) {
-            const float *xr[8];
-            const int64_t rows = min64(8, K - k0);
-            for (int64_t r = 0; r < rows; r++) xr[r] = x + off[(k0 + r) / C] + (k0 + r) % C;
-            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) {
+    const int partial = F % VL != 0;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch s;
+        const int ok = scratch_new(&s, K, 0, partial ? K * NVMAX * VL : 0);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t l = 0; l < L; l++) {
+            if (!ok) continue;
+            const int64_t *off = offs + l * KK;
+            float *gwl = gw + l * K * F;
+            for (int64_t k = 0; k < K; k++) s.a[k] = x + off[k / C] + k % C;
+            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) { /* blocks of filters */
                 const int64_t nf = min64(NVMAX * VL, F - f0);
-                const int NV = (int)((nf + VL - 1) / VL);
-                if (nf == NV * VL) {
-                    gw_rows(rows, NV, xr, X, N, gl + f0, FP, gwl + k0 * F + f0, F);
-                    continue;
-                }
-                /* A partial block of filters: g is padded, so compute whole vectors into a buffer. */
-                gw_rows(rows, NV, xr, X, N, gl + f0, FP, buf, NV * VL);
-                for (int64_t r = 0; r < rows; r++)
-                    memcpy(gwl + (k0 + r) * F + f0, buf + r * NV * VL, nf * sizeof(float));
+                const int NV = vectors(nf), whole = nf == NV * VL;
+                for (int64_t k = 0; k < K; k++) s.out[k] = whole ? gwl + k * F + f0 : s.rows + k * NV * VL;
+                const Tile t = {s.a, X, NULL, 1, N, g + l * N * FP + f0, 0, FP, s.out, 0};
+                product(K, NV, t);
+                if (!whole)
+                    for (int64_t k = 0; k < K; k++)
+                        memcpy(gwl + k * F + f0, s.rows + k * NV * VL, nf * sizeof(float));
             }
         }
+        scratch_free(&s);
     }
+    return failed ? -1 : 0;
 }
 
-/* ---- input gradient: gx[n, offs[l, kk] + c] += sum_f g[l, f, n] · w[l, kk·C + c, f] --------------------
+/* ---- input gradient: gx[n, offs[l, kk] + c] += Σ_f g[l, f, n] · w[l, kk·C + c, f] -----------------------
  * Computed batch-last so that the scatter onto the input is whole-vector adds: gt is (L, F, NP) and gx is
- * (X, NP), NP = N rounded up to whole vectors, both zero-padded. Tile: RK inputs × NV vectors of samples;
- * the sum runs over the filters. Positions whose patches overlap must not run at the same time: the
- * output rows (first spatial dimension, `per_row` positions each) are cut into bands of `band` rows, wide
- * enough that bands 2 apart never touch the same input ((band + 1)·stride > dilation·(kernel − 1), which
- * the caller's band ≥ ceil(dilation·(kernel − 1) / stride) satisfies), and the even bands run before the
- * odd. */
-
-INLINE void gx_tile(const int RK, const int NV, const float *w, int64_t F, const float *gt, int64_t NP,
-                    float *const *dst) {
-    vf acc[8][NVMAX];
-#pragma GCC unroll 8
-    for (int r = 0; r < RK; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
-    for (int64_t f = 0; f < F; f++) {
-        vf gv[NVMAX];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) gv[v] = vload(gt + f * NP + v * VL);
-#pragma GCC unroll 8
-        for (int r = 0; r < RK; r++) {
-            vf b = vbcast(w[r * F + f]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[r][v] += b * gv[v];
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < RK; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) vstore(dst[r] + v * VL, vload(dst[r] + v * VL) + acc[r][v]);
-}
-
-#define GX_CASES(NV)                                                                                       \
-    case 8 * 4 + NV: gx_tile(8, NV, wk, F, gtn, NP, dn); break;                                            \
-    case 4 * 4 + NV: gx_tile(4, NV, wk, F, gtn, NP, dn); break;                                            \
-    case 2 * 4 + NV: gx_tile(2, NV, wk, F, gtn, NP, dn); break;                                            \
-    case 1 * 4 + NV: gx_tile(1, NV, wk, F, gtn, NP, dn); break;
-
-static void gx_position(int64_t l, const int64_t *offs, int64_t KK, int64_t C, const float *w, int64_t F,
-                        const float *gt, int64_t NP, float *gx) {
+ * (X, NP), NP = N rounded up to whole vectors, both zero-padded (the caller zeroes gx). Positions whose
+ * patches overlap must not run at the same time: the output rows (first spatial dimension, `per_row`
+ * positions each) are cut into bands of `band` rows, wide enough that bands 2 apart never touch the same
+ * input ((band + 1)·stride > dilation·(kernel − 1), which the caller's band ≥ ceil(dilation·(kernel − 1) /
+ * stride) satisfies), and the even bands run before the odd. Returns 0, or -1 when out of memory. */
+int lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const float *w, int64_t F,
+                  const float *gt, int64_t NP, float *gx, int64_t per_row, int64_t band, int threads) {
     const int64_t K = KK * C;
-    const int64_t *off = offs + l * KK;
-    const float *wl = w + l * K * F;
-    const float *gtl = gt + l * F * NP;
-    for (int64_t k0 = 0; k0 < K; k0 += 8) {
-        const int64_t rows = min64(8, K - k0);
-        float *dst[8];
-        for (int64_t r = 0; r < rows; r++) dst[r] = gx + (off[(k0 + r) / C] + (k0 + r) % C) * NP;
-        for (int64_t n0 = 0; n0 < NP; n0 += NVMAX * VL) {
-            const int NV = (int)(min64(NVMAX * VL, NP - n0) / VL);
-            for (int64_t done = 0; done < rows;) {
-                const int rk = tile_rows(rows - done, NV);
-                const float *wk = wl + (k0 + done) * F;
-                const float *gtn = gtl + n0;
-                float *dn[8];
-                for (int r = 0; r < rk; r++) dn[r] = dst[done + r] + n0;
-                switch (rk * 4 + NV) {
-                    GX_CASES(1)
-                    GX_CASES(2)
-                    GX_CASES(3)
-                    GX_CASES(4)
-                }
-                done += rk;
-            }
-        }
-    }
-}
-
-/* gx: (X, NP), accumulated into (the caller zeroes it). */
-void lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const float *w, int64_t F,
-                   const float *gt, int64_t NP, float *gx, int64_t per_row, int64_t band, int threads) {
     const int64_t rows = L / per_row;
     const int64_t bands = (rows + band - 1) / band;
+    int failed = 0;
     for (int phase = 0; phase < 2; phase++) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-        for (int64_t b = phase; b < bands; b += 2) {
-            const int64_t l1 = min64((b + 1) * band, rows) * per_row;
-            for (int64_t l = b * band * per_row; l < l1; l++) gx_position(l, offs, KK, C, w, F, gt, NP, gx);
+#pragma omp parallel num_threads(threads)
+        {
+            Scratch s;
+            const int ok = scratch_new(&s, K, 0, 0);
+            if (!ok) {
+#pragma omp atomic write
+                failed = 1;
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t b = phase; b < bands; b += 2) {
+                if (!ok) continue;
+                const int64_t l1 = min64((b + 1) * band, rows) * per_row;
+                for (int64_t l = b * band * per_row; l < l1; l++) {
+                    const int64_t *off = offs + l * KK;
+                    for (int64_t k = 0; k < K; k++) s.a[k] = w + (l * K + k) * F;
+                    for (int64_t n0 = 0; n0 < NP; n0 += NVMAX * VL) { /* blocks of samples, all whole */
+                        const int NV = vectors(min64(NVMAX * VL, NP - n0));
+                        for (int64_t k = 0; k < K; k++) s.out[k] = gx + (off[k / C] + k % C) * NP + n0;
+                        const Tile t = {s.a, 1, NULL, 1, F, gt + l * F * NP + n0, 0, NP, s.out, 1};
+                        product(K, NV, t);
+                    }
+                }
+            }
+            scratch_free(&s);
         }
     }
+    return failed ? -1 : 0;
 }
 
 /* Floats per vector in this build (16 with AVX-512, 8 with AVX, 4 otherwise). */
