@@ -308,3 +308,36 @@ def test_no_nan_with_padding_and_train_mode():
     model = UNetish().train()
     out = masked(model)(pad_batch(_images([(16, 8), (4, 4)])))
     assert torch.isfinite(out.data).all()
+
+
+class Singular(nn.Module):
+    """Ops that are not finite at 0: division by a padded tensor, 1 / x, sqrt, rsqrt, log, reciprocal, pow."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1, bias=False)  # zero outside each extent
+        self.b = nn.Conv2d(4, 4, 1, bias=False)  # a 1×1 convolution reads no neighbours: its padding stays 0
+        self.c = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        h = self.a(x)
+        d = self.b(h)
+        m = d.abs()
+        y = h / d + 1 / d + torch.div(h, other=d) + m.sqrt() + m.rsqrt() + m.log() + d.reciprocal() + m**0.5
+        return self.c(y)
+
+
+def test_division_log_sqrt_pow_keep_padding_finite_and_gradients_exact():
+    # Before: 0/0 outside the extents gave NaN there, and 0 · inf in backward NaN weight gradients for
+    # every layer below (a convolution's weight gradient sums over all positions).
+    torch.manual_seed(0)
+    model = Singular().double()
+    images = [img.double() for img in _images([(5, 6), (8, 7), (3, 9)], channels=1)]
+    out = _check_invariance(model, images, atol=1e-9)
+    sum(o.sum() for o in out.unpad()).backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sum(model(img[None]).sum() for img in images).backward()
+    for name, p in model.named_parameters():
+        assert torch.isfinite(batched[name]).all(), name
+        torch.testing.assert_close(batched[name], p.grad, rtol=1e-9, atol=1e-9, msg=name)

@@ -93,13 +93,17 @@ _POINTWISE = _ZERO_PRESERVING | _funcs(
     "sigmoid", "sigmoid_", "hardsigmoid", "softplus", "exp", "log_sigmoid", "clamp", "clip", "clamp_",
     "rrelu", "logsigmoid", "cos", "sin", "sqrt", "rsqrt", "reciprocal", "log", "pow", "__pow__",
 )
+# Not finite (or not differentiable) at 0 or for negatives: the padded operand's padding is set to 1 first.
+# Zeros or garbage there would give inf/NaN outside the extent, and in backward 0 · inf = NaN gradients that a
+# later convolution's weight gradient sums over every position, valid or not.
+_SINGULAR = _funcs("sqrt", "rsqrt", "reciprocal", "log", "pow", "__pow__")
 _SAME = _funcs(
     "contiguous", "clone", "detach", "detach_", "to", "float", "double", "half", "bfloat16", "type_as", "cpu",
     "cuda", "requires_grad_", "type", "__deepcopy__",
 )
 _ADD = _funcs("add", "__add__", "__radd__", "add_", "__iadd__", "sub", "__sub__", "__rsub__", "sub_", "__isub__")
 _MUL = _funcs("mul", "__mul__", "__rmul__", "mul_", "__imul__")
-_DIV = _funcs("div", "__truediv__", "div_", "__itruediv__")
+_DIV = _funcs("div", "__truediv__", "div_", "__itruediv__", "__rtruediv__")
 _CONV = _funcs("conv1d", "conv2d", "conv3d", namespaces=(torch, F))
 _CONV_T = _funcs("conv_transpose1d", "conv_transpose2d", "conv_transpose3d", namespaces=(torch, F))
 _MAX_POOL = _funcs("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
@@ -170,6 +174,12 @@ class _MaskedMode(TorchFunctionMode):
         self.cleaned[t] = (t._version, out)
         return out
 
+    def ones_outside(self, t: Tensor) -> Tensor:
+        """``t`` with 1 outside each sample's extent: a safe operand for division, log, sqrt, pow."""
+        entry = self.entries[t]
+        out = torch.where(self.mask(entry.sizes, t.shape[2:], t.device), t, 1)
+        return self.register(out, entry.sizes, clean=False)
+
     def clean_value(self, value):
         if isinstance(value, Tensor) and value in self.entries:
             return self.clean(value)
@@ -239,6 +249,8 @@ _METADATA = {"Tensor.size", "Tensor.dim", "Tensor.shape", "Tensor.dtype", "Tenso
 
 
 def _pointwise(mode: _MaskedMode, func, args, kwargs, padded):
+    if func in _SINGULAR and isinstance(args[0], Tensor) and args[0] in mode.entries:  # the base for pow
+        args = (mode.ones_outside(args[0]), *args[1:])
     out = func(*args, **kwargs)
     entry = mode.entries[padded[0]]
     clean = entry.clean and func in _ZERO_PRESERVING
@@ -266,14 +278,20 @@ def _check_operands(mode: _MaskedMode, func, args, kwargs, padded) -> _Entry:
 
 def _binary(mode: _MaskedMode, func, args, kwargs, padded):
     entry = _check_operands(mode, func, args, kwargs, padded)
-    out = func(*args, **kwargs)
     operands = list(args[:2])
+    divisor = 0 if func is Tensor.__rtruediv__ else 1  # x.__rtruediv__(y) is y / x
+    if func in _DIV:  # a padded divisor gets 1 outside the extents (see _SINGULAR)
+        if divisor < len(args) and isinstance(args[divisor], Tensor) and args[divisor] in mode.entries:
+            args = tuple(mode.ones_outside(a) if i == divisor else a for i, a in enumerate(args))
+        elif isinstance(kwargs.get("other"), Tensor) and kwargs["other"] in mode.entries:
+            kwargs = {**kwargs, "other": mode.ones_outside(kwargs["other"])}
+    out = func(*args, **kwargs)
     all_padded = all(isinstance(a, Tensor) and a in mode.entries for a in operands)
     all_clean = all(mode.entries[t].clean for t in padded)
     if func in _MUL:
         clean = any(mode.entries[t].clean for t in padded)
     elif func in _DIV:
-        clean = operands[0] in mode.entries and mode.entries[operands[0]].clean and not (
+        clean = divisor == 1 and operands[0] in mode.entries and mode.entries[operands[0]].clean and not (
             len(operands) > 1 and isinstance(operands[1], Tensor) and operands[1] in mode.entries)
     else:
         clean = all_padded and all_clean
