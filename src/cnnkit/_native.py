@@ -52,13 +52,12 @@ _FLAG_SETS = (
     ["-O3", "-march=native"],  # no OpenMP (e.g. Apple clang): used with one thread only
 )
 _COMPILE_TIMEOUT_S = 300
+Signatures = dict[str, tuple[list, object]]  # C function name -> (ctypes argtypes, restype)
+_SIGNATURES: dict[str, Signatures] = {}
 _FAILURES: dict[str, str] = {}
-_SIGNATURES: dict[str, dict[str, tuple[list, object]]] = {}
-
-CFunctionTypes = dict[str, tuple[list, object]]
 
 
-def declare(name: str, signatures: CFunctionTypes) -> None:
+def declare(name: str, signatures: Signatures) -> None:
     """Register the C functions kernel ``name`` must export: ``{function: (argtypes, restype)}``.
 
     :func:`load` sets them on the library (a bare Python int would otherwise be passed as a C ``int``) and
@@ -132,12 +131,10 @@ def _build(source: Path, compiler: list[str]) -> tuple[Path | None, bool, str]:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                              timeout=_COMPILE_TIMEOUT_S).stdout
     folder = _cache_dir()
+    identity = [source.read_text(), " ".join(compiler), version, platform.machine(), _cpu_flags()]
     targets = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            "\0".join([source.read_text(), " ".join(compiler), version, " ".join(flags), platform.machine(),
-                       _cpu_flags()]).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256("\0".join([*identity, " ".join(flags)]).encode()).hexdigest()[:16]
         targets.append((flags, folder / f"{source.stem}-{key}.so"))
     for flags, target in targets:
         if target.exists():

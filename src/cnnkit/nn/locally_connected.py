@@ -178,7 +178,7 @@ class _LocallyConnectedFunction(torch.autograd.Function):
 
 # --- the C kernel --------------------------------------------------------------------------------------
 
-_VL = 16  # floats per vector in csrc/locally_connected.c; its batch-last layouts are padded to whole vectors
+_VL = 16  # the batch-last layouts are padded to multiples of 16 floats: whole vectors for any build (4, 8, 16)
 _use_native = True  # False forces the torch path (tests compare the two)
 
 
@@ -238,7 +238,8 @@ def _rounded(n: int) -> int:
 
 
 class _NativeLocallyConnectedFunction(torch.autograd.Function):
-    """Same op and arguments as :class:`_LocallyConnectedFunction`, computed by ``csrc/locally_connected.c``.
+    """Same op and arguments as :class:`_LocallyConnectedFunction` (plus the loaded kernel ``lib``), computed
+    by ``csrc/locally_connected.c``.
 
     The C kernel reads patches straight from a channels-last copy of the (padded) input and multiplies them
     with each position's weights in register tiles, in parallel over positions (forward, weight gradient)
@@ -248,8 +249,8 @@ class _NativeLocallyConnectedFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, kernel_size, stride, dilation, output_size):
-        lib = ctx.lib = _kernel(x, weight, bias)
+    def forward(ctx, x, weight, bias, kernel_size, stride, dilation, output_size, lib):
+        ctx.lib = lib
         threads = torch.get_num_threads()
         batch, channels = x.shape[:2]
         positions, _, out_channels = weight.shape
@@ -285,8 +286,8 @@ class _NativeLocallyConnectedFunction(torch.autograd.Function):
         if need_b:
             grad_b = grad.sum(0)
         if not (need_x or need_w):
-            return None, None, grad_b, None, None, None, None
-        # Batch-last gradient (L, F, NP), zero-padded to whole vectors of samples: one 2-D transpose.
+            return None, None, grad_b, None, None, None, None, None
+        # Batch-last gradient (L, F, NP), zero-padded to whole vectors of samples.
         padded_batch = _rounded(batch)
         g_t = grad.new_empty((positions, out_channels, padded_batch))
         g_t[:, :, batch:].zero_()
@@ -312,7 +313,7 @@ class _NativeLocallyConnectedFunction(torch.autograd.Function):
                                      out_channels, _ptr(g_t), padded_batch, _ptr(g_x), positions // rows, band,
                                      threads))
             grad_x = g_x[:, :batch].t().contiguous().view(batch, *shape[2:], channels).movedim(-1, 1)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def locally_connected_nd(
@@ -379,9 +380,11 @@ def locally_connected_nd(
     pads = padding_amounts(size, kernel, strides, pad, dilations)
     if any(lo or hi for lo, hi in pads):
         input = F.pad(input, [p for pair in reversed(pads) for p in pair])
-    native = _kernel(input, weight, bias) is not None
-    function = _NativeLocallyConnectedFunction if native else _LocallyConnectedFunction
-    return function.apply(input, weight, bias, kernel, strides, dilations, output_size)
+    lib = _kernel(input, weight, bias)
+    if lib is not None:
+        return _NativeLocallyConnectedFunction.apply(input, weight, bias, kernel, strides, dilations, output_size,
+                                                     lib)
+    return _LocallyConnectedFunction.apply(input, weight, bias, kernel, strides, dilations, output_size)
 
 
 def _ranked(n: int, name: str):

@@ -197,7 +197,8 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
                 for (int64_t n = 0; n < N; n++)
                     s.out[n] = whole ? y + n * L * F + l * F + f0 : s.rows + n * NV * VL;
                 const int64_t ldw = whole ? F : NV * VL;
-                const Tile t = {s.a, 1, offs + l * KK, KK, C, whole ? wl + f0 : s.pack, C * ldw, ldw, s.out, 0};
+                const Tile t = {.a = s.a, .a_step = 1, .seg = offs + l * KK, .nseg = KK, .len = C,
+                                .b = whole ? wl + f0 : s.pack, .b_seg = C * ldw, .b_step = ldw, .out = s.out};
                 product(N, NV, t);
                 if (!whole)
                     for (int64_t n = 0; n < N; n++)
@@ -235,7 +236,8 @@ int lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, in
                 const int64_t nf = min64(NVMAX * VL, F - f0);
                 const int NV = vectors(nf), whole = nf == NV * VL;
                 for (int64_t k = 0; k < K; k++) s.out[k] = whole ? gwl + k * F + f0 : s.rows + k * NV * VL;
-                const Tile t = {s.a, X, NULL, 1, N, g + l * N * FP + f0, 0, FP, s.out, 0};
+                const Tile t = {.a = s.a, .a_step = X, .nseg = 1, .len = N, .b = g + l * N * FP + f0,
+                                .b_step = FP, .out = s.out};
                 product(K, NV, t);
                 if (!whole)
                     for (int64_t k = 0; k < K; k++)
@@ -279,7 +281,8 @@ int lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const f
                     for (int64_t n0 = 0; n0 < NP; n0 += NVMAX * VL) { /* blocks of samples, all whole */
                         const int NV = vectors(min64(NVMAX * VL, NP - n0));
                         for (int64_t k = 0; k < K; k++) s.out[k] = gx + (off[k / C] + k % C) * NP + n0;
-                        const Tile t = {s.a, 1, NULL, 1, F, gt + l * F * NP + n0, 0, NP, s.out, 1};
+                        const Tile t = {.a = s.a, .a_step = 1, .nseg = 1, .len = F, .b = gt + l * F * NP + n0,
+                                        .b_step = NP, .out = s.out, .add = 1};
                         product(K, NV, t);
                     }
                 }
