@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -80,3 +81,34 @@ def open_in_chromium(tmp_path):
         return shot, states
 
     return check
+
+
+def _native_equals_float64(input_shape, kernel_size, stride=1, padding="valid", dilation=1, filters=20,
+                           bias=True) -> None:
+    """locally_connected_nd in float32 runs the C kernel and equals the torch path in float64 (output and
+    every gradient) on random tensors of this geometry."""
+    from cnnkit.nn import locally_connected_nd
+    from cnnkit.shapes import conv_output_size
+
+    x = torch.randn(input_shape, requires_grad=True)
+    n = x.dim() - 2
+    size = conv_output_size(input_shape[2:], kernel_size, stride, padding, dilation)
+    kernel = kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * n
+    weight = torch.randn(math.prod(size), math.prod(kernel) * input_shape[1], filters, requires_grad=True)
+    inputs = [x, weight, torch.randn(filters, *size, requires_grad=True)] if bias else [x, weight]
+    kw = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation, "padding": padding}
+    out = locally_connected_nd(*inputs, **kw)
+    assert type(out.grad_fn).__name__ == "_NativeLocallyConnectedFunctionBackward"
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, g)
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    ref = locally_connected_nd(*ref_in, **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(ref, ref_in, g.double())):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="session")
+def native_equals_float64():
+    """The check :func:`_native_equals_float64`, for the LocallyConnected C kernel's tests."""
+    return _native_equals_float64

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -15,9 +14,8 @@ import torch
 
 import cnnkit._native as native
 import cnnkit.nn.locally_connected as lc_module
-from cnnkit import shapes as cnnkit_shapes
 from cnnkit.errors import NativeKernelWarning
-from cnnkit.nn import LocallyConnected2d, locally_connected_nd
+from cnnkit.nn import LocallyConnected2d
 
 NAME = "nn.locally_connected"
 
@@ -120,7 +118,8 @@ def _x86_flags() -> str:
 
 
 @pytest.mark.parametrize(("march", "cpu_flag", "width"), [("x86-64-v3", " avx2 ", 8), ("x86-64", " sse2 ", 4)])
-def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, march, cpu_flag, width):
+def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, native_equals_float64, march,
+                                                          cpu_flag, width):
     # -march=native picks the widest vectors here (AVX-512 on the CI machine); users' CPUs may only have
     # AVX2 (8 floats, 16 registers) or SSE2/NEON (4 floats): build those variants of the tiles and hold them
     # to the torch path in float64.
@@ -133,20 +132,7 @@ def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, m
         ((21, 3, 9, 8), 3, 1, "same", 37), ((5, 2, 7, 7), (2, 3), (2, 1), "valid", 70),
         ((3, 4, 10), 3, 2, 1, 9), ((2, 2, 4, 5, 4), 2, 1, "same", 16),
     ]:
-        x = torch.randn(shape, requires_grad=True)
-        size = cnnkit_shapes.conv_output_size(shape[2:], kernel, stride, padding, 1)
-        k = math.prod(kernel if isinstance(kernel, tuple) else (kernel,) * (len(shape) - 2)) * shape[1]
-        weight = torch.randn(math.prod(size), k, filters, requires_grad=True)
-        kw = {"kernel_size": kernel, "stride": stride, "padding": padding}
-        out = locally_connected_nd(x, weight, **kw)
-        assert type(out.grad_fn).__name__ == "_NativeLocallyConnectedFunctionBackward"
-        g = torch.randn_like(out)
-        grads = torch.autograd.grad(out, [x, weight], g)
-        ref_in = [x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()]
-        ref = locally_connected_nd(*ref_in, **kw)
-        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-        for a, b in zip(grads, torch.autograd.grad(ref, ref_in, g.double())):
-            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+        native_equals_float64(shape, kernel, stride, padding, filters=filters, bias=False)
 
 
 def test_offsets_stay_on_the_cpu_whatever_the_default_device():

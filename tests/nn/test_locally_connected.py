@@ -341,29 +341,12 @@ def test_native_gradients_when_only_one_argument_requires_grad(native, which):
     [((19, 3, 23), 4, 3, 1, "same"), ((6, 2, 11), 3, 1, 3, 2), ((3, 2, 5, 6, 7), (2, 3, 2), (1, 2, 1), 1, "same"),
      ((17, 1, 4, 5, 3), 2, 1, (1, 2, 1), "valid")],
 )
-def test_native_1d_and_3d_equal_the_torch_path_in_float64(native, input_shape, kernel_size, stride, dilation,
-                                                          padding):
+def test_native_1d_and_3d_equal_the_torch_path_in_float64(native, native_equals_float64, input_shape, kernel_size,
+                                                          stride, dilation, padding):
     # The torch path (float64) is the reference here: it is itself checked against the loops above and,
     # in 3-D, against Conv3d below.
     torch.manual_seed(0)
-    x = torch.randn(input_shape, requires_grad=True)
-    n = x.dim() - 2
-    probe = cnnkit.shapes.conv_output_size(input_shape[2:], kernel_size, stride, padding, dilation)
-    positions = math.prod(probe)
-    inputs = math.prod(kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * n) * input_shape[1]
-    weight = torch.randn(positions, inputs, 20, requires_grad=True)
-    bias = torch.randn(20, *probe, requires_grad=True)
-    kw = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation, "padding": padding}
-    out = cnn.locally_connected_nd(x, weight, bias, **kw)
-    assert type(out.grad_fn).__name__ == NATIVE
-    g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, [x, weight, bias], g)
-    ref_in = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
-    ref = cnn.locally_connected_nd(*ref_in, **kw)
-    ref_grads = torch.autograd.grad(ref, ref_in, g.double())
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    native_equals_float64(input_shape, kernel_size, stride, padding, dilation)
 
 
 def test_native_shared_weights_equal_conv3d(native):
