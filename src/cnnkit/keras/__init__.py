@@ -20,6 +20,7 @@ from cnnkit.keras.layouts import (
 )
 
 __all__ = [
+    "MAX_BYTES",
     "MAX_LAYER_PARAMS",
     "ConversionReport",
     "KerasFileError",
@@ -39,6 +40,7 @@ __all__ = [
 
 # The reader builds cnnkit.nn modules, and cnnkit.nn imports cnnkit.keras.layouts: import lazily.
 _LAZY = {
+    "MAX_BYTES": "cnnkit.keras.convert",
     "MAX_LAYER_PARAMS": "cnnkit.keras.convert",
     "ConversionReport": "cnnkit.keras.convert",
     "KerasModel": "cnnkit.keras.convert",

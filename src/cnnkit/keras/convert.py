@@ -31,11 +31,13 @@ from torch import Tensor, nn
 from cnnkit._checks import ntuple
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.keras import modules as M
+from cnnkit.keras.graph import call_refs, input_shape, parse_graph, topological_order
 from cnnkit.keras.layouts import from_keras, keras_shapes
 from cnnkit.keras.reader import KerasFile, KerasFileError, _snake_case, open_keras_file
 from cnnkit.shapes import conv_output_size
 
 __all__ = [
+    "MAX_BYTES",
     "MAX_LAYER_PARAMS",
     "ConversionReport",
     "KerasModel",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 MAX_LAYER_PARAMS = 10**9
+#: Default budget of :func:`load` for all weights and buffers together (bytes); see its ``max_bytes``.
+MAX_BYTES = 4 * 2**30
 _MAX_INT = 2**31 - 1
 
 Shape = tuple  # Keras shape without the batch dimension; entries int or None
@@ -719,186 +723,7 @@ def _locally_connected(c: _Layer) -> _Built:
     return _Built(module, (*out, filters), _bias_names(c))
 
 
-# --- the graph ---------------------------------------------------------------------------------------
-
-_MODEL_CLASSES = ("Sequential", "Functional", "Model")
-_SAFE_MODULES = ("keras.layers", "keras.src.layers", "tensorflow.keras.layers", "tf_keras.layers")
-
-
-def _check_safe(entry: dict, where: str) -> tuple[str, dict]:
-    if not isinstance(entry, dict):
-        raise KerasFileError(f"{where}: a layer entry must be a JSON object. Received {entry!r:.80}.")
-    cls = entry.get("class_name")
-    config = entry.get("config")
-    if not isinstance(cls, str) or not isinstance(config, dict):
-        raise KerasFileError(f"{where}: a layer entry needs a string 'class_name' and an object 'config'. "
-                             f"Received class_name={cls!r:.80}.")
-    name = config.get("name", entry.get("name"))
-    label = f"Layer {name!r} ({cls})"
-    if cls == "Lambda":
-        raise UnsupportedError(
-            f"{label}: Lambda layers hold Python code (a marshalled function) and cnnkit never runs code "
-            "from a file. Replace the Lambda with built-in layers, or rebuild that part in PyTorch."
-        )
-    module = entry.get("module")
-    registered = entry.get("registered_name")
-    if (module is not None and not (isinstance(module, str) and any(
-            module == m or module.startswith(m + ".") for m in _SAFE_MODULES))) or (
-            registered is not None and registered != cls):
-        raise UnsupportedError(
-            f"{label}: a custom object (module={module!r}, registered_name={registered!r}); cnnkit only "
-            "converts built-in Keras layers and never runs code from a file."
-        )
-    if cls in _MODEL_CLASSES:
-        raise UnsupportedError(f"{label}: nested models are not supported; flatten the model into one graph.")
-    if cls != "InputLayer" and cls not in _BUILDERS:
-        raise UnsupportedError(f"{label}: unknown or unsupported layer class. Supported: "
-                               f"{', '.join(supported_layers())}.")
-    return cls, config
-
-
-def _input_shape(entry_config: dict, where: str) -> Shape:
-    for key in ("batch_shape", "batch_input_shape"):
-        if entry_config.get(key) is not None:
-            shape = entry_config[key]
-            if isinstance(shape, list) and shape:
-                shape = shape[1:]
-                break
-            raise KerasFileError(f"{where}: {key} must be a non-empty list. Received {shape!r:.80}.")
-    else:
-        shape = entry_config.get("shape")
-        if not isinstance(shape, list):
-            raise KerasFileError(f"{where}: cannot tell the input shape (no batch_shape, batch_input_shape "
-                                 "or shape in the config).")
-    if not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_INT) for s in shape):
-        raise KerasFileError(
-            f"{where}: input shape entries must be positive integers or null. Received {shape!r:.120}.")
-    if entry_config.get("sparse") or entry_config.get("ragged"):
-        raise UnsupportedError(f"{where}: sparse or ragged inputs are not supported.")
-    return tuple(shape)
-
-
-def _ref(obj, where: str) -> tuple[str, int, int]:
-    if (isinstance(obj, (list, tuple)) and len(obj) >= 3 and isinstance(obj[0], str)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in obj[1:3])):
-        return obj[0], obj[1], obj[2]
-    raise KerasFileError(f"{where}: a tensor reference must be [layer_name, node_index, tensor_index]. "
-                         f"Received {obj!r:.120}.")
-
-
-def _is_tensor_like(value) -> bool:
-    return (isinstance(value, dict) and value.get("class_name") == "__keras_tensor__") or (
-        isinstance(value, (list, tuple)) and any(_is_tensor_like(v) for v in value))
-
-
-def _parse_node(node, where: str):
-    """One call of a layer → a ref or a list of refs (Keras 3 dict syntax or Keras 2 list syntax)."""
-    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        args, kwargs = node.get("args", []), node.get("kwargs", {})
-        if not isinstance(args, list) or len(args) != 1 or not isinstance(kwargs, dict):
-            raise UnsupportedError(f"{where}: layers called with one tensor or one list of tensors are "
-                                   f"supported. Received args={args!r:.120}.")
-        for key, value in kwargs.items():
-            if _is_tensor_like(value) or key not in ("mask", "training"):
-                raise UnsupportedError(f"{where}: call argument {key}={value!r:.60} is not supported.")
-
-        def one(t):
-            if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__" and isinstance(t.get("config"), dict):
-                return _ref(t["config"].get("keras_history"), where)
-            raise KerasFileError(f"{where}: expected a Keras tensor. Received {t!r:.120}.")
-
-        arg = args[0]
-        return [one(t) for t in arg] if isinstance(arg, list) else one(arg)
-    if isinstance(node, list) and node:  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
-        refs = []
-        for item in node:
-            ref = _ref(item, where)
-            kwargs = item[3] if len(item) > 3 else {}
-            if not isinstance(kwargs, dict) or any(_is_tensor_like(v) or isinstance(v, list) for v in kwargs.values()):
-                raise UnsupportedError(f"{where}: call arguments {kwargs!r:.80} are not supported.")
-            refs.append(ref)
-        return refs[0] if len(refs) == 1 else refs
-    raise KerasFileError(f"{where}: malformed inbound node {node!r:.120}.")
-
-
-def _ref_list(obj, what: str) -> list[tuple[str, int, int]]:
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, list) and len(obj) >= 3 and isinstance(obj[0], str):
-        return [_ref(obj, what)]
-    if not isinstance(obj, list) or not obj:
-        raise KerasFileError(f"{what} must be a non-empty list of [layer, node, tensor]. Received {obj!r:.120}.")
-    return [_ref(o, what) for o in obj]
-
-
-def _graph(model_config: dict, path: str):
-    """(layer entries, calls, input refs, output refs, model class) of a Sequential or functional config."""
-    cls = model_config.get("class_name")
-    config = model_config.get("config")
-    if cls not in _MODEL_CLASSES:
-        if isinstance(cls, str) and (model_config.get("registered_name") or model_config.get("module", "keras")
-                                     not in (None, "keras", "keras.models", "keras.src.models.functional",
-                                             "keras.src.models.sequential")):
-            raise UnsupportedError(f"{path}: the model is a custom class {cls!r}; only Sequential and functional "
-                                   "models are converted (cnnkit never runs code from a file).")
-        raise UnsupportedError(f"{path}: the model class {cls!r} is not supported. Expected one of {_MODEL_CLASSES}.")
-    if cls == "Sequential" and isinstance(config, list):  # very old Keras 2
-        config = {"layers": config}
-    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise KerasFileError(f"{path}: the model config has no 'layers' list.")
-    entries = config["layers"]
-    if cls == "Sequential":
-        return _sequential_graph(config, entries, path)
-    layers, calls = [], []
-    names = set()
-    for i, entry in enumerate(entries):
-        layer_cls, layer_config = _check_safe(entry, f"{path}: layer {i}")
-        name = entry.get("name", layer_config.get("name"))
-        if not isinstance(name, str) or not name or name in names:
-            raise KerasFileError(f"{path}: layer {i} needs a unique, non-empty name. Received {name!r}.")
-        names.add(name)
-        layers.append((name, layer_cls, layer_config))
-        nodes = entry.get("inbound_nodes", [])
-        if not isinstance(nodes, list):
-            raise KerasFileError(f"{path}: inbound_nodes of layer {name!r} must be a list.")
-        if layer_cls == "InputLayer":
-            continue
-        for index, node in enumerate(nodes):
-            calls.append((name, index, _parse_node(node, f"{path}: layer {name!r}")))
-    inputs = _ref_list(config.get("input_layers"), f"{path}: input_layers")
-    outputs = _ref_list(config.get("output_layers"), f"{path}: output_layers")
-    return layers, calls, inputs, outputs, cls
-
-
-def _sequential_graph(config: dict, entries: list, path: str):
-    layers, calls = [], []
-    prev = None
-    for i, entry in enumerate(entries):
-        layer_cls, layer_config = _check_safe(entry, f"{path}: layer {i}")
-        name = layer_config.get("name", f"layer_{i}")
-        if not isinstance(name, str) or not name or any(name == n for n, _, _ in layers):
-            raise KerasFileError(f"{path}: layer {i} needs a unique, non-empty name. Received {name!r}.")
-        if prev is None:
-            if layer_cls != "InputLayer":
-                # Keras 2 keeps the input shape on the first layer; Keras 3 may keep it on the model.
-                source = layer_config if any(layer_config.get(k) is not None for k in (
-                    "batch_input_shape", "batch_shape")) else {"batch_shape": config.get("build_input_shape")}
-                if source.get("batch_shape") is None and source is not layer_config:
-                    raise KerasFileError(f"{path}: the Sequential model does not record its input shape.")
-                layers.append(("input", "InputLayer", source))
-                prev = ("input", 0, 0)
-            else:
-                layers.append((name, layer_cls, layer_config))
-                prev = (name, 0, 0)
-                continue
-        elif layer_cls == "InputLayer":
-            raise KerasFileError(f"{path}: an InputLayer may only come first in a Sequential model.")
-        layers.append((name, layer_cls, layer_config))
-        calls.append((name, 0, prev))
-        prev = (name, 0, 0)
-    if prev is None or len(layers) < 2:
-        raise KerasFileError(f"{path}: the Sequential model has no layers.")
-    return layers, calls, [(layers[0][0], 0, 0)], [prev], "Sequential"
+# --- building -----------------------------------------------------------------------------------
 
 
 def _key(name: str, taken: set[str]) -> str:
@@ -912,20 +737,20 @@ def _key(name: str, taken: set[str]) -> str:
     return key
 
 
-def _materialise(c: _Layer, built: _Built, refs: list, path: str) -> tuple[dict, dict]:
-    """Check stored arrays against the module (shapes first), read them, and load the module."""
-    module = built.module
+def _module_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (BatchNorm's moving statistics included)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _check_stored(c: _Layer, built: _Built, refs: list, path: str) -> dict:
+    """Check the stored arrays' count and shapes against the module built from the config (nothing read)."""
     if len(refs) != len(built.weights):
         stored = [f"{r.name} {_fmt_shape(r.shape)}" for r in refs]
         if not refs and built.weights:
             raise c.error(f"weights missing in {path}: expected {list(built.weights)}.")
         raise c.error(f"the config asks for {len(built.weights)} weight arrays {list(built.weights)}; "
                       f"{path} stores {len(refs)}: {stored}.")
-    expected = keras_shapes(module) if built.weights or built.defaults else {}
-    numel = sum(p.numel() for p in module.parameters())
-    if numel > MAX_LAYER_PARAMS:
-        raise c.error(f"the config asks for {numel:,} parameters; at most {MAX_LAYER_PARAMS:,} are allowed "
-                      "per layer.")
+    expected = keras_shapes(built.module) if built.weights or built.defaults else {}
     for name, ref in zip(built.weights, refs):
         if tuple(ref.shape) != tuple(expected[name]):
             raise c.error(
@@ -933,7 +758,13 @@ def _materialise(c: _Layer, built: _Built, refs: list, path: str) -> tuple[dict,
                 f"input shape {', '.join(_fmt_shape((None, *s)) for s in c.shapes)}). {path} stores "
                 f"{ref.name} with shape {_fmt_shape(ref.shape)}."
             )
-    arrays = {name: torch.from_numpy(ref.read().copy()) for name, ref in zip(built.weights, refs)}
+    return expected
+
+
+def _materialise(c: _Layer, built: _Built, refs: list, expected: dict) -> dict:
+    """Read the (checked) arrays, convert their layouts and load them into the module, made real."""
+    module = built.module
+    arrays = {name: torch.from_numpy(ref.read()) for name, ref in zip(built.weights, refs)}
     for name, make in built.defaults.items():
         arrays[name] = make(expected[name])
     state = from_keras(module, arrays) if arrays else {}
@@ -946,13 +777,21 @@ def _materialise(c: _Layer, built: _Built, refs: list, path: str) -> tuple[dict,
     for key in missing:
         if not key.endswith("num_batches_tracked"):  # pragma: no cover - every layout covers its tensors
             raise c.error(f"internal error: no Keras array for {key!r}.", CnnkitError)
-    torch_weights = {k: tuple(v.shape) for k, v in state.items()}
-    return {n: tuple(v) for n, v in expected.items()}, torch_weights
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def _convert(kf: KerasFile, channels_last: bool) -> LoadedModel:
+def _weights_file_cap(elements: int, layers: int, max_bytes: int) -> int:
+    """How many bytes an archive's ``model.weights.h5`` may hold for a config of ``elements`` values.
+
+    16 bytes per value (float64 weights, or float32 weights with an optimizer's two moments), 16 KiB of
+    HDF5 metadata per layer and 1 MiB besides; never more than twice the memory budget.
+    """
+    return min(16 * elements + 16 * 2**10 * (layers + 1) + 2**20, 2 * max_bytes)
+
+
+def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
     path = kf.path
-    layers, calls, input_refs, output_refs, model_class = _graph(kf.config, path)
+    layers, calls, input_refs, output_refs, model_class = parse_graph(kf.config, path, _BUILDERS)
     by_name = {name: (cls, config) for name, cls, config in layers}
     tensors: dict[tuple[str, int, int], tuple[str, Shape]] = {}
     keys: dict[str, str] = {}
@@ -960,7 +799,7 @@ def _convert(kf: KerasFile, channels_last: bool) -> LoadedModel:
     for name, cls, config in layers:
         keys[name] = _key(name, taken)
         if cls == "InputLayer":
-            tensors[(name, 0, 0)] = (keys[name], _input_shape(config, f"{path}: input layer {name!r}"))
+            tensors[(name, 0, 0)] = (keys[name], input_shape(config, f"{path}: input layer {name!r}"))
     for ref in (*input_refs, *output_refs):
         if ref[0] not in by_name:
             raise KerasFileError(
@@ -979,59 +818,81 @@ def _convert(kf: KerasFile, channels_last: bool) -> LoadedModel:
         storage_index[name] = counts.get(snake, 0)
         counts[snake] = storage_index[name] + 1
 
-    modules: dict[str, nn.Module] = {}
-    reports: dict[str, LayerConversion] = {}
+    # 1. Every layer built on the meta device (no memory), in an order where its inputs exist.
+    ordered, stuck = topological_order(calls, set(tensors))
+    first: dict[str, tuple[_Layer, _Built]] = {}
     order: list[_Call] = []
-    pending = list(calls)
-    while pending:
-        progressed = False
-        for item in list(pending):
-            name, index, structure = item
-            refs = structure if isinstance(structure, list) else [structure]
-            if not all(tuple(r) in tensors for r in refs):
-                continue
-            for r in refs:
-                if r[0] not in by_name:
-                    raise KerasFileError(f"{path}: layer {name!r} reads from unknown layer {r[0]!r}.")
-            pending.remove(item)
-            progressed = True
-            cls, config = by_name[name]
-            shapes = [tensors[tuple(r)][1] for r in refs]
-            layer = _Layer(name, cls, config, shapes, kf.keras_major)
-            try:
-                with torch.device("meta"):
-                    built = _BUILDERS[cls](layer)
-            except CnnkitError:
-                raise
-            except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as error:
-                raise KerasFileError(f"Layer {name!r} ({cls}): malformed config ({type(error).__name__}: "
-                                     f"{error}).") from None
-            if name not in modules:
-                weight_refs = kf.weights(name, cls, storage_index.get(name, 0))
-                keras_w, torch_w = _materialise(layer, built, weight_refs, path)
-                modules[name] = built.module
-                reports[name] = LayerConversion(
-                    name, cls, repr(built.module).splitlines()[0], tuple(shapes), built.output_shape,
-                    keras_w, torch_w, tuple(layer.notes), sum(p.numel() for p in built.module.parameters()))
-            elif keras_shapes(modules[name]) != keras_shapes(built.module):
-                raise layer.error("a shared layer is called on inputs that need different weight shapes.")
-            out_name = f"{keys[name]}:{index}" if index else keys[name]
-            tensors[(name, index, 0)] = (out_name, built.output_shape)
-            args = tensors[tuple(refs[0])][0] if not isinstance(structure, list) else tuple(
-                tensors[tuple(r)][0] for r in refs)
-            order.append(_Call(keys[name], args, out_name))
-        if not progressed:
-            missing = sorted({tuple(r) for _, _, s in pending for r in (s if isinstance(s, list) else [s])}
-                             - set(tensors))
-            raise KerasFileError(f"{path}: the layer graph cannot be run: layers {sorted({p[0] for p in pending})} "
-                                 f"wait for tensors {[list(m) for m in missing][:5]} that no layer produces "
-                                 "(a cycle, or a reference to a missing layer or node).")
+    for i in ordered:
+        name, index, structure = calls[i]
+        refs = call_refs(structure)
+        cls, config = by_name[name]
+        shapes = [tensors[r][1] for r in refs]
+        layer = _Layer(name, cls, config, shapes, kf.keras_major)
+        try:
+            with torch.device("meta"):
+                built = _BUILDERS[cls](layer)
+        except CnnkitError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as error:
+            raise KerasFileError(f"Layer {name!r} ({cls}): malformed config ({type(error).__name__}: "
+                                 f"{error}).") from None
+        if name not in first:
+            numel = sum(p.numel() for p in built.module.parameters())
+            if numel > MAX_LAYER_PARAMS:
+                raise layer.error(f"the config asks for {numel:,} parameters; at most {MAX_LAYER_PARAMS:,} are "
+                                  "allowed per layer.")
+            first[name] = (layer, built)
+        elif keras_shapes(first[name][1].module) != keras_shapes(built.module):
+            raise layer.error("a shared layer is called on inputs that need different weight shapes.")
+        out_name = f"{keys[name]}:{index}" if index else keys[name]
+        tensors[(name, index, 0)] = (out_name, built.output_shape)
+        args = tensors[refs[0]][0] if not isinstance(structure, list) else tuple(tensors[r][0] for r in refs)
+        order.append(_Call(keys[name], args, out_name))
+    if stuck:
+        missing = sorted({r for i in stuck for r in call_refs(calls[i][2])} - set(tensors))
+        waiting = sorted({calls[i][0] for i in stuck})[:20]
+        raise KerasFileError(f"{path}: the layer graph cannot be run: layers {waiting} "
+                             f"wait for tensors {[list(m) for m in missing][:5]} that no layer produces "
+                             "(a cycle, or a reference to a missing layer or node).")
     for ref in output_refs:
         if tuple(ref) not in tensors:
             raise KerasFileError(f"{path}: model output {list(ref)} is not produced by any layer call.")
 
+    # 2. The memory budget, over all weights and buffers, from the declared shapes alone.
+    sizes = {name: _module_bytes(built.module) for name, (_, built) in first.items()}
+    total = sum(sizes.values())
+    if total > max_bytes:
+        largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+        raise ShapeError(
+            f"{path}: the config asks for {total:,} bytes of weights and buffers; the budget is max_bytes="
+            f"{max_bytes:,} (largest layers: {', '.join(f'{n!r} {b:,}' for n, b in largest)}). If you trust "
+            "the file and have the memory, pass a larger max_bytes to cnnkit.keras.load.")
+
+    # 3. The stored arrays listed and checked against the config; nothing read yet.
+    elements = sum(t.numel() for _, b in first.values() for t in (*b.module.parameters(), *b.module.buffers()))
+    kf.open_weights(_weights_file_cap(elements, len(layers), max_bytes))
+    listed = {}
+    stored_bytes = 0
+    for name, (layer, built) in first.items():
+        refs = kf.weights(name, layer.cls, storage_index.get(name, 0))
+        listed[name] = (refs, _check_stored(layer, built, refs, path))
+        stored_bytes += sum(r.nbytes for r in refs)
+    if stored_bytes > max_bytes:
+        raise ShapeError(f"{path}: the weights to read hold {stored_bytes:,} bytes; the budget is max_bytes="
+                         f"{max_bytes:,}. If you trust the file, pass a larger max_bytes to cnnkit.keras.load.")
+
+    # 4. Read, convert, load.
+    reports: dict[str, LayerConversion] = {}
+    for name, (layer, built) in first.items():
+        refs, expected = listed[name]
+        torch_w = _materialise(layer, built, refs, expected)
+        reports[name] = LayerConversion(
+            name, layer.cls, repr(built.module).splitlines()[0], tuple(layer.shapes), built.output_shape,
+            {n: tuple(v) for n, v in expected.items()}, torch_w, tuple(layer.notes),
+            sum(p.numel() for p in built.module.parameters()))
+
     module = KerasModel(
-        {keys[n]: m for n, m in modules.items()}, order,
+        {keys[n]: b.module for n, (_, b) in first.items()}, order,
         [tensors[tuple(r)][0] for r in input_refs], [tensors[tuple(r)][0] for r in output_refs],
         [tensors[tuple(r)][1] for r in input_refs], channels_last=channels_last,
         name=str(kf.config.get("config", {}).get("name", "model")) if isinstance(kf.config.get("config"), dict)
@@ -1048,16 +909,22 @@ def _convert(kf: KerasFile, channels_last: bool) -> LoadedModel:
     return LoadedModel(module, report)
 
 
-def load(path: str | Path, channels_last_input: bool = False) -> LoadedModel:
+def load(path: str | Path, channels_last_input: bool = False, *, max_bytes: int = MAX_BYTES) -> LoadedModel:
     """Convert a Keras model file (``.keras`` archive or legacy ``.h5``) to a PyTorch module.
 
     Reads the file with ``zipfile``, ``json`` and ``h5py`` only: no TensorFlow, no Keras, no unpickling,
-    and no code from the file is run (``Lambda`` layers and custom objects are refused).
+    and no code from the file is run (``Lambda`` layers and custom objects are refused). The file is
+    treated as untrusted (see ``docs/keras.md``, "Untrusted files"): only data stored inside it is read
+    (no links, external storage or virtual datasets), every array must hold the bytes it declares, and
+    the memory it may take is bounded by ``max_bytes`` before anything is read.
 
     Args:
         path: The ``.keras`` or ``.h5`` file (the format is recognised from the content).
         channels_last_input: If ``True``, the module takes and returns Keras's channels-last tensors
             (``(N, H, W, C)``); by default it takes and returns PyTorch's channels-first ``(N, C, H, W)``.
+        max_bytes: The budget for all weights and buffers together (BatchNorm's moving statistics
+            included), checked against the shapes the config declares before any array is read; also
+            the cap on the arrays read. Default :data:`MAX_BYTES` (4 GiB).
 
     Returns:
         A :class:`LoadedModel` ``(module, report)``: ``module`` is a :class:`KerasModel` in eval mode;
@@ -1065,9 +932,10 @@ def load(path: str | Path, channels_last_input: bool = False) -> LoadedModel:
 
     Raises:
         UnsupportedError: for a Lambda layer, a custom object, an unknown layer class or option.
-        ShapeError: if stored weights disagree with the config, or a layer asks for more than
-            :data:`MAX_LAYER_PARAMS` parameters.
-        KerasFileError: (a ``ValueError``) for a missing, truncated or malformed file.
+        ShapeError: if stored weights disagree with the config, a layer asks for more than
+            :data:`MAX_LAYER_PARAMS` parameters, or the model for more than ``max_bytes``.
+        KerasFileError: (a ``ValueError``) for a missing, truncated, malformed or hostile file; every
+            error from the libraries reading it (h5py, zipfile, zlib, json) arrives as one, naming the file.
 
     Examples:
         >>> from pathlib import Path
@@ -1079,8 +947,24 @@ def load(path: str | Path, channels_last_input: bool = False) -> LoadedModel:
         >>> print(report.layers[0].keras_weights, report.layers[0].torch_weights)
         {'kernel': (3, 3, 3, 4), 'bias': (4,)} {'weight': (4, 3, 3, 3), 'bias': (4,)}
     """
-    kf = open_keras_file(path)
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise ShapeError(f"max_bytes must be a positive integer. Received max_bytes={max_bytes!r}.")
     try:
-        return _convert(kf, bool(channels_last_input))
-    finally:
-        kf.close()
+        kf = open_keras_file(path)
+        try:
+            return _convert(kf, bool(channels_last_input), max_bytes)
+        finally:
+            kf.close()
+    except CnnkitError:
+        raise
+    except RecursionError:
+        raise KerasFileError(f"{path}: the file is nested too deeply to read (RecursionError); it is damaged "
+                             "or hostile.") from None
+    except MemoryError:
+        raise KerasFileError(f"{path}: reading the file ran out of memory (MemoryError); it is damaged or "
+                             "declares more than it holds.") from None
+    except Exception as error:
+        # h5py, zipfile, zlib, struct, numpy: one error naming the file, whatever broke deep inside.
+        raise KerasFileError(f"{path}: the file could not be read ({type(error).__name__}: {error}); it is "
+                             "damaged or was not written by Keras. Re-save it with Keras "
+                             "(model.save('model.keras')) from a copy you trust.") from error
