@@ -1,0 +1,295 @@
+"""A trained segmentation network with its preprocessing: images in, label maps and probabilities out.
+
+:class:`Predictor` applies exactly what training applied to the data (:class:`Preprocessing`: band selection,
+standardisation with the training statistics, the validity band for missing pixels, sizes rounded up to the
+network's multiple), then runs the network in eval mode:
+
+* :meth:`Predictor.predict_image` — one image, whole;
+* :meth:`Predictor.predict_images` — many images of mixed sizes, grouped by size and run as padded batches
+  through :func:`cnnkit.masked`, each result equal to that image run alone;
+* :meth:`Predictor.predict_scene` — a scene larger than memory, read, run and written tile by tile with
+  :func:`~cnnkit.predict.tiled_forward`, equal to the whole-image result.
+
+Pixels without data (NaN, ±inf or the nodata value in any band) get ``ignore_value`` in the label map and
+zero probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cnnkit._checks import check_int
+from cnnkit.errors import ShapeError
+from cnnkit.masking import BucketBatchSampler, masked, pad_batch
+from cnnkit.predict.scene import Scene, create_tiff
+from cnnkit.predict.tiling import TileGeometry, tile_geometry, tiled_forward
+
+__all__ = ["Prediction", "Predictor", "Preprocessing"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What training did to every image, as numbers (see :class:`cnnkit.data.Standardized`).
+
+    Attributes:
+        mean, std: Per-band statistics of the training split (after ``bands`` selection).
+        nodata: A band value meaning "no data" (besides NaN and ±inf).
+        bands: Band indices kept, in order (``None``: all).
+        multiple_of: Sizes are padded at the bottom and right to a multiple of this (as missing pixels).
+        validity_band: Whether a validity band (1 = data) is appended as the last channel.
+
+    Examples:
+        >>> prep = Preprocessing(mean=(3.0,), std=(1.0,), nodata=0.0, multiple_of=2)
+        >>> x, valid = prep(torch.tensor([[[0.0, 2.0, 4.0]]]))
+        >>> x
+        tensor([[[ 0., -1.,  1.,  0.],
+                 [ 0.,  0.,  0.,  0.]],
+        <BLANKLINE>
+                [[ 0.,  1.,  1.,  0.],
+                 [ 0.,  0.,  0.,  0.]]])
+        >>> valid
+        tensor([[False,  True,  True]])
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    nodata: float | None = None
+    bands: tuple[int, ...] | None = None
+    multiple_of: int = 1
+    validity_band: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not all(s > 0 for s in self.std):
+            raise ShapeError(f"std must be positive and as long as mean. Received mean={self.mean}, std={self.std}.")
+        check_int(self.multiple_of, "multiple_of")
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the network sees: the kept bands, plus the validity band."""
+        return len(self.mean) + int(self.validity_band)
+
+    def select(self, image: Tensor) -> Tensor:
+        """The kept bands of a raw ``(C, H, W)`` image, as float32."""
+        image = torch.as_tensor(image)
+        if image.ndim != 3:
+            raise ShapeError(f"image must be (C, H, W). Received shape {tuple(image.shape)}.")
+        if self.bands is not None:
+            if max(self.bands) >= image.shape[0]:
+                raise ShapeError(f"The network was trained on bands {list(self.bands)} (counted from 0); the image "
+                                 f"has {image.shape[0]}.")
+            image = image[list(self.bands)]
+        if image.shape[0] != len(self.mean):
+            raise ShapeError(f"The network was trained on {len(self.mean)} bands. Received an image with "
+                             f"{image.shape[0]} (shape {tuple(image.shape)}).")
+        return image.float()
+
+    def standardize(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cat([bands, validity]) (C+1, H, W), valid (H, W))`` of a raw image, without padding."""
+        image = self.select(image)
+        missing = ~torch.isfinite(image)
+        if self.nodata is not None:
+            missing |= image == self.nodata
+        missing = missing.any(dim=0)
+        mean = torch.tensor(self.mean, dtype=torch.float64).float()[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float64).float()[:, None, None]
+        bands = ((image - mean) / std).masked_fill(missing, 0.0)
+        if self.validity_band:
+            bands = torch.cat([bands, (~missing).float()[None]])
+        return bands, ~missing
+
+    def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's input (padded to ``multiple_of``) and the ``(H, W)`` validity of the raw pixels."""
+        x, valid = self.standardize(image)
+        height, width = valid.shape
+        canvas = [math.ceil(v / self.multiple_of) * self.multiple_of for v in (height, width)]
+        if canvas != [height, width]:
+            padded = x.new_zeros(len(x), *canvas)
+            padded[:, :height, :width] = x
+            x = padded
+        return x, valid
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        labels: ``(H, W)`` int64 class per pixel; ``ignore_value`` where the image has no data.
+        probabilities: ``(K, H, W)`` float32 softmax over the classes; 0 where the image has no data.
+        valid: ``(H, W)`` bool, where the image has data.
+    """
+
+    labels: Tensor
+    probabilities: Tensor
+    valid: Tensor
+    ignore_value: int = 255
+    name: str = ""
+
+    @property
+    def confidence(self) -> Tensor:
+        """``(H, W)`` the winning class's probability (0 where no data)."""
+        return self.probabilities.max(dim=0).values
+
+    def class_pixels(self, num_classes: int) -> Tensor:
+        """Pixels predicted per class (no-data pixels not counted)."""
+        return torch.bincount(self.labels[self.valid].flatten(), minlength=num_classes)
+
+
+@dataclass
+class Predictor:
+    """A segmentation network and its preprocessing.
+
+    Args:
+        model: The network: ``(N, in_channels, H, W)`` → ``(N, K, H, W)`` logits. Put in eval mode.
+        preprocessing: What training did to the images.
+        class_names: One name per class (``K``).
+        palette: RGB colour per class (default: cnnkit's palette).
+        ignore_value: Label written where an image has no data (255 fits a ``uint8`` label map).
+        device: Where the network runs.
+
+    Examples:
+        >>> from cnnkit.models import TinySegNet
+        >>> prep = Preprocessing(mean=(0.0, 0.0), std=(1.0, 1.0), multiple_of=4)
+        >>> predictor = Predictor(TinySegNet(3, 4), prep, ("a", "b", "c", "d"))
+        >>> p = predictor.predict_image(torch.randn(2, 30, 21))
+        >>> p.labels.shape, p.probabilities.shape
+        (torch.Size([30, 21]), torch.Size([4, 30, 21]))
+    """
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    class_names: Sequence[str]
+    palette: Sequence[Sequence[int]] | None = None
+    ignore_value: int = 255
+    device: str | torch.device = "cpu"
+    _geometry: TileGeometry | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.model.eval().to(self.device)
+        self.class_names = tuple(self.class_names)
+        if isinstance(self.ignore_value, bool) or not -(2**15) <= self.ignore_value < 2**15:
+            raise ShapeError(f"ignore_value must fit an int16 label map. Received ignore_value={self.ignore_value}.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _finish(self, logits: Tensor, valid: Tensor, name: str = "") -> Prediction:
+        height, width = valid.shape
+        logits = logits[:, :height, :width].float()
+        if logits.shape[0] != self.num_classes:
+            raise ShapeError(f"The network returned {logits.shape[0]} classes; the run names {self.num_classes}.")
+        probabilities = torch.softmax(logits, dim=0).masked_fill(~valid, 0.0)
+        labels = logits.argmax(dim=0).masked_fill(~valid, self.ignore_value)
+        return Prediction(labels, probabilities, valid, self.ignore_value, name)
+
+    def predict_image(self, image: Tensor | np.ndarray, name: str = "") -> Prediction:
+        """Run one raw ``(C, H, W)`` image whole."""
+        x, valid = self.preprocessing(torch.as_tensor(image))
+        with torch.no_grad():
+            logits = self.model(x[None].to(self.device))[0].cpu()
+        return self._finish(logits, valid, name)
+
+    def predict_images(self, images: Sequence, batch_size: int = 8, names: Sequence[str] | None = None,
+                       on_image: Callable[[Prediction], None] | None = None) -> list[Prediction]:
+        """Run raw images of any sizes as padded batches of similar sizes through :func:`cnnkit.masked`.
+
+        Each result equals :meth:`predict_image` of that image alone. ``images`` may be tensors or a
+        function-free sequence of arrays; ``on_image`` is called as each result is ready (a progress bar).
+        """
+        check_int(batch_size, "batch_size")
+        names = list(names) if names is not None else [""] * len(images)
+        prepared = [self.preprocessing(torch.as_tensor(image)) for image in images]
+        sizes = [tuple(x.shape[1:]) for x, _ in prepared]
+        results: list[Prediction | None] = [None] * len(prepared)
+        runner = masked(self.model)
+        with torch.no_grad():
+            for batch in BucketBatchSampler(sizes, batch_size, shuffle=False):
+                padded = pad_batch([prepared[i][0] for i in batch]).to(self.device)
+                out = runner(padded)
+                pieces = out.unpad() if hasattr(out, "unpad") else list(out)  # a tensor when nothing was padded
+                for i, logits in zip(batch, pieces):
+                    results[i] = self._finish(logits.cpu(), prepared[i][1], names[i])
+                    if on_image is not None:
+                        on_image(results[i])
+        return results  # type: ignore[return-value]
+
+    def geometry(self) -> TileGeometry:
+        """The network's tile geometry (found once, then kept)."""
+        if self._geometry is None:
+            self._geometry = tile_geometry(self.model, self.preprocessing.in_channels)
+        return self._geometry
+
+    def predict_scene(self, scene: Scene, *, tile: int = 1024, labels_out=None, probabilities_out=None,
+                      on_tile: Callable[[int], None] | None = None) -> tuple[np.ndarray, Tensor]:
+        """Predict a scene tile by tile; the result equals :meth:`predict_image` of the whole scene.
+
+        Reads ``scene`` one window (tile plus halo) at a time and writes each tile's labels into the returned
+        ``(H, W)`` label array (``labels_out`` if given, e.g. a memory-mapped TIFF) and its probabilities into
+        ``probabilities_out`` (an ``(H, W, K)`` array, e.g. a float16 memory-mapped TIFF from
+        :func:`~cnnkit.predict.scene.create_tiff`) when given.
+
+        Args:
+            scene: From :func:`~cnnkit.predict.scene.open_scene`.
+            tile: Interior side of a tile in pixels (rounded up to the network's multiple).
+            labels_out: An ``(H, W)`` integer array to fill (default: a new ``int16`` array).
+            probabilities_out: An ``(H, W, K)`` array to fill, or ``None``.
+            on_tile: Called with the number of scene pixels each finished tile covered.
+
+        Returns:
+            ``(labels, class_pixels)``: the label array and the count of pixels predicted per class.
+        """
+        check_int(tile, "tile")
+        geometry = self.geometry()
+        multiple = math.lcm(self.preprocessing.multiple_of, *geometry.multiple)
+        height, width = scene.height, scene.width
+        canvas = tuple(math.ceil(v / multiple) * multiple for v in (height, width))
+        labels = labels_out if labels_out is not None else np.empty((height, width), np.int16)
+        counts = torch.zeros(self.num_classes, dtype=torch.long)
+        prep = self.preprocessing
+        last: dict = {}  # the validity of the window read last, for the write that follows it
+
+        def read(window: tuple[slice, slice]) -> Tensor:
+            rows, cols = window
+            raw = torch.from_numpy(scene.read(slice(rows.start, min(rows.stop, height)),
+                                              slice(cols.start, min(cols.stop, width))))
+            x, last["valid"] = prep.standardize(raw)
+            last["origin"] = (rows.start, cols.start)
+            full = x.new_zeros(len(x), rows.stop - rows.start, cols.stop - cols.start)
+            full[:, :x.shape[1], :x.shape[2]] = x  # the canvas's padding: missing pixels, as in training
+            return full[None].to(self.device)
+
+        def write(window: tuple[slice, slice], out: Tensor) -> None:
+            rows, cols = window
+            rows, cols = slice(rows.start, min(rows.stop, height)), slice(cols.start, min(cols.stop, width))
+            if rows.start >= rows.stop or cols.start >= cols.stop:
+                return
+            top, left = last["origin"]
+            valid = last["valid"][rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
+            result = self._finish(out[0].cpu(), valid)
+            labels[rows, cols] = result.labels.numpy().astype(labels.dtype, copy=False)
+            if probabilities_out is not None:
+                probabilities_out[rows, cols, :] = result.probabilities.permute(1, 2, 0).numpy()
+            counts.add_(result.class_pixels(self.num_classes))
+            if on_tile is not None:
+                on_tile(int(valid.numel()))
+
+        tiled_forward(self.model, read, geometry, tile=tile, size=canvas, write=write)
+        return labels, counts
+
+
+def write_probabilities(path: str | Path, prediction: Prediction, geo_tags=()) -> Path:
+    """Write ``(H, W, K)`` float16 class probabilities as a TIFF (georeferencing tags copied in)."""
+    probs = prediction.probabilities.permute(1, 2, 0).numpy().astype(np.float16)
+    out = create_tiff(path, probs.shape, np.float16, geo_tags)
+    out[:] = probs
+    out.flush()
+    del out
+    return Path(path)
