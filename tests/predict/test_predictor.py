@@ -85,8 +85,8 @@ def test_scene_tiled_equals_whole_and_keeps_tags(tmp_path, channels_last):
     image = _scene(150, 101)
     path = tmp_path / "scene.tif"
     tags = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True)]
-    tifffile.imwrite(path, image.transpose(1, 2, 0) if channels_last else image, extratags=tags, photometric="minisblack",
-                     planarconfig="contig" if channels_last else "separate")
+    tifffile.imwrite(path, image.transpose(1, 2, 0) if channels_last else image, extratags=tags,
+                     photometric="minisblack", planarconfig="contig" if channels_last else "separate")
     scene = open_scene(path, bands=4)
     assert scene.shape == (4, 150, 101) and len(scene.geo_tags) == 2
     out = create_tiff(tmp_path / "labels.tif", (150, 101), np.uint8, scene.geo_tags)

@@ -13,10 +13,10 @@ instead of data, and each op carries that error inward — a convolution or pool
 ``d``, left padding ``p`` and stride ``s`` by ``max(p + s − 1, (k − 1)·d − p)`` of its input pixels, a
 transposed convolution by ``((k − 1)·d + output_padding + 1) / s``, interpolation by 1 (nearest), 2 (linear)
 or 3 (cubic), explicit padding by its width — each times the scene pixels per pixel where it runs; the halo
-is the sum, rounded up to the stride. Ops for which no halo can be enough — global or adaptive pooling, attention, train-mode statistics,
-circular padding — are refused with the op's name. The trace is then *checked*: a probe scene is run whole
-and tiled, and any difference is an error, so an op the trace did not know (a spatial softmax, a Linear over
-the width axis) cannot give a silent wrong answer.
+is the sum, rounded up to the stride. Ops for which no halo can be enough — global or adaptive pooling,
+attention, train-mode statistics, circular padding — are refused with the op's name. The trace is then
+*checked*: a probe scene is run whole and tiled, and any difference is an error, so an op the trace did not
+know (a spatial softmax, a Linear over the width axis) cannot give a silent wrong answer.
 
 Examples:
     >>> from torch import nn
@@ -200,8 +200,9 @@ class _Tracer(TorchFunctionMode):
         if func in (F.batch_norm, torch.batch_norm):
             bound = _bind(func, args, kwargs)
             if bound["training"]:
-                raise UnsupportedError(f"Tiles cannot reproduce batch_norm in training mode{f' in {where}' if where else ''}"
-                                       ": its statistics come from the whole batch. Call model.eval() first.")
+                raise UnsupportedError(f"Tiles cannot reproduce batch_norm in training mode"
+                                       f"{f' in {where}' if where else ''}: its statistics come from the whole batch. "
+                                       "Call model.eval() first.")
         out = func(*args, **kwargs)
         if func in _CONV or func in _POOL or func is F.unfold:
             dims = _CONV.get(func) or _POOL.get(func) or 2
@@ -232,7 +233,8 @@ class _Tracer(TorchFunctionMode):
             ratio = self._ratio(bound["input"], dims)
             self._ratio(out, dims)
             self._add(f"{func.__name__} k={kernel} s={stride}",
-                      tuple(((k - 1) * d + e + 1) * r / s for k, s, d, e, r in zip(kernel, stride, dilation, extra, ratio)))
+                      tuple(((k - 1) * d + e + 1) * r / s
+                            for k, s, d, e, r in zip(kernel, stride, dilation, extra, ratio)))
         elif func is F.interpolate:
             bound = _bind(func, args, kwargs)
             x = bound["input"]
@@ -296,7 +298,7 @@ def _output(value: Any) -> Tensor:
 
 
 def _round_up(value: int | Fraction, multiple: int) -> int:
-    return int(math.ceil(value / multiple)) * multiple
+    return math.ceil(value / multiple) * multiple
 
 
 def tile_geometry(
