@@ -8,7 +8,7 @@ from typing import Any
 
 from cnnkit.errors import ShapeError
 
-__all__ = ["check_choice", "check_int", "ntuple"]
+__all__ = ["check_bool", "check_choice", "check_int", "ntuple"]
 
 
 def _is_int(value: Any) -> bool:
@@ -29,6 +29,24 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
     if not _is_int(value) or value < minimum:
         raise ShapeError(f"{name} must be an integer >= {minimum}. Received {name}={value!r}.")
     return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``; else one clear error.
+
+    Flags are not truth-tested: ``per_sample="no"`` would otherwise mean ``True``.
+
+    Examples:
+        >>> check_bool(False, "bias")
+        False
+        >>> check_bool("yes", "per_sample")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: per_sample must be True or False. Received per_sample='yes'.
+    """
+    if isinstance(value, bool):
+        return value
+    raise ShapeError(f"{name} must be True or False. Received {name}={value!r}.")
 
 
 def ntuple(value: Any, n: int, name: str, *, minimum: int | None = 1) -> tuple[int, ...]:

@@ -334,6 +334,50 @@ def test_gradcheck(fn):
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_or_inf_at_ignored_pixels_changes_nothing(fn, value):
+    """Selected, not multiplied: NaN/inf under ignored labels leaves the loss and every gradient as with
+    zeros there (exactly), and equal to the loss of the counted pixels alone (F.cross_entropy for CE)."""
+    logits, target = random_case()
+    ignored = torch.zeros(target.shape, dtype=torch.bool)
+    ignored[0, 1:3, 2:5] = True
+    target = torch.where(ignored, -100, target)
+    loss0, grad0 = _value_and_grad(fn, logits.masked_fill(ignored.unsqueeze(1), 0.0), target)
+    loss, grad = _value_and_grad(fn, logits.masked_fill(ignored.unsqueeze(1), value), target)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+    if fn is pixel_cross_entropy:
+        torch.testing.assert_close(loss, F.cross_entropy(logits, target))
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_or_inf_at_counted_pixels_is_an_error_with_the_count(fn, value):
+    logits, target = random_case()  # (2, 4, 5, 6)
+    bad = logits.clone()
+    bad[0, 2, 1, 3] = value
+    bad[1, :, 4, 0] = value
+    with pytest.raises(ShapeError, match=r"logits must be finite at counted pixels.*Received 2 counted pixel\(s\) "
+                                         r"of logits \(shape \(2, 4, 5, 6\)\).*first at \(n, \*spatial\)=\(0, 1, 3\)"):
+        fn(bad, target)
+    only_minus_inf = logits.clone()
+    only_minus_inf[1, :, 0, 0] = -math.inf  # no finite maximum: softmax is NaN
+    with pytest.raises(ShapeError, match=r"Received 1 counted pixel"):
+        fn(only_minus_inf, target)
+    # ...but the same pixels ignored are fine
+    target = target.clone()
+    target[0, 1, 3] = target[1, 4, 0] = -100
+    assert torch.isfinite(fn(bad, target))
+
+
+def test_minus_inf_at_some_classes_is_probability_zero():
+    logits, target = random_case()
+    logits[:, 3] = -math.inf
+    target = target.clamp(max=2)
+    torch.testing.assert_close(pixel_cross_entropy(logits, target), F.cross_entropy(logits[:, :3], target))
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
 def test_errors(fn):
     logits, target = random_case()
     with pytest.raises(ShapeError, match=r"target values must be class indices in \[0, 4\).*Received a value 4"):
@@ -373,6 +417,11 @@ def test_module_errors_at_construction():
         DiceLoss(smooth=-0.1)
     with pytest.raises(ShapeError, match=r"Unknown reduction 'mena'"):
         DiceLoss(reduction="mena")
+    with pytest.raises(ShapeError, match=r"per_sample must be True or False\. Received per_sample='yes'"):
+        DiceLoss(per_sample="yes")
+    logits, target = random_case()
+    with pytest.raises(ShapeError, match=r"per_sample must be True or False\. Received per_sample='yes'"):
+        dice_loss(logits, target, per_sample="yes")  # the functional form was truth-tested
 
 
 def test_public_names():

@@ -355,3 +355,58 @@ def test_chained_layers_fill_a_hole_step_by_step():
         x, mask = layer(x, mask)
         holes.append(int((~mask).sum()))
     assert holes == [16, 4, 0, 0]  # 6×6 hole → 4×4 → 2×2 → filled
+
+
+# --- NaN and inf under the mask ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("multi_channel", [False, True], ids=["shared", "multi"])
+def test_nan_under_the_mask_equals_zeros_there(value, multi_channel):
+    """A cloud stored as NaN: output and every gradient equal the run with zeros there, and the loop reference."""
+    torch.manual_seed(0)
+    conv = PartialConv2d(2, 3, 3, padding=1, multi_channel=multi_channel).double()
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    mask = torch.rand(2, 2 if multi_channel else 1, 6, 6) > 0.4
+    hidden = (~mask).expand_as(x)
+    results = []
+    for fill in (value, 0.0):
+        data = x.masked_fill(hidden, fill).requires_grad_(True)
+        conv.zero_grad(set_to_none=True)
+        y, _ = conv(data, mask)
+        y.square().sum().backward()
+        results.append((y, data.grad, conv.weight.grad, conv.bias.grad))
+    (y, gx, gw, gb), (y0, gx0, gw0, gb0) = results
+    assert torch.isfinite(y).all() and torch.isfinite(gx).all() and torch.isfinite(gw).all()
+    torch.testing.assert_close((y, gx, gw, gb), (y0, gx0, gw0, gb0), rtol=0, atol=0)
+    assert (gx[hidden] == 0).all()
+    expected, _ = reference(x.masked_fill(hidden, 0.0), mask, conv.weight.detach(), conv.bias.detach(), padding=1)
+    torch.testing.assert_close(y.detach(), expected)
+
+
+def test_nan_in_a_float_mask_counts_as_missing():
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    mask = torch.ones(1, 1, 5, 5, dtype=torch.float64)
+    mask[0, 0, 2, 2] = math.nan
+    weight = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    y, new_mask = partial_conv(x, mask, weight, padding=1)
+    zero_mask = mask.nan_to_num(0.0)
+    y0, new_mask0 = partial_conv(x, zero_mask, weight, padding=1)
+    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    assert torch.equal(new_mask, new_mask0)
+    torch.testing.assert_close(y, reference(x, zero_mask, weight, None, padding=1)[0])
+
+
+def test_bad_constructor_arguments_raise_cnnkit_errors():
+    with pytest.raises(ShapeError, match=r"bias must be True or False\. Received bias='yes'"):
+        PartialConv2d(3, 4, 3, bias="yes")
+    with pytest.raises(ShapeError, match=r"in_channels must be an integer >= 1\. Received in_channels=0"):
+        PartialConv2d(0, 4, 3)
+    with pytest.raises(ShapeError, match=r"out_channels must be an integer >= 1\. Received out_channels=True"):
+        PartialConv2d(3, True, 3)
+    with pytest.raises(ShapeError, match=r"kernel_size must be .*Received kernel_size=\(3, 0\)"):
+        PartialConv2d(3, 4, (3, 0))
+    with pytest.raises(ShapeError, match=r"divisible by groups\. Received in_channels=3, out_channels=4, groups=2"):
+        PartialConv2d(3, 4, 3, groups=2)
+    with pytest.raises(ShapeError, match=r"padding='same' needs stride 1"):
+        PartialConv1d(3, 4, 3, stride=2, padding="same")

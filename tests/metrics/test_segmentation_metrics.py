@@ -117,6 +117,37 @@ def test_one_hot_targets_with_unlabelled_pixels():
     np.testing.assert_array_equal(confusion_matrix(logits, hot, 5).numpy(), expected)
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_scores_at_counted_pixels_are_an_error_not_class_0(value):
+    """An all-NaN network scored mean IoU 0.167 (every pixel arg-maxed to class 0); now it is refused."""
+    target = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
+    nan_net = torch.full((1, 3, 2, 3), value)
+    with pytest.raises(ShapeError, match=r"preds must be finite at counted pixels.*Received 6 counted pixel\(s\) "
+                                         r"of preds \(shape \(1, 3, 2, 3\)\)"):
+        confusion_matrix(nan_net, target, 3)
+    metric = SegmentationMetrics(3)
+    with pytest.raises(ShapeError, match=r"Received 6 counted pixel"):
+        metric.update(nan_net, target)
+    assert int(metric.confmat.sum()) == 0  # nothing was counted
+
+
+def test_nan_scores_at_left_out_pixels_are_not_read():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, 3, 2, 3, generator=g)
+    target = torch.tensor([[[0, 1, 2], [-100, 1, 255]]])
+    dirty = scores.clone()
+    dirty[0, :, 1, 0] = math.nan
+    dirty[0, 1, 1, 2] = math.inf
+    expected = loop_confusion(scores.argmax(1).numpy(), target.numpy(), 3, left_out=(-100, 255))
+    np.testing.assert_array_equal(confusion_matrix(dirty, target, 3, ignore_index=255).numpy(), expected)
+    # padding of a PaddedBatch too
+    batch = pad_batch([torch.randn(3, 2, 2, generator=g), torch.randn(3, 1, 3, generator=g)])
+    labels = torch.zeros(2, 2, 3, dtype=torch.long)
+    clean = confusion_matrix(batch, labels, 3)
+    batch.data[~batch.mask().expand_as(batch.data)] = math.nan
+    assert torch.equal(confusion_matrix(batch, labels, 3), clean)
+
+
 def test_errors():
     logits, target = random_data(0)
     with pytest.raises(ShapeError, match=r"target values must be class indices in \[0, 5\).*Received a value 255"):

@@ -289,6 +289,75 @@ def test_pixel_mask_on_a_strided_grid():
     torch.testing.assert_close(c[0], ref_c)
 
 
+# --- NaN and inf under a mask (a cloud or a missing frame stored as NaN) -------------------------------
+
+
+def _poisoned(x, invalid, value):
+    """``x`` with ``value`` at the ``invalid`` positions (bool, broadcast to x), and ``x`` with zeros there."""
+    invalid = invalid.expand_as(x)
+    return x.masked_fill(invalid, value), x.masked_fill(invalid, 0.0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("kind", ["step", "pixel"])
+@pytest.mark.parametrize(("kwargs", "layers"), [({}, 1), (dict(kernel_size=3, padding=2, dilation=2), 1),
+                                                 ({}, 2)], ids=["fused", "split", "two_layers_bi"])
+def test_nan_under_the_mask_equals_zeros_there(value, kind, kwargs, layers):
+    """Outputs, states and every gradient equal those of the run with zeros under the mask (and are finite)."""
+    torch.manual_seed(0)
+    kernel = kwargs.pop("kernel_size", 3)
+    m = rand_module(2, 3, kernel, num_layers=layers, bidirectional=layers > 1, **kwargs)
+    x = torch.randn(2, 4, 2, 6, 6, dtype=D64)
+    if kind == "step":
+        mask = torch.tensor([[True, False, True, True], [True, True, True, False]])
+        invalid = ~mask[:, :, None, None, None]
+    else:
+        mask = torch.rand(2, 4, 6, 6) > 0.3
+        invalid = ~mask[:, :, None]
+    bad, clean = _poisoned(x, invalid, value)
+    results = []
+    for data in (bad, clean):
+        data = data.clone().requires_grad_(True)
+        m.zero_grad(set_to_none=True)
+        out, (h, c) = m(data, mask=mask)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        results.append((out, h, c, data.grad, [p.grad for p in m.parameters()]))
+    (out, h, c, gx, gp), (out0, h0, c0, gx0, gp0) = results
+    assert torch.isfinite(out).all() and torch.isfinite(h).all() and torch.isfinite(c).all()
+    torch.testing.assert_close(out, out0, rtol=0, atol=0)
+    torch.testing.assert_close((h, c), (h0, c0), rtol=0, atol=0)
+    assert torch.isfinite(gx).all() and all(torch.isfinite(g).all() for g in gp)
+    torch.testing.assert_close(gx, gx0, rtol=0, atol=0)
+    torch.testing.assert_close(gp, gp0, rtol=0, atol=0)
+    assert (gx[invalid.expand_as(gx)] == 0).all()  # nothing flows back into what is not data
+
+
+def test_nan_under_a_strided_pixel_mask_keeps_the_states_exact():
+    """On a strided grid the input is read as given, but a NaN that only reaches masked state pixels is
+    not kept: those pixels keep their old h and c (selected, not lerped), so the outputs stay finite."""
+    m = rand_module(1, 2, 1, stride=2)  # 1×1 kernel, stride 2: input pixel (2y, 2x) feeds state pixel (y, x)
+    x = torch.randn(1, 3, 1, 4, 4, dtype=D64)
+    mask = torch.ones(1, 3, 2, 2, dtype=torch.bool)
+    mask[0, 1, 0, 0] = False
+    bad, clean = x.clone(), x.clone()
+    bad[0, 1, 0, 0, 0], clean[0, 1, 0, 0, 0] = math.nan, 0.0
+    out, (h, c) = m(bad, mask=mask)
+    out0, (h0, c0) = m(clean, mask=mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close((out, h, c), (out0, h0, c0), rtol=0, atol=0)
+    ref_out, _, _ = ref_of(m, clean, mask=mask)
+    torch.testing.assert_close(out0[0], ref_out[0])
+
+
+def test_nan_at_valid_pixels_propagates():
+    """The documented policy: NaN in valid data is not hidden by the layer."""
+    m = rand_module(2, 3, 3)
+    x = torch.randn(1, 2, 2, 5, 5, dtype=D64)
+    x[0, 0, 0, 2, 2] = math.nan
+    out, _ = m(x, mask=torch.ones(1, 2, 5, 5, dtype=torch.bool))
+    assert torch.isnan(out[0, 0, :, 2, 2]).all()
+
+
 # --- bidirectional and stacked ------------------------------------------------------------------------
 
 
@@ -510,7 +579,7 @@ def test_mask_of_wrong_shape_names_both_shapes():
         m(x, mask=torch.ones(2, 4, 8, 8, dtype=torch.bool))
     with pytest.raises(ShapeError, match=r"Received mask of shape \(4, 2\)"):
         m(x, mask=torch.ones(4, 2, dtype=torch.bool))
-    with pytest.raises(TypeError, match=r"mask must be a bool tensor"):
+    with pytest.raises(ShapeError, match=r"mask must be a bool tensor"):
         m(x, mask=torch.ones(2, 4))
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "REDUCTIONS",
     "Target",
     "check_class_weight",
+    "check_finite_at",
     "check_ignore_index",
     "check_reduction",
     "check_sample_weight",
@@ -37,6 +38,34 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def shape_text(shape: Sequence[int]) -> str:
     return str(tuple(int(s) for s in shape))
+
+
+def check_finite_at(scores: Tensor, valid: Tensor, name: str) -> None:
+    """Refuse a score vector without a finite maximum at a counted pixel, naming ``name`` and the count.
+
+    ``scores`` is (N, C, *spatial), ``valid`` (N, *spatial). A pixel is refused when its vector holds a
+    NaN, a +inf, or only −inf: its softmax is NaN and its arg-max meaningless. −inf at some classes is
+    fine (probability 0). Left-out pixels (ignored labels, padding) may hold anything: they are
+    selected away, never read. One reduction over ``scores`` and one host sync per call.
+
+    Examples:
+        >>> scores = torch.tensor([[[0.0, float("nan")], [1.0, 2.0]]])   # (N=1, C=2, L=2)
+        >>> check_finite_at(scores, torch.tensor([[True, False]]), "logits")   # the NaN pixel is not counted
+        >>> check_finite_at(scores, torch.tensor([[True, True]]), "logits")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: logits must be finite at counted pixels ... Received 1 counted pixel(s) of \
+logits (shape (1, 2, 2)) with NaN, +inf or only −inf, the first at (n, *spatial)=(0, 1).
+    """
+    bad = valid & ~torch.isfinite(scores.amax(dim=1))  # amax propagates NaN
+    count = int(bad.sum())
+    if count:
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ShapeError(
+            f"{name} must be finite at counted pixels (NaN, +inf or all −inf there has no class and no loss; "
+            f"any value at an ignored or padded pixel is fine). Received {count} counted pixel(s) of {name} "
+            f"(shape {shape_text(scores.shape)}) with NaN, +inf or only −inf, the first at (n, *spatial)={first}."
+        )
 
 
 def check_reduction(reduction: str) -> str:

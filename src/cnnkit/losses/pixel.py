@@ -9,8 +9,15 @@ Every loss takes logits (N, C, *spatial) — *spatial is (L,), (H, W) or (T, H, 
 * one-hot or probabilities (N, C, *spatial): a pixel whose vector is all zero has no label and is left out.
 
 Pixels in the padding of a ``PaddedBatch`` are left out as well. Left-out pixels contribute nothing:
-changing their logits changes neither the loss nor any gradient (their logits are replaced by zeros
-before the softmax, so even ``inf``/``nan`` there is harmless).
+changing their logits changes neither the loss nor any gradient (their logits are *selected* away —
+replaced by zeros with ``torch.where``, never multiplied — before the softmax, so even ``inf``/``nan``
+there is harmless).
+
+NaN and inf at *counted* pixels are an error (a :class:`~cnnkit.ShapeError` naming ``logits``, the number
+of such pixels and the first one), not a silent NaN loss: a network that produces them has diverged or
+read NaN input. Precisely, a counted pixel is refused when its logits hold a NaN, a +inf, or only −inf
+(no finite maximum: its softmax is NaN); −inf at some classes is allowed (probability 0). The check is
+one reduction over the logits per call.
 
 Weights. ``class_weight`` (C,) weights each pixel by its class (for probability targets by
 ``Σ_c class_weight[c]·target[c]``); ``sample_weight`` broadcasts to (N, *spatial) with the same number
@@ -29,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit.errors import ShapeError
+from cnnkit._checks import check_bool
 from cnnkit.losses._common import (
     Target,
     check_class_weight,
+    check_finite_at,
     check_ignore_index,
     check_nonnegative_number,
     check_reduction,
@@ -61,6 +69,7 @@ def _prepare(logits, target, class_weight, ignore_index, sample_weight):
     resolved = resolve_target(target, data.shape, ignore_index, pad_mask)
     weight = check_class_weight(class_weight, data.shape[1])
     sample_weight = check_sample_weight(sample_weight, (data.shape[0], *data.shape[2:]))
+    check_finite_at(data, resolved.valid, "logits")
     # Left-out pixels get zero logits: their values (even inf/nan) reach neither the loss nor the gradient.
     data = torch.where(resolved.valid.unsqueeze(1), data, torch.zeros((), dtype=data.dtype, device=data.device))
     return data, resolved, weight, sample_weight
@@ -244,6 +253,7 @@ def dice_loss(
     """
     reduction = check_reduction(reduction)
     smooth = check_nonnegative_number(smooth, "smooth")
+    per_sample = check_bool(per_sample, "per_sample")
     data, resolved, weight, sample_weight = _prepare(logits, target, class_weight, ignore_index, sample_weight)
     dtype = data.dtype
     num_classes = data.shape[1]
@@ -353,9 +363,7 @@ class DiceLoss(_PixelLoss):
     ) -> None:
         super().__init__(class_weight, ignore_index, reduction)
         self.smooth = check_nonnegative_number(smooth, "smooth")
-        if not isinstance(per_sample, bool):
-            raise ShapeError(f"per_sample must be True or False. Received per_sample={per_sample!r}.")
-        self.per_sample = per_sample
+        self.per_sample = check_bool(per_sample, "per_sample")
 
     def forward(self, logits: Tensor | PaddedBatch, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         return dice_loss(

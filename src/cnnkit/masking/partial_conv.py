@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit._checks import check_choice, ntuple
+from cnnkit._checks import check_bool, check_choice, check_int, ntuple
 from cnnkit.errors import ShapeError
 
 __all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d", "partial_conv"]
@@ -58,18 +58,22 @@ def partial_conv(
     ``size`` the number of entries in the window (``k_1·…·k_D`` for a shared mask,
     ``k_1·…·k_D·C_in/groups`` for a per-channel mask):
 
-    - ``output = conv(input · m, weight) · size / count + bias`` where ``count > 0``,
+    - ``output = conv(where(m, input, 0), weight) · size / count + bias`` where ``count > 0``,
     - ``output = 0`` (bias included) where ``count = 0``,
     - ``updated_mask = (count > 0)``.
 
-    Zero padding is invalid input. Nothing is cached: the count is a convolution of the mask with a ones
+    Zero padding is invalid input. Missing pixels are *selected* away (``torch.where``), never multiplied
+    by 0, so NaN or inf stored under the mask (a cloud stored as NaN) changes no output and no gradient:
+    the result equals the run with zeros there. NaN at valid pixels propagates as in ``F.conv2d``.
+
+    Nothing is cached: the count is a convolution of the mask with a ones
     kernel, computed each call without gradient and in float32 (float64 for float64 input) even under
     autocast, so no window can divide by zero or round a count.
 
     Args:
         input: (N, C_in, *spatial) with 1 to 3 spatial dimensions.
         mask: (N, 1, *spatial), shared by all channels, or (N, C_in, *spatial), one per channel; bool or
-            floating point, nonzero = valid.
+            floating point, nonzero = valid (NaN counts as missing).
         weight: (C_out, C_in / groups, *kernel_size), as for ``F.conv2d``.
         bias: (C_out,) or ``None``.
         stride, dilation: Int or tuple, as for ``F.conv2d``.
@@ -137,8 +141,10 @@ def partial_conv(
     else:
         padding = ntuple(padding, d, "padding", minimum=0)
     conv = _CONV[d]
-    valid = mask != 0
-    raw = conv(input * valid.to(input.dtype), weight, None, stride, padding, dilation, groups)
+    valid = (mask != 0) & (mask == mask)  # nonzero = valid; a NaN in a float mask counts as missing
+    # Selected, not multiplied: a NaN or inf under a missing pixel reaches neither the output nor a gradient.
+    raw = conv(torch.where(valid, input, torch.zeros((), dtype=input.dtype, device=input.device)), weight, None,
+               stride, padding, dilation, groups)
 
     shared = not multi_channel if multi_channel is not None else mask.shape[1] == 1
     kernel = tuple(weight.shape[2:])
@@ -161,8 +167,30 @@ def partial_conv(
     return output, seen.to(mask.dtype)
 
 
+def _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, d: int) -> None:
+    """The constructor's arguments, checked here so that bad ones raise cnnkit's errors, not nn.ConvNd's."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        check_int(value, name)
+    if in_channels % groups or out_channels % groups:
+        raise ShapeError(
+            f"in_channels and out_channels must be divisible by groups. Received in_channels={in_channels}, "
+            f"out_channels={out_channels}, groups={groups}."
+        )
+    ntuple(kernel_size, d, "kernel_size")
+    stride = ntuple(stride, d, "stride")
+    ntuple(dilation, d, "dilation")
+    if isinstance(padding, str):
+        check_choice(padding, ("valid", "same"), "padding")
+        if padding == "same" and any(s != 1 for s in stride):
+            raise ShapeError(f"padding='same' needs stride 1, as in PyTorch. Received stride={stride}.")
+    else:
+        ntuple(padding, d, "padding", minimum=0)
+
+
 class _PartialConvNd:
     """Shared body of :class:`PartialConv1d`, :class:`PartialConv2d` and :class:`PartialConv3d`."""
+
+    _ndim: int
 
     def __init__(
         self,
@@ -187,7 +215,9 @@ class _PartialConvNd:
             )
         if not isinstance(multi_channel, bool):
             raise ShapeError(f"multi_channel must be a bool. Received multi_channel={multi_channel!r}.")
-        super().__init__(  # the nn.ConvNd next in the MRO checks the remaining arguments
+        check_bool(bias, "bias")
+        _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, self._ndim)
+        super().__init__(  # the nn.ConvNd next in the MRO stores the arguments
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device, dtype,
         )
@@ -226,6 +256,8 @@ class PartialConv1d(_PartialConvNd, nn.Conv1d):
         (torch.Size([4, 3, 10]), torch.Size([4, 1, 10]))
     """
 
+    _ndim = 1
+
 
 class PartialConv2d(_PartialConvNd, nn.Conv2d):
     """``nn.Conv2d`` that skips missing inputs: ``forward(input, mask) → (output, updated_mask)``.
@@ -246,6 +278,8 @@ class PartialConv2d(_PartialConvNd, nn.Conv2d):
         Liu et al., "Image Inpainting for Irregular Holes Using Partial Convolutions", ECCV 2018.
     """
 
+    _ndim = 2
+
 
 class PartialConv3d(_PartialConvNd, nn.Conv3d):
     """``nn.Conv3d`` that skips missing inputs: ``forward(input, mask) → (output, updated_mask)``.
@@ -258,3 +292,5 @@ class PartialConv3d(_PartialConvNd, nn.Conv3d):
         >>> conv(torch.randn(1, 1, 7, 7, 7), torch.ones(1, 1, 7, 7, 7))[0].shape
         torch.Size([1, 2, 3, 3, 3])
     """
+
+    _ndim = 3

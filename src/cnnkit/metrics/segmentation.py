@@ -8,6 +8,11 @@ Which pixels count is decided as for the losses (:mod:`cnnkit.losses.pixel`): a 
 label is ``ignore_index`` or −100, when its one-hot target vector is all zero, or when it lies in the
 padding of a :class:`~cnnkit.PaddedBatch` of predictions.
 
+NaN and inf in float ``preds`` at a counted pixel are an error (a :class:`~cnnkit.ShapeError` naming
+``preds`` and the number of such pixels): the arg-max of a NaN vector is class 0, so an all-NaN network
+would get a plausible IoU. As for the losses, a counted pixel is refused when its scores hold a NaN, a
++inf or only −inf; −inf at some classes is allowed. Left-out pixels may hold anything.
+
 Absent classes: the IoU of a class that appears neither in the targets nor in the predictions of the
 counted pixels is ``0/0`` and reported as NaN; :func:`mean_iou` averages the other classes (a class that
 is predicted but never true has IoU 0 and does count).
@@ -22,7 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from cnnkit.errors import ShapeError
-from cnnkit.losses._common import check_ignore_index, resolve_target, shape_text
+from cnnkit.losses._common import check_finite_at, check_ignore_index, resolve_target, shape_text
 from cnnkit.masking.batch import PaddedBatch
 
 __all__ = ["SegmentationMetrics", "confusion_matrix", "iou", "mean_iou"]
@@ -40,7 +45,8 @@ def confusion_matrix(
     """Confusion matrix (C, C) of counted pixels: entry ``[i, j]`` counts pixels of true class i predicted as j.
 
     Args:
-        preds: Logits or probabilities (N, C, *spatial) (the arg-max over C is the prediction), integer
+        preds: Logits or probabilities (N, C, *spatial) (the arg-max over C is the prediction; NaN or inf
+            at a counted pixel is an error), integer
             labels (N, *spatial), or a :class:`~cnnkit.PaddedBatch` of either (its padding is left out).
         target: Integer labels (N, *spatial) or one-hot (N, C, *spatial) (all-zero vector: no label).
         num_classes: Number of classes C.
@@ -81,6 +87,8 @@ def confusion_matrix(
         shape = (preds.shape[0], num_classes, *preds.shape[1:])
         labels_pred = preds
     resolved = resolve_target(target, shape, ignore_index, pad_mask)
+    if preds.is_floating_point():
+        check_finite_at(preds, resolved.valid, "preds")
     true = resolved.labels if resolved.probs is None else resolved.probs.argmax(dim=1)
     valid = resolved.valid
     pred = labels_pred[valid].long()

@@ -26,6 +26,13 @@ Masks (bool, ``True`` = valid):
   pixels is also treated as zero before the input convolution, so invalid pixels do not leak into their
   neighbours. With a strided or ``"valid"`` input convolution the grids differ and the input is used as
   given (zero it yourself if needed).
+
+NaN and inf (a cloud or a missing frame stored as NaN): the input at masked steps, and at masked pixels
+when the grids agree, is *selected* away (``torch.where``), never multiplied by 0, so a NaN or inf there
+changes no valid output, no state and no gradient — the result equals the run with zeros there. Where the
+grids differ, the kept states stay exact (also selected), but the input convolution reads the input as
+given: replace NaN yourself. NaN or inf at *valid* positions propagates like in any torch layer (the
+losses and metrics of cnnkit then refuse it, naming the count).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit._checks import check_choice, ntuple
+from cnnkit._checks import check_bool, check_choice, ntuple
 from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import dot, x
 from cnnkit.explainers.registry import LayerReport, register_explainer
@@ -98,7 +105,7 @@ def _state_mask(mask: Tensor | None, batch: int, steps: int, state_size: tuple[i
         return None, False
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"{name}: mask must be a bool tensor (True = valid). Received {got}.")
+        raise ShapeError(f"{name}: mask must be a bool tensor (True = valid). Received {got}.")
     step_shape, pixel_shape = (batch, steps), (batch, steps, *state_size)
     if tuple(mask.shape) == step_shape:
         return mask.reshape(batch, steps, 1, *(1,) * len(state_size)), False
@@ -194,8 +201,12 @@ def conv_lstm_nd(
 
     # The mask as 1.0 (valid) / 0.0 (invalid) in the input's dtype: the weight of the selections below.
     weight_mask = None if step_mask is None else step_mask.to(input.dtype)
-    if per_pixel and state_size == size:
-        input = input * weight_mask  # invalid pixels contribute zeros to their neighbours' convolutions
+    cleaned = step_mask is not None and (not per_pixel or state_size == size)
+    if cleaned:
+        # Invalid steps and pixels read as zeros: selected, not multiplied, so that a NaN or inf stored
+        # there (a cloud, a missing frame) reaches neither the valid outputs nor any gradient. The gates
+        # at invalid positions are then finite, which the lerp selection below relies on.
+        input = torch.where(step_mask, input, torch.zeros((), dtype=input.dtype, device=input.device))
     pads = padding_amounts(size, kernel, strides, pad, dilations)
     rec_pads = padding_amounts(state_size, tuple(weight_hh.shape[2:]), 1, "same", 1)
     ones = (1,) * n
@@ -234,8 +245,17 @@ def conv_lstm_nd(
             # states (its kernel computes lerp(a, b, 0) = a + 0·(b − a) = a and lerp(a, b, 1) =
             # b − (b − a)·0 = b) with torch.where's gradients (grad·(1 − w) and grad·w), and on CPU it is
             # about 8× faster than torch.where (measured on the benchmark's (8, 16, 32, 32) states).
-            w = weight_steps[t]
-            h, c = torch.lerp(h, h_new, w), torch.lerp(c, c_new, w)
+            # It is not NaN-safe (lerp(a, NaN, 0) is NaN): it relies on the new state being finite where
+            # the mask is False, which the zeroed input above ensures (a NaN there can only come from
+            # valid data, whose outputs are NaN anyway).
+            # Where the input could not be cleaned (a per-pixel mask on a strided or "valid" grid),
+            # torch.where keeps the old state even when the new one is NaN.
+            if cleaned:
+                w = weight_steps[t]
+                h, c = torch.lerp(h, h_new, w), torch.lerp(c, c_new, w)
+            else:
+                keep = step_mask[:, t]
+                h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
         outputs[t] = h
     return torch.stack(outputs, 1), (h, c)
 
@@ -270,8 +290,8 @@ class _ConvLSTMNd(KerasWeightsMixin, nn.Module):
         self.stride = ntuple(stride, n, "stride")
         self.padding = check_padding(padding, n)
         self.dilation = ntuple(dilation, n, "dilation")
-        self.bias = bool(bias)
-        self.bidirectional = bool(bidirectional)
+        self.bias = check_bool(bias, "bias")
+        self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.num_layers = positive_int(num_layers, "num_layers")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ShapeError(f"dropout must be a number in [0, 1]. Received dropout={dropout!r}.")
