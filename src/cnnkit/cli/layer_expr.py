@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import inspect
 
+import torch
 from torch import nn
 
 from cnnkit.errors import CnnkitError, ShapeError
@@ -75,12 +76,17 @@ def _build(node: ast.Call, text: str, layers: dict[str, type[nn.Module]]) -> nn.
     kwargs = {k.arg: _value(k.value, text, layers) for k in node.keywords}
     try:
         return layers[name](*args, **kwargs)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise CnnkitError(f"{name}{ast.unparse(node)[len(ast.unparse(node.func)):]} failed: {error}") from error
 
 
-def parse_layer(text: str) -> nn.Module:
+def parse_layer(text: str, *, device: torch.device | str | None = None) -> nn.Module:
     """Build the layer that ``text`` describes, without evaluating code.
+
+    Args:
+        text: A layer as Python call syntax, e.g. ``"Conv2d(3, 32, 5)"``.
+        device: Where the layer's parameters are created. ``"meta"`` gives their shapes without memory
+            (``cnnkit explain`` uses it, so ``"Linear(60000, 60000)"`` costs nothing); default: torch's.
 
     Examples:
         >>> parse_layer("Conv2d(3, 32, 5)")
@@ -101,7 +107,10 @@ def parse_layer(text: str) -> nn.Module:
         raise CnnkitError(f"Cannot parse layer {text!r}: {error.msg}.") from None
     if not isinstance(tree.body, ast.Call):
         raise CnnkitError(f"Cannot parse layer {text!r}: expected a call such as Conv2d(3, 32, 5).")
-    return _build(tree.body, text, known_layers())
+    if device is None:
+        return _build(tree.body, text, known_layers())
+    with torch.device(device):
+        return _build(tree.body, text, known_layers())
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:

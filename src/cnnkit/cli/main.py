@@ -115,24 +115,31 @@ def explain(
     layer: str = typer.Argument(..., help='A layer as Python call syntax, e.g. "Conv2d(3, 32, 5)".'),
     input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x32x32."),
 ) -> None:
-    """Explain one layer: output shape, weights in torch and Keras layout, parameters, and why."""
+    """Explain one layer: output shape, weights in torch and Keras layout, parameters, and why.
+
+    Shapes only: the layer is built on the meta device, so no weights or activations are allocated and
+    any size is answered at once.
+    """
     from cnnkit.explainers import explain as explain_layer
 
     try:
-        print(explain_layer(parse_layer(layer), parse_input_shape(input)))
+        print(explain_layer(parse_layer(layer, device="meta"), parse_input_shape(input)))
     except CnnkitError as error:
         _fail(error)
 
 
-def load_factory(target: str) -> nn.Module:
+def load_factory(target: str, *, device: str | None = None) -> nn.Module:
     """``path/to/file.py:build_model`` or ``package.module:build_model`` → the model it returns.
 
-    The file is the user's own code and is imported as such. The attribute may be an ``nn.Module``
-    instance, a class, or a function taking no arguments.
+    The file is the user's own code: it is imported (its top level runs) and the attribute called, with
+    the user's rights, exactly as ``python file.py`` would. The attribute may be an ``nn.Module``
+    instance, a class, or a function taking no arguments. With ``device="meta"`` it is called under
+    ``torch.device("meta")``, so the weights it creates have shapes and no memory (``cnnkit summary``);
+    if the factory cannot build on the meta device it is called once more normally.
     """
     source, sep, attr = target.rpartition(":")
     if not sep or not source or not attr:
-        raise CnnkitError(f"MODEL must look like path/to/file.py:build_model. Received {target!r}.")
+        raise CnnkitError(f"MODEL must look like path/to/file.py:build_model. Received MODEL={target!r}.")
     if source.endswith(".py") or "/" in source:
         path = Path(source)
         if not path.is_file():
@@ -140,29 +147,62 @@ def load_factory(target: str) -> nn.Module:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise CnnkitError(f"Importing {source!r} (MODEL={target!r}) raised {type(error).__name__}: {error}") \
+                from error
     else:
-        module = importlib.import_module(source)
+        try:
+            module = importlib.import_module(source)
+        except Exception as error:
+            raise CnnkitError(f"Cannot import {source!r} (MODEL={target!r}): {type(error).__name__}: {error}") \
+                from error
     if not hasattr(module, attr):
-        raise CnnkitError(f"{source!r} has no attribute {attr!r}.")
+        raise CnnkitError(f"{source!r} has no attribute {attr!r} (MODEL={target!r}).")
     obj = getattr(module, attr)
-    model = obj if isinstance(obj, nn.Module) else obj()
+    model = obj if isinstance(obj, nn.Module) else _call_factory(obj, target, device)
     if not isinstance(model, nn.Module):
-        raise CnnkitError(f"{target!r} gave a {type(model).__name__}, not a torch.nn.Module.")
+        raise CnnkitError(f"MODEL={target!r} gave a {type(model).__name__}, not a torch.nn.Module.")
     return model
 
 
-@app.command()
+def _call_factory(factory, target: str, device: str | None):
+    if not callable(factory):
+        raise CnnkitError(f"MODEL={target!r} is a {type(factory).__name__}: expected a torch.nn.Module, a class "
+                          "or a function taking no arguments.")
+    if device is not None:
+        import torch
+
+        try:
+            with torch.device(device):
+                return factory()
+        except Exception:
+            pass
+    try:
+        return factory()
+    except Exception as error:
+        raise CnnkitError(f"Calling MODEL={target!r} raised {type(error).__name__}: {error}") from error
+
+
+_RUNS_CODE = ("MODEL is your own Python code: the file is imported and the function called, with your rights, as "
+              "'python file.py' would. Use it only on code you trust.")
+
+
+@app.command(help="Summarise a whole model: every layer's output shape, weights, parameters, receptive field.\n\n"
+                  + _RUNS_CODE + " The model is built and run on the meta device where it can be (shapes "
+                  "only, no memory).")
 def summary(
-    model: str = typer.Argument(..., help="path/to/file.py:build_model (a function, class or module)."),
+    model: str = typer.Argument(..., help="path/to/file.py:build_model (a function, class or module). Imported "
+                                          "and run: your own code only."),
     input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x224x224."),
-    batch_size: int = typer.Option(1, min=1, help="Batch size of the zeros run through the model."),
+    batch_size: int = typer.Option(1, min=1, help="Batch size of the input run through the model."),
 ) -> None:
-    """Summarise a whole model: every layer's output shape, weights, parameters, receptive field."""
     from cnnkit.explainers import summary as summarise
 
     try:
-        result = summarise(load_factory(model), parse_input_shape(input), batch_size=batch_size)
+        shape = parse_input_shape(input)
+        result = summarise(load_factory(model, device="meta"), shape, batch_size=batch_size)
         _console().print(result)
     except CnnkitError as error:
         _fail(error)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.explainers.registry import LayerReport, register_explainer
 from cnnkit.shapes import (
     conv_output_size,
@@ -270,11 +270,36 @@ def _softmax(m: nn.Module, shape: tuple[int, ...]) -> LayerReport:
 # --- reshaping ---------------------------------------------------------------------------------------
 
 
+def _reshaped(m: nn.Module, shape: tuple[int, ...], how, rule: str) -> tuple[int, ...]:
+    """The shape ``how`` gives a meta batch of one ``shape`` (no memory), or a ShapeError naming ``rule``."""
+    try:
+        out = tuple(how(torch.empty((1, *shape), device="meta")).shape)
+    except (RuntimeError, IndexError, TypeError, ValueError) as error:
+        raise ShapeError(f"{m!r} cannot take input_shape={shape}: {rule}. ({error})") from None
+    if not out or out[0] != 1:
+        raise ShapeError(f"{m!r} would change the batch dimension; explain describes one sample, so its dims "
+                         "must leave dim 0 (the batch) alone.")
+    return out[1:]
+
+
+def _batch_dim(m: nn.Module, dim: int, rank: int) -> int:
+    """``dim`` of a batched tensor of ``rank`` dims as an index into input_shape (without the batch)."""
+    if not -rank <= dim < rank:
+        raise ShapeError(f"{m!r}: dim {dim} is out of range for a batch of input_shape with {rank - 1} numbers "
+                         f"(dims count the batch as dim 0: {-rank} to {rank - 1}).")
+    index = dim % rank
+    if index == 0:
+        raise ShapeError(f"{m!r} acts on dim 0, the batch; explain describes one sample.")
+    return index - 1
+
+
 @register_explainer(nn.Flatten)
 def _flatten(m: nn.Flatten, shape: tuple[int, ...]) -> LayerReport:
-    out = tuple(torch.empty((1, *shape), device="meta").flatten(m.start_dim, m.end_dim).shape[1:])
-    start = m.start_dim - 1 if m.start_dim > 0 else len(shape) + 1 + m.start_dim - 1
-    end = m.end_dim - 1 if m.end_dim > 0 else len(shape) + 1 + m.end_dim - 1
+    rank = len(shape) + 1
+    start, end = _batch_dim(m, m.start_dim, rank), _batch_dim(m, m.end_dim, rank)
+    if start > end:
+        raise ShapeError(f"{m!r}: start_dim must not come after end_dim for input_shape={shape}.")
+    out = _reshaped(m, shape, lambda t: t.flatten(m.start_dim, m.end_dim), "dims out of range")
     merged = shape[start:end + 1]
     steps = [f"flattens {shape} → {out}: {dot(merged)} = {math.prod(merged):,}"]
     if start == 0 and len(merged) > 1:
@@ -288,8 +313,70 @@ def _flatten(m: nn.Flatten, shape: tuple[int, ...]) -> LayerReport:
 
 @register_explainer(nn.Unflatten)
 def _unflatten(m: nn.Unflatten, shape: tuple[int, ...]) -> LayerReport:
-    out = tuple(torch.empty((1, *shape), device="meta").unflatten(m.dim, m.unflattened_size).shape[1:])
-    return LayerReport(out, [f"splits dim {m.dim} into {tuple(m.unflattened_size)}"], None)
+    if not isinstance(m.dim, int):
+        raise UnsupportedError(f"{m!r} names a dimension ({m.dim!r}); explain handles integer dims only.")
+    index = _batch_dim(m, m.dim, len(shape) + 1)
+    sizes = tuple(m.unflattened_size)
+    out = _reshaped(m, shape, lambda t: t.unflatten(m.dim, sizes),
+                    f"the sizes {sizes} must multiply to input_shape[{index}]={shape[index]} (one of them may "
+                    "be -1)")
+    split = out[index:index + len(sizes)]
+    return LayerReport(out, [f"splits dim {m.dim} into {tuple(sizes)}: {shape[index]:,} = {dot(split)}"], None)
+
+
+@register_explainer(nn.PixelShuffle, nn.PixelUnshuffle)
+def _pixel_shuffle(m: nn.Module, shape: tuple[int, ...]) -> LayerReport:
+    expect_rank(m, shape, [3], "(C, H, W)")
+    c, h, w = shape
+    if isinstance(m, nn.PixelShuffle):
+        r = m.upscale_factor
+        if c % (r * r):
+            raise ShapeError(f"PixelShuffle(upscale_factor={r}) needs input_shape[0] (channels) divisible by "
+                             f"{r}² = {r * r}. Received input_shape={shape}.")
+        out = (c // (r * r), h * r, w * r)
+        step = (f"moves channels into space: each group of {r}·{r} = {r * r} channels becomes one {r}×{r} "
+                f"block: ({c}, {h}, {w}) → ({c}/{r * r}, {h}·{r}, {w}·{r}) = {out}; no weights")
+    else:
+        r = m.downscale_factor
+        if h % r or w % r:
+            raise ShapeError(f"PixelUnshuffle(downscale_factor={r}) needs the height and width divisible by {r}. "
+                             f"Received input_shape={shape}.")
+        out = (c * r * r, h // r, w // r)
+        step = (f"moves space into channels: each {r}×{r} block becomes {r * r} channels: ({c}, {h}, {w}) → "
+                f"({c}·{r * r}, {h}/{r}, {w}/{r}) = {out}; no weights")
+    return LayerReport(out, [step], None)
+
+
+@register_explainer(nn.MultiheadAttention)
+def _attention(m: nn.MultiheadAttention, shape: tuple[int, ...]) -> LayerReport:
+    expect_rank(m, shape, [2], "(L, E) — sequence length, embedding")
+    e, heads = m.embed_dim, m.num_heads
+    if not m._qkv_same_embed_dim:
+        raise UnsupportedError(
+            f"MultiheadAttention with kdim={m.kdim}, vdim={m.vdim} (not embed_dim={e}) takes keys and values "
+            "of another size than the queries; explain feeds one input (self-attention), so it cannot be "
+            "explained here."
+        )
+    if shape[1] != e:
+        raise ShapeError(f"MultiheadAttention has embed_dim={e}, so input_shape[1] must be {e}. "
+                         f"Received input_shape={shape}.")
+    length, d = shape[0], e // heads
+    bias = 3 * e + e if m.in_proj_bias is not None else 0
+    extra = 2 * e if m.bias_k is not None else 0
+    params = 3 * e * e + e * e + bias + extra
+    steps = [
+        f"self-attention (query = key = value = the input; L={length} positions of {e} features); "
+        f"{'batch_first=True: a batch is (N, L, E)' if m.batch_first else 'a batch is (L, N, E) (batch_first=False)'}",
+        f"Q, K, V = x·W_qᵀ, x·W_kᵀ, x·W_vᵀ, stacked in in_proj_weight (3·{e}, {e}); {heads} heads of "
+        f"{e}/{heads} = {d} features each",
+        f"each head: softmax(Q·Kᵀ/√{d})·V, with a ({length}, {length}) map of weights over positions; the heads are "
+        f"concatenated and mixed by out_proj ({e}, {e})",
+        f"returns (output ({length}, {e}), attention weights ({length}, {length}) averaged over heads, "
+        f"or ({heads}, {length}, {length}) with average_attn_weights=False; None with need_weights=False)",
+        f"params: 3·{e}·{e} + {e}·{e}" + (f" + {bias} biases" if bias else "")
+        + (f" + {extra} (bias_k, bias_v)" if extra else "") + f" = {params:,}",
+    ]
+    return LayerReport((length, e), steps, None)
 
 
 _PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,

@@ -8,6 +8,7 @@ defined elsewhere in cnnkit (``LocallyConnected2d``, ``ConvLSTM2d``) register th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 
 from cnnkit._checks import _is_int
-from cnnkit.errors import ShapeError
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, run_for_shapes
 from cnnkit.keras.layouts import _find, _layout, has_keras_layout, keras_shapes
 
 __all__ = ["Explanation", "LayerReport", "explain", "find_explainer", "register_explainer"]
@@ -124,25 +126,59 @@ def check_input_shape(input_shape: object) -> tuple[int, ...]:
 
 
 def _measured(module: nn.Module, input_shape: tuple[int, ...]) -> LayerReport:
-    """Fallback for modules without an explainer: run them once on zeros (eval mode, no grad)."""
+    """Fallback for modules without an explainer: run them once for the output shape (eval mode, no grad).
+
+    The run is on the meta device (:mod:`cnnkit.explainers._meta`): shapes only, no memory. A module that
+    cannot run there (it reads values) is run on real zeros if its weights are real and the input is small.
+    """
+    name = type(module).__name__
+    check_one_input(module, "explain")
     param = next(module.parameters(), None)
-    device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x = torch.empty((1, *input_shape), dtype=dtype, device="meta")
+    how = "running it once on meta tensors (shapes only, no memory)"
     was_training = module.training
     try:
         module.eval()
-        with torch.no_grad():
-            out = module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+        try:
+            out = run_for_shapes(module, x)
+        except Exception as error:
+            if not meta_failure(error):
+                raise _run_error(module, input_shape, error) from error
+            if is_meta(module) or math.prod(input_shape) > REAL_RUN_LIMIT:
+                raise UnsupportedError(
+                    f"explain: {name} cannot run on the meta device ({type(error).__name__}: {error}), so its "
+                    "output shape cannot be measured without memory"
+                    + (", and its weights exist on the meta device only (built from the command line); "
+                       "explain it from Python with a real module" if is_meta(module) else
+                       f"; input_shape={input_shape} is too large to run it for real on zeros")
+                    + f". Register an explainer for {name} (cnnkit.explainers.register_explainer)."
+                ) from error
+            device = param.device if param is not None else "cpu"
+            try:
+                with torch.no_grad():
+                    out = module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+            except Exception as real_error:
+                raise _run_error(module, input_shape, real_error) from real_error
+            how = "running it once on zeros (it cannot run on meta tensors)"
     finally:
         module.train(was_training)
     first = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(first, torch.Tensor):
-        raise ShapeError(f"{type(module).__name__} returned {type(first).__name__}, not a tensor.")
+        raise UnsupportedError(f"explain: {name} returned {type(first).__name__}, not a tensor, so it has no "
+                               "output shape to explain.")
     return LayerReport(
         tuple(first.shape[1:]),
-        [f"no explainer is registered for {type(module).__name__}: the output shape was measured by "
-         "running it once on zeros"],
+        [f"no explainer is registered for {name}: the output shape was measured by {how}"],
         None,
     )
+
+
+def _run_error(module: nn.Module, input_shape: tuple[int, ...], error: Exception) -> CnnkitError:
+    if isinstance(error, CnnkitError):
+        return error
+    return ShapeError(f"explain: {type(module).__name__} cannot take input_shape={input_shape} (one sample, "
+                      f"without the batch dimension): {type(error).__name__}: {error}")
 
 
 def explain(module: nn.Module, input_shape: Sequence[int]) -> Explanation:
@@ -150,12 +186,20 @@ def explain(module: nn.Module, input_shape: Sequence[int]) -> Explanation:
 
     Args:
         module: A layer (``nn.Conv2d``, ``nn.Linear``, …) or a ``nn.Sequential`` of layers. Modules
-            without a registered explainer are run once on zeros to measure their output.
-        input_shape: The shape of one sample, e.g. ``(3, 32, 32)``.
+            without a registered explainer are run once on the meta device to measure their output
+            (shapes only: no weights or activations of real size are allocated). It may itself live on
+            the meta device (``with torch.device("meta"): layer = nn.Linear(60000, 60000)``).
+        input_shape: The shape of one sample, without the batch dimension, e.g. ``(3, 32, 32)``.
 
     Returns:
         An :class:`Explanation` with ``output_shape``, ``weights`` (torch shapes), ``keras_weights``
         (the shapes Keras stores), ``num_params`` and a plain-words derivation as ``str()``.
+
+    Raises:
+        ShapeError: ``input_shape`` does not fit the module (the message says why; if it only includes a
+            batch dimension, the message says to leave it out).
+        UnsupportedError: the module needs several inputs (``Transformer``), or has no explainer and
+            cannot run on the meta device.
 
     Examples:
         >>> e = explain(nn.Conv2d(3, 32, 5), (3, 32, 32))
@@ -167,6 +211,29 @@ def explain(module: nn.Module, input_shape: Sequence[int]) -> Explanation:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module. Received {type(module).__name__}.")
     shape = check_input_shape(input_shape)
+    try:
+        return _explain(module, shape)
+    except ShapeError as error:
+        if len(shape) < 2:
+            raise
+        try:
+            _explain(module, shape[1:])
+        except CnnkitError:
+            raise error from None
+        raise ShapeError(batch_hint(module, shape)) from error
+
+
+def batch_hint(module: nn.Module, shape: tuple[int, ...], batch_size: str = "") -> str:
+    """The message for an ``input_shape`` that works once its first entry (a batch size) is dropped."""
+    one = shape[1:]
+    return (
+        f"input_shape={shape} does not fit {type(module).__name__}, but {one} does: leave the batch dimension "
+        f"out and give one sample's shape, input_shape={one} (on the command line --input "
+        f"{'x'.join(map(str, one))}){batch_size}."
+    )
+
+
+def _explain(module: nn.Module, shape: tuple[int, ...]) -> Explanation:
     explainer = find_explainer(module)
     if explainer is not None:
         report = explainer(module, shape)
@@ -205,7 +272,7 @@ def _explain_sequential(module: nn.Sequential, shape: tuple[int, ...]) -> Explan
     keras: dict[str, tuple[int, ...]] = {}
     current = shape
     for name, child in module.named_children():
-        sub = explain(child, current)
+        sub = _explain(child, current)
         steps.append(f"[{name}] {sub.layer}: {_fmt(sub.input_shape)} → {_fmt(sub.output_shape)}")
         steps += [f"    {s}" for s in sub.steps]
         weights.update({f"{name}.{k}": v for k, v in sub.weights.items()})

@@ -15,6 +15,9 @@ ends it.
 
 from __future__ import annotations
 
+import itertools
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,9 +27,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from cnnkit._tensors import tensors_in
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, meta_twins
 from cnnkit.explainers.formatting import render_summary
-from cnnkit.explainers.registry import check_input_shape, find_explainer
+from cnnkit.explainers.registry import batch_hint, check_input_shape, find_explainer
 from cnnkit.keras.layouts import has_keras_layout, keras_shapes
 from cnnkit.shapes import ReceptiveField
 
@@ -262,37 +266,15 @@ def summary(
     shape = check_input_shape(input_shape)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise CnnkitError(f"batch_size must be a positive integer. Received batch_size={batch_size!r}.")
+    check_one_input(model, "summary")
     first = next(model.parameters(), None)
     dtype = dtype or (first.dtype if first is not None and first.is_floating_point() else torch.float32)
     device = device or (first.device if first is not None else "cpu")
-    x = torch.zeros((batch_size, *shape), dtype=dtype, device=device)
-    collector = _Collector(model, ndim=len(shape) - 1)
-    collector.fields[x] = ReceptiveField.identity(len(shape) - 1)
-
-    modes = {m: m.training for m in model.modules()}
-    handles = []
+    full = (batch_size, *shape)
     try:
-        for module in model.modules():
-            handles.append(module.register_forward_pre_hook(collector.pre_hook))
-            handles.append(module.register_forward_hook(collector.post_hook))
-        model.eval()
-        with torch.no_grad(), collector:
-            try:
-                model(x)
-            except Exception as error:
-                running = collector.stack[-1][0] if collector.stack else "(model)"
-                running_type = type(collector.stack[-1][1]).__name__ if collector.stack else type(model).__name__
-                raise CnnkitError(
-                    f"summary: the forward pass failed in layer {running!r} ({running_type}) on input_shape="
-                    f"{shape}; the last layer that finished was {collector.last_done or 'none'!r}. "
-                    f"{type(error).__name__}: {error}"
-                ) from error
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.train(training)
-
+        collector = _collect(model, full, dtype, device, shape)
+    except _Failed as failed:
+        raise _failure_message(model, shape, batch_size, failed, dtype) from failed.error
     rows = list(collector.rows)
     leftover = {n: p for n, p in model.named_parameters() if id(p) not in collector.seen}
     if leftover:
@@ -311,4 +293,93 @@ def summary(
         rows=tuple(rows),
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
+    )
+
+
+class _Failed(Exception):
+    """The forward pass raised: which layer was running, and the last one that finished."""
+
+    def __init__(self, error: Exception, running: str, running_type: str, last_done: str):
+        super().__init__(str(error))
+        self.error, self.running, self.running_type, self.last_done = error, running, running_type, last_done
+
+
+def _collect(model: nn.Module, full: tuple[int, ...], dtype, device, shape) -> _Collector:
+    """Run ``model`` once, for shapes, on an input of shape ``full`` with the collector's hooks.
+
+    On the meta device (no memory); a model that cannot run there (it reads values) is run on real zeros
+    when its weights are real and the input holds at most ``REAL_RUN_LIMIT`` elements, with a warning.
+    """
+    try:
+        return _collect_once(model, full, dtype, "meta", shape)
+    except _Failed as failed:
+        if not meta_failure(failed.error) or is_meta(model) or math.prod(full) > REAL_RUN_LIMIT:
+            raise
+        warnings.warn(
+            f"summary: {failed.running!r} ({failed.running_type}) cannot run on the meta device "
+            f"({type(failed.error).__name__}: {failed.error}); the model was run once on real zeros instead.",
+            UserWarning, stacklevel=3,
+        )
+    return _collect_once(model, full, dtype, device, shape)
+
+
+def _collect_once(model: nn.Module, full: tuple[int, ...], dtype, device, shape) -> _Collector:
+    x = torch.zeros(full, dtype=dtype, device=device)
+    collector = _Collector(model, ndim=len(shape) - 1)
+    collector.fields[x] = ReceptiveField.identity(len(shape) - 1)
+    modes = {m: m.training for m in model.modules()}
+    handles = []
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(collector.pre_hook))
+            handles.append(module.register_forward_hook(collector.post_hook))
+        model.eval()
+        with torch.no_grad(), collector:
+            try:
+                if x.is_meta:
+                    twins = meta_twins(model)
+                    with torch.device("meta"):
+                        torch.func.functional_call(model, twins, (x,), tie_weights=True, strict=False)
+                    # the rows saw the twins: count sharing by the real tensors they stand for
+                    real = dict(itertools.chain(model.named_parameters(remove_duplicate=False),
+                                                model.named_buffers(remove_duplicate=False)))
+                    back = {id(twin): id(real[name]) for name, twin in twins.items()}
+                    collector.seen = {back.get(i, i) for i in collector.seen}
+                else:
+                    model(x)
+            except Exception as error:
+                running = collector.stack[-1][0] if collector.stack else "(model)"
+                running_type = type(collector.stack[-1][1]).__name__ if collector.stack else type(model).__name__
+                raise _Failed(error, running, running_type, collector.last_done) from error
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+    return collector
+
+
+def _failure_message(model, shape, batch_size, failed: _Failed, dtype) -> CnnkitError:
+    error = failed.error
+    if isinstance(error, UnsupportedError):
+        return error
+    if meta_failure(error):
+        why = ("its weights exist on the meta device only" if is_meta(model) else
+               f"the input ({batch_size}, {', '.join(map(str, shape))}) is too large to run for real on zeros")
+        return UnsupportedError(
+            f"summary: layer {failed.running!r} ({failed.running_type}) cannot run on the meta device, where "
+            f"summary measures shapes without memory ({type(error).__name__}: {error}), and {why}."
+        )
+    if len(shape) >= 2:
+        try:
+            _collect_once(model, (batch_size, *shape[1:]), dtype, "meta", shape[1:])
+        except _Failed:
+            pass
+        else:
+            hint = f"; batch_size={shape[0]} sets the batch" if shape[0] > 1 else ""
+            return ShapeError("summary: " + batch_hint(model, shape, hint))
+    return CnnkitError(
+        f"summary: the forward pass failed in layer {failed.running!r} ({failed.running_type}) on input_shape="
+        f"{shape}; the last layer that finished was {failed.last_done or 'none'!r}. "
+        f"{type(error).__name__}: {error}"
     )
