@@ -516,3 +516,71 @@ def test_public_names():
     for name in ("LocallyConnected1d", "LocallyConnected2d", "locally_connected_nd", "locally_connected1d",
                  "locally_connected2d"):
         assert name in cnn.__all__ and hasattr(cnn, name)
+
+
+# --- lazy negation bits, zero-size batches, flags ----------------------------------------------------------
+
+
+def _reference(x, weight, bias, **kwargs):
+    """The pure-torch path in float64 on materialised (bit-free) copies."""
+    import cnnkit.nn.locally_connected as module
+
+    module._use_native = False
+    try:
+        return cnn.locally_connected_nd(x.resolve_neg().double(), weight.resolve_neg().double(),
+                                        None if bias is None else bias.double(), **kwargs)
+    finally:
+        module._use_native = True
+
+
+@pytest.mark.parametrize("which", ["weight", "input", "grad"])
+def test_native_honours_the_lazy_negation_bit(native, which):
+    """torch._neg_view (what .conj() of a real view and some autograd paths give) flips the sign lazily;
+    the C kernel reads raw memory, so the wrapper must resolve it (the output's sign flipped before)."""
+    torch.manual_seed(0)
+    weight = torch.randn(9, 3 * 3 * 2, 5)
+    x = torch.randn(3, 2, 5, 5)
+    if which == "weight":
+        weight = torch._neg_view(weight)
+        assert weight.is_neg() and weight.is_contiguous()
+    elif which == "input":
+        x = torch._neg_view(x.movedim(1, -1).contiguous()).movedim(-1, 1)  # channels-last: no copy on the way
+        assert x.is_neg()
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+    out = cnn.locally_connected_nd(x, weight, None, kernel_size=3)
+    assert type(out.grad_fn).__name__ == NATIVE
+    expected = _reference(x.detach(), weight.detach(), None, kernel_size=3)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    if which == "grad":
+        g = torch._neg_view(g)
+        assert g.is_neg()
+    gx, gw = torch.autograd.grad(out, [x, weight], g)
+    x64 = x.detach().resolve_neg().double().requires_grad_(True)
+    w64 = weight.detach().resolve_neg().double().requires_grad_(True)
+    ref = torch.autograd.grad(_reference(x64, w64, None, kernel_size=3), [x64, w64], g.resolve_neg().double())
+    torch.testing.assert_close((gx.double(), gw.double()), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "torch"])
+def test_zero_size_batch_gives_an_empty_output_and_gradients(use_native):
+    import cnnkit.nn.locally_connected as module
+
+    lc = LocallyConnected2d(2, 3, 3, input_size=(5, 4), padding="same")
+    x = torch.zeros(0, 2, 5, 4, requires_grad=True)
+    module._use_native = use_native
+    try:
+        out = lc(x)  # ZeroDivisionError before
+        assert out.shape == (0, 3, 5, 4)
+        out.sum().backward()
+    finally:
+        module._use_native = True
+    assert x.grad.shape == x.shape
+    assert torch.equal(lc.weight.grad, torch.zeros_like(lc.weight))
+    assert torch.equal(lc.bias.grad, torch.zeros_like(lc.bias))
+
+
+def test_non_bool_bias_is_refused():
+    with pytest.raises(ShapeError, match=r"bias must be True or False\. Received bias='no'"):
+        LocallyConnected2d(2, 3, 3, input_size=5, bias="no")

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from cnnkit import _native
-from cnnkit._checks import check_choice, ntuple
+from cnnkit._checks import check_bool, check_choice, ntuple
 from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import dot, expect_channels, expect_rank, x
 from cnnkit.explainers.registry import LayerReport, register_explainer
@@ -95,7 +95,7 @@ def _windows(x_cl: Tensor, kernel_size, stride, dilation) -> Tensor:
 def _slabs(batch: int, output_size, inputs: int, itemsize: int):
     """``(first row, last row + 1, first position, last position + 1)`` slabs along output dim 0."""
     per_row = math.prod(output_size[1:])
-    rows = max(1, _SLAB_BYTES // (batch * per_row * inputs * itemsize))
+    rows = max(1, _SLAB_BYTES // max(1, batch * per_row * inputs * itemsize))  # batch may be 0
     for r0 in range(0, output_size[0], rows):
         r1 = min(r0 + rows, output_size[0])
         yield r0, r1, r0 * per_row, r1 * per_row
@@ -143,7 +143,7 @@ class _LocallyConnectedFunction(torch.autograd.Function):
         out_channels = grad.shape[1]
         positions = math.prod(output_size)
         inputs = math.prod(kernel_size) * channels
-        g = grad.reshape(batch, out_channels, -1).transpose(1, 2).contiguous().transpose(0, 1).contiguous()
+        g = grad.reshape(batch, out_channels, positions).transpose(1, 2).contiguous().transpose(0, 1).contiguous()
         grad_x = grad_w = grad_b = None
         if need_b:
             grad_b = g.sum(1).t().reshape(out_channels, *output_size)
@@ -281,7 +281,7 @@ class _NativeLocallyConnectedFunction(torch.autograd.Function):
         batch, channels = shape[:2]
         out_channels = grad.shape[1]
         positions, kernel_offsets = offsets.shape
-        grad = grad.contiguous()
+        grad = grad.resolve_neg().contiguous()
         grad_x = grad_w = grad_b = None
         if need_b:
             grad_b = grad.sum(0)
@@ -377,6 +377,9 @@ def locally_connected_nd(
             f"bias must have shape (out_channels, *output_size) = {(weight.shape[2], *output_size)}. "
             f"Received bias of shape {shape_text(bias.shape)}."
         )
+    # The C kernel reads raw memory: a lazy negation (torch._neg_view, a conjugate's neg bit) must be
+    # applied first, or it is silently dropped and the output's sign flips. A no-op without the bit.
+    input, weight = input.resolve_neg().resolve_conj(), weight.resolve_neg().resolve_conj()
     pads = padding_amounts(size, kernel, strides, pad, dilations)
     if any(lo or hi for lo, hi in pads):
         input = F.pad(input, [p for pair in reversed(pads) for p in pair])
@@ -447,6 +450,7 @@ class _LocallyConnectedNd(KerasWeightsMixin, nn.Module):
         self.padding = check_padding(padding, n)
         self.dilation = ntuple(dilation, n, "dilation")
         self.init = check_choice(init, INITS, "init")
+        bias = check_bool(bias, "bias")
         self.output_size = conv_output_size(self.input_size, self.kernel_size, self.stride, self.padding,
                                             self.dilation)
         factory = {"device": device, "dtype": dtype}
