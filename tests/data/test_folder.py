@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import tifffile
@@ -145,3 +147,73 @@ def test_sizes_and_label_read_only_what_they_need(folder):
         reference = torch.from_numpy(expected[path.stem][1].astype(np.int64))
         reference[reference == 255] = -100
         assert torch.equal(ds.label(i), reference) and torch.equal(ds[i][1], reference)
+
+
+# --- damaged and hostile files ---------------------------------------------------------------------------
+
+
+def _one_pair(tmp_path, image: np.ndarray, mask: np.ndarray, suffix: str = ".tif"):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.warns(UserWarning) if image.size == 0 else contextlib.nullcontext():  # tifffile: nonconformant
+        tifffile.imwrite(tmp_path / "images" / f"x{suffix}", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "masks" / f"x{suffix}", mask)
+    return SegmentationFolder(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5), (4, 5, 0)], ids=["CHW", "HWC"])
+def test_zero_band_tiff_is_refused_naming_the_file(tmp_path, shape):
+    """cnnkit train trained on the validity band alone for such a file."""
+    ds = _one_pair(tmp_path, np.zeros(shape, np.float32), np.zeros((4, 5), np.uint8))
+    with pytest.raises(ShapeError, match=r"at least one band.*Received shape \(0, 4, 5\).*images/x\.tif"):
+        ds[0]
+
+
+def test_float_mask_beyond_int64_is_refused(tmp_path):
+    mask = np.zeros((4, 5), np.float32)
+    mask[1, 2] = 1e30  # became int64 min (-9223372036854775808)
+    ds = _one_pair(tmp_path, np.zeros((4, 5), np.float32), mask)
+    with pytest.raises(UnsupportedError, match=r"must fit in int64\. Received a float32 value 1e\+30 from .*masks/x"):
+        ds[0]
+    with pytest.raises(UnsupportedError, match=r"must fit in int64"):
+        ds.label(0)
+
+
+def test_uint64_labels_beyond_int64_are_refused_not_wrapped(tmp_path):
+    mask = np.zeros((4, 5), np.uint64)
+    mask[0, 0] = 2**63 + 5  # wrapped to a negative label
+    ds = _one_pair(tmp_path, np.zeros((4, 5), np.float32), mask)
+    with pytest.raises(UnsupportedError, match=r"Received a uint64 value 9223372036854775813 > 9223372036854775807"):
+        ds[0]
+
+
+def test_uint64_labels_that_fit_are_read_exactly(tmp_path):
+    mask = np.arange(20, dtype=np.uint64).reshape(4, 5)
+    _, label = _one_pair(tmp_path, np.ones((4, 5), np.float32), mask)[0]
+    assert label.dtype == torch.int64 and label.tolist() == mask.astype(np.int64).tolist()
+
+
+@pytest.mark.parametrize("which", ["images", "masks"])
+def test_truncated_png_is_a_cnnkit_error_naming_the_file(folder, which):
+    root, _ = folder
+    path = root / which / "a.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # "OSError: image file is truncated" without the name before
+    ds = SegmentationFolder(root)
+    with pytest.raises(CnnkitError, match=rf"Could not read .*{which}/a\.png: .*damaged, truncated"):
+        ds[0]
+
+
+def test_damaged_tiffs_are_cnnkit_errors_naming_the_file(folder):
+    root, _ = folder
+    image = root / "images" / "c.tif"
+    image.write_bytes(image.read_bytes()[:200])  # cut inside the pixel data
+    (root / "masks" / "d.tiff").write_bytes(b"II*\x00" + b"\xff" * 40)  # a header pointing nowhere
+    ds = SegmentationFolder(root)
+    stems = [p.stem for p, _ in ds.samples]
+    with pytest.raises(CnnkitError, match=r"images/c\.tif"):
+        ds[stems.index("c")]
+    with pytest.raises(CnnkitError, match=r"masks/d\.tiff"):
+        ds[stems.index("d")]
+    with pytest.raises(CnnkitError, match=r"masks/d\.tiff"):
+        _ = ds.sizes

@@ -13,7 +13,8 @@ its image's height and width.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from numbers import Integral
 from pathlib import Path
 
@@ -30,6 +31,7 @@ __all__ = ["SegmentationFolder"]
 PNG_EXTENSIONS = (".png",)
 TIFF_EXTENSIONS = (".tif", ".tiff")
 EXTENSIONS = PNG_EXTENSIONS + TIFF_EXTENSIONS
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _is_int(value) -> bool:
@@ -59,17 +61,36 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _read(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
-    if suffix in TIFF_EXTENSIONS:
-        return _read_tiff(path)
-    if suffix in PNG_EXTENSIONS:
-        return _read_png(path)
-    raise UnsupportedError(
-        f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
-    )
+    if suffix not in EXTENSIONS:
+        raise UnsupportedError(
+            f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
+        )
+    with _reading(path):
+        return _read_tiff(path) if suffix in TIFF_EXTENSIONS else _read_png(path)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Re-raise what a reader library throws for a damaged file (PIL's ``OSError: image file is truncated``,
+    tifffile's ``TiffFileError``, zlib, struct, ...) as a :class:`CnnkitError` that names the file."""
+    try:
+        yield
+    except (CnnkitError, MemoryError):
+        raise
+    except Exception as error:
+        raise CnnkitError(
+            f"Could not read {path}: {type(error).__name__}: {error}. The file is damaged, truncated or not a "
+            f"{path.suffix.lstrip('.').upper()} file; replace it or remove it from the folder."
+        ) from error
 
 
 def _size(path: Path) -> tuple[int, int]:
     """(H, W) of a mask file from its header."""
+    with _reading(path):
+        return _header_size(path)
+
+
+def _header_size(path: Path) -> tuple[int, int]:
     if path.suffix.lower() in TIFF_EXTENSIONS:
         import tifffile
 
@@ -115,10 +136,12 @@ class SegmentationFolder(Dataset):
         ``(image, label)``: float32 (C, H, W) and int64 (H, W).
 
     Raises:
-        CnnkitError: a folder is missing or empty, or an image has no mask (or more than one).
-        UnsupportedError: a file has an unsupported extension, a mask is colour (RGB) or not integral.
-        ShapeError: an image and its mask differ in size (both files and shapes are named), or a band
-            index is out of range.
+        CnnkitError: a folder is missing or empty, an image has no mask (or more than one), or a file cannot
+            be read (damaged or truncated; the error names the file).
+        UnsupportedError: a file has an unsupported extension, a mask is colour (RGB), not integral or
+            holds labels outside int64 (uint64 >= 2^63, a float 1e30), or an image is complex.
+        ShapeError: an image and its mask differ in size (both files and shapes are named), an image has
+            no band (or no pixel), or a band index is out of range.
 
     Examples:
         >>> import tempfile
@@ -217,10 +240,26 @@ class SegmentationFolder(Dataset):
                 f"A mask must hold one integer label per pixel (H, W); colour or multi-band masks are not "
                 f"supported (save a palette or grayscale PNG). Received shape {mask.shape} from {path}"
             )
-        integral = np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.bool_)
-        if not integral and (not np.all(np.isfinite(mask)) or not np.array_equal(mask, np.round(mask))):
+        if np.issubdtype(mask.dtype, np.bool_):
+            return mask.astype(np.int64)
+        if np.issubdtype(mask.dtype, np.integer):
+            if np.iinfo(mask.dtype).max > _INT64_MAX and mask.size and mask.max() > _INT64_MAX:
+                raise UnsupportedError(  # uint64 labels >= 2^63 would wrap to negative int64 values
+                    f"A mask's labels must fit in int64. Received a {mask.dtype} value {int(mask.max())} > "
+                    f"{_INT64_MAX} from {path}"
+                )
+            return mask.astype(np.int64)
+        if not np.issubdtype(mask.dtype, np.floating):
+            raise UnsupportedError(f"A mask must hold integer labels. Received dtype {mask.dtype} from {path}")
+        if not np.all(np.isfinite(mask)) or not np.array_equal(mask, np.round(mask)):
             raise UnsupportedError(
                 f"A mask must hold integer labels. Received dtype {mask.dtype} with non-integer values from {path}"
+            )
+        # float64 holds -2^63 and 2^63 exactly; outside, astype(int64) gives int64 min (1e30 did).
+        if mask.size and (mask.min() < -(2.0**63) or mask.max() >= 2.0**63):
+            value = mask.max() if mask.max() >= 2.0**63 else mask.min()
+            raise UnsupportedError(
+                f"A mask's labels must fit in int64. Received a {mask.dtype} value {value:g} from {path}"
             )
         return mask.astype(np.int64)
 
@@ -252,6 +291,16 @@ class SegmentationFolder(Dataset):
             raise ShapeError(
                 f"Image and mask sizes differ: image {image_path} has shape {array.shape[1:]}, "
                 f"mask {mask_path} has shape {hw}."
+            )
+        if array.shape[0] == 0 or array.size == 0:
+            # A zero-band TIFF would otherwise reach Standardized as its validity band alone.
+            raise ShapeError(
+                f"An image must have at least one band and one pixel. Received shape {array.shape} (bands, H, W) "
+                f"from {image_path}"
+            )
+        if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise UnsupportedError(
+                f"An image must hold real numbers. Received dtype {array.dtype} from {image_path}"
             )
         if self.bands is not None:
             if max(self.bands) >= array.shape[0]:
