@@ -2,7 +2,7 @@
 
 from cnnkit.masking.batch import IGNORE_INDEX, PaddedBatch, collate_padded, extent_mask, pad_batch
 from cnnkit.masking.bridge import feature_sizes, from_packed_sequence, to_packed_sequence
-from cnnkit.masking.masked_model import MaskedModel, masked
+from cnnkit.masking.masked_model import MaskedContext, MaskedModel, masked, register_masked_op
 from cnnkit.masking.norm import masked_batch_norm, masked_group_norm
 from cnnkit.masking.partial_conv import PartialConv1d, PartialConv2d, PartialConv3d, partial_conv
 from cnnkit.masking.sampler import BucketBatchSampler, padding_fraction, spatial_sizes
@@ -10,6 +10,7 @@ from cnnkit.masking.sampler import BucketBatchSampler, padding_fraction, spatial
 __all__ = [
     "IGNORE_INDEX",
     "BucketBatchSampler",
+    "MaskedContext",
     "MaskedModel",
     "PaddedBatch",
     "PartialConv1d",
@@ -23,6 +24,7 @@ __all__ = [
     "masked_batch_norm",
     "masked_group_norm",
     "pad_batch",
+    "register_masked_op",
     "padding_fraction",
     "partial_conv",
     "spatial_sizes",

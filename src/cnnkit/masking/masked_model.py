@@ -4,34 +4,28 @@ Mechanism
 ---------
 :class:`MaskedModel` runs the unmodified model under a :class:`~torch.overrides.TorchFunctionMode`. The
 mode knows, for every tensor derived from the padded input, each sample's valid extent (``sizes``,
-computed with :mod:`cnnkit.shapes`). Every torch function called during the forward pass goes through
-the mode, which applies one of a few rules:
+computed with :mod:`cnnkit.shapes`), which of its dimensions are the spatial ones, and whether it is zero
+outside the extents ("clean"; the record holds the tensor's version counter, so an in-place change, also one
+made through a view, makes it dirty again). Every torch function called during the forward pass goes
+through the mode, which binds the call's arguments to the function's published signature
+(:mod:`torch.overrides`) and applies the rule registered for that function object. The rules:
 
-* **point-wise ops** (activations, dropout, eval-mode batch norm, ``+``/``×`` of two padded tensors or with
-  per-channel constants, channel ``cat``, channel softmax): run as they are; the extent is unchanged.
-  Values outside the extent may become non-zero ("dirty"); that is harmless until a window op reads them.
-* **window ops** (``conv*d``, ``conv_transpose*d``, ``avg_pool*d``, ``F.pad`` with zeros): their input is
-  first zeroed outside the extent, which is exactly the zero padding each sample would see alone; the
-  output extent follows the shape arithmetic of :mod:`cnnkit.shapes`.
-* **max pooling** fills ``−inf`` outside the extent (PyTorch pads max pooling with ``−inf``).
-* **bilinear/bicubic/linear upsampling** (``align_corners=False``, ``scale_factor``) first copies each
-  sample's edge outward, which is what PyTorch's index clamping at the sample's own border does.
-* **statistics** (training-mode batch norm — optionally reduced over a process group —, group and
-  instance norm, global average/max pooling, ``mean``/``sum``/``amax`` over the spatial dimensions) use
-  valid positions only.
-* **anything else** that touches a padded tensor (``flatten``, ``view``, ``Linear`` over a spatial axis,
-  ``align_corners=True``, adaptive pooling to a size other than 1, …) raises
-  :class:`~cnnkit.errors.UnsupportedError` naming the op: it would mix padding into valid positions.
+{rules}
 
 Ops on tensors that do not derive from the padded input (weights, constants) are not touched. Once every
 sample's extent fills the canvas (e.g. after global pooling to 1×1) the tensor is an ordinary tensor.
 The output is zeroed outside the extents, so gradients reach only valid positions: weight gradients
-equal the sum of per-sample gradients.
+equal the sum of per-sample gradients. A forward pass that raises leaves every buffer (running
+statistics) as it was, and its error names the op and the module that called it.
+
+New rules: :func:`register_masked_op` (see its example and ``docs/masking.md``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,21 +35,77 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from cnnkit import _ops
 from cnnkit._tensors import tensors_in
-from cnnkit.errors import ShapeError, UnsupportedError
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import PaddedBatch, extent_mask
 from cnnkit.masking.norm import masked_batch_norm, masked_group_norm
 from cnnkit.shapes import conv_output_size, conv_transpose_output_size, padding_amounts, pool_output_size
 
-__all__ = ["MaskedModel", "masked"]
+__all__ = ["MaskedContext", "MaskedModel", "masked", "register_masked_op"]
 
 Sizes = tuple[tuple[int, ...], ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
-    sizes: Sizes  # per-sample spatial extent
-    clean: bool  # zero outside the extent?
+    sizes: Sizes  # per-sample extent along each spatial axis
+    clean: bool  # zero outside the extent (as of `version`)?
+    version: int  # the tensor's version counter when `clean` was recorded
+    axes: tuple[int, ...]  # positions of the spatial dimensions (2, 3, … for (N, C, *spatial))
+    aliased: bool = False  # shares storage with a tensor whose version counter it does not share (`.data`)
+    batch: int = 0  # position of the batch dimension (1 after torch.stack(..., dim=0))
+
+
+# -- binding by signature --------------------------------------------------------------------------------
+
+_OVERRIDES: dict | None = None
+_PARAMS: dict[Callable, tuple[tuple[str, ...], dict]] = {}  # function -> (parameter names, defaults); static
+
+
+def _signature(func) -> tuple[tuple[str, ...], dict]:
+    """Parameter names and defaults of ``func`` as torch publishes them (``torch.overrides``), first one ``input``."""
+    found = _PARAMS.get(func)
+    if found is not None:
+        return found
+    global _OVERRIDES
+    if _OVERRIDES is None:
+        _OVERRIDES = torch.overrides.get_testing_overrides()
+    target = _OVERRIDES.get(func, func)
+    names: list[str] = []
+    defaults: dict = {}
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        parameters = ()
+    for p in parameters:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            break
+        names.append(p.name)
+        if p.default is not p.empty:
+            defaults[p.name] = p.default
+    if names:
+        names[0] = "input"
+    found = (tuple(names), defaults)
+    _PARAMS[func] = found
+    return found
+
+
+def bind(func, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by parameter name (defaults filled in); the first parameter is always ``input``.
+
+    Extra positional arguments (``x.view(2, -1)``, ``x.permute(0, 2, 3, 1)``) are under ``"*"``.
+    """
+    names, defaults = _signature(func)
+    bound = dict(defaults) if defaults else {}
+    bound.update(zip(names, args))
+    if len(args) > len(names):
+        bound["*"] = args[len(names):]
+    if kwargs:
+        bound.update(kwargs)
+        if "self" in kwargs:
+            bound["input"] = kwargs["self"]
+    return bound
 
 
 def _name(func) -> str:
@@ -63,59 +113,294 @@ def _name(func) -> str:
     if name == "__get__" and hasattr(func, "__self__"):
         return f"Tensor.{getattr(func.__self__, '__name__', '?')}"
     qual = getattr(func, "__qualname__", name)
-    return f"Tensor.{name}" if qual.startswith(("TensorBase.", "Tensor.")) else name
+    if qual.startswith(("TensorBase.", "Tensor.")):
+        return f"Tensor.{name}"
+    module = getattr(func, "__module__", "") or ""
+    return f"F.{name}" if module.startswith("torch.nn.functional") else f"torch.{name}"
 
 
-def _arg(args, kwargs, index: int, name: str, default=None):
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
+def _tuple(value, n):
+    return tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,) * n
 
 
-def _funcs(*names: str, namespaces=(torch, Tensor, F)) -> set:
-    found = set()
-    for name in names:
-        for ns in namespaces:
-            f = getattr(ns, name, None)
-            if f is not None:
-                found.add(f)
-    return found
+def _canonical_axes(ndim: int) -> tuple[int, ...]:
+    return tuple(range(2, ndim))
 
 
-# f(0) == 0: zeros outside the extent stay zeros.
-_ZERO_PRESERVING = _funcs(
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "gelu", "silu",
-    "mish", "tanh", "tanh_", "hardtanh", "hardtanh_", "hardswish", "softsign", "tanhshrink", "neg",
-    "__neg__", "abs", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "threshold", "prelu", "square", "sign",
-)
-_POINTWISE = _ZERO_PRESERVING | _funcs(
-    "sigmoid", "sigmoid_", "hardsigmoid", "softplus", "exp", "log_sigmoid", "clamp", "clip", "clamp_",
-    "rrelu", "logsigmoid", "cos", "sin", "sqrt", "rsqrt", "reciprocal", "log", "pow", "__pow__",
-)
-# Not finite (or not differentiable) at 0 or for negatives: the padded operand's padding is set to 1 first.
-# Zeros or garbage there would give inf/NaN outside the extent, and in backward 0 · inf = NaN gradients that a
-# later convolution's weight gradient sums over every position, valid or not.
-_SINGULAR = _funcs("sqrt", "rsqrt", "reciprocal", "log", "pow", "__pow__")
-_SAME = _funcs(
-    "contiguous", "clone", "detach", "detach_", "to", "float", "double", "half", "bfloat16", "type_as", "cpu",
-    "cuda", "requires_grad_", "type", "__deepcopy__",
-)
-_ADD = _funcs("add", "__add__", "__radd__", "add_", "__iadd__", "sub", "__sub__", "__rsub__", "sub_", "__isub__")
-_MUL = _funcs("mul", "__mul__", "__rmul__", "mul_", "__imul__")
-_DIV = _funcs("div", "__truediv__", "div_", "__itruediv__", "__rtruediv__")
-_CONV = _funcs("conv1d", "conv2d", "conv3d", namespaces=(torch, F))
-_CONV_T = _funcs("conv_transpose1d", "conv_transpose2d", "conv_transpose3d", namespaces=(torch, F))
-_MAX_POOL = _funcs("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
-                   "max_pool3d_with_indices", namespaces=(torch, F))
-_AVG_POOL = _funcs("avg_pool1d", "avg_pool2d", "avg_pool3d", namespaces=(torch, F, torch._C._nn))
-_ADAPTIVE_AVG = _funcs("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", namespaces=(torch, F))
-_ADAPTIVE_MAX = _funcs("adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-                       "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
-                       "adaptive_max_pool3d_with_indices", namespaces=(torch, F))
-_SOFTMAX = _funcs("softmax", "log_softmax", "softmin", namespaces=(torch, Tensor, F))
-_REDUCE = _funcs("mean", "sum", "amax", "amin", "nanmean", namespaces=(torch, Tensor))
-_CAT = _funcs("cat", "concat", "concatenate", namespaces=(torch,))
+# -- the context every rule works with -------------------------------------------------------------------
+
+
+class MaskedContext(TorchFunctionMode):
+    """What a rule (see :func:`register_masked_op`) knows and may do during a masked forward pass.
+
+    A rule is called as ``rule(ctx, func, args, kwargs)`` for every call of a registered function that has a
+    padded tensor among its arguments; ``ctx.padded`` lists those tensors. It returns what ``func`` would.
+    """
+
+    def __init__(self, process_group=None, root: nn.Module | None = None, cache: dict | None = None):
+        super().__init__()
+        self.entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.masks: dict[tuple, Tensor] = {}
+        self.cleaned: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.canvases: dict[tuple, dict[Sizes, None]] = {}  # canvas -> the extents seen on it, in order
+        self.process_group = process_group
+        self.root = root
+        self.cache = {} if cache is None else cache  # decisions per (function, extents, geometry)
+        self.padded: list[Tensor] = []
+
+    # -- public helpers for rules ---------------------------------------------------------------------
+    def is_padded(self, t) -> bool:
+        """Whether ``t`` is a tensor derived from the padded input whose extents do not all fill its canvas."""
+        return isinstance(t, Tensor) and t in self.entries
+
+    def sizes(self, t: Tensor) -> Sizes:
+        """Each sample's extent along ``t``'s spatial dimensions."""
+        return self.entries[t].sizes
+
+    def spatial_axes(self, t: Tensor) -> tuple[int, ...]:
+        """The positions of ``t``'s spatial dimensions (``(2, 3)`` for an (N, C, H, W) tensor)."""
+        return self.entries[t].axes
+
+    def canvas(self, t: Tensor) -> tuple[int, ...]:
+        return tuple(t.shape[a] for a in self.entries[t].axes)
+
+    def is_clean(self, t: Tensor) -> bool:
+        """Whether ``t`` is known to be zero outside the extents (and has not changed in place since)."""
+        entry = self.entries[t]
+        return entry.clean and entry.version == t._version and not entry.aliased
+
+    def track(self, out: Tensor, sizes: Sizes, zero_outside: bool = False, axes: tuple[int, ...] | None = None,
+              batch: int = 0) -> Tensor:
+        """Record ``out`` as padded with these per-sample extents (``axes``: its spatial dims, default (2, …);
+        ``batch``: its batch dim)."""
+        axes = _canonical_axes(out.dim()) if axes is None else axes
+        canvas = tuple(out.shape[a] for a in axes)
+        if all(size == canvas for size in sizes):
+            self.entries.pop(out, None)  # every sample fills the canvas: an ordinary tensor now
+            return out
+        self.entries[out] = _Entry(sizes, zero_outside, out._version, axes, False, batch)
+        seen = self.canvases.get(canvas)
+        if seen is None:
+            self.canvases[canvas] = {sizes: None}
+        elif sizes not in seen:
+            seen[sizes] = None
+        return out
+
+    def mask(self, t: Tensor) -> Tensor:
+        """Bool mask of valid positions, shaped to broadcast against ``t`` (N at dim 0, extents at its spatial dims)."""
+        entry = self.entries[t]
+        canvas = tuple(t.shape[a] for a in entry.axes)
+        key = (entry.sizes, canvas, entry.axes, entry.batch, t.dim(), t.device)
+        found = self.masks.get(key)
+        if found is None:
+            base = self._mask(entry.sizes, canvas, t.device)
+            shape = [1] * t.dim()
+            shape[entry.batch] = base.shape[0]
+            for a, c in zip(entry.axes, canvas):
+                shape[a] = c
+            found = base.view(shape)
+            self.masks[key] = found
+        return found
+
+    def _mask(self, sizes: Sizes, canvas: Sequence[int], device) -> Tensor:
+        key = (sizes, tuple(canvas), device)
+        found = self.masks.get(key)
+        if found is None:
+            found = extent_mask(torch.tensor(sizes, device=device), canvas)
+            self.masks[key] = found
+        return found
+
+    def zeros_outside(self, t: Tensor) -> Tensor:
+        """``t`` with zeros outside each sample's extent (what a sample alone sees as zero padding)."""
+        if self.is_clean(t):
+            return t
+        entry = self.entries[t]
+        cached = None if entry.aliased else self.cleaned.get(t)
+        if cached is not None and cached[0] == t._version:
+            return cached[1]
+        # One pass forward and backward; unlike a multiplication it also clears -inf left by max pooling.
+        out = torch.where(self.mask(t), t, 0)
+        self.track(out, entry.sizes, True, entry.axes, entry.batch)
+        if not entry.aliased:
+            self.cleaned[t] = (t._version, out)
+        return out
+
+    def fill_outside(self, t: Tensor, value: float) -> Tensor:
+        """``t`` with ``value`` outside each sample's extent (e.g. ``-inf`` before a max, 1 before a log)."""
+        entry = self.entries[t]
+        out = torch.where(self.mask(t), t, value)
+        return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch)
+
+    # kept for rules written against the first version
+    clean = zeros_outside
+
+    def bind(self, func, args, kwargs) -> dict:
+        """``func``'s arguments by parameter name (see :func:`bind`)."""
+        return bind(func, args, kwargs)
+
+    def extents_of_canvas(self, canvas: tuple[int, ...]) -> list[Sizes]:
+        """The per-sample extents of padded tensors seen so far whose canvas is ``canvas`` (oldest first)."""
+        return list(self.canvases.get(tuple(canvas), ()))
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ops.METADATA:
+            return func(*args, **kwargs)
+        entries = self.entries
+        padded = [t for t in tensors_in(args) + tensors_in(kwargs) if t in entries] if entries else []
+        if not padded:
+            rule = _ALWAYS.get(func)
+            if rule is None:
+                return func(*args, **kwargs)
+            self.padded = padded
+            return self._run(rule, func, args, kwargs)
+        rule = _RULES.get(func)
+        self.padded = padded
+        if rule is None:
+            rule = _refuse
+        elif rule not in _BATCH_ANYWHERE and any(entries[t].batch for t in padded):
+            rule = _refuse_batch_moved
+        return self._run(rule, func, args, kwargs)
+
+    def _run(self, rule, func, args, kwargs):
+        try:
+            return rule(self, func, args, kwargs)
+        except CnnkitError as error:
+            if getattr(error, "_masked_where", False):
+                raise
+            where = self._where()
+            located = type(error)(f"{error}{where}") if where else error
+            located._masked_where = True
+            raise located from None
+
+    def _where(self) -> str:
+        """`` (in module 'decoder.blocks.0', DecoderBlock)``: the innermost module of the model on the stack."""
+        if self.root is None:
+            return ""
+        names = {id(m): name for name, m in self.root.named_modules()}
+        frame = sys._getframe(2)
+        while frame is not None:
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, nn.Module) and id(obj) in names:
+                name = names[id(obj)] or "(the model itself)"
+                return f" [in module '{name}' ({type(obj).__name__})]"
+            frame = frame.f_back
+        return ""
+
+
+_MaskedMode = MaskedContext  # the name used before the rules became public
+
+
+def _refuse(ctx: MaskedContext, func, args, kwargs):
+    t = ctx.padded[0]
+    raise UnsupportedError(
+        f"masked(): {_name(func)} is not supported on a padded batch: it could mix padding into valid "
+        "positions (see cnnkit.masking.masked_model for the supported ops; cnnkit.masking.register_masked_op "
+        f"adds a rule). Received a tensor of shape {tuple(t.shape)} with per-sample extents {ctx.sizes(t)}."
+    )
+
+
+def _refuse_batch_moved(ctx: MaskedContext, func, args, kwargs):
+    t = next(t for t in ctx.padded if ctx.entries[t].batch)
+    raise UnsupportedError(
+        f"masked(): {_name(func)} on a padded tensor of shape {tuple(t.shape)} whose batch dimension is at "
+        f"{ctx.entries[t].batch} (after torch.stack(..., dim=0)); only point-wise ops and reductions over the "
+        "stacked dimension are supported there."
+    )
+
+
+def _require_canonical(ctx: MaskedContext, func, t: Tensor) -> None:
+    if ctx.entries[t].axes != _canonical_axes(t.dim()):
+        raise UnsupportedError(
+            f"masked(): {_name(func)} needs a padded tensor laid out (N, C, *spatial); this one has its spatial "
+            f"dimensions at {ctx.entries[t].axes} of shape {tuple(t.shape)}. Permute it back first."
+        )
+
+
+# -- rules -----------------------------------------------------------------------------------------------
+
+
+def _pointwise(ctx: MaskedContext, func, args, kwargs):
+    x = args[0] if args else bind(func, args, kwargs)["input"]
+    if not ctx.is_padded(x):
+        raise UnsupportedError(f"masked(): {_name(func)} with a padded tensor as a secondary argument.")
+    entry = ctx.entries[x]
+    clean = ctx.is_clean(x) and func in _ops.ZERO_PRESERVING
+    if func in _ops.SINGULAR_AT_ZERO:
+        filled = ctx.fill_outside(x, 1)
+        out = func(filled, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
+        if func in _INPLACE:  # the op ran on the filled copy: write it through to x
+            out = x.copy_(filled)
+    else:
+        out = func(*args, **kwargs)
+    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch)
+
+
+def _check_operands(ctx: MaskedContext, func, operands, out_dim: int) -> _Entry:
+    """One extent and layout for every padded operand; ordinary operands constant over the spatial dims."""
+    padded = [t for t in operands if ctx.is_padded(t)]
+    first = ctx.entries[padded[0]]
+    shift = out_dim - padded[0].dim()
+    for t in padded[1:]:
+        entry = ctx.entries[t]
+        if entry.sizes != first.sizes:
+            raise ShapeError(f"masked(): {_name(func)} combines padded tensors with different extents: "
+                             f"{first.sizes} and {entry.sizes}.")
+        if out_dim - t.dim() != shift or (entry.axes, entry.batch) != (first.axes, first.batch) or (
+                ctx.canvas(t) != ctx.canvas(padded[0])):
+            raise ShapeError(f"masked(): {_name(func)} combines padded tensors of shapes {tuple(padded[0].shape)} "
+                             f"and {tuple(t.shape)} whose spatial dimensions do not line up.")
+    for t in operands:
+        if isinstance(t, Tensor) and not ctx.is_padded(t):
+            for a in first.axes:
+                position = a + shift - (out_dim - t.dim())  # right-aligned broadcasting
+                if 0 <= position < t.dim() and t.shape[position] != 1:
+                    raise UnsupportedError(
+                        f"masked(): {_name(func)} combines a padded tensor with an ordinary tensor of shape "
+                        f"{tuple(t.shape)} that varies over the spatial dimensions; its values at the padded "
+                        "positions would not be what each sample sees alone."
+                    )
+    if shift:
+        raise UnsupportedError(f"masked(): {_name(func)} broadcasts a padded tensor to more dimensions.")
+    return first
+
+
+def _binary(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    a_, o_ = b.get("input"), b.get("other")
+    operands = [a_, o_]
+    out_dim = max(t.dim() for t in operands if isinstance(t, Tensor))
+    entry = _check_operands(ctx, func, operands, out_dim)
+    divisor_is_first = func is Tensor.__rtruediv__  # x.__rtruediv__(y) is y / x
+    if func in _ops.DIV:
+        divisor = a_ if divisor_is_first else o_
+        if ctx.is_padded(divisor):
+            safe = ctx.fill_outside(divisor, 1)
+            if divisor_is_first:
+                args = (safe, *args[1:])
+            elif len(args) > 1:
+                args = (args[0], safe, *args[2:])
+            else:
+                kwargs = {**kwargs, "other": safe}
+    clean_before = {id(t): ctx.is_clean(t) for t in operands if ctx.is_padded(t)}
+    out = func(*args, **kwargs)
+    if func in _ops.MUL:
+        clean = any(clean_before.values())
+    elif func in _ops.DIV:
+        clean = not divisor_is_first and clean_before.get(id(a_), False) and not ctx.is_padded(o_)
+    else:
+        clean = all(ctx.is_padded(t) for t in operands) and all(clean_before.values())
+    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch)
+
+
+def _copy(ctx: MaskedContext, func, args, kwargs):
+    out = func(*args, **kwargs)
+    source = ctx.padded[0]
+    if isinstance(out, Tensor) and out is not source and out.dim() == source.dim():
+        entry = ctx.entries[source]
+        ctx.track(out, entry.sizes, ctx.is_clean(source), entry.axes, entry.batch)
+    return out
 
 
 def _window_sizes(fn: Callable, sizes: Sizes, *args) -> Sizes:
@@ -134,190 +419,6 @@ def _window_sizes(fn: Callable, sizes: Sizes, *args) -> Sizes:
     return tuple(out)
 
 
-class _MaskedMode(TorchFunctionMode):
-    def __init__(self, process_group=None):
-        super().__init__()
-        self.entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.masks: dict[tuple, Tensor] = {}
-        self.cleaned: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.process_group = process_group
-
-    # -- bookkeeping --------------------------------------------------------------------------------
-    def register(self, t: Tensor, sizes: Sizes, clean: bool) -> Tensor:
-        canvas = tuple(t.shape[2:])
-        if all(size == canvas for size in sizes):
-            self.entries.pop(t, None)  # every sample fills the canvas: an ordinary tensor now
-            return t
-        self.entries[t] = _Entry(sizes, clean)
-        return t
-
-    def mask(self, sizes: Sizes, canvas: Sequence[int], device) -> Tensor:
-        """The (N, 1, *canvas) bool extent mask (made once per forward pass and extent)."""
-        key = (sizes, tuple(canvas), str(device))
-        if key not in self.masks:
-            self.masks[key] = extent_mask(torch.tensor(sizes, device=device), canvas)
-        return self.masks[key]
-
-    def mask_of(self, t: Tensor) -> Tensor:
-        return self.mask(self.entries[t].sizes, t.shape[2:], t.device)
-
-    def clean(self, t: Tensor) -> Tensor:
-        entry = self.entries[t]
-        if entry.clean:
-            return t
-        cached = self.cleaned.get(t)
-        if cached is not None and cached[0] == t._version:
-            return cached[1]
-        # One pass forward and backward; unlike a multiplication it also clears -inf left by max pooling.
-        out = torch.where(self.mask(entry.sizes, t.shape[2:], t.device), t, 0)
-        self.register(out, entry.sizes, clean=True)
-        self.cleaned[t] = (t._version, out)
-        return out
-
-    def ones_outside(self, t: Tensor) -> Tensor:
-        """``t`` with 1 outside each sample's extent: a safe operand for division, log, sqrt, pow."""
-        entry = self.entries[t]
-        out = torch.where(self.mask(entry.sizes, t.shape[2:], t.device), t, 1)
-        return self.register(out, entry.sizes, clean=False)
-
-    def clean_value(self, value):
-        if isinstance(value, Tensor) and value in self.entries:
-            return self.clean(value)
-        if isinstance(value, (list, tuple)):
-            return type(value)(self.clean_value(v) for v in value)
-        return value
-
-    # -- dispatch -----------------------------------------------------------------------------------
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        entries = self.entries
-        padded = [t for t in tensors_in(args) + tensors_in(kwargs) if t in entries] if entries else []
-        if not padded:
-            return func(*args, **kwargs)
-        handler = _DISPATCH.get(func)
-        if handler is not None:
-            return handler(self, func, args, kwargs, padded)
-        if func in _SAME:
-            out = func(*args, **kwargs)
-            if isinstance(out, Tensor) and out is not padded[0]:
-                entry = self.entries[padded[0]]
-                self.register(out, entry.sizes, entry.clean)
-            return out
-        out = func(*args, **kwargs) if _name(func) in _METADATA else None
-        if out is not None and not tensors_in(out):
-            return out
-        if _name(func) in ("Tensor.data", "Tensor.__getitem__"):
-            return self._getitem(func, args, kwargs, padded)
-        raise UnsupportedError(
-            f"masked(): {_name(func)} is not supported on a padded batch: it could mix padding into valid "
-            "positions (see cnnkit.masking.masked_model for the supported ops). Received a tensor of shape "
-            f"{tuple(padded[0].shape)} with per-sample extents {self.entries[padded[0]].sizes}."
-        )
-
-    def _getitem(self, func, args, kwargs, padded):
-        source = padded[0]
-        entry = self.entries[source]
-        if _name(func) == "Tensor.data":
-            out = func(*args, **kwargs)
-            return self.register(out, entry.sizes, entry.clean)
-        key = args[1] if len(args) > 1 else None
-        key = key if isinstance(key, tuple) else (key,)
-        spatial_untouched = len(key) <= 2 and all(
-            k is Ellipsis or (isinstance(k, slice) and k == slice(None)) for k in key[:1]
-        ) and (len(key) < 2 or isinstance(key[1], (slice, int, list, Tensor)))
-        if not spatial_untouched or Ellipsis in key[1:]:
-            raise UnsupportedError(
-                f"masked(): indexing a padded tensor with {key!r} is not supported; only channel selection "
-                "x[:, channels] is."
-            )
-        out = func(*args, **kwargs)
-        if out.dim() != source.dim():
-            raise UnsupportedError(f"masked(): indexing with {key!r} removed the channel dimension.")
-        return self.register(out, entry.sizes, entry.clean)
-
-
-_METADATA = {"Tensor.size", "Tensor.dim", "Tensor.shape", "Tensor.dtype", "Tensor.device", "Tensor.ndim",
-             "Tensor.requires_grad", "Tensor.is_cuda", "Tensor.numel", "Tensor.__len__", "Tensor.layout",
-             "Tensor.is_floating_point", "Tensor.grad_fn", "Tensor.grad", "Tensor.element_size",
-             "Tensor.is_contiguous", "Tensor.stride", "Tensor.__format__", "Tensor.__repr__", "Tensor.data_ptr",
-             "Tensor.names", "Tensor.is_sparse", "Tensor.is_quantized", "Tensor.is_meta", "Tensor.is_nested",
-             "Tensor._version", "Tensor.__hash__", "Tensor.storage_offset", "Tensor.is_leaf", "Tensor.get_device",
-             "size", "dim", "numel", "is_floating_point", "is_complex"}
-
-
-# -- handlers -----------------------------------------------------------------------------------------
-
-
-def _pointwise(mode: _MaskedMode, func, args, kwargs, padded):
-    if func in _SINGULAR and isinstance(args[0], Tensor) and args[0] in mode.entries:  # the base for pow
-        args = (mode.ones_outside(args[0]), *args[1:])
-    out = func(*args, **kwargs)
-    entry = mode.entries[padded[0]]
-    clean = entry.clean and func in _ZERO_PRESERVING
-    return mode.register(out, entry.sizes, clean)
-
-
-def _check_operands(mode: _MaskedMode, func, args, kwargs, padded) -> _Entry:
-    sizes = {mode.entries[t].sizes for t in padded}
-    if len(sizes) != 1:
-        raise ShapeError(f"masked(): {_name(func)} combines padded tensors with different extents: {sorted(sizes)}.")
-    canvas = tuple(padded[0].shape[2:])
-    for t in tensors_in(args) + tensors_in(kwargs):
-        if t in mode.entries:
-            if tuple(t.shape[2:]) != canvas:
-                raise ShapeError(f"masked(): {_name(func)} combines padded tensors of canvas {canvas} and "
-                                 f"{tuple(t.shape[2:])}.")
-        elif any(s != 1 for s in t.shape[max(t.dim() - len(canvas), 0):]):
-            raise UnsupportedError(
-                f"masked(): {_name(func)} combines a padded tensor with an ordinary tensor of shape "
-                f"{tuple(t.shape)} that varies over the spatial dimensions; its values at the padded positions "
-                "would not be what each sample sees alone."
-            )
-    return mode.entries[padded[0]]
-
-
-def _binary(mode: _MaskedMode, func, args, kwargs, padded):
-    entry = _check_operands(mode, func, args, kwargs, padded)
-    operands = list(args[:2])
-    divisor = 0 if func is Tensor.__rtruediv__ else 1  # x.__rtruediv__(y) is y / x
-    if func in _DIV:  # a padded divisor gets 1 outside the extents (see _SINGULAR)
-        if divisor < len(args) and isinstance(args[divisor], Tensor) and args[divisor] in mode.entries:
-            args = tuple(mode.ones_outside(a) if i == divisor else a for i, a in enumerate(args))
-        elif isinstance(kwargs.get("other"), Tensor) and kwargs["other"] in mode.entries:
-            kwargs = {**kwargs, "other": mode.ones_outside(kwargs["other"])}
-    out = func(*args, **kwargs)
-    all_padded = all(isinstance(a, Tensor) and a in mode.entries for a in operands)
-    all_clean = all(mode.entries[t].clean for t in padded)
-    if func in _MUL:
-        clean = any(mode.entries[t].clean for t in padded)
-    elif func in _DIV:
-        clean = divisor == 1 and operands[0] in mode.entries and mode.entries[operands[0]].clean and not (
-            len(operands) > 1 and isinstance(operands[1], Tensor) and operands[1] in mode.entries)
-    else:
-        clean = all_padded and all_clean
-    return mode.register(out, entry.sizes, clean)
-
-
-def _conv(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    if x not in mode.entries or len(padded) != 1:
-        raise UnsupportedError(f"masked(): {_name(func)} with a padded weight or bias is not supported.")
-    weight = _arg(args, kwargs, 1, "weight")
-    n = weight.dim() - 2
-    stride = _arg(args, kwargs, 3, "stride", 1)
-    padding = _arg(args, kwargs, 4, "padding", 0)
-    dilation = _arg(args, kwargs, 5, "dilation", 1)
-    k = tuple(weight.shape[2:])
-    stride, dilation, padding = _tuple(stride, n), _tuple(dilation, n), _pad_arg(padding, n)
-    in_sizes = mode.entries[x].sizes
-    sizes = _window_sizes(conv_output_size, in_sizes, k, stride, padding, dilation)
-    before = [tuple(lo for lo, _ in padding_amounts(size, k, stride, padding, dilation)) for size in in_sizes] if (
-        isinstance(padding, str)) else [padding] * len(in_sizes)
-    source = mode.clean(x) if _reads_outside(in_sizes, sizes, k, stride, dilation, before) else x
-    out = func(source, *args[1:], **kwargs)
-    return mode.register(out, sizes, clean=False)
-
-
 def _reads_outside(in_sizes: Sizes, out_sizes: Sizes, kernel, stride, dilation, before) -> bool:
     """Whether any valid output's window reaches past its sample's extent (into padding or garbage).
 
@@ -332,210 +433,319 @@ def _reads_outside(in_sizes: Sizes, out_sizes: Sizes, kernel, stride, dilation, 
     return False
 
 
-def _tuple(value, n):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+def _conv_plan(ctx: MaskedContext, func, in_sizes: Sizes, k, stride, padding, dilation):
+    key = (func, in_sizes, k, stride, padding, dilation)
+    plan = ctx.cache.get(key)
+    if plan is None:
+        sizes = _window_sizes(conv_output_size, in_sizes, k, stride, padding, dilation)
+        before = [tuple(lo for lo, _ in padding_amounts(size, k, stride, padding, dilation)) for size in in_sizes] if (
+            isinstance(padding, str)) else [padding] * len(in_sizes)
+        plan = (sizes, _reads_outside(in_sizes, sizes, k, stride, dilation, before))
+        ctx.cache[key] = plan
+    return plan
 
 
-def _pad_arg(padding, n):
-    return padding if isinstance(padding, str) else _tuple(padding, n)
-
-
-def _conv_transpose(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    if x not in mode.entries or len(padded) != 1:
+def _conv(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x, weight = b["input"], b["weight"]
+    if not ctx.is_padded(x) or len(ctx.padded) != 1:
         raise UnsupportedError(f"masked(): {_name(func)} with a padded weight or bias is not supported.")
-    weight = _arg(args, kwargs, 1, "weight")
+    _require_canonical(ctx, func, x)
     n = weight.dim() - 2
-    stride = _tuple(_arg(args, kwargs, 3, "stride", 1), n)
-    padding = _tuple(_arg(args, kwargs, 4, "padding", 0), n)
-    output_padding = _tuple(_arg(args, kwargs, 5, "output_padding", 0), n)
-    dilation = _tuple(_arg(args, kwargs, 7, "dilation", 1), n)
-    out = func(mode.clean(x), *args[1:], **kwargs)
-    sizes = _window_sizes(conv_transpose_output_size, mode.entries[x].sizes, tuple(weight.shape[2:]), stride,
-                          padding, output_padding, dilation)
-    return mode.register(out, sizes, clean=False)
+    padding = b.get("padding", 0)
+    padding = padding if isinstance(padding, str) else _tuple(padding, n)
+    sizes, reads = _conv_plan(ctx, func, ctx.entries[x].sizes, tuple(weight.shape[2:]),
+                              _tuple(b.get("stride", 1), n), padding, _tuple(b.get("dilation", 1), n))
+    if reads:
+        x = ctx.zeros_outside(x)
+        args = (x, *args[1:]) if args else args
+        kwargs = {**kwargs, "input": x} if "input" in kwargs else kwargs
+    return ctx.track(func(*args, **kwargs), sizes)
 
 
-def _pool_geometry(args, kwargs, n: int):
+def _conv_transpose(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x, weight = b["input"], b["weight"]
+    if not ctx.is_padded(x) or len(ctx.padded) != 1:
+        raise UnsupportedError(f"masked(): {_name(func)} with a padded weight or bias is not supported.")
+    _require_canonical(ctx, func, x)
+    n = weight.dim() - 2
+    geometry = (tuple(weight.shape[2:]), _tuple(b.get("stride", 1), n), _tuple(b.get("padding", 0), n),
+                _tuple(b.get("output_padding", 0), n), _tuple(b.get("dilation", 1), n))
+    sizes = _window_sizes(conv_transpose_output_size, ctx.entries[x].sizes, *geometry)
+    out = func(ctx.zeros_outside(x), *args[1:], **kwargs)
+    return ctx.track(out, sizes)
+
+
+def _pool_geometry(b: dict, n: int):
     """``(kernel_size, stride, padding)`` tuples of a ``*_pool*d`` call; ``stride`` defaults to the kernel."""
-    kernel = _tuple(_arg(args, kwargs, 1, "kernel_size"), n)
-    stride = _arg(args, kwargs, 2, "stride", None)
+    kernel = _tuple(b["kernel_size"], n)
+    stride = b.get("stride")
     stride = kernel if stride is None or stride == [] or stride == () else _tuple(stride, n)
-    return kernel, stride, _tuple(_arg(args, kwargs, 3, "padding", 0), n)
+    return kernel, stride, _tuple(b.get("padding", 0), n)
 
 
-def _max_pool(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    kernel, stride, padding = _pool_geometry(args, kwargs, x.dim() - 2)
-    dilation = _tuple(_arg(args, kwargs, 4, "dilation", 1), x.dim() - 2)
-    ceil_mode = _arg(args, kwargs, 5, "ceil_mode", False)
-    in_sizes = mode.entries[x].sizes
-    sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, dilation, ceil_mode)
-    reads_outside = _reads_outside(in_sizes, sizes, kernel, stride, dilation, [padding] * len(in_sizes))
-    filled = torch.where(mode.mask_of(x), x, -math.inf) if reads_outside else x
-    out = func(filled, *args[1:], **kwargs)
-    if isinstance(out, tuple):  # (values, indices)
-        return (mode.register(out[0], sizes, clean=False), *out[1:])
-    return mode.register(out, sizes, clean=False)
-
-
-def _avg_pool(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
+def _max_pool(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    _require_canonical(ctx, func, x)
     n = x.dim() - 2
-    kernel, stride, padding = _pool_geometry(args, kwargs, n)
-    ceil_mode = _arg(args, kwargs, 4, "ceil_mode", False)
-    count_include_pad = _arg(args, kwargs, 5, "count_include_pad", True)
-    divisor_override = _arg(args, kwargs, 6, "divisor_override", None)
-    in_sizes = mode.entries[x].sizes
+    kernel, stride, padding = _pool_geometry(b, n)
+    dilation = _tuple(b.get("dilation", 1), n)
+    ceil_mode = b.get("ceil_mode", False)
+    in_sizes = ctx.entries[x].sizes
+    key = (func, in_sizes, kernel, stride, padding, dilation, ceil_mode)
+    plan = ctx.cache.get(key)
+    if plan is None:
+        sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, dilation, ceil_mode)
+        plan = (sizes, _reads_outside(in_sizes, sizes, kernel, stride, dilation, [padding] * len(in_sizes)))
+        ctx.cache[key] = plan
+    sizes, reads = plan
+    if reads:
+        x = torch.where(ctx.mask(x), x, -math.inf)
+    out = func(x, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
+    if isinstance(out, tuple):  # (values, indices)
+        return (ctx.track(out[0], sizes), *out[1:])
+    return ctx.track(out, sizes)
+
+
+def _avg_pool(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    _require_canonical(ctx, func, x)
+    n = x.dim() - 2
+    kernel, stride, padding = _pool_geometry(b, n)
+    ceil_mode = b.get("ceil_mode", False)
+    count_include_pad = b.get("count_include_pad", True)
+    divisor_override = b.get("divisor_override")
+    in_sizes = ctx.entries[x].sizes
     sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, 1, ceil_mode)
     ones = (1,) * n
     if not _reads_outside(in_sizes, sizes, kernel, stride, ones, [padding] * len(in_sizes)):
-        return mode.register(func(*args, **kwargs), sizes, clean=False)  # every window inside its sample
-    clean = mode.clean(x)
+        return ctx.track(func(*args, **kwargs), sizes)  # every window inside its sample
+    clean = ctx.zeros_outside(x)
     if count_include_pad or divisor_override is not None:
         if ceil_mode and divisor_override is None:
             raise UnsupportedError(
                 f"masked(): {_name(func)} with ceil_mode=True and count_include_pad=True is not supported: the "
-                "divisor of the last window depends on each sample's size."
+                "divisor of the last window depends on each sample's size. Use ceil_mode=False."
             )
-        out = func(clean, *args[1:], **kwargs)
-        return mode.register(out, sizes, clean=False)
+        out = func(clean, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
+        return ctx.track(out, sizes)
     # count_include_pad=False: average over the positions each sample really has.
     pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+    valid = ctx.mask(x).to(x.dtype)
     if n == 1:
-        total = pool(clean, kernel, stride, padding, ceil_mode, True) * math.prod(kernel)
-        count = pool(mode.mask_of(x).to(x.dtype), kernel, stride, padding, ceil_mode, True) * math.prod(kernel)
+        total = pool(clean, kernel, stride, padding, ceil_mode, True)
+        count = pool(valid, kernel, stride, padding, ceil_mode, True)
     else:
         total = pool(clean, kernel, stride, padding, ceil_mode, True, 1)
-        count = pool(mode.mask_of(x).to(x.dtype), kernel, stride, padding, ceil_mode, True, 1)
-    out = total / count.clamp_min(1)
-    return mode.register(out, sizes, clean=False)
+        count = pool(valid, kernel, stride, padding, ceil_mode, True, 1)
+    return ctx.track(total / torch.where(count > 0, count, 1), sizes)
 
 
-def _adaptive(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
+_RETURNS_INDICES = _ops.functions(
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", namespaces=(torch,)
+) | _ops.functions("adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+                   "adaptive_max_pool3d_with_indices", namespaces=(F,))
+_ADAPTIVE_AVG = _ops.functions("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                               namespaces=(torch, F, torch._C._nn))
+
+
+def _adaptive(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    _require_canonical(ctx, func, x)
     n = x.dim() - 2
-    target = _tuple(_arg(args, kwargs, 1, "output_size"), n)
-    if any(t != 1 for t in target):
+    target = _tuple(b["output_size"], n)
+    if any(t not in (1, None) for t in target) or all(t is None for t in target):
         raise UnsupportedError(
-            f"masked(): {_name(func)} to output_size={target} is not supported on a padded batch (its bins "
-            "depend on each sample's size); output_size=1 (global pooling) is."
+            f"masked(): {_name(func)} to output_size={target} is not defined per sample on a padded batch (its "
+            "bins depend on each sample's size and the result would not be what a sample gives alone); use "
+            "global pooling (output_size=1) or run such samples one at a time."
         )
+    if any(t is None for t in target):
+        raise UnsupportedError(f"masked(): {_name(func)} with output_size={target} keeps a padded dimension.")
     dims = tuple(range(2, x.dim()))
-    mask = mode.mask_of(x)
+    mask = ctx.mask(x)
     if func in _ADAPTIVE_AVG:
-        out = mode.clean(x).sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).to(x.dtype)
-        return out
+        return ctx.zeros_outside(x).sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).to(x.dtype)
     values = torch.where(mask, x, -math.inf)
-    flat = values.flatten(2)
-    best, index = flat.max(dim=2)
+    best, index = values.flatten(2).max(dim=2)
     out = best.view(*best.shape, *([1] * n))
-    if "indices" in getattr(func, "__name__", "") or _arg(args, kwargs, 2, "return_indices", False):
+    if func in _RETURNS_INDICES or b.get("return_indices", False):
         return out, index.view(*index.shape, *([1] * n))
     return out
 
 
-def _reduce(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    if x not in mode.entries:
+def _dims(dim, nd: int) -> tuple[int, ...]:
+    if dim is None:
+        return tuple(range(nd))
+    return tuple(sorted(d % nd for d in ((dim,) if isinstance(dim, int) else dim)))
+
+
+def _after_removing(axes: tuple[int, ...], removed: Sequence[int]) -> tuple[int, ...]:
+    return tuple(a - sum(1 for r in removed if r < a) for a in axes)
+
+
+def _reduce(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    if not ctx.is_padded(x):
         raise UnsupportedError(f"masked(): {_name(func)} with a padded tensor as a secondary argument.")
+    entry = ctx.entries[x]
     nd = x.dim()
-    dim = _arg(args, kwargs, 1, "dim", None)
-    keepdim = _arg(args, kwargs, 2, "keepdim", False)
-    dims = tuple(range(nd)) if dim is None else tuple(d % nd for d in ((dim,) if isinstance(dim, int) else dim))
-    spatial = set(range(2, nd))
-    name = getattr(func, "__name__", "")
-    entry = mode.entries[x]
-    if not spatial & set(dims):  # over channels (or batch) only: the extent stays
+    dim = b.get("dim")
+    keepdim = b.get("keepdim", False)
+    dims = _dims(dim, nd)
+    spatial = set(entry.axes)
+    name = func.__name__
+    if name in ("max", "min") and dim is None:
+        raise UnsupportedError(f"masked(): {_name(func)} over a whole padded tensor; reduce over some dims.")
+    if not spatial & set(dims):  # over channels (or other non-spatial dims) only: the extent stays
+        if entry.batch in dims:
+            raise UnsupportedError(f"masked(): {_name(func)} over the batch dimension of a padded tensor.")
         out = func(*args, **kwargs)
-        return mode.register(out, entry.sizes, entry.clean and name in ("sum", "mean", "amax", "amin"))
-    if not spatial <= set(dims) or 0 in dims:
+        axes = entry.axes if keepdim else _after_removing(entry.axes, dims)
+        batch = entry.batch if keepdim else _after_removing((entry.batch,), dims)[0]
+        clean = ctx.is_clean(x) and name in ("sum", "mean", "amax", "amin", "max", "min", "nansum", "nanmean")
+        if isinstance(out, tuple):  # (values, indices)
+            return type(out)((ctx.track(out[0], entry.sizes, clean, axes, batch), out[1]))
+        return ctx.track(out, entry.sizes, clean, axes, batch)
+    if not spatial <= set(dims) or entry.batch in dims:
         raise UnsupportedError(
             f"masked(): {_name(func)} over dims {dims} reduces some spatial dimensions of a padded tensor but not "
             "all (or the batch dimension); reduce over all spatial dimensions."
         )
-    mask = mode.mask_of(x)
-    if name in ("amax", "amin"):
-        fill = -math.inf if name == "amax" else math.inf
-        return func(torch.where(mask, x, fill), *args[1:], **kwargs)
-    total = mode.clean(x).sum(dims, keepdim=keepdim)
-    if name == "sum":
+    mask = ctx.mask(x)
+    if name in ("amax", "amin", "max", "min"):
+        fill = -math.inf if name in ("amax", "max") else math.inf
+        return func(torch.where(mask, x, fill), *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
+    total = ctx.zeros_outside(x).sum(dims, keepdim=keepdim)
+    if name in ("sum", "nansum"):
         return total
     count = mask.expand_as(x).sum(dims, keepdim=keepdim).to(x.dtype)
     return total / count
 
 
-def _batch_norm(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    running_mean = _arg(args, kwargs, 1, "running_mean")
-    running_var = _arg(args, kwargs, 2, "running_var")
-    weight = _arg(args, kwargs, 3, "weight")
-    bias = _arg(args, kwargs, 4, "bias")
-    training = _arg(args, kwargs, 5, "training", False)
-    momentum = _arg(args, kwargs, 6, "momentum", 0.1)
-    eps = _arg(args, kwargs, 7, "eps", 1e-5)
-    entry = mode.entries[x]
-    if not training:
-        return mode.register(func(*args, **kwargs), entry.sizes, clean=False)
-    out = masked_batch_norm(x, mode.mask_of(x), running_mean, running_var, weight, bias, momentum, eps,
-                            mode.process_group)
-    return mode.register(out, entry.sizes, clean=False)
+def _batch_norm(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)  # torch.batch_norm and F.batch_norm order their arguments differently
+    x = b["input"]
+    if not ctx.is_padded(x) or len(ctx.padded) != 1:
+        raise UnsupportedError(f"masked(): {_name(func)} with a padded weight or statistic.")
+    _require_canonical(ctx, func, x)
+    entry = ctx.entries[x]
+    if not b.get("training", False):
+        return ctx.track(func(*args, **kwargs), entry.sizes)
+    out = masked_batch_norm(x, ctx.mask(x), b.get("running_mean"), b.get("running_var"), b.get("weight"),
+                            b.get("bias"), b.get("momentum", 0.1) if b.get("momentum") is not None else 0.1,
+                            b.get("eps", 1e-5), ctx.process_group)
+    return ctx.track(out, entry.sizes)
 
 
-def _group_norm(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    entry = mode.entries[x]
-    num_groups = _arg(args, kwargs, 1, "num_groups")
-    out = masked_group_norm(x, mode.mask_of(x), num_groups, _arg(args, kwargs, 2, "weight"),
-                            _arg(args, kwargs, 3, "bias"), _arg(args, kwargs, 4, "eps", 1e-5))
-    return mode.register(out, entry.sizes, clean=False)
+def _group_norm(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    _require_canonical(ctx, func, x)
+    out = masked_group_norm(x, ctx.mask(x), b["num_groups"], b.get("weight"), b.get("bias"), b.get("eps", 1e-5))
+    return ctx.track(out, ctx.entries[x].sizes)
 
 
-def _instance_norm(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    entry = mode.entries[x]
-    running_mean = _arg(args, kwargs, 1, "running_mean")
-    use_input_stats = _arg(args, kwargs, 5, "use_input_stats", True)
-    if not use_input_stats:
-        return mode.register(func(*args, **kwargs), entry.sizes, clean=False)
-    if running_mean is not None:
+def _instance_norm(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    _require_canonical(ctx, func, x)
+    entry = ctx.entries[x]
+    if not b.get("use_input_stats", True):
+        return ctx.track(func(*args, **kwargs), entry.sizes)
+    if b.get("running_mean") is not None:
         raise UnsupportedError("masked(): instance_norm with track_running_stats=True in training is not supported.")
-    out = masked_group_norm(x, mode.mask_of(x), x.shape[1], _arg(args, kwargs, 3, "weight"),
-                            _arg(args, kwargs, 4, "bias"), _arg(args, kwargs, 7, "eps", 1e-5))
-    return mode.register(out, entry.sizes, clean=False)
+    out = masked_group_norm(x, ctx.mask(x), x.shape[1], b.get("weight"), b.get("bias"), b.get("eps", 1e-5))
+    return ctx.track(out, entry.sizes)
 
 
-def _softmax(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    dim = _arg(args, kwargs, 1, "dim")
-    if dim is None or dim % x.dim() != 1:
-        raise UnsupportedError(f"masked(): {_name(func)} over dim={dim} of a padded tensor; only dim=1 (channels).")
-    return _pointwise(mode, func, args, kwargs, padded)
+def _layer_norm(ctx: MaskedContext, func, args, kwargs):
+    """Layer norm over trailing non-spatial dims (ConvNeXt's channels-last blocks) is per position."""
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    entry = ctx.entries[x]
+    shape = _tuple(b["normalized_shape"], 1)
+    if any(a >= x.dim() - len(shape) for a in entry.axes) or len(ctx.padded) != 1:
+        raise UnsupportedError(
+            f"masked(): {_name(func)} with normalized_shape={tuple(shape)} normalises over spatial dimensions of "
+            f"a padded tensor of shape {tuple(x.shape)} (spatial dims {entry.axes}); normalise over channels "
+            "only (channels last, or GroupNorm)."
+        )
+    return ctx.track(func(*args, **kwargs), entry.sizes, False, entry.axes)
 
 
-def _cat(mode: _MaskedMode, func, args, kwargs, padded):
-    tensors = list(_arg(args, kwargs, 0, "tensors"))
-    dim = _arg(args, kwargs, 1, "dim", 0)
-    nd = tensors[0].dim()
-    dim %= nd
-    if any(t not in mode.entries for t in tensors):
+def _linear(ctx: MaskedContext, func, args, kwargs):
+    """``F.linear`` over a non-spatial last dimension (channels last) is per position."""
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    entry = ctx.entries.get(x) if isinstance(x, Tensor) else None
+    if entry is None or x.dim() - 1 in entry.axes or len(ctx.padded) != 1:
+        raise UnsupportedError(
+            f"masked(): {_name(func)} over the last dimension of a padded tensor of shape "
+            f"{tuple(ctx.padded[0].shape)}, which is spatial (spatial dims {ctx.entries[ctx.padded[0]].axes}): it "
+            "would mix positions. Pool globally first, or permute the channels last."
+        )
+    clean = ctx.is_clean(x) and b.get("bias") is None
+    return ctx.track(func(*args, **kwargs), entry.sizes, clean, entry.axes)
+
+
+def _softmax(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    entry = ctx.entries[x]
+    dim = b.get("dim")
+    if dim is None or dim % x.dim() in entry.axes or dim % x.dim() == 0:
+        raise UnsupportedError(f"masked(): {_name(func)} over dim={dim} of a padded tensor; only over channels "
+                               f"(not the spatial dims {entry.axes} or the batch).")
+    return ctx.track(func(*args, **kwargs), entry.sizes, False, entry.axes)
+
+
+def _stack(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    tensors = list(b["input"])
+    nd = tensors[0].dim() + 1
+    dim = b.get("dim", 0) % nd
+    if any(not ctx.is_padded(t) for t in tensors):
         raise UnsupportedError(f"masked(): {_name(func)} of padded and ordinary tensors is not supported.")
-    if dim == 1:
-        entry = _check_operands(mode, func, (tensors,), {}, padded)
-        out = func(*args, **kwargs)
-        return mode.register(out, entry.sizes, all(mode.entries[t].clean for t in tensors))
+    entry = _check_operands(ctx, func, tensors, tensors[0].dim())
+    axes = tuple(a + (a >= dim) for a in entry.axes)
+    out = func(*args, **kwargs)
+    return ctx.track(out, entry.sizes, all(ctx.is_clean(t) for t in tensors), axes, entry.batch + (entry.batch >= dim))
+
+
+def _cat(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    tensors = list(b["input"])
+    dim = b.get("dim", 0) % tensors[0].dim()
+    if any(not ctx.is_padded(t) for t in tensors):
+        raise UnsupportedError(
+            f"masked(): {_name(func)} of padded and ordinary tensors (shapes {[tuple(t.shape) for t in tensors]}) "
+            "is not supported: the ordinary tensor's values outside each sample's extent are unknown."
+        )
+    entry = ctx.entries[tensors[0]]
     if dim == 0:
-        out = func(*args, **kwargs)
-        sizes = tuple(s for t in tensors for s in mode.entries[t].sizes)
-        return mode.register(out, sizes, all(mode.entries[t].clean for t in tensors))
-    raise UnsupportedError(f"masked(): {_name(func)} along spatial dim={dim} is not supported on padded tensors.")
+        if any(ctx.entries[t].axes != entry.axes for t in tensors):
+            raise UnsupportedError(f"masked(): {_name(func)} of padded tensors with different layouts.")
+        sizes = tuple(s for t in tensors for s in ctx.entries[t].sizes)
+        return ctx.track(func(*args, **kwargs), sizes, all(ctx.is_clean(t) for t in tensors), entry.axes)
+    if dim in entry.axes:
+        raise UnsupportedError(f"masked(): {_name(func)} along spatial dim={dim} is not supported on padded tensors.")
+    _check_operands(ctx, func, tensors, tensors[0].dim())
+    return ctx.track(func(*args, **kwargs), entry.sizes, all(ctx.is_clean(t) for t in tensors), entry.axes)
 
 
-def _pad(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
-    pads = tuple(_arg(args, kwargs, 1, "pad"))
-    pad_mode = _arg(args, kwargs, 2, "mode", "constant")
-    value = _arg(args, kwargs, 3, "value", None)
+def _pad(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    _require_canonical(ctx, func, x)
+    pads = tuple(b["pad"])
+    pad_mode = b.get("mode", "constant")
+    value = b.get("value")
     if pad_mode != "constant" or (value not in (None, 0, 0.0)) or any(p < 0 for p in pads):
         raise UnsupportedError(
             f"masked(): F.pad with mode={pad_mode!r}, value={value!r}, pad={pads} is not supported; zero padding "
@@ -544,12 +754,12 @@ def _pad(mode: _MaskedMode, func, args, kwargs, padded):
     n = x.dim() - 2
     if len(pads) // 2 > n:
         raise UnsupportedError("masked(): F.pad of the channel or batch dimension is not supported.")
-    out = func(mode.clean(x), *args[1:], **kwargs)
+    out = func(ctx.zeros_outside(x), *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
     extra = [0] * n
     for i in range(len(pads) // 2):
         extra[n - 1 - i] = pads[2 * i] + pads[2 * i + 1]
-    sizes = tuple(tuple(s + e for s, e in zip(size, extra)) for size in mode.entries[x].sizes)
-    return mode.register(out, sizes, clean=True)
+    sizes = tuple(tuple(s + e for s, e in zip(size, extra)) for size in ctx.entries[x].sizes)
+    return ctx.track(out, sizes, True)
 
 
 def _replicate_edges(x: Tensor, sizes: Sizes) -> Tensor:
@@ -566,74 +776,409 @@ def _replicate_edges(x: Tensor, sizes: Sizes) -> Tensor:
     return x
 
 
-def _interpolate(mode: _MaskedMode, func, args, kwargs, padded):
-    x = args[0]
+_LINEAR_MODES = ("linear", "bilinear", "bicubic", "trilinear")
+
+
+def _target_extents(ctx: MaskedContext, in_sizes: Sizes, canvas: tuple[int, ...], target: tuple[int, ...]):
+    """Each sample's output extent for ``interpolate(size=target)``: the extents of a padded tensor whose canvas is
+    ``target`` (e.g. the skip connection), or ``in · target / canvas`` where that is an integer for every sample."""
+    candidates = ctx.extents_of_canvas(target)
+    if len(candidates) > 1:  # prefer the ones in the same proportion as the canvases
+        proportional = [c for c in candidates if all(
+            o * c_ == s * t for size, out in zip(in_sizes, c) for s, o, c_, t in zip(size, out, canvas, target))]
+        candidates = proportional or candidates
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates and all(t % c == 0 for t, c in zip(target, canvas)):
+        return tuple(tuple(s * (t // c) for s, t, c in zip(size, target, canvas)) for size in in_sizes)
+    return None
+
+
+def _interpolate(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    size, scale = b.get("size"), b.get("scale_factor")
+    mode, align = b.get("mode", "nearest"), b.get("align_corners")
+    recompute, antialias = b.get("recompute_scale_factor"), b.get("antialias", False)
+    if not ctx.is_padded(x):
+        # An ordinary per-sample tensor (e.g. a global summary, or a map every sample fills) resized to the canvas
+        # of a padded tensor: each sample alone resizes it to its own extent there.
+        if size is None or x.dim() < 3:
+            return func(*args, **kwargs)
+        target = _tuple(size, x.dim() - 2)
+        candidates = ctx.extents_of_canvas(target)
+        if len(candidates) != 1 or len(candidates[0]) != x.shape[0]:
+            return func(*args, **kwargs)  # not tied to a padded canvas: an ordinary op
+        full = (tuple(x.shape[2:]),) * x.shape[0]
+        out = _per_extent(x, full, candidates[0], target, lambda part, to: F.interpolate(
+            part, size=to, mode=mode, align_corners=align, antialias=antialias))
+        return ctx.track(out, candidates[0])
+    _require_canonical(ctx, func, x)
     n = x.dim() - 2
-    size = _arg(args, kwargs, 1, "size")
-    scale = _arg(args, kwargs, 2, "scale_factor")
-    interp_mode = _arg(args, kwargs, 3, "mode", "nearest")
-    align = _arg(args, kwargs, 4, "align_corners")
-    recompute = _arg(args, kwargs, 5, "recompute_scale_factor")
-    antialias = _arg(args, kwargs, 6, "antialias", False)
-    if size is not None or scale is None or recompute or antialias or align:
-        raise UnsupportedError(
-            f"masked(): interpolate(size={size}, scale_factor={scale}, align_corners={align}, "
-            f"recompute_scale_factor={recompute}, antialias={antialias}) is not supported on a padded batch; "
-            "use scale_factor with align_corners=False (the sampling grid then does not depend on each "
-            "sample's size)."
-        )
-    scales = _tuple(scale, n)
-    entry = mode.entries[x]
-    if interp_mode in ("nearest", "nearest-exact"):
-        source = x
-    elif interp_mode in ("linear", "bilinear", "bicubic", "trilinear"):
-        source = _replicate_edges(x, entry.sizes)
+    entry = ctx.entries[x]
+    canvas = tuple(x.shape[2:])
+    if mode not in ("nearest", "nearest-exact", "area", *_LINEAR_MODES):
+        raise UnsupportedError(f"masked(): interpolate mode={mode!r} is not supported on a padded batch.")
+    if size is None and scale is not None and not recompute and not antialias and not align and mode != "area":
+        # The sampling grid depends on the scale only: every sample reads what it reads alone.
+        scales = _tuple(scale, n)
+        sizes = tuple(tuple(math.floor(s * f) for s, f in zip(size_, scales)) for size_ in entry.sizes)
+        if any(s < 1 for size_ in sizes for s in size_):
+            raise ShapeError(f"masked(): interpolate(scale_factor={scale}) leaves a sample empty: extents {sizes}.")
+        source = _replicate_edges(x, entry.sizes) if mode in _LINEAR_MODES else x
+        out = func(source, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
+        return ctx.track(out, sizes)
+    # Per-sample targets: from size= (the canvas of another padded tensor, or a multiple of this one) or from a
+    # recomputed scale factor.
+    if size is not None:
+        target = _tuple(size, n)
+        sizes = _target_extents(ctx, entry.sizes, canvas, target)
+        if sizes is None:
+            raise UnsupportedError(
+                f"masked(): interpolate(size={target}) of a padded tensor with canvas {canvas}: the per-sample "
+                f"target is not defined ({len(ctx.extents_of_canvas(target))} padded tensors of canvas {target} "
+                "seen, and it is not an integer multiple of the canvas). Pass size from a padded tensor "
+                "(e.g. skip.shape[-2:]) or use scale_factor."
+            )
     else:
-        raise UnsupportedError(f"masked(): interpolate mode={interp_mode!r} is not supported on a padded batch.")
-    out = func(source, *args[1:], **kwargs)
-    sizes = tuple(tuple(math.floor(s * f) for s, f in zip(size_, scales)) for size_ in entry.sizes)
+        scales = _tuple(scale, n)
+        sizes = tuple(tuple(math.floor(s * f) for s, f in zip(size_, scales)) for size_ in entry.sizes)
     if any(s < 1 for size_ in sizes for s in size_):
-        raise ShapeError(f"masked(): interpolate(scale_factor={scale}) leaves a sample empty: extents {sizes}.")
-    return mode.register(out, sizes, clean=False)
+        raise ShapeError(f"masked(): interpolate leaves a sample empty: extents {sizes}.")
+    out_canvas = tuple(max(s[i] for s in sizes) for i in range(n))
+    if size is not None:
+        out_canvas = _tuple(size, n)
+    same_grid = not align and not antialias and mode != "area" and all(
+        o * c == s * t for size_, out_ in zip(entry.sizes, sizes)
+        for s, o, c, t in zip(size_, out_, canvas, out_canvas))
+    if same_grid and size is not None:
+        source = _replicate_edges(x, entry.sizes) if mode in _LINEAR_MODES else x
+        out = F.interpolate(source, size=out_canvas, mode=mode, align_corners=align)
+        return ctx.track(out, sizes)
+    # The grid depends on each sample's own size (align_corners=True, antialias, area, a recomputed scale):
+    # run each group of samples of one extent on its own extent and place the results on one canvas.
+    return ctx.track(_per_extent(x, entry.sizes, sizes, out_canvas, lambda part, target: F.interpolate(
+        part, size=target, mode=mode, align_corners=align, antialias=antialias)), sizes)
 
 
-def _like(mode: _MaskedMode, func, args, kwargs, padded):
+def _per_extent(x: Tensor, in_sizes: Sizes, out_sizes: Sizes, out_canvas: tuple[int, ...], fn) -> Tensor:
+    """``fn(x[group, :, :extent], target)`` for each group of samples with one (input, output) extent, on a canvas."""
+    groups: dict[tuple, list[int]] = {}
+    for index, key in enumerate(zip(in_sizes, out_sizes)):
+        groups.setdefault(key, []).append(index)
+    parts: list[Tensor | None] = [None] * x.shape[0]
+    for (size, target), members in groups.items():
+        crop = x[(members, slice(None), *(slice(0, s) for s in size))]
+        result = fn(crop, target)
+        pads = []
+        for o, c in zip(reversed(target), reversed(out_canvas)):
+            pads += [0, c - o]
+        result = F.pad(result, pads)
+        for j, member in enumerate(members):
+            parts[member] = result[j]
+    return torch.stack(parts)
+
+
+def _like(ctx: MaskedContext, func, args, kwargs):
     """``zeros_like`` & co.: a tensor of the same extents (zeros are zero outside too, so it is clean)."""
     out = func(*args, **kwargs)
-    zeros = getattr(func, "__name__", "") == "zeros_like" or (
-        getattr(func, "__name__", "") == "full_like" and _arg(args, kwargs, 1, "fill_value") == 0)
-    return mode.register(out, mode.entries[padded[0]].sizes, clean=zeros)
+    b = bind(func, args, kwargs)
+    zeros = func is torch.zeros_like or (func is torch.full_like and b.get("fill_value") == 0)
+    source = ctx.padded[0]
+    entry = ctx.entries[source]
+    return ctx.track(out, entry.sizes, zeros, entry.axes)
 
 
-def _new(mode: _MaskedMode, func, args, kwargs, padded):
+def _ordinary(ctx: MaskedContext, func, args, kwargs):
     """``x.new_zeros(shape)`` & co. only borrow dtype and device: the result is an ordinary tensor."""
     return func(*args, **kwargs)
 
 
-_HANDLERS: list[tuple[set, Callable]] = [
-    (_funcs("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-            namespaces=(torch,)), _like),
-    (_funcs("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", namespaces=(Tensor,)), _new),
-    (_POINTWISE, _pointwise),
-    (_ADD | _MUL | _DIV, _binary),
-    (_CONV, _conv),
-    (_CONV_T, _conv_transpose),
-    (_MAX_POOL, _max_pool),
-    (_AVG_POOL, _avg_pool),
-    (_ADAPTIVE_AVG | _ADAPTIVE_MAX, _adaptive),
-    (_REDUCE, _reduce),
-    (_funcs("batch_norm", namespaces=(torch, F)), _batch_norm),
-    (_funcs("group_norm", namespaces=(torch, F)), _group_norm),
-    (_funcs("instance_norm", namespaces=(torch, F)), _instance_norm),
-    (_SOFTMAX, _softmax),
-    (_CAT, _cat),
-    ({F.pad}, _pad),
-    ({F.interpolate}, _interpolate),
+def _data(ctx: MaskedContext, func, args, kwargs):
+    """``x.data`` shares storage but not the version counter: both sides are marked as never known clean."""
+    source = ctx.padded[0]
+    out = func(*args, **kwargs)
+    entry = ctx.entries[source]
+    entry.aliased = True
+    ctx.cleaned.pop(source, None)
+    ctx.track(out, entry.sizes, False, entry.axes)
+    ctx.entries[out].aliased = True
+    return out
+
+
+def _permute(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    nd = x.dim()
+    entry = ctx.entries[x]
+    if func in _PERMUTE:
+        dims = b.get("dims", b.get("dim"))
+        dims = tuple(dims) if isinstance(dims, (tuple, list, torch.Size)) else (dims, *b.get("*", ()))
+        order = [d % nd for d in dims]
+    elif func in _MOVEDIM:
+        order = _movedim_order(nd, b["source"], b["destination"])
+    else:  # transpose / swapaxes / swapdims
+        d0, d1 = (b.get(k) for k in ("dim0", "dim1")) if "dim0" in b else (b.get("axis0"), b.get("axis1"))
+        order = list(range(nd))
+        order[d0 % nd], order[d1 % nd] = order[d1 % nd], order[d0 % nd]
+    axes = tuple(order.index(a) for a in entry.axes)
+    if order[0] != 0 or list(axes) != sorted(axes):
+        raise UnsupportedError(
+            f"masked(): {_name(func)} with order {tuple(order)} moves the batch dimension or reorders the spatial "
+            f"dimensions {entry.axes} of a padded tensor of shape {tuple(x.shape)}; only moving channels (e.g. to "
+            "channels last and back) is supported."
+        )
+    return ctx.track(func(*args, **kwargs), entry.sizes, ctx.is_clean(x), axes)
+
+
+def _movedim_order(nd: int, source, destination) -> list[int]:
+    src = [s % nd for s in _tuple(source, 1)]
+    dst = [d % nd for d in _tuple(destination, 1)]
+    order = [None] * nd
+    for s, d in zip(src, dst):
+        order[d] = s
+    rest = iter(i for i in range(nd) if i not in src)
+    return [o if o is not None else next(rest) for o in order]
+
+
+def _map_axes(in_shape, out_shape, axes) -> tuple[int, ...] | None:
+    """Where the batch and spatial dims of ``in_shape`` are in ``out_shape`` after a reshape, if each is kept whole."""
+    prefix_out = [1]
+    for s in out_shape:
+        prefix_out.append(prefix_out[-1] * s)
+    result = []
+    for d in (0, *axes):
+        size = in_shape[d]
+        if size == 1 and d != 0:
+            return None
+        before = math.prod(in_shape[:d])
+        found = [e for e in range(len(out_shape)) if prefix_out[e] == before and out_shape[e] == size]
+        if not found:
+            return None
+        result.append(found[0])
+    if result[0] != 0:
+        return None
+    return tuple(result[1:])
+
+
+def _reshape(ctx: MaskedContext, func, args, kwargs):
+    x = ctx.padded[0]
+    entry = ctx.entries[x]
+    out = func(*args, **kwargs)
+    axes = _map_axes(tuple(x.shape), tuple(out.shape), entry.axes) if isinstance(out, Tensor) else None
+    if axes is None:
+        raise UnsupportedError(
+            f"masked(): {_name(func)} from shape {tuple(x.shape)} to {tuple(getattr(out, 'shape', ()))} merges or "
+            f"splits the batch or spatial dimensions {entry.axes} of a padded tensor; only non-spatial dimensions "
+            "(channels, groups) may be merged or split. Pool globally first, or flatten after the padded part."
+        )
+    return ctx.track(out, entry.sizes, ctx.is_clean(x), axes)
+
+
+def _split(ctx: MaskedContext, func, args, kwargs):
+    b = bind(func, args, kwargs)
+    x = b["input"]
+    entry = ctx.entries[x]
+    dim = b.get("dim", 0) % x.dim()
+    if dim in entry.axes or dim == 0:
+        raise UnsupportedError(f"masked(): {_name(func)} along dim={dim} of a padded tensor; only along channels.")
+    clean = ctx.is_clean(x)
+    out = func(*args, **kwargs)
+    axes = _after_removing(entry.axes, [dim]) if func in _UNBIND else entry.axes
+    return type(out)(ctx.track(t, entry.sizes, clean, axes) for t in out)
+
+
+def _getitem(ctx: MaskedContext, func, args, kwargs):
+    x, key = args[0], args[1]
+    if not ctx.is_padded(x) or len(ctx.padded) != 1:
+        raise UnsupportedError("masked(): indexing with a padded tensor as the index is not supported.")
+    entry = ctx.entries[x]
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise UnsupportedError(f"masked(): indexing a padded tensor with {key!r}.")
+    consumed = sum(0 if k is None or k is Ellipsis else 1 for k in key)
+    expanded: list = []
+    for k in key:
+        if k is Ellipsis:
+            expanded.extend([slice(None)] * (x.dim() - consumed))
+        else:
+            expanded.append(k)
+    position, out_position, axes, advanced = 0, 0, [], 0
+    full = slice(None)
+    for k in expanded:
+        if k is None:
+            out_position += 1
+            continue
+        spatial = position in entry.axes
+        if spatial or position == 0:
+            if not (isinstance(k, slice) and k == full):
+                raise UnsupportedError(
+                    f"masked(): indexing a padded tensor with {key!r} selects along the batch or a spatial dimension "
+                    f"({entry.axes}); only channel selection (x[:, channels]) is supported."
+                )
+            if spatial:
+                axes.append(out_position)
+            out_position += 1
+        elif isinstance(k, int):
+            pass  # the dimension goes
+        elif isinstance(k, slice):
+            out_position += 1
+        else:
+            advanced += 1
+            out_position += 1
+        position += 1
+    for p in range(position, x.dim()):
+        if p in entry.axes:
+            axes.append(out_position)
+        out_position += 1
+    if advanced > 1:
+        raise UnsupportedError(f"masked(): indexing a padded tensor with {key!r} (more than one index tensor).")
+    out = func(*args, **kwargs)
+    return ctx.track(out, entry.sizes, ctx.is_clean(x), tuple(axes))
+
+
+_INPLACE = frozenset(f for f in (_ops.POINTWISE | _ops.ADD | _ops.MUL | _ops.DIV)
+                     if (f.__name__.endswith("_") and not f.__name__.endswith("__"))
+                     or f.__name__ in ("__iadd__", "__isub__", "__imul__", "__itruediv__"))
+_PERMUTE = _ops.functions("permute", namespaces=(torch, Tensor))
+_MOVEDIM = _ops.functions("movedim", "moveaxis", namespaces=(torch, Tensor))
+_TRANSPOSE = _ops.functions("transpose", "swapaxes", "swapdims", namespaces=(torch, Tensor))
+_UNBIND = _ops.functions("unbind", namespaces=(torch, Tensor))
+
+_RULES: dict[Callable, Callable] = {}
+_BATCH_ANYWHERE = {_pointwise, _binary, _copy, _reduce, _stack}  # rules that handle a batch dim not at 0
+_ALWAYS: dict[Callable, Callable] = {}  # rules that also see calls without a padded argument
+_BUILT_IN: list[tuple[frozenset, Callable, str]] = [
+    (_ops.functions("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                    namespaces=(torch,)), _like, "``zeros_like`` & co.: same extents"),
+    (_ops.functions("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", namespaces=(Tensor,)),
+     _ordinary, "``x.new_zeros(shape)`` & co.: ordinary tensors"),
+    (_ops.POINTWISE, _pointwise,
+     "**point-wise ops** (activations, dropout, ``exp``, ``clamp`` …): run as they are, the extent is unchanged; "
+     "values outside the extent may become non-zero (harmless until a window op reads them). Ops not finite at "
+     "0 (``sqrt``, ``log``, ``pow`` …) see 1 outside the extents"),
+    (_ops.ADD | _ops.MUL | _ops.DIV, _binary,
+     "**arithmetic** of padded tensors of one extent, or with tensors constant over the spatial dims "
+     "(per-channel or per-sample constants: squeeze-excite, stochastic depth, layer scale); a padded divisor "
+     "sees 1 outside the extents"),
+    (_ops.COPIES, _copy, "**copies and conversions** (``clone``, ``to``, ``contiguous``)"),
+    (_ops.functions("conv1d", "conv2d", "conv3d", namespaces=(torch, F)), _conv,
+     "**convolutions**: the input is first zeroed outside the extent when a valid output's window reaches "
+     "past it (exactly the zero padding each sample sees alone); output extents follow :mod:`cnnkit.shapes`"),
+    (_ops.functions("conv_transpose1d", "conv_transpose2d", "conv_transpose3d", namespaces=(torch, F)),
+     _conv_transpose, "**transposed convolutions**: zeroed input, extents from :mod:`cnnkit.shapes`"),
+    (_ops.functions("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+                    "max_pool3d_with_indices", namespaces=(torch, F)), _max_pool,
+     "**max pooling** fills ``−inf`` outside the extent (PyTorch pads max pooling with ``−inf``)"),
+    (_ops.functions("avg_pool1d", "avg_pool2d", "avg_pool3d", namespaces=(torch, F, torch._C._nn)), _avg_pool,
+     "**average pooling**: zero padding, or the count of valid positions with ``count_include_pad=False``"),
+    (_ADAPTIVE_AVG | _ops.functions(
+        "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
+        "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", namespaces=(torch, F)), _adaptive,
+     "**global pooling** (adaptive pooling to 1) over valid positions; other adaptive sizes are refused"),
+    (_ops.functions("mean", "sum", "amax", "amin", "nanmean", "nansum", "max", "min", namespaces=(torch, Tensor)),
+     _reduce, "**reductions**: over non-spatial dims keep the extent; over all spatial dims use valid positions"),
+    (_ops.functions("batch_norm", namespaces=(torch, F)), _batch_norm,
+     "**batch norm**: eval mode is point-wise; training mode uses the statistics of valid positions (optionally "
+     "over a process group)"),
+    (_ops.functions("group_norm", namespaces=(torch, F)), _group_norm, "**group norm** over valid positions"),
+    (_ops.functions("instance_norm", namespaces=(torch, F)), _instance_norm,
+     "**instance norm** over valid positions"),
+    (_ops.functions("layer_norm", namespaces=(torch, F)), _layer_norm,
+     "**layer norm** and **linear** over a non-spatial last dimension (channels last, as in ConvNeXt)"),
+    (_ops.functions("linear", namespaces=(torch, F)), _linear, None),
+    (_ops.functions("softmax", "log_softmax", "softmin", namespaces=(torch, Tensor, F)), _softmax,
+     "**softmax** over channels"),
+    (_ops.CONCAT, _cat, "**concatenation** along channels (same extents) or the batch"),
+    (_ops.functions("stack", namespaces=(torch,)), _stack,
+     "**stack** of padded tensors of one extent (e.g. then summed over the new dimension, as FPN's merge)"),
+    (frozenset({F.pad}), _pad, "**zero padding** (``F.pad``, constant 0)"),
+    (_PERMUTE | _MOVEDIM | _TRANSPOSE, _permute,
+     "**permute / transpose / movedim** that keep the batch first and the spatial dims in order"),
+    (_ops.functions("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+                    namespaces=(torch, Tensor)), _reshape,
+     "**view / reshape / flatten** that only merge or split non-spatial dims (channel shuffle)"),
+    (_ops.functions("chunk", "split", "unbind", "tensor_split", namespaces=(torch, Tensor)), _split,
+     "**chunk / split** along channels"),
+    (frozenset({Tensor.__getitem__}), _getitem, "**channel selection** ``x[:, channels]``"),
+    (frozenset({Tensor.data.__get__}), _data,
+     "``x.data`` (tracked; neither side is trusted to be zero outside the extents afterwards)"),
 ]
 
-_DISPATCH: dict[Callable, Callable] = {func: handler for funcs, handler in _HANDLERS for func in funcs}
-if len(_DISPATCH) != sum(len(funcs) for funcs, _ in _HANDLERS):  # pragma: no cover - a programming error
-    raise RuntimeError("masked(): a function is listed under two handlers")
+
+def _install(funcs, rule, table=_RULES) -> None:
+    for func in funcs:
+        if func in _ops.METADATA:
+            raise ValueError(f"register_masked_op: {_name(func)} reads metadata and needs no rule.")
+        table[func] = rule
+
+
+for _funcs_, _rule_, _ in _BUILT_IN:
+    _install(_funcs_, _rule_)
+_ALWAYS[F.interpolate] = _interpolate
+_RULES[F.interpolate] = _interpolate
+del _funcs_, _rule_
+
+__doc__ = __doc__.replace("{rules}", "\n".join(f"* {text}." for _, _, text in _BUILT_IN if text) + (
+    "\n* **interpolation** with ``scale_factor`` (``align_corners=False``) runs on the batch (linear modes see each "
+    "sample's edge copied outward); ``size=`` the canvas of another padded tensor (a skip connection) or an "
+    "integer multiple of the input's, ``align_corners=True``, ``antialias``: per-sample targets, run per extent "
+    "where the grid depends on it; a global summary (1×1) stretched to a padded canvas is constant per sample."
+    "\n* **anything else** that touches a padded tensor raises :class:`~cnnkit.errors.UnsupportedError` naming the "
+    "op and the module: it would mix padding into valid positions (``flatten`` of spatial dims, ``Linear`` over "
+    "a spatial axis, adaptive pooling to 7×7, attention over positions …)."))
+
+
+def register_masked_op(*funcs: Callable, always: bool = False):
+    """Register a rule telling :func:`masked` how to run ``funcs`` on padded tensors (a decorator).
+
+    The rule is called as ``rule(ctx, func, args, kwargs)`` whenever one of ``funcs`` is called with a padded
+    tensor among its arguments (``always=True``: on every call). ``ctx`` is a :class:`MaskedContext`:
+    ``ctx.bind(func, args, kwargs)`` gives the arguments by name, ``ctx.sizes(t)`` each sample's extent,
+    ``ctx.zeros_outside(t)`` / ``ctx.fill_outside(t, v)`` / ``ctx.mask(t)`` prepare inputs, and
+    ``ctx.track(out, sizes, zero_outside=...)`` records the result. A rule replaces any earlier one for the
+    same function. Raise :class:`~cnnkit.errors.UnsupportedError` for calls the rule cannot make exact.
+
+    Examples:
+        >>> from cnnkit.masking import pad_batch
+        >>> @torch.overrides.wrap_torch_function(lambda x: (x,))
+        ... def smooth(x):  # a custom window op: 3-tap mean along the last axis, zero padded
+        ...     return (F.pad(x, (1, 1))[..., :-2] + x + F.pad(x, (1, 1))[..., 2:]) / 3
+        >>> @register_masked_op(smooth)
+        ... def _smooth(ctx, func, args, kwargs):
+        ...     x = ctx.bind(func, args, kwargs)["input"]
+        ...     return ctx.track(func(ctx.zeros_outside(x)), ctx.sizes(x))
+        >>> class Net(nn.Module):
+        ...     def forward(self, x):
+        ...         return smooth(x)
+        >>> batch = pad_batch([torch.ones(1, 4), torch.ones(1, 2)])
+        >>> masked(Net())(batch).unpad()[1]
+        tensor([[0.6667, 0.6667]])
+    """
+    if not funcs or not all(callable(f) for f in funcs):
+        raise ValueError(f"register_masked_op needs one or more functions. Received {funcs!r}.")
+
+    def decorator(rule: Callable) -> Callable:
+        if not callable(rule):
+            raise ValueError(f"register_masked_op: the rule must be callable. Received {rule!r}.")
+        _install(funcs, rule)
+        if always:
+            _install(funcs, rule, _ALWAYS)
+        return rule
+
+    return decorator
+
+
+# -- the model wrapper -------------------------------------------------------------------------------------
+
+
+def _position_tied(model: nn.Module) -> tuple[str, nn.Module] | None:
+    from cnnkit.nn.locally_connected import _LocallyConnectedNd  # same floor; imported late (nn imports masking)
+
+    for name, m in model.named_modules():
+        if isinstance(m, _LocallyConnectedNd):
+            return name, m
+    return None
 
 
 class MaskedModel(nn.Module):
@@ -647,6 +1192,8 @@ class MaskedModel(nn.Module):
         self.model = model
         self.sync_batchnorm = sync_batchnorm
         self.process_group = process_group
+        self._plans: dict = {}  # decisions per function, extents and geometry (plain data, bounded below)
+        self._checked: int | None = None
 
     def _group(self):
         if not self.sync_batchnorm:
@@ -656,6 +1203,20 @@ class MaskedModel(nn.Module):
         if not (dist.is_available() and dist.is_initialized()):
             return None
         return self.process_group or dist.group.WORLD
+
+    def _check_model(self) -> None:
+        count = sum(1 for _ in self.model.modules())
+        if self._checked == count:
+            return
+        tied = _position_tied(self.model)
+        if tied is not None:
+            name, m = tied
+            raise UnsupportedError(
+                f"masked(): module '{name}' ({type(m).__name__}) has weights tied to positions (a locally "
+                "connected layer), so a sample of another size has no meaningful output from it; masked() cannot "
+                "run it on samples of different sizes. Resize or crop the samples to one size instead."
+            )
+        self._checked = count
 
     def forward(self, batch: PaddedBatch | tuple[Tensor, Tensor], *args, **kwargs):
         """Run the model; a padded output comes back as a :class:`PaddedBatch` with per-sample ``sizes``."""
@@ -672,29 +1233,46 @@ class MaskedModel(nn.Module):
                 f"every sample's size must be between 1 and the canvas {batch.canvas}. "
                 f"Received sizes={batch.sizes.tolist()}."
             )
-        mode = _MaskedMode(self._group())
+        self._check_model()
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        mode = MaskedContext(self._group(), self.model, self._plans)
         sizes = tuple(tuple(s) for s in batch.sizes.tolist())
-        x = torch.where(mode.mask(sizes, batch.canvas, batch.data.device), batch.data, 0)
-        mode.register(x, sizes, clean=True)
-        with mode:
-            out = self.model(x, *args, **kwargs)
+        x = torch.where(mode._mask(sizes, batch.canvas, batch.data.device), batch.data, 0)
+        mode.track(x, sizes, True)
+        # A forward that raises must leave running statistics as they were (no double update on a fallback).
+        saved = [(b, b.clone()) for b in self.model.buffers()] if self.model.training else None
+        try:
+            with mode:
+                out = self.model(x, *args, **kwargs)
+        except BaseException:
+            if saved:
+                with torch.no_grad():
+                    for buffer, value in saved:
+                        buffer.copy_(value)
+            raise
         return _finish(mode, out)
 
     def extra_repr(self) -> str:
         return f"sync_batchnorm={self.sync_batchnorm}" if self.sync_batchnorm else ""
 
 
-def _finish(mode: _MaskedMode, out):
+def _finish(mode: MaskedContext, out):
     if isinstance(out, Tensor):
         if out in mode.entries:
-            entry = mode.entries[out]
-            data = mode.clean(out)
-            return PaddedBatch(data, torch.tensor(entry.sizes, dtype=torch.long, device=data.device))
+            if mode.entries[out].axes != _canonical_axes(out.dim()):
+                raise UnsupportedError(
+                    f"masked(): the model returns a padded tensor of shape {tuple(out.shape)} with its spatial "
+                    f"dimensions at {mode.entries[out].axes}; return it as (N, C, *spatial)."
+                )
+            sizes = mode.entries[out].sizes
+            data = mode.zeros_outside(out)
+            return PaddedBatch(data, torch.tensor(sizes, dtype=torch.long, device=data.device))
         return out
     if isinstance(out, (tuple, list)):
         return type(out)(_finish(mode, o) for o in out)
     if isinstance(out, dict):
-        return {k: _finish(mode, v) for k, v in out.items()}
+        return type(out)((k, _finish(mode, v)) for k, v in out.items())
     return out
 
 
@@ -703,7 +1281,8 @@ def masked(model: nn.Module, *, sync_batchnorm: bool = False, process_group=None
 
     Args:
         model: An ordinary, unmodified ``nn.Module`` (see the module documentation for the ops covered;
-            any other op on a padded tensor raises :class:`~cnnkit.errors.UnsupportedError`).
+            any other op on a padded tensor raises :class:`~cnnkit.errors.UnsupportedError` naming the op and
+            the module that called it; :func:`register_masked_op` adds rules).
         sync_batchnorm: In training mode, reduce batch-norm statistics over all processes of
             ``torch.distributed`` (valid positions only) — a SyncBatchNorm for padded batches. Use plain
             ``nn.BatchNorm*d`` layers in the model.
