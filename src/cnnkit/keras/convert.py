@@ -780,13 +780,13 @@ def _materialise(c: _Layer, built: _Built, refs: list, expected: dict) -> dict:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def _weights_file_cap(elements: int, layers: int, max_bytes: int) -> int:
+def _weights_file_cap(elements: int, layers: int) -> int:
     """How many bytes an archive's ``model.weights.h5`` may hold for a config of ``elements`` values.
 
     16 bytes per value (float64 weights, or float32 weights with an optimizer's two moments), 16 KiB of
-    HDF5 metadata per layer and 1 MiB besides; never more than twice the memory budget.
+    HDF5 metadata per layer and 1 MiB besides. Past 256 MiB the spool is on disk, not in memory.
     """
-    return min(16 * elements + 16 * 2**10 * (layers + 1) + 2**20, 2 * max_bytes)
+    return 16 * elements + 16 * 2**10 * (layers + 1) + 2**20
 
 
 def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
@@ -870,7 +870,7 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
 
     # 3. The stored arrays listed and checked against the config; nothing read yet.
     elements = sum(t.numel() for _, b in first.values() for t in (*b.module.parameters(), *b.module.buffers()))
-    kf.open_weights(_weights_file_cap(elements, len(layers), max_bytes))
+    kf.open_weights(_weights_file_cap(elements, len(layers)))
     listed = {}
     stored_bytes = 0
     for name, (layer, built) in first.items():

@@ -26,6 +26,10 @@ def save_safetensors(module: nn.Module, path: str | Path, metadata: dict[str, st
     Returns:
         The path written.
 
+    Raises:
+        CnnkitError: if the file cannot be written (missing or read-only folder, a folder in the way, disk
+            full), naming the path.
+
     Examples:
         >>> import tempfile, torch
         >>> from safetensors.torch import load_file
@@ -44,5 +48,15 @@ def save_safetensors(module: nn.Module, path: str | Path, metadata: dict[str, st
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
     path = Path(path)
-    save_file(state, str(path), metadata=meta)
+    if path.is_dir():
+        raise CnnkitError(f"Cannot write safetensors to {str(path)!r}: it is a folder. Give a file name, "
+                          "e.g. model.safetensors.")
+    if not path.parent.is_dir():
+        raise CnnkitError(f"Cannot write safetensors to {str(path)!r}: the folder {str(path.parent)!r} does not "
+                          "exist. Create it first or choose another path.")
+    try:
+        save_file(state, str(path), metadata=meta)
+    except Exception as error:  # safetensors raises SafetensorError (not an OSError) for I/O failures
+        raise CnnkitError(f"Cannot write safetensors to {str(path)!r} ({type(error).__name__}: {error}). Check "
+                          "that the folder is writable and has space, or choose another path.") from None
     return path

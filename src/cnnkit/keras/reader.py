@@ -452,7 +452,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, path
     """A zip member, refused if it declares more than ``cap`` bytes, read with that streaming cap."""
     if info.file_size > cap:
         raise KerasFileError(f"{path}: {info.filename} declares {info.file_size:,} bytes uncompressed; at most "
-                             f"{cap:,} are read (the limit for this member; see docs/keras.md).")
+                             f"{cap:,} are read (for this member, from what the config needs; see docs/keras.md, "
+                             "'Untrusted files').")
     if info.flag_bits & 0x1:
         raise KerasFileError(f"{path}: {info.filename} is encrypted; Keras never encrypts its archives.")
     parts, total = [], 0
@@ -515,8 +516,8 @@ def _open_archive(path: str) -> KerasFile:
         state["spool"] = spool
         try:
             _read_member(archive, by_name["model.weights.h5"], cap, path, sink=spool)
-        except KerasFileError as error:
-            raise KerasFileError(f"{error} The config's weights need about {cap:,} bytes or less.") from None
+        except KerasFileError:
+            raise
         except _ZIP_ERRORS as error:
             raise KerasFileError(f"{path}: model.weights.h5 in the archive is damaged ({type(error).__name__}: "
                                  f"{error}); is it truncated?") from None
