@@ -62,3 +62,53 @@ def test_bad_input():
         PaddedBatch(torch.zeros(2, 1, 4, 4), torch.tensor([4, 4]))
     with pytest.raises(ShapeError, match="multiple_of"):
         pad_batch([torch.zeros(1, 2, 2)], multiple_of=0)
+
+
+# --- values the batch cannot hold -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [[[-1, 3], [4, 4]], [[4, 5], [4, 4]]], ids=["negative", "beyond_canvas"])
+def test_padded_batch_sizes_must_lie_on_the_canvas(sizes):
+    with pytest.raises(ShapeError, match=r"sizes must lie in \[0, canvas\] = \[0, \(4, 4\)\].*Received sizes\[0\]="):
+        PaddedBatch(torch.zeros(2, 1, 4, 4), torch.tensor(sizes))
+
+
+def test_padded_batch_sizes_must_be_an_integer_tensor():
+    with pytest.raises(ShapeError, match=r"sizes must be an integer tensor \(N, D\)\. Received torch.float32"):
+        PaddedBatch(torch.zeros(2, 1, 4, 4), torch.tensor([[4.0, 4.0], [2.0, 2.0]]))
+    with pytest.raises(ShapeError, match=r"sizes must be an integer tensor \(N, D\)\. Received list"):
+        PaddedBatch(torch.zeros(2, 1, 4, 4), [[4, 4], [2, 2]])
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(torch.long, 0.5), (torch.uint8, -1), (torch.uint8, 256),
+                                              (torch.int32, float("nan")), (torch.long, "0"), (torch.float32, True)])
+def test_pad_batch_value_must_fit_the_dtype(dtype, value):
+    images = [torch.ones(1, 2, 3, dtype=dtype), torch.ones(1, 3, 2, dtype=dtype)]
+    with pytest.raises(ShapeError, match=r"value must be"):
+        pad_batch(images, value=value)  # pad_batch(int images, value=0.5) padded 0
+
+
+def test_pad_batch_integer_value_in_integer_images_is_exact():
+    batch = pad_batch([torch.ones(1, 1, 2, dtype=torch.uint8), torch.ones(1, 2, 1, dtype=torch.uint8)], value=255)
+    assert batch.data.dtype == torch.uint8
+    assert batch.data[0, 0].tolist() == [[1, 1], [255, 255]] and batch.data[1, 0].tolist() == [[1, 255], [1, 255]]
+
+
+def test_collate_padded_refuses_maps_of_mixed_dtype():
+    samples = [(torch.ones(1, 2, 2), torch.tensor([[1, 2], [0, 1]])), (torch.ones(1, 2, 2), torch.full((2, 2), 1.7))]
+    with pytest.raises(ShapeError, match=r"share dtype.*sample 0's torch.int64 map.*sample 1's torch.float32 map"):
+        collate_padded(samples)  # the float map was truncated to 1 in a long canvas
+
+
+def test_collate_padded_pads_bool_maps_with_false_and_refuses_an_unholdable_label_pad():
+    samples = [(torch.ones(1, 1, 2), torch.tensor([[True, True]])),
+               (torch.ones(1, 2, 1), torch.tensor([[True], [True]]))]
+    _, maps = collate_padded(samples)
+    assert maps.tolist() == [[[True, True], [False, False]], [[True, False], [True, False]]]  # was padded True
+    u8 = [(torch.ones(1, 1, 2), torch.tensor([[1, 2]], dtype=torch.uint8)),
+          (torch.ones(1, 2, 1), torch.tensor([[3], [4]], dtype=torch.uint8))]
+    with pytest.raises(ShapeError, match=r"label_pad_value must be .*torch.uint8.*Received label_pad_value=-100"):
+        collate_padded(u8)
+    assert collate_padded(u8, label_pad_value=255)[1].tolist() == [[[1, 2], [255, 255]], [[3, 255], [4, 255]]]
+    with pytest.raises(ShapeError, match=r"samples must be a non-empty sequence"):
+        collate_padded([])

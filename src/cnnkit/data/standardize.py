@@ -75,6 +75,18 @@ def band_statistics(dataset, nodata: float | None = None) -> tuple[Tensor, Tenso
     return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
+def _band_vector(value, name: str) -> Tensor:
+    """``value`` (one number per band) as a finite 1-D float64 tensor, or one clear error."""
+    try:
+        vector = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ShapeError(f"{name} must be a sequence or 1-D tensor of numbers, one per band. "
+                         f"Received {name}={value!r}.") from None
+    if vector.dim() > 1 or vector.numel() == 0 or not bool(torch.isfinite(vector).all()):
+        raise ShapeError(f"{name} must hold one finite number per band. Received {name}={value!r}.")
+    return vector.flatten()
+
+
 class Standardized(Dataset):
     """``(image, label)`` pairs with standardised bands, a validity band, −100 labels where data is missing.
 
@@ -124,8 +136,7 @@ class Standardized(Dataset):
                              f"Received mean={mean!r}, std={std!r}.")
         if mean is None:
             mean, std = band_statistics(dataset, nodata)
-        self.mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
-        self.std = torch.as_tensor(std, dtype=torch.float64).flatten()
+        self.mean, self.std = _band_vector(mean, "mean"), _band_vector(std, "std")
         if len(self.mean) != len(self.std) or not bool((self.std > 0).all()):
             raise ShapeError(f"std must be positive and as long as mean. Received mean={self.mean.tolist()}, "
                              f"std={self.std.tolist()}.")

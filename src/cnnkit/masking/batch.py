@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -66,6 +67,15 @@ class PaddedBatch:
     sizes: Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, Tensor) or self.data.dim() < 3:
+            raise ShapeError(
+                f"data must be a tensor (N, C, *spatial). Received "
+                f"{type(self.data).__name__ if not isinstance(self.data, Tensor) else tuple(self.data.shape)}."
+            )
+        if not isinstance(self.sizes, Tensor) or self.sizes.is_floating_point() or self.sizes.is_complex() \
+                or self.sizes.dtype == torch.bool:
+            got = self.sizes.dtype if isinstance(self.sizes, Tensor) else type(self.sizes).__name__
+            raise ShapeError(f"sizes must be an integer tensor (N, D). Received {got}.")
         if self.sizes.dim() != 2 or self.sizes.shape[0] != self.data.shape[0]:
             raise ShapeError(
                 f"sizes must have shape (N, D) with N = data.shape[0] = {self.data.shape[0]}. "
@@ -75,6 +85,14 @@ class PaddedBatch:
             raise ShapeError(
                 f"data must be (N, C, *spatial) with {self.sizes.shape[1]} spatial dimensions. "
                 f"Received data.shape={tuple(self.data.shape)}."
+            )
+        canvas = torch.tensor(self.data.shape[2:], device=self.sizes.device)
+        outside = (self.sizes < 0) | (self.sizes > canvas)
+        if bool(outside.any()):  # one host sync per batch
+            row = int(outside.any(dim=1).nonzero()[0])
+            raise ShapeError(
+                f"sizes must lie in [0, canvas] = [0, {tuple(self.data.shape[2:])}] (each sample's extent on the "
+                f"canvas). Received sizes[{row}]={self.sizes[row].tolist()}."
             )
 
     @property
@@ -115,12 +133,15 @@ def pad_batch(
     Args:
         images: Tensors with the same number of channels, dtype and rank (1, 2 or 3 spatial dimensions).
         multiple_of: Round the canvas up to a multiple of this (e.g. a network's total stride).
-        value: Fill value of the padding (keep 0 for :func:`cnnkit.masked`).
+        value: Fill value of the padding (keep 0 for :func:`cnnkit.masked`); it must be a number the
+            images' dtype holds exactly (``value=0.5`` for integer images is an error, not 0).
 
     Examples:
         >>> pad_batch([torch.ones(3, 5, 7), torch.ones(3, 6, 2)], multiple_of=4).data.shape
         torch.Size([2, 3, 8, 8])
     """
+    if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
+        raise ShapeError(f"images must be a sequence of tensors (C, *spatial). Received {type(images).__name__}.")
     if len(images) == 0:
         raise ShapeError("images must contain at least one tensor. Received an empty sequence.")
     first = images[0]
@@ -142,12 +163,30 @@ def pad_batch(
             raise ShapeError(f"images must not be empty. Received images[{i}] of shape {tuple(img.shape)}.")
     d = first.dim() - 1
     multiples = ntuple(multiple_of, d, "multiple_of")
+    _check_fill(value, first.dtype, "value")
     sizes = torch.tensor([list(img.shape[1:]) for img in images], dtype=torch.long)
     canvas = [math.ceil(int(m) / k) * k for m, k in zip(sizes.max(dim=0).values.tolist(), multiples)]
     data = first.new_full((len(images), first.shape[0], *canvas), value)
     for n, img in enumerate(images):
         data[(n, slice(None), *(slice(0, s) for s in img.shape[1:]))] = img
     return PaddedBatch(data, sizes.to(first.device))
+
+
+def _check_fill(value, dtype: torch.dtype, name: str) -> None:
+    """``value`` must be a number that ``dtype`` holds exactly (0.5 in an int tensor became 0 silently)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, Real) or (isinstance(value, bool) and dtype != torch.bool):
+        raise ShapeError(f"{name} must be a real number. Received {name}={value!r}.")
+    if dtype.is_floating_point or dtype.is_complex:
+        return
+    info = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+    if not (isinstance(value, Integral) or (math.isfinite(value) and float(value).is_integer())) \
+            or not info[0] <= value <= info[1]:
+        raise ShapeError(
+            f"{name} must be a value that the images' dtype {dtype} holds exactly (an integer in "
+            f"[{info[0]}, {info[1]}]). Received {name}={value!r}."
+        )
 
 
 IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_entropy
@@ -160,7 +199,9 @@ def collate_padded(samples: Sequence, label_pad_value: int = IGNORE_INDEX) -> Pa
     tensor whose trailing dimensions equal the image's spatial size is a *map* and is padded to the
     canvas as a plain tensor: integer maps (*spatial) with ``label_pad_value`` (default -100, which
     ``F.cross_entropy`` ignores), float maps such as one-hot (K, *spatial) with 0 (an all-zero one-hot
-    vector means "no label"). Other targets go through ``torch.utils.data.default_collate``.
+    vector means "no label"), bool maps with ``False``. The maps of one column must share dtype and
+    leading shape (a float map is never cast into a long canvas). Other targets go through
+    ``torch.utils.data.default_collate``.
 
     Examples:
         >>> batch, labels = collate_padded([(torch.ones(3, 4, 5), 1), (torch.ones(3, 2, 2), 0)])
@@ -177,6 +218,8 @@ def collate_padded(samples: Sequence, label_pad_value: int = IGNORE_INDEX) -> Pa
     """
     from torch.utils.data import default_collate
 
+    if not isinstance(samples, Sequence) or len(samples) == 0:
+        raise ShapeError(f"samples must be a non-empty sequence of samples. Received {samples!r}.")
     if isinstance(samples[0], Tensor):
         return pad_batch(list(samples))
     columns = list(zip(*samples))
@@ -191,7 +234,16 @@ def collate_padded(samples: Sequence, label_pad_value: int = IGNORE_INDEX) -> Pa
         if not is_map:
             out.append(default_collate(list(column)))
             continue
-        fill = 0 if column[0].is_floating_point() else label_pad_value
+        first = column[0]
+        for n, t in enumerate(column):
+            if t.dtype != first.dtype or t.shape[: t.dim() - d] != first.shape[: first.dim() - d]:
+                raise ShapeError(  # a float map written into a long canvas was truncated
+                    f"The maps of one target column must share dtype and leading shape. Received sample 0's "
+                    f"{first.dtype} map of shape {tuple(first.shape)} and sample {n}'s {t.dtype} map of shape "
+                    f"{tuple(t.shape)}."
+                )
+        fill = 0 if first.is_floating_point() or first.dtype == torch.bool else label_pad_value
+        _check_fill(fill, first.dtype, "label_pad_value")
         lead = tuple(column[0].shape[: column[0].dim() - d])
         maps = column[0].new_full((len(column), *lead, *images.canvas), fill)
         for n, t in enumerate(column):

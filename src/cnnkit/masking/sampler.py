@@ -117,8 +117,13 @@ def padding_fraction(batches: Iterable[Sequence[int]], sizes) -> float:
     valid = 0
     total = 0
     count = 0
+    if not isinstance(batches, Iterable):
+        raise ShapeError(f"batches must be an iterable of lists of sample indices. Received {type(batches).__name__}.")
     for b, batch in enumerate(batches):
-        index = np.asarray(list(batch), dtype=np.int64)
+        items = list(batch) if isinstance(batch, Iterable) else None
+        if items is None or not all(isinstance(i, (Integral, np.integer)) and not isinstance(i, bool) for i in items):
+            raise ShapeError(f"batches must hold lists of integer sample indices. Received batches[{b}]={batch!r}.")
+        index = np.asarray(items, dtype=np.int64)
         if index.size == 0:
             raise ShapeError(f"batches must not contain an empty batch. Received an empty batches[{b}].")
         if index.min() < 0 or index.max() >= len(table):

@@ -185,6 +185,7 @@ def conv_lstm_nd(
     strides = ntuple(stride, n, "stride")
     dilations = ntuple(dilation, n, "dilation")
     pad = check_padding(padding, n)
+    reverse = check_bool(reverse, "reverse")
     gate = recurrent_activation_fn(recurrent_activation)
     act = {"tanh": torch.tanh, "relu": torch.relu}[check_choice(activation, ACTIVATIONS, "activation")]
     state_size = conv_output_size(size, kernel, strides, pad, dilations)
