@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # works: `make test TORCH='torch>=2.4'`.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean fuzz
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# Mutation fuzzing of the Keras reader, more files than `make test` (500): KERAS_FUZZ_COUNT, KERAS_FUZZ_SEED.
+KERAS_FUZZ_COUNT ?= 5000
+KERAS_FUZZ_SEED ?= 17
+fuzz: $(VENV)/.installed
+	KERAS_FUZZ_COUNT=$(KERAS_FUZZ_COUNT) KERAS_FUZZ_SEED=$(KERAS_FUZZ_SEED) $(BIN)/python -m pytest \
+		tests/keras/test_fuzz.py -p no:cacheprovider -q -s
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
