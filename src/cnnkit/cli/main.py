@@ -244,7 +244,8 @@ def keras_explain(
         shapes = module.input_shapes
         if len(shapes) == 1 and all(s is not None for s in shapes[0]):
             print()
-            _console().print(summarise(module, shapes[0]))
+            # Shapes only: on the meta device nothing is allocated, whatever size the file declares.
+            _console().print(summarise(module.to("meta"), shapes[0]))
         else:
             print("\n(no summary table: it needs one input of known shape; this model has "
                   f"{', '.join(str(s) for s in shapes)})")
