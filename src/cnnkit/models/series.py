@@ -1,0 +1,76 @@
+"""SeriesSegNet: per-pixel classes from an image time series with clouds (the ConvLSTM seed question).
+
+Each frame goes through a small convolutional encoder; a :class:`~cnnkit.nn.ConvLSTM2d` runs over the dates
+with a per-pixel, per-date validity mask (a cloudy pixel keeps its state: the cloud never enters the memory);
+a head classifies every pixel from the final state.
+
+Padded batches are exact without :func:`cnnkit.masked`: pad each series at the end in time and at the
+bottom and right in space with zeros and ``mask = False``. The encoder's only spatial window is its first
+convolution, which reads the zero input there exactly as zero padding; the ConvLSTM selects the input away
+and keeps the state at 0 at masked pixels, so its windows and the head's read zeros there too; a padded
+date changes no state. So each series' output equals the output for that series alone (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cnnkit._checks import check_int
+from cnnkit.errors import ShapeError
+from cnnkit.nn import ConvLSTM2d
+
+__all__ = ["SeriesSegNet"]
+
+
+class SeriesSegNet(nn.Module):
+    """Frame encoder → ConvLSTM2d over the dates (masked per pixel) → per-pixel classes.
+
+    Args:
+        in_channels: Bands of every frame.
+        num_classes: Classes predicted per pixel.
+        width: Channels of the frame encoder.
+        hidden: Hidden channels of the ConvLSTM (and of the head).
+
+    Shape:
+        - x: (N, T, in_channels, H, W).
+        - mask: (N, T, H, W) bool, ``True`` where the pixel holds data on that date (``None``: all valid).
+        - Output: (N, num_classes, H, W) logits.
+
+    Examples:
+        >>> net = SeriesSegNet(6, 5)
+        >>> x, mask = torch.randn(2, 7, 6, 30, 30), torch.rand(2, 7, 30, 30) > 0.3
+        >>> net(x, mask).shape
+        torch.Size([2, 5, 30, 30])
+    """
+
+    def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
+                            ("hidden", hidden)):
+            check_int(value, name)
+        self.in_channels, self.num_classes, self.width, self.hidden = in_channels, num_classes, width, hidden
+        self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(width, width, 1), nn.ReLU())
+        self.recurrent = ConvLSTM2d(width, hidden, 3, padding="same")
+        self.head = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, num_classes, 1))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[2] != self.in_channels:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShapeError(f"SeriesSegNet expects x (N, T, C, H, W) with C = in_channels = {self.in_channels}. "
+                             f"Received x of shape {got}.")
+        n, t, c, h, w = x.shape
+        if mask is not None:
+            if tuple(mask.shape) != (n, t, h, w):
+                raise ShapeError(f"SeriesSegNet: mask must be (N, T, H, W) = {(n, t, h, w)}. Received mask of shape "
+                                 f"{tuple(mask.shape)}.")
+            mask = mask.bool()
+            x = torch.where(mask[:, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        features = self.encoder(x.reshape(n * t, c, h, w)).reshape(n, t, self.width, h, w)
+        _, (h_n, _) = self.recurrent(features, mask=mask)
+        return self.head(h_n[-1])
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, "
+                f"hidden={self.hidden}")

@@ -1,0 +1,71 @@
+"""SeriesSegNet on padded batches (time and space) against each series run alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnkit.errors import ShapeError
+from cnnkit.models.series import SeriesSegNet
+
+
+def _pad(items, dtype):
+    steps = max(x.shape[0] for x, _ in items)
+    height = max(x.shape[2] for x, _ in items)
+    width = max(x.shape[3] for x, _ in items)
+    x = torch.zeros(len(items), steps, items[0][0].shape[1], height, width, dtype=dtype)
+    mask = torch.zeros(len(items), steps, height, width, dtype=torch.bool)
+    for n, (series, valid) in enumerate(items):
+        t, _, h, w = series.shape
+        x[n, :t, :, :h, :w] = series
+        mask[n, :t, :h, :w] = valid
+    return x, mask
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_padded_batch_equals_each_series_alone(dtype, tol):
+    torch.manual_seed(0)
+    net = SeriesSegNet(3, 4, width=6, hidden=5).to(dtype)
+    shapes = [(5, 12, 9), (2, 7, 13), (4, 10, 10)]
+    items = []
+    for t, h, w in shapes:
+        series = torch.randn(t, 3, h, w, dtype=dtype)
+        valid = torch.rand(t, h, w) > 0.3
+        series[~valid[:, None].expand_as(series)] = float("nan")  # clouds stored as NaN
+        items.append((series, valid))
+    x, mask = _pad(items, dtype)
+    out = net(x, mask)
+    sum(out[n, :, :s.shape[2], :s.shape[3]].sum() for n, (s, _) in enumerate(items)).backward()
+    batched = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    alone_total = 0
+    for n, (series, valid) in enumerate(items):
+        alone = net(series[None], valid[None])
+        h, w = series.shape[2:]
+        assert torch.isfinite(alone).all()
+        torch.testing.assert_close(out[n, :, :h, :w], alone[0], atol=tol, rtol=tol)
+        alone_total = alone_total + alone.sum()
+    alone_total.backward()
+    for a, b in zip(batched, (p.grad for p in net.parameters())):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=10 * tol, rtol=10 * tol)
+
+
+def test_masked_date_keeps_the_state():
+    """A date masked everywhere changes nothing: the series without it gives the same output."""
+    torch.manual_seed(1)
+    net = SeriesSegNet(2, 3, width=4, hidden=4).double()
+    series = torch.randn(1, 4, 2, 8, 8, dtype=torch.float64)
+    mask = torch.ones(1, 4, 8, 8, dtype=torch.bool)
+    mask[:, 2] = False
+    series[:, 2] = float("nan")
+    kept = [0, 1, 3]
+    torch.testing.assert_close(net(series, mask), net(series[:, kept], mask[:, kept]), atol=1e-12, rtol=0)
+
+
+def test_shape_errors():
+    net = SeriesSegNet(3, 2)
+    with pytest.raises(ShapeError, match=r"x \(N, T, C, H, W\) with C = in_channels = 3"):
+        net(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ShapeError, match=r"mask must be \(N, T, H, W\) = \(1, 2, 8, 8\)"):
+        net(torch.zeros(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 9, dtype=torch.bool))
