@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -183,3 +186,101 @@ def test_a_library_without_the_declared_functions_falls_back(fresh, monkeypatch,
     with pytest.warns(NativeKernelWarning, match="AttributeError.*lc_forward"):
         assert native.load(NAME) is None
     assert uses_torch_path()
+
+
+# ---- the register tiles: no spills, every edge of every build --------------------------------------------
+
+_X86_LEVELS = [("x86-64", "xmm"), ("x86-64-v3", "ymm"), ("x86-64-v4", "zmm")]  # SSE2, AVX2 + FMA, AVX-512
+
+
+def _compile_to_assembly(tmp_path: Path, march: str, *defines: str) -> str:
+    """The kernel compiled as _native builds it, for ``-march=<march>``, as assembly text (skips where the
+    compiler cannot target it: another architecture, or too old for the x86-64-v* names)."""
+    compiler = native._compiler()
+    if compiler is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs a C compiler for x86-64")
+    out = tmp_path / f"{march}.s"
+    done = subprocess.run([*compiler, "-O3", f"-march={march}", "-fopenmp", *defines, "-S",
+                           str(native._source(NAME)), "-o", str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"the compiler cannot build for -march={march}: {done.stderr.strip()[:200]}")
+    return out.read_text()
+
+
+def _tile_loops(asm: str) -> list[list[str]]:
+    """The innermost loops (a label and the backward jump to it, with no other loop inside) that multiply
+    vectors: the register tiles' loops over their steps."""
+    lines = asm.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L\w+):", line))}
+    loops = [(labels[m.group(1)], j) for j, line in enumerate(lines)
+             if (m := re.match(r"^\s+j\w+\s+(\.L\w+)\s*$", line)) and labels.get(m.group(1), j) < j]
+    innermost = [(i, j) for i, j in loops if not any(i <= a and b <= j and (a, b) != (i, j) for a, b in loops)]
+    return [lines[i:j + 1] for i, j in innermost
+            if any(re.search(r"\b(v?fmadd\w*|v?mulps)\b", line) for line in lines[i:j + 1])]
+
+
+def _stack_traffic(loop: list[str]) -> list[str]:
+    """Instructions of a loop that read or write the stack (a spilled accumulator or operand, a reloaded
+    pointer) or store a vector register anywhere (the tiles store their accumulators after the loop)."""
+    found = []
+    for line in loop:
+        op, _, args = line.strip().partition("\t")
+        vector_store = re.search(r"%[xyz]mm\d+,.*\)$", args) and not op.startswith(("vfmadd", "vmul", "mul"))
+        if "(%rsp)" in args or vector_store:
+            found.append(line.strip())
+    return found
+
+
+@pytest.mark.parametrize(("march", "register"), _X86_LEVELS)
+def test_tile_loops_keep_everything_in_registers(tmp_path, march, register):
+    # Each instruction set's tile is sized to its register file (AVX2: 16 registers of 8 floats for a 3×4
+    # tile's 12 accumulators, the broadcast and b); a tile that does not fit spills accumulators to the
+    # stack inside the loop, which the compiler does silently. Checked in the compiler's own output.
+    loops = _tile_loops(_compile_to_assembly(tmp_path, march))
+    assert len(loops) >= 30  # every (rows, vectors) case of three products: the parser found the tiles
+    assert all(any(f"%{register}" in line for line in loop) for loop in loops)
+    spilled = {i: found for i, loop in enumerate(loops) if (found := _stack_traffic(loop))}
+    assert spilled == {}
+
+
+def test_spill_check_sees_a_tile_too_large_for_the_registers(tmp_path):
+    # The check above can fail: 8 rows × 4 vectors = 32 accumulators cannot live in AVX2's 16 registers.
+    loops = _tile_loops(_compile_to_assembly(tmp_path, "x86-64-v3", "-DLC_NB=4", "-DLC_ROWS=8"))
+    assert any(_stack_traffic(loop) for loop in loops)
+
+
+# Geometries that reach each tile's edges: rows (samples forward, K = kernel offsets × channels backward)
+# of every remainder of the whole-block tile's 3 or 4 rows and up to the 8-row narrow tiles; filters with a
+# partial last block of 1, 2 or 3 vectors and whole narrower blocks; batch-last padding to 16, 32, 48.
+_TILE_EDGES = [
+    # input shape, kernel, stride, padding, filters
+    ((7, 5, 4, 5), 2, 1, "valid", 24),  # N 7 = 3+3+1, K 20, F 24: a whole block of 3 (AVX2) vectors
+    ((10, 3, 5, 5), 3, 1, "same", 17),  # N 10 = 3·3+1, K 27, F 17: partial 3-vector block (AVX2)
+    ((17, 2, 4, 4), (2, 2), 2, "valid", 40),  # N 17 (batch-last 32), K 8, F 40 = 32 + one vector
+    ((33, 7, 3, 6), 1, 1, "valid", 3),  # N 33 (batch-last 48), K 7, F 3: one partial vector, 8-row tiles
+    ((4, 13, 3, 4), (1, 2), 1, "valid", 56),  # N 4 = 3+1, K 26, F 56 = 32 + 24
+    ((8, 1, 5, 5), 3, 1, "valid", 31),  # N 8, K 9 = 3·3, F 31: one row short of whole vectors
+    ((2, 3, 9), 4, 2, 1, 66),  # 1-D, N 2, K 12, F 66 = 64 + 2: AVX-512's whole block + a partial vector
+]
+
+
+@pytest.mark.parametrize(("march", "cpu_flag"), [(None, ""), ("x86-64-v3", " avx2 "), ("x86-64", " sse2 ")])
+def test_every_tile_edge_equals_float64_in_every_build(fresh, monkeypatch, native_equals_float64, march,
+                                                        cpu_flag):
+    if native._compiler() is None or (march and cpu_flag not in _x86_flags() + " "):
+        pytest.skip(f"needs a C compiler{f' and an x86-64 CPU with {cpu_flag.strip()}' if march else ''}")
+    if march:
+        monkeypatch.setattr(native, "_FLAG_SETS", (["-O3", f"-march={march}", "-fopenmp"],))
+    assert native.load(NAME) is not None
+    for shape, kernel, stride, padding, filters in _TILE_EDGES:
+        native_equals_float64(shape, kernel, stride, padding, filters=filters)
+
+
+def test_load_variant_builds_for_another_instruction_set(fresh):
+    if native._compiler() is None or " avx2 " not in _x86_flags() + " ":
+        pytest.skip("needs a C compiler and an x86-64 CPU with avx2")
+    lib = native.load_variant(NAME, "x86-64-v3")
+    assert lib.lc_vector_width() == 8
+    lib.lc_build.restype = ctypes.c_char_p
+    assert lib.lc_build().decode() == "AVX2+FMA, 8-float vectors, 3x4 tile"
+    assert native.load_variant(NAME, "no-such-cpu") is None  # a compile error: None, no warning

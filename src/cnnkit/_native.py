@@ -37,13 +37,14 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from cnnkit.errors import NativeKernelWarning
 
-__all__ = ["declare", "load", "status"]
+__all__ = ["declare", "load", "load_variant", "status"]
 
 # Always for the CPU at hand: a build for the baseline ISA (SSE2 on x86-64) would be slower than torch's
 # own kernels, which pick the CPU's vector width at run time.
@@ -123,8 +124,10 @@ def _source(name: str) -> Path:
     return Path(__file__).parent.joinpath(*package.split("."), "csrc", f"{stem}.c")
 
 
-def _build(source: Path, compiler: list[str]) -> tuple[Path | None, bool, str]:
-    """Compile ``source`` with the first flag set that works: ``(library, has OpenMP, error text)``.
+def _build(source: Path, compiler: list[str], flag_sets: Sequence[list[str]] | None = None,
+           ) -> tuple[Path | None, bool, str]:
+    """Compile ``source`` with the first flag set that works (``_FLAG_SETS`` unless given):
+    ``(library, has OpenMP, error text)``.
 
     A build already in the cache for any flag set is used before anything is compiled.
     """
@@ -133,7 +136,7 @@ def _build(source: Path, compiler: list[str]) -> tuple[Path | None, bool, str]:
     folder = _cache_dir()
     identity = [source.read_text(), " ".join(compiler), version, platform.machine(), _cpu_flags()]
     targets = []
-    for flags in _FLAG_SETS:
+    for flags in flag_sets or _FLAG_SETS:
         key = hashlib.sha256("\0".join([*identity, " ".join(flags)]).encode()).hexdigest()[:16]
         targets.append((flags, folder / f"{source.stem}-{key}.so"))
     for flags, target in targets:
@@ -159,6 +162,16 @@ def _build(source: Path, compiler: list[str]) -> tuple[Path | None, bool, str]:
     return None, False, "\n".join(errors)
 
 
+def _open(name: str, path: Path) -> ctypes.CDLL:
+    """The library at ``path`` with the argument types declared for kernel ``name`` (AttributeError: a
+    declared function is missing)."""
+    lib = ctypes.CDLL(str(path))
+    for function, (argtypes, restype) in _SIGNATURES.get(name, {}).items():
+        getattr(lib, function).argtypes = argtypes
+        getattr(lib, function).restype = restype
+    return lib
+
+
 @functools.cache
 def _load(name: str) -> tuple[ctypes.CDLL | None, bool]:
     if os.environ.get("CNNKIT_NATIVE", "1") == "0":
@@ -171,11 +184,7 @@ def _load(name: str) -> tuple[ctypes.CDLL | None, bool]:
         try:
             path, openmp, error = _build(_source(name), compiler)
             if path is not None:
-                lib = ctypes.CDLL(str(path))
-                for function, (argtypes, restype) in _SIGNATURES.get(name, {}).items():
-                    getattr(lib, function).argtypes = argtypes  # AttributeError: an old or foreign library
-                    getattr(lib, function).restype = restype
-                return lib, openmp
+                return _open(name, path), openmp  # AttributeError: an old or foreign library
             _FAILURES[name] = f"the compiler failed:\n{error}"
         except (OSError, AttributeError, subprocess.TimeoutExpired) as e:
             # unwritable cache, unloadable library, a library without the declared functions, a hung compiler
@@ -204,6 +213,26 @@ def load(name: str) -> ctypes.CDLL | None:
     if lib is not None and not openmp and torch.get_num_threads() > 1:
         return None
     return lib
+
+
+@functools.cache
+def load_variant(name: str, march: str) -> ctypes.CDLL | None:
+    """The C kernel ``name`` built for ``-march=<march>`` instead of this CPU, or ``None`` (no compiler, a
+    compile error, no OpenMP); never a warning.
+
+    For benchmarks and tests that compare the build a narrower CPU would get with the native one (e.g.
+    ``"x86-64-v3"``, AVX2 + FMA, on an AVX-512 machine); the layers always use :func:`load`. Only call
+    its functions on a CPU that has that instruction set.
+    """
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    flags = ["-O3", f"-march={march}", "-fopenmp"]
+    try:
+        path, _, _ = _build(_source(name), compiler, [flags])
+        return None if path is None else _open(name, path)
+    except (OSError, AttributeError, subprocess.TimeoutExpired):
+        return None
 
 
 def status(name: str) -> str:

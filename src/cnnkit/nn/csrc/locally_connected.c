@@ -20,24 +20,76 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Vector width and register budget of the target (the kernel is built with -march=native where the
- * compiler allows): VL floats per vector, ACC accumulator vectors per tile (leaving registers for the
- * operands). Tiles are up to 8 rows × NVMAX vectors with rows·vectors ≤ ACC. The caller pads its
- * batch-last layouts to multiples of 16 floats, a multiple of every VL here. */
+/* Vector width and register tile of the target (the kernel is built with -march=native where the compiler
+ * allows), sized to its register file like a BLAS micro-kernel. VL floats per vector. The products run
+ * over blocks of NB vectors of columns, in tiles of ROWS rows × NB vectors: ROWS·NB accumulators, the
+ * broadcast number of each step and the NB vectors of b (or b read as FMA memory operands), all in
+ * registers. A block narrower than NB vectors (the last one when the columns are not a multiple of NB·VL)
+ * takes up to ACC / NV rows, at most RMAX (8 row pointers are what the general registers hold).
+ *
+ *   target          VL  vector registers  whole-block tile  narrower blocks (NV = 3, 2, 1)
+ *   AVX-512         16  32                4 × 4             8 × 3, 8 × 2, 8 × 1
+ *   AVX2 + FMA       8  16                3 × 4             4 × 3, 6 × 2, 8 × 1
+ *   AVX without FMA  8  16                2 × 4             3 × 3, 4 × 2, 8 × 1
+ *   SSE2             4  16                3 × 4             3 × 3, 4 × 2, 8 × 1
+ *   NEON (AArch64)   4  32                4 × 4             8 × 3, 8 × 2, 8 × 1
+ *
+ * AVX2 had AVX's 2 × 4 (8 accumulators) before. Measured on an AVX2-only AMD EPYC (Zen 3), the three
+ * products of the benchmark layer on one thread: 2 × 4 21.5 ms, 6 × 2 (the BLAS shape; two passes over the
+ * patches per position) 20.6 ms, 4 × 3 and 2 × 6 slower, 3 × 4 16.8 ms (b as memory operands: 3 loads
+ * and 3 broadcasts per 12 FMAs). Without FMA a product needs a register of its own, hence ACC 10.
+ * tests/test_native.py compiles the x86-64, x86-64-v3 and x86-64-v4 variants with -S and checks that no
+ * tile loop touches the stack. -DLC_NB=… -DLC_ROWS=… override the whole-block tile, for measuring others.
+ *
+ * The caller pads its batch-last layouts to multiples of 16 floats, a multiple of every VL here. */
 #if defined(__AVX512F__)
 #define VL 16
+#define NB_ 4
+#define ROWS_ 4
 #define ACC 24 /* of 32 registers */
+#define RMAX 8
+#elif defined(__AVX__) && defined(__FMA__)
+#define VL 8
+#define NB_ 4
+#define ROWS_ 3
+#define ACC 12 /* of 16 */
+#define RMAX 8
 #elif defined(__AVX__)
 #define VL 8
-#define ACC 12 /* of 16 */
+#define NB_ 4
+#define ROWS_ 2
+#define ACC 10 /* of 16: without FMA each product needs a register of its own */
+#define RMAX 8
 #elif defined(__aarch64__)
 #define VL 4
+#define NB_ 4
+#define ROWS_ 4
 #define ACC 24 /* of 32 */
+#define RMAX 8
 #else
 #define VL 4
-#define ACC 12 /* of 16 (SSE2) */
+#define NB_ 4
+#define ROWS_ 3
+#define ACC 10 /* of 16: without FMA each product needs a register of its own */
+#define RMAX 8
 #endif
-#define NVMAX 4 /* the tiles' loops over vectors are unrolled 4 times: keep in step */
+#ifdef LC_NB
+#define NB LC_NB
+#else
+#define NB NB_
+#endif
+#ifdef LC_ROWS
+#define ROWS LC_ROWS
+#else
+#define ROWS ROWS_
+#endif
+#define NB_MAX 4 /* the product's switch has cases for 1 to 4 vectors; tile() keeps acc[RMAX][NB_MAX] */
+#if NB > NB_MAX || ROWS > RMAX
+#error "tile larger than the cases compiled"
+#endif
+
+/* Most rows of a tile NV vectors wide (a compile-time constant for constant NV). */
+#define CAP(NV) ((NV) == NB ? ROWS : ACC / (NV) < RMAX ? ACC / (NV) : RMAX)
 
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef float vfu __attribute__((vector_size(VL * sizeof(float)), aligned(4))); /* unaligned access */
@@ -46,15 +98,15 @@ typedef float vfu __attribute__((vector_size(VL * sizeof(float)), aligned(4))); 
 
 INLINE vf vload(const float *p) { return *(const vfu *)p; }
 INLINE void vstore(float *p, vf v) { *(vfu *)p = v; }
-INLINE vf vbcast(float s) { return (vf){0} + s; }
-
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Rows of the next tile: 8, 4, 2 or 1, no more than are left and within the register budget. */
+/* Rows of the next tile: the most of 8, 6, 4, 3, 2, 1 that are left and that CAP(NV) allows. */
 static int tile_rows(int64_t rows, int NV) {
-    int rn = 8;
-    while (rn > 1 && (rn > rows || rn * NV > ACC)) rn /= 2;
-    return rn;
+    static const int sizes[] = {8, 6, 4, 3, 2, 1};
+    const int64_t most = min64(rows, CAP(NV));
+    int i = 0;
+    while (sizes[i] > most) i++;
+    return sizes[i];
 }
 
 /* ---- the register tile ------------------------------------------------------------------------------
@@ -82,7 +134,7 @@ typedef struct {
 } Tile;
 
 INLINE void tile(const int RN, const int NV, const Tile *t) {
-    vf acc[8][NVMAX];
+    vf acc[RMAX][NB_MAX];
 #pragma GCC unroll 8
     for (int r = 0; r < RN; r++)
 #pragma GCC unroll 4
@@ -90,16 +142,18 @@ INLINE void tile(const int RN, const int NV, const Tile *t) {
     for (int64_t s = 0; s < t->nseg; s++) {
         const int64_t offset = t->seg ? t->seg[s] : 0;
         const float *b = t->b + s * t->b_seg;
-        const float *a[8];
+        const float *a[RMAX];
 #pragma GCC unroll 8
         for (int r = 0; r < RN; r++) a[r] = t->a[r] + offset;
         for (int64_t i = 0; i < t->len; i++) {
-            vf bv[NVMAX];
+            vf bv[NB_MAX];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++) bv[v] = vload(b + i * t->b_step + v * VL);
 #pragma GCC unroll 8
             for (int r = 0; r < RN; r++) {
-                const vf x = vbcast(a[r][i * t->a_step]);
+                /* float × vector broadcasts x; no separate vector of it (`(vf){0} + x` costs an add,
+                 * 0 + -0.0 being +0.0, and a register holding the zero, which AVX2's tile has not). */
+                const float x = a[r][i * t->a_step];
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++) acc[r][v] += x * bv[v];
             }
@@ -114,18 +168,22 @@ INLINE void tile(const int RN, const int NV, const Tile *t) {
         }
 }
 
+/* One case of the product's switch: a tile of RN rows × NV vectors, compiled only where the target's
+ * tile allows it (tile_rows never asks for another). */
+#define TILE_CASE(RN, NV)                                                                                  \
+    case RN * 8 + NV:                                                                                      \
+        if (NV <= NB && RN <= CAP(NV)) tile(RN, NV, &t);                                                   \
+        break;
 #define TILE_CASES(NV)                                                                                     \
-    case 8 * 4 + NV: tile(8, NV, &t); break;                                                               \
-    case 4 * 4 + NV: tile(4, NV, &t); break;                                                               \
-    case 2 * 4 + NV: tile(2, NV, &t); break;                                                               \
-    case 1 * 4 + NV: tile(1, NV, &t); break;
+    TILE_CASE(8, NV) TILE_CASE(6, NV) TILE_CASE(4, NV) TILE_CASE(3, NV) TILE_CASE(2, NV)   \
+    TILE_CASE(1, NV)
 
-/* All `rows` rows of a product, NV vectors wide, in tiles of 8, 4, 2 or 1 rows. Inlined into each caller
+/* All `rows` rows of a product, NV ≤ NB vectors wide, in tiles of tile_rows(). Inlined into each caller
  * so that the caller's constant fields (a_step, seg, add) specialise the tiles' loops. */
 INLINE void product(int64_t rows, int NV, Tile t) {
     while (rows > 0) {
         const int rn = tile_rows(rows, NV);
-        switch (rn * 4 + NV) {
+        switch (rn * 8 + NV) {
             TILE_CASES(1)
             TILE_CASES(2)
             TILE_CASES(3)
@@ -174,7 +232,7 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
 #pragma omp parallel num_threads(threads)
     {
         Scratch s;
-        const int ok = scratch_new(&s, N, partial ? K * NVMAX * VL : 0, partial ? N * NVMAX * VL : 0);
+        const int ok = scratch_new(&s, N, partial ? K * NB * VL : 0, partial ? N * NB * VL : 0);
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -185,8 +243,8 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
         for (int64_t l = 0; l < L; l++) {
             if (!ok) continue;
             const float *wl = w + l * K * F;
-            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) { /* blocks of filters */
-                const int64_t nf = min64(NVMAX * VL, F - f0);
+            for (int64_t f0 = 0; f0 < F; f0 += NB * VL) { /* blocks of filters */
+                const int64_t nf = min64(NB * VL, F - f0);
                 const int NV = vectors(nf), whole = nf == NV * VL;
                 if (!whole)
                     for (int64_t k = 0; k < K; k++) {
@@ -221,7 +279,7 @@ int lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, in
 #pragma omp parallel num_threads(threads)
     {
         Scratch s;
-        const int ok = scratch_new(&s, K, 0, partial ? K * NVMAX * VL : 0);
+        const int ok = scratch_new(&s, K, 0, partial ? K * NB * VL : 0);
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -232,8 +290,8 @@ int lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, in
             const int64_t *off = offs + l * KK;
             float *gwl = gw + l * K * F;
             for (int64_t k = 0; k < K; k++) s.a[k] = x + off[k / C] + k % C;
-            for (int64_t f0 = 0; f0 < F; f0 += NVMAX * VL) { /* blocks of filters */
-                const int64_t nf = min64(NVMAX * VL, F - f0);
+            for (int64_t f0 = 0; f0 < F; f0 += NB * VL) { /* blocks of filters */
+                const int64_t nf = min64(NB * VL, F - f0);
                 const int NV = vectors(nf), whole = nf == NV * VL;
                 for (int64_t k = 0; k < K; k++) s.out[k] = whole ? gwl + k * F + f0 : s.rows + k * NV * VL;
                 const Tile t = {.a = s.a, .a_step = X, .nseg = 1, .len = N, .b = g + l * N * FP + f0,
@@ -278,8 +336,8 @@ int lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const f
                 for (int64_t l = b * band * per_row; l < l1; l++) {
                     const int64_t *off = offs + l * KK;
                     for (int64_t k = 0; k < K; k++) s.a[k] = w + (l * K + k) * F;
-                    for (int64_t n0 = 0; n0 < NP; n0 += NVMAX * VL) { /* blocks of samples, all whole */
-                        const int NV = vectors(min64(NVMAX * VL, NP - n0));
+                    for (int64_t n0 = 0; n0 < NP; n0 += NB * VL) { /* blocks of samples, all whole */
+                        const int NV = vectors(min64(NB * VL, NP - n0));
                         for (int64_t k = 0; k < K; k++) s.out[k] = gx + (off[k / C] + k % C) * NP + n0;
                         const Tile t = {.a = s.a, .a_step = 1, .nseg = 1, .len = F, .b = gt + l * F * NP + n0,
                                         .b_step = NP, .out = s.out, .add = 1};
@@ -295,3 +353,23 @@ int lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const f
 
 /* Floats per vector in this build (16 with AVX-512, 8 with AVX, 4 otherwise). */
 int lc_vector_width(void) { return VL; }
+
+/* The instruction set and whole-block tile of this build, e.g. "AVX2+FMA, 8-float vectors, 3x4 tile". */
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#if defined(__AVX512F__)
+#define ISA "AVX-512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define ISA "AVX2+FMA"
+#elif defined(__AVX__) && defined(__FMA__)
+#define ISA "AVX+FMA"
+#elif defined(__AVX__)
+#define ISA "AVX"
+#elif defined(__aarch64__)
+#define ISA "NEON"
+#elif defined(__SSE2__)
+#define ISA "SSE2"
+#else
+#define ISA "generic"
+#endif
+const char *lc_build(void) { return ISA ", " STR(VL) "-float vectors, " STR(ROWS) "x" STR(NB) " tile"; }
