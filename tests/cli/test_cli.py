@@ -138,3 +138,61 @@ def test_keras_commands_refuse_bad_files_in_one_line(tmp_path, command):
     assert result.exit_code == 2
     assert "error:" in result.output and "truncated" in result.output
     assert not (tmp_path / "out.safetensors").exists()
+
+
+# --- typical mistakes: one line, exit code 2, no traceback ------------------------------------------------
+
+FACTORIES = {
+    "raises.py": "raise RuntimeError('broken at import')\n",
+    "syntax.py": "def build(:\n",
+    "needs_args.py": "from torch import nn\n\ndef build(width):\n    return nn.Linear(width, 2)\n",
+    "not_callable.py": "build = 3\n",
+    "gives_int.py": "def build():\n    return 3\n",
+    "ok.py": "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["explain", "Transformer(16, 2, 1, 1, 32)", "-i", "5x16"], "Transformer.forward needs 2 inputs (src, tgt)"),
+        (["explain", "PixelShuffle(3)", "-i", "8x4x4"], "divisible by 3² = 9"),
+        (["explain", "Unflatten(1, (3, 4))", "-i", "8x4"], "must multiply to input_shape[0]=8"),
+        (["explain", "Conv2d(3, 8, 3)", "-i", "1x3x32x32"], "leave the batch dimension out"),
+        (["summary", "{tmp}/raises.py:build", "-i", "3x8x8"], "raised RuntimeError: broken at import"),
+        (["summary", "{tmp}/syntax.py:build", "-i", "3x8x8"], "raised SyntaxError"),
+        (["summary", "{tmp}/needs_args.py:build", "-i", "3x8x8"], "raised TypeError"),
+        (["summary", "{tmp}/not_callable.py:build", "-i", "3x8x8"], "is a int: expected a torch.nn.Module"),
+        (["summary", "{tmp}/gives_int.py:build", "-i", "3x8x8"], "gave a int, not a torch.nn.Module"),
+        (["summary", "{tmp}/ok.py:nothing", "-i", "3x8x8"], "has no attribute 'nothing'"),
+        (["summary", "no_such_package_xyz.models:build", "-i", "3x8x8"], "Cannot import 'no_such_package_xyz.models'"),
+        (["summary", "{tmp}/ok.py:build", "-i", "1x3x8x8"], "leave the batch dimension out"),
+        (["summary", "{tmp}/ok.py:build", "-i", "4x8x8"], "failed in layer '0' (Conv2d)"),
+        (["report", "{tmp}/nope"], "run_dir must be an existing folder"),
+        (["report", "{tmp}", "--model", "{tmp}/raises.py:build"], "broken at import"),
+    ],
+)
+def test_typical_mistakes_are_one_line_errors(tmp_path, args, message):
+    for name, text in FACTORIES.items():
+        (tmp_path / name).write_text(text)
+    result = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args], terminal_width=400)
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_summary_builds_the_factory_on_meta(tmp_path):
+    (tmp_path / "big.py").write_text("from torch import nn\n\ndef build():\n"
+                                     "    return nn.Sequential(nn.Linear(60000, 60000), nn.ReLU())\n")
+    result = runner.invoke(app, ["summary", f"{tmp_path}/big.py:build", "-i", "60000"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"Total params: {60000 * 60000 + 60000:,}" in result.output
+
+
+@pytest.mark.parametrize("command", ["summary", "report"])
+def test_help_says_that_the_model_file_is_run(command):
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "is your own Python code: it is imported and its function called" in text
+    assert "only on code you trust" in text

@@ -246,3 +246,41 @@ def test_chromium_renders_every_image_without_console_errors(run, open_in_chromi
     with Image.open(shot) as image:
         assert image.size == (1200, 2000)
     assert len(states) == len(_parse(path).images)
+
+
+def test_rewriting_a_report_removes_only_its_own_files(tmp_path):
+    import json
+
+    net = _net()
+    first = write_report(tmp_path, model=net, input_shape=(3, 8, 8))
+    assert sorted(p.name for p in first.parent.iterdir()) == ["cnnkit-report.json", "filters_0.png", "report.html"]
+    (first.parent / "filters_0.png").unlink()  # the user replaces a picture of the report by one of theirs
+    mine = {"notes.txt": b"mine", "filters_0.png": b"\x89PNG mine"}
+    for name, data in mine.items():
+        (first.parent / name).write_bytes(data)
+    second = write_report(tmp_path, model=net, input_shape=(3, 8, 8))
+    for name, data in mine.items():
+        assert (second.parent / name).read_bytes() == data, name  # kept, and never written over
+    listed = json.loads((second.parent / "cnnkit-report.json").read_text())["files"]
+    assert sorted(listed) == ["filters_0_2.png", "report.html"]
+    assert 'src="filters_0_2.png"' in second.read_text()
+
+
+def test_a_report_cnnkit_did_not_write_is_kept(tmp_path):
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.html").write_text("<p>mine</p>")
+    with pytest.raises(CnnkitError, match=r"report\.html' exists and is not on the list of files cnnkit wrote"):
+        write_report(tmp_path, model=_net(), input_shape=(3, 8, 8))
+    assert (tmp_path / "report" / "report.html").read_text() == "<p>mine</p>"
+    path = write_report(tmp_path, model=_net(), input_shape=(3, 8, 8), report_dir=tmp_path / "other")
+    assert path == tmp_path / "other" / "report.html" and path.is_file()
+
+
+def test_a_richer_report_is_kept(tmp_path):
+    section = cnnkit.report.ReportSection("Data", "the data")
+    rich = write_report(tmp_path, model=_net(), input_shape=(3, 8, 8), sections=[section])
+    before = {p.name: p.read_bytes() for p in rich.parent.iterdir()}
+    with pytest.raises(CnnkitError, match=r"holds sections that this report cannot write \('Data'"):
+        write_report(tmp_path, model=_net(), input_shape=(3, 8, 8))
+    assert {p.name: p.read_bytes() for p in rich.parent.iterdir()} == before
+    write_report(tmp_path, model=_net(), input_shape=(3, 8, 8), sections=[section])  # the same sections: replaced

@@ -34,15 +34,23 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+_OVERWRITE = ("--out holds an earlier cnnkit run: remove its checkpoints, logs and report (only files cnnkit wrote; "
+              "anything else is kept) and train afresh.")
+_RESUME = "--out holds an earlier cnnkit run: continue its training from checkpoints/last.ckpt."
+
+
 @app.command()
 def demo(
-    out: str = typer.Option("cnnkit-demo", "--out", help="Run folder: logs, checkpoints, report/report.html."),
+    out: str = typer.Option("cnnkit-demo", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
+                            "be empty or new, unless --overwrite or --resume."),
     epochs: int = typer.Option(None, min=1, help="Training epochs (default 30: 20–45 s on 2 CPU cores)."),
     seed: int = typer.Option(0, help="Seed of the built-in data set, the weights and the batch order."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     shapes: bool = typer.Option(False, "--shapes", help="Only print the seed questions' shape answers, no training."),
     height: int = typer.Option(64, min=4, help="--shapes: height of the example image."),
     width: int = typer.Option(96, min=4, help="--shapes: width of the example image."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE),
+    resume: bool = typer.Option(False, "--resume", help=_RESUME),
 ) -> None:
     """Train a mask-aware segmentation network on built-in cloudy multi-band scenes and write an HTML report."""
     from cnnkit.demo import run_demo, run_training_demo
@@ -51,7 +59,7 @@ def demo(
         if shapes:
             run_demo(_console(), height=height, width=width)
         else:
-            run_training_demo(out, epochs=epochs, seed=seed, device=device)
+            run_training_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, resume=resume)
     except CnnkitError as error:
         _fail(error)
 
@@ -70,7 +78,8 @@ def _csv(text: str | None, name: str, cast=str):
 @app.command()
 def train(
     root: str = typer.Argument(..., help="Data folder with images/ and masks/ (PNG or multi-band TIFF, by stem)."),
-    out: str = typer.Option("cnnkit-run", "--out", help="Run folder: logs, checkpoints, report/report.html."),
+    out: str = typer.Option("cnnkit-run", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
+                            "be empty or new, unless --overwrite or --resume."),
     epochs: int = typer.Option(30, min=1, help="Training epochs."),
     seed: int = typer.Option(0, help="Seed of the held-out split, the weights, the crops and the batch order."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
@@ -86,6 +95,8 @@ def train(
     batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
     width: int = typer.Option(16, min=1, help="Channels of TinySegNet's first stage."),
     lr: float = typer.Option(1e-2, help="AdamW learning rate."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE),
+    resume: bool = typer.Option(False, "--resume", help=_RESUME),
 ) -> None:
     """Train a mask-aware segmentation network on your folder of images and masks and write an HTML report."""
     from rich.rule import Rule
@@ -101,7 +112,8 @@ def train(
         result = train_folder(root, out, images=images, masks=masks, heldout=heldout,
                               heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
                               ignore_index=ignore_index, nodata=nodata, bands=band_list, seed=seed, epochs=epochs,
-                              device=device, batch_size=batch_size, width=width, lr=lr,
+                              device=device, batch_size=batch_size, width=width, lr=lr, overwrite=overwrite,
+                              resume=resume,
                               log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     except CnnkitError as error:
         _fail(error)
@@ -185,7 +197,7 @@ def _call_factory(factory, target: str, device: str | None):
         raise CnnkitError(f"Calling MODEL={target!r} raised {type(error).__name__}: {error}") from error
 
 
-_RUNS_CODE = ("MODEL is your own Python code: the file is imported and the function called, with your rights, as "
+_RUNS_CODE = ("The model file is your own Python code: it is imported and its function called, with your rights, as "
               "'python file.py' would. Use it only on code you trust.")
 
 
@@ -253,14 +265,18 @@ def keras_explain(
         _fail(error)
 
 
-@app.command()
+@app.command(help="Write a static HTML report of a training run (curves, IoU, filters) to "
+                  "RUN_DIR/report/report.html.\n\n--model: " + _RUNS_CODE + " An earlier report is replaced "
+                  "only if cnnkit wrote it and this one has all its sections; a richer report (from cnnkit train or "
+                  "demo) is kept: write this one elsewhere with --out.")
 def report(
     run_dir: str = typer.Argument(..., help="The run folder given to cnnkit.train.fit (logs/, checkpoints/)."),
-    model: str = typer.Option(None, "--model", "-m", help="path/to/file.py:build_model, for the model sections."),
+    model: str = typer.Option(None, "--model", "-m", help="path/to/file.py:build_model, for the model sections. "
+                                                         "Imported and run: your own code only."),
     input: str = typer.Option(None, "--input", "-i", help="One sample's shape for the summary, no batch: 3x64x64."),
     title: str = typer.Option(None, "--title", help="Page title (default: the run folder's name)."),
+    out: str = typer.Option(None, "--out", help="Folder of the report (default RUN_DIR/report)."),
 ) -> None:
-    """Write a static HTML report of a training run (curves, IoU, filters) to RUN_DIR/report/report.html."""
     import warnings
 
     from cnnkit.report import load_run_weights, write_report
@@ -274,7 +290,7 @@ def report(
         shape = parse_input_shape(input) if input is not None else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            path = write_report(run_dir, model=network, input_shape=shape, title=title)
+            path = write_report(run_dir, model=network, input_shape=shape, title=title, report_dir=out)
     except (CnnkitError, OSError) as error:
         _fail(error)
     for warning in caught:

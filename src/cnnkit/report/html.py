@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import pickle
 import re
 import warnings
 from collections.abc import Sequence
@@ -109,16 +108,17 @@ def _evolution_states(run_dir: Path) -> list[dict[str, Any]]:
     return states
 
 
+_DAMAGED = ("The report reads the filter history and the trained weights from it: move it away (or delete it) "
+            "to write the report without them, or resume the run (cnnkit train/demo --resume) from another "
+            "checkpoint.")
+
+
 def _load_checkpoint(path) -> dict[str, Any]:
-    """A Lightning checkpoint read with ``weights_only=True``: tensors and plain containers, no code runs."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CnnkitError(
-            f"{os.fspath(path)!r} holds Python objects other than tensors and plain containers (e.g. saved "
-            "hyper-parameter objects); cnnkit does not unpickle them. Load the model yourself and pass it to "
-            f"write_report(model=...). ({error})"
-        ) from None
+    """A Lightning checkpoint read with ``weights_only=True``: tensors and plain containers, no code runs.
+    A damaged file is a :class:`CnnkitError` naming it."""
+    from cnnkit.train.rundir import read_checkpoint
+
+    return read_checkpoint(path, what=_DAMAGED)
 
 
 def _stub_evolution(state: dict[str, Any]):
@@ -155,10 +155,12 @@ def load_run_weights(model: nn.Module, run_dir: str | os.PathLike) -> Path:
         CnnkitError: if the weights do not fit ``model`` (the message lists a few missing / unexpected keys).
     """
     from cnnkit.train.fit import last_checkpoint
+    from cnnkit.train.rundir import MissingRunFileError
 
     path = last_checkpoint(run_dir)
     if path is None:
-        raise FileNotFoundError(f"run_dir {os.fspath(run_dir)!r} has no checkpoints/last.ckpt to load weights from.")
+        raise MissingRunFileError(f"run_dir {os.fspath(run_dir)!r} has no checkpoints/last.ckpt to load weights "
+                                  "from.")
     state = _load_checkpoint(path)["state_dict"]
     if state and all(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items()}
@@ -239,9 +241,10 @@ class ReportSection:
 class _Writer:
     """Writes PNGs into the report folder under unique, file-system-safe names."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, taken: set[str] = frozenset()):
         self.folder = folder
-        self.names: set[str] = set()
+        self.names: set[str] = set(taken)  # names of files kept in the folder are never written over
+        self.written: list[str] = []
 
     def name(self, stem: str) -> str:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "image"
@@ -250,6 +253,7 @@ class _Writer:
             k += 1
             name = f"{base}_{k}.png"
         self.names.add(name)
+        self.written.append(name)
         return name
 
     def png(self, array: np.ndarray, stem: str) -> str:
@@ -622,6 +626,7 @@ def write_report(
     title: str | None = None,
     evolution=None,
     sections: Sequence[ReportSection] = (),
+    report_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``run_dir/report/report.html`` (and its PNG images beside it) for a training run.
 
@@ -642,20 +647,32 @@ def write_report(
         title: Page title (default: the run folder's name).
         evolution: A :class:`~cnnkit.inspect.FilterEvolution` to draw instead of the one in ``last.ckpt``.
         sections: :class:`ReportSection` objects of your own (e.g. a data summary or a baseline), shown first.
+        report_dir: Folder of the page and its images (default ``run_dir/report``).
+
+    The folder's ``cnnkit-report.json`` lists the files written. An earlier report there is replaced only if
+    cnnkit wrote it (the list says so) and this call writes every section of its own that it had: only the
+    files on its list that still hold what it wrote (SHA-256) are removed, anything else in the folder is kept
+    and never written over. A richer
+    report (``cnnkit train``/``demo`` add *Data* and *Held-out evaluation*) is kept and this call refused:
+    write into another ``report_dir``.
 
     Returns:
         The path of ``report.html``.
 
     Raises:
-        FileNotFoundError: if ``run_dir`` is not a folder.
-        CnnkitError: if there is nothing at all to report (no metrics, no filter history, no model).
+        FileNotFoundError: if ``run_dir`` is not a folder (a :class:`CnnkitError` too).
+        CnnkitError: if there is nothing at all to report (no metrics, no filter history, no model), if the
+            report folder holds a report that cnnkit did not write or a richer one, or if
+            ``checkpoints/last.ckpt`` is damaged.
 
     Warns:
         UserWarning: when the run has no metrics.csv (the report is still written with what there is).
     """
+    from cnnkit.train.rundir import MissingRunFileError
+
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"run_dir must be an existing folder. Received run_dir={os.fspath(run_dir)!r}.")
+        raise MissingRunFileError(f"run_dir must be an existing folder. Received run_dir={os.fspath(run_dir)!r}.")
     if samples is not None and (isinstance(samples, (str, bytes)) or
                                 not all(isinstance(s, (tuple, list)) and len(s) == 2 for s in samples)):
         raise ShapeError("samples must be a list of (image, label) pairs. "
@@ -677,11 +694,10 @@ def write_report(
     if not rows:
         warnings.warn(f"run_dir {str(run)!r} has no logs/version_*/metrics.csv: the report has no training curves "
                       "and no IoU table.", UserWarning, stacklevel=2)
-    folder = run / REPORT_DIR
+    folder = run / REPORT_DIR if report_dir is None else Path(report_dir)
+    kept = _clear_earlier_report(folder, [section.title for section in sections])
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):  # images of an earlier report
-        old.unlink()
-    writer = _Writer(folder)
+    writer = _Writer(folder, kept)
     parts = [_user_section(i, section, writer) for i, section in enumerate(sections)]
     parts += [_curves_section(rows, writer, run), _iou_section(rows, class_names),
               _evolution_section(run, evolution, writer)]
@@ -694,4 +710,50 @@ def write_report(
                          "sections": parts})
     path = folder / "report.html"
     path.write_text(html, encoding="utf-8")
+    from cnnkit.train.rundir import write_report_manifest
+
+    write_report_manifest(folder, [*writer.written, path.name], [section.title for section in sections])
     return path
+
+
+def _clear_earlier_report(folder: Path, titles: Sequence[str]) -> set[str]:
+    """Remove the files of an earlier report in ``folder`` that cnnkit wrote, if this call replaces it.
+
+    Returns the names of the files left in the folder (never written over). Raises :class:`CnnkitError`
+    if the folder holds a report that is not on a cnnkit list, or one with sections this call lacks.
+    """
+    from cnnkit.train.rundir import REPORT_MANIFEST, read_report_manifest
+
+    if folder.exists() and not folder.is_dir():
+        raise CnnkitError(f"The report folder {str(folder)!r} is a file. Choose another folder for the report.")
+    if not folder.is_dir():
+        return set()
+    names = {p.name for p in folder.iterdir()}
+    manifest = read_report_manifest(folder)
+    if manifest is None:  # no list, or one that cannot be read: nothing here is known to be cnnkit's
+        if "report.html" in names:
+            raise CnnkitError(
+                f"{str(folder / 'report.html')!r} exists and is not on the list of files cnnkit wrote "
+                f"({REPORT_MANIFEST}); it is kept and nothing was written. Move it away, or write this report into "
+                "another folder (report_dir=..., on the command line --out DIR)."
+            )
+        return names
+    missing = [t for t in manifest["sections"] if t not in titles]
+    if missing:
+        raise CnnkitError(
+            f"{str(folder / 'report.html')!r} holds sections that this report cannot write ("
+            + ", ".join(repr(t) for t in missing) + ", from cnnkit train or cnnkit demo); it is kept and nothing "
+            "was written. Write this report into another folder (report_dir=..., on the command line --out DIR)."
+        )
+    for name in manifest["files"]:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    (folder / REPORT_MANIFEST).unlink(missing_ok=True)
+    left = {p.name for p in folder.iterdir()}
+    if "report.html" in left:
+        raise CnnkitError(
+            f"{str(folder / 'report.html')!r} is not on the list of files cnnkit wrote ({REPORT_MANIFEST}); it is "
+            "kept. Move it away, or write this report into another folder (report_dir=..., --out DIR)."
+        )
+    return left

@@ -30,11 +30,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cnnkit.errors import ShapeError
+from cnnkit.train.rundir import MissingRunFileError, check_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+_DAMAGED_LAST = (
+    "Resume cannot continue from it: move it away (or delete it) to start afresh (resume=None, or --overwrite on "
+    "the command line), or resume from another checkpoint such as checkpoints/best.ckpt (resume=<path>)."
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -130,7 +135,8 @@ def fit(
         max_epochs: Number of epochs in total, counting those done before a resume (>= 1).
         resume: ``"auto"``: continue from ``run_dir/checkpoints/last.ckpt`` if it exists, else start afresh;
             ``None``: start afresh (an existing ``last.ckpt`` is overwritten); a path: continue from that
-            checkpoint, which must exist.
+            checkpoint, which must exist. A damaged checkpoint (truncated, garbage) is refused with a
+            :class:`~cnnkit.CnnkitError` naming it, before training starts.
         accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"`` …).
         devices: Devices per node (an int, ``"auto"`` or a list of indices).
         strategy: Lightning strategy: ``"auto"``, ``"ddp"``, ``"ddp_spawn"`` … (with ``accelerator="cpu"``
@@ -223,13 +229,16 @@ def _resolve_resume(resume, run_dir: Path) -> str | None:
         return None
     if isinstance(resume, str) and resume == "auto":
         last = last_checkpoint(run_dir)
+        if last is not None:
+            check_checkpoint(last, what=_DAMAGED_LAST)
         return str(last) if last is not None else None
     if isinstance(resume, (str, os.PathLike)):
         path = Path(resume)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingRunFileError(
                 "resume must be 'auto', None or an existing checkpoint file. "
                 f"Received resume={str(resume)!r}, which does not exist."
             )
+        check_checkpoint(path, what="Resume from another checkpoint (resume=<path>), or start afresh (resume=None).")
         return str(path)
     raise ShapeError(f"resume must be 'auto', None or a checkpoint path. Received resume={resume!r}.")

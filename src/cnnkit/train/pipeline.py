@@ -24,7 +24,6 @@ Items are ``(image (C, H, W) float, label (H, W) int)``; −100 marks pixels wit
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, masked, padding_fraction, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.metrics import SegmentationMetrics
+from cnnkit.train.rundir import prepare_run_dir
 
 __all__ = ["SegmentationRun", "evaluate", "majority_baseline", "padding_shares", "train_folder", "train_segmentation"]
 
@@ -226,6 +226,8 @@ def train_segmentation(
     title: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> SegmentationRun:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -234,8 +236,8 @@ def train_segmentation(
             their ``sizes`` attribute (``[(H, W), …]``) is used if present. For a folder of files wrap a
             :class:`~cnnkit.data.SegmentationFolder` in :class:`~cnnkit.data.Standardized`.
         num_classes: Number of classes; labels lie in ``[0, num_classes)`` or are −100.
-        out: Run folder (created). Its ``logs/``, ``checkpoints/``, ``tensorboard/`` and ``report/`` from an
-            earlier run are replaced.
+        out: Run folder (created). It must be empty or new unless ``overwrite`` or ``resume`` is set: cnnkit
+            never deletes what it did not write (see :func:`cnnkit.train.rundir.prepare_run_dir`).
         class_names: A name per class (default ``"class 0"``, …).
         model: The network (default :class:`~cnnkit.models.TinySegNet` with ``width``, which needs heights
             and widths divisible by 4: ``Standardized(..., multiple_of=4)``). It must map
@@ -255,12 +257,17 @@ def train_segmentation(
         title: The report's title.
         progress: Show Lightning's progress bar.
         log: Called with each line of text to print.
+        overwrite: ``out`` holds an earlier cnnkit run (its ``cnnkit-run.json``): remove that run's checkpoints,
+            logs, TensorBoard events and report files, keep anything else, and train afresh.
+        resume: ``out`` holds an earlier cnnkit run: continue its training from ``checkpoints/last.ckpt``
+            (up to ``epochs`` in all) and write the report again.
 
     Returns:
         A :class:`SegmentationRun`.
 
     Raises:
         ShapeError: a bad argument, a label out of range, or sizes the default network cannot take.
+        CnnkitError: ``out`` holds files and neither flag allows using it, or its ``last.ckpt`` is damaged.
     """
     import lightning as L
 
@@ -288,11 +295,7 @@ def train_segmentation(
         raise ShapeError(f"The default network (TinySegNet) needs heights and widths divisible by 4. Received an "
                          f"image of {odd[0]}×{odd[1]}: wrap the data set in cnnkit.data.Standardized(..., "
                          "multiple_of=4), or pass a model of your own.")
-    out = Path(out)
-    for old in ("logs", "checkpoints", "tensorboard", "report"):
-        if (out / old).is_dir():
-            shutil.rmtree(out / old)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
     torch.manual_seed(seed)
 
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -346,7 +349,10 @@ def train_segmentation(
     callbacks: list = [_NewCrops()]
     if first_conv is not None:
         callbacks.append(FilterEvolutionCallback(first_conv, every_n_steps=max(1, epochs * len(sampler) // 8)))
-    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume=None, accelerator=accelerator,
+    if resume:
+        log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
+    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
+        accelerator=accelerator,
         devices=devices, progress=progress, callbacks=callbacks, enable_model_summary=False, num_sanity_val_steps=0)
     net.to(torch.device(device))
 

@@ -1,0 +1,269 @@
+"""The run folder of ``cnnkit train`` / ``cnnkit demo``: what cnnkit writes there, and what it may remove.
+
+Layout::
+
+    out/
+        cnnkit-run.json              the marker: this folder is a cnnkit run (written first, kept)
+        checkpoints/last.ckpt        every epoch (:func:`cnnkit.train.fit`); best.ckpt with validation
+        logs/version_<k>/            metrics.csv and hparams.yaml, one folder per (re)start
+        tensorboard/version_<k>/     when tensorboard is installed
+        report/report.html           the report and its images; report/cnnkit-report.json lists them
+
+The rule: cnnkit never deletes what it did not write. :func:`prepare_run_dir` refuses a folder that holds
+anything unless the caller asks to ``resume`` (continue from ``checkpoints/last.ckpt``) or to ``overwrite``
+an earlier run; an overwrite needs the marker and removes only files that cnnkit writes, by name
+(:func:`_is_cnnkit_file`), leaving anything else where it is. :func:`read_checkpoint` reads a checkpoint and
+turns a damaged one into an error that names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cnnkit.errors import CnnkitError, ShapeError
+
+__all__ = [
+    "MARKER",
+    "REPORT_MANIFEST",
+    "MissingRunFileError",
+    "check_checkpoint",
+    "prepare_run_dir",
+    "read_checkpoint",
+    "read_report_manifest",
+    "write_report_manifest",
+]
+
+MARKER = "cnnkit-run.json"
+"""The file that marks a folder as a cnnkit run folder."""
+
+REPORT_MANIFEST = "cnnkit-report.json"
+"""The file in a report folder that lists what :func:`cnnkit.report.write_report` wrote there."""
+
+_VERSION = re.compile(r"version_\d+")
+
+
+class MissingRunFileError(CnnkitError, FileNotFoundError):
+    """A run folder or checkpoint named by the caller does not exist (also a ``FileNotFoundError``)."""
+
+
+def _owned_report_files(folder: Path) -> set[str]:
+    manifest = read_report_manifest(folder)
+    return set(manifest["files"]) | {REPORT_MANIFEST} if manifest is not None else set()
+
+
+def _is_cnnkit_file(relative: Sequence[str], report_files: set[str]) -> bool:
+    """Whether a file at ``relative`` (path parts under the run folder) is one that cnnkit writes."""
+    top, rest = relative[0], list(relative[1:])
+    if top == "checkpoints" and len(rest) == 1:
+        name = rest[0]
+        return name in ("last.ckpt", "best.ckpt") or re.fullmatch(r"\.(last|best)\.ckpt\.tmp-\w+", name) is not None
+    if top == "logs" and len(rest) == 2 and _VERSION.fullmatch(rest[0]):
+        return rest[1] in ("metrics.csv", "hparams.yaml")
+    if top == "tensorboard" and len(rest) == 2 and _VERSION.fullmatch(rest[0]):
+        return rest[1] == "hparams.yaml" or rest[1].startswith("events.out.tfevents.")
+    if top == "report" and len(rest) == 1:
+        return rest[0] in report_files
+    return False
+
+
+def _remove_earlier_run(out: Path, log: Callable[[str], None]) -> None:
+    """Remove the files of an earlier cnnkit run in ``out`` (by name), and the folders they leave empty."""
+    report_files = _owned_report_files(out / "report")
+    kept: list[str] = []
+    for top in ("checkpoints", "logs", "tensorboard", "report"):
+        root = out / top
+        if not root.is_dir() or root.is_symlink():
+            if root.exists() or root.is_symlink():
+                kept.append(top)
+            continue
+        files = sorted(p for p in root.rglob("*") if not p.is_dir() or p.is_symlink())
+        for path in files:
+            relative = path.relative_to(out).parts
+            if not path.is_symlink() and _is_cnnkit_file(relative, report_files):
+                path.unlink()
+            else:
+                kept.append("/".join(relative))
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        if not any(root.iterdir()):
+            root.rmdir()
+    if kept:
+        log(f"--overwrite kept what cnnkit did not write in {os.fspath(out)!r}: " + ", ".join(kept[:10])
+            + (f" and {len(kept) - 10} more" if len(kept) > 10 else ""))
+
+
+def prepare_run_dir(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Make ``out`` ready for a run, deleting nothing that cnnkit did not write.
+
+    * ``out`` missing or empty: created, and the marker :data:`MARKER` written.
+    * ``resume=True``: ``out`` must be a cnnkit run folder (marker) with ``checkpoints/last.ckpt``; nothing
+      is removed, training continues from the checkpoint.
+    * ``overwrite=True``: ``out`` must be a cnnkit run folder (marker); the checkpoints, logs, TensorBoard
+      events and report files that cnnkit writes are removed, anything else in it is kept (and listed).
+    * otherwise a folder that holds anything is refused, naming what is there.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ShapeError: ``overwrite`` and ``resume`` both set, non-bool flags, or ``out`` is a file.
+        CnnkitError: ``out`` holds files and may not be used as asked (the message says why and what to do).
+    """
+    for name, value in (("overwrite", overwrite), ("resume", resume)):
+        if not isinstance(value, bool):
+            raise ShapeError(f"{name} must be True or False. Received {name}={value!r}.")
+    if overwrite and resume:
+        raise ShapeError("overwrite and resume exclude each other: --overwrite starts the run afresh, --resume "
+                         "continues it. Received both.")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ShapeError(f"out must be a folder (the run folder). Received out={os.fspath(out)!r}, which is a file.")
+    # the marker alone is an empty run folder (a run that stopped on bad input before writing anything)
+    entries = sorted(p.name for p in path.iterdir() if p.name != MARKER) if path.is_dir() else []
+    marked = (path / MARKER).is_file()
+    if resume:
+        if not marked:
+            raise CnnkitError(
+                f"--resume: {os.fspath(out)!r} is not a cnnkit run folder (it has no {MARKER}), so there is no run "
+                "to continue. Drop --resume to start a new run in an empty folder."
+            )
+        if not (path / "checkpoints" / "last.ckpt").is_file():
+            raise CnnkitError(
+                f"--resume: the run folder {os.fspath(out)!r} has no checkpoints/last.ckpt to continue from. Use "
+                "--overwrite to start it afresh."
+            )
+        return path
+    if entries and not overwrite:
+        listed = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+        how = ("it holds an earlier cnnkit run: --overwrite replaces that run's checkpoints, logs and report "
+               "(nothing else), --resume continues its training, or choose another --out"
+               if marked else
+               "cnnkit never deletes files it did not write: choose an empty or new --out folder")
+        raise CnnkitError(f"The run folder --out {os.fspath(out)!r} is not empty (it holds {listed}); {how}.")
+    if entries and overwrite:
+        if not marked:
+            raise CnnkitError(
+                f"--overwrite: {os.fspath(out)!r} has no {MARKER}, so it is not a run folder cnnkit wrote; nothing "
+                "was deleted. Choose an empty or new --out folder, or empty this one yourself."
+            )
+        _remove_earlier_run(path, log)
+    path.mkdir(parents=True, exist_ok=True)
+    if not marked:
+        from cnnkit import __version__
+
+        (path / MARKER).write_text(json.dumps({"cnnkit": __version__, "kind": "run folder"}) + "\n",
+                                   encoding="utf-8")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, *, what: str = "") -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True`` (tensors and plain containers, no code runs).
+
+    Raises:
+        CnnkitError: the file is damaged (truncated, garbage) or holds Python objects other than tensors and
+            plain containers; the message names the file and what to do (``what``: a hint for this caller).
+    """
+    import torch
+
+    name = os.fspath(path)
+    check_checkpoint(path, what=what)  # torch.load reads a non-zip file as a legacy pickle: garbage would pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error) and "Weights only" not in str(error):
+            raise _damaged(name, error, what) from None
+        raise CnnkitError(
+            f"{name!r} holds Python objects other than tensors and plain containers (e.g. saved "
+            "hyper-parameter objects); cnnkit does not unpickle them. Load the model yourself and pass it to "
+            f"write_report(model=...). ({error})"
+        ) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, OSError) as error:
+        raise _damaged(name, error, what) from None
+
+
+def check_checkpoint(path: str | os.PathLike, *, what: str = "") -> None:
+    """Raise :class:`CnnkitError` naming ``path`` if it is not a complete checkpoint archive (truncated, garbage).
+
+    Nothing is unpickled: the zip directory is read and every member read through, its CRC checked where
+    the writer stored one (``torch.serialization.set_crc32_options(False)`` writes none).
+    """
+    name = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0:  # written without a CRC: the member must at least lie inside the file
+                    if info.header_offset + info.compress_size > size:
+                        raise zipfile.BadZipFile(f"member {info.filename!r} runs past the end of the file")
+                    continue
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as error:
+        raise _damaged(name, error, what) from None
+
+
+def _damaged(name: str, error: BaseException, what: str) -> CnnkitError:
+    return CnnkitError(
+        f"The checkpoint {name!r} is damaged or not a PyTorch checkpoint ({type(error).__name__}: {error}). "
+        + (what or "Move it away (or delete it) and resume from another checkpoint, e.g. checkpoints/best.ckpt, "
+           "or start the run afresh.")
+    )
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_report_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of the report in ``folder``, or ``None`` if there is none (or it is unreadable).
+
+    Returns ``{"files": [...], "sections": [...]}``: the files the report wrote *that still hold what it
+    wrote* (a file the user replaced since is not listed) and the titles of the report's own sections.
+    """
+    folder = Path(folder)
+    path = folder / REPORT_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) \
+            or not isinstance(data.get("sections"), list):
+        return None
+    files = []
+    for name, digest in data["files"].items():
+        file = folder / str(name)
+        if (isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")
+                and file.is_file() and not file.is_symlink() and _digest(file) == digest):
+            files.append(name)
+    sections = [s for s in data["sections"] if isinstance(s, str)]
+    return {"files": files, "sections": sections}
+
+
+def write_report_manifest(folder: str | os.PathLike, files: Sequence[str], sections: Sequence[str]) -> None:
+    """Record the files a report wrote in ``folder`` (with their SHA-256) and the titles of its own sections."""
+    folder = Path(folder)
+    (folder / REPORT_MANIFEST).write_text(
+        json.dumps({"files": {name: _digest(folder / name) for name in sorted(files)}, "sections": list(sections)},
+                   indent=1) + "\n", encoding="utf-8")
