@@ -133,3 +133,16 @@ def test_cli_demo_shapes_and_bad_device(tmp_path):
 def test_chromium_renders_the_demo_report(short_run, open_in_chromium):
     _, result, _ = short_run
     open_in_chromium(result.report)
+
+
+def test_cli_demo_into_its_earlier_run_folder_points_to_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "cnnkit-demo"
+    (earlier / "report").mkdir(parents=True)
+    (earlier / "cnnkit-run.json").write_text("{}")
+    (earlier / "report" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", "--epochs", "1"], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "'cnnkit-demo' is not empty (it holds report)" in text and "--overwrite replaces that run's" in text
+    assert (earlier / "report" / "notes.txt").read_text() == "mine"

@@ -35,8 +35,9 @@ def train_demo(
     """Train the demo network on the built-in data set, evaluate it, and write the report into ``out``.
 
     Args:
-        out: Run folder (created); an earlier run's ``logs/``, ``checkpoints/``, ``tensorboard/`` and
-            ``report/`` in it are replaced.
+        out: Run folder (created). It must be empty or new; pass ``overwrite=True`` to replace an earlier
+            run there (only the files cnnkit wrote) or ``resume=True`` to continue it (see
+            :func:`~cnnkit.train.pipeline.train_segmentation`).
         epochs: Training epochs (>= 1).
         seed: Seed of the data, the initial weights and the batch order.
         device: ``"cpu"`` or a CUDA device such as ``"cuda"`` / ``"cuda:0"``.
@@ -44,7 +45,7 @@ def train_demo(
         progress: Show Lightning's progress bar.
         log: Called with each line of text to print.
         kwargs: Further options of :func:`~cnnkit.train.pipeline.train_segmentation` (``width``,
-            ``batch_size``, ``lr``, ``crop_size`` …).
+            ``batch_size``, ``lr``, ``crop_size``, ``overwrite``, ``resume`` …).
 
     Returns:
         A :class:`~cnnkit.train.pipeline.SegmentationRun`.
