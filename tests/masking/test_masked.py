@@ -341,3 +341,210 @@ def test_division_log_sqrt_pow_keep_padding_finite_and_gradients_exact():
     for name, p in model.named_parameters():
         assert torch.isfinite(batched[name]).all(), name
         torch.testing.assert_close(batched[name], p.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+# -- regressions: silent wrong answers and refusals of issue 13 ---------------------------------------------------
+
+
+def _net(forward):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            return forward(self, x)
+
+    return Net
+
+
+def _double_images(sizes, channels=3):
+    return [img.double() for img in _images(sizes, channels)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda x: x[:, :1].add_(1),
+        lambda x: x[:, :1].sigmoid_(),
+        lambda x: x.data.add_(1),
+        lambda x: x.data[:, 1:].mul_(2).add_(0.5),
+    ],
+    ids=["view-add_", "view-sigmoid_", "data-add_", "data-view-chain"],
+)
+def test_in_place_change_through_a_view_dirties_the_base(change):
+    # Before: the base tensor's record still said "zero outside the extents" after an in-place change through a
+    # view (or .data), so the padded convolution read non-zero padding: off by 0.2-0.6 at the borders.
+    def forward(self, x):
+        x = x * 1.0  # a tensor of our own (the per-sample reference must not change its input either)
+        change(x)
+        return self.conv(x)
+
+    model = _net(forward)().double()
+    _check_invariance(model, _double_images([(6, 7), (9, 4), (3, 3)]), atol=1e-12)
+
+
+class TorchBatchNorm(nn.Module):
+    """Calls ``torch.batch_norm`` (weight and bias before the running statistics, unlike ``F.batch_norm``)."""
+
+    def __init__(self, channels=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.weight = nn.Parameter(torch.rand(channels, generator=g, dtype=torch.float64) + 0.5)
+        self.bias = nn.Parameter(torch.randn(channels, generator=g, dtype=torch.float64))
+        self.register_buffer("rm", torch.randn(channels, generator=g, dtype=torch.float64))
+        self.register_buffer("rv", torch.rand(channels, generator=g, dtype=torch.float64) + 0.5)
+
+    def forward(self, x):
+        return torch.batch_norm(x, self.weight, self.bias, self.rm, self.rv, self.training, 0.1, 1e-5, False)
+
+
+def test_torch_batch_norm_is_read_with_its_own_argument_order():
+    # Before: torch.batch_norm was read with F.batch_norm's order (weight taken for running_mean …): off by 2.76.
+    images = _double_images([(5, 6), (8, 3), (2, 7)])
+    model = TorchBatchNorm().eval()
+    _check_invariance(model, images, atol=1e-12)
+    model.train()
+    rm, rv = model.rm.clone(), model.rv.clone()
+    out = masked(model)(pad_batch(images))
+    pixels = torch.cat([img.flatten(1) for img in images], dim=1)  # (C, valid pixels of every sample)
+    mean, var = pixels.mean(1), pixels.var(1, unbiased=False)
+    for n, img in enumerate(images):
+        expected = (img - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5) * model.weight.detach()[
+            :, None, None] + model.bias.detach()[:, None, None]
+        torch.testing.assert_close(out.unpad()[n], expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model.rm, 0.9 * rm + 0.1 * mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.rv, 0.9 * rv + 0.1 * pixels.var(1, unbiased=True), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_adaptive_max_pool1d_returns_values_and_indices():
+    # Before: the rule returned one tensor where torch.adaptive_max_pool1d returns (values, indices), so [0]
+    # picked the first sample: the batch was split.
+    def forward(self, x):
+        return torch.adaptive_max_pool1d(x, 1)[0].flatten(1)
+
+    model = _net(forward)()
+    images = [torch.randn(3, n, generator=torch.Generator().manual_seed(n)) for n in (5, 9, 2)]
+    out = masked(model)(pad_batch(images))
+    torch.testing.assert_close(out, torch.stack([img.amax(1) for img in images]))
+
+
+def test_reading_grad_fn_in_forward_is_allowed():
+    # Before: `x.grad_fn is None` raised UnsupportedError (a metadata read returning None was taken for an op).
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if y.grad_fn is None or x.grad_fn is None else y + 1
+
+    _check_invariance(_net(forward)().double(), _double_images([(6, 7), (4, 9)]), atol=1e-12)
+
+
+def test_refusal_leaves_running_statistics_as_they_were():
+    # Before: the BatchNorm layers that ran before the refused op had updated their running statistics.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2)).train()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    with pytest.raises(UnsupportedError, match="Tensor.flatten") as info:
+        masked(model)(pad_batch(_images([(8, 8), (5, 6)])))
+    for name, b in model.named_buffers():
+        torch.testing.assert_close(b, before[name], rtol=0, atol=0, msg=name)
+    assert "[in module '4' (Flatten)]" in str(info.value)
+    model(torch.randn(2, 3, 8, 8))  # the plain model still updates them
+    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+
+
+def test_locally_connected_is_refused_with_the_reason():
+    # Before: "Tensor.movedim is not supported" (an implementation detail, not the reason).
+    from cnnkit.nn import LocallyConnected2d
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), LocallyConnected2d(2, 2, 3, input_size=(8, 8)))
+    with pytest.raises(UnsupportedError, match=r"module '1' \(LocallyConnected2d\) has weights tied to positions"):
+        masked(model)(pad_batch(_images([(8, 8), (5, 6)])))
+
+
+def test_errors_name_the_module_path():
+    class Block(nn.Module):
+        def forward(self, x):
+            return F.adaptive_avg_pool2d(x, 7)
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Sequential(nn.ReLU(), Block()))
+    with pytest.raises(UnsupportedError, match=r"adaptive_avg_pool2d .* \[in module '1.1' \(Block\)\]"):
+        masked(model)(pad_batch(_images([(12, 12), (9, 10)])))
+
+
+class Mini(nn.Module):
+    """Patterns of real architectures: ConvNeXt block (channels-last LayerNorm + Linear, layer scale, stochastic
+    depth), ShuffleNet channel shuffle (view / transpose / chunk), squeeze-excite, ASPP image pooling
+    (1×1 → interpolate(size=canvas) → cat), FPN merge (stack + sum), U-Net decoder (interpolate(size=skip),
+    bilinear with align_corners=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.scale = nn.Parameter(torch.full((8, 1, 1), 0.5))
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.se1, self.se2 = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
+        self.pool_conv = nn.Conv2d(8, 8, 1)
+        self.down = nn.Conv2d(16, 8, 3, stride=2, padding=1)
+        self.up = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8 + 3, 2, 3, padding=1)
+
+    def forward(self, image):
+        x = self.stem(image)
+        y = self.dw(x).permute(0, 2, 3, 1)  # ConvNeXt
+        y = self.fc2(F.gelu(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        keep = torch.ones(x.shape[0], 1, 1, 1, dtype=x.dtype).bernoulli_(1.0)  # stochastic depth, eval-like
+        x = x + self.scale * y * keep
+        a, b = x.chunk(2, dim=1)  # ShuffleNet
+        x = torch.cat((a, self.branch(b)), dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        x = x * torch.sigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(x, 1)))))  # squeeze-excite
+        pooled = F.interpolate(self.pool_conv(F.adaptive_avg_pool2d(x, 1)), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)  # ASPP image pooling
+        x = self.down(torch.cat([x, pooled], dim=1))
+        x = torch.stack([x, x * 2]).sum(dim=0)  # FPN merge
+        x = F.interpolate(self.up(x), size=(h, w), mode="nearest")  # U-Net: size of the skip connection
+        x = F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=True)
+        return self.head(torch.cat([x, image], dim=1))
+
+
+@pytest.mark.parametrize("sizes", [[(16, 24), (24, 8), (8, 8)], [(13, 22), (21, 9), (7, 7)]], ids=["even", "odd"])
+def test_real_architecture_patterns_equal_per_sample_runs(sizes):
+    torch.manual_seed(0)
+    model = Mini().double()
+    out = _check_invariance(model, _double_images(sizes), atol=1e-10)
+    sum(o.square().sum() for o in out.unpad()).backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sum(model(img[None]).square().sum() for img in _double_images(sizes)).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(batched[name], p.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_register_masked_op_adds_a_rule():
+    from cnnkit.masking import register_masked_op
+
+    @torch.overrides.wrap_torch_function(lambda x: (x,))
+    def box3(x):  # a window op masked() knows nothing about: 3-tap sum along the last axis, zero padded
+        p = F.pad(x, (1, 1))
+        return p[..., :-2] + p[..., 1:-1] + p[..., 2:]
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return box3(x)
+
+    images = [torch.randn(2, n, generator=torch.Generator().manual_seed(n)) for n in (6, 3)]
+    with pytest.raises(UnsupportedError, match="box3 is not supported"):
+        masked(Net())(pad_batch(images))
+
+    @register_masked_op(box3)
+    def _box3(ctx, func, args, kwargs):
+        x = ctx.bind(func, args, kwargs)["input"]
+        return ctx.track(func(ctx.zeros_outside(x)), ctx.sizes(x))
+
+    out = masked(Net())(pad_batch(images))
+    for n, img in enumerate(images):
+        torch.testing.assert_close(out.unpad()[n], box3(img[None])[0])
