@@ -145,3 +145,13 @@ def test_bridge_errors():
         to_packed_sequence(torch.randn(2, 8), [(8,), (3,)])
     with pytest.raises(ShapeError, match=r"packed must be a torch\.nn\.utils\.rnn\.PackedSequence\. Received Tensor"):
         from_packed_sequence(features)
+
+
+def test_feature_sizes_reads_the_op_catalogue():
+    # The bridge used a private list that lacked Softsign, Tanhshrink, Threshold, LogSigmoid (summary's explainers
+    # knew them): both now read cnnkit._ops.
+    from cnnkit import _ops
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Softsign(), nn.Tanhshrink(), nn.Threshold(0.1, 0.0), nn.MaxPool2d(2))
+    assert feature_sizes([(9, 12)], net).tolist() == [[3, 5]]
+    assert all(isinstance(m, _ops.SHAPE_KEEPING_MODULES) for m in list(net)[1:4])

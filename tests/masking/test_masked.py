@@ -443,7 +443,7 @@ def test_refusal_leaves_running_statistics_as_they_were():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(),
                           nn.Linear(4 * 6 * 6, 2)).train()
     before = {name: b.clone() for name, b in model.named_buffers()}
-    with pytest.raises(UnsupportedError, match="Tensor.flatten") as info:
+    with pytest.raises(UnsupportedError, match=r"Tensor\.flatten") as info:
         masked(model)(pad_batch(_images([(8, 8), (5, 6)])))
     for name, b in model.named_buffers():
         torch.testing.assert_close(b, before[name], rtol=0, atol=0, msg=name)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from cnnkit._ops import KEEPS_POSITIONS
 from cnnkit._tensors import tensors_in
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, meta_twins
@@ -36,13 +37,6 @@ from cnnkit.shapes import ReceptiveField
 
 __all__ = ["LayerRow", "Summary", "summary"]
 
-# Functional ops that keep each position's receptive field (element-wise or channel concatenation).
-_KEEPS_FIELD = {
-    "__add__", "__radd__", "__iadd__", "add", "__sub__", "__rsub__", "sub", "__mul__", "__rmul__",
-    "__imul__", "mul", "__truediv__", "div", "cat", "concat", "concatenate", "stack", "relu", "relu_",
-    "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "dropout", "dropout2d", "elu", "hardswish",
-    "clamp", "__neg__", "neg", "contiguous", "batch_norm", "mish", "hardtanh", "relu6", "softplus",
-}
 _SYMBOLS = {"__add__": "+", "__radd__": "+", "__iadd__": "+=", "__sub__": "−", "__rsub__": "−",
             "__mul__": "×", "__rmul__": "×", "__imul__": "×=", "__truediv__": "/", "__matmul__": "@",
             "__getitem__": "[…]", "__neg__": "−x"}
@@ -210,7 +204,7 @@ class _Collector(TorchFunctionMode):
         if name in _SKIP or not outputs:
             return out
         inputs = tensors_in(args) + tensors_in(kwargs)
-        rf = self._field_of(inputs) if name in _KEEPS_FIELD else None
+        rf = self._field_of(inputs) if func in KEEPS_POSITIONS else None  # the op catalogue
         self._set_field(outputs, rf)
         owner = self.stack[-1][0] or "(model)"
         key = (owner, label)

@@ -24,9 +24,9 @@ __all__ = [
     "masked_batch_norm",
     "masked_group_norm",
     "pad_batch",
-    "register_masked_op",
     "padding_fraction",
     "partial_conv",
+    "register_masked_op",
     "spatial_sizes",
     "to_packed_sequence",
 ]

@@ -32,40 +32,20 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from cnnkit._checks import check_choice
+from cnnkit._ops import spatial_size_after
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.masking.sampler import _as_sizes
-from cnnkit.shapes.arithmetic import conv_output_size, conv_transpose_output_size, pool_output_size
+from cnnkit.shapes.arithmetic import conv_output_size
 
 __all__ = ["feature_sizes", "from_packed_sequence", "to_packed_sequence"]
-
-# Layers that keep every spatial size (element-wise, per-channel or per-position ops).
-_SIZE_KEEPING = (
-    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softmax,
-    nn.LogSoftmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LocalResponseNorm,
-)
 
 
 def _layer_size(layer, size: tuple[int, ...]) -> tuple[int, ...]:
     """Spatial size after one layer (a module or a ``(kernel_size, stride, padding, dilation)`` spec)."""
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        return conv_transpose_output_size(
-            size, layer.kernel_size, layer.stride, layer.padding, layer.output_padding, layer.dilation
-        )
-    if isinstance(layer, nn.modules.conv._ConvNd):
-        return conv_output_size(size, layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-    if isinstance(layer, nn.modules.pooling._MaxPoolNd):
-        return pool_output_size(size, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
-    if isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
-        return pool_output_size(size, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode)
-    if isinstance(layer, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)):
-        target = layer.output_size
-        target = (target,) * len(size) if isinstance(target, int) or target is None else tuple(target)
-        return tuple(s if t is None else int(t) for s, t in zip(size, target))
-    if isinstance(layer, _SIZE_KEEPING):
-        return size
     if isinstance(layer, nn.Module):
+        after = spatial_size_after(layer, size)  # the op catalogue's window geometry and shape-keeping modules
+        if after is not None:
+            return after
         raise UnsupportedError(
             f"feature_sizes does not know how {type(layer).__name__} changes spatial sizes. Pass the "
             "list of size-changing layers instead, as modules or (kernel_size, stride, padding, dilation) "
