@@ -35,9 +35,10 @@
  *   NEON (AArch64)   4  32                4 × 4             8 × 3, 8 × 2, 8 × 1
  *
  * AVX2 had AVX's 2 × 4 (8 accumulators) before. Measured on an AVX2-only AMD EPYC (Zen 3), the three
- * products of the benchmark layer on one thread: 2 × 4 21.5 ms, 6 × 2 (the BLAS shape; two passes over the
- * patches per position) 20.6 ms, 4 × 3 and 2 × 6 slower, 3 × 4 16.8 ms (b as memory operands: 3 loads
- * and 3 broadcasts per 12 FMAs). Without FMA a product needs a register of its own, hence ACC 10.
+ * products of the benchmark layer on one thread (best of 6 interleaved rounds): 3 × 4 15.9 ms (b read as
+ * FMA memory operands: 3 loads and 3 broadcasts per 12 FMAs), 4 × 3 17.1, 6 × 2 (the BLAS shape, which
+ * walks the patches twice per position) 17.7, 3 × 3, 5 × 2, 2 × 4 and 4 × 2 18.2–19.7, the old build 19.8.
+ * Without FMA a product needs a register of its own, hence ACC 10.
  * tests/test_native.py compiles the x86-64, x86-64-v3 and x86-64-v4 variants with -S and checks that no
  * tile loop touches the stack. -DLC_NB=… -DLC_ROWS=… override the whole-block tile, for measuring others.
  *
