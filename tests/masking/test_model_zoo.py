@@ -156,7 +156,7 @@ def test_model_zoo(name):
         out64 = _outputs(masked(model)(pad_batch(images64)))
         alone64 = [_main(model(img[None]))[0] for img in images64]
     for n, (o, ref) in enumerate(zip(out64, alone64)):
-        assert ref.std() > 1e-6, "a constant output would make the comparison vacuous"
+        assert ref.std() > 1e-3 * ref.abs().max() > 0, "a constant output would make the comparison vacuous"
         assert _relative(o, ref) <= 1e-10, (name, n, _relative(o, ref))
 
     # eval, float32: within twice the plain model's own float32 noise

@@ -248,7 +248,7 @@ class MaskedContext(TorchFunctionMode):
         if func in _ops.METADATA:
             return func(*args, **kwargs)
         entries = self.entries
-        padded = [t for t in tensors_in(args) + tensors_in(kwargs) if t in entries] if entries else []
+        padded = _padded_in(args, kwargs, entries) if entries else []
         if not padded:
             rule = _ALWAYS.get(func)
             if rule is None:
@@ -290,6 +290,21 @@ class MaskedContext(TorchFunctionMode):
 
 
 _MaskedMode = MaskedContext  # the name used before the rules became public
+
+
+def _padded_in(args, kwargs, entries) -> list[Tensor]:
+    """The padded tensors among the arguments (tensors, or inside lists/tuples/dicts), in order; a fast path for
+    the common flat call."""
+    found = []
+    for a in args:
+        if isinstance(a, Tensor):
+            if a in entries:
+                found.append(a)
+        elif isinstance(a, (list, tuple, dict)):
+            found.extend(t for t in tensors_in(a) if t in entries)
+    if kwargs:
+        found.extend(t for t in tensors_in(kwargs) if t in entries)
+    return found
 
 
 def _refuse(ctx: MaskedContext, func, args, kwargs):
