@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/cnnkit demo
+	$(BIN)/cnnkit demo --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/python -m ruff check src tests benchmarks

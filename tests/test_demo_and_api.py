@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 import cnnkit
-from cnnkit.demo import run_demo
+from cnnkit.app import run_demo
 
 
 def test_demo_prints_the_seed_answers_and_a_summary():
@@ -37,6 +37,17 @@ def test_public_api_names():
     assert {"conv_output_size", "tf_same_padding", "padding_amounts", "pool_output_size",
             "conv_transpose_output_size", "ReceptiveField", "receptive_fields"} <= set(cnnkit.shapes.__all__)
     assert {"explain", "summary", "register_explainer", "LayerReport"} <= set(cnnkit.explainers.__all__)
+    from cnnkit import app, data, models, predict
+
+    assert {"train_segmentation", "train_folder", "train_demo", "run_training_demo", "load_predictor",
+            "predict_files", "SegmentationRun"} <= set(app.__all__)
+    assert {"Predictor", "Preprocessing", "Prediction", "tile_geometry", "tiled_forward", "plan_tiles",
+            "open_scene"} <= set(predict.__all__)
+    assert {"SyntheticLandCover", "crop_series", "band_statistics"} <= set(data.__all__)
+    assert {"TinySegNet", "SeriesSegNet", "MODELS"} <= set(models.__all__)
+    for module in (app, predict, data, models):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)
 
 
 def test_readme_examples_run():

@@ -1,4 +1,5 @@
-"""The ``cnnkit`` command line: ``demo``, ``explain``, ``summary``, ``convert``, ``keras-explain`` and ``report``."""
+"""The ``cnnkit`` command line: ``demo``, ``train``, ``predict``, ``explain``, ``summary``, ``convert``,
+``keras-explain`` and ``report``."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def demo(
     resume: bool = typer.Option(False, "--resume", help=_RESUME),
 ) -> None:
     """Train a mask-aware segmentation network on built-in cloudy multi-band scenes and write an HTML report."""
-    from cnnkit.demo import run_demo, run_training_demo
+    from cnnkit.app.demo import run_demo, run_training_demo
 
     try:
         if shapes:
@@ -89,7 +90,7 @@ def train(
     num_classes: int = typer.Option(None, min=2, help="Number of classes (default: largest label + 1)."),
     ignore_index: int = typer.Option(None, help="Mask value meaning 'not labelled', e.g. 255."),
     nodata: float = typer.Option(None, help="Band value meaning 'no data' (NaN and inf always are)."),
-    bands: str = typer.Option(None, help="Band indices to keep, comma-separated: 3,2,1 (default all)."),
+    bands: str = typer.Option(None, help="Band indices to keep, counted from 0, comma-separated: 3,2,1 (default all)."),
     images: str = typer.Option("images", help="Sub-folder of the images."),
     masks: str = typer.Option("masks", help="Sub-folder of the label masks."),
     batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
@@ -101,7 +102,7 @@ def train(
     """Train a mask-aware segmentation network on your folder of images and masks and write an HTML report."""
     from rich.rule import Rule
 
-    from cnnkit.train.pipeline import train_folder
+    from cnnkit.app.train import train_folder
 
     console = _console()
     try:
@@ -120,6 +121,54 @@ def train(
     console.print(Rule("result"))
     for line in result.lines():
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    run: str = typer.Argument(..., help="A run folder of cnnkit train or cnnkit demo (it holds manifest.json)."),
+    inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, TIFF), folders of them, or glob patterns."),  # noqa: B008
+    out: str = typer.Option("predictions", "--out", help="Output folder: STEM_labels.png, STEM_overlay.png, …"),
+    tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as TIFF (georeferenced like the input)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, float16 TIFF."),
+    confidence: bool = typer.Option(False, "--confidence", help="Write the winning class's probability, float16 TIFF."),
+    max_pixels: int = typer.Option(16_000_000, min=1, help="Larger images are run tile by tile (same result)."),
+    tile: int = typer.Option(1024, min=8, help="Tile side in pixels for images over --max-pixels."),
+    batch_size: int = typer.Option(8, min=1, help="Images per padded batch."),
+    device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
+) -> None:
+    """Apply a trained run to new images and whole scenes: label maps, overlays, probabilities.
+
+    Images are grouped by size and run as padded batches (each result equal to the image alone); images over
+    --max-pixels are read, run and written tile by tile with a halo from the network's receptive field, so
+    the result is identical to the whole-image pass while memory follows the tile.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cnnkit.app.predict import expand_inputs, load_predictor, predict_files
+
+    console = _console()
+    try:
+        predictor, manifest = load_predictor(run, device=device)
+        band_count = (manifest.get("input") or {}).get("band_count")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                      transient=False) as bar:
+            total = len(expand_inputs(inputs))
+            task = bar.add_task("predicting", total=total, rate="")
+
+            def progress(images: int, pixels: int) -> None:
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, completed=images,
+                           rate=f"{images / elapsed:.1f} img/s, {pixels / elapsed / 1e6:.2f} Mpx/s")
+
+            result = predict_files(predictor, inputs, out, band_count=band_count, tiff=tiff,
+                                   probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
+                                   tile=tile, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    except CnnkitError as error:
+        _fail(error)
+    console.print(result.summary(predictor.class_names), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"outputs: {out}/", markup=False, highlight=False)
 
 
 @app.command()

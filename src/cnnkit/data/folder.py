@@ -305,8 +305,8 @@ class SegmentationFolder(Dataset):
         if self.bands is not None:
             if max(self.bands) >= array.shape[0]:
                 raise ShapeError(
-                    f"bands must index the image's {array.shape[0]} bands. Received: bands={self.bands} "
-                    f"for {image_path}"
+                    f"bands must index the image's {array.shape[0]} bands, counted from 0. Received: "
+                    f"bands={self.bands} for {image_path}"
                 )
             array = array[list(self.bands)]
         image = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))

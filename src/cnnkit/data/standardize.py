@@ -28,11 +28,11 @@ from cnnkit.errors import ShapeError
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.masking.sampler import spatial_sizes
 
-__all__ = ["Standardized", "band_statistics"]
+__all__ = ["Standardized", "band_statistics", "missing_pixels"]
 
 
-def _missing(image: Tensor, nodata: float | None) -> Tensor:
-    """(H, W) bool: True where any band is NaN, ±inf or ``nodata``."""
+def missing_pixels(image: Tensor, nodata: float | None = None) -> Tensor:
+    """(H, W) bool: True where any band of a ``(C, H, W)`` image is NaN, ±inf or ``nodata``."""
     bad = ~torch.isfinite(image)
     if nodata is not None:
         bad |= image == nodata
@@ -59,7 +59,7 @@ def band_statistics(dataset, nodata: float | None = None) -> tuple[Tensor, Tenso
         image = torch.as_tensor(image).to(torch.float64)
         if image.ndim != 3:
             raise ShapeError(f"dataset images must be (C, H, W). Received an image of shape {tuple(image.shape)}.")
-        valid = ~_missing(image, nodata)
+        valid = ~missing_pixels(image, nodata)
         values = image[:, valid]
         if total is None:
             total, square, count = values.new_zeros(len(image)), values.new_zeros(len(image)), 0
@@ -156,7 +156,7 @@ class Standardized(Dataset):
                 f"item {index}: expected an image ({len(self.mean)}, H, W) and a label (H, W) of the same size. "
                 f"Received image {tuple(image.shape)} and label {tuple(label.shape)}."
             )
-        missing = _missing(image, self.nodata)
+        missing = missing_pixels(image, self.nodata)
         bands = (image.float() - self._shift) / self._scale
         bands = bands.masked_fill(missing, 0.0)
         out = torch.cat([bands, (~missing).float()[None]])

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnkit._checks import check_int
+from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import ShapeError
 from cnnkit.masking import BucketBatchSampler, masked, pad_batch
 from cnnkit.predict.scene import Scene, create_tiff
@@ -93,10 +94,7 @@ class Preprocessing:
     def standardize(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """``(cat([bands, validity]) (C+1, H, W), valid (H, W))`` of a raw image, without padding."""
         image = self.select(image)
-        missing = ~torch.isfinite(image)
-        if self.nodata is not None:
-            missing |= image == self.nodata
-        missing = missing.any(dim=0)
+        missing = missing_pixels(image, self.nodata)
         mean = torch.tensor(self.mean, dtype=torch.float64).float()[:, None, None]
         std = torch.tensor(self.std, dtype=torch.float64).float()[:, None, None]
         bands = ((image - mean) / std).masked_fill(missing, 0.0)

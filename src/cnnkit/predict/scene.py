@@ -71,7 +71,7 @@ class Scene:
                 window = np.asarray(self._array[:, rows, cols])
         except (OSError, ValueError) as err:
             raise CnnkitError(f"Could not read {self.path}: {err}. Is the file complete?") from err
-        return np.ascontiguousarray(window, dtype=np.float32)
+        return np.array(window, dtype=np.float32, order="C", copy=True)
 
 
 def _tiff(path: Path, bands: int | None) -> Scene:

@@ -4,10 +4,14 @@ Layout::
 
     out/
         cnnkit-run.json              the marker: this folder is a cnnkit run (written first, kept)
+        manifest.json                what inference needs: the network's builder and arguments, the input
+                                     preprocessing, class names and palette, versions (:func:`write_manifest`)
+        model.safetensors            the trained weights (no pickle)
         checkpoints/last.ckpt        every epoch (:func:`cnnkit.train.fit`); best.ckpt with validation
         logs/version_<k>/            metrics.csv and hparams.yaml, one folder per (re)start
         tensorboard/version_<k>/     when tensorboard is installed
         report/report.html           the report and its images; report/cnnkit-report.json lists them
+        samples/heldout_NN.tif       cnnkit demo only: held-out scenes to try cnnkit predict on
 
 The rule: cnnkit never deletes what it did not write. :func:`prepare_run_dir` refuses a folder that holds
 anything unless the caller asks to ``resume`` (continue from ``checkpoints/last.ckpt``) or to ``overwrite``
@@ -31,18 +35,34 @@ from typing import Any
 from cnnkit.errors import CnnkitError, ShapeError
 
 __all__ = [
+    "MANIFEST",
     "MARKER",
     "REPORT_MANIFEST",
+    "SAMPLES",
+    "WEIGHTS",
     "MissingRunFileError",
     "check_checkpoint",
     "prepare_run_dir",
     "read_checkpoint",
+    "read_manifest",
     "read_report_manifest",
+    "write_manifest",
     "write_report_manifest",
 ]
 
 MARKER = "cnnkit-run.json"
 """The file that marks a folder as a cnnkit run folder."""
+
+MANIFEST = "manifest.json"
+"""What inference needs to use a run (see :func:`write_manifest`)."""
+
+WEIGHTS = "model.safetensors"
+"""The trained network's ``state_dict`` as safetensors."""
+
+MANIFEST_VERSION = 1
+
+SAMPLES = "samples"
+"""``cnnkit demo`` writes held-out scenes here (``heldout_NN.tif``), input to try ``cnnkit predict`` on."""
 
 REPORT_MANIFEST = "cnnkit-report.json"
 """The file in a report folder that lists what :func:`cnnkit.report.write_report` wrote there."""
@@ -71,6 +91,8 @@ def _is_cnnkit_file(relative: Sequence[str], report_files: set[str]) -> bool:
         return rest[1] == "hparams.yaml" or rest[1].startswith("events.out.tfevents.")
     if top == "report" and len(rest) == 1:
         return rest[0] in report_files
+    if top == SAMPLES and len(rest) == 1:  # the demo's held-out scenes
+        return re.fullmatch(r"heldout_\d+\.tif", rest[0]) is not None
     return False
 
 
@@ -78,7 +100,10 @@ def _remove_earlier_run(out: Path, log: Callable[[str], None]) -> None:
     """Remove the files of an earlier cnnkit run in ``out`` (by name), and the folders they leave empty."""
     report_files = _owned_report_files(out / "report")
     kept: list[str] = []
-    for top in ("checkpoints", "logs", "tensorboard", "report"):
+    for name in (MANIFEST, WEIGHTS):
+        if (out / name).is_file() and not (out / name).is_symlink():
+            (out / name).unlink()
+    for top in ("checkpoints", "logs", "tensorboard", "report", SAMPLES):
         root = out / top
         if not root.is_dir() or root.is_symlink():
             if root.exists() or root.is_symlink():
@@ -267,3 +292,88 @@ def write_report_manifest(folder: str | os.PathLike, files: Sequence[str], secti
     (folder / REPORT_MANIFEST).write_text(
         json.dumps({"files": {name: _digest(folder / name) for name in sorted(files)}, "sections": list(sections)},
                    indent=1) + "\n", encoding="utf-8")
+
+
+def write_manifest(out: str | os.PathLike, model, *, builder: str | None, builder_args: dict[str, Any] | None,
+                   preprocessing: dict[str, Any] | None, class_names: Sequence[str],
+                   palette: Sequence[Sequence[int]], ignore_index: int | None, task: str = "segmentation",
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write the trained weights (:data:`WEIGHTS`) and :data:`MANIFEST`: everything inference needs.
+
+    Args:
+        out: The run folder.
+        model: The trained network (its ``state_dict`` is saved as safetensors).
+        builder: Name of the network's class in :data:`cnnkit.models.MODELS`, or ``None`` for a network of the
+            user's own (``cnnkit predict`` then cannot rebuild it; :class:`cnnkit.predict.Predictor` can).
+        builder_args: The builder's keyword arguments.
+        preprocessing: The input's preprocessing (:class:`cnnkit.predict.Preprocessing` fields: ``mean``,
+            ``std``, ``nodata``, ``bands`` (counted from 0), ``multiple_of``, ``validity_band``), plus
+            ``band_count``, the bands of the files trained on; ``None`` when the data came as tensors.
+        class_names: One name per class, in label order.
+        palette: One RGB colour per class.
+        ignore_index: The mask value meaning "not labelled" in the training files (e.g. 255), if any.
+        task: ``"segmentation"`` (per-pixel classes) or ``"series-segmentation"`` (from time series).
+        extra: Further keys (kept as given).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from cnnkit import __version__
+
+    out = Path(out)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    try:
+        save_file(state, out / WEIGHTS)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise CnnkitError(f"Could not write the weights to {os.fspath(out / WEIGHTS)!r}: {error}.") from None
+    manifest = {
+        "format": "cnnkit-run", "version": MANIFEST_VERSION, "task": task,
+        "cnnkit": __version__, "torch": torch.__version__,
+        "model": {"builder": builder, "args": builder_args or {}, "weights": WEIGHTS},
+        "input": preprocessing,
+        "classes": {"names": list(class_names), "palette": [list(map(int, c)) for c in palette],
+                    "ignore_index": ignore_index},
+        **(extra or {}),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return out / MANIFEST
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a run folder, checked; a clear error for a folder that is no run or an older run.
+
+    Raises:
+        MissingRunFileError: ``run_dir`` does not exist.
+        CnnkitError: no manifest (a run of an older cnnkit, or not a run folder), or a damaged one.
+    """
+    path = Path(run_dir)
+    name = os.fspath(run_dir)
+    if not path.is_dir():
+        raise MissingRunFileError(f"The run folder {name!r} does not exist.")
+    file = path / MANIFEST
+    if not file.is_file():
+        hint = ("it is a run of an older cnnkit, written before runs carried a manifest: train it again with this "
+                "version (cnnkit train / cnnkit demo), or build a cnnkit.predict.Predictor from its checkpoint in "
+                "Python") if (path / MARKER).is_file() or (path / "checkpoints").is_dir() else \
+            "it is not a run folder of cnnkit train or cnnkit demo"
+        raise CnnkitError(f"{name!r} has no {MANIFEST}: {hint}.")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CnnkitError(f"The manifest {os.fspath(file)!r} is damaged ({error}). Train the run again.") from None
+    problems = []
+    if not isinstance(data, dict) or data.get("format") != "cnnkit-run":
+        problems.append("it is not a cnnkit run manifest")
+    elif data.get("version") != MANIFEST_VERSION:
+        problems.append(f"its version {data.get('version')!r} is not {MANIFEST_VERSION} (another cnnkit version)")
+    else:
+        classes, model = data.get("classes"), data.get("model")
+        if not isinstance(classes, dict) or not isinstance(classes.get("names"), list) or not classes["names"]:
+            problems.append("'classes.names' is missing")
+        if not isinstance(model, dict) or not isinstance(model.get("args", {}), dict):
+            problems.append("'model' is missing")
+        if not isinstance(data.get("input"), (dict, type(None))):
+            problems.append("'input' is not an object")
+    if problems:
+        raise CnnkitError(f"The manifest {os.fspath(file)!r} cannot be used: {'; '.join(problems)}.")
+    return data

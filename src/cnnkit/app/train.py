@@ -16,7 +16,9 @@ user's folder:
    everywhere (:class:`~cnnkit.metrics.SegmentationMetrics`, padding and −100 left out);
 5. write the HTML report (:func:`cnnkit.report.write_report`) with two sections of its own first:
    **Data** (size scatter and histogram, padded share per epoch with bucketing vs random batches, class
-   shares and weights) and **Held-out evaluation** (network vs baseline, per class, and the time taken).
+   shares and weights) and **Held-out evaluation** (network vs baseline, per class, and the time taken);
+6. write the trained weights (safetensors) and the run manifest (:func:`cnnkit.train.rundir.write_manifest`):
+   the network's builder, the input preprocessing, class names and palette — what ``cnnkit predict`` reads.
 
 Items are ``(image (C, H, W) float, label (H, W) int)``; −100 marks pixels without a label.
 """
@@ -35,12 +37,17 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
 from cnnkit.data import RareClassCrops
+from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import ShapeError
 from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, masked, padding_fraction, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.metrics import SegmentationMetrics
-from cnnkit.train.rundir import prepare_run_dir
+from cnnkit.models import MODELS, TinySegNet
+from cnnkit.render.labels import DEFAULT_PALETTE
+from cnnkit.report import write_report
+from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
+from cnnkit.train.rundir import prepare_run_dir, write_manifest
 
 __all__ = ["SegmentationRun", "evaluate", "majority_baseline", "padding_shares", "train_folder", "train_segmentation"]
 
@@ -228,6 +235,9 @@ def train_segmentation(
     log: Callable[[str], None] = print,
     overwrite: bool = False,
     resume: bool = False,
+    preprocessing: dict | None = None,
+    ignore_index: int | None = None,
+    model_builder: tuple[str, dict] | None = None,
 ) -> SegmentationRun:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -261,6 +271,12 @@ def train_segmentation(
             logs, TensorBoard events and report files, keep anything else, and train afresh.
         resume: ``out`` holds an earlier cnnkit run: continue its training from ``checkpoints/last.ckpt``
             (up to ``epochs`` in all) and write the report again.
+        preprocessing: What turned the user's files into ``train``'s tensors, for the run manifest
+            (:class:`cnnkit.predict.Preprocessing` fields and ``band_count``); ``None`` when unknown.
+        ignore_index: The files' value for "no label" (for the manifest).
+        model_builder: ``(name in cnnkit.models.MODELS, keyword arguments)`` that rebuild ``model``, so that
+            ``cnnkit predict`` can use the run; without it a ``model`` of your own is saved (weights and
+            manifest) but must be rebuilt by you.
 
     Returns:
         A :class:`SegmentationRun`.
@@ -271,10 +287,6 @@ def train_segmentation(
     """
     import lightning as L
 
-    from cnnkit.models import TinySegNet
-    from cnnkit.report import write_report
-    from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
-
     start = time.perf_counter()
     for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
                              ("batch_size", batch_size, 1), ("crop_size", crop_size, 4)):
@@ -284,6 +296,10 @@ def train_segmentation(
     names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))
     if len(names) != num_classes:
         raise ShapeError(f"class_names must name all {num_classes} classes. Received {len(names)} names: {names}.")
+    if model_builder is not None and (not isinstance(model_builder, tuple) or len(model_builder) != 2
+                                      or model_builder[0] not in MODELS or not isinstance(model_builder[1], dict)):
+        raise ShapeError(f"model_builder must be (name, kwargs) with a name from {sorted(MODELS)}. "
+                         f"Received model_builder={model_builder!r}.")
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
     accelerator, devices = _accelerator(device)
@@ -304,8 +320,10 @@ def train_segmentation(
         counted = label[label != IGNORE_INDEX]
         if counted.numel() and (counted.min() < 0 or counted.max() >= num_classes):
             bad = int(counted[(counted < 0) | (counted >= num_classes)][0])
+            hint = (f" If {bad} marks pixels without a label, pass ignore_index={bad} (--ignore-index {bad})."
+                    if bad >= num_classes else "")
             raise ShapeError(f"labels must be class indices in [0, {num_classes}) or -100 (num_classes={num_classes}). "
-                             f"Received a label {bad}.")
+                             f"Received a label {bad}.{hint}")
         counts += torch.bincount(counted.flatten(), minlength=num_classes)
     if counts.sum() == 0:
         raise ShapeError("The training labels hold no labelled pixel (all are -100).")
@@ -367,6 +385,11 @@ def train_segmentation(
                             time.perf_counter() - start, len(heldout)),
     ]
     report = write_report(out, model=net, samples=samples, class_names=names, title=title, sections=sections)
+    builder = model_builder or (("TinySegNet", {"in_channels": first_image.shape[0], "num_classes": num_classes,
+                                                "width": width}) if model is None else None)
+    write_manifest(out, net, builder=builder[0] if builder else None, builder_args=builder[1] if builder else None,
+                   preprocessing=preprocessing, class_names=names, ignore_index=ignore_index,
+                   palette=[DEFAULT_PALETTE[k % len(DEFAULT_PALETTE)] for k in range(num_classes)])
     return SegmentationRun(
         report=report, mean_iou=mean_iou, baseline_mean_iou=baseline_mean, iou=iou, baseline_iou=baseline_iou,
         class_names=names, class_share=share, class_weight=weight.tolist(), rare_classes=rare,
@@ -433,18 +456,55 @@ def train_folder(
         train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
         split = f"{count} of {len(folder)} images held out at random (seed {seed})"
     if num_classes is None:
-        found = max(int(part.label(i).max()) for part in (train_part, held_part) for i in range(len(part)))
+        present = torch.unique(torch.cat([part.label(i).flatten().unique() for part in (train_part, held_part)
+                                          for i in range(len(part))]))
+        present = present[present != IGNORE_INDEX]
+        found = int(present.max()) if present.numel() else -1
         if found < 1:
             raise ShapeError(f"The masks in {str(root)!r} hold fewer than 2 classes (largest label {found}); "
                              "give num_classes if classes are missing from the masks.")
+        if found >= 32 and present.numel() <= (found + 1) // 2:
+            below = present[present < found]
+            raise ShapeError(
+                f"The masks in {str(root)!r} hold the labels {_ranges(below.tolist())} and {found}: {found + 1} "
+                f"classes, most of them absent. If {found} marks pixels without a label, pass ignore_index={found} "
+                f"(--ignore-index {found}); if the classes are real, pass num_classes={found + 1} (--num-classes).")
         num_classes = found + 1
     log(f"folder {str(root)!r}: {len(folder)} images, {num_classes} classes; {split}")
     train = Standardized(train_part, nodata=nodata, multiple_of=4)
     held = Standardized(held_part, train.mean, train.std, nodata=nodata, multiple_of=4)
     log("band mean " + ", ".join(f"{v:.4g}" for v in train.mean.tolist())
         + "; std " + ", ".join(f"{v:.4g}" for v in train.std.tolist()))
+    missing = unlabelled = total = 0
+    for index in range(len(train_part)):
+        image, label = train_part[index]
+        gone = missing_pixels(torch.as_tensor(image), nodata)
+        missing += int(gone.sum())
+        unlabelled += int(((torch.as_tensor(label) == IGNORE_INDEX) & ~gone).sum())
+        total += gone.numel()
+    nodata_text = f", or {nodata!r}" if nodata is not None else ""
+    ignore_text = f" (ignore_index={ignore_index})" if ignore_index is not None else ""
+    log(f"training pixels: {total:,}; no data (NaN, ±inf{nodata_text}): {missing:,} ({100 * missing / total:.1f} %); "
+        f"unlabelled{ignore_text}: {unlabelled:,} ({100 * unlabelled / total:.1f} %)")
+    band_count = SegmentationFolder(root, images, masks, ignore_index=ignore_index)[0][0].shape[0]
+    preprocessing = {"mean": train.mean.tolist(), "std": train.std.tolist(), "nodata": nodata,
+                     "bands": list(bands) if bands is not None else None, "multiple_of": 4, "validity_band": True,
+                     "band_count": band_count}
     return train_segmentation(train, held, num_classes, out, class_names=class_names, seed=seed, log=log,
-                              title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name}"), **kwargs)
+                              title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name}"),
+                              preprocessing=preprocessing, ignore_index=ignore_index, **kwargs)
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 4]`` → ``'0–2, 4'``."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(f"{start}" if start == v else f"{start}–{v}")
+            start = None
+    return ", ".join(parts) or "none"
 
 
 class _Subset(torch.utils.data.Dataset):

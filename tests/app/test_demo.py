@@ -11,11 +11,11 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cnnkit.app import majority_baseline, run_training_demo
 from cnnkit.cli.main import app
-from cnnkit.demo import CLASS_NAMES, RARE_CLASS, SyntheticLandCover, run_training_demo
+from cnnkit.data import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
 from cnnkit.errors import ShapeError
 from cnnkit.metrics import mean_iou
-from cnnkit.train.pipeline import majority_baseline
 
 
 def test_dataset_is_deterministic_for_a_seed():

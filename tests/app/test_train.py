@@ -1,6 +1,6 @@
 """``cnnkit train`` on generated folders of PNG and multi-band TIFF files, end to end through the CLI.
 
-The scenes come from :class:`cnnkit.demo.SyntheticLandCover` (clouds, unlabelled areas, a rare class),
+The scenes come from :class:`cnnkit.data.SyntheticLandCover` (clouds, unlabelled areas, a rare class),
 written to disk the way a user's data looks: uint8 RGB PNGs with 0 for "no data" and palette masks with
 255 for "not labelled", or float32 4-band TIFFs with NaN under clouds. Sizes are cut to odd values so the
 pipeline must round them up. The majority-class baseline in the report is checked against numpy counts.
@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnkit.cli.main import app
-from cnnkit.demo import CLASS_NAMES, SyntheticLandCover
+from cnnkit.data import CLASS_NAMES, SyntheticLandCover
 
 NAMES = ",".join(CLASS_NAMES)
 

@@ -1,0 +1,151 @@
+"""The two demos behind ``cnnkit demo``.
+
+* :func:`run_training_demo` (``cnnkit demo``): :func:`train_demo` trains a mask-aware segmentation network on
+  the built-in data set, prints the held-out mean IoU next to a majority-class baseline, and writes the HTML
+  report. It generates a training and a held-out split of :class:`~cnnkit.data.SyntheticLandCover` (seeds
+  ``2·seed`` and ``2·seed + 1``) and hands them to :func:`cnnkit.app.train_segmentation`, the same pipeline
+  ``cnnkit train`` runs on a user's folder: class weights, rare-class crops, bucketed masked training,
+  held-out IoU against a majority-class baseline, the report, and the manifest ``cnnkit predict`` reads.
+* :func:`run_demo` (``cnnkit demo --shapes``): the seed questions' shapes answered by
+  :func:`cnnkit.explainers.explain` and a model summary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.rule import Rule
+from torch import nn
+
+from cnnkit._checks import check_int
+from cnnkit.app.train import train_segmentation
+from cnnkit.data.synthetic import CLASS_NAMES, SyntheticLandCover
+from cnnkit.explainers import explain, summary
+from cnnkit.models import TinySegNet
+from cnnkit.nn import LocallyConnected2d
+from cnnkit.train.rundir import SAMPLES
+
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_HELDOUT", "DEFAULT_TRAIN", "SEED_QUESTIONS", "run_demo", "run_training_demo",
+           "train_demo"]
+
+DEFAULT_EPOCHS = 30
+DEFAULT_TRAIN = 160
+DEFAULT_HELDOUT = 32
+SAMPLE_COUNT = 8
+"""Held-out scenes the demo writes into its run folder's ``samples/`` as TIFFs (input for ``cnnkit predict``)."""
+
+# (question, layer, input shape without batch) — the shapes people asked about in the seed questions.
+SEED_QUESTIONS: list[tuple[str, nn.Module, tuple[int, ...]]] = [
+    ("Keras Conv2D(32, (5, 5)) on a 32×32×3 image: what do its filters look like?",
+     nn.Conv2d(3, 32, 5), (3, 32, 32)),
+    ("Theano tutorial: why is a 28×28 input 24×24 after a 5×5 filter ('valid')?",
+     nn.Conv2d(1, 20, 5), (1, 28, 28)),
+    ("… and 32×32 with border_mode='full'?", nn.Conv2d(1, 20, 5, padding=4), (1, 28, 28)),
+    ("Convolution1D(111, 5) over 300 channels: why is the kernel (5, 300, 111)?",
+     nn.Conv1d(300, 111, 5), (300, 300)),
+    ("Dense from 2000 to 4800 units: (4800, 2000) or (2000, 4800)?", nn.Linear(2000, 4800), (2000,)),
+    ("LocallyConnected2D, 4 filters 3×3 on 6×6×4: why is the kernel (16, 36, 4)?",
+     LocallyConnected2d(4, 4, 3, input_size=(6, 6)), (4, 6, 6)),
+]
+
+
+def run_demo(console: Console | None = None, height: int = 64, width: int = 96) -> None:
+    """Print the seed answers and the summary of :class:`TinySegNet` on a 4-band ``height×width`` image."""
+    console = console or Console(width=max(Console().width, 140))
+    console.print(Rule("cnnkit demo — shapes, explained"))
+    for question, layer, shape in SEED_QUESTIONS:
+        console.print(f"\n[bold]{question}[/bold]")
+        console.print(str(explain(layer, shape)), markup=False, highlight=False, soft_wrap=True)
+    net = TinySegNet(in_channels=4, num_classes=5)
+    console.print(Rule(f"A small segmentation network on a 4-band {height}×{width} image"))
+    console.print(summary(net, (4, height, width)))
+
+
+def train_demo(
+    out: str | os.PathLike = "cnnkit-demo",
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    device: str = "cpu",
+    n_train: int = DEFAULT_TRAIN,
+    n_heldout: int = DEFAULT_HELDOUT,
+    progress: bool = True,
+    log=print,
+    **kwargs,
+):
+    """Train the demo network on the built-in data set, evaluate it, and write the report into ``out``.
+
+    Args:
+        out: Run folder (created). It must be empty or new; pass ``overwrite=True`` to replace an earlier
+            run there (only the files cnnkit wrote) or ``resume=True`` to continue it (see
+            :func:`~cnnkit.app.train_segmentation`).
+        epochs: Training epochs (>= 1).
+        seed: Seed of the data, the initial weights and the batch order.
+        device: ``"cpu"`` or a CUDA device such as ``"cuda"`` / ``"cuda:0"``.
+        n_train, n_heldout: Number of training and held-out scenes.
+        progress: Show Lightning's progress bar.
+        log: Called with each line of text to print.
+        kwargs: Further options of :func:`~cnnkit.app.train_segmentation` (``width``,
+            ``batch_size``, ``lr``, ``crop_size``, ``overwrite``, ``resume`` …).
+
+    Returns:
+        A :class:`~cnnkit.app.SegmentationRun`.
+    """
+    check_int(n_train, "n_train", 2)
+    check_int(n_heldout, "n_heldout")
+    train = SyntheticLandCover(n_train, seed=2 * seed)
+    heldout = SyntheticLandCover(n_heldout, seed=2 * seed + 1)
+    log(f"built-in data: seeded synthetic land cover, {train.bands} bands + a validity band (0 under clouds)")
+    # The scenes come as bands (0 under clouds) + the validity band: what Preprocessing makes of the bands with
+    # NaN under clouds, mean 0 and std 1. So `cnnkit predict` on such files sees exactly what training saw.
+    preprocessing = {"mean": [0.0] * train.bands, "std": [1.0] * train.bands, "nodata": None, "bands": None,
+                     "multiple_of": 4, "validity_band": True, "band_count": train.bands}
+    result = train_segmentation(
+        train, heldout, len(CLASS_NAMES), out, class_names=CLASS_NAMES, epochs=epochs, seed=seed, device=device,
+        title="cnnkit demo: TinySegNet on synthetic land cover with clouds", progress=progress, log=log,
+        preprocessing=preprocessing, **kwargs,
+    )
+    written = write_samples(heldout, Path(out) / SAMPLES, count=min(SAMPLE_COUNT, len(heldout)))
+    log(f"held-out scenes to try `cnnkit predict` on: {written[0].parent}/ ({len(written)} TIFFs, NaN under clouds)")
+    return result
+
+
+def write_samples(dataset: SyntheticLandCover, folder: Path, count: int) -> list[Path]:
+    """The first ``count`` scenes of ``dataset`` as float32 (H, W, C) TIFFs with NaN under clouds."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image, _ = dataset[index]
+        bands = image[:-1].masked_fill(image[-1:] == 0, float("nan"))
+        path = folder / f"heldout_{index:02d}.tif"
+        tifffile.imwrite(path, bands.permute(1, 2, 0).numpy(), photometric="minisblack")
+        paths.append(path)
+    return paths
+
+
+def run_training_demo(
+    out: str | os.PathLike = "cnnkit-demo",
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    console: Console | None = None,
+    **kwargs,
+):
+    """Run :func:`train_demo` and print the report's path, the time and both mean IoUs.
+
+    ``kwargs`` go to ``train_demo`` (``n_train``, ``n_heldout``, ``width``, ``progress`` …). Returns its
+    :class:`~cnnkit.app.SegmentationRun`.
+    """
+    console = console or Console(width=max(Console().width, 140))
+    console.print(Rule("cnnkit demo — a mask-aware segmentation network on synthetic land cover with clouds"))
+    result = train_demo(out, epochs=DEFAULT_EPOCHS if epochs is None else epochs, seed=seed, device=device,
+                        log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), **kwargs)
+    console.print(Rule("result"))
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return result

@@ -1,0 +1,303 @@
+"""``cnnkit predict``: apply a trained run to new images and to whole scenes.
+
+:func:`load_predictor` rebuilds a run's network from its manifest (by builder name from
+:data:`cnnkit.models.MODELS` — a run folder never makes cnnkit import code) and its safetensors weights, with
+the preprocessing training applied. :func:`predict_files` runs it over files, folders or globs:
+
+* images up to ``max_pixels`` are read whole, grouped by size and run as padded batches through
+  :func:`cnnkit.masked` (each result equal to that image alone);
+* larger scenes are read, run and written tile by tile (:meth:`~cnnkit.predict.Predictor.predict_scene`),
+  the result identical to the whole-image pass, memory following the tile, not the scene.
+
+Per input it writes the label map (palette PNG; TIFF too with ``tiff=True``), the image beside its labels with
+the legend (``STEM_overlay.png``) and, on request, probabilities and confidence (float16 TIFFs). TIFF outputs
+carry the input's georeferencing tags.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnkit._checks import check_int
+from cnnkit.errors import CnnkitError, ShapeError
+from cnnkit.models import MODELS
+from cnnkit.predict import Predictor, Preprocessing
+from cnnkit.predict.outputs import palette_png, side_by_side, write_tiff
+from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, create_tiff, open_scene
+from cnnkit.train.rundir import WEIGHTS, read_manifest
+
+__all__ = ["PredictionRun", "expand_inputs", "load_predictor", "predict_files"]
+
+PREVIEW_SIDE = 2048
+"""Overlays of scenes with a longer side are drawn at a reduced scale."""
+
+
+def load_predictor(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Predictor, dict]:
+    """The run's network and preprocessing as a :class:`~cnnkit.predict.Predictor`, and its manifest.
+
+    Raises:
+        CnnkitError: no manifest (an older run, or not a run folder), an unknown builder (a network of the
+            user's own: rebuild it and use :class:`~cnnkit.predict.Predictor` directly), missing or damaged
+            weights.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    manifest = read_manifest(run_dir)
+    model_info, classes, prep = manifest["model"], manifest["classes"], manifest.get("input")
+    builder = model_info.get("builder")
+    if builder not in MODELS:
+        raise CnnkitError(
+            f"The run {os.fspath(run_dir)!r} was trained with a network of your own ({builder!r} is not one of "
+            f"{sorted(MODELS)}); cnnkit does not import code named in a run folder. Build the network in Python, "
+            f"load {WEIGHTS} into it and use cnnkit.predict.Predictor.")
+    if prep is None:
+        raise CnnkitError(f"The run {os.fspath(run_dir)!r} was trained on tensors, not files: its manifest does not "
+                          "say how files become the network's input. Use cnnkit.predict.Predictor in Python.")
+    try:
+        model = MODELS[builder](**model_info.get("args", {}))
+    except (TypeError, ValueError) as error:
+        raise CnnkitError(f"The manifest of {os.fspath(run_dir)!r} has arguments {builder} does not take: {error}."
+                          ) from None
+    path = Path(run_dir) / model_info.get("weights", WEIGHTS)
+    if path.name != WEIGHTS or not path.is_file():
+        raise CnnkitError(f"The run's weights {os.fspath(Path(run_dir) / WEIGHTS)!r} are missing. Train the run again.")
+    try:
+        state = load_file(path)
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as error:
+        raise CnnkitError(f"The weights {os.fspath(path)!r} do not fit the run's network or are damaged: {error}"
+                          ) from None
+    preprocessing = Preprocessing(
+        mean=tuple(prep["mean"]), std=tuple(prep["std"]), nodata=prep.get("nodata"),
+        bands=tuple(prep["bands"]) if prep.get("bands") is not None else None,
+        multiple_of=int(prep.get("multiple_of", 1)), validity_band=bool(prep.get("validity_band", True)))
+    palette = [tuple(c) for c in classes.get("palette", [])] or None
+    return Predictor(model, preprocessing, classes["names"], palette=palette, device=device), manifest
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their images, in name order) and globs → image files, each once, in the order given."""
+    found: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise CnnkitError(f"The folder {text!r} holds no image ({', '.join(IMAGE_EXTENSIONS)}).")
+            found += files
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(text):
+            files = sorted(Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise CnnkitError(f"The pattern {text!r} matches no image.")
+            found += files
+        else:
+            raise CnnkitError(f"Input {text!r} does not exist.")
+    unique, seen = [], set()
+    for path in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    stems: dict[str, Path] = {}
+    for path in unique:
+        if path.stem in stems:
+            raise CnnkitError(f"Two inputs share the name {path.stem!r} ({stems[path.stem]} and {path}); their outputs "
+                              "would overwrite each other. Predict them into different --out folders.")
+        stems[path.stem] = path
+    return unique
+
+
+@dataclass
+class PredictionRun:
+    """What :func:`predict_files` did.
+
+    Attributes:
+        files: Output files written, per input.
+        pixels: Pixels predicted (with data).
+        class_pixels: Pixels predicted per class.
+        tiled: Inputs run tile by tile.
+        seconds: Wall time.
+    """
+
+    files: dict[Path, list[Path]] = field(default_factory=dict)
+    pixels: int = 0
+    class_pixels: np.ndarray | None = None
+    tiled: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self, class_names: Sequence[str]) -> str:
+        counts = self.class_pixels if self.class_pixels is not None else np.zeros(len(class_names))
+        total = max(int(counts.sum()), 1)
+        shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in zip(class_names, counts))
+        return (f"{len(self.files)} images, {self.pixels:,} pixels with data in {self.seconds:.1f} s "
+                f"({self.pixels / max(self.seconds, 1e-9) / 1e6:.2f} Mpx/s); predicted: {shares}"
+                + (f"; {len(self.tiled)} run in tiles" if self.tiled else ""))
+
+
+def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse to write over files of the same names unless asked (nothing else in ``out`` is touched)."""
+    if out.exists() and not out.is_dir():
+        raise ShapeError(f"--out must be a folder. Received out={os.fspath(out)!r}, which is a file.")
+    if out.is_dir() and not overwrite:
+        taken = [p.name for p in out.iterdir() if any(p.name.startswith(f"{i.stem}_") for i in inputs)]
+        if taken:
+            raise CnnkitError(f"--out {os.fspath(out)!r} already holds predictions for these inputs ("
+                              + ", ".join(sorted(taken)[:5]) + (" …" if len(taken) > 5 else "")
+                              + "); pass --overwrite to replace them, or choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    band_count: int | None = None,
+    tiff: bool = False,
+    probabilities: bool = False,
+    confidence: bool = False,
+    max_pixels: int = 16_000_000,
+    tile: int = 1024,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    rgb_bands: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> PredictionRun:
+    """Predict every input image and write the outputs into ``out``.
+
+    Args:
+        predictor: From :func:`load_predictor` (or your own).
+        inputs: Files, folders or glob patterns.
+        out: Output folder (created). Existing outputs of the same names are refused unless ``overwrite``.
+        band_count: Bands of the files the run was trained on (decides a 3-D TIFF's layout; checked).
+        tiff: Also write the label map as a TIFF (georeferenced like the input).
+        probabilities: Write ``STEM_probabilities.tif``, float16 ``(H, W, K)``.
+        confidence: Write ``STEM_confidence.tif``, float16 ``(H, W)``.
+        max_pixels: Images with more pixels are run tile by tile (exactly equal to the whole pass).
+        tile: Side of a tile in pixels.
+        batch_size: Images per padded batch.
+        overwrite: Replace outputs of the same names.
+        rgb_bands: Bands of the input drawn as R, G, B in the overlay (default the first three, or grey).
+        progress: Called with (images done, pixels done) after each image or tile.
+        log: Called with each line of text to print.
+    """
+    check_int(max_pixels, "max_pixels")
+    check_int(tile, "tile")
+    check_int(batch_size, "batch_size")
+    start = time.perf_counter()
+    files = expand_inputs(inputs)
+    out = Path(out)
+    _check_out(out, files, overwrite)
+    names = predictor.class_names
+    run = PredictionRun(class_pixels=np.zeros(len(names), dtype=np.int64))
+    scenes = [open_scene(path, band_count) for path in files]
+    small = [s for s in scenes if s.height * s.width <= max_pixels]
+    large = [s for s in scenes if s.height * s.width > max_pixels]
+    done = {"images": 0, "pixels": 0}
+
+    def step(images: int, pixels: int) -> None:
+        done["images"] += images
+        done["pixels"] += pixels
+        if progress is not None:
+            progress(done["images"], done["pixels"])
+
+    # whole images, in padded batches of similar sizes: read in groups so memory stays bounded
+    group = max(batch_size, 4 * batch_size)
+    for first in range(0, len(small), group):
+        part = small[first:first + group]
+        raws = [torch.from_numpy(s.read()) for s in part]
+
+        def finished(result, part=part, raws=raws):
+            index = next(i for i, s in enumerate(part) if s.path.stem == result.name)
+            _write(part[index], raws[index].numpy(), result.labels.numpy(), result, predictor, out, run,
+                   tiff=tiff, probabilities=probabilities, confidence=confidence, rgb_bands=rgb_bands)
+            step(1, int(result.valid.sum()))
+
+        predictor.predict_images(raws, batch_size=batch_size, names=[s.path.stem for s in part], on_image=finished)
+    # scenes larger than max_pixels: tile by tile
+    for scene in large:
+        labels = np.empty((scene.height, scene.width), dtype=np.uint8 if len(names) < 255 else np.int16)
+        probs = None
+        if probabilities or confidence:
+            probs = create_tiff(out / f"{scene.path.stem}_probabilities.tif", (scene.height, scene.width, len(names)),
+                                np.float16, scene.geo_tags)
+        labels, counts = predictor.predict_scene(scene, tile=tile, labels_out=labels, probabilities_out=probs,
+                                                 on_tile=lambda pixels: step(0, pixels))
+        step(1, 0)
+        written = _write_labels(scene, labels, predictor, out, tiff)
+        if probs is not None:
+            probs.flush()
+            if confidence:
+                conf = create_tiff(out / f"{scene.path.stem}_confidence.tif", (scene.height, scene.width), np.float16,
+                                   scene.geo_tags)
+                for top in range(0, scene.height, tile):
+                    conf[top:top + tile] = probs[top:top + tile].max(axis=-1)
+                conf.flush()
+                del conf
+                written.append(out / f"{scene.path.stem}_confidence.tif")
+            if probabilities:
+                written.append(out / f"{scene.path.stem}_probabilities.tif")
+            del probs
+            if not probabilities:
+                (out / f"{scene.path.stem}_probabilities.tif").unlink()  # only needed for the confidence
+        step_ = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
+        written.append(_overlay(scene, scene.read(slice(None, None, step_), slice(None, None, step_))
+                                if step_ > 1 else scene.read(), labels[::step_, ::step_], predictor, out, rgb_bands,
+                                step_))
+        run.files[scene.path] = written
+        run.pixels += int(counts.sum())
+        run.class_pixels += counts.numpy()
+        run.tiled.append(scene.path)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: Path, tiff: bool) -> list[Path]:
+    stem = scene.path.stem
+    written = [palette_png(out / f"{stem}_labels.png", labels, predictor.num_classes, predictor.palette,
+                           predictor.ignore_value)]
+    if tiff:
+        written.append(write_tiff(out / f"{stem}_labels.tif", labels, scene.geo_tags))
+    return written
+
+
+def _overlay(scene: Scene, image: np.ndarray, labels: np.ndarray, predictor: Predictor, out: Path, rgb_bands,
+             step: int) -> Path:
+    from PIL import Image
+
+    picture = side_by_side(image, labels, predictor.class_names, predictor.palette, predictor.ignore_value, rgb_bands)
+    path = out / (f"{scene.path.stem}_overlay.png" if step == 1 else f"{scene.path.stem}_overlay_1to{step}.png")
+    Image.fromarray(picture).save(path)
+    return path
+
+
+def _write(scene: Scene, raw: np.ndarray, labels: np.ndarray, result, predictor: Predictor, out: Path,
+           run: PredictionRun, *, tiff: bool, probabilities: bool, confidence: bool, rgb_bands) -> None:
+    labels = labels.astype(np.uint8 if predictor.num_classes < 255 and 0 <= predictor.ignore_value <= 255
+                           else np.int16)
+    written = _write_labels(scene, labels, predictor, out, tiff)
+    stem = scene.path.stem
+    if probabilities:
+        written.append(write_tiff(out / f"{stem}_probabilities.tif",
+                                  result.probabilities.permute(1, 2, 0).numpy().astype(np.float16), scene.geo_tags))
+    if confidence:
+        written.append(write_tiff(out / f"{stem}_confidence.tif", result.confidence.numpy().astype(np.float16),
+                                  scene.geo_tags))
+    step = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
+    written.append(_overlay(scene, raw[:, ::step, ::step], labels[::step, ::step], predictor, out, rgb_bands, step))
+    run.files[scene.path] = written
+    run.pixels += int(result.valid.sum())
+    run.class_pixels += result.class_pixels(predictor.num_classes).numpy()

@@ -1,0 +1,197 @@
+"""``cnnkit predict`` end to end: a demo run and a ``cnnkit train`` run reproduce their held-out IoU from files,
+batches equal single images, tiles equal the whole image, GeoTIFF tags survive, nothing is overwritten."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import lightning.pytorch  # noqa: F401  (see tests/app/test_train.py)
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnkit.app import load_predictor, train_demo
+from cnnkit.cli.main import app
+from cnnkit.data import CLASS_NAMES, SyntheticLandCover
+
+runner = CliRunner()
+
+
+def _mean_iou(predicted: list[np.ndarray], truth: list[np.ndarray], num_classes: int) -> float:
+    """Mean IoU by numpy counting over labelled pixels (truth ≥ 0), classes with an empty union left out."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for p, t in zip(predicted, truth):
+        keep = t >= 0
+        np.add.at(confusion, (t[keep], p[keep]), 1)
+    tp = np.diag(confusion).astype(float)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return float(np.mean(tp[union > 0] / union[union > 0]))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = train_demo(out, epochs=2, n_train=12, n_heldout=10, progress=False, log=lambda line: None)
+    return out, result
+
+
+def _heldout_tiffs(folder: Path, seed: int = 1, count: int = 10) -> tuple[list[Path], list[np.ndarray]]:
+    """The demo's held-out scenes as a user would have them: 4-band float TIFFs with NaN under clouds."""
+    data = SyntheticLandCover(count, seed=seed)
+    folder.mkdir(parents=True)
+    paths, labels = [], []
+    for i, (image, label) in enumerate(data):
+        bands = image[:-1].masked_fill(image[-1:] == 0, float("nan")).numpy()
+        path = folder / f"scene_{i:02d}.tif"
+        tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="separate")
+        paths.append(path)
+        labels.append(label.numpy())
+    return paths, labels
+
+
+def test_manifest_and_weights(demo_run):
+    out, _ = demo_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == {"builder": "TinySegNet", "args": {"in_channels": 5, "num_classes": 5, "width": 16},
+                                 "weights": "model.safetensors"}
+    assert manifest["classes"]["names"] == list(CLASS_NAMES)
+    assert manifest["input"]["multiple_of"] == 4 and manifest["input"]["band_count"] == 4
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir())[:2] == ["heldout_00.tif", "heldout_01.tif"]
+
+
+def test_demo_run_reproduces_its_heldout_iou(demo_run, tmp_path):
+    out, result = demo_run
+    paths, truth = _heldout_tiffs(tmp_path / "scenes")
+    done = runner.invoke(app, ["predict", str(out), str(tmp_path / "scenes"), "--out", str(tmp_path / "pred")])
+    assert done.exit_code == 0, done.output
+    assert "10 images" in done.output and "Mpx/s" in done.output
+    predicted = [np.array(Image.open(tmp_path / "pred" / f"{p.stem}_labels.png")) for p in paths]
+    for p, t in zip(predicted, truth):
+        assert p.shape == t.shape
+    assert _mean_iou(predicted, truth, 5) == pytest.approx(result.mean_iou, abs=1e-6)
+    assert (tmp_path / "pred" / "scene_00_overlay.png").is_file()
+
+
+def test_batched_equals_one_at_a_time_and_tiled_equals_whole(demo_run, tmp_path):
+    out, _ = demo_run
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(50):
+        h, w = rng.integers(9, 70, 2)
+        image = rng.normal(0, 1, (int(h), int(w), 4)).astype(np.float32)
+        image[rng.random((int(h), int(w))) < 0.1] = np.nan
+        tifffile.imwrite(folder / f"img_{i:02d}.tif", image, photometric="minisblack")
+    args = ["predict", str(out), str(folder)]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "b8"), "--batch-size", "8"]).exit_code == 0
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "b1"), "--batch-size", "1"]).exit_code == 0
+    done = runner.invoke(app, [*args, "--out", str(tmp_path / "tiled"), "--max-pixels", "100", "--tile", "16"])
+    assert done.exit_code == 0, done.output
+    assert "run in tiles" in done.output
+    for i in range(50):
+        name = f"img_{i:02d}_labels.png"
+        one = np.array(Image.open(tmp_path / "b1" / name))
+        assert np.array_equal(np.array(Image.open(tmp_path / "b8" / name)), one), name
+        assert np.array_equal(np.array(Image.open(tmp_path / "tiled" / name)), one), name
+    # and one at a time equals plain torch on the preprocessed image
+    predictor, _ = load_predictor(out)
+    image = tifffile.imread(folder / "img_07.tif").transpose(2, 0, 1)
+    x, valid = predictor.preprocessing(torch.from_numpy(image))
+    with torch.no_grad():
+        logits = predictor.model(x[None])[0, :, :image.shape[1], :image.shape[2]]
+    expected = np.where(valid.numpy(), logits.argmax(0).numpy(), 255)
+    assert np.array_equal(np.array(Image.open(tmp_path / "b1" / "img_07_labels.png")), expected)
+
+
+def test_geotiff_tags_are_kept(demo_run, tmp_path):
+    out, _ = demo_run
+    tags = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
+            (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
+            (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), True),
+            (42113, "s", 6, "-9999", True)]
+    image = np.random.default_rng(1).normal(0, 1, (40, 36, 4)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "geo.tif", image, photometric="minisblack", extratags=tags)
+    for extra in ([], ["--max-pixels", "500", "--tile", "16"]):
+        target = tmp_path / f"out{len(extra)}"
+        done = runner.invoke(app, ["predict", str(out), str(tmp_path / "geo.tif"), "--out", str(target), "--tiff",
+                                   "--probabilities", "--confidence", *extra])
+        assert done.exit_code == 0, done.output
+        for name in ("geo_labels.tif", "geo_probabilities.tif", "geo_confidence.tif"):
+            with tifffile.TiffFile(target / name) as tif:
+                page = tif.pages[0]
+                assert page.tags[33550].value == (10.0, 10.0, 0.0), name
+                assert page.tags[33922].value == (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), name
+                assert page.tags[34735].value == (1, 1, 0, 1, 1024, 0, 1, 1), name
+                assert page.tags[42113].value == "-9999", name
+        probabilities = tifffile.imread(target / "geo_probabilities.tif")
+        assert probabilities.shape == (40, 36, 5) and probabilities.dtype == np.float16
+        np.testing.assert_allclose(probabilities.astype(np.float32).sum(-1), 1.0, atol=5e-3)
+        np.testing.assert_array_equal(tifffile.imread(target / "geo_confidence.tif"), probabilities.max(-1))
+        labels = tifffile.imread(target / "geo_labels.tif")
+        np.testing.assert_array_equal(labels, probabilities.argmax(-1))
+
+
+def test_train_run_reproduces_its_heldout_iou(tmp_path):
+    """A cnnkit train run over a folder of TIFFs: predicting its held-out files gives the IoU training printed."""
+    data = SyntheticLandCover(10, seed=5, min_size=24, max_size=48)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "held" / "images").mkdir(parents=True)
+    (root / "held" / "masks").mkdir()
+    truth = {}
+    for i, ((image, label), cloud) in enumerate(zip(data, data.clouds)):
+        split = root / "held" if i >= 7 else root
+        h, w = label.shape[0] - i % 3, label.shape[1] - i % 2  # odd sizes: rounded up by the pipeline
+        bands = (image[:4, :h, :w].numpy() * 1000 + 3000).astype(np.float32)
+        bands[:, cloud[:h, :w].numpy()] = np.nan
+        mask = label[:h, :w].numpy().copy()
+        mask[mask < 0] = 255
+        tifffile.imwrite(split / "images" / f"s{i}.tif", bands, photometric="minisblack", planarconfig="separate")
+        tifffile.imwrite(split / "masks" / f"s{i}.tif", mask.astype(np.uint8))
+        if i >= 7:
+            truth[f"s{i}"] = np.where(mask == 255, -1, mask).astype(np.int64)
+    run = tmp_path / "run"
+    done = runner.invoke(app, ["train", str(root), "--out", str(run), "--heldout", str(root / "held"), "--epochs", "2",
+                               "--classes", ",".join(CLASS_NAMES), "--ignore-index", "255"])
+    assert done.exit_code == 0, done.output
+    printed = float(re.search(r"held-out mean IoU:\s+([0-9.]+)", done.output).group(1))
+    assert "no data (NaN, ±inf)" in done.output and "unlabelled (ignore_index=255)" in done.output
+    done = runner.invoke(app, ["predict", str(run), str(root / "held" / "images"), "--out", str(tmp_path / "pred")])
+    assert done.exit_code == 0, done.output
+    stems = sorted(truth)
+    predicted = [np.array(Image.open(tmp_path / "pred" / f"{s}_labels.png")).astype(np.int64) for s in stems]
+    assert _mean_iou(predicted, [truth[s] for s in stems], 5) == pytest.approx(printed, abs=5e-4)
+
+
+def test_refusals(demo_run, tmp_path):
+    out, _ = demo_run
+    first = runner.invoke(app, ["predict", str(out), str(out / "samples" / "heldout_00.tif"), "--out",
+                                str(tmp_path / "p")])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["predict", str(out), str(out / "samples" / "heldout_00.tif"), "--out",
+                                str(tmp_path / "p")])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "already holds predictions" in text and "--overwrite" in text
+    old = tmp_path / "old-run"
+    (old / "checkpoints").mkdir(parents=True)
+    done = runner.invoke(app, ["predict", str(old), str(out / "samples"), "--out", str(tmp_path / "q")])
+    text = " ".join(done.output.split())
+    assert done.exit_code == 2 and "has no manifest.json" in text and "older cnnkit" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model"]["builder"] = "os.system"
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "manifest.json").write_text(json.dumps(manifest))
+    done = runner.invoke(app, ["predict", str(custom), str(out / "samples"), "--out", str(tmp_path / "r")])
+    assert done.exit_code == 2 and "does not import code named in a run folder" in " ".join(done.output.split())
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.zeros((3, 20, 20), np.float32), photometric="minisblack")
+    done = runner.invoke(app, ["predict", str(out), str(wrong), "--out", str(tmp_path / "s")])
+    assert done.exit_code == 2 and "has 3 bands; the network was trained on 4" in " ".join(done.output.split())
