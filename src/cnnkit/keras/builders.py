@@ -1,0 +1,392 @@
+"""The layer builders: one function per Keras layer family, registered by ``class_name``.
+
+Each builder reads a :class:`~cnnkit.keras.layer_config._Layer` (config, input shapes), checks it, and
+returns the module (built on the meta device by the caller), the Keras output shape and the names of the
+stored weight arrays in storage order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cnnkit.errors import UnsupportedError
+from cnnkit.keras import modules as M
+from cnnkit.keras.layer_config import (
+    _MAX_INT,
+    _bias_names,
+    _builds,
+    _Built,
+    _Layer,
+    _spatial_out,
+)
+from cnnkit.keras.report import _fmt_shape
+
+
+@_builds("Conv1D", "Conv2D", "Convolution1D", "Convolution2D")
+def _conv(c: _Layer) -> _Built:
+    n = 1 if "1D" in c.cls else 2
+    shape = c.one_input([n + 2])
+    c.channels_last()
+    cin = c.known(shape[-1], "number of input channels")
+    filters = c.int("filters")
+    kernel = c.ints("kernel_size", n)
+    stride = c.ints("strides", n, 1)
+    dilation = c.ints("dilation_rate", n, 1)
+    groups = c.int("groups", 1)
+    padding = c.choice("padding", ("valid", "same", "causal") if n == 1 else ("valid", "same"), "valid")
+    if cin % groups or filters % groups:
+        raise c.error(f"input channels and filters must be divisible by groups. Received input channels="
+                      f"{cin}, filters={filters}, groups={groups}.")
+    act = c.activation()
+    cls = M.KerasConv1d if n == 1 else M.KerasConv2d
+    module = cls(cin, filters, kernel, stride, padding, dilation, groups, c.flag("use_bias", True), activation=act)
+    c.notes.append(f"kernel {_fmt_shape((*kernel, cin // groups, filters))} (*k, in/groups, out) → weight "
+                   f"{_fmt_shape((filters, cin // groups, *kernel))} (out, in/groups, *k)")
+    if padding == "same" and any(s > 1 for s in stride):
+        c.notes.append(f"padding 'same' with strides {stride}: TensorFlow's zeros (odd one at the end) added "
+                       "with F.pad at run time (cnnkit.shapes.tf_same_padding)")
+    elif padding == "causal":
+        c.notes.append(f"padding 'causal': {dilation[0] * (kernel[0] - 1)} zeros before the sequence")
+    out = _spatial_out(c, shape[:-1], kernel, stride, padding, dilation)
+    return _Built(module, (*out, filters), _bias_names(c))
+
+
+@_builds("Dense")
+def _dense(c: _Layer) -> _Built:
+    shape = c.one_input()
+    if not shape:
+        raise c.error("expects an input of rank 2 or more (batch included). Received shape (None,).")
+    fin = c.known(shape[-1], "number of input features (last axis)")
+    units = c.int("units")
+    module = M.KerasDense(fin, units, c.flag("use_bias", True), activation=c.activation())
+    c.notes.append(f"kernel ({fin}, {units}) (in, out) → weight ({units}, {fin}) (out, in): transposed")
+    if len(shape) >= 2:
+        c.notes.append("applied on the channel axis (dim 1) of the channels-first input, as Keras on the last axis")
+    return _Built(module, (*shape[:-1], units), _bias_names(c))
+
+
+@_builds("Embedding")
+def _embedding(c: _Layer) -> _Built:
+    shape = c.one_input()
+    if c.get("mask_zero", False):
+        raise c.error("mask_zero=True (masks) is not supported; save the model with mask_zero=False.",
+                      UnsupportedError)
+    num, dim = c.int("input_dim"), c.int("output_dim")
+    module = M.KerasEmbedding(num, dim)
+    if len(shape) >= 1:
+        c.notes.append("output (N, T, D) → (N, D, T): the embedding axis moved to dim 1 (channels first)")
+    return _Built(module, (*shape, dim), ("embeddings",))
+
+
+@_builds("BatchNormalization")
+def _batch_norm(c: _Layer) -> _Built:
+    shape = c.one_input([2, 3, 4, 5])
+    rank = len(shape) + 1
+    axis = c.get("axis", -1)
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    if axis not in (-1, rank - 1):
+        raise c.error(f"axis must be the channel axis (-1 or {rank - 1}) of a rank-{rank} input. "
+                      f"Received axis={axis!r}.", UnsupportedError)
+    for key in ("renorm",):
+        c.refuse_if(key, True)
+    channels = c.known(shape[-1], "number of channels")
+    momentum, eps = c.number("momentum", 0.99), c.number("epsilon", 1e-3)
+    if not 0 <= momentum <= 1 or eps <= 0:
+        raise c.error(f"momentum must be in [0, 1] and epsilon > 0. Received momentum={momentum}, epsilon={eps}.")
+    cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
+    # round() keeps 1 − 0.9 from showing as 0.09999999999999998 (a difference of 2e-17).
+    module = cls(channels, eps=eps, momentum=round(1.0 - momentum, 12))
+    c.notes.append(f"momentum {momentum:g} (Keras: weight of the old mean) → torch momentum "
+                   f"{1 - momentum:g} (weight of the new batch); epsilon {eps:g} kept; axis -1 → dim 1")
+    names, defaults = [], {}
+    if c.flag("scale", True):
+        names.append("gamma")
+    else:
+        defaults["gamma"] = torch.ones
+        c.notes.append("scale=False: weight (gamma) fixed at ones")
+    if c.flag("center", True):
+        names.append("beta")
+    else:
+        defaults["beta"] = torch.zeros
+        c.notes.append("center=False: bias (beta) fixed at zeros")
+    return _Built(module, shape, (*names, "moving_mean", "moving_variance"), defaults)
+
+
+_POOLS = {f"{kind}{alias}{n}D": (mode, n) for n in (1, 2)
+          for kind, mode in (("Max", "max"), ("Average", "average"), ("Avg", "average"))
+          for alias in ("Pooling", "Pool") if not (kind == "Avg" and alias == "Pooling")}
+
+
+@_builds(*_POOLS)
+def _pool(c: _Layer) -> _Built:
+    mode, n = _POOLS[c.cls]
+    shape = c.one_input([n + 2])
+    c.channels_last()
+    kernel = c.ints("pool_size", n, 2)
+    stride = c.ints("strides", n, kernel)
+    padding = c.choice("padding", ("valid", "same"), "valid")
+    if padding == "valid":
+        module = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("average", 1): nn.AvgPool1d,
+                  ("average", 2): nn.AvgPool2d}[(mode, n)](kernel, stride)
+    else:
+        module = M.KerasPool(mode, n, kernel, stride)
+        c.notes.append("padding 'same': TensorFlow's rule — " + (
+            "pads with -inf" if mode == "max" else "padding not counted in the averages"))
+    out = _spatial_out(c, shape[:-1], kernel, stride, padding, (1,) * n)
+    return _Built(module, (*out, shape[-1]))
+
+
+_GLOBAL = {f"Global{kind}{alias}{n}D": (mode, n) for n in (1, 2)
+           for kind, mode in (("Max", "max"), ("Average", "average"), ("Avg", "average"))
+           for alias in ("Pooling", "Pool") if not (kind == "Avg" and alias == "Pooling")}
+
+
+@_builds(*_GLOBAL)
+def _global_pool(c: _Layer) -> _Built:
+    mode, n = _GLOBAL[c.cls]
+    shape = c.one_input([n + 2])
+    c.channels_last()
+    keepdims = c.flag("keepdims", False)
+    out = (*(1,) * n, shape[-1]) if keepdims else (shape[-1],)
+    return _Built(M.GlobalPool(mode, n, keepdims), out)
+
+
+@_builds("Flatten")
+def _flatten(c: _Layer) -> _Built:
+    shape = c.one_input()
+    c.channels_last()
+    if len(shape) >= 2:
+        c.notes.append("channels-last order kept: (N, C, *S) permuted to (N, *S, C) before flattening")
+    size = None if any(s is None for s in shape) else math.prod(shape)
+    return _Built(M.ChannelsLastFlatten(), (size,))
+
+
+@_builds("Reshape")
+def _reshape(c: _Layer) -> _Built:
+    shape = c.one_input()
+    target = c.get("target_shape")
+    if not isinstance(target, list) or not target or not all(
+            isinstance(t, int) and not isinstance(t, bool) and (t >= 1 or t == -1) for t in target) or (
+            target.count(-1) > 1):
+        raise c.error(f"target_shape must be a list of positive integers with at most one -1. "
+                      f"Received target_shape={target!r}.")
+    total = None if any(s is None for s in shape) else math.prod(shape)
+    known = math.prod(t for t in target if t != -1)
+    if -1 in target:
+        if total is None or total % known:
+            raise c.error(f"cannot infer the -1 of target_shape={target} from input shape "
+                          f"{_fmt_shape((None, *shape))}.")
+        target = [total // known if t == -1 else t for t in target]
+    elif total is not None and total != known:
+        raise c.error(f"target_shape={target} holds {known} values; the input {_fmt_shape((None, *shape))} "
+                      f"holds {total}.")
+    if len(shape) >= 2 or len(target) >= 2:
+        c.notes.append("reshaped in Keras's channels-last order (permuted before and after)")
+    return _Built(M.ChannelsLastReshape(target), tuple(target))
+
+
+def _torch_dim(c: _Layer, axis, rank: int) -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank or axis % rank == 0:
+        raise c.error(f"axis must be an axis of the rank-{rank} input other than the batch axis 0. "
+                      f"Received axis={axis!r}.")
+    a = axis % rank
+    return a if rank < 3 else (1 if a == rank - 1 else a + 1)
+
+
+@_builds("Concatenate")
+def _concatenate(c: _Layer) -> _Built:
+    if len(c.shapes) < 2:
+        raise c.error(f"needs at least 2 inputs. Received {len(c.shapes)}.")
+    ranks = {len(s) for s in c.shapes}
+    if len(ranks) != 1:
+        raise c.error(f"inputs must have the same rank. Received shapes {[_fmt_shape(s) for s in c.shapes]}.")
+    rank = ranks.pop() + 1
+    axis = c.get("axis", -1)
+    dim = _torch_dim(c, axis, rank)
+    a = axis % rank - 1
+    out = list(c.shapes[0])
+    for i in range(rank - 1):
+        sizes = [s[i] for s in c.shapes]
+        if i == a:
+            out[i] = None if None in sizes else sum(sizes)
+        elif len({s for s in sizes if s is not None}) > 1:
+            raise c.error(f"inputs must agree on every axis but {axis}. Received shapes "
+                          f"{[_fmt_shape((None, *s)) for s in c.shapes]}.")
+    if rank >= 3:
+        c.notes.append(f"Keras axis {axis} → torch dim {dim} (channels first)")
+    return _Built(M.Concatenate(dim), tuple(out))
+
+
+_MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
+           "Maximum": "maximum", "Minimum": "minimum"}
+
+
+@_builds(*_MERGES)
+def _merge(c: _Layer) -> _Built:
+    op = _MERGES[c.cls]
+    if len(c.shapes) < 2 or (op == "subtract" and len(c.shapes) != 2):
+        raise c.error(f"needs {'exactly' if op == 'subtract' else 'at least'} 2 inputs. Received {len(c.shapes)}.")
+    first = c.shapes[0]
+    for s in c.shapes[1:]:
+        if len(s) != len(first) or any(a is not None and b is not None and a != b for a, b in zip(s, first)):
+            raise c.error(f"inputs must have the same shape. Received {[_fmt_shape((None, *x)) for x in c.shapes]}.")
+    out = tuple(next((s[i] for s in c.shapes if s[i] is not None), None) for i in range(len(first)))
+    return _Built(M.Merge(op), out)
+
+
+@_builds("Dropout", "SpatialDropout1D", "SpatialDropout2D")
+def _dropout(c: _Layer) -> _Built:
+    shape = c.one_input()
+    rate = c.number("rate", 0.5)
+    if not 0 <= rate < 1:
+        raise c.error(f"rate must be in [0, 1). Received rate={rate}.")
+    if c.get("noise_shape") is not None:
+        raise c.error("noise_shape is not supported.", UnsupportedError)
+    cls = {"Dropout": nn.Dropout, "SpatialDropout1D": nn.Dropout1d, "SpatialDropout2D": nn.Dropout2d}[c.cls]
+    return _Built(cls(rate), shape)
+
+
+@_builds("Activation")
+def _activation_layer(c: _Layer) -> _Built:
+    shape = c.one_input()
+    name = c.activation("activation", None)
+    if name in ("softmax", "log_softmax") and len(shape) >= 2:
+        c.notes.append("softmax over the channel axis (Keras's last axis → dim 1)")
+    return _Built(M.KerasActivation(name), shape)
+
+
+@_builds("ReLU")
+def _relu(c: _Layer) -> _Built:
+    shape = c.one_input()
+    max_value = c.get("max_value")
+    if max_value is not None:
+        max_value = c.number("max_value", 0.0)
+    module = M.KerasReLU(max_value, c.number("negative_slope", 0.0), c.number("threshold", 0.0))
+    return _Built(module, shape)
+
+
+@_builds("LeakyReLU")
+def _leaky_relu(c: _Layer) -> _Built:
+    shape = c.one_input()
+    slope = c.number("negative_slope", c.number("alpha", 0.3))
+    return _Built(nn.LeakyReLU(slope), shape)
+
+
+@_builds("Softmax")
+def _softmax(c: _Layer) -> _Built:
+    shape = c.one_input()
+    axis = c.get("axis", -1)
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    dim = _torch_dim(c, axis, len(shape) + 1)
+    if len(shape) >= 2:
+        c.notes.append(f"Keras axis {axis} → torch dim {dim}")
+    return _Built(nn.Softmax(dim), shape)
+
+
+def _pair(c: _Layer, value) -> tuple[int, int]:
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_INT for v in value)):
+        return value[0], value[1]
+    raise c.error(f"padding must be an integer or pairs of non-negative integers. Received padding="
+                  f"{c.get('padding')!r}.")
+
+
+@_builds("ZeroPadding1D", "ZeroPadding2D")
+def _zero_padding(c: _Layer) -> _Built:
+    n = 1 if "1D" in c.cls else 2
+    shape = c.one_input([n + 2])
+    c.channels_last()
+    value = c.get("padding", 1)
+    if n == 2 and isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
+        pads = [_pair(c, v) for v in value]
+    elif n == 2:
+        pads = [(p, p) for p in c.ints("padding", 2, 1, minimum=0)]
+    else:
+        pads = [_pair(c, value) if isinstance(value, list) else (c.int("padding", 1, minimum=0),) * 2]
+    out = tuple(None if s is None else s + lo + hi for s, (lo, hi) in zip(shape[:-1], pads))
+    flat = tuple(p for pair in reversed(pads) for p in pair)
+    module = nn.ZeroPad1d(flat) if n == 1 else nn.ZeroPad2d(flat)
+    return _Built(module, (*out, shape[-1]))
+
+
+def _rnn_checks(c: _Layer) -> None:
+    for key in ("return_state", "go_backwards", "stateful", "time_major"):
+        c.refuse_if(key, True)
+    for key in ("dropout", "recurrent_dropout"):
+        if c.get(key, 0):
+            c.notes.append(f"{key}={c.get(key)} not reproduced (it only acts in training)")
+
+
+@_builds("LSTM")
+def _lstm(c: _Layer) -> _Built:
+    shape = c.one_input([3])
+    _rnn_checks(c)
+    if c.activation() != "tanh" or c.activation("recurrent_activation", "sigmoid") != "sigmoid":
+        raise c.error("only activation='tanh' with recurrent_activation='sigmoid' (PyTorch's LSTM) is supported. "
+                      f"Received activation={c.get('activation')!r}, recurrent_activation="
+                      f"{c.get('recurrent_activation')!r}.", UnsupportedError)
+    fin = c.known(shape[-1], "number of input features")
+    units = c.int("units")
+    seq = c.flag("return_sequences", False)
+    module = M.KerasLSTM(fin, units, c.flag("use_bias", True), return_sequences=seq)
+    c.notes.append("kernel (in, 4H) → weight_ih (4H, in), recurrent_kernel (H, 4H) → weight_hh (4H, H); "
+                   "gates i, f, c, o = torch's i, f, g, o")
+    if c.flag("use_bias", True):
+        c.notes.append("Keras's single bias → bias_ih; bias_hh zeros")
+    c.notes.append("input (N, F, T) is transposed to batch-first (N, T, F) inside")
+    out = (shape[0], units) if seq else (units,)
+    names = ("kernel", "recurrent_kernel", "bias") if c.flag("use_bias", True) else ("kernel", "recurrent_kernel")
+    return _Built(module, out, names)
+
+
+@_builds("ConvLSTM2D")
+def _conv_lstm(c: _Layer) -> _Built:
+    shape = c.one_input([5])
+    _rnn_checks(c)
+    c.channels_last()
+    cin = c.known(shape[-1], "number of input channels")
+    filters = c.int("filters")
+    kernel, stride = c.ints("kernel_size", 2), c.ints("strides", 2, 1)
+    dilation = c.ints("dilation_rate", 2, 1)
+    padding = c.choice("padding", ("valid", "same"), "valid")
+    act = c.activation("activation", "tanh")
+    rec = c.activation("recurrent_activation", "hard_sigmoid" if c.keras_major < 3 else "sigmoid")
+    if act not in ("tanh", "relu") or rec not in ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2"):
+        raise c.error(f"activation must be 'tanh' or 'relu' and recurrent_activation 'sigmoid' or 'hard_sigmoid'. "
+                      f"Received activation={act!r}, recurrent_activation={rec!r}.", UnsupportedError)
+    seq = c.flag("return_sequences", False)
+    use_bias = c.flag("use_bias", True)
+    module = M.KerasConvLSTM2d(cin, filters, kernel, stride, padding, dilation, use_bias,
+                               recurrent_activation=rec, activation=act, return_sequences=seq)
+    c.notes.append("kernel (*k, in, 4F) → weight_ih (4F, in, *k); recurrent_kernel → weight_hh; "
+                   "input (N, C, T, H, W) → (N, T, C, H, W) for cnnkit.nn.ConvLSTM2d")
+    out = _spatial_out(c, shape[1:-1], kernel, stride, padding, dilation)
+    out_shape = (shape[0], *out, filters) if seq else (*out, filters)
+    names = ("kernel", "recurrent_kernel", "bias") if use_bias else ("kernel", "recurrent_kernel")
+    return _Built(module, out_shape, names)
+
+
+@_builds("LocallyConnected1D", "LocallyConnected2D")
+def _locally_connected(c: _Layer) -> _Built:
+    n = 1 if "1D" in c.cls else 2
+    shape = c.one_input([n + 2])
+    c.channels_last()
+    if c.get("implementation", 1) != 1:
+        raise c.error(f"only implementation=1 is supported. Received implementation={c.get('implementation')!r}.",
+                      UnsupportedError)
+    c.choice("padding", ("valid",), "valid")
+    spatial = tuple(c.known(s, "input size (locally connected weights are tied to positions)") for s in shape[:-1])
+    cin = c.known(shape[-1], "number of input channels")
+    filters = c.int("filters")
+    kernel, stride = c.ints("kernel_size", n), c.ints("strides", n, 1)
+    out = _spatial_out(c, spatial, kernel, stride, "valid", (1,) * n)
+    cls = M.KerasLocallyConnected1d if n == 1 else M.KerasLocallyConnected2d
+    module = cls(cin, filters, kernel, spatial, stride, bias=c.flag("use_bias", True), activation=c.activation())
+    c.notes.append("kernel (L, prod(k)·in, out) kept as is (cnnkit.nn layout = Keras's); bias (*S', out) → (out, *S')")
+    return _Built(module, (*out, filters), _bias_names(c))
+
