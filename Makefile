@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch that this project's machines keep on local disk. Elsewhere, any torch>=2.4
-# works: `make test TORCH='torch>=2.4'`.
-TORCH ?= torch==2.13.0
+# torch and the torchvision built for it (the model-zoo tests of masked() need torchvision and
+# segmentation-models-pytorch; torchvision's compiled ops need the matching full torch build, which this
+# project's machines keep on local disk: a CUDA build, ~6 GB in the venv, run on the CPU). Elsewhere any
+# matching pair works: `make test TORCH='torch torchvision'`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint bench clean fuzz
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 

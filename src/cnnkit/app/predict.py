@@ -168,7 +168,7 @@ def predict_files(
     tiff: bool = False,
     probabilities: bool = False,
     confidence: bool = False,
-    max_pixels: int = 16_000_000,
+    max_pixels: int = 2_097_152,
     tile: int = 1024,
     batch_size: int = 8,
     overwrite: bool = False,
@@ -254,8 +254,7 @@ def predict_files(
             if not probabilities:
                 (out / f"{scene.path.stem}_probabilities.tif").unlink()  # only needed for the confidence
         step_ = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
-        written.append(_overlay(scene, scene.read(slice(None, None, step_), slice(None, None, step_))
-                                if step_ > 1 else scene.read(), labels[::step_, ::step_], predictor, out, rgb_bands,
+        written.append(_overlay(scene, scene.preview(step_), labels[::step_, ::step_], predictor, out, rgb_bands,
                                 step_))
         run.files[scene.path] = written
         run.pixels += int(counts.sum())
@@ -279,6 +278,7 @@ def _overlay(scene: Scene, image: np.ndarray, labels: np.ndarray, predictor: Pre
     from PIL import Image
 
     picture = side_by_side(image, labels, predictor.class_names, predictor.palette, predictor.ignore_value, rgb_bands)
+    del image
     path = out / (f"{scene.path.stem}_overlay.png" if step == 1 else f"{scene.path.stem}_overlay_1to{step}.png")
     Image.fromarray(picture).save(path)
     return path

@@ -131,7 +131,7 @@ def predict(
     tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as TIFF (georeferenced like the input)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, float16 TIFF."),
     confidence: bool = typer.Option(False, "--confidence", help="Write the winning class's probability, float16 TIFF."),
-    max_pixels: int = typer.Option(16_000_000, min=1, help="Larger images are run tile by tile (same result)."),
+    max_pixels: int = typer.Option(2_097_152, min=1, help="Larger images run tile by tile (same result, less memory)."),
     tile: int = typer.Option(1024, min=8, help="Tile side in pixels for images over --max-pixels."),
     batch_size: int = typer.Option(8, min=1, help="Images per padded batch."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
