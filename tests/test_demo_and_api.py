@@ -58,3 +58,17 @@ def test_readme_examples_run():
     result = doctest.testfile(str(readme), module_relative=False,
                               optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_wrong_kinds_of_arguments_are_cnnkit_errors():
+    """A list where a module is expected: a CnnkitError (and still a TypeError for code that catches that)."""
+    import pytest
+
+    from cnnkit.errors import ArgumentTypeError
+    from cnnkit.render import legend
+
+    for call in (lambda: cnnkit.explain([1], (3, 8, 8)), lambda: cnnkit.summary("net", (3, 8, 8)),
+                 lambda: legend(5)):
+        with pytest.raises(ArgumentTypeError, match="Received") as caught:
+            call()
+        assert isinstance(caught.value, (cnnkit.CnnkitError, TypeError))

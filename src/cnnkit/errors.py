@@ -7,7 +7,7 @@ Every error that comes from bad user input is a :class:`CnnkitError`. Shape prob
 
 from __future__ import annotations
 
-__all__ = ["CnnkitError", "NativeKernelWarning", "ShapeError", "UnsupportedError"]
+__all__ = ["ArgumentTypeError", "CnnkitError", "NativeKernelWarning", "ShapeError", "UnsupportedError"]
 
 
 class CnnkitError(Exception):
@@ -16,6 +16,10 @@ class CnnkitError(Exception):
 
 class ShapeError(CnnkitError, ValueError):
     """An argument or a tensor has a shape, size or value that the rule at hand does not allow."""
+
+
+class ArgumentTypeError(CnnkitError, TypeError):
+    """An argument of the wrong kind (a list where a module is expected); also a ``TypeError``."""
 
 
 class UnsupportedError(CnnkitError, NotImplementedError):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnkit._checks import _is_int
-from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, run_for_shapes
 from cnnkit.keras.layouts import _find, _layout, has_keras_layout, keras_shapes
 
@@ -209,7 +209,7 @@ def explain(module: nn.Module, input_shape: Sequence[int]) -> Explanation:
         {'kernel': (2000, 4800), 'bias': (4800,)}
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module. Received {type(module).__name__}.")
+        raise ArgumentTypeError(f"module must be a torch.nn.Module. Received {type(module).__name__}.")
     shape = check_input_shape(input_shape)
     try:
         return _explain(module, shape)

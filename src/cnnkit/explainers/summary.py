@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from cnnkit._ops import KEEPS_POSITIONS
 from cnnkit._tensors import tensors_in
-from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, meta_twins
 from cnnkit.explainers.formatting import render_summary
 from cnnkit.explainers.registry import batch_hint, check_input_shape, find_explainer
@@ -256,7 +256,7 @@ def summary(
         (4, 4)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
     shape = check_input_shape(input_shape)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise CnnkitError(f"batch_size must be a positive integer. Received batch_size={batch_size!r}.")

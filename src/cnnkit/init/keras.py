@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnkit._checks import _is_int, check_choice
-from cnnkit.errors import ShapeError, UnsupportedError
+from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 
 __all__ = [
     "Initializer",
@@ -123,7 +123,7 @@ def fans(shape: Sequence[int] | torch.Size, layout: str = "torch") -> tuple[int,
 
 def _check_tensor(tensor: object, name: str) -> Tensor:
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name} expects a torch.Tensor. Received {type(tensor).__name__}.")
+        raise ArgumentTypeError(f"{name} expects a torch.Tensor. Received {type(tensor).__name__}.")
     if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
         raise UnsupportedError(
             f"{name} cannot initialise an uninitialised (lazy) parameter; run one forward pass first."
@@ -521,7 +521,7 @@ def keras_(model: nn.Module, *, generator: torch.Generator | None = None) -> nn.
         architectures", ICML 2015 (unit forget bias).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"keras_ expects an nn.Module. Received {type(model).__name__}.")
+        raise ArgumentTypeError(f"keras_ expects an nn.Module. Received {type(model).__name__}.")
     with torch.no_grad():
         for module in model.modules():
             initializer = find_initializer(module)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ArgumentTypeError, ShapeError
 
 __all__ = ["resolve_layers"]
 
@@ -27,7 +27,7 @@ def resolve_layers(
     class selects every submodule of that type (``nn.Conv2d``), and a module selects itself.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
     specs = [layers] if isinstance(layers, (str, type, nn.Module)) else list(layers)
     if not specs:
         raise ShapeError(f"{name} must name at least one layer. Received {name}={layers!r}.")
@@ -55,7 +55,7 @@ def resolve_layers(
                 raise ShapeError(f"The module {type(spec).__name__} given in {name} is not part of the model.")
             chosen.add(id(spec))
         else:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{name} must hold layer names (str), module types or modules. Received {spec!r} "
                 f"({type(spec).__name__})."
             )

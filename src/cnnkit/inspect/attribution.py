@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit._checks import check_choice
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.inspect._layers import resolve_layers
 
 __all__ = ["grad_cam", "saliency"]
@@ -187,7 +187,8 @@ def grad_cam(
     if isinstance(target_layer, (str, nn.Module)):
         ((layer_name, layer),) = resolve_layers(model, target_layer, "target_layer").items()
     else:
-        raise TypeError(f"target_layer must be a layer name or a module. Received {type(target_layer).__name__}.")
+        raise ArgumentTypeError(
+            f"target_layer must be a layer name or a module. Received {type(target_layer).__name__}.")
     targets = _targets(target, input.shape[0], input.device)
     captured: list[Tensor] = []
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.render.labels import DEFAULT_PALETTE
 
 __all__ = ["pool_features", "tsne_plot"]
@@ -40,7 +40,8 @@ def pool_features(features: Tensor | np.ndarray) -> np.ndarray:
     elif isinstance(features, np.ndarray):
         arr = features.astype(np.float64)
     else:
-        raise TypeError(f"features must be a torch.Tensor or a numpy.ndarray. Received {type(features).__name__}.")
+        raise ArgumentTypeError(
+            f"features must be a torch.Tensor or a numpy.ndarray. Received {type(features).__name__}.")
     if arr.ndim < 2:
         raise ShapeError(
             f"features must have shape (N, D) or (N, C, *spatial). Received features with shape {arr.shape}."

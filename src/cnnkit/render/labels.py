@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from cnnkit._checks import check_choice
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.masking.batch import IGNORE_INDEX
 
 __all__ = [
@@ -82,7 +82,7 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
         return value
     if isinstance(value, (list, tuple)):
         return np.asarray(value)
-    raise TypeError(f"{name} must be a torch.Tensor or a numpy.ndarray. Received {type(value).__name__}.")
+    raise ArgumentTypeError(f"{name} must be a torch.Tensor or a numpy.ndarray. Received {type(value).__name__}.")
 
 
 def _check_color(color: Any, name: str) -> np.ndarray:
@@ -181,7 +181,7 @@ def probabilities_to_labels(
         tensor([[[   0, -100]]])
     """
     if not isinstance(scores, Tensor):
-        raise TypeError(f"scores must be a torch.Tensor. Received {type(scores).__name__}.")
+        raise ArgumentTypeError(f"scores must be a torch.Tensor. Received {type(scores).__name__}.")
     if not scores.is_floating_point():
         raise ShapeError(f"scores must be a floating-point tensor of logits or probabilities. Received {scores.dtype}.")
     if scores.dim() == 0 or not -scores.dim() <= dim < scores.dim():
@@ -433,7 +433,8 @@ def legend(
     elif isinstance(class_names, Sequence) and not isinstance(class_names, (str, bytes)):
         entries = list(enumerate(class_names))
     else:
-        raise TypeError(f"class_names must be a sequence or a mapping of names. Received {type(class_names).__name__}.")
+        raise ArgumentTypeError(
+            f"class_names must be a sequence or a mapping of names. Received {type(class_names).__name__}.")
     if not entries and ignore_name is None:
         raise ShapeError("class_names must name at least one class. Received an empty class_names.")
     if not isinstance(swatch, int) or swatch < 4:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit.errors import CnnkitError, ShapeError
+from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError
 
 __all__ = ["REPORT_DIR", "load_run_weights", "read_metrics", "write_report"]
 
@@ -678,11 +678,11 @@ def write_report(
         raise ShapeError("samples must be a list of (image, label) pairs. "
                          f"Received samples of type {type(samples).__name__}.")
     if model is not None and not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
     sections = list(sections)
     for section in sections:
         if not isinstance(section, ReportSection):
-            raise TypeError("sections must hold cnnkit.report.ReportSection objects. "
+            raise ArgumentTypeError("sections must hold cnnkit.report.ReportSection objects. "
                             f"Received {type(section).__name__}.")
     rows = read_metrics(run)
     has_history = evolution is not None or bool(_evolution_states(run))

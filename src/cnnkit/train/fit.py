@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.train.rundir import MissingRunFileError, check_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]
@@ -61,7 +61,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
-            raise TypeError(
+            raise ArgumentTypeError(
                 "AtomicCheckpointIO.save_checkpoint does not take storage_options. "
                 f"Received storage_options={storage_options!r}."
             )
@@ -163,7 +163,7 @@ def fit(
         (4, 'last.ckpt')
     """
     if not isinstance(task, L.LightningModule):
-        raise TypeError(f"task must be a lightning.LightningModule. Received {type(task).__name__}.")
+        raise ArgumentTypeError(f"task must be a lightning.LightningModule. Received {type(task).__name__}.")
     if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
         raise ShapeError(f"max_epochs must be an integer >= 1. Received max_epochs={max_epochs!r}.")
     if not isinstance(progress, bool):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit._checks import check_choice, check_int
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
 from cnnkit.losses._common import check_class_weight, check_ignore_index
 from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
@@ -76,7 +76,7 @@ class _Task(L.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module. Received model of type {type(model).__name__}.")
+            raise ArgumentTypeError(f"model must be a torch.nn.Module. Received model of type {type(model).__name__}.")
         self.model = model
         self.num_classes = check_int(num_classes, "num_classes")
         self.ignore_index = check_ignore_index(ignore_index)
