@@ -2,46 +2,56 @@
 
 The most used names are here; each domain has its own package: ``cnnkit.shapes``, ``cnnkit.explainers``,
 ``cnnkit.masking``, ``cnnkit.nn``, ``cnnkit.init``, ``cnnkit.keras``, ``cnnkit.losses``, ``cnnkit.metrics``,
-``cnnkit.data``, ``cnnkit.render``, ``cnnkit.inspect``, ``cnnkit.train`` (imported on demand: it loads Lightning).
+``cnnkit.data``, ``cnnkit.render``, ``cnnkit.inspect``, ``cnnkit.predict``, ``cnnkit.train`` and the
+applications ``cnnkit.app`` (these two load Lightning).
+
+Names are imported on first use (``import cnnkit`` alone does not import torch), so the command line answers
+``--help`` and ``--version`` at once.
 """
 
-from cnnkit import data, errors, explainers, init, inspect, keras, losses, masking, nn, render, shapes
-from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
-from cnnkit.explainers import Explanation, Summary, explain, register_explainer, summary
-from cnnkit.losses import PixelCrossEntropy, class_weights, pixel_cross_entropy
-from cnnkit.masking import PaddedBatch, collate_padded, masked, pad_batch
-from cnnkit.shapes import conv_output_size, conv_transpose_output_size, pool_output_size
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CnnkitError",
-    "Explanation",
-    "PaddedBatch",
-    "PixelCrossEntropy",
-    "ShapeError",
-    "Summary",
-    "UnsupportedError",
-    "class_weights",
-    "collate_padded",
-    "conv_output_size",
-    "conv_transpose_output_size",
-    "data",
-    "errors",
-    "explain",
-    "explainers",
-    "init",
-    "inspect",
-    "keras",
-    "losses",
-    "masked",
-    "masking",
-    "nn",
-    "pad_batch",
-    "pixel_cross_entropy",
-    "pool_output_size",
-    "register_explainer",
-    "render",
-    "shapes",
-    "summary",
-]
+_SUBPACKAGES = ("data", "errors", "explainers", "init", "inspect", "keras", "losses", "masking", "nn", "render",
+                "shapes")
+_NAMES = {
+    "CnnkitError": "cnnkit.errors",
+    "ShapeError": "cnnkit.errors",
+    "UnsupportedError": "cnnkit.errors",
+    "Explanation": "cnnkit.explainers",
+    "Summary": "cnnkit.explainers",
+    "explain": "cnnkit.explainers",
+    "register_explainer": "cnnkit.explainers",
+    "summary": "cnnkit.explainers",
+    "PixelCrossEntropy": "cnnkit.losses",
+    "class_weights": "cnnkit.losses",
+    "pixel_cross_entropy": "cnnkit.losses",
+    "PaddedBatch": "cnnkit.masking",
+    "collate_padded": "cnnkit.masking",
+    "masked": "cnnkit.masking",
+    "pad_batch": "cnnkit.masking",
+    "conv_output_size": "cnnkit.shapes",
+    "conv_transpose_output_size": "cnnkit.shapes",
+    "pool_output_size": "cnnkit.shapes",
+}
+
+__all__ = sorted([*_SUBPACKAGES, *_NAMES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"cnnkit.{name}")
+    else:
+        raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

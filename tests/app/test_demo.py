@@ -146,3 +146,28 @@ def test_cli_demo_into_its_earlier_run_folder_points_to_overwrite(tmp_path, monk
     text = " ".join(result.output.split())
     assert "'cnnkit-demo' is not empty (it holds report)" in text and "--overwrite replaces that run's" in text
     assert (earlier / "report" / "notes.txt").read_text() == "mine"
+
+
+def test_quiet_output_one_line_per_epoch(tmp_path):
+    """No Lightning banner, tip or known-harmless warning reaches the user; each epoch gets one line."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, sys\n"
+        "from rich.console import Console\n"
+        "from cnnkit.app import run_training_demo\n"
+        "console = Console(file=sys.stdout, width=80, color_system=None)\n"
+        f"run_training_demo({str(tmp_path / 'run')!r}, epochs=2, n_train=12, n_heldout=6, console=console,"
+        " progress=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    for noise in ("GPU available", "TPU available", "litlogger", "Loading `train_dataloader`", "LeafSpec",
+                  "Trainer.fit stopped", "v_num", "FLOPs"):
+        assert noise not in text, noise
+    assert re.search(r"^epoch 1/2  train loss [0-9.]+  val loss [0-9.]+  val mean IoU [0-9.]+  [0-9.]+ s$", text,
+                     re.M), text
+    assert "epoch 2/2" in text

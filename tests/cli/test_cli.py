@@ -196,3 +196,20 @@ def test_help_says_that_the_model_file_is_run(command):
     text = " ".join(result.output.split())
     assert "is your own Python code: it is imported and its function called" in text
     assert "only on code you trust" in text
+
+
+def test_help_and_version_do_not_import_torch():
+    """`cnnkit --help` and `--version` answer without importing torch (3–9 s on a busy machine before)."""
+    import subprocess
+    import sys
+
+    import cnnkit
+
+    code = ("import sys; from cnnkit.cli.main import main; sys.argv = ['cnnkit', '{}']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'lightning' in sys.modules)")
+    for flag in ("--help", "--version"):
+        done = subprocess.run([sys.executable, "-c", code.format(flag)], capture_output=True, text=True, check=True)
+        assert done.stdout.strip().endswith("False False"), done.stdout
+    assert cnnkit.__version__ in subprocess.run([sys.executable, "-m", "cnnkit.cli", "--version"],
+                                                capture_output=True, text=True, check=True).stdout

@@ -53,7 +53,7 @@ SEED_QUESTIONS: list[tuple[str, nn.Module, tuple[int, ...]]] = [
 
 def run_demo(console: Console | None = None, height: int = 64, width: int = 96) -> None:
     """Print the seed answers and the summary of :class:`TinySegNet` on a 4-band ``height×width`` image."""
-    console = console or Console(width=max(Console().width, 140))
+    console = console or Console()
     console.print(Rule("cnnkit demo — shapes, explained"))
     for question, layer, shape in SEED_QUESTIONS:
         console.print(f"\n[bold]{question}[/bold]")
@@ -141,7 +141,7 @@ def run_training_demo(
     ``kwargs`` go to ``train_demo`` (``n_train``, ``n_heldout``, ``width``, ``progress`` …). Returns its
     :class:`~cnnkit.app.SegmentationRun`.
     """
-    console = console or Console(width=max(Console().width, 140))
+    console = console or Console()
     console.print(Rule("cnnkit demo — a mask-aware segmentation network on synthetic land cover with clouds"))
     result = train_demo(out, epochs=DEFAULT_EPOCHS if epochs is None else epochs, seed=seed, device=device,
                         log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), **kwargs)

@@ -232,6 +232,8 @@ def train_segmentation(
     weighting: str = "enet",
     title: str | None = None,
     progress: bool = True,
+    quiet: bool = True,
+    epoch_lines: bool = True,
     log: Callable[[str], None] = print,
     overwrite: bool = False,
     resume: bool = False,
@@ -266,6 +268,8 @@ def train_segmentation(
             ``docs/demo.md``: with rare-class crops, ENet's milder weights beat median-frequency ones).
         title: The report's title.
         progress: Show Lightning's progress bar.
+        quiet: Hide Lightning's banners, tips and known-harmless warnings (``--verbose`` shows them).
+        epoch_lines: Print one line per epoch through ``log`` (losses, validation mean IoU, time).
         log: Called with each line of text to print.
         overwrite: ``out`` holds an earlier cnnkit run (its ``cnnkit-run.json``): remove that run's checkpoints,
             logs, TensorBoard events and report files, keep anything else, and train afresh.
@@ -370,8 +374,8 @@ def train_segmentation(
     if resume:
         log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
     fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
-        accelerator=accelerator,
-        devices=devices, progress=progress, callbacks=callbacks, enable_model_summary=False, num_sanity_val_steps=0)
+        accelerator=accelerator, devices=devices, progress=progress, callbacks=callbacks, enable_model_summary=False,
+        num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None)
     net.to(torch.device(device))
 
     result = evaluate(net, heldout, num_classes, batch_size, device)

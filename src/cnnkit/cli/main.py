@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from torch import nn
 
-from cnnkit.cli.layer_expr import parse_input_shape, parse_layer
+from cnnkit import __version__
 from cnnkit.errors import CnnkitError, ShapeError
+
+# torch (and everything that imports it) is imported inside the commands that need it, so that `cnnkit --help`
+# and `cnnkit --version` answer at once.
 
 __all__ = ["app", "main"]
 
@@ -26,18 +29,45 @@ app = typer.Typer(
 
 
 def _console() -> Console:
-    """A console at least 140 columns wide: tables are cut, not wrapped, on narrow terminals and pipes."""
-    return Console(width=max(Console().width, 140))
+    """The terminal's width; 120 columns when the output is a file or a pipe (a log) and COLUMNS is not set."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        return Console(width=120)
+    return console
 
 
 def _fail(error: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+    """Print ``error: …`` on one logical line (the terminal wraps it, not cnnkit) and exit with code 2."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {error}", markup=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cnnkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print cnnkit's version and exit."),
+) -> None:
+    """Convolutional networks on real-world data: shapes explained, exact masks, a look inside."""
 
 
 _OVERWRITE = ("--out holds an earlier cnnkit run: remove its checkpoints, logs and report (only files cnnkit wrote; "
               "anything else is kept) and train afresh.")
 _RESUME = "--out holds an earlier cnnkit run: continue its training from checkpoints/last.ckpt."
+_THREADS = ("CPU threads (default: the cores this process may use, less those busy with other work; one thread per "
+            "core on a shared machine makes torch wait for preempted threads).")
+_VERBOSE = "Show Lightning's own messages and warnings too."
+
+
+def _threads(requested: int | None) -> str:
+    from cnnkit.app._threads import choose_threads
+
+    return choose_threads(requested)[1]
 
 
 @app.command()
@@ -52,6 +82,8 @@ def demo(
     width: int = typer.Option(96, min=4, help="--shapes: width of the example image."),
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE),
     resume: bool = typer.Option(False, "--resume", help=_RESUME),
+    threads: int = typer.Option(None, min=1, help=_THREADS),
+    verbose: bool = typer.Option(False, "--verbose", help=_VERBOSE),
 ) -> None:
     """Train a mask-aware segmentation network on built-in cloudy multi-band scenes and write an HTML report."""
     from cnnkit.app.demo import run_demo, run_training_demo
@@ -60,7 +92,10 @@ def demo(
         if shapes:
             run_demo(_console(), height=height, width=width)
         else:
-            run_training_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, resume=resume)
+            console = _console()
+            console.print(_threads(threads), markup=False, highlight=False)
+            run_training_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, resume=resume,
+                              console=console, quiet=not verbose, progress=console.is_terminal)
     except CnnkitError as error:
         _fail(error)
 
@@ -98,6 +133,8 @@ def train(
     lr: float = typer.Option(1e-2, help="AdamW learning rate."),
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE),
     resume: bool = typer.Option(False, "--resume", help=_RESUME),
+    threads: int = typer.Option(None, min=1, help=_THREADS),
+    verbose: bool = typer.Option(False, "--verbose", help=_VERBOSE),
 ) -> None:
     """Train a mask-aware segmentation network on your folder of images and masks and write an HTML report."""
     from rich.rule import Rule
@@ -110,11 +147,12 @@ def train(
         if names is not None and num_classes is None:
             num_classes = len(names)
         console.print(Rule(f"cnnkit train — {root}"))
+        console.print(_threads(threads), markup=False, highlight=False)
         result = train_folder(root, out, images=images, masks=masks, heldout=heldout,
                               heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
                               ignore_index=ignore_index, nodata=nodata, bands=band_list, seed=seed, epochs=epochs,
                               device=device, batch_size=batch_size, width=width, lr=lr, overwrite=overwrite,
-                              resume=resume,
+                              resume=resume, quiet=not verbose, progress=console.is_terminal,
                               log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     except CnnkitError as error:
         _fail(error)
@@ -136,6 +174,7 @@ def predict(
     batch_size: int = typer.Option(8, min=1, help="Images per padded batch."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
+    threads: int = typer.Option(None, min=1, help=_THREADS),
 ) -> None:
     """Apply a trained run to new images and whole scenes: label maps, overlays, probabilities.
 
@@ -149,6 +188,7 @@ def predict(
 
     console = _console()
     try:
+        console.print(_threads(threads), markup=False, highlight=False)
         predictor, manifest = load_predictor(run, device=device)
         band_count = (manifest.get("input") or {}).get("band_count")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),
@@ -184,12 +224,14 @@ def explain(
     from cnnkit.explainers import explain as explain_layer
 
     try:
+        from cnnkit.cli.layer_expr import parse_input_shape, parse_layer
+
         print(explain_layer(parse_layer(layer, device="meta"), parse_input_shape(input)))
     except CnnkitError as error:
         _fail(error)
 
 
-def load_factory(target: str, *, device: str | None = None) -> nn.Module:
+def load_factory(target: str, *, device: str | None = None):
     """``path/to/file.py:build_model`` or ``package.module:build_model`` → the model it returns.
 
     The file is the user's own code: it is imported (its top level runs) and the attribute called, with
@@ -222,6 +264,8 @@ def load_factory(target: str, *, device: str | None = None) -> nn.Module:
     if not hasattr(module, attr):
         raise CnnkitError(f"{source!r} has no attribute {attr!r} (MODEL={target!r}).")
     obj = getattr(module, attr)
+    from torch import nn
+
     model = obj if isinstance(obj, nn.Module) else _call_factory(obj, target, device)
     if not isinstance(model, nn.Module):
         raise CnnkitError(f"MODEL={target!r} gave a {type(model).__name__}, not a torch.nn.Module.")
@@ -262,6 +306,8 @@ def summary(
     from cnnkit.explainers import summary as summarise
 
     try:
+        from cnnkit.cli.layer_expr import parse_input_shape
+
         shape = parse_input_shape(input)
         result = summarise(load_factory(model, device="meta"), shape, batch_size=batch_size)
         _console().print(result)
@@ -336,6 +382,8 @@ def report(
             network = load_factory(model)
             if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
                 load_run_weights(network, run_dir)
+        from cnnkit.cli.layer_expr import parse_input_shape
+
         shape = parse_input_shape(input) if input is not None else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)

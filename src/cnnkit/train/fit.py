@@ -16,9 +16,12 @@ validation, so a restart repeats at most the interrupted epoch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cnnkit.errors import ArgumentTypeError, ShapeError
+from cnnkit.train.callbacks import EpochLine
 from cnnkit.train.rundir import MissingRunFileError, check_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]
@@ -99,12 +103,51 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return path if path.is_file() else None
 
 
-def _progress_bar(progress: bool) -> Callback | None:
+class _Bar(RichProgressBar):
+    """Rich's bar without Lightning's ``v_num`` (the logger version, which means nothing to a reader)."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+def _progress_bar(progress: bool, quiet: bool = True) -> Callback | None:
     if not progress:
         return None
     if importlib.util.find_spec("rich") is not None:
-        return RichProgressBar()
+        return _Bar() if quiet else RichProgressBar()
     return TQDMProgressBar()
+
+
+_HARMLESS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*does not have many workers which may be a bottleneck.*",
+    r".*You defined a `validation_step` but have no `val_dataloader`.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+)
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """Lightning's INFO banners and known-harmless warnings hidden for the duration (levels restored)."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning",
+                                                    "pytorch_lightning", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for pattern in _HARMLESS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def fit(
@@ -121,6 +164,8 @@ def fit(
     num_nodes: int = 1,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    quiet: bool = True,
+    log: Any = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """Train ``task`` with CSV (and TensorBoard) logs, a progress bar, ``last.ckpt`` every epoch, and resume.
@@ -144,6 +189,10 @@ def fit(
         num_nodes: Number of machines.
         progress: Show a progress bar (Rich when ``rich`` is installed, else tqdm).
         callbacks: More Lightning callbacks.
+        quiet: Hide Lightning's banners ("GPU available: …", tips, "Trainer.fit stopped: …"), its model table,
+            the progress bar's ``v_num`` and known-harmless warnings; ``False`` shows everything.
+        log: If given, called with one line per epoch (:class:`~cnnkit.train.callbacks.EpochLine`): epoch,
+            losses, validation mean IoU, time — what a log file keeps when there is no terminal.
         **trainer_kwargs: Passed to :class:`lightning.Trainer` (``precision``, ``gradient_clip_val``,
             ``limit_train_batches`` …).
 
@@ -196,7 +245,9 @@ def fit(
             every_n_epochs=1, enable_version_counter=False,
         ))
     all_callbacks += list(callbacks)
-    bar = _progress_bar(progress)
+    if log is not None:
+        all_callbacks.append(EpochLine(log))
+    bar = _progress_bar(progress, quiet)
     if bar is not None:
         all_callbacks.append(bar)
     loggers: list = [CSVLogger(save_dir=run_dir, name="logs")]
@@ -206,21 +257,24 @@ def fit(
     if not any(isinstance(p, TorchCheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     trainer_kwargs.setdefault("log_every_n_steps", 1)
+    if quiet:
+        trainer_kwargs.setdefault("enable_model_summary", False)
 
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        logger=loggers,
-        callbacks=all_callbacks,
-        enable_progress_bar=progress,
-        plugins=plugins,
-        **trainer_kwargs,
-    )
-    trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    with _quiet(quiet):
+        trainer = L.Trainer(
+            default_root_dir=run_dir,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            logger=loggers,
+            callbacks=all_callbacks,
+            enable_progress_bar=progress,
+            plugins=plugins,
+            **trainer_kwargs,
+        )
+        trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     return trainer
 
 
