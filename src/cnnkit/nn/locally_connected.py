@@ -42,9 +42,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from cnnkit import _native
+from cnnkit import _native, _ops
 from cnnkit._checks import check_bool, check_choice, ntuple
 from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import dot, expect_channels, expect_rank, x
@@ -101,93 +100,97 @@ def _slabs(batch: int, output_size, inputs: int, itemsize: int):
         yield r0, r1, r0 * per_row, r1 * per_row
 
 
-class _LocallyConnectedFunction(torch.autograd.Function):
-    """Patches gathered from a channels-last copy, one batched matmul per slab of positions.
+def _sample_stride(per_sample: int) -> int:
+    """Floats from one sample to the next in the channels-last copy of the input: ``per_sample``, plus 16
+    when that is a multiple of 512 floats (2 KiB). The weight gradient reads the batch's patches that many
+    floats apart; at a multiple of 4 KiB they all fall into one L1 set (measured on one thread, the
+    benchmark layer's 32 samples of 32·32·16: 7.0 ms → 5.5 ms for that product)."""
+    return per_sample + 16 if per_sample % 512 == 0 else per_sample
 
-    ``x`` is already padded. Forward, per slab of output rows: gather the patches ``(N, m, K)`` and
-    ``torch.bmm`` them as ``(m, N, K) @ (m, K, out)`` with the slab's own weights (a view: the weight is
-    never copied). Backward, per slab: re-gather the patches, ``bmm`` for the weight gradient, ``bmm`` for
-    the patch gradient, and one strided ``add_`` per kernel offset to scatter it back onto the input.
-    Only the channels-last input is kept for backward, not the ``prod(kernel_size)``-times larger patches.
-    """
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, kernel_size, stride, dilation, output_size):
-        batch = x.shape[0]
-        positions, inputs, out_channels = weight.shape
-        x_cl = x.movedim(1, -1).contiguous()  # (N, *S, C)
-        windows = _windows(x_cl, kernel_size, stride, dilation)
-        out = x.new_empty((positions, batch, out_channels))
-        for r0, r1, l0, l1 in _slabs(batch, output_size, inputs, x.element_size()):
-            patches = windows[:, r0:r1].reshape(batch, l1 - l0, inputs)
-            torch.bmm(patches.transpose(0, 1), weight[l0:l1], out=out[l0:l1])
-        # (L, N, out) -> (N, out, L) in two cheap moves; a direct permute reads with a stride of N·out
-        # numbers (often a multiple of 4 KiB, which thrashes the cache).
-        out = out.transpose(0, 1).contiguous().transpose(1, 2).reshape(batch, out_channels, *output_size)
-        result = torch.empty_like(out, memory_format=torch.contiguous_format).copy_(out)
-        if bias is not None:
-            result.add_(bias)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.save_for_backward(x_cl if need_w else None, weight if need_x else None)
-        ctx.geometry = (tuple(x.shape), kernel_size, stride, dilation, output_size)
-        return result
+def _channels_last_view(x_cl: Tensor, shape: Sequence[int]) -> Tensor:
+    """``(N, *S, C)`` view of the ``(N, X)`` channels-last copy of an input of ``shape`` ``(N, C, *S)``."""
+    return x_cl[:, :math.prod(shape[1:])].view(shape[0], *shape[2:], shape[1])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x_cl, weight = ctx.saved_tensors
-        shape, kernel_size, stride, dilation, output_size = ctx.geometry
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        n = len(kernel_size)
-        batch, channels = shape[:2]
-        out_channels = grad.shape[1]
-        positions = math.prod(output_size)
-        inputs = math.prod(kernel_size) * channels
-        g = grad.reshape(batch, out_channels, positions).transpose(1, 2).contiguous().transpose(0, 1).contiguous()
-        grad_x = grad_w = grad_b = None
-        if need_b:
-            grad_b = g.sum(1).t().reshape(out_channels, *output_size)
-        if not (need_x or need_w):
-            return None, None, grad_b, None, None, None, None
-        if need_w:
-            windows = _windows(x_cl, kernel_size, stride, dilation)
-            grad_w = g.new_empty((positions, inputs, out_channels))
-        if need_x:
-            grad_cl = g.new_zeros((batch, *shape[2:], channels))
-            offsets = list(itertools.product(*(range(k) for k in kernel_size)))
-        lead = (slice(None),) * (n + 1)
-        for r0, r1, l0, l1 in _slabs(batch, output_size, inputs, g.element_size()):
-            if need_w:
-                patches = windows[:, r0:r1].reshape(batch, l1 - l0, inputs)
-                torch.bmm(patches.transpose(0, 1).transpose(1, 2), g[l0:l1], out=grad_w[l0:l1])
-            if need_x:
-                grad_p = torch.bmm(g[l0:l1], weight[l0:l1].transpose(1, 2))
-                grad_p = grad_p.view(r1 - r0, *output_size[1:], batch, *kernel_size, channels)
-                sizes = (r1 - r0, *output_size[1:])
-                firsts = (r0, *(0,) * (n - 1))
-                for offset in offsets:
-                    window = tuple(
-                        slice(o * d + s * f, o * d + s * (f + m - 1) + 1, s)
-                        for o, d, s, f, m in zip(offset, dilation, stride, firsts, sizes)
-                    )
-                    grad_cl[(slice(None), *window)].add_(grad_p[(*lead, *offset)].movedim(n, 0))
-        if need_x:
-            grad_x = grad_cl.movedim(-1, 1)
-        return grad_x, grad_w, grad_b, None, None, None, None
+
+def _torch_forward(x_cl: Tensor, weight: Tensor, bias: Tensor | None, kernel_size, stride, dilation,
+                   output_size) -> Tensor:
+    """The pure-torch forward: per slab of output rows, gather the patches ``(N, m, K)`` from the
+    channels-last input ``(N, *S, C)`` and ``torch.bmm`` them as ``(m, N, K) @ (m, K, out)`` with the slab's
+    own weights (a view: the weight is never copied)."""
+    batch = x_cl.shape[0]
+    positions, inputs, out_channels = weight.shape
+    windows = _windows(x_cl, kernel_size, stride, dilation)
+    out = x_cl.new_empty((positions, batch, out_channels))
+    for r0, r1, l0, l1 in _slabs(batch, output_size, inputs, x_cl.element_size()):
+        patches = windows[:, r0:r1].reshape(batch, l1 - l0, inputs)
+        torch.bmm(patches.transpose(0, 1), weight[l0:l1], out=out[l0:l1])
+    # (L, N, out) -> (N, out, L) in two cheap moves; a direct permute reads with a stride of N·out
+    # numbers (often a multiple of 4 KiB, which thrashes the cache).
+    out = out.transpose(0, 1).contiguous().transpose(1, 2).reshape(batch, out_channels, *output_size)
+    result = torch.empty_like(out, memory_format=torch.contiguous_format).copy_(out)
+    if bias is not None:
+        result.add_(bias)
+    return result
+
+
+def _batch_last(grad: Tensor) -> Tensor:
+    """``(L, N, out)`` copy of the ``(N, out, *output_size)`` gradient, in two cheap moves."""
+    batch, out_channels = grad.shape[:2]
+    g = grad.reshape(batch, out_channels, math.prod(grad.shape[2:]))  # not -1: a zero-size batch is ambiguous
+    return g.transpose(1, 2).contiguous().transpose(0, 1).contiguous()
+
+
+def _torch_grad_weight(grad: Tensor, x_cl: Tensor, kernel_size, stride, dilation) -> Tensor:
+    """Pure-torch weight gradient ``(L, K, out)``: per slab, re-gather the patches and ``bmm``."""
+    batch, out_channels, *output_size = grad.shape
+    g = _batch_last(grad)
+    windows = _windows(x_cl, kernel_size, stride, dilation)
+    inputs = math.prod(kernel_size) * x_cl.shape[-1]
+    grad_w = g.new_empty((g.shape[0], inputs, out_channels))
+    for r0, r1, l0, l1 in _slabs(batch, output_size, inputs, g.element_size()):
+        patches = windows[:, r0:r1].reshape(batch, l1 - l0, inputs)
+        torch.bmm(patches.transpose(0, 1).transpose(1, 2), g[l0:l1], out=grad_w[l0:l1])
+    return grad_w
+
+
+def _torch_grad_input(grad: Tensor, weight: Tensor, shape, kernel_size, stride, dilation) -> Tensor:
+    """Pure-torch input gradient ``(N, C, *S)``: per slab, ``bmm`` for the patch gradient, then one strided
+    ``add_`` per kernel offset to scatter it back onto the input."""
+    n = len(kernel_size)
+    batch, channels = shape[:2]
+    output_size = tuple(grad.shape[2:])
+    inputs = weight.shape[1]
+    g = _batch_last(grad)
+    grad_cl = g.new_zeros((batch, *shape[2:], channels))
+    offsets = list(itertools.product(*(range(k) for k in kernel_size)))
+    lead = (slice(None),) * (n + 1)
+    for r0, r1, l0, l1 in _slabs(batch, output_size, inputs, g.element_size()):
+        grad_p = torch.bmm(g[l0:l1], weight[l0:l1].transpose(1, 2))
+        grad_p = grad_p.view(r1 - r0, *output_size[1:], batch, *kernel_size, channels)
+        sizes = (r1 - r0, *output_size[1:])
+        firsts = (r0, *(0,) * (n - 1))
+        for offset in offsets:
+            window = tuple(
+                slice(o * d + s * f, o * d + s * (f + m - 1) + 1, s)
+                for o, d, s, f, m in zip(offset, dilation, stride, firsts, sizes)
+            )
+            grad_cl[(slice(None), *window)].add_(grad_p[(*lead, *offset)].movedim(n, 0))
+    return grad_cl.movedim(-1, 1).contiguous()
 
 
 # --- the C kernel --------------------------------------------------------------------------------------
 
-_VL = 16  # the batch-last layouts are padded to multiples of 16 floats: whole vectors for any build (4, 8, 16)
 _use_native = True  # False forces the torch path (tests compare the two)
 
 
-def _kernel(x: Tensor, weight: Tensor, bias: Tensor | None) -> ctypes.CDLL | None:
-    """The C kernel if it applies to these tensors (CPU float32, contiguous weight, non-empty), else None."""
-    tensors = [x, weight] if bias is None else [x, weight, bias]
+def _kernel(*tensors: Tensor | None) -> ctypes.CDLL | None:
+    """The C kernel if it applies to these tensors (CPU float32, non-empty; ``None`` entries are skipped),
+    else None."""
+    tensors = [t for t in tensors if t is not None]
     if not _use_native or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
-    if not weight.is_contiguous() or x.numel() == 0 or weight.numel() == 0:
+    if any(t.numel() == 0 for t in tensors):
         return None
     return _native.load("nn.locally_connected")
 
@@ -195,13 +198,16 @@ def _kernel(x: Tensor, weight: Tensor, bias: Tensor | None) -> ctypes.CDLL | Non
 _p, _i64, _i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _native.declare("nn.locally_connected", {  # sizes are int64: a bare Python int would pass as a C int
     # each returns 0, or -1 when its scratch buffers could not be allocated
-    # x, N, X, offsets, L, KK, C, w, F, y, threads
-    "lc_forward": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _p, _i32], _i32),
-    # x, N, X, offsets, L, KK, C, g, F, FP, gw, threads
-    "lc_grad_weight": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i32], _i32),
-    # offsets, L, KK, C, w, F, gt, NP, gx, per_row, band, threads
-    "lc_grad_input": ([_p, _i64, _i64, _i64, _p, _i64, _p, _i64, _p, _i64, _i64, _i32], _i32),
+    # x, N, C, S, X, out, threads
+    "lc_pack_input": ([_p, _i64, _i64, _i64, _i64, _p, _i32], _i32),
+    # x, N, X, offsets, L, KK, C, w, bias, F, y, threads
+    "lc_forward": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _p, _i64, _p, _i32], _i32),
+    # x, N, X, offsets, L, KK, C, g, F, gw, threads
+    "lc_grad_weight": ([_p, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _p, _i32], _i32),
+    # offsets, L, KK, C, w, F, g, N, S, gx, per_row, band, threads
+    "lc_grad_input": ([_p, _i64, _i64, _i64, _p, _i64, _p, _i64, _i64, _p, _i64, _i64, _i32], _i32),
     "lc_vector_width": ([], _i32),
+    "lc_build": ([], ctypes.c_char_p),  # e.g. b"AVX2+FMA, 8-float vectors, 3x4 tile"
 })
 
 
@@ -224,8 +230,8 @@ def _patch_offsets(padded_size: tuple, kernel_size: tuple, stride: tuple, dilati
     return total.reshape(math.prod(output_size), math.prod(kernel_size)).contiguous()
 
 
-def _ptr(t: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
+def _ptr(t: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
 
 
 def _check(status: int) -> None:
@@ -233,87 +239,139 @@ def _check(status: int) -> None:
         raise MemoryError("LocallyConnected: the C kernel could not allocate its scratch buffers.")
 
 
-def _rounded(n: int) -> int:
-    return -(-n // _VL) * _VL
+# --- the registered operators ---------------------------------------------------------------------------
+#
+# The op is three operators of the "cnnkit" namespace, so that torch.compile(fullgraph=True) and
+# torch.export see one opaque node each instead of tracing into ctypes: the forward (which also returns the
+# channels-last copy of the input that the weight gradient reads) and the two gradients. Each runs the C
+# kernel (csrc/locally_connected.c, float32 on CPU) when it applies, else the pure-torch functions above;
+# their fake implementations give the shapes. Torch's layouts in and out: the C kernel reads and writes
+# (N, C, *S) and (N, F, *output_size) itself, with only the channels-last copy of the input in between.
+
+_FORWARD_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias, int[] kernel_size, int[] stride, int[] dilation, "
+                   "int[] output_size) -> (Tensor, Tensor)")
+_GRAD_SCHEMA = ("(Tensor grad, Tensor {0}, SymInt[] input_shape, int[] kernel_size, int[] stride, int[] dilation) "
+                "-> Tensor")
 
 
-class _NativeLocallyConnectedFunction(torch.autograd.Function):
-    """Same op and arguments as :class:`_LocallyConnectedFunction` (plus the loaded kernel ``lib``), computed
-    by ``csrc/locally_connected.c``.
+@torch.library.custom_op("cnnkit::locally_connected", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _forward_op(input: Tensor, weight: Tensor, bias: Tensor | None, kernel_size: Sequence[int],
+                stride: Sequence[int], dilation: Sequence[int], output_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(N, out, *output_size)`` output of the (already padded) input, and the ``(N, X)`` channels-last copy
+    of the input (``X = _sample_stride(C·prod(S))``, zero-padded) that the weight gradient reads."""
+    kernel_size, stride, dilation, output_size = map(tuple, (kernel_size, stride, dilation, output_size))
+    batch, channels, *spatial = input.shape
+    per_sample = channels * math.prod(spatial)
+    stride_x = _sample_stride(per_sample)
+    lib = _kernel(input, weight, bias)
+    if lib is None:
+        x_cl = input.new_zeros((batch, stride_x))
+        _channels_last_view(x_cl, input.shape).copy_(input.movedim(1, -1))
+        y = _torch_forward(_channels_last_view(x_cl, input.shape), weight, bias, kernel_size, stride, dilation,
+                           output_size)
+        return y, x_cl
+    threads = torch.get_num_threads()
+    input, weight = input.resolve_neg().contiguous(), weight.resolve_neg().contiguous()
+    bias = None if bias is None else bias.resolve_neg().contiguous()
+    positions, _, out_channels = weight.shape
+    offsets = _patch_offsets(tuple(spatial), kernel_size, stride, dilation, channels, output_size)
+    x_cl = input.new_empty((batch, stride_x))
+    _check(lib.lc_pack_input(_ptr(input), batch, channels, math.prod(spatial), stride_x, _ptr(x_cl), threads))
+    y = input.new_empty((batch, out_channels, *output_size))
+    _check(lib.lc_forward(_ptr(x_cl), batch, stride_x, _ptr(offsets), positions, offsets.shape[1], channels,
+                          _ptr(weight), _ptr(bias), out_channels, _ptr(y), threads))
+    return y, x_cl
 
-    The C kernel reads patches straight from a channels-last copy of the (padded) input and multiplies them
-    with each position's weights in register tiles, in parallel over positions (forward, weight gradient)
-    or over non-overlapping bands of output rows (input gradient, accumulated batch-last so that it is
-    vector adds). Torch does the layout moves around it: the channels-last input, ``(N, L, F) → (N, F, L)``
-    plus bias, and the batch-last gradient layouts.
-    """
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, kernel_size, stride, dilation, output_size, lib):
-        ctx.lib = lib
-        threads = torch.get_num_threads()
-        batch, channels = x.shape[:2]
-        positions, _, out_channels = weight.shape
-        offsets = _patch_offsets(tuple(x.shape[2:]), kernel_size, stride, dilation, channels, output_size)
-        x_cl = x.detach().movedim(1, -1).contiguous()
-        per_sample = x_cl[0].numel()
-        y = x.new_empty((batch, positions, out_channels))
-        _check(lib.lc_forward(_ptr(x_cl), batch, per_sample, _ptr(offsets), positions, offsets.shape[1],
-                              channels, _ptr(weight), out_channels, _ptr(y), threads))
-        result = x.new_empty((batch, out_channels, *output_size))
-        if bias is None:
-            result.view(batch, out_channels, positions).copy_(y.transpose(1, 2))
-        else:
-            torch.add(y.transpose(1, 2), bias.reshape(out_channels, positions),
-                      out=result.view(batch, out_channels, positions))
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.save_for_backward(x_cl if need_w else None, weight if need_x else None)
-        ctx.geometry = (tuple(x.shape), kernel_size, stride, dilation, output_size, offsets)
-        return result
+@_forward_op.register_fake
+def _forward_fake(input, weight, bias, kernel_size, stride, dilation, output_size):
+    batch, channels, *spatial = input.shape
+    return (input.new_empty((batch, weight.shape[2], *output_size)),
+            input.new_empty((batch, _sample_stride(channels * math.prod(spatial)))))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x_cl, weight = ctx.saved_tensors
-        shape, kernel_size, stride, dilation, output_size, offsets = ctx.geometry
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        lib, threads = ctx.lib, torch.get_num_threads()
-        batch, channels = shape[:2]
-        out_channels = grad.shape[1]
-        positions, kernel_offsets = offsets.shape
-        grad = grad.resolve_neg().contiguous()
-        grad_x = grad_w = grad_b = None
+
+@torch.library.custom_op("cnnkit::locally_connected_grad_weight", mutates_args=(),
+                         schema=_GRAD_SCHEMA.format("x_cl"))
+def _grad_weight_op(grad: Tensor, x_cl: Tensor, input_shape: Sequence[int], kernel_size: Sequence[int],
+                    stride: Sequence[int], dilation: Sequence[int]) -> Tensor:
+    """``(L, K, out)`` weight gradient from the ``(N, out, *output_size)`` gradient and the forward's
+    channels-last copy ``x_cl`` of the input of shape ``input_shape``."""
+    kernel_size, stride, dilation, input_shape = map(tuple, (kernel_size, stride, dilation, input_shape))
+    lib = _kernel(grad, x_cl)
+    if lib is None:
+        return _torch_grad_weight(grad, _channels_last_view(x_cl, input_shape), kernel_size, stride, dilation)
+    batch, channels, *spatial = input_shape
+    out_channels, *output_size = grad.shape[1:]
+    grad = grad.resolve_neg().contiguous()
+    offsets = _patch_offsets(tuple(spatial), kernel_size, stride, dilation, channels, tuple(output_size))
+    positions, kernel_offsets = offsets.shape
+    grad_w = grad.new_empty((positions, kernel_offsets * channels, out_channels))
+    _check(lib.lc_grad_weight(_ptr(x_cl), batch, x_cl.shape[1], _ptr(offsets), positions, kernel_offsets, channels,
+                              _ptr(grad), out_channels, _ptr(grad_w), torch.get_num_threads()))
+    return grad_w
+
+
+@_grad_weight_op.register_fake
+def _grad_weight_fake(grad, x_cl, input_shape, kernel_size, stride, dilation):
+    return grad.new_empty((math.prod(grad.shape[2:]), math.prod(kernel_size) * input_shape[1], grad.shape[1]))
+
+
+@torch.library.custom_op("cnnkit::locally_connected_grad_input", mutates_args=(),
+                         schema=_GRAD_SCHEMA.format("weight"))
+def _grad_input_op(grad: Tensor, weight: Tensor, input_shape: Sequence[int], kernel_size: Sequence[int],
+                   stride: Sequence[int], dilation: Sequence[int]) -> Tensor:
+    """``(N, C, *S)`` gradient of the (padded) input of shape ``input_shape``."""
+    kernel_size, stride, dilation, input_shape = map(tuple, (kernel_size, stride, dilation, input_shape))
+    lib = _kernel(grad, weight)
+    if lib is None:
+        return _torch_grad_input(grad, weight, input_shape, kernel_size, stride, dilation)
+    threads = torch.get_num_threads()
+    batch, channels, *spatial = input_shape
+    out_channels, *output_size = grad.shape[1:]
+    grad, weight = grad.resolve_neg().contiguous(), weight.resolve_neg().contiguous()
+    offsets = _patch_offsets(tuple(spatial), kernel_size, stride, dilation, channels, tuple(output_size))
+    positions, kernel_offsets = offsets.shape
+    # Bands of output rows far enough apart that every other band touches disjoint inputs.
+    rows = output_size[0]
+    band = max(-(-rows // (2 * threads)), -(-dilation[0] * (kernel_size[0] - 1) // stride[0]), 1)
+    grad_x = grad.new_empty(input_shape)
+    _check(lib.lc_grad_input(_ptr(offsets), positions, kernel_offsets, channels, _ptr(weight), out_channels,
+                             _ptr(grad), batch, math.prod(spatial), _ptr(grad_x), positions // rows, band, threads))
+    return grad_x
+
+
+@_grad_input_op.register_fake
+def _grad_input_fake(grad, weight, input_shape, kernel_size, stride, dilation):
+    return grad.new_empty(input_shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, weight, _, kernel_size, stride, dilation, _ = inputs
+    x_cl = output[1]
+    ctx.mark_non_differentiable(x_cl)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x_cl, weight)
+    ctx.geometry = (list(input.shape), list(kernel_size), list(stride), list(dilation))
+
+
+def _backward(ctx, grad, _grad_x_cl):
+    """First derivatives only: the gradient operators have no derivatives of their own (double backward is
+    refused by torch)."""
+    x_cl, weight = ctx.saved_tensors
+    shape, kernel_size, stride, dilation = ctx.geometry
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_x = grad_w = grad_b = None
+    if grad is not None:
+        if need_x:
+            grad_x = _grad_input_op(grad, weight, shape, kernel_size, stride, dilation)
+        if need_w:
+            grad_w = _grad_weight_op(grad, x_cl, shape, kernel_size, stride, dilation)
         if need_b:
             grad_b = grad.sum(0)
-        if not (need_x or need_w):
-            return None, None, grad_b, None, None, None, None, None
-        # Batch-last gradient (L, F, NP), zero-padded to whole vectors of samples.
-        padded_batch = _rounded(batch)
-        g_t = grad.new_empty((positions, out_channels, padded_batch))
-        g_t[:, :, batch:].zero_()
-        g_t[:, :, :batch].copy_(grad.view(batch, out_channels * positions).t()
-                                .view(out_channels, positions, batch).transpose(0, 1))
-        if need_w:
-            # (L, N, FP), zero-padded to whole vectors of filters: small transposes of g_t.
-            padded_filters = _rounded(out_channels)
-            g = grad.new_empty((positions, batch, padded_filters))
-            g[:, :, out_channels:].zero_()
-            g[:, :, :out_channels].copy_(g_t[:, :, :batch].transpose(1, 2))
-            grad_w = grad.new_empty((positions, kernel_offsets * channels, out_channels))
-            _check(lib.lc_grad_weight(_ptr(x_cl), batch, x_cl[0].numel(), _ptr(offsets), positions,
-                                      kernel_offsets, channels, _ptr(g), out_channels, padded_filters,
-                                      _ptr(grad_w), threads))
-        if need_x:
-            # Bands of output rows far enough apart that every other band touches disjoint inputs.
-            rows = output_size[0]
-            band = max(-(-rows // (2 * threads)), -(-dilation[0] * (kernel_size[0] - 1) // stride[0]), 1)
-            per_sample = math.prod(shape[1:])
-            g_x = grad.new_zeros((per_sample, padded_batch))
-            _check(lib.lc_grad_input(_ptr(offsets), positions, kernel_offsets, channels, _ptr(weight),
-                                     out_channels, _ptr(g_t), padded_batch, _ptr(g_x), positions // rows, band,
-                                     threads))
-            grad_x = g_x[:, :batch].t().contiguous().view(batch, *shape[2:], channels).movedim(-1, 1)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+    return grad_x, grad_w, grad_b, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def locally_connected_nd(
@@ -383,11 +441,8 @@ def locally_connected_nd(
     pads = padding_amounts(size, kernel, strides, pad, dilations)
     if any(lo or hi for lo, hi in pads):
         input = F.pad(input, [p for pair in reversed(pads) for p in pair])
-    lib = _kernel(input, weight, bias)
-    if lib is not None:
-        return _NativeLocallyConnectedFunction.apply(input, weight, bias, kernel, strides, dilations, output_size,
-                                                     lib)
-    return _LocallyConnectedFunction.apply(input, weight, bias, kernel, strides, dilations, output_size)
+    output, _ = _forward_op(input, weight, bias, list(kernel), list(strides), list(dilations), list(output_size))
+    return output
 
 
 def _ranked(n: int, name: str):
@@ -609,6 +664,8 @@ def _to_torch(module, arrays):
         out["bias"] = arrays["bias"].movedim(-1, 0)
     return out
 
+
+_ops.register_position_tied(_LocallyConnectedNd)  # masked() refuses it: no meaning for a sample of another size
 
 register_layout(
     LocallyConnected1d, LocallyConnected2d,

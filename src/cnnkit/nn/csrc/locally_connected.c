@@ -42,7 +42,7 @@
  * tests/test_native.py compiles the x86-64, x86-64-v3 and x86-64-v4 variants with -S and checks that no
  * tile loop touches the stack. -DLC_NB=… -DLC_ROWS=… override the whole-block tile, for measuring others.
  *
- * The caller pads its batch-last layouts to multiples of 16 floats, a multiple of every VL here. */
+ * The buffers that hold batch-last or filter-last panels are padded to whole vectors inside this file. */
 #if defined(__AVX512F__)
 #define VL 16
 #define NB_ 4
@@ -221,19 +221,87 @@ static void scratch_free(Scratch *s) {
     free(s->rows);
 }
 
-/* ---- forward: y[n, l, f] = Σ_k patch[n, l, k] · w[l, k, f] ---------------------------------------------
- * y is (N, L, F). A partial last block of filters (F not a multiple of VL) is packed per position,
- * zero-padded to whole vectors, and its rows are written through a buffer. Returns 0, or -1 when out of
- * memory. */
+/* ---- layouts ------------------------------------------------------------------------------------------
+ * The caller's tensors are torch's (N, C, *spatial) input and (N, F, L) output; the products want the
+ * input channels last. lc_pack_input makes that copy, cache-blocked, with a per-sample stride X ≥ S·C
+ * chosen by the caller (padded when S·C floats are a multiple of 4 KiB: the weight gradient reads the
+ * samples' patches X floats apart, and 4 KiB apart they all fall into one L1 set). The padding is zeroed. */
+int lc_pack_input(const float *x, int64_t N, int64_t C, int64_t S, int64_t X, float *out, int threads) {
+    const int64_t block = 64; /* spatial positions per block: 64·C floats written, C runs of 256 B read */
+    const int64_t blocks = (S + block - 1) / block;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t nb = 0; nb < N * blocks; nb++) {
+        const int64_t n = nb / blocks, s0 = nb % blocks * block, s1 = min64(s0 + block, S);
+        const float *xn = x + n * C * S;
+        float *on = out + n * X;
+        for (int64_t s = s0; s < s1; s++)
+            for (int64_t c = 0; c < C; c++) on[s * C + c] = xn[c * S + s];
+        if (s1 == S && X > S * C) memset(on + S * C, 0, (X - S * C) * sizeof(float));
+    }
+    return 0;
+}
+
+/* Positions handled together where torch's (N, F, L) layout is read or written: each (n, f) row is then
+ * touched as a run of PB consecutive positions (one access per row and chunk instead of one per position;
+ * per position, 1024 scattered rows of the benchmark layer cost more TLB and L2 traffic than the products'
+ * own reads). */
+#define PB 8
+/* The chunk's per-position buffers are this many floats further apart than their size: sizes that are
+ * multiples of 4 KiB (32 samples × 32 filters) would put the PB stores of a run into one L1 set. */
+#define PANEL_PAD 16
+
+/* 8 × 8 transpose in registers: dst[j·ld + i] = src[i·ls + j] (+ add[j·la + i] when add is not NULL).
+ * Vectors of 8 floats whatever the build's VL (two halves on SSE2/NEON); the shuffles are AVX's
+ * unpack / shuffle / permute2f128 sequence. Moves torch's (N, F, L) rows to and from per-position
+ * buffers a run of 8 positions at a time. */
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float v8u __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+INLINE void transpose8(const float *src, int64_t ls, float *dst, int64_t ld, const float *add, int64_t la) {
+    v8 r[8], t[8], u[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) r[i] = *(const v8u *)(src + i * ls);
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 8; h += 4) {
+        u[h + 0] = __builtin_shufflevector(t[h], t[h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[h + 1] = __builtin_shufflevector(t[h], t[h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[h + 2] = __builtin_shufflevector(t[h + 1], t[h + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[h + 3] = __builtin_shufflevector(t[h + 1], t[h + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        v8 lo = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        v8 hi = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        if (add) {
+            lo += *(const v8u *)(add + j * la);
+            hi += *(const v8u *)(add + (j + 4) * la);
+        }
+        *(v8u *)(dst + j * ld) = lo;
+        *(v8u *)(dst + (j + 4) * ld) = hi;
+    }
+}
+
+/* ---- forward: y[n, f, l] = Σ_k patch[n, l, k] · w[l, k, f] + bias[f, l] ---------------------------------
+ * y is (N, F, L), torch's layout, written with the bias (NULL: none): a chunk of PB positions is computed
+ * into a buffer (PB, N, FV), FV = F rounded up to whole vectors, and stored as runs of y's rows. A partial
+ * last block of filters (F not a multiple of VL) is packed per position, zero-padded to whole vectors.
+ * Returns 0, or -1 when out of memory. */
 int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_t L, int64_t KK, int64_t C,
-               const float *w, int64_t F, float *y, int threads) {
+               const float *w, const float *bias, int64_t F, float *y, int threads) {
     const int64_t K = KK * C;
+    const int64_t FV = vectors(F) * VL;
+    const int64_t PS = N * FV + PANEL_PAD; /* floats from one position's buffer to the next */
     const int partial = F % VL != 0;
+    const int64_t chunks = (L + PB - 1) / PB;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         Scratch s;
-        const int ok = scratch_new(&s, N, partial ? K * NB * VL : 0, partial ? N * NB * VL : 0);
+        const int ok = scratch_new(&s, N, partial ? K * NB * VL : 0, PB * PS);
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -241,66 +309,101 @@ int lc_forward(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_
         if (ok)
             for (int64_t n = 0; n < N; n++) s.a[n] = x + n * X;
 #pragma omp for schedule(static)
-        for (int64_t l = 0; l < L; l++) {
+        for (int64_t chunk = 0; chunk < chunks; chunk++) {
             if (!ok) continue;
-            const float *wl = w + l * K * F;
-            for (int64_t f0 = 0; f0 < F; f0 += NB * VL) { /* blocks of filters */
-                const int64_t nf = min64(NB * VL, F - f0);
-                const int NV = vectors(nf), whole = nf == NV * VL;
-                if (!whole)
-                    for (int64_t k = 0; k < K; k++) {
-                        memcpy(s.pack + k * NV * VL, wl + k * F + f0, nf * sizeof(float));
-                        /* The padding lanes' results are dropped; zeros keep denormal garbage out of them. */
-                        memset(s.pack + k * NV * VL + nf, 0, (NV * VL - nf) * sizeof(float));
-                    }
-                for (int64_t n = 0; n < N; n++)
-                    s.out[n] = whole ? y + n * L * F + l * F + f0 : s.rows + n * NV * VL;
-                const int64_t ldw = whole ? F : NV * VL;
-                const Tile t = {.a = s.a, .a_step = 1, .seg = offs + l * KK, .nseg = KK, .len = C,
-                                .b = whole ? wl + f0 : s.pack, .b_seg = C * ldw, .b_step = ldw, .out = s.out};
-                product(N, NV, t);
-                if (!whole)
-                    for (int64_t n = 0; n < N; n++)
-                        memcpy(y + n * L * F + l * F + f0, s.rows + n * NV * VL, nf * sizeof(float));
+            const int64_t l0 = chunk * PB, nl = min64(PB, L - l0);
+            for (int64_t j = 0; j < nl; j++) {
+                const int64_t l = l0 + j;
+                const float *wl = w + l * K * F;
+                float *rows = s.rows + j * PS;
+                for (int64_t f0 = 0; f0 < F; f0 += NB * VL) { /* blocks of filters */
+                    const int64_t nf = min64(NB * VL, F - f0);
+                    const int NV = vectors(nf), whole = nf == NV * VL;
+                    if (!whole)
+                        for (int64_t k = 0; k < K; k++) {
+                            memcpy(s.pack + k * NV * VL, wl + k * F + f0, nf * sizeof(float));
+                            /* The padding lanes' results are dropped; zeros keep denormal garbage out of them. */
+                            memset(s.pack + k * NV * VL + nf, 0, (NV * VL - nf) * sizeof(float));
+                        }
+                    for (int64_t n = 0; n < N; n++) s.out[n] = rows + n * FV + f0;
+                    const int64_t ldw = whole ? F : NV * VL;
+                    const Tile t = {.a = s.a, .a_step = 1, .seg = offs + l * KK, .nseg = KK, .len = C,
+                                    .b = whole ? wl + f0 : s.pack, .b_seg = C * ldw, .b_step = ldw,
+                                    .out = s.out};
+                    product(N, NV, t);
+                }
             }
+            const int64_t f8 = nl == PB ? F / 8 * 8 : 0; /* whole 8 × 8 blocks, transposed in registers */
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t f = 0; f < f8; f += 8)
+                    transpose8(s.rows + n * FV + f, PS, y + (n * F + f) * L + l0, L, bias ? bias + f * L + l0 : 0, L);
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t f = f8; f < F; f++) {
+                    float *yr = y + (n * F + f) * L + l0;
+                    const float *r = s.rows + n * FV + f;
+                    if (bias) {
+                        const float *br = bias + f * L + l0;
+                        for (int64_t j = 0; j < nl; j++) yr[j] = r[j * PS] + br[j];
+                    } else
+                        for (int64_t j = 0; j < nl; j++) yr[j] = r[j * PS];
+                }
         }
         scratch_free(&s);
     }
     return failed ? -1 : 0;
 }
 
-/* ---- weight gradient: gw[l, k, f] = Σ_n patch[n, l, k] · g[l, n, f] -------------------------------------
- * g is (L, N, FP), FP = F rounded up to whole vectors and zero-padded, so every block is computed whole;
- * a partial last block is written through a buffer. gw is (L, K, F). Returns 0, or -1 when out of memory. */
+/* ---- weight gradient: gw[l, k, f] = Σ_n patch[n, l, k] · g[n, f, l] -------------------------------------
+ * g is torch's (N, F, L) output gradient; a chunk of PB positions' (N, F) panels is gathered into a buffer
+ * (PB, N, FV), zero-padded to whole vectors of filters, so every block is computed whole; a partial last
+ * block is written through a buffer. gw is (L, K, F). Returns 0, or -1 when out of memory. */
 int lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, int64_t L, int64_t KK, int64_t C,
-                   const float *g, int64_t F, int64_t FP, float *gw, int threads) {
+                   const float *g, int64_t F, float *gw, int threads) {
     const int64_t K = KK * C;
+    const int64_t FV = vectors(F) * VL; /* panel row: F filters, zero-padded to whole vectors */
+    const int64_t PS = N * FV + PANEL_PAD;
     const int partial = F % VL != 0;
+    const int64_t chunks = (L + PB - 1) / PB;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         Scratch s;
-        const int ok = scratch_new(&s, K, 0, partial ? K * NB * VL : 0);
+        const int ok = scratch_new(&s, K, PB * PS, partial ? K * NB * VL : 0);
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
-        }
+        } else
+            memset(s.pack, 0, PB * PS * sizeof(float)); /* the padding columns stay zero */
 #pragma omp for schedule(static)
-        for (int64_t l = 0; l < L; l++) {
+        for (int64_t chunk = 0; chunk < chunks; chunk++) {
             if (!ok) continue;
-            const int64_t *off = offs + l * KK;
-            float *gwl = gw + l * K * F;
-            for (int64_t k = 0; k < K; k++) s.a[k] = x + off[k / C] + k % C;
-            for (int64_t f0 = 0; f0 < F; f0 += NB * VL) { /* blocks of filters */
-                const int64_t nf = min64(NB * VL, F - f0);
-                const int NV = vectors(nf), whole = nf == NV * VL;
-                for (int64_t k = 0; k < K; k++) s.out[k] = whole ? gwl + k * F + f0 : s.rows + k * NV * VL;
-                const Tile t = {.a = s.a, .a_step = X, .nseg = 1, .len = N, .b = g + l * N * FP + f0,
-                                .b_step = FP, .out = s.out};
-                product(K, NV, t);
-                if (!whole)
-                    for (int64_t k = 0; k < K; k++)
-                        memcpy(gwl + k * F + f0, s.rows + k * NV * VL, nf * sizeof(float));
+            const int64_t l0 = chunk * PB, nl = min64(PB, L - l0);
+            const int64_t f8 = nl == PB ? F / 8 * 8 : 0; /* whole 8 × 8 blocks, transposed in registers */
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t f = 0; f < f8; f += 8)
+                    transpose8(g + (n * F + f) * L + l0, L, s.pack + n * FV + f, PS, 0, 0);
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t f = f8; f < F; f++) {
+                    const float *gr = g + (n * F + f) * L + l0;
+                    float *p = s.pack + n * FV + f;
+                    for (int64_t j = 0; j < nl; j++) p[j * PS] = gr[j];
+                }
+            for (int64_t j = 0; j < nl; j++) {
+                const int64_t l = l0 + j;
+                const int64_t *off = offs + l * KK;
+                float *gwl = gw + l * K * F;
+                for (int64_t k = 0; k < K; k++) s.a[k] = x + off[k / C] + k % C;
+                for (int64_t f0 = 0; f0 < F; f0 += NB * VL) { /* blocks of filters */
+                    const int64_t nf = min64(NB * VL, F - f0);
+                    const int NV = vectors(nf), whole = nf == NV * VL;
+                    for (int64_t k = 0; k < K; k++) s.out[k] = whole ? gwl + k * F + f0 : s.rows + k * NV * VL;
+                    const Tile t = {.a = s.a, .a_step = X, .nseg = 1, .len = N, .b = s.pack + j * PS + f0,
+                                    .b_step = FV, .out = s.out};
+                    product(K, NV, t);
+                    if (!whole)
+                        for (int64_t k = 0; k < K; k++)
+                            memcpy(gwl + k * F + f0, s.rows + k * NV * VL, nf * sizeof(float));
+                }
             }
         }
         scratch_free(&s);
@@ -308,47 +411,82 @@ int lc_grad_weight(const float *x, int64_t N, int64_t X, const int64_t *offs, in
     return failed ? -1 : 0;
 }
 
-/* ---- input gradient: gx[n, offs[l, kk] + c] += Σ_f g[l, f, n] · w[l, kk·C + c, f] -----------------------
- * Computed batch-last so that the scatter onto the input is whole-vector adds: gt is (L, F, NP) and gx is
- * (X, NP), NP = N rounded up to whole vectors, both zero-padded (the caller zeroes gx). Positions whose
- * patches overlap must not run at the same time: the output rows (first spatial dimension, `per_row`
+/* ---- input gradient: gx[n, offs[l, kk] + c] += Σ_f g[n, f, l] · w[l, kk·C + c, f] -----------------------
+ * g is torch's (N, F, L) output gradient and gx torch's (N, C, *spatial) input gradient, S spatial
+ * positions per channel (S·C = the floats of a channels-last sample, which offs indexes). The sums are
+ * accumulated batch-last, so that the scatter onto the input is whole-vector adds: the (F, N) panels of a
+ * chunk of PB positions are gathered into a buffer of whole vectors of samples (NP = N rounded up,
+ * zero-padded), the accumulator is (S·C, NP), and it is written out as (N, C, S) at the end. Positions
+ * whose patches overlap must not run at the same time: the output rows (first spatial dimension, `per_row`
  * positions each) are cut into bands of `band` rows, wide enough that bands 2 apart never touch the same
  * input ((band + 1)·stride > dilation·(kernel − 1), which the caller's band ≥ ceil(dilation·(kernel − 1) /
  * stride) satisfies), and the even bands run before the odd. Returns 0, or -1 when out of memory. */
 int lc_grad_input(const int64_t *offs, int64_t L, int64_t KK, int64_t C, const float *w, int64_t F,
-                  const float *gt, int64_t NP, float *gx, int64_t per_row, int64_t band, int threads) {
+                  const float *g, int64_t N, int64_t S, float *gx, int64_t per_row, int64_t band, int threads) {
     const int64_t K = KK * C;
+    const int64_t NP = vectors(N) * VL;
+    const int64_t PS = F * NP + PANEL_PAD;
     const int64_t rows = L / per_row;
     const int64_t bands = (rows + band - 1) / band;
+    float *acc = calloc(S * C * NP, sizeof(float));
+    if (!acc) return -1;
     int failed = 0;
     for (int phase = 0; phase < 2; phase++) {
 #pragma omp parallel num_threads(threads)
         {
             Scratch s;
-            const int ok = scratch_new(&s, K, 0, 0);
+            const int ok = scratch_new(&s, K, PB * PS, 0);
             if (!ok) {
 #pragma omp atomic write
                 failed = 1;
-            }
+            } else
+                memset(s.pack, 0, PB * PS * sizeof(float)); /* the padding samples stay zero */
 #pragma omp for schedule(dynamic, 1)
             for (int64_t b = phase; b < bands; b += 2) {
                 if (!ok) continue;
                 const int64_t l1 = min64((b + 1) * band, rows) * per_row;
-                for (int64_t l = b * band * per_row; l < l1; l++) {
-                    const int64_t *off = offs + l * KK;
-                    for (int64_t k = 0; k < K; k++) s.a[k] = w + (l * K + k) * F;
-                    for (int64_t n0 = 0; n0 < NP; n0 += NB * VL) { /* blocks of samples, all whole */
-                        const int NV = vectors(min64(NB * VL, NP - n0));
-                        for (int64_t k = 0; k < K; k++) s.out[k] = gx + (off[k / C] + k % C) * NP + n0;
-                        const Tile t = {.a = s.a, .a_step = 1, .nseg = 1, .len = F, .b = gt + l * F * NP + n0,
-                                        .b_step = NP, .out = s.out, .add = 1};
-                        product(K, NV, t);
+                for (int64_t l0 = b * band * per_row; l0 < l1; l0 += PB) {
+                    const int64_t nl = min64(PB, l1 - l0);
+                    const int64_t n8 = nl == PB ? N / 8 * 8 : 0; /* whole 8 × 8 blocks in registers */
+                    for (int64_t f = 0; f < F; f++)
+                        for (int64_t n = 0; n < n8; n += 8)
+                            transpose8(g + (n * F + f) * L + l0, F * L, s.pack + f * NP + n, PS, 0, 0);
+                    for (int64_t n = n8; n < N; n++)
+                        for (int64_t f = 0; f < F; f++) {
+                            const float *gr = g + (n * F + f) * L + l0;
+                            float *q = s.pack + f * NP + n;
+                            for (int64_t j = 0; j < nl; j++) q[j * PS] = gr[j];
+                        }
+                    for (int64_t j = 0; j < nl; j++) {
+                        const int64_t l = l0 + j;
+                        const int64_t *off = offs + l * KK;
+                        for (int64_t k = 0; k < K; k++) s.a[k] = w + (l * K + k) * F;
+                        for (int64_t n0 = 0; n0 < NP; n0 += NB * VL) { /* blocks of samples, all whole */
+                            const int NV = vectors(min64(NB * VL, NP - n0));
+                            for (int64_t k = 0; k < K; k++) s.out[k] = acc + (off[k / C] + k % C) * NP + n0;
+                            const Tile t = {.a = s.a, .a_step = 1, .nseg = 1, .len = F,
+                                            .b = s.pack + j * PS + n0, .b_step = NP, .out = s.out, .add = 1};
+                            product(K, NV, t);
+                        }
                     }
                 }
             }
             scratch_free(&s);
         }
     }
+    if (!failed) {
+        /* (S·C, NP) -> (N, C, S): blocks of 16 positions, whose C·NP accumulators stay in L1 */
+        const int64_t block = 16, blocks = (S + block - 1) / block;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t cb = 0; cb < C * blocks; cb++) {
+            const int64_t c = cb / blocks, s0 = cb % blocks * block, s1 = min64(s0 + block, S);
+            for (int64_t n = 0; n < N; n++) {
+                float *o = gx + (n * C + c) * S;
+                for (int64_t s = s0; s < s1; s++) o[s] = acc[(s * C + c) * NP + n];
+            }
+        }
+    }
+    free(acc);
     return failed ? -1 : 0;
 }
 
