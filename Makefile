@@ -32,6 +32,7 @@ fuzz: $(VENV)/.installed
 		tests/keras/test_fuzz.py -p no:cacheprovider -q -s
 
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks
 
 clean:

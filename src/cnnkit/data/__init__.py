@@ -1,8 +1,9 @@
 """Data-set helpers for pixel-wise learning: a user's folder of images and masks, standardised bands with a
-validity band for missing pixels, rare-class crops, and the seeded synthetic data sets of ``cnnkit demo``."""
+validity band for missing pixels, rare-class crops, image time series with clouds, and the seeded synthetic data sets of ``cnnkit demo``."""
 
 from cnnkit.data.crops import RareClassCrops
 from cnnkit.data.folder import SegmentationFolder
+from cnnkit.data.series import SeriesFolder, collate_series
 from cnnkit.data.standardize import Standardized, band_statistics
 from cnnkit.data.synthetic import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
 from cnnkit.data.synthetic_series import CROP_CLASSES, crop_series
@@ -13,8 +14,10 @@ __all__ = [
     "RARE_CLASS",
     "RareClassCrops",
     "SegmentationFolder",
+    "SeriesFolder",
     "Standardized",
     "SyntheticLandCover",
     "band_statistics",
+    "collate_series",
     "crop_series",
 ]
