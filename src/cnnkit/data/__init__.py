@@ -1,5 +1,6 @@
 """Data-set helpers for pixel-wise learning: a user's folder of images and masks, standardised bands with a
-validity band for missing pixels, rare-class crops, image time series with clouds, and the seeded synthetic data sets of ``cnnkit demo``."""
+validity band for missing pixels, rare-class crops, image time series with clouds, and the seeded synthetic
+data sets of ``cnnkit demo``."""
 
 from cnnkit.data.crops import RareClassCrops
 from cnnkit.data.folder import SegmentationFolder
