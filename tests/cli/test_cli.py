@@ -213,3 +213,20 @@ def test_help_and_version_do_not_import_torch():
         assert done.stdout.strip().endswith("False False"), done.stdout
     assert cnnkit.__version__ in subprocess.run([sys.executable, "-m", "cnnkit.cli", "--version"],
                                                 capture_output=True, text=True, check=True).stdout
+
+
+def test_model_args_are_json_keyword_arguments(tmp_path):
+    source = tmp_path / "net.py"
+    source.write_text("import torch\n\ndef build(in_channels, width=8):\n"
+                      "    return torch.nn.Conv2d(in_channels, width, 3)\n")
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["summary", f"{source}:build", "--input", "4x16x16", "--model-args",
+                               '{"in_channels": 4, "width": 6}'])
+    assert done.exit_code == 0, done.output
+    assert "(1, 6, 14, 14)" in done.output and str(4 * 6 * 9 + 6) in done.output.replace(",", "")
+    missing = runner.invoke(app, ["summary", f"{source}:build", "--input", "4x16x16"])
+    assert missing.exit_code == 2 and "--model-args" in " ".join(missing.output.split())
+    bad = runner.invoke(app, ["summary", f"{source}:build", "--input", "4x16x16", "--model-args", "in_channels=4"])
+    assert bad.exit_code == 2 and "must be a JSON object" in " ".join(bad.output.split())

@@ -231,12 +231,32 @@ def explain(
         _fail(error)
 
 
-def load_factory(target: str, *, device: str | None = None):
+def _model_args(text: str | None) -> dict:
+    """``--model-args``: a JSON object of keyword arguments (parsed as data, never evaluated as code)."""
+    if text is None:
+        return {}
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ShapeError(f"--model-args must be a JSON object such as '{{\"in_channels\": 4}}'. Received "
+                         f"--model-args={text!r} ({error}).") from None
+    if not isinstance(value, dict):
+        raise ShapeError(f"--model-args must be a JSON object (keyword arguments). Received --model-args={text!r}.")
+    return value
+
+
+_MODEL_ARGS = 'Keyword arguments for the model function, as a JSON object: \'{"in_channels": 4}\'.'
+
+
+def load_factory(target: str, *, device: str | None = None, kwargs: dict | None = None):
     """``path/to/file.py:build_model`` or ``package.module:build_model`` → the model it returns.
 
     The file is the user's own code: it is imported (its top level runs) and the attribute called, with
     the user's rights, exactly as ``python file.py`` would. The attribute may be an ``nn.Module``
-    instance, a class, or a function taking no arguments. With ``device="meta"`` it is called under
+    instance, a class, or a function; ``kwargs`` (``--model-args``) are passed to it. With ``device="meta"`` it is
+    called under
     ``torch.device("meta")``, so the weights it creates have shapes and no memory (``cnnkit summary``);
     if the factory cannot build on the meta device it is called once more normally.
     """
@@ -266,26 +286,31 @@ def load_factory(target: str, *, device: str | None = None):
     obj = getattr(module, attr)
     from torch import nn
 
-    model = obj if isinstance(obj, nn.Module) else _call_factory(obj, target, device)
+    if isinstance(obj, nn.Module) and kwargs:
+        raise CnnkitError(f"MODEL={target!r} is a module instance: it takes no --model-args.")
+    model = obj if isinstance(obj, nn.Module) else _call_factory(obj, target, device, kwargs or {})
     if not isinstance(model, nn.Module):
         raise CnnkitError(f"MODEL={target!r} gave a {type(model).__name__}, not a torch.nn.Module.")
     return model
 
 
-def _call_factory(factory, target: str, device: str | None):
+def _call_factory(factory, target: str, device: str | None, kwargs: dict):
     if not callable(factory):
         raise CnnkitError(f"MODEL={target!r} is a {type(factory).__name__}: expected a torch.nn.Module, a class "
-                          "or a function taking no arguments.")
+                          "or a function.")
     if device is not None:
         import torch
 
         try:
             with torch.device(device):
-                return factory()
+                return factory(**kwargs)
         except Exception:
             pass
     try:
-        return factory()
+        return factory(**kwargs)
+    except TypeError as error:
+        hint = "" if kwargs else " If it needs arguments, pass them as --model-args '{\"name\": value}'."
+        raise CnnkitError(f"Calling MODEL={target!r} raised TypeError: {error}.{hint}") from error
     except Exception as error:
         raise CnnkitError(f"Calling MODEL={target!r} raised {type(error).__name__}: {error}") from error
 
@@ -302,6 +327,7 @@ def summary(
                                           "and run: your own code only."),
     input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x224x224."),
     batch_size: int = typer.Option(1, min=1, help="Batch size of the input run through the model."),
+    model_args: str = typer.Option(None, "--model-args", help=_MODEL_ARGS),
 ) -> None:
     from cnnkit.explainers import summary as summarise
 
@@ -309,7 +335,8 @@ def summary(
         from cnnkit.cli.layer_expr import parse_input_shape
 
         shape = parse_input_shape(input)
-        result = summarise(load_factory(model, device="meta"), shape, batch_size=batch_size)
+        result = summarise(load_factory(model, device="meta", kwargs=_model_args(model_args)), shape,
+                           batch_size=batch_size)
         _console().print(result)
     except CnnkitError as error:
         _fail(error)
@@ -371,6 +398,7 @@ def report(
     input: str = typer.Option(None, "--input", "-i", help="One sample's shape for the summary, no batch: 3x64x64."),
     title: str = typer.Option(None, "--title", help="Page title (default: the run folder's name)."),
     out: str = typer.Option(None, "--out", help="Folder of the report (default RUN_DIR/report)."),
+    model_args: str = typer.Option(None, "--model-args", help=_MODEL_ARGS),
 ) -> None:
     import warnings
 
@@ -379,7 +407,7 @@ def report(
     try:
         network = None
         if model is not None:
-            network = load_factory(model)
+            network = load_factory(model, kwargs=_model_args(model_args))
             if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
                 load_run_weights(network, run_dir)
         from cnnkit.cli.layer_expr import parse_input_shape
