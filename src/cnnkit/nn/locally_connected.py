@@ -19,16 +19,21 @@ CPU: patches are gathered from a channels-last copy of the input in runs of ``kw
 contiguous numbers. The bias is ``(out_channels, *output_size)`` in torch (it is added to the
 ``(N, out, H', W')`` output) and ``(*output_size, out_channels)`` in Keras.
 
-Two implementations
--------------------
-* ``_NativeLocallyConnectedFunction``: float32 on CPU. A C kernel (``csrc/locally_connected.c``, built on
-  first use by :mod:`cnnkit._native`) reads the patches straight from the channels-last input and runs each
-  position's products in register tiles, in parallel.
-* ``_LocallyConnectedFunction``: everything else (other dtypes and devices, no C compiler,
-  ``CNNKIT_NATIVE=0``): gathered patches and ``torch.bmm`` per slab of output rows.
+Two implementations, one operator
+---------------------------------
+The op is registered with :mod:`torch.library` as ``cnnkit::locally_connected`` (forward, which also
+returns the channels-last copy of the input that the weight gradient reads) plus
+``cnnkit::locally_connected_grad_weight`` and ``cnnkit::locally_connected_grad_input``, with fake
+implementations and ``register_autograd``: ``torch.compile(fullgraph=True)`` and ``torch.export`` see one
+node each. Inside, each operator runs
 
-Both take the same arguments and give the same numbers up to rounding; the tests hold both to the same
-references.
+* the C kernel (``csrc/locally_connected.c``, built on first use by :mod:`cnnkit._native`) for float32 on
+  CPU: it reads the patches straight from the channels-last input, runs each position's products in
+  register tiles, in parallel, and reads and writes torch's layouts itself;
+* else the pure-torch path (other dtypes and devices, no C compiler, ``CNNKIT_NATIVE=0``): gathered
+  patches and ``torch.bmm`` per slab of output rows.
+
+Both give the same numbers up to rounding; the tests hold both to the same references.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 /* Locally connected layer: the three products of forward and backward, fused with the patch gather.
  *
  * Built on first use by cnnkit/_native.py (cc -O3 -march=native -fopenmp) and called through ctypes
- * from cnnkit/nn/locally_connected.py, which prepares the layouts below and keeps a pure-torch path for
- * every case this file does not take (no compiler, other dtypes, other devices).
+ * from the registered operators in cnnkit/nn/locally_connected.py, which keep a pure-torch path for every
+ * case this file does not take (no compiler, other dtypes, other devices). The functions read and write
+ * torch's layouts: (N, C, *spatial) input and input gradient, (N, F, *output_size) output and output
+ * gradient; the one copy in between is the channels-last input (lc_pack_input).
  *
  * Notation: N samples, L output positions, KK kernel offsets, C input channels, K = KK·C inputs per
  * patch (flattened (kernel offset, channel), channels fastest: the Keras order), F filters.
