@@ -258,26 +258,32 @@ int lc_pack_input(const float *x, int64_t N, int64_t C, int64_t S, int64_t X, fl
  * buffers a run of 8 positions at a time. */
 typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float v8u __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else /* GCC: __builtin_shufflevector only from GCC 12; __builtin_shuffle since 4.7 */
+typedef int32_t v8i __attribute__((vector_size(8 * sizeof(int32_t))));
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
 INLINE void transpose8(const float *src, int64_t ls, float *dst, int64_t ld, const float *add, int64_t la) {
     v8 r[8], t[8], u[8];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) r[i] = *(const v8u *)(src + i * ls);
 #pragma GCC unroll 4
     for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+        t[i] = SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
 #pragma GCC unroll 2
     for (int h = 0; h < 8; h += 4) {
-        u[h + 0] = __builtin_shufflevector(t[h], t[h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-        u[h + 1] = __builtin_shufflevector(t[h], t[h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-        u[h + 2] = __builtin_shufflevector(t[h + 1], t[h + 3], 0, 1, 8, 9, 4, 5, 12, 13);
-        u[h + 3] = __builtin_shufflevector(t[h + 1], t[h + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[h + 0] = SHUF(t[h], t[h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[h + 1] = SHUF(t[h], t[h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[h + 2] = SHUF(t[h + 1], t[h + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[h + 3] = SHUF(t[h + 1], t[h + 3], 2, 3, 10, 11, 6, 7, 14, 15);
     }
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
-        v8 lo = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        v8 hi = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        v8 lo = SHUF(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        v8 hi = SHUF(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
         if (add) {
             lo += *(const v8u *)(add + j * la);
             hi += *(const v8u *)(add + (j + 4) * la);
