@@ -77,7 +77,7 @@ def _predict(keras, model, x):
 def build_application(keras, family: str):
     side = MIN_SIDE.get(family, 32)
     cls = getattr(keras.applications, family)
-    kwargs = dict(weights=None, input_shape=(side, side, 3), classes=10)
+    kwargs = dict(weights=None, input_shape=(side, side, 3), classes=10, classifier_activation=None)
     if family.startswith("MobileNetV3") or family.startswith("EfficientNet") or family.startswith(
             ("RegNet", "ConvNeXt")):
         kwargs["include_preprocessing"] = True

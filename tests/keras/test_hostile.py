@@ -265,9 +265,11 @@ def test_cycles_and_dangling_references(tmp_path):
 
 
 def test_unsupported_options_are_refused(tmp_path):
-    def backwards(c):
-        c["config"]["layers"][1]["config"]["go_backwards"] = True
+    # go_backwards is supported since issue 14 (Bidirectional's backward layers; checked against Keras in
+    # test_applications.py); return_state (several outputs) is not.
+    def state(c):
+        c["config"]["layers"][1]["config"]["return_state"] = True
 
-    path = rewrite_keras(FIXTURES / "lstm.keras", tmp_path / "back.keras", config=backwards)
-    with pytest.raises(UnsupportedError, match=r"Layer 'lstm' \(LSTM\): go_backwards=True is not supported"):
+    path = rewrite_keras(FIXTURES / "lstm.keras", tmp_path / "state.keras", config=state)
+    with pytest.raises(UnsupportedError, match=r"Layer 'lstm' \(LSTM\): return_state=True is not supported"):
         ck.load(path)

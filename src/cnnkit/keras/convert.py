@@ -20,6 +20,7 @@ dim 1 (``(N, H, W, C)`` → ``(N, C, H, W)``, ``(N, T, F)`` → ``(N, F, T)``, `
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -68,16 +69,42 @@ def _module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
+def _expected(built: _Built) -> dict:
+    """Keras name → shape of every stored array the built module expects, in storage order."""
+    out = {}
+    for part in built.all_parts():
+        if part.weights or part.defaults:
+            out.update((part.prefix + k, v) for k, v in keras_shapes(part.module).items())
+    return out
+
+
+def _stored_names(built: _Built) -> tuple[str, ...]:
+    return tuple(part.prefix + w for part in built.all_parts() for w in part.weights)
+
+
+def _in_storage_order(built: _Built, refs: list) -> list:
+    """Refs of a composite layer in its parts' order (an archive lists sub-groups alphabetically)."""
+    subpaths = [p.subpath for p in built.parts if p.weights]
+    if len(subpaths) < 2:
+        return refs
+
+    def rank(ref) -> int:
+        return next((i for i, sub in enumerate(subpaths) if f"/{sub}/" in ref.name), len(subpaths))
+
+    return sorted(refs, key=rank)
+
+
 def _check_stored(c: _Layer, built: _Built, refs: list, path: str) -> dict:
     """Check the stored arrays' count and shapes against the module built from the config (nothing read)."""
-    if len(refs) != len(built.weights):
+    names = _stored_names(built)
+    if len(refs) != len(names):
         stored = [f"{r.name} {_fmt_shape(r.shape)}" for r in refs]
-        if not refs and built.weights:
-            raise c.error(f"weights missing in {path}: expected {list(built.weights)}.")
-        raise c.error(f"the config asks for {len(built.weights)} weight arrays {list(built.weights)}; "
+        if not refs and names:
+            raise c.error(f"weights missing in {path}: expected {list(names)}.")
+        raise c.error(f"the config asks for {len(names)} weight arrays {list(names)}; "
                       f"{path} stores {len(refs)}: {stored}.")
-    expected = keras_shapes(built.module) if built.weights or built.defaults else {}
-    for name, ref in zip(built.weights, refs):
+    expected = _expected(built)
+    for name, ref in zip(names, refs):
         if tuple(ref.shape) != tuple(expected[name]):
             raise c.error(
                 f"Keras weight {name!r} must have shape {_fmt_shape(expected[name])} (from the config and the "
@@ -90,10 +117,20 @@ def _check_stored(c: _Layer, built: _Built, refs: list, path: str) -> dict:
 def _materialise(c: _Layer, built: _Built, refs: list, expected: dict) -> dict:
     """Read the (checked) arrays, convert their layouts and load them into the module, made real."""
     module = built.module
-    arrays = {name: torch.from_numpy(ref.read()) for name, ref in zip(built.weights, refs)}
-    for name, make in built.defaults.items():
-        arrays[name] = make(expected[name])
-    state = from_keras(module, arrays) if arrays else {}
+    arrays = {name: torch.from_numpy(ref.read()) for name, ref in zip(_stored_names(built), refs)}
+    state = {}
+    for part in built.all_parts():
+        mine = {k[len(part.prefix):]: v for k, v in arrays.items() if k.startswith(part.prefix)} if (
+            part.prefix) else dict(arrays)
+        if part.prefix == "" and built.parts:
+            mine = {k: v for k, v in mine.items() if k in part.weights}
+        for name, make in part.defaults.items():
+            mine[name] = make(expected[part.prefix + name])
+        if not mine:
+            continue
+        sub = from_keras(part.module, mine)
+        where = next((k for k, m in module.named_modules() if m is part.module), "")
+        state.update((f"{where}.{k}" if where else k, v) for k, v in sub.items())
     module.to_empty(device="cpu")
     missing, _ = module.load_state_dict(state, strict=False)
     with torch.no_grad():
@@ -104,6 +141,22 @@ def _materialise(c: _Layer, built: _Built, refs: list, expected: dict) -> dict:
         if not key.endswith("num_batches_tracked"):  # pragma: no cover - every layout covers its tensors
             raise c.error(f"internal error: no Keras array for {key!r}.", CnnkitError)
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+_NON_TRAINABLE = ("moving_mean", "moving_variance", "mean", "variance", "count")
+
+
+def _keras_counts(c: _Layer, built: _Built, expected: dict) -> tuple[int, int]:
+    """(trainable, non-trainable) values of the layer's stored weights, counted as Keras counts them."""
+    trainable = non_trainable = 0
+    frozen = c.config.get("trainable") is False
+    for name in _stored_names(built):
+        size = math.prod(expected[name])
+        if frozen or name.rsplit("/", 1)[-1] in _NON_TRAINABLE:
+            non_trainable += size
+        else:
+            trainable += size
+    return trainable, non_trainable
 
 
 def _weights_file_cap(elements: int, layers: int) -> int:
@@ -138,8 +191,8 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
     counts: dict[str, int] = {}
     storage_index = {}
     for name, cls, _ in layers:
-        if model_class == "Sequential" and cls == "InputLayer":
-            continue
+        if (model_class == "Sequential" and cls == "InputLayer") or cls.startswith("ops."):
+            continue  # keras.ops calls are not layers: they are not saved
         snake = _snake_case(cls)
         storage_index[name] = counts.get(snake, 0)
         counts[snake] = storage_index[name] + 1
@@ -168,7 +221,7 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
                 raise layer.error(f"the config asks for {numel:,} parameters; at most {MAX_LAYER_PARAMS:,} are "
                                   "allowed per layer.")
             first[name] = (layer, built)
-        elif keras_shapes(first[name][1].module) != keras_shapes(built.module):
+        elif _expected(first[name][1]) != _expected(built):
             raise layer.error("a shared layer is called on inputs that need different weight shapes.")
         out_name = f"{keys[name]}:{index}" if index else keys[name]
         tensors[(name, index, 0)] = (out_name, built.output_shape)
@@ -201,6 +254,8 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
     stored_bytes = 0
     for name, (layer, built) in first.items():
         refs = kf.weights(name, layer.cls, storage_index.get(name, 0))
+        if kf.format == "keras":
+            refs = _in_storage_order(built, refs)
         listed[name] = (refs, _check_stored(layer, built, refs, path))
         stored_bytes += sum(r.nbytes for r in refs)
     if stored_bytes > max_bytes:
@@ -215,7 +270,7 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
         reports[name] = LayerConversion(
             name, layer.cls, repr(built.module).splitlines()[0], tuple(layer.shapes), built.output_shape,
             {n: tuple(v) for n, v in expected.items()}, torch_w, tuple(layer.notes),
-            sum(p.numel() for p in built.module.parameters()))
+            sum(p.numel() for p in built.module.parameters()), *_keras_counts(layer, built, expected))
 
     module = KerasModel(
         {keys[n]: b.module for n, (_, b) in first.items()}, order,

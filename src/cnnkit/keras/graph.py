@@ -12,6 +12,7 @@ Everything here is linear in the size of the config; nothing recurses on the con
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Collection, Sequence
 
 from cnnkit.errors import UnsupportedError
@@ -25,6 +26,29 @@ Ref = tuple  # (layer_name, node_index, tensor_index)
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _SAFE_MODULES = ("keras.layers", "keras.src.layers", "tensorflow.keras.layers", "tf_keras.layers")
+
+
+# keras.ops calls Keras 3 records in functional graphs (x + 3.0, x * (1 / 6) in MobileNetV3's hard_swish).
+_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
+
+# tf-keras records a TensorFlow function called on a symbolic tensor (x + 3.0, tf.math.multiply(x, y)) as a
+# TFOpLambda naming the function: these, which cnnkit computes itself, are converted.
+_TF_OPS = {"__operators__.add": "Add", "math.add": "Add", "__operators__.sub": "Subtract",
+           "math.subtract": "Subtract", "math.multiply": "Multiply", "__operators__.mul": "Multiply",
+           "math.truediv": "TrueDivide", "__operators__.truediv": "TrueDivide", "math.divide": "TrueDivide"}
+
+# Layer classes defined inside keras.applications (not in keras.layers), by (module, class_name): the
+# builder class they map to, or "!reason" for a refusal.
+_INTERNAL = {
+    ("keras.src.applications.convnext", "LayerScale"): "LayerScale",
+    ("keras.applications.convnext", "LayerScale"): "LayerScale",
+    ("tf_keras.src.applications.convnext", "LayerScale"): "LayerScale",
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"): "CustomScaleLayer",
+    ("keras.applications.inception_resnet_v2", "CustomScaleLayer"): "CustomScaleLayer",
+    ("tf_keras.src.applications.inception_resnet_v2", "CustomScaleLayer"): "CustomScaleLayer",
+}
+# The config keys of those classes, which identify them in a legacy .h5 (which records no module).
+_INTERNAL_KEYS = {"LayerScale": {"init_values", "projection_dim"}, "CustomScaleLayer": {"scale"}}
 
 
 def _check_safe(entry: dict, where: str, supported: Collection[str]) -> tuple[str, dict]:
@@ -44,6 +68,30 @@ def _check_safe(entry: dict, where: str, supported: Collection[str]) -> tuple[st
         )
     module = entry.get("module")
     registered = entry.get("registered_name")
+    if isinstance(module, str) and module.startswith("keras.src.ops.") and registered == cls:
+        # Keras 3 records a keras.ops call on a symbolic tensor (x + 3.0, x * y) as an operation entry.
+        if cls not in _OPS:
+            raise UnsupportedError(f"{label}: the operation keras.ops.{cls} is not supported. Supported "
+                                   f"operations: {', '.join(sorted(_OPS))}.")
+        return f"ops.{cls}", config
+    if cls == "TFOpLambda" and (module is None or module.startswith(("keras.", "tf_keras."))) and (
+            registered in (None, cls)):
+        function = config.get("function")
+        if function not in _TF_OPS:
+            raise UnsupportedError(f"{label}: the TensorFlow function {function!r:.80} is not supported. "
+                                   f"Supported: {', '.join(sorted(_TF_OPS))}.")
+        return f"ops.{_TF_OPS[function]}", config
+    internal = _INTERNAL.get((module, cls))
+    if internal is None and module is None and registered is None and cls in _INTERNAL_KEYS and set(config) <= (
+            _INTERNAL_KEYS[cls] | {"name", "trainable", "dtype"}):
+        internal = cls  # a legacy .h5 keeps no module: recognised by name and exactly its config keys
+    if internal is not None:
+        if internal.startswith("!"):
+            raise UnsupportedError(f"{label}: {internal[1:]}")
+        return internal, config
+    if cls == "Sequential" and module in (None, "keras", "keras.models", "keras.src.models.sequential") and (
+            registered in (None, cls)) and "Sequential" in supported:
+        return cls, config
     if (module is not None and not (isinstance(module, str) and any(
             module == m or module.startswith(m + ".") for m in _SAFE_MODULES))) or (
             registered is not None and registered != cls):
@@ -93,10 +141,21 @@ def _is_tensor_like(value) -> bool:
         isinstance(value, (list, tuple)) and any(_is_tensor_like(v) for v in value))
 
 
-def _parse_node(node, where: str):
+def _parse_node(node, where: str, op: bool = False):
     """One call of a layer → a ref or a list of refs (Keras 3 dict syntax or Keras 2 list syntax)."""
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args, kwargs = node.get("args", []), node.get("kwargs", {})
+        if op and isinstance(args, list) and len(args) == 2 and isinstance(kwargs, dict) and not kwargs:
+            tensors = [_is_tensor_like(a) for a in args]
+            if all(tensors):
+                return [_parse_node({"args": [[a]]}, where, False)[0] for a in args]
+            if any(tensors):
+                value = args[1] if tensors[0] else args[0]
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    ref = _parse_node({"args": [args[0] if tensors[0] else args[1]]}, where, False)
+                    return ref, (float(value), tensors[0])
+            raise UnsupportedError(f"{where}: an operation on {args!r:.120} is not supported (one tensor and "
+                                   "a finite number, or two tensors).")
         if not isinstance(args, list) or len(args) != 1 or not isinstance(kwargs, dict):
             raise UnsupportedError(f"{where}: layers called with one tensor or one list of tensors are "
                                    f"supported. Received args={args!r:.120}.")
@@ -121,6 +180,26 @@ def _parse_node(node, where: str):
             refs.append(ref)
         return refs[0] if len(refs) == 1 else refs
     raise KerasFileError(f"{where}: malformed inbound node {node!r:.120}.")
+
+
+def layer_cls_raw(entry: dict):
+    return entry.get("class_name")
+
+
+def _tf_op_node(node, where: str):
+    """A tf-keras TFOpLambda node ``[[name, i, j, {"y": ref or number, "name": ...}]]`` in Keras 3's form."""
+    if isinstance(node, list) and len(node) == 4 and isinstance(node[0], str):
+        node = [node]
+    if not (isinstance(node, list) and len(node) == 1 and isinstance(node[0], list) and len(node[0]) == 4
+            and isinstance(node[0][3], dict) and set(node[0][3]) <= {"y", "name"} and "y" in node[0][3]):
+        raise UnsupportedError(f"{where}: a TFOpLambda call must read one tensor and a 'y' argument. "
+                               f"Received {node!r:.160}.")
+    x = _ref(node[0][:3], where)
+    y = node[0][3]["y"]
+    tensor = {"class_name": "__keras_tensor__", "config": {"keras_history": list(x)}}
+    if isinstance(y, list):
+        y = {"class_name": "__keras_tensor__", "config": {"keras_history": list(_ref(y, where))}}
+    return {"args": [tensor, y], "kwargs": {}}
 
 
 def _ref_list(obj, what: str) -> list[tuple[str, int, int]]:
@@ -170,8 +249,24 @@ def parse_graph(model_config: dict, path: str, supported: Collection[str]):
             raise KerasFileError(f"{path}: inbound_nodes of layer {name!r} must be a list.")
         if layer_cls == "InputLayer":
             continue
+        if layer_cls in _OPS and entry.get("module") is None and any(
+                isinstance(n, dict) and isinstance(n.get("args"), list) and len(n["args"]) == 2 for n in nodes):
+            layer_cls = f"ops.{layer_cls}"  # a keras.ops call saved by Keras 3 to a legacy .h5 (no module)
+            layers[-1] = (name, layer_cls, layer_config)
+        if layer_cls.startswith("ops.") and layer_cls_raw(entry) == "TFOpLambda":
+            nodes = [_tf_op_node(n, f"{path}: layer {name!r}") for n in nodes]
+        op = layer_cls.startswith("ops.")
+        constants = set()
         for index, node in enumerate(nodes):
-            calls.append((name, index, _parse_node(node, f"{path}: layer {name!r}")))
+            structure = _parse_node(node, f"{path}: layer {name!r}", op)
+            if op and isinstance(structure, tuple) and len(structure) == 2 and isinstance(structure[1], tuple):
+                structure, constant = structure
+                constants.add(constant)
+                layers[-1] = (name, layer_cls, {**layer_config, "constant": constant[0],
+                                                "tensor_first": constant[1]})
+            calls.append((name, index, structure))
+        if len(constants) > 1:
+            raise UnsupportedError(f"{path}: operation {name!r} is called with different constants {constants}.")
     inputs = _ref_list(config.get("input_layers"), f"{path}: input_layers")
     outputs = _ref_list(config.get("output_layers"), f"{path}: output_layers")
     return layers, calls, inputs, outputs, cls

@@ -27,6 +27,26 @@ class _Built:
     output_shape: Shape
     weights: tuple[str, ...] = ()  # Keras names of the stored arrays, in storage order
     defaults: dict[str, Callable[[tuple[int, ...]], Tensor]] = field(default_factory=dict)
+    # A layer made of other layers (Bidirectional, TimeDistributed, a nested Sequential): one _Part per
+    # sub-module with weights, in storage order; ``module``'s own ``weights``/``defaults`` are then unused.
+    parts: tuple[_Part, ...] = ()
+    #: Keras's own count of non-trainable values when it differs from the stored moving statistics rule.
+    keras_non_trainable: int | None = None
+
+    def all_parts(self) -> tuple[_Part, ...]:
+        return self.parts or (_Part("", self.module, self.weights, self.defaults, ""),)
+
+
+@dataclass
+class _Part:
+    """One sub-module of a composite layer: its weights are stored as ``prefix + name``; in a ``.keras``
+    archive they live under the layer group's sub-path ``subpath`` (``forward_layer``, ``layers/conv2d``)."""
+
+    prefix: str
+    module: nn.Module
+    weights: tuple[str, ...]
+    defaults: dict = field(default_factory=dict)
+    subpath: str = ""
 
 
 class _Layer:

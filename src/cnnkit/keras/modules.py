@@ -20,6 +20,7 @@ Weight layouts are not handled here: they live in :mod:`cnnkit.keras.layouts`, r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,7 @@ from cnnkit._checks import check_choice
 from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import conv_report
 from cnnkit.explainers.registry import register_explainer
+from cnnkit.keras.layouts import KerasLayout, register_layout
 from cnnkit.nn import ConvLSTM2d, LocallyConnected1d, LocallyConnected2d
 from cnnkit.shapes import tf_same_padding
 
@@ -316,12 +318,14 @@ class KerasLSTM(nn.LSTM):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, return_sequences: bool = False,
-                 device=None, dtype=None) -> None:
+                 go_backwards: bool = False, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias=bias, batch_first=True, device=device, dtype=dtype)
         self.return_sequences = bool(return_sequences)
+        self.go_backwards = bool(go_backwards)
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
-        out, _ = super().forward(input.transpose(1, 2))
+        x = input.transpose(1, 2)
+        out, _ = super().forward(x.flip(1) if self.go_backwards else x)
         return out.transpose(1, 2) if self.return_sequences else out[:, -1]
 
     def extra_repr(self) -> str:
@@ -456,13 +460,18 @@ class Concatenate(nn.Module):
         return f"dim={self.dim}"
 
 
+def _fold(fn):
+    return lambda ts: functools.reduce(fn, ts)
+
+
+# Broadcasting over axes of size 1, as Keras 3's merge layers.
 _MERGES: dict[str, Callable[[list[Tensor]], Tensor]] = {
-    "add": lambda ts: torch.stack(ts).sum(0),
+    "add": _fold(torch.add),
     "subtract": lambda ts: ts[0] - ts[1],
-    "multiply": lambda ts: torch.stack(ts).prod(0),
-    "average": lambda ts: torch.stack(ts).mean(0),
-    "maximum": lambda ts: torch.stack(ts).amax(0),
-    "minimum": lambda ts: torch.stack(ts).amin(0),
+    "multiply": _fold(torch.mul),
+    "average": lambda ts: functools.reduce(torch.add, ts) / len(ts),
+    "maximum": _fold(torch.maximum),
+    "minimum": _fold(torch.minimum),
 }
 
 
@@ -483,3 +492,490 @@ class Merge(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.op)
+
+
+# --- layers the keras.applications families use --------------------------------------------------
+
+
+def keras_pad(input: Tensor, padding: str, kernel_size: Sequence[int], stride: Sequence[int],
+              dilation: Sequence[int]) -> Tensor:
+    """Zeros Keras's ``padding`` adds before a convolution (``"valid"``, ``"same"``, ``"causal"``)."""
+    if padding == "valid":
+        return input
+    if padding == "causal":
+        pads = [(dilation[0] * (kernel_size[0] - 1), 0)]
+    else:
+        pads = [tf_same_padding(int(s), k, st, d) for s, k, st, d in
+                zip(input.shape[2:], kernel_size, stride, dilation)]
+    return F.pad(input, [p for pair in reversed(pads) for p in pair])
+
+
+class KerasDepthwiseConv(_ActivationMixin, nn.Module):
+    """Keras ``DepthwiseConv1D/2D``: each input channel convolved with ``depth_multiplier`` filters.
+
+    Output channel ``c·depth_multiplier + m`` is input channel ``c`` with filter ``m`` (Keras's order).
+    Keras's ``depthwise_kernel (*k, C, M)`` is ``weight (C·M, 1, *k)``.
+
+    Examples:
+        >>> KerasDepthwiseConv(3, 2, (3, 3), padding="same")(torch.zeros(1, 3, 5, 5)).shape
+        torch.Size([1, 6, 5, 5])
+    """
+
+    def __init__(self, in_channels: int, depth_multiplier: int, kernel_size: Sequence[int], stride=None,
+                 padding: str = "valid", dilation=None, bias: bool = True, *, activation: str = "linear") -> None:
+        super().__init__()
+        n = len(kernel_size)
+        self.in_channels, self.depth_multiplier = in_channels, depth_multiplier
+        self.out_channels = in_channels * depth_multiplier
+        self.groups = in_channels
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride) if stride is not None else (1,) * n
+        self.dilation = tuple(dilation) if dilation is not None else (1,) * n
+        self.keras_padding = padding
+        self.padding = 0
+        self.weight = nn.Parameter(torch.empty(self.out_channels, 1, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(self.out_channels)) if bias else None
+        self._set_activation(activation)
+
+    def forward(self, input: Tensor) -> Tensor:
+        conv = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        x = keras_pad(input, self.keras_padding, self.kernel_size, self.stride, self.dilation)
+        return self._act(conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, depth_multiplier={self.depth_multiplier}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, keras_padding={self.keras_padding!r}" + self._activation_repr())
+
+
+class KerasSeparableConv(_ActivationMixin, nn.Module):
+    """Keras ``SeparableConv1D/2D``: a depthwise convolution, then a 1×1 convolution with the bias.
+
+    Examples:
+        >>> KerasSeparableConv(3, 4, 1, (3, 3), padding="same")(torch.zeros(1, 3, 5, 5)).shape
+        torch.Size([1, 4, 5, 5])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, depth_multiplier: int, kernel_size: Sequence[int],
+                 stride=None, padding: str = "valid", dilation=None, bias: bool = True, *,
+                 activation: str = "linear") -> None:
+        super().__init__()
+        n = len(kernel_size)
+        self.in_channels, self.out_channels, self.depth_multiplier = in_channels, out_channels, depth_multiplier
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride) if stride is not None else (1,) * n
+        self.dilation = tuple(dilation) if dilation is not None else (1,) * n
+        self.keras_padding = padding
+        mid = in_channels * depth_multiplier
+        self.depthwise_weight = nn.Parameter(torch.empty(mid, 1, *self.kernel_size))
+        self.pointwise_weight = nn.Parameter(torch.empty(out_channels, mid, *(1,) * n))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._set_activation(activation)
+
+    def forward(self, input: Tensor) -> Tensor:
+        conv = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        x = keras_pad(input, self.keras_padding, self.kernel_size, self.stride, self.dilation)
+        x = conv(x, self.depthwise_weight, None, self.stride, 0, self.dilation, self.in_channels)
+        return self._act(conv(x, self.pointwise_weight, self.bias))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, depth_multiplier={self.depth_multiplier}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}, keras_padding={self.keras_padding!r}"
+                + self._activation_repr())
+
+
+class KerasConvTranspose(_ActivationMixin, nn.Module):
+    """Keras ``Conv1DTranspose/Conv2DTranspose`` (``padding``, ``output_padding``, ``dilation_rate``).
+
+    The full transposed convolution, then TensorFlow's crop: the output has Keras's length ``O`` per axis
+    (``deconv_output_length``) and starts ``pad_before`` into the full result, where ``pad_before`` is the
+    padding a forward convolution from ``O`` to the input length would add first. Positions past the full
+    result (``"valid"`` with stride > kernel) are zeros plus the bias, as in Keras.
+
+    Examples:
+        >>> KerasConvTranspose(2, 3, (3, 3), (2, 2), "same")(torch.zeros(1, 2, 4, 5)).shape
+        torch.Size([1, 3, 8, 10])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
+                 padding: str = "valid", output_padding: Sequence[int] | None = None, dilation=None,
+                 bias: bool = True, *, activation: str = "linear") -> None:
+        super().__init__()
+        n = len(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.dilation = tuple(dilation) if dilation is not None else (1,) * n
+        self.keras_padding = padding
+        self.output_padding = None if output_padding is None else tuple(output_padding)
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._set_activation(activation)
+
+    def output_size(self, size: int, i: int) -> int:
+        """Keras's ``deconv_output_length`` for axis ``i``."""
+        k = (self.kernel_size[i] - 1) * self.dilation[i] + 1
+        s = self.stride[i]
+        if self.output_padding is None:
+            return size * s + max(k - s, 0) if self.keras_padding == "valid" else size * s
+        pad = 0 if self.keras_padding == "valid" else k // 2
+        return (size - 1) * s + k - 2 * pad + self.output_padding[i]
+
+    def forward(self, input: Tensor) -> Tensor:
+        conv = F.conv_transpose1d if len(self.kernel_size) == 1 else F.conv_transpose2d
+        full = conv(input, self.weight, None, self.stride, 0, 0, 1, self.dilation)
+        index = []
+        pads = []
+        for i, size in enumerate(input.shape[2:]):
+            out = self.output_size(int(size), i)
+            k = (self.kernel_size[i] - 1) * self.dilation[i] + 1
+            before = 0 if self.keras_padding == "valid" else max((int(size) - 1) * self.stride[i] + k - out, 0) // 2
+            have = full.shape[2 + i] - before
+            index.append(slice(before, before + min(out, have)))
+            pads.append((0, max(out - have, 0)))
+        out = full[(slice(None), slice(None), *index)]
+        if any(p[1] for p in pads):
+            out = F.pad(out, [p for pair in reversed(pads) for p in pair])
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, *(1,) * len(self.kernel_size))
+        return self._act(out)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"keras_padding={self.keras_padding!r}, output_padding={self.output_padding}"
+                + self._activation_repr())
+
+
+def _channel_view(t: Tensor, rank: int) -> Tensor:
+    """A per-channel vector (C,) shaped to broadcast over a channels-first tensor of ``rank``."""
+    return t.reshape(1, -1, *(1,) * (rank - 2)) if rank >= 3 else t.reshape(1, -1)
+
+
+class Rescaling(nn.Module):
+    """Keras ``Rescaling``: ``input · scale + offset`` (scalars, or one value per channel).
+
+    Examples:
+        >>> Rescaling(1 / 255, 0.0)(torch.full((1, 3, 1, 1), 255.0)).flatten()
+        tensor([1., 1., 1.])
+    """
+
+    def __init__(self, scale, offset) -> None:
+        super().__init__()
+        # Plain numbers, not buffers: the converter builds modules on the meta device.
+        self.scale = tuple(float(v) for v in (scale if isinstance(scale, (list, tuple)) else [scale]))
+        self.offset = tuple(float(v) for v in (offset if isinstance(offset, (list, tuple)) else [offset]))
+
+    def forward(self, input: Tensor) -> Tensor:
+        dtype = input.dtype if input.is_floating_point() else torch.get_default_dtype()
+        scale = torch.tensor(self.scale, dtype=dtype, device=input.device)
+        offset = torch.tensor(self.offset, dtype=dtype, device=input.device)
+        if scale.numel() > 1:
+            scale = _channel_view(scale, input.dim())
+        if offset.numel() > 1:
+            offset = _channel_view(offset, input.dim())
+        return input.to(dtype) * scale + offset
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
+
+
+class KerasNormalization(nn.Module):
+    """Keras ``Normalization`` on the channel axis: ``(x − mean) / max(√variance, ε)`` (``invert``: the inverse).
+
+    ``mean`` and ``variance`` (and Keras's sample ``count``, unused) are buffers, one value per channel or one
+    for all; ``ε`` is Keras's ``backend.epsilon()`` (1e-7).
+
+    Examples:
+        >>> KerasNormalization(2)(torch.ones(1, 2, 3)).shape
+        torch.Size([1, 2, 3])
+    """
+
+    def __init__(self, channels: int, invert: bool = False, epsilon: float = 1e-7) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("variance", torch.ones(channels))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        self.invert, self.epsilon = bool(invert), float(epsilon)
+
+    def forward(self, input: Tensor) -> Tensor:
+        mean = _channel_view(self.mean, input.dim()) if self.mean.numel() > 1 else self.mean
+        std = _channel_view(self.variance, input.dim()) if self.variance.numel() > 1 else self.variance
+        std = std.sqrt().clamp(min=self.epsilon)
+        return mean + input * std if self.invert else (input - mean) / std
+
+    def extra_repr(self) -> str:
+        return f"channels={self.mean.numel()}" + (", invert=True" if self.invert else "")
+
+
+class ChannelScale(nn.Module):
+    """A learned per-channel factor ``gamma`` (ConvNeXt's ``LayerScale``): ``input · gamma`` on dim 1.
+
+    Examples:
+        >>> ChannelScale(2)(torch.ones(1, 2, 3)).shape
+        torch.Size([1, 2, 3])
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.empty(channels))
+
+    def forward(self, input: Tensor) -> Tensor:
+        return input * _channel_view(self.gamma, input.dim())
+
+
+_SCALAR_OPS = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div}
+
+
+class ScalarOp(nn.Module):
+    """A Keras 3 ``keras.ops`` call with one constant (``x + 3``, ``x * (1/6)``, ``3 - x`` …) in a functional graph.
+
+    Examples:
+        >>> ScalarOp("subtract", 1.0, tensor_first=False)(torch.tensor([3.0]))
+        tensor([-2.])
+    """
+
+    def __init__(self, op: str, value: float, tensor_first: bool = True) -> None:
+        super().__init__()
+        self.op = check_choice(op, tuple(_SCALAR_OPS), "op")
+        self.value, self.tensor_first = float(value), bool(tensor_first)
+
+    def forward(self, input: Tensor) -> Tensor:
+        fn = _SCALAR_OPS[self.op]
+        if self.tensor_first:
+            return fn(input, self.value)
+        return fn(torch.full_like(input, self.value), input)
+
+    def extra_repr(self) -> str:
+        return f"{self.op!r}, {self.value!r}" + ("" if self.tensor_first else ", tensor_first=False")
+
+
+class ChannelsLastNorm(nn.Module):
+    """Keras ``LayerNormalization`` over the channel axis (``nn.LayerNorm`` on channels-last), or Keras
+    ``GroupNormalization`` (``nn.GroupNorm``); ``weight``/``bias`` are Keras's ``gamma``/``beta``.
+
+    Examples:
+        >>> ChannelsLastNorm("layer", 4, 1e-3)(torch.randn(2, 4, 5)).shape
+        torch.Size([2, 4, 5])
+    """
+
+    def __init__(self, kind: str, channels: int, eps: float, groups: int = 1, scale: bool = True,
+                 center: bool = True) -> None:
+        super().__init__()
+        self.kind = check_choice(kind, ("layer", "group"), "kind")
+        self.channels, self.eps, self.groups = channels, float(eps), groups
+        self.weight = nn.Parameter(torch.empty(channels)) if scale else None
+        self.bias = nn.Parameter(torch.empty(channels)) if center else None
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.kind == "group":
+            return F.group_norm(input, self.groups, self.weight, self.bias, self.eps)
+        x = _to_channels_last(input)
+        return _to_channels_first(F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps))
+
+    def extra_repr(self) -> str:
+        return f"{self.kind!r}, {self.channels}, eps={self.eps}" + (
+            f", groups={self.groups}" if self.kind == "group" else "")
+
+
+class KerasPReLU(nn.Module):
+    """Keras ``PReLU``: ``max(x, 0) + alpha · min(x, 0)``, ``alpha`` of Keras's shape (channels-last, shared
+    axes of size 1), moved to channels first.
+
+    Examples:
+        >>> KerasPReLU((1, 1, 3))(torch.zeros(1, 3, 2, 2)).shape
+        torch.Size([1, 3, 2, 2])
+    """
+
+    def __init__(self, alpha_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.empty(tuple(alpha_shape)))
+
+    def forward(self, input: Tensor) -> Tensor:
+        alpha = self.alpha
+        if alpha.dim() >= 2:
+            alpha = alpha.movedim(-1, 0)
+        return F.relu(input) - alpha * F.relu(-input)
+
+
+class KerasELU(nn.Module):
+    """Keras ``ELU(alpha)``: ``x`` for ``x > 0``, else ``alpha·(exp(x) − 1)``."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.elu(input, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class UpSample(nn.Module):
+    """Keras ``UpSampling1D/2D``: repeat (``"nearest"``) or bilinear (half-pixel centres) by ``size``.
+
+    Examples:
+        >>> UpSample((2,), "nearest")(torch.tensor([[[1.0, 2.0]]]))
+        tensor([[[1., 1., 2., 2.]]])
+    """
+
+    def __init__(self, size: Sequence[int], interpolation: str = "nearest") -> None:
+        super().__init__()
+        self.size = tuple(size)
+        self.interpolation = check_choice(interpolation, ("nearest", "bilinear"), "interpolation")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.interpolation == "nearest":
+            x = input
+            for i, s in enumerate(self.size):
+                x = x.repeat_interleave(s, dim=2 + i)
+            return x
+        out = [int(n) * s for n, s in zip(input.shape[2:], self.size)]
+        return F.interpolate(input, size=out, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, interpolation={self.interpolation!r}"
+
+
+class Crop(nn.Module):
+    """Keras ``Cropping1D/2D``: ``(before, after)`` rows removed per spatial axis.
+
+    Examples:
+        >>> Crop(((1, 0),))(torch.arange(3.0).reshape(1, 1, 3))
+        tensor([[[1., 2.]]])
+    """
+
+    def __init__(self, cropping: Sequence[tuple[int, int]]) -> None:
+        super().__init__()
+        self.cropping = tuple(tuple(p) for p in cropping)
+
+    def forward(self, input: Tensor) -> Tensor:
+        index = [slice(lo, int(n) - hi) for (lo, hi), n in zip(self.cropping, input.shape[2:])]
+        return input[(slice(None), slice(None), *index)]
+
+    def extra_repr(self) -> str:
+        return f"cropping={self.cropping}"
+
+
+class KerasPermute(nn.Module):
+    """Keras ``Permute(dims)`` (1-based, batch excluded) applied in Keras's channels-last layout."""
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = _to_channels_last(input).permute(0, *self.dims)
+        return _to_channels_first(x.contiguous())
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
+class KerasSequential(nn.Module):
+    """A Sequential model nested inside a functional one (ConvNeXt's stem): its layers in order."""
+
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict(layers)
+
+    def forward(self, input: Tensor) -> Tensor:
+        for layer in self.layers.values():
+            input = layer(input)
+        return input
+
+
+class Identity(nn.Module):
+    """A layer that does nothing at inference (``GaussianNoise``, ``GaussianDropout``, ``ActivityRegularization``)."""
+
+    def __init__(self, keras_class: str = "") -> None:
+        super().__init__()
+        self.keras_class = keras_class
+
+    def forward(self, input: Tensor) -> Tensor:
+        return input
+
+    def extra_repr(self) -> str:
+        return repr(self.keras_class) if self.keras_class else ""
+
+
+# --- their weight layouts --------------------------------------------------------------------------
+
+def _depthwise_to_keras(m, s):
+    k = s["weight"].shape[2:]
+    kernel = s["weight"].reshape(m.in_channels, m.depth_multiplier, *k).permute(*range(2, 2 + len(k)), 0, 1)
+    return {"depthwise_kernel": kernel, **({"bias": s["bias"]} if s.get("bias") is not None else {})}
+
+
+def _depthwise_to_torch(m, a):
+    kernel = a["depthwise_kernel"]  # (*k, C, M)
+    n = kernel.dim() - 2
+    weight = kernel.permute(n, n + 1, *range(n)).reshape(m.in_channels * m.depth_multiplier, 1, *kernel.shape[:n])
+    return {"weight": weight, **({"bias": a["bias"]} if "bias" in a else {})}
+
+
+def _separable_to_keras(m, s):
+    n = len(m.kernel_size)
+    dw = _depthwise_to_keras(m, {"weight": s["depthwise_weight"]})["depthwise_kernel"]
+    pw = s["pointwise_weight"].permute(*range(2, 2 + n), 1, 0)
+    out = {"depthwise_kernel": dw, "pointwise_kernel": pw}
+    if s.get("bias") is not None:
+        out["bias"] = s["bias"]
+    return out
+
+
+def _separable_to_torch(m, a):
+    n = len(m.kernel_size)
+    out = {"depthwise_weight": _depthwise_to_torch(m, {"depthwise_kernel": a["depthwise_kernel"]})["weight"],
+           "pointwise_weight": a["pointwise_kernel"].permute(n + 1, n, *range(n))}
+    if "bias" in a:
+        out["bias"] = a["bias"]
+    return out
+
+
+def _transpose_to_keras(m, s):
+    n = len(m.kernel_size)
+    out = {"kernel": s["weight"].permute(*range(2, 2 + n), 1, 0)}  # (in, out, *k) → (*k, out, in)
+    if s.get("bias") is not None:
+        out["bias"] = s["bias"]
+    return out
+
+
+def _transpose_to_torch(m, a):
+    n = len(m.kernel_size)
+    out = {"weight": a["kernel"].permute(n + 1, n, *range(n))}
+    if "bias" in a:
+        out["bias"] = a["bias"]
+    return out
+
+
+def _renamed(cls_name: str, pairs: Sequence[tuple[str, str]]):
+    """A layout that only renames (torch name, Keras name) pairs."""
+    return KerasLayout(lambda m: cls_name,
+                       lambda m, s: {k: s[t] for t, k in pairs if s.get(t) is not None},
+                       lambda m, a: {t: a[k] for t, k in pairs if k in a})
+
+
+register_layout(KerasDepthwiseConv, layout=KerasLayout(lambda m: "DepthwiseConv", _depthwise_to_keras,
+                                                       _depthwise_to_torch))
+register_layout(KerasSeparableConv, layout=KerasLayout(lambda m: "SeparableConv", _separable_to_keras,
+                                                       _separable_to_torch))
+register_layout(KerasConvTranspose, layout=KerasLayout(lambda m: "ConvTranspose", _transpose_to_keras,
+                                                       _transpose_to_torch))
+register_layout(KerasNormalization, layout=_renamed("Normalization", [("mean", "mean"), ("variance", "variance"),
+                                                                      ("count", "count")]))
+register_layout(ChannelScale, layout=_renamed("LayerScale", [("gamma", "gamma")]))
+register_layout(ChannelsLastNorm, layout=_renamed("LayerNormalization", [("weight", "gamma"), ("bias", "beta")]))
+register_layout(KerasPReLU, layout=_renamed("PReLU", [("alpha", "alpha")]))
+
+
+class ScaledSum(nn.Module):
+    """``inputs[0] + scale · inputs[1]`` (InceptionResNetV2's ``CustomScaleLayer``)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        return inputs[0] + self.scale * inputs[1]
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"

@@ -28,6 +28,9 @@ class LayerConversion:
         keras_weights / torch_weights: Name → shape on both sides of the layout conversion.
         notes: Every semantic or layout conversion made, in plain words.
         num_params: Parameters of the module (buffers such as BatchNorm's running statistics not counted).
+        keras_trainable / keras_non_trainable: Keras's own count of the layer's stored values, as
+            ``model.summary()`` gives it (moving statistics and a Normalization's mean, variance and count
+            are non-trainable, and every weight of a layer saved with ``trainable=False``).
     """
 
     name: str
@@ -39,6 +42,8 @@ class LayerConversion:
     torch_weights: dict[str, tuple[int, ...]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     num_params: int = 0
+    keras_trainable: int = 0
+    keras_non_trainable: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,44 @@ class ConversionReport:
     def num_params(self) -> int:
         return sum(layer.num_params for layer in self.layers)
 
+    @property
+    def keras_trainable(self) -> int:
+        return sum(layer.keras_trainable for layer in self.layers)
+
+    @property
+    def keras_non_trainable(self) -> int:
+        return sum(layer.keras_non_trainable for layer in self.layers)
+
+    @property
+    def keras_total(self) -> int:
+        return self.keras_trainable + self.keras_non_trainable
+
+    def totals(self) -> list[str]:
+        """Keras's totals beside torch's, and why they differ (one line each)."""
+        lines = [f"  Keras (model.summary()): trainable {self.keras_trainable:,}, non-trainable "
+                 f"{self.keras_non_trainable:,}, total {self.keras_total:,}",
+                 f"  torch: parameters {self.num_params:,} (BatchNorm's running statistics and other buffers "
+                 "are not parameters)"]
+        if self.num_params != self.keras_total:
+            extra = self.num_params - self.keras_total
+            why = []
+            stats = [layer for layer in self.layers if layer.keras_non_trainable]
+            if stats:
+                why.append(f"Keras counts {self.keras_non_trainable:,} non-trainable values (moving statistics, "
+                           f"a Normalization's mean/variance/count, frozen layers) in {len(stats)} layers; torch keeps "
+                           "moving statistics as buffers, not parameters")
+            doubled = [layer.name for layer in self.layers if layer.keras_class in ("LSTM", "Bidirectional")
+                       and layer.num_params > layer.keras_trainable + layer.keras_non_trainable]
+            if doubled:
+                why.append("torch's LSTM keeps two biases (bias_ih, bias_hh) where Keras keeps one, in "
+                           + ", ".join(doubled[:5]))
+            frozen = sum(layer.keras_non_trainable for layer in self.layers if layer.num_params
+                         and layer.keras_trainable == 0)
+            if frozen:
+                why.append(f"{frozen:,} values of layers saved with trainable=False are torch parameters")
+            lines.append(f"  they differ by {extra:+,} parameters: " + ("; ".join(why) or "see the layers") + ".")
+        return lines
+
     def __str__(self) -> str:
         fmt = _fmt_shape
         kind = {"keras": "Keras 3 archive", "h5": "legacy HDF5"}[self.format]
@@ -67,6 +110,7 @@ class ConversionReport:
             f"  inputs  (Keras) {', '.join(fmt(s) for s in self.input_shapes)}",
             f"  outputs (Keras) {', '.join(fmt(s) for s in self.output_shapes)}",
             f"  the module takes and returns {io} tensors; parameters: {self.num_params:,}",
+            *self.totals(),
         ]
         for layer in self.layers:
             lines.append(f"- {layer.name} ({layer.keras_class}) → {layer.module}  output {fmt(layer.output_shape)}")
