@@ -15,6 +15,8 @@ others). Every table is keyed by function object or module class, never by name.
   depends on the input at that same position only.
 * :data:`METADATA` — attribute reads and queries that return no new tensor data (``x.shape``, ``x.grad_fn``).
 * :data:`SHAPE_KEEPING_MODULES` — modules that keep every spatial size.
+* :data:`POSITION_TIED` — modules whose weights are tied to positions (locally connected layers): a sample of
+  another size has no meaningful output from them. Layers register here (:func:`register_position_tied`).
 * :func:`spatial_size_after` — the spatial size after a conv / transposed conv / pooling module (window
   geometry through :mod:`cnnkit.shapes`).
 """
@@ -36,10 +38,12 @@ __all__ = [
     "METADATA",
     "MUL",
     "POINTWISE",
+    "POSITION_TIED",
     "SHAPE_KEEPING_MODULES",
     "SINGULAR_AT_ZERO",
     "ZERO_PRESERVING",
     "functions",
+    "register_position_tied",
     "spatial_size_after",
 ]
 
@@ -113,6 +117,24 @@ SHAPE_KEEPING_MODULES: tuple[type, ...] = (
     nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LocalResponseNorm,
 )
+
+# Modules whose weights are tied to positions, registered by the layers themselves (nn.locally_connected).
+POSITION_TIED: list[type] = []
+
+
+def register_position_tied(*classes: type) -> None:
+    """Add module classes whose weights are tied to positions to :data:`POSITION_TIED` (``masked()`` refuses them).
+
+    Examples:
+        >>> from cnnkit.nn import LocallyConnected2d  # registers its base class on import
+        >>> issubclass(LocallyConnected2d, tuple(POSITION_TIED))
+        True
+    """
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"register_position_tied takes nn.Module subclasses. Received {cls!r}.")
+        if cls not in POSITION_TIED:
+            POSITION_TIED.append(cls)
 
 
 def _target(output_size, n: int) -> tuple:

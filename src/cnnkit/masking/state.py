@@ -1,0 +1,535 @@
+"""What a masked forward pass knows about each tensor, and how it hands each torch call to a rule.
+
+:class:`MaskedContext` is the :class:`~torch.overrides.TorchFunctionMode` behind :func:`cnnkit.masked`. For every
+tensor derived from the padded input it keeps a record (:class:`Entry`): each sample's extent, where the spatial
+and batch dimensions are, and whether the tensor is zero outside the extents ("clean", as of its version counter).
+Every torch function called under the mode is looked up in the rule tables (filled by
+:mod:`cnnkit.masking.rules`) by function object and run by its rule.
+
+Speed matters here (one lookup per torch call of the model): records sit in a plain dict keyed by ``id`` with a
+weak reference that proves the tensor is still the one recorded, masks are built once per forward pass, and on
+the CPU a mask is applied as a multiplication (``torch.where``'s CPU kernel is several times slower), falling
+back to ``torch.where`` whenever the product could differ from it (a non-finite value anywhere in the tensor).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from cnnkit import _ops
+from cnnkit._tensors import tensors_in
+from cnnkit.errors import CnnkitError, UnsupportedError
+
+__all__ = ["Entry", "MaskedContext", "bind", "masked_dispatch"]
+
+Sizes = tuple[tuple[int, ...], ...]
+
+
+@dataclass(slots=True)
+class Entry:
+    """The record of one padded tensor."""
+
+    sizes: Sizes  # per-sample extent along each spatial axis
+    clean: bool  # zero outside the extent (as of `version`)?
+    version: int  # the tensor's version counter when `clean` was recorded
+    axes: tuple[int, ...]  # positions of the spatial dimensions (2, 3, … for (N, C, *spatial))
+    aliased: bool = False  # shares storage with a tensor whose version counter it does not share (`.data`)
+    batch: int = 0  # position of the batch dimension (1 after torch.stack(..., dim=0))
+    ref: weakref.ref | None = None  # the tensor recorded (its id may be reused once it is gone)
+
+
+# -- the rule tables (filled by cnnkit.masking.rules) -------------------------------------------------------
+
+RULES: dict[Callable, Callable] = {}  # function -> rule, for calls with a padded argument
+ALWAYS: dict[Callable, Callable] = {}  # rules that also see calls without a padded argument
+BATCH_ANYWHERE: set[Callable] = set()  # rules that handle a batch dimension not at 0
+
+
+# -- binding by signature --------------------------------------------------------------------------------
+
+_OVERRIDES: dict | None = None
+_PARAMS: dict[Callable, tuple[tuple[str, ...], dict, dict]] = {}  # function -> (names, defaults, name -> index)
+
+
+def _signature(func) -> tuple[tuple[str, ...], dict, dict]:
+    """Parameter names, defaults and positions of ``func`` as torch publishes them (``torch.overrides``); the
+    first parameter is called ``input``. Computed once per function."""
+    found = _PARAMS.get(func)
+    if found is not None:
+        return found
+    global _OVERRIDES
+    if _OVERRIDES is None:
+        _OVERRIDES = torch.overrides.get_testing_overrides()
+    target = _OVERRIDES.get(func, func)
+    names: list[str] = []
+    defaults: dict = {}
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        parameters = ()
+    for p in parameters:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            break
+        names.append(p.name)
+        if p.default is not p.empty:
+            defaults[p.name] = p.default
+    if names:
+        names[0] = "input"
+    found = (tuple(names), defaults, {name: i for i, name in enumerate(names)})
+    _PARAMS[func] = found
+    return found
+
+
+def bind(func, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by parameter name (defaults filled in); the first parameter is always ``input``.
+
+    Extra positional arguments (``x.view(2, -1)``, ``x.permute(0, 2, 3, 1)``) are under ``"*"``.
+    """
+    names, defaults, _ = _signature(func)
+    bound = dict(defaults) if defaults else {}
+    bound.update(zip(names, args))
+    if len(args) > len(names):
+        bound["*"] = args[len(names):]
+    if kwargs:
+        bound.update(kwargs)
+        if "self" in kwargs:
+            bound["input"] = kwargs["self"]
+    return bound
+
+
+def argument(func, args: tuple, kwargs: dict, name: str):
+    """One argument of the call by parameter name (its default if not given), without building the whole binding."""
+    _, defaults, index = _signature(func)
+    i = index.get(name)
+    if i is not None and i < len(args):
+        return args[i]
+    if kwargs:
+        if name in kwargs:
+            return kwargs[name]
+        if name == "input" and "self" in kwargs:
+            return kwargs["self"]
+    return defaults.get(name)
+
+
+def replace_input(args: tuple, kwargs: dict, value) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with the first parameter (``input``) replaced by ``value``."""
+    if args:
+        return (value, *args[1:]), kwargs
+    key = "self" if "self" in kwargs else "input"
+    return args, {**kwargs, key: value}
+
+
+def op_name(func) -> str:
+    """``F.conv2d``, ``torch.cat``, ``Tensor.view``: how errors name a function."""
+    name = getattr(func, "__name__", repr(func))
+    if name == "__get__" and hasattr(func, "__self__"):
+        return f"Tensor.{getattr(func.__self__, '__name__', '?')}"
+    qual = getattr(func, "__qualname__", name)
+    if qual.startswith(("TensorBase.", "Tensor.")):
+        return f"Tensor.{name}"
+    module = getattr(func, "__module__", "") or ""
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if module.startswith("torch"):
+        return f"torch.{name}"
+    return f"{module}.{name}" if module else name
+
+
+_AXES = {n: tuple(range(2, n)) for n in range(2, 12)}
+
+
+def canonical_axes(ndim: int) -> tuple[int, ...]:
+    """The spatial dimensions of an (N, C, *spatial) tensor of ``ndim`` dimensions."""
+    found = _AXES.get(ndim)
+    return found if found is not None else tuple(range(2, ndim))
+
+
+# -- mask application ---------------------------------------------------------------------------------------
+
+
+def _sum_is_finite(t: Tensor) -> bool:
+    total = t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
+    return math.isfinite(total.item())
+
+
+def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float) -> Tensor:
+    """``torch.where(weight != 0, x, value)`` as ``x · weight (+ value · outside)`` (``weight``: the 0/1 mask in x's
+    dtype, ``outside = 1 − weight``).
+
+    Equal to the selection wherever ``x`` is finite; a NaN or inf anywhere in ``x`` makes the product's sum
+    non-finite, and then ``torch.where`` runs. ``value=-inf`` (max pooling) becomes a finite value below every
+    valid entry (2·min − 1), so a window's maximum, and which entry holds it, are unchanged, and the padding of
+    the result stays finite for later multiplications.
+    """
+    y = x * weight
+    if value == 0:
+        return y if _sum_is_finite(y) else torch.where(weight.bool(), x, 0)
+    if value == -math.inf:
+        fill = 2 * y.amin().item() - 1  # below min(0, smallest valid entry)
+        if math.isfinite(fill) and fill > torch.finfo(x.dtype).min:
+            return y.add_(outside, alpha=fill)
+    elif _sum_is_finite(y):
+        return y.add_(outside, alpha=value)
+    return torch.where(weight.bool(), x, value)
+
+
+class _Select(torch.autograd.Function):
+    """:func:`_select` with the gradient of ``torch.where`` (the gradient is selected the same way)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, outside, value):
+        ctx.weight, ctx.outside = weight, outside
+        return _select(x, weight, outside, value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _select(grad, ctx.weight, ctx.outside, 0), None, None, None
+
+
+# -- the context every rule works with -------------------------------------------------------------------
+
+
+class _Records:
+    """``tensor -> Entry`` by identity: a dict keyed by ``id`` whose entries hold a weak reference to their tensor."""
+
+    __slots__ = ("by_id",)
+
+    def __init__(self):
+        self.by_id: dict[int, Entry] = {}
+
+    def get(self, t, default=None):
+        entry = self.by_id.get(id(t))
+        return entry if entry is not None and entry.ref() is t else default
+
+    def __contains__(self, t) -> bool:
+        return self.get(t) is not None
+
+    def __getitem__(self, t) -> Entry:
+        entry = self.get(t)
+        if entry is None:
+            raise KeyError(f"not a padded tensor (shape {tuple(getattr(t, 'shape', ()))})")
+        return entry
+
+    def __setitem__(self, t: Tensor, entry: Entry) -> None:
+        entry.ref = weakref.ref(t)
+        self.by_id[id(t)] = entry
+
+    def pop(self, t, default=None):
+        entry = self.get(t)
+        if entry is None:
+            return default
+        del self.by_id[id(t)]
+        return entry
+
+    def __bool__(self) -> bool:
+        return bool(self.by_id)
+
+
+class MaskedContext(TorchFunctionMode):
+    """What a rule (see :func:`~cnnkit.masking.register_masked_op`) knows and may do during a masked forward pass.
+
+    A rule is called as ``rule(ctx, func, args, kwargs)`` for every call of a registered function that has a
+    padded tensor among its arguments; ``ctx.padded`` lists those tensors. It returns what ``func`` would.
+    """
+
+    def __init__(self, process_group=None, root: nn.Module | None = None, cache: dict | None = None):
+        super().__init__()
+        self.entries = _Records()
+        self.masks: dict[tuple, Tensor | tuple[Tensor, Tensor]] = {}
+        self.cleaned: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.canvases: dict[tuple, dict[Sizes, None]] = {}  # canvas -> the extents seen on it, in order
+        self.filled: dict[tuple[Sizes, tuple[int, ...]], bool] = {}  # (extents, canvas) -> every sample fills it
+        self.process_group = process_group
+        self.root = root
+        self.cache = {} if cache is None else cache  # decisions per (function, extents, geometry)
+        self.padded: list[Tensor] = []
+        self.busy = 0  # > 0 while a rule runs (calls it makes are ordinary calls)
+
+    # -- public helpers for rules ---------------------------------------------------------------------
+    def is_padded(self, t) -> bool:
+        """Whether ``t`` is a tensor derived from the padded input whose extents do not all fill its canvas."""
+        return isinstance(t, Tensor) and self.entries.get(t) is not None
+
+    def record(self, t: Tensor) -> Entry:
+        """The record of a padded tensor (extents, spatial axes, batch axis, clean flag)."""
+        return self.entries[t]
+
+    def sizes(self, t: Tensor) -> Sizes:
+        """Each sample's extent along ``t``'s spatial dimensions."""
+        return self.entries[t].sizes
+
+    def spatial_axes(self, t: Tensor) -> tuple[int, ...]:
+        """The positions of ``t``'s spatial dimensions (``(2, 3)`` for an (N, C, H, W) tensor)."""
+        return self.entries[t].axes
+
+    def canvas(self, t: Tensor) -> tuple[int, ...]:
+        shape = t.shape
+        return tuple(shape[a] for a in self.entries[t].axes)
+
+    def is_clean(self, t: Tensor) -> bool:
+        """Whether ``t`` is known to be zero outside the extents (and has not changed in place since)."""
+        entry = self.entries[t]
+        return entry.clean and entry.version == t._version and not entry.aliased
+
+    def track(self, out: Tensor, sizes: Sizes, zero_outside: bool = False, axes: tuple[int, ...] | None = None,
+              batch: int = 0) -> Tensor:
+        """Record ``out`` as padded with these per-sample extents (``axes``: its spatial dims, default (2, …);
+        ``batch``: its batch dim)."""
+        shape = out.shape
+        if axes is None:
+            axes = canonical_axes(len(shape))
+            canvas = tuple(shape[2:])
+        else:
+            canvas = tuple(shape[a] for a in axes)
+        key = (sizes, canvas)
+        full = self.filled.get(key)
+        if full is None:
+            full = self.filled[key] = all(size == canvas for size in sizes)
+            seen = self.canvases.get(canvas)
+            if seen is None:
+                self.canvases[canvas] = {sizes: None}
+            elif sizes not in seen:
+                seen[sizes] = None
+        if full:
+            self.entries.pop(out)  # every sample fills the canvas: an ordinary tensor now
+            return out
+        self.entries.by_id[id(out)] = Entry(sizes, zero_outside, out._version, axes, False, batch, weakref.ref(out))
+        return out
+
+    def mask(self, t: Tensor) -> Tensor:
+        """Bool mask of valid positions, shaped to broadcast against ``t`` (N at its batch dim, extents at its spatial
+        dims)."""
+        return self._layout(t, torch.bool)
+
+    def _layout(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """The mask in ``dtype`` (1 inside, 0 outside) shaped to broadcast against ``t``."""
+        entry = self.entries[t]
+        shape = t.shape
+        if entry.batch == 0 and entry.axes == canonical_axes(len(shape)):
+            return self._base(entry.sizes, tuple(shape[2:]), t.device, dtype)
+        canvas = tuple(shape[a] for a in entry.axes)
+        key = (entry.sizes, canvas, entry.axes, entry.batch, len(shape), t.device, dtype)
+        found = self.masks.get(key)
+        if found is None:
+            base = self._base(entry.sizes, canvas, t.device, dtype)
+            view = [1] * len(shape)
+            view[entry.batch] = base.shape[0]
+            for a, c in zip(entry.axes, canvas):
+                view[a] = c
+            found = self.masks[key] = base.reshape(view)
+        return found
+
+    def _mask(self, sizes: Sizes, canvas: Sequence[int], device) -> Tensor:
+        """(N, 1, *canvas) bool, True inside each sample's extent."""
+        return self._base(sizes, tuple(canvas), device, torch.bool)
+
+    def _base(self, sizes: Sizes, canvas: tuple[int, ...], device, dtype: torch.dtype) -> Tensor:
+        """(N, 1, *canvas) in ``dtype``, 1 inside each sample's extent: a product of one 0/1 row per spatial dim
+        (a broadcast product of floats is fast; a broadcast ``&`` of bools is ~10× slower on the CPU)."""
+        key = (sizes, canvas, device, dtype)
+        found = self.masks.get(key)
+        if found is None:
+            if dtype == torch.bool or not dtype.is_floating_point:
+                found = self._base(sizes, canvas, device, torch.float32).to(dtype)
+            else:
+                n, d = len(sizes), len(canvas)
+                extents = torch.tensor(sizes, device=device)
+                for axis, extent in enumerate(canvas):
+                    view = [n, 1] + [1] * d
+                    view[2 + axis] = extent
+                    inside = (torch.arange(extent, device=device) < extents[:, axis : axis + 1]).to(dtype).view(view)
+                    found = inside if found is None else found * inside
+                if tuple(found.shape[2:]) != canvas:  # one spatial dimension
+                    found = found.expand(n, 1, *canvas)
+            self.masks[key] = found
+        return found
+
+    def _weights(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The mask as 1/0 and as 0/1 in ``t``'s dtype (for :func:`_select`)."""
+        weight = self._layout(t, t.dtype)
+        key = ("outside", id(weight))
+        found = self.masks.get(key)
+        if found is None or found[0] is not weight:
+            found = self.masks[key] = (weight, 1 - weight)
+        return weight, found[1]
+
+    def _where(self, t: Tensor, value: float) -> Tensor:
+        """``torch.where(mask, t, value)``; on the CPU as a (checked) multiplication, several times faster."""
+        if t.device.type != "cpu" or not t.is_floating_point():
+            return torch.where(self.mask(t), t, value)
+        weight, outside = self._weights(t)
+        if t.requires_grad and torch.is_grad_enabled():
+            return _Select.apply(t, weight, outside, value)
+        return _select(t, weight, outside, value)
+
+    def zeros_outside(self, t: Tensor) -> Tensor:
+        """``t`` with zeros outside each sample's extent (what a sample alone sees as zero padding)."""
+        entry = self.entries[t]
+        version = t._version
+        if entry.clean and entry.version == version and not entry.aliased:
+            return t
+        if not entry.aliased:
+            cached = self.cleaned.get(t)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        # One pass forward and backward; unlike a plain multiplication it also clears NaN, inf and the low fill
+        # left by max pooling.
+        out = self._where(t, 0)
+        self.track(out, entry.sizes, True, entry.axes, entry.batch)
+        if not entry.aliased:
+            self.cleaned[t] = (version, out)
+        return out
+
+    def fill_outside(self, t: Tensor, value: float) -> Tensor:
+        """``t`` with ``value`` outside each sample's extent (e.g. ``-inf`` before a max, 1 before a log).
+
+        ``-inf`` may be replaced by any value below every valid entry (on the CPU: 2·min − 1)."""
+        entry = self.entries[t]
+        out = self._where(t, value)
+        return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch)
+
+    # kept for rules written against the first version
+    clean = zeros_outside
+
+    def bind(self, func, args, kwargs) -> dict:
+        """``func``'s arguments by parameter name (see :func:`bind`)."""
+        return bind(func, args, kwargs)
+
+    def extents_of_canvas(self, canvas: tuple[int, ...]) -> list[Sizes]:
+        """The per-sample extents of padded tensors seen so far whose canvas is ``canvas`` (oldest first)."""
+        return list(self.canvases.get(tuple(canvas), ()))
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        if func in _ops.METADATA:
+            return func(*args, **kwargs)
+        by_id = self.entries.by_id
+        padded = None
+        if by_id:
+            for a in args:
+                if isinstance(a, Tensor):
+                    entry = by_id.get(id(a))
+                    if entry is not None and entry.ref() is a:
+                        if padded is None:
+                            padded = [a]
+                        else:
+                            padded.append(a)
+                elif isinstance(a, (list, tuple, dict)) and a:
+                    found = [t for t in tensors_in(a) if self.entries.get(t) is not None]
+                    if found:
+                        padded = found if padded is None else padded + found
+            if kwargs:
+                found = [t for t in tensors_in(kwargs) if self.entries.get(t) is not None]
+                if found:
+                    padded = found if padded is None else padded + found
+        if padded is None:
+            rule = ALWAYS.get(func)
+            if rule is None:
+                return func(*args, **kwargs)
+            self.padded = []
+            return self._run(rule, func, args, kwargs)
+        rule = RULES.get(func)
+        self.padded = padded
+        if rule is None:
+            rule = refuse
+        elif rule not in BATCH_ANYWHERE and any(by_id[id(t)].batch for t in padded):
+            rule = refuse_batch_moved
+        return self._run(rule, func, args, kwargs)
+
+    def _run(self, rule, func, args, kwargs):
+        self.busy += 1
+        try:
+            return rule(self, func, args, kwargs)
+        except CnnkitError as error:
+            if getattr(error, "_masked_where", False):
+                raise
+            where = self._module_path()
+            located = type(error)(f"{error}{where}") if where else error
+            located._masked_where = True
+            raise located from None
+        finally:
+            self.busy -= 1
+
+    def _module_path(self) -> str:
+        """`` [in module 'decoder.blocks.0' (DecoderBlock)]``: the innermost module of the model on the stack."""
+        if self.root is None:
+            return ""
+        names = {id(m): name for name, m in self.root.named_modules()}
+        frame = sys._getframe(2)
+        while frame is not None:
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, nn.Module) and id(obj) in names:
+                name = names[id(obj)] or "(the model itself)"
+                return f" [in module '{name}' ({type(obj).__name__})]"
+            frame = frame.f_back
+        return ""
+
+    def __enter__(self):
+        _ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            _ACTIVE.remove(self)
+
+
+_ACTIVE: list[MaskedContext] = []  # entered masked modes, innermost last
+
+
+def masked_dispatch(dispatcher: Callable[..., tuple]) -> Callable[[Callable], Callable]:
+    """Make a Python function (a layer's functional op) visible to :func:`~cnnkit.masked` and to nothing else.
+
+    Like :func:`torch.overrides.wrap_torch_function`, but the call goes through ``__torch_function__`` only
+    while a masked forward pass is running and not inside one of its rules; everywhere else (plain calls,
+    ``summary()``'s and the tiler's modes) the function runs as it is, so those see the torch ops inside it. A
+    rule for the function is then registered with :func:`~cnnkit.masking.register_masked_op`.
+
+    Args:
+        dispatcher: Called with the function's arguments; returns the ones that may be tensors.
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            if _ACTIVE and not _ACTIVE[-1].busy:
+                relevant = tuple(a for a in dispatcher(*args, **kwargs) if a is not None)
+                return torch.overrides.handle_torch_function(wrapped, relevant, *args, **kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def refuse(ctx: MaskedContext, func, args, kwargs):
+    t = ctx.padded[0]
+    raise UnsupportedError(
+        f"masked(): {op_name(func)} is not supported on a padded batch: it could mix padding into valid "
+        "positions (see cnnkit.masking.masked_model for the supported ops; cnnkit.masking.register_masked_op "
+        f"adds a rule). Received a tensor of shape {tuple(t.shape)} with per-sample extents {ctx.sizes(t)}."
+    )
+
+
+def refuse_batch_moved(ctx: MaskedContext, func, args, kwargs):
+    t = next(t for t in ctx.padded if ctx.entries[t].batch)
+    raise UnsupportedError(
+        f"masked(): {op_name(func)} on a padded tensor of shape {tuple(t.shape)} whose batch dimension is at "
+        f"{ctx.entries[t].batch} (after torch.stack(..., dim=0)); only point-wise ops and reductions over the "
+        "stacked dimension are supported there."
+    )

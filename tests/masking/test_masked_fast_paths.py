@@ -1,0 +1,113 @@
+"""masked()'s CPU fast paths (a mask applied by multiplication, a finite fill before max pooling) equal per-sample runs
+also where a multiplication alone would not: NaN/inf in the padding, ties in max-pool windows, NaN gradients outside
+the extents. References: each sample alone (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cnnkit.masking import masked, pad_batch
+
+
+def _images(seed=0, sizes=((5, 7), (8, 4), (3, 3)), channels=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(channels, h, w, generator=g, dtype=torch.float64) for h, w in sizes]
+
+
+def _alone(net, images):
+    return [net(x[None])[0] for x in images]
+
+
+def test_nan_and_inf_in_the_input_padding_change_nothing():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1)).double()
+    images = _images()
+    batch = pad_batch(images)
+    valid = batch.mask().expand_as(batch.data)
+    batch.data[~valid] = float("nan")
+    batch.data[2, 0, 0, -1] = float("inf")  # outside sample 2's 3×3 extent
+    batch.data[2, 1, -1, 0] = -float("inf")
+    out = masked(net)(batch)
+    for got, want in zip(out.unpad(), _alone(net, images)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert bool((out.data[~out.mask().expand_as(out.data)] == 0).all())
+
+
+def test_max_pool_ties_send_the_gradient_where_each_sample_alone_does():
+    # Constant samples (after ReLU: all zeros, and a negative constant): every window is a tie, so the fill outside
+    # the extents must lie strictly below the valid values or the gradient would go to the padding and be lost.
+    net = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.MaxPool2d(2, stride=2, ceil_mode=True)).double()
+    images = [torch.zeros(1, 5, 6, dtype=torch.float64), torch.full((1, 4, 3), -5.0, dtype=torch.float64),
+              torch.full((1, 6, 6), 7.0, dtype=torch.float64)]
+    batch = pad_batch(images)
+    data = batch.data.clone().requires_grad_(True)
+    out = masked(net)((data, batch.sizes))
+    weights = torch.arange(out.data.numel(), dtype=torch.float64).view_as(out.data)
+    (out.data * weights).sum().backward()
+    for n, x in enumerate(images):
+        alone = x[None].clone().requires_grad_(True)
+        y = net(alone)
+        (y * weights[n : n + 1, :, : y.shape[2], : y.shape[3]]).sum().backward()
+        h, w = x.shape[1:]
+        torch.testing.assert_close(data.grad[n, :, :h, :w], alone.grad[0], rtol=0, atol=0)
+        assert float(data.grad[n].abs().sum()) == float(alone.grad.abs().sum())  # nothing outside
+
+
+def test_max_pool_of_minus_infinity_at_valid_positions():
+    net = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(1, 1, 3, padding=1)).double()
+    images = [torch.randn(1, 4, 5, dtype=torch.float64), torch.full((1, 3, 3), -math.inf, dtype=torch.float64)]
+    images[0][0, 1, 2] = -math.inf
+    out = masked(net)(pad_batch(images))
+    for got, want in zip(out.unpad(), _alone(net, images)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_nan_gradient_outside_the_extents_reaches_no_weight():
+    # log(0) in the padding, selected away by the loss: its gradient there is 0 · (1/0) = NaN. Each sample alone
+    # never sees those positions; the masked run must not pass the NaN on to the weights.
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1), nn.Softplus()).double()
+    images = _images(seed=2)
+    out = masked(net)(pad_batch(images))
+    valid = out.mask().expand_as(out.data)
+    torch.where(valid, out.data.log(), 0).sum().backward()
+    got = {name: p.grad.clone() for name, p in net.named_parameters()}
+    net.zero_grad()
+    for x in images:
+        net(x[None]).log().sum().backward()
+    for name, p in net.named_parameters():
+        assert torch.isfinite(got[name]).all(), name
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_inference_without_gradients_and_float32():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                        nn.Conv2d(4, 2, 3, padding=1)).eval()
+    images = [x.float() for x in _images(seed=4, sizes=((9, 7), (6, 10)))]
+    with torch.no_grad():
+        out = masked(net)(pad_batch(images))
+        for got, want in zip(out.unpad(), _alone(net, images)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_value_fill_before_a_singular_op():
+    net = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()).double()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = net
+
+        def forward(self, x):
+            return F.conv2d(torch.sqrt(self.body(x)), torch.ones(1, 2, 3, 3, dtype=x.dtype), padding=1)
+
+    model = Net()
+    images = _images(seed=5)
+    out = masked(model)(pad_batch(images))
+    for got, want in zip(out.unpad(), _alone(model, images)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
