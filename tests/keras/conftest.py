@@ -62,7 +62,7 @@ def keras_outputs() -> KerasOutputs:
 # --- loading untrusted files in child processes (time and memory limits) -----------------------------
 
 CHILD = Path(__file__).with_name("_load_child.py")
-MEMORY_LIMIT = 3 * 2**29  # RLIMIT_AS of each child: 1.5 GiB
+MEMORY_LIMIT = 3 * 2**29  # RLIMIT_AS of each child: 1.5 GiB above what it maps after its imports
 FILE_SECONDS = 10.0  # a file that takes longer is a hang
 START_SECONDS = 180.0  # importing torch in the child, on a loaded 2-core machine
 

@@ -374,9 +374,12 @@ def test_keras_explain_answers_shape_questions_without_allocating(tmp_path):
         g.attrs["weight_names"] = [b"conv/kernel:0", b"conv/bias:0"]
         g.create_dataset("conv/kernel:0", data=np.ones((3, 1, 2), "<f4"))
         g.create_dataset("conv/bias:0", data=np.zeros(2, "<f4"))
-    # In a child limited to 3 GiB of address space: the old command ran the model on 8 GB zeros tensors.
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)); "
-            "from cnnkit.cli.main import app; sys.argv = ['cnnkit', 'keras-explain', sys.argv[1]]; app()")
+    # In a child limited to 3 GiB of address space above what torch and cnnkit map at import: the old command ran
+    # the model on 8 GB zeros tensors.
+    code = ("import resource, sys, torch, cnnkit.keras.convert; from cnnkit.cli.main import app; "
+            "mapped = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:')); "
+            "resource.setrlimit(resource.RLIMIT_AS, (mapped + 3 * 2**30, mapped + 3 * 2**30)); "
+            "sys.argv = ['cnnkit', 'keras-explain', sys.argv[1]]; app()")
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "COLUMNS": "160"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
