@@ -86,7 +86,7 @@ def test_errors(tmp_path):
     with pytest.raises(CnnkitError, match="No label for the series"):
         SeriesFolder(root)
     np.save(root / "labels" / "d.npy", np.zeros((3, 3, 2)))
-    with pytest.raises(CnnkitError, match="Could not read .*d.tif"):
+    with pytest.raises(CnnkitError, match=r"Could not read .*d\.tif"):
         SeriesFolder(root)[3]
     with pytest.raises(ShapeError, match="nodata must be a number"):
         SeriesFolder(root, nodata="0")
