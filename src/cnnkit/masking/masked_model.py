@@ -111,8 +111,11 @@ class MaskedModel(nn.Module):
             self._plans.clear()
         mode = MaskedContext(self._group(), self.model, self._plans)
         x = batch.data
-        if mode.is_padded(mode.track(x, sizes)):  # the input as each sample sees it: zeros around it
+        if mode.is_padded(mode.track(x, sizes, _zero_outside(x, sizes))):  # as each sample sees it: zeros around it
             x = mode.zeros_outside(x)
+            if x is batch.data:  # already zero outside: a view, so that the record is not the caller's tensor's
+                x = x.view_as(x)
+                mode.track(x, sizes, True)
             mode.entries.pop(batch.data)
         # A forward that raises must leave running statistics as they were (no double update on a fallback).
         saved = [(b, b.clone()) for b in self.model.buffers()] if self.model.training else None
@@ -129,6 +132,20 @@ class MaskedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sync_batchnorm={self.sync_batchnorm}" if self.sync_batchnorm else ""
+
+
+def _zero_outside(data: Tensor, sizes) -> bool:
+    """Whether ``data`` is already zero outside every sample's extent (as :func:`pad_batch` leaves it): on the CPU a
+    look at each sample's padding, cheaper than a zeroed copy (whose fresh memory costs page faults)."""
+    if data.device.type != "cpu" or len(sizes) * len(sizes[0]) > 64:
+        return False
+    canvas = data.shape[2:]
+    for n, size in enumerate(sizes):
+        sample = data[n]
+        for axis, (s, c) in enumerate(zip(size, canvas)):
+            if s < c and sample.narrow(axis + 1, s, c - s).any():
+                return False
+    return True
 
 
 def _finish(mode: MaskedContext, out):
