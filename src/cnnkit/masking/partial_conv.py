@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit._checks import _is_int, check_bool, check_choice, check_int, ntuple
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ShapeError, UnsupportedError
+from cnnkit.masking.rules import register_masked_op
+from cnnkit.masking.state import MaskedContext, masked_dispatch
+from cnnkit.shapes import conv_output_size
 
 __all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d", "partial_conv"]
 
@@ -40,6 +43,11 @@ def _check_mask(mask, input: Tensor, channels: tuple[int, ...], where: str) -> N
         )
 
 
+def _tensors(input, mask, weight, bias=None, *args, **kwargs) -> tuple:
+    return (input, mask, weight, bias)
+
+
+@masked_dispatch(_tensors)
 def partial_conv(
     input: Tensor,
     mask: Tensor,
@@ -165,6 +173,34 @@ def partial_conv(
     if bias is not None:
         output = output + bias.to(raw.dtype).view(1, -1, *([1] * d)) * seen.to(raw.dtype)
     return output, seen.to(mask.dtype)
+
+
+@register_masked_op(partial_conv)
+def _partial_conv_masked(ctx: MaskedContext, func, args, kwargs):
+    """Under :func:`cnnkit.masked`: the padding of a batch is missing data, as the zero padding of each sample alone
+    is, so the mask is cut to each sample's extent and one batched call gives every sample its own result."""
+    b = ctx.bind(func, args, kwargs)
+    x, mask, weight, bias = b["input"], b["mask"], b["weight"], b.get("bias")
+    if not ctx.is_padded(x) or ctx.is_padded(weight) or ctx.is_padded(bias):
+        raise UnsupportedError("masked(): partial_conv needs the input padded and the weight and bias ordinary.")
+    if ctx.spatial_axes(x) != tuple(range(2, x.dim())):
+        raise UnsupportedError(f"masked(): partial_conv needs a padded input laid out (N, C, *spatial). Received "
+                               f"spatial dimensions at {ctx.spatial_axes(x)} of shape {tuple(x.shape)}.")
+    sizes = ctx.sizes(x)
+    if ctx.is_padded(mask) and ctx.sizes(mask) != sizes:
+        raise ShapeError(f"masked(): partial_conv's mask has extents {ctx.sizes(mask)}, its input {sizes}.")
+    inside = ctx.mask(x)  # (N, 1, *canvas)
+    if isinstance(mask, Tensor) and mask.dim() == x.dim():
+        mask = mask & inside if mask.dtype == torch.bool else torch.where(inside, mask, 0)
+    d = x.dim() - 2
+    stride, padding, dilation = b.get("stride", 1), b.get("padding", 0), b.get("dilation", 1)
+    out, seen = func(x, mask, weight, bias, stride, padding, dilation, b.get("groups", 1),
+                     multi_channel=b.get("multi_channel"))
+    kernel = tuple(weight.shape[2:])
+    padding = padding if isinstance(padding, str) else ntuple(padding, d, "padding")
+    geometry = (kernel, ntuple(stride, d, "stride"), padding, ntuple(dilation, d, "dilation"))
+    out_sizes = tuple(tuple(conv_output_size(size, *geometry)) for size in sizes)
+    return ctx.track(out, out_sizes), ctx.track(seen, out_sizes)
 
 
 def _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, d: int) -> None:

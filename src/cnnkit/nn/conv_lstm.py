@@ -50,6 +50,8 @@ from cnnkit.explainers.layers import dot, x
 from cnnkit.explainers.registry import LayerReport, register_explainer
 from cnnkit.init import glorot_uniform_, orthogonal_, register_initializer
 from cnnkit.keras.layouts import KerasLayout, register_layout
+from cnnkit.masking import register_masked_op
+from cnnkit.masking.state import MaskedContext, masked_dispatch
 from cnnkit.nn._common import (
     SPATIAL,
     KerasWeightsMixin,
@@ -118,6 +120,11 @@ def _state_mask(mask: Tensor | None, batch: int, steps: int, state_size: tuple[i
     )
 
 
+def _tensors(input, weight_ih, weight_hh, bias=None, hx=None, mask=None, **kwargs) -> tuple:
+    return (input, weight_ih, weight_hh, bias, *(hx or ()), mask)
+
+
+@masked_dispatch(_tensors)
 def conv_lstm_nd(
     input: Tensor,
     weight_ih: Tensor,
@@ -259,6 +266,59 @@ def conv_lstm_nd(
                 h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
         outputs[t] = h
     return torch.stack(outputs, 1), (h, c)
+
+
+@register_masked_op(conv_lstm_nd)
+def _conv_lstm_masked(ctx: MaskedContext, func, args, kwargs):
+    """Under :func:`cnnkit.masked`: the input is zeroed outside each sample's extent and every state pixel outside
+    its sample's state extent is masked (kept at 0), so the input and recurrent convolutions read zeros there, as
+    each sample alone reads its zero padding; one batched call gives every sample its own result."""
+    from cnnkit.errors import UnsupportedError
+
+    b = ctx.bind(func, args, kwargs)
+    x = b["input"]
+    weight_ih, weight_hh = b["weight_ih"], b["weight_hh"]
+    if not ctx.is_padded(x) or any(ctx.is_padded(t) for t in (weight_ih, weight_hh, b.get("bias"))):
+        raise UnsupportedError("masked(): conv_lstm_nd needs the input padded and the weights ordinary.")
+    n = x.dim() - 3
+    if ctx.spatial_axes(x) != tuple(range(3, x.dim())) or ctx.record(x).batch != 0:
+        raise UnsupportedError(
+            f"masked(): conv_lstm_nd needs a padded input laid out (N, T, C, *spatial). Received spatial "
+            f"dimensions at {ctx.spatial_axes(x)} of shape {tuple(x.shape)}.")
+    sizes = ctx.sizes(x)
+    kernel = tuple(weight_ih.shape[2:])
+    strides = ntuple(b.get("stride", 1), n, "stride")
+    dilations = ntuple(b.get("dilation", 1), n, "dilation")
+    pad = check_padding(b.get("padding", "same"), n)
+    canvas = tuple(x.shape[3:])
+    before = [lo for lo, _ in padding_amounts(canvas, kernel, strides, pad, dilations)]
+    state_sizes = []
+    for size in sizes:
+        if [lo for lo, _ in padding_amounts(size, kernel, strides, pad, dilations)] != before:
+            raise UnsupportedError(
+                f"masked(): conv_lstm_nd with padding={pad!r} and stride={strides} pads a sample of extent {size} "
+                f"differently from the canvas {canvas} (the padding depends on the size); use sizes with the "
+                "canvas's remainder modulo the stride, or an integer padding.")
+        state_sizes.append(tuple(conv_output_size(size, kernel, strides, pad, dilations)))
+    state_sizes = tuple(state_sizes)
+    state_canvas = tuple(conv_output_size(canvas, kernel, strides, pad, dilations))
+    batch, steps = x.shape[:2]
+    inside = ctx._mask(state_sizes, state_canvas, x.device)  # (N, 1, *S')
+    pixels = inside.expand(batch, steps, *state_canvas)
+    mask = b.get("mask")
+    if mask is not None:
+        _state_mask(mask, batch, steps, state_canvas, "conv_lstm_nd")
+        mask = mask.view(batch, steps, *([1] * n)) if mask.dim() == 2 else mask
+        pixels = pixels & mask
+    hx = b.get("hx")
+    if hx is not None:
+        hx = tuple(torch.where(inside, t, torch.zeros((), dtype=t.dtype, device=t.device)) for t in hx)
+    out, (h, c) = func(ctx.zeros_outside(x), weight_ih, weight_hh, b.get("bias"), hx, pixels,
+                       stride=b.get("stride", 1), padding=b.get("padding", "same"), dilation=b.get("dilation", 1),
+                       reverse=b.get("reverse", False), recurrent_activation=b.get("recurrent_activation", "sigmoid"),
+                       activation=b.get("activation", "tanh"))
+    axes = tuple(range(3, out.dim()))
+    return ctx.track(out, state_sizes, axes=axes), (ctx.track(h, state_sizes), ctx.track(c, state_sizes))
 
 
 class _ConvLSTMNd(KerasWeightsMixin, nn.Module):
