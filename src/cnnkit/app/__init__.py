@@ -4,25 +4,40 @@
 * :mod:`cnnkit.app.demo` — the same on built-in data, and the seed questions' shapes (``cnnkit demo``);
 * :mod:`cnnkit.app.predict` — a run → predictions for new images and whole scenes (``cnnkit predict``).
 
-Importing this package loads Lightning.
+Names are imported on first use: ``cnnkit predict`` does not load Lightning, training does.
 """
 
-from cnnkit.app.demo import SEED_QUESTIONS, run_demo, run_training_demo, train_demo
-from cnnkit.app.predict import PredictionRun, expand_inputs, load_predictor, predict_files
-from cnnkit.app.train import SegmentationRun, evaluate, majority_baseline, train_folder, train_segmentation
+from __future__ import annotations
 
-__all__ = [
-    "SEED_QUESTIONS",
-    "PredictionRun",
-    "SegmentationRun",
-    "evaluate",
-    "expand_inputs",
-    "load_predictor",
-    "majority_baseline",
-    "predict_files",
-    "run_demo",
-    "run_training_demo",
-    "train_demo",
-    "train_folder",
-    "train_segmentation",
-]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "SEED_QUESTIONS": "cnnkit.app.demo",
+    "run_demo": "cnnkit.app.demo",
+    "run_training_demo": "cnnkit.app.demo",
+    "train_demo": "cnnkit.app.demo",
+    "PredictionRun": "cnnkit.app.predict",
+    "expand_inputs": "cnnkit.app.predict",
+    "load_predictor": "cnnkit.app.predict",
+    "predict_files": "cnnkit.app.predict",
+    "SegmentationRun": "cnnkit.app.train",
+    "evaluate": "cnnkit.app.train",
+    "majority_baseline": "cnnkit.app.train",
+    "train_folder": "cnnkit.app.train",
+    "train_segmentation": "cnnkit.app.train",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'cnnkit.app' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

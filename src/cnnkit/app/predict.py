@@ -37,7 +37,7 @@ from cnnkit.train.rundir import WEIGHTS, read_manifest
 
 __all__ = ["PredictionRun", "expand_inputs", "load_predictor", "predict_files"]
 
-PREVIEW_SIDE = 2048
+PREVIEW_SIDE = 1024
 """Overlays of scenes with a longer side are drawn at a reduced scale."""
 
 

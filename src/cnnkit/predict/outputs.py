@@ -6,7 +6,7 @@ Per input ``STEM``, in the output folder:
   colours; pixels without data hold ``ignore_value`` (255 by default), shown black;
 * ``STEM_labels.tif`` (``tiff=True``) — the same values as a TIFF, with the input's georeferencing tags;
 * ``STEM_overlay.png`` — the image (a band composite) beside the opaque label map, with the legend below,
-  so every colour in the picture is a colour of the legend; scenes over ``preview`` pixels a side are drawn
+  so every colour in the picture is a colour of the legend; scenes over 1024 pixels a side are drawn
   at a reduced scale (the file name says so: ``STEM_overlay_1to4.png``);
 * ``STEM_probabilities.tif`` (``probabilities=True``) — ``(H, W, K)`` float16 softmax, georeferenced;
 * ``STEM_confidence.tif`` (``confidence=True``) — ``(H, W)`` float16 probability of the winning class.

@@ -2,21 +2,38 @@
 and the run folder's layout (:mod:`cnnkit.train.rundir`). The data → trained network → report pipeline of
 ``cnnkit demo`` and ``cnnkit train`` is an application: :mod:`cnnkit.app`.
 
-Needs ``lightning>=2.2,<3``. See ``docs/train.md``.
+Needs ``lightning>=2.2,<3``, imported on first use of a name below (reading a run folder with
+:mod:`cnnkit.train.rundir`, as ``cnnkit predict`` does, does not load it). See ``docs/train.md``.
 """
 
-from cnnkit.train.callbacks import FilterEvolutionCallback
-from cnnkit.train.fit import AtomicCheckpointIO, fit, last_checkpoint
-from cnnkit.train.task import LOSSES, OPTIMIZERS, SCHEDULERS, ClassificationTask, SegmentationTask
+from __future__ import annotations
 
-__all__ = [
-    "LOSSES",
-    "OPTIMIZERS",
-    "SCHEDULERS",
-    "AtomicCheckpointIO",
-    "ClassificationTask",
-    "FilterEvolutionCallback",
-    "SegmentationTask",
-    "fit",
-    "last_checkpoint",
-]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "EpochLine": "cnnkit.train.callbacks",
+    "FilterEvolutionCallback": "cnnkit.train.callbacks",
+    "AtomicCheckpointIO": "cnnkit.train.fit",
+    "fit": "cnnkit.train.fit",
+    "last_checkpoint": "cnnkit.train.fit",
+    "LOSSES": "cnnkit.train.task",
+    "OPTIMIZERS": "cnnkit.train.task",
+    "SCHEDULERS": "cnnkit.train.task",
+    "ClassificationTask": "cnnkit.train.task",
+    "SegmentationTask": "cnnkit.train.task",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'cnnkit.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
