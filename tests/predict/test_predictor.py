@@ -134,3 +134,21 @@ def test_windowed_writes_equal_the_array(tmp_path):
     out[10:30, 9:22, :] = target[10:30, 9:22]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "y.tif"), target)
     np.testing.assert_array_equal(out[12:20], target[12:20])
+
+
+def test_preview_reads_in_blocks_and_keeps_none(tmp_path):
+    """A scene's preview holds one block of rows at a time (strided views kept every block alive: an
+    8000² scene's overlay cost 1 GB)."""
+    import tracemalloc
+
+    image = np.random.default_rng(2).normal(size=(1024, 2048, 4)).astype(np.float32)  # 32 MB
+    tifffile.imwrite(tmp_path / "p.tif", image, photometric="minisblack")
+    scene = open_scene(tmp_path / "p.tif", bands=4)
+    tracemalloc.start()
+    try:
+        preview = scene.preview(8, rows_per_read=128)  # blocks of 128 rows: 4 MB each as float32
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(preview, image.transpose(2, 0, 1)[:, ::8, ::8])
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MB"

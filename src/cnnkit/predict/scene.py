@@ -85,7 +85,8 @@ class Scene:
         blocks = []
         block = max(step, rows_per_read // step * step)
         for top in range(0, self.height, block):
-            blocks.append(self.read(slice(top, min(top + block, self.height)))[:, ::step, ::step])
+            # a copy: a strided view would keep each whole block of rows alive
+            blocks.append(self.read(slice(top, min(top + block, self.height)))[:, ::step, ::step].copy())
         return np.concatenate(blocks, axis=1)
 
 
