@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import re
@@ -49,48 +48,6 @@ def uses_torch_path() -> bool:
     finally:
         lc_module._torch_forward = saved
     return bool(calls)
-
-
-def _native_equals_float64(input_shape, kernel_size, stride=1, padding="valid", dilation=1, filters=20,
-                           bias=True) -> None:
-    """locally_connected_nd in float32 runs the C kernel (the torch path is refused meanwhile) and equals the
-    torch path in float64, output and every gradient."""
-    from cnnkit.nn import locally_connected_nd
-    from cnnkit.shapes import conv_output_size
-
-    x = torch.randn(input_shape, requires_grad=True)
-    n = x.dim() - 2
-    size = conv_output_size(input_shape[2:], kernel_size, stride, padding, dilation)
-    kernel = kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * n
-    weight = torch.randn(math.prod(size), math.prod(kernel) * input_shape[1], filters, requires_grad=True)
-    inputs = [x, weight, torch.randn(filters, *size, requires_grad=True)] if bias else [x, weight]
-    kw = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation, "padding": padding}
-    saved = {name: getattr(lc_module, name) for name in ("_torch_forward", "_torch_grad_weight", "_torch_grad_input")}
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the pure-torch path ran where the C kernel was expected")
-
-    for name in saved:
-        setattr(lc_module, name, refuse)
-    try:
-        out = locally_connected_nd(*inputs, **kw)
-        g = torch.randn_like(out)
-        grads = torch.autograd.grad(out, inputs, g)
-    finally:
-        for name, fn in saved.items():
-            setattr(lc_module, name, fn)
-    ref_in = [t.detach().double().requires_grad_() for t in inputs]
-    ref = locally_connected_nd(*ref_in, **kw)
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, torch.autograd.grad(ref, ref_in, g.double())):
-        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture
-def native_equals_float64():
-    """Overrides conftest's check of the same name, which looks for the grad_fn class of the C kernel's
-    former autograd.Function (the registered op's grad_fn is named after the op, whichever path runs)."""
-    return _native_equals_float64
 
 
 def test_builds_once_into_the_cache_and_reuses_it(fresh, monkeypatch):

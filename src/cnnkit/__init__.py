@@ -11,8 +11,7 @@ Names are imported on first use (``import cnnkit`` alone does not import torch),
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cnnkit._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -42,16 +41,4 @@ _NAMES = {
 __all__ = sorted([*_SUBPACKAGES, *_NAMES])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name]), name)
-    elif name in _SUBPACKAGES:
-        value = importlib.import_module(f"cnnkit.{name}")
-    else:
-        raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, globals(), _SUBPACKAGES)

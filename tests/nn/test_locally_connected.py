@@ -288,37 +288,6 @@ def torch_path_refused():
             setattr(module, name, fn)
 
 
-def native_equals_float64_here(input_shape, kernel_size, stride=1, padding="valid", dilation=1, filters=20,
-                               bias=True) -> None:
-    """locally_connected_nd in float32 runs the C kernel (forward and backward; the torch path is refused)
-    and equals the torch path in float64 (output and every gradient) on random tensors of this geometry."""
-    from cnnkit.shapes import conv_output_size
-
-    x = torch.randn(input_shape, requires_grad=True)
-    n = x.dim() - 2
-    size = conv_output_size(input_shape[2:], kernel_size, stride, padding, dilation)
-    kernel = kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * n
-    weight = torch.randn(math.prod(size), math.prod(kernel) * input_shape[1], filters, requires_grad=True)
-    inputs = [x, weight, torch.randn(filters, *size, requires_grad=True)] if bias else [x, weight]
-    kw = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation, "padding": padding}
-    with torch_path_refused():
-        out = cnn.locally_connected_nd(*inputs, **kw)
-        g = torch.randn_like(out)
-        grads = torch.autograd.grad(out, inputs, g)
-    ref_in = [t.detach().double().requires_grad_() for t in inputs]
-    ref = cnn.locally_connected_nd(*ref_in, **kw)
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, torch.autograd.grad(ref, ref_in, g.double())):
-        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture
-def native_equals_float64():
-    """Overrides conftest's check of the same name, which looks for the grad_fn class of the C kernel's
-    former autograd.Function; the registered op's grad_fn is named after the op for both paths."""
-    return native_equals_float64_here
-
-
 @pytest.fixture(scope="module")
 def native():
     """The C kernel's module, or a skip naming why it could not be built (CI builds it: gcc is there)."""

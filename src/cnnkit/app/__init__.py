@@ -9,8 +9,7 @@ Names are imported on first use: ``cnnkit predict`` does not load Lightning, tra
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cnnkit._lazy import lazy_names
 
 _NAMES = {
     "SEED_QUESTIONS": "cnnkit.app.demo",
@@ -31,13 +30,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'cnnkit.app' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_NAMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, globals())

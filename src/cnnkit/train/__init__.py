@@ -8,8 +8,7 @@ Needs ``lightning>=2.2,<3``, imported on first use of a name below (reading a ru
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cnnkit._lazy import lazy_names
 
 _NAMES = {
     "EpochLine": "cnnkit.train.callbacks",
@@ -27,13 +26,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'cnnkit.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_NAMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, globals())
