@@ -35,26 +35,6 @@ from cnnkit.predict.tiling import TileGeometry, tile_geometry, tiled_forward
 __all__ = ["Prediction", "Predictor", "Preprocessing"]
 
 
-def _trim_heap() -> Callable[[], None]:
-    """A function returning freed heap memory to the system (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    A tile's activations (tens of MB each) fall under glibc's adaptive mmap threshold after the first frees,
-    so they come from the heap; freed in varying order, tile after tile, they fragment it and the resident
-    size creeps up with the scene's size (1.8 GB for an 8000² scene). Trimming after each tile keeps the
-    peak at one tile's worth.
-    """
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     """What training did to every image, as numbers (see :class:`cnnkit.data.Standardized`).
@@ -270,7 +250,6 @@ class Predictor:
         height, width = scene.height, scene.width
         canvas = tuple(math.ceil(v / multiple) * multiple for v in (height, width))
         labels = labels_out if labels_out is not None else np.empty((height, width), np.int16)
-        trim = _trim_heap()
         counts = torch.zeros(self.num_classes, dtype=torch.long)
         prep = self.preprocessing
         last: dict = {}  # the validity of the window read last, for the write that follows it
@@ -298,7 +277,6 @@ class Predictor:
                 probabilities_out[rows, cols, :] = result.probabilities.permute(1, 2, 0).numpy()
             counts.add_(result.class_pixels(self.num_classes))
             del result, out
-            trim()
             if on_tile is not None:
                 on_tile(int(valid.numel()))
 
