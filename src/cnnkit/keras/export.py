@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import ArgumentTypeError, CnnkitError
 
 __all__ = ["save_safetensors"]
 
@@ -44,7 +44,7 @@ def save_safetensors(module: nn.Module, path: str | Path, metadata: dict[str, st
     except ImportError as error:  # pragma: no cover - safetensors is a dependency
         raise CnnkitError("save_safetensors needs safetensors: pip install safetensors.") from error
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module. Received {type(module).__name__}.")
+        raise ArgumentTypeError(f"module must be a torch.nn.Module. Received {type(module).__name__}.")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
     path = Path(path)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnkit import _ops
-from cnnkit.errors import ShapeError, UnsupportedError
+from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import PaddedBatch
 from cnnkit.masking.rules import RULES_TEXT, register_masked_op
 from cnnkit.masking.state import MaskedContext, bind, canonical_axes
@@ -96,7 +96,7 @@ class MaskedModel(nn.Module):
         if isinstance(batch, tuple) and len(batch) == 2:
             batch = PaddedBatch(*batch)
         if not isinstance(batch, PaddedBatch):
-            raise TypeError(
+            raise ArgumentTypeError(
                 "masked(model) takes a PaddedBatch (see cnnkit.pad_batch) or a (data, sizes) tuple. "
                 f"Received {type(batch).__name__}."
             )
@@ -195,5 +195,5 @@ def masked(model: nn.Module, *, sync_batchnorm: bool = False, process_group=None
         True
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
     return MaskedModel(model, sync_batchnorm=sync_batchnorm, process_group=process_group)
