@@ -174,13 +174,18 @@ def _conv_plan(ctx: MaskedContext, func, in_sizes: Sizes, k, stride, padding, di
     return plan
 
 
-def _conv(ctx: MaskedContext, func, args, kwargs):
+def _windowed_input(ctx: MaskedContext, func, args, kwargs):
+    """The bound arguments, padded input, weight and spatial rank of a convolution (padded input only)."""
     b = bind(func, args, kwargs)
     x, weight = b["input"], b["weight"]
     if not ctx.is_padded(x) or len(ctx.padded) != 1:
         raise UnsupportedError(f"masked(): {op_name(func)} with a padded weight or bias is not supported.")
     _require_canonical(ctx, func, x)
-    n = weight.dim() - 2
+    return b, x, weight, weight.dim() - 2
+
+
+def _conv(ctx: MaskedContext, func, args, kwargs):
+    b, x, weight, n = _windowed_input(ctx, func, args, kwargs)
     padding = b.get("padding", 0)
     padding = padding if isinstance(padding, str) else _tuple(padding, n)
     sizes, reads = _conv_plan(ctx, func, ctx.entries[x].sizes, tuple(weight.shape[2:]),
@@ -193,12 +198,7 @@ def _conv(ctx: MaskedContext, func, args, kwargs):
 
 
 def _conv_transpose(ctx: MaskedContext, func, args, kwargs):
-    b = bind(func, args, kwargs)
-    x, weight = b["input"], b["weight"]
-    if not ctx.is_padded(x) or len(ctx.padded) != 1:
-        raise UnsupportedError(f"masked(): {op_name(func)} with a padded weight or bias is not supported.")
-    _require_canonical(ctx, func, x)
-    n = weight.dim() - 2
+    b, x, weight, n = _windowed_input(ctx, func, args, kwargs)
     geometry = (tuple(weight.shape[2:]), _tuple(b.get("stride", 1), n), _tuple(b.get("padding", 0), n),
                 _tuple(b.get("output_padding", 0), n), _tuple(b.get("dilation", 1), n))
     sizes = _window_sizes(conv_transpose_output_size, ctx.entries[x].sizes, *geometry)

@@ -34,8 +34,9 @@ Examples:
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -425,19 +426,10 @@ def plan_tiles(size, geometry: TileGeometry, tile) -> list[Tile]:
             spans.append((read, write, crop))
         axes.append(spans)
     tiles = []
-    for index in _product(*[range(len(a)) for a in axes]):
+    for index in itertools.product(*[range(len(a)) for a in axes]):
         parts = [axes[d][i] for d, i in enumerate(index)]
         tiles.append(Tile(tuple(p[0] for p in parts), tuple(p[1] for p in parts), tuple(p[2] for p in parts)))
     return tiles
-
-
-def _product(*ranges) -> Iterator[tuple[int, ...]]:
-    if not ranges:
-        yield ()
-        return
-    for i in ranges[0]:
-        for rest in _product(*ranges[1:]):
-            yield (i, *rest)
 
 
 def tiled_forward(
