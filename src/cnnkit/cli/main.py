@@ -194,15 +194,15 @@ def predict(
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),
                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
                       transient=False) as bar:
-            total = len(expand_inputs(inputs))
-            task = bar.add_task("predicting", total=total, rate="")
+            files = expand_inputs(inputs)  # once: the bar's total, and what predict_files reads
+            task = bar.add_task("predicting", total=len(files), rate="")
 
             def progress(images: int, pixels: int) -> None:
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, completed=images,
                            rate=f"{images / elapsed:.1f} img/s, {pixels / elapsed / 1e6:.2f} Mpx/s")
 
-            result = predict_files(predictor, inputs, out, band_count=band_count, tiff=tiff,
+            result = predict_files(predictor, files, out, band_count=band_count, tiff=tiff,
                                    probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
                                    tile=tile, batch_size=batch_size, overwrite=overwrite, progress=progress)
     except CnnkitError as error:
