@@ -18,7 +18,7 @@ from torch import nn
 from cnnkit._checks import _is_int
 from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, run_for_shapes
-from cnnkit.keras.layouts import _find, _layout, has_keras_layout, keras_shapes
+from cnnkit.layouts import _find, _layout, has_keras_layout, keras_shapes
 
 __all__ = ["Explanation", "LayerReport", "explain", "find_explainer", "register_explainer"]
 

@@ -32,7 +32,7 @@ from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError, Unsupporte
 from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, meta_twins
 from cnnkit.explainers.formatting import render_summary
 from cnnkit.explainers.registry import batch_hint, check_input_shape, find_explainer
-from cnnkit.keras.layouts import has_keras_layout, keras_shapes
+from cnnkit.layouts import has_keras_layout, keras_shapes
 from cnnkit.shapes import ReceptiveField
 
 __all__ = ["LayerRow", "Summary", "summary"]

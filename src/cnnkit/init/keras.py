@@ -490,7 +490,7 @@ def keras_(model: nn.Module, *, generator: torch.Generator | None = None) -> nn.
 
     GRU gates are ordered (r, z, n) in PyTorch and (z, r, h) in Keras; both initialisers are
     invariant under reordering gate blocks, so only the layout of loaded weights would care (see
-    ``cnnkit.keras.layouts``). Modules of other types are left unchanged; register more with
+    ``cnnkit.layouts``). Modules of other types are left unchanged; register more with
     :func:`register_initializer`.
 
     Args:

@@ -1,7 +1,7 @@
 """Keras compatibility: weight layouts, and Keras model files in, PyTorch modules out.
 
-* :mod:`cnnkit.keras.layouts` — the one place that knows each Keras weight layout (:func:`to_keras`,
-  :func:`from_keras`, :func:`keras_shapes`, :func:`register_layout`).
+* weight layouts (:func:`to_keras`, :func:`from_keras`, :func:`keras_shapes`, :func:`register_layout`),
+  re-exported from the ground floor's :mod:`cnnkit.layouts`, the one place that knows each Keras layout.
 * :func:`load` — read a ``.keras`` archive or legacy ``.h5`` file with ``zipfile``, ``json`` and ``h5py``
   alone (no TensorFlow, nothing unpickled, no code from the file run) and build the equivalent PyTorch
   module plus a report of every layout conversion (:mod:`cnnkit.keras.convert`).
@@ -10,7 +10,7 @@
 See ``docs/keras.md``.
 """
 
-from cnnkit.keras.layouts import (
+from cnnkit.layouts import (
     KerasLayout,
     from_keras,
     has_keras_layout,
@@ -38,7 +38,7 @@ __all__ = [
     "to_keras",
 ]
 
-# The reader builds cnnkit.nn modules, and cnnkit.nn imports cnnkit.keras.layouts: import lazily.
+# The converter builds cnnkit.nn modules (floor 2) and pulls in h5py: imported on first use.
 _LAZY = {
     "MAX_BYTES": "cnnkit.keras.convert",
     "MAX_LAYER_PARAMS": "cnnkit.keras.convert",

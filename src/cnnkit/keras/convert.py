@@ -30,10 +30,10 @@ import cnnkit.keras.builders  # noqa: F401 (registers the builders)
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.keras.graph import call_refs, input_shape, parse_graph, topological_order
 from cnnkit.keras.layer_config import _BUILDERS, Shape, _Built, _Layer, supported_layers
-from cnnkit.keras.layouts import from_keras, keras_shapes
 from cnnkit.keras.model import KerasModel, _Call
 from cnnkit.keras.reader import KerasFile, KerasFileError, _snake_case, open_keras_file
 from cnnkit.keras.report import ConversionReport, LayerConversion, LoadedModel, _fmt_shape
+from cnnkit.layouts import from_keras, keras_shapes
 
 __all__ = [
     "MAX_BYTES",

@@ -14,7 +14,7 @@ here are what a Keras layer does, written for that layout:
 * :class:`ChannelsLastFlatten` / :class:`ChannelsLastReshape`: flatten/reshape in Keras's (channels-last)
   order, so that a following ``Dense`` sees its inputs in the order its kernel expects.
 
-Weight layouts are not handled here: they live in :mod:`cnnkit.keras.layouts`, reached through the
+Weight layouts are not handled here: they live in :mod:`cnnkit.layouts`, reached through the
 ``nn.Linear`` / ``nn.Conv*d`` / ``nn.LSTM`` / ``cnnkit.nn`` base classes.
 """
 
@@ -32,7 +32,7 @@ from cnnkit._checks import check_choice
 from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import conv_report
 from cnnkit.explainers.registry import register_explainer
-from cnnkit.keras.layouts import KerasLayout, register_layout
+from cnnkit.layouts import KerasLayout, register_layout
 from cnnkit.nn import ConvLSTM2d, LocallyConnected1d, LocallyConnected2d
 from cnnkit.shapes import tf_same_padding
 
@@ -310,7 +310,7 @@ class KerasLSTM(nn.LSTM):
     """Keras ``LSTM`` (tanh/sigmoid, one layer) on channels-first sequences ``(N, F, T)``.
 
     Returns ``(N, H, T)`` (``return_sequences=True``) or the last step ``(N, H)``. Weights go through the
-    ``nn.LSTM`` layout of :mod:`cnnkit.keras.layouts` (Keras's single bias becomes ``bias_ih``).
+    ``nn.LSTM`` layout of :mod:`cnnkit.layouts` (Keras's single bias becomes ``bias_ih``).
 
     Examples:
         >>> KerasLSTM(3, 5, return_sequences=True)(torch.zeros(2, 3, 7)).shape

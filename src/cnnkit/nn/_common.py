@@ -10,7 +10,7 @@ from torch import Tensor
 
 from cnnkit._checks import _is_int, check_choice, ntuple
 from cnnkit.errors import ShapeError
-from cnnkit.keras.layouts import from_keras, keras_shapes, to_keras
+from cnnkit.layouts import from_keras, keras_shapes, to_keras
 
 __all__: list[str] = []
 

@@ -49,7 +49,7 @@ from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import dot, x
 from cnnkit.explainers.registry import LayerReport, register_explainer
 from cnnkit.init import glorot_uniform_, orthogonal_, register_initializer
-from cnnkit.keras.layouts import KerasLayout, register_layout
+from cnnkit.layouts import KerasLayout, register_layout
 from cnnkit.masking import register_masked_op
 from cnnkit.masking.state import MaskedContext, masked_dispatch
 from cnnkit.nn._common import (

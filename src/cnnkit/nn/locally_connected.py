@@ -54,7 +54,7 @@ from cnnkit.errors import ShapeError
 from cnnkit.explainers.layers import dot, expect_channels, expect_rank, x
 from cnnkit.explainers.registry import LayerReport, register_explainer
 from cnnkit.init import fans, glorot_uniform_, register_initializer
-from cnnkit.keras.layouts import KerasLayout, register_layout
+from cnnkit.layouts import KerasLayout, register_layout
 from cnnkit.nn._common import (
     SPATIAL,
     KerasWeightsMixin,
