@@ -147,21 +147,29 @@ def test_conv_lstm2d_compiles_fullgraph_and_exports():
     torch.testing.assert_close((got, h2, c2), (want, h, c), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="conv_lstm_nd reads the mask's valid steps with Tensor.tolist() (a data-dependent "
-                          "Python list; conv_lstm.py, 'all_valid = ...'): a graph break under fullgraph")
+def _other_mask(mask):
+    """Another validity pattern of the same shape: a graph traced on ``mask`` must not have baked it in."""
+    other = torch.ones_like(mask)
+    other[0, 1, 1:, :2] = False  # a cloud on one date of the first series
+    other[1, 1:] = False  # the second series now two steps shorter
+    return other
+
+
 def test_conv_lstm2d_with_a_mask_compiles_fullgraph():
     layer, x, mask = _conv_lstm_case()
-    want = layer(x, mask=mask)
-    got = torch.compile(layer, fullgraph=True)(x, mask=mask)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    compiled = torch.compile(layer, fullgraph=True)
+    for m in (mask, _other_mask(mask)):
+        cloudy = x.masked_fill(~m.unsqueeze(2), float("nan"))  # invalid pixels hold NaN, as clouds do
+        want, (h, c) = layer(cloudy, mask=m)
+        got, (h1, c1) = compiled(cloudy, mask=m)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close((got, h1, c1), (want, h, c), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, raises=(torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode,
-                                        torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError),
-                   reason="the same data-dependent valid-step list: export cannot guard on it (conv_lstm.py)")
 def test_conv_lstm2d_with_a_mask_exports():
     layer, x, mask = _conv_lstm_case()
-    want = layer(x, mask=mask)
     program = torch.export.export(layer, (x,), {"mask": mask})
-    torch.testing.assert_close(program.module()(x, mask=mask), want, rtol=1e-10, atol=1e-12)
+    for m in (mask, _other_mask(mask)):
+        want, (h, c) = layer(x, mask=m)
+        got, (h1, c1) = program.module()(x, mask=m)
+        torch.testing.assert_close((got, h1, c1), (want, h, c), rtol=1e-10, atol=1e-12)

@@ -234,7 +234,14 @@ def conv_lstm_nd(
         x_gates = _conv(frames, weight_ih, bias, strides, pads, dilations)
         x_steps = x_gates.view(steps, batch, 4 * hidden, *state_size).unbind(0)
     # Steps where every sample (and pixel) is valid need no selection; one look at the mask finds them.
-    all_valid = [True] * steps if step_mask is None else step_mask.transpose(0, 1).flatten(1).all(1).tolist()
+    # That look is a data-dependent Python list, which torch.compile(fullgraph=True) and torch.export
+    # cannot trace: there every step is selected (a selection with an all-valid mask is exact too).
+    if step_mask is None:
+        all_valid = [True] * steps
+    elif torch.compiler.is_compiling():
+        all_valid = [False] * steps
+    else:
+        all_valid = step_mask.transpose(0, 1).flatten(1).all(1).tolist()
     weight_steps = None if weight_mask is None else weight_mask.transpose(0, 1)  # (T, N, 1, ...)
 
     outputs: list[Tensor | None] = [None] * steps
