@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import cnnkit.keras as ck
+from cnnkit.errors import ShapeError
 from cnnkit.keras import modules as M
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -98,3 +99,45 @@ def test_no_tensorflow_or_keras_is_imported():
     for name in MODELS:
         ck.load(path(name))
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules and "tf_keras" not in sys.modules
+
+
+def _rename_layer(src: Path, dst: Path, old: str, new: str) -> Path:
+    """Copy a tf-keras ``.h5`` renaming a layer as tf-keras writes a name with "/" (nested HDF5 groups)."""
+    import shutil
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["config"].get("name") == old:
+                layer["config"]["name"] = new
+        f.attrs["model_config"] = json.dumps(config)
+        weights = f["model_weights"]
+        weights.attrs["layer_names"] = [new if text(n) == old else text(n) for n in weights.attrs["layer_names"]]
+        weights.move(old, new)  # h5py makes the intermediate groups: model_weights/block_1/conv
+    return dst
+
+
+def test_layer_names_with_slashes_are_nested_groups(tmp_path, keras_outputs):
+    """tf-keras's MobileNetV3 names layers "Conv/BatchNorm"; its .h5 keeps them as nested groups.
+
+    The reader had refused any "/" in a layer name (weights missing); now it walks the groups one hard link
+    at a time.
+    """
+    renamed = _rename_layer(path("classifier"), tmp_path / "slash.h5", "batch_normalization", "block_1/bn")
+    with h5py.File(renamed, "r") as f:
+        assert isinstance(f["model_weights/block_1"], h5py.Group) and "bn" in f["model_weights/block_1"]
+    model, report = ck.load(renamed, channels_last_input=True)
+    keras_outputs.check_channels_last(model, report, FIXTURES / "tfk_classifier.npz")
+    assert "block_1/bn" in [layer.name for layer in report.layers]
+
+
+@pytest.mark.parametrize("name", ["block_1/../bn", "block_1//bn", "/bn"])
+def test_layer_names_with_relative_parts_are_never_walked(tmp_path, name):
+    renamed = _rename_layer(path("classifier"), tmp_path / "slash.h5", "batch_normalization", "block_1/bn")
+    with h5py.File(renamed, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"][3]["config"]["name"] = name
+        f.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(ShapeError, match="weights missing"):
+        ck.load(renamed)

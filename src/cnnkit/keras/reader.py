@@ -606,9 +606,12 @@ def _open_h5(path: str) -> KerasFile:
         raise KerasFileError(f"{path}: the HDF5 file is damaged ({error}); is it truncated?") from None
 
     def weights(layer_name: str, class_name: str, index: int) -> list[WeightRef]:
-        if "/" in layer_name or layer_name in (".", ".."):
+        # tf-keras names layers with "/" (MobileNetV3's "Conv/BatchNorm"); h5py then writes the layer's
+        # group as nested groups (model_weights/Conv/BatchNorm), walked one checked hard link at a time.
+        parts = layer_name.split("/")
+        if any(not part or part in (".", "..") for part in parts):
             return []
-        group = h5.child(root, layer_name, f"model_weights/{layer_name}")
+        group = h5.walk(root, f"model_weights/{layer_name}", parts, "group")
         if group is None:
             return []
         if not isinstance(group, h5py.Group):
