@@ -230,3 +230,18 @@ def test_model_args_are_json_keyword_arguments(tmp_path):
     assert missing.exit_code == 2 and "--model-args" in " ".join(missing.output.split())
     bad = runner.invoke(app, ["summary", f"{source}:build", "--input", "4x16x16", "--model-args", "in_channels=4"])
     assert bad.exit_code == 2 and "must be a JSON object" in " ".join(bad.output.split())
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["predict"], ["convert"], ["report"]])
+def test_help_shows_no_type_tag_for_flags(command):
+    """Flags take no value: typer's `<bool>` tag beside --overwrite or --help is noise (issue #18)."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200, env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output and "<bool>" not in result.output
+    if command == ["demo"]:
+        assert "--time-series" in result.output and "<int range>" in result.output  # other types still shown
+
+
+def test_train_help_names_the_series_layout():
+    result = runner.invoke(app, ["train", "--help"], terminal_width=200, env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert "series/" in result.output and "--time-series" in result.output

@@ -2,7 +2,9 @@
 
 * :mod:`cnnkit.app.train` — data → trained, evaluated network → report and run manifest (``cnnkit train``);
 * :mod:`cnnkit.app.demo` — the same on built-in data, and the seed questions' shapes (``cnnkit demo``);
-* :mod:`cnnkit.app.predict` — a run → predictions for new images and whole scenes (``cnnkit predict``).
+* :mod:`cnnkit.app.predict` — a run → predictions for new images and whole scenes (``cnnkit predict``);
+* :mod:`cnnkit.app.timeseries` — image time series with clouds → trained ConvLSTM → report (``cnnkit train`` on
+  a series folder, ``cnnkit demo --time-series``).
 
 Names are imported on first use: ``cnnkit predict`` does not load Lightning, training does.
 """
@@ -25,6 +27,11 @@ _NAMES = {
     "majority_baseline": "cnnkit.app.train",
     "train_folder": "cnnkit.app.train",
     "train_segmentation": "cnnkit.app.train",
+    "SeriesRun": "cnnkit.app.timeseries",
+    "run_series_demo": "cnnkit.app.timeseries",
+    "series_demo": "cnnkit.app.timeseries",
+    "train_series": "cnnkit.app.timeseries",
+    "train_series_folder": "cnnkit.app.timeseries",
 }
 
 __all__ = sorted(_NAMES)

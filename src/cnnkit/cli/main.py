@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from cnnkit import __version__
 from cnnkit.errors import CnnkitError, ShapeError
@@ -20,11 +21,33 @@ from cnnkit.errors import CnnkitError, ShapeError
 
 __all__ = ["app", "main"]
 
+
+class _NoFlagTypes:
+    """Help without a type column for on/off flags: typer shows ``<bool>`` beside ``--overwrite`` or ``--help``,
+    which take no value (an empty metavar hides it; flags never use a metavar otherwise)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:  # typer's options (its own vendored click's), duck-typed
+            if getattr(param, "is_flag", False) and not param.metavar:
+                param.metavar = ""
+        return params
+
+
+class _Command(_NoFlagTypes, TyperCommand):
+    pass
+
+
+class _Group(_NoFlagTypes, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     help="Convolutional networks on real-world data: shapes explained, exact masks, a look inside.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -48,7 +71,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(cls=_Group)
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print cnnkit's version and exit."),
@@ -70,7 +93,7 @@ def _threads(requested: int | None) -> str:
     return choose_threads(requested)[1]
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out: str = typer.Option("cnnkit-demo", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
                             "be empty or new, unless --overwrite or --resume."),
@@ -78,6 +101,9 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the built-in data set, the weights and the batch order."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     shapes: bool = typer.Option(False, "--shapes", help="Only print the seed questions' shape answers, no training."),
+    time_series: bool = typer.Option(False, "--time-series", help="The image time-series demo instead: cloudy "
+                                     "crop-type series whose classes only time tells apart, a ConvLSTM, and two "
+                                     "baselines (majority class, least cloudy single date)."),
     height: int = typer.Option(64, min=4, help="--shapes: height of the example image."),
     width: int = typer.Option(96, min=4, help="--shapes: width of the example image."),
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE),
@@ -89,7 +115,14 @@ def demo(
     from cnnkit.app.demo import run_demo, run_training_demo
 
     try:
-        if shapes:
+        if time_series:
+            from cnnkit.app.timeseries import run_series_demo
+
+            console = _console()
+            console.print(_threads(threads), markup=False, highlight=False)
+            run_series_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, resume=resume,
+                            console=console, quiet=not verbose, progress=console.is_terminal)
+        elif shapes:
             run_demo(_console(), height=height, width=width)
         else:
             console = _console()
@@ -111,9 +144,11 @@ def _csv(text: str | None, name: str, cast=str):
         raise ShapeError(message) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
-    root: str = typer.Argument(..., help="Data folder with images/ and masks/ (PNG or multi-band TIFF, by stem)."),
+    root: str = typer.Argument(..., help="Data folder with images/ and masks/ (PNG or multi-band TIFF, by stem), or "
+                               "a folder of image time series: series/ (T×C×H×W TIFF stacks or per-date folders) and "
+                               "labels/ (label images or one-hot .npy), optional masks/."),
     out: str = typer.Option("cnnkit-run", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
                             "be empty or new, unless --overwrite or --resume."),
     epochs: int = typer.Option(30, min=1, help="Training epochs."),
@@ -129,31 +164,45 @@ def train(
     images: str = typer.Option("images", help="Sub-folder of the images."),
     masks: str = typer.Option("masks", help="Sub-folder of the label masks."),
     batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
-    width: int = typer.Option(16, min=1, help="Channels of TinySegNet's first stage."),
+    width: int = typer.Option(None, min=1, help="Channels of the network's first stage (default 16; series: 8)."),
     lr: float = typer.Option(1e-2, help="AdamW learning rate."),
+    time_series: bool = typer.Option(False, "--time-series", help="Read ROOT as a folder of image time series "
+                                     "(series/ and labels/); recognised without this flag too."),
+    hidden: int = typer.Option(16, min=1, help="Time series: hidden channels of the ConvLSTM."),
+    crop_size: int = typer.Option(32, min=4, help="Time series: side of the training crops (all dates kept)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE),
     resume: bool = typer.Option(False, "--resume", help=_RESUME),
     threads: int = typer.Option(None, min=1, help=_THREADS),
     verbose: bool = typer.Option(False, "--verbose", help=_VERBOSE),
 ) -> None:
-    """Train a mask-aware segmentation network on your folder of images and masks and write an HTML report."""
+    """Train a mask-aware network on your folder of images and masks (or image time series); write an HTML report."""
     from rich.rule import Rule
-
-    from cnnkit.app.train import train_folder
 
     console = _console()
     try:
         names, band_list = _csv(classes, "classes"), _csv(bands, "bands", int)
         if names is not None and num_classes is None:
             num_classes = len(names)
-        console.print(Rule(f"cnnkit train — {root}"))
+        series = time_series or ((Path(root) / "series").is_dir() and (Path(root) / "labels").is_dir())
+        console.print(Rule(f"cnnkit train — {root}" + (" (image time series)" if series else "")))
         console.print(_threads(threads), markup=False, highlight=False)
-        result = train_folder(root, out, images=images, masks=masks, heldout=heldout,
-                              heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
-                              ignore_index=ignore_index, nodata=nodata, bands=band_list, seed=seed, epochs=epochs,
-                              device=device, batch_size=batch_size, width=width, lr=lr, overwrite=overwrite,
-                              resume=resume, quiet=not verbose, progress=console.is_terminal,
-                              log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+        common = dict(heldout=heldout, heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
+                      ignore_index=ignore_index, nodata=nodata, seed=seed, epochs=epochs, device=device,
+                      batch_size=batch_size, lr=lr, overwrite=overwrite, resume=resume, quiet=not verbose,
+                      progress=console.is_terminal,
+                      log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+        if series:
+            from cnnkit.app.timeseries import train_series_folder
+
+            if band_list is not None:
+                raise ShapeError("--bands is not supported for time series yet: every band of the stacks is used. "
+                                 f"Received --bands {bands}.")
+            result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size, **common)
+        else:
+            from cnnkit.app.train import train_folder
+
+            result = train_folder(root, out, images=images, masks=masks, bands=band_list, width=width or 16,
+                                  **common)
     except CnnkitError as error:
         _fail(error)
     console.print(Rule("result"))
@@ -161,7 +210,7 @@ def train(
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     run: str = typer.Argument(..., help="A run folder of cnnkit train or cnnkit demo (it holds manifest.json)."),
     inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, TIFF), folders of them, or glob patterns."),  # noqa: B008
@@ -211,7 +260,7 @@ def predict(
     console.print(f"outputs: {out}/", markup=False, highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def explain(
     layer: str = typer.Argument(..., help='A layer as Python call syntax, e.g. "Conv2d(3, 32, 5)".'),
     input: str = typer.Option(..., "--input", "-i", help="One sample's shape, no batch: 3x32x32."),
@@ -319,7 +368,8 @@ _RUNS_CODE = ("The model file is your own Python code: it is imported and its fu
               "'python file.py' would. Use it only on code you trust.")
 
 
-@app.command(help="Summarise a whole model: every layer's output shape, weights, parameters, receptive field.\n\n"
+@app.command(cls=_Command,
+             help="Summarise a whole model: every layer's output shape, weights, parameters, receptive field.\n\n"
                   + _RUNS_CODE + " The model is built and run on the meta device where it can be (shapes "
                   "only, no memory).")
 def summary(
@@ -342,7 +392,7 @@ def summary(
         _fail(error)
 
 
-@app.command()
+@app.command(cls=_Command)
 def convert(
     model: str = typer.Argument(..., help="A Keras model: .keras archive or legacy .h5 file."),
     output: str = typer.Argument(..., help="Where to write the PyTorch weights (.safetensors)."),
@@ -364,7 +414,7 @@ def convert(
           f"{len(report.layers)} Keras layers to {output}")
 
 
-@app.command("keras-explain")
+@app.command("keras-explain", cls=_Command)
 def keras_explain(
     model: str = typer.Argument(..., help="A Keras model: .keras archive or legacy .h5 file."),
 ) -> None:
@@ -387,7 +437,7 @@ def keras_explain(
         _fail(error)
 
 
-@app.command(help="Write a static HTML report of a training run (curves, IoU, filters) to "
+@app.command(cls=_Command, help="Write a static HTML report of a training run (curves, IoU, filters) to "
                   "RUN_DIR/report/report.html.\n\n--model: " + _RUNS_CODE + " An earlier report is replaced "
                   "only if cnnkit wrote it and this one has all its sections; a richer report (from cnnkit train or "
                   "demo) is kept: write this one elsewhere with --out.")

@@ -4,7 +4,7 @@ data sets of ``cnnkit demo``."""
 
 from cnnkit.data.crops import RareClassCrops
 from cnnkit.data.folder import SegmentationFolder
-from cnnkit.data.series import SeriesFolder, collate_series
+from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series, series_band_statistics
 from cnnkit.data.standardize import Standardized, band_statistics
 from cnnkit.data.synthetic import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
 from cnnkit.data.synthetic_series import CROP_CLASSES, crop_series
@@ -15,10 +15,13 @@ __all__ = [
     "RARE_CLASS",
     "RareClassCrops",
     "SegmentationFolder",
+    "SeriesCrops",
     "SeriesFolder",
     "Standardized",
+    "StandardizedSeries",
     "SyntheticLandCover",
     "band_statistics",
     "collate_series",
     "crop_series",
+    "series_band_statistics",
 ]

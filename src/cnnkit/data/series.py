@@ -28,10 +28,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cnnkit.data.crops import RareClassCrops
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
 
-__all__ = ["SeriesFolder", "collate_series"]
+__all__ = ["SeriesCrops", "SeriesFolder", "StandardizedSeries", "collate_series", "series_band_statistics"]
 
 _IMAGES = (".png", ".tif", ".tiff")
 
@@ -176,12 +177,13 @@ class SeriesFolder(Dataset):
         return series, valid, torch.from_numpy(label)
 
 
-def collate_series(samples: Sequence[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+def collate_series(samples: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     """Pad ``(series, valid, label)`` items into ``(x (N, T, C, H, W), valid (N, T, H, W), labels (N, H, W))``.
 
     Dates are padded at the end and pixels at the bottom and right, with ``valid = False``, zero input and
     label −100; invalid inputs (NaN under clouds) are set to 0 (they are never read: see
-    :class:`~cnnkit.models.SeriesSegNet`).
+    :class:`~cnnkit.models.SeriesSegNet`). Items may carry a fourth element, a per-pixel loss weight
+    ``(H, W)``: it is padded with 0 and returned fourth.
 
     Examples:
         >>> a = (torch.ones(3, 2, 4, 5), torch.ones(3, 4, 5, dtype=torch.bool), torch.zeros(4, 5, dtype=torch.long))
@@ -193,20 +195,160 @@ def collate_series(samples: Sequence[tuple[Tensor, Tensor, Tensor]]) -> tuple[Te
     if not samples:
         raise ShapeError("collate_series needs at least one sample. Received an empty list.")
     channels = samples[0][0].shape[1]
-    for i, (series, valid, label) in enumerate(samples):
+    weighted = len(samples[0]) == 4
+    for i, item in enumerate(samples):
+        if len(item) != (4 if weighted else 3):
+            raise ShapeError(f"samples[{i}] must be (series, valid, label{', weight' if weighted else ''}) like "
+                             f"samples[0]. Received {len(item)} elements.")
+        series, valid, label = item[:3]
         if series.dim() != 4 or series.shape[1] != channels or valid.shape != (series.shape[0], *series.shape[2:]) \
-                or label.shape != series.shape[2:]:
-            raise ShapeError(f"samples[{i}] must be (series (T, {channels}, H, W), valid (T, H, W), label (H, W)). "
-                             f"Received {tuple(series.shape)}, {tuple(valid.shape)}, {tuple(label.shape)}.")
-    steps = max(s.shape[0] for s, _, _ in samples)
-    height = max(s.shape[2] for s, _, _ in samples)
-    width = max(s.shape[3] for s, _, _ in samples)
+                or label.shape != series.shape[2:] or (weighted and tuple(item[3].shape) != tuple(label.shape)):
+            raise ShapeError(f"samples[{i}] must be (series (T, {channels}, H, W), valid (T, H, W), label (H, W)"
+                             f"{', weight (H, W)' if weighted else ''}). Received "
+                             + ", ".join(str(tuple(v.shape)) for v in item) + ".")
+    steps = max(item[0].shape[0] for item in samples)
+    height = max(item[0].shape[2] for item in samples)
+    width = max(item[0].shape[3] for item in samples)
     x = torch.zeros(len(samples), steps, channels, height, width)
     mask = torch.zeros(len(samples), steps, height, width, dtype=torch.bool)
     labels = torch.full((len(samples), height, width), IGNORE_INDEX, dtype=torch.long)
-    for n, (series, valid, label) in enumerate(samples):
+    weights = torch.zeros(len(samples), height, width) if weighted else None
+    for n, item in enumerate(samples):
+        series, valid, label = item[:3]
         t, _, h, w = series.shape
         x[n, :t, :, :h, :w] = torch.where(valid[:, None], series, torch.zeros(()))
         mask[n, :t, :h, :w] = valid
         labels[n, :h, :w] = label
-    return x, mask, labels
+        if weighted:
+            weights[n, :h, :w] = torch.as_tensor(item[3], dtype=torch.float32)
+    return (x, mask, labels, weights) if weighted else (x, mask, labels)
+
+
+def series_band_statistics(dataset) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of every band over the valid pixels of all dates of all items of ``dataset``
+    (float64 sums; a constant band gets std 1).
+
+    Examples:
+        >>> s = torch.tensor([1.0, 3.0, float("nan")]).reshape(3, 1, 1, 1)
+        >>> series_band_statistics([(s, torch.isfinite(s)[:, 0], torch.zeros(1, 1))])
+        (tensor([2.]), tensor([1.]))
+    """
+    total = square = count = None
+    for item in dataset:
+        series, valid = torch.as_tensor(item[0]).double(), torch.as_tensor(item[1]).bool()
+        values = torch.where(valid[:, None], series, torch.zeros((), dtype=torch.float64))
+        if total is None:
+            total = torch.zeros(series.shape[1], dtype=torch.float64)
+            square, count = torch.zeros_like(total), 0
+        total += values.sum(dim=(0, 2, 3))
+        square += (values * values).sum(dim=(0, 2, 3))
+        count += int(valid.sum())
+    if total is None or count == 0:
+        raise ShapeError("series_band_statistics needs at least one valid pixel. Received none.")
+    mean = total / count
+    std = (square / count - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+class StandardizedSeries(Dataset):
+    """Items of ``dataset`` with every band standardised, ``(series − mean) / std``, and 0 where not valid.
+
+    ``sizes`` lists ``(T, H, W)`` of every item (for :class:`~cnnkit.masking.BucketBatchSampler`: similar
+    lengths and sizes meet in a batch).
+
+    Args:
+        dataset: Items ``(series (T, C, H, W), valid (T, H, W), label (H, W)[, weight (H, W)])``.
+        mean, std: Per band (C,); default :func:`series_band_statistics` of ``dataset``.
+    """
+
+    def __init__(self, dataset, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        self.dataset = dataset
+        if mean is None or std is None:
+            mean, std = series_band_statistics(dataset)
+        self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        self.sizes = []
+        for i in range(len(dataset)):
+            item = dataset[i]
+            self.sizes.append((int(item[0].shape[0]), *(int(v) for v in item[0].shape[2:])))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        series, valid = torch.as_tensor(item[0], dtype=torch.float32), torch.as_tensor(item[1]).bool()
+        if series.shape[1] != len(self.mean):
+            raise ShapeError(f"item {index} has {series.shape[1]} bands; the statistics have {len(self.mean)}.")
+        scaled = (series - self.mean[:, None, None]) / self.std[:, None, None]
+        scaled = torch.where(valid[:, None], scaled, torch.zeros(()))
+        return (scaled, valid, *item[2:])
+
+
+class SeriesCrops(Dataset):
+    """Crops in space of series items, all dates kept, centred on rare-class pixels with given probabilities.
+
+    The crop positions are those of :class:`~cnnkit.data.RareClassCrops` (same seed, epoch and jitter
+    rules) applied to each series seen as one image: its dates, validity and weights stacked as bands.
+    A series smaller than the crop is padded at the bottom and right with ``valid = False`` and −100.
+
+    Args:
+        dataset: Items ``(series (T, C, H, W), valid (T, H, W), label (H, W)[, weight (H, W)])``; T may differ.
+        crop_size: Side of the square crops.
+        class_ratios: ``{class: probability}`` of crops centred on that class (the rest: anywhere).
+        num_crops: Crops per series per epoch.
+        generator: Seed source (see :class:`~cnnkit.data.RareClassCrops`).
+
+    Examples:
+        >>> label = torch.zeros(20, 20, dtype=torch.long); label[15, 3] = 1
+        >>> item = (torch.randn(4, 2, 20, 20), torch.ones(4, 20, 20, dtype=torch.bool), label)
+        >>> crops = SeriesCrops([item], 8, {1: 1.0}, generator=torch.Generator().manual_seed(0))
+        >>> series, valid, target = crops[0]
+        >>> series.shape, valid.shape, bool((target == 1).any())
+        (torch.Size([4, 2, 8, 8]), torch.Size([4, 8, 8]), True)
+    """
+
+    def __init__(self, dataset, crop_size: int, class_ratios=None, num_crops: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        self.dataset = dataset
+        first = dataset[0]
+        self._bands, self._weighted = int(first[0].shape[1]), len(first) > 3
+        self._steps = [int(dataset[i][0].shape[0]) for i in range(len(dataset))]
+        self._crops = RareClassCrops(_Flattened(dataset), crop_size=crop_size, class_ratios=class_ratios or {},
+                                     num_crops=num_crops, generator=generator)
+        self.crop_size, self.num_crops = crop_size, num_crops
+        self.sizes = [(self._steps[i // num_crops], crop_size, crop_size) for i in range(len(self._crops))]
+
+    def set_epoch(self, epoch: int) -> None:
+        """New crop positions for epoch ``epoch``."""
+        self._crops.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self._crops)
+
+    def __getitem__(self, index: int):
+        flat, label = self._crops[index]
+        steps = self._steps[index // self.num_crops]
+        bands, size = self._bands, flat.shape[1:]
+        series = flat[: steps * bands].reshape(steps, bands, *size)
+        valid = flat[steps * bands : steps * (bands + 1)] > 0.5
+        return (series, valid, label, flat[-1]) if self._weighted else (series, valid, label)
+
+
+class _Flattened(Dataset):
+    """Series items as images: the T·C bands, then the T validity masks, then the weight (if any)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        series, valid, label = item[:3]
+        t, c, h, w = series.shape
+        parts = [torch.where(valid[:, None], series, torch.zeros(())).reshape(t * c, h, w), valid.float()]
+        if len(item) > 3:
+            parts.append(torch.as_tensor(item[3], dtype=torch.float32)[None])
+        return torch.cat(parts), label

@@ -51,6 +51,8 @@ def crop_series(
     sides: tuple[int, int] = (32, 64),
     cloud_share: float = 0.3,
     noise: float = 0.25,
+    frequencies: tuple[float, ...] = FREQUENCIES,
+    shares: tuple[float, ...] = SHARES,
 ) -> list[tuple[Tensor, Tensor]]:
     """``count`` scenes as ``(series (T, 7, H, W) float32 with NaN under clouds, labels (H, W) int64)``.
 
@@ -61,6 +63,8 @@ def crop_series(
         sides: Smallest and largest height and width.
         cloud_share: Mean share of each date under cloud.
         noise: Standard deviation of the per-pixel noise (the signal's amplitude is about 1).
+        frequencies: Oscillations per season of each class (a negative one turns the other way round).
+        shares: Share of the fields of each class (summing to 1).
 
     Examples:
         >>> series, labels = crop_series(1, seed=3)[0]
@@ -71,8 +75,10 @@ def crop_series(
     """
     check_int(count, "count")
     rng = np.random.default_rng(seed)
-    band_phase = rng.uniform(0, 2 * math.pi, BANDS)
-    band_amplitude = rng.uniform(0.6, 1.2, BANDS)
+    # how the bands respond to the crop's cycle is a property of the sensor, the same in every split
+    sensor = np.random.default_rng(BANDS)
+    band_phase = sensor.uniform(0, 2 * math.pi, BANDS)
+    band_amplitude = sensor.uniform(0.6, 1.2, BANDS)
     scenes = []
     for _ in range(count):
         t = int(rng.integers(steps[0], steps[1] + 1))
@@ -84,10 +90,10 @@ def crop_series(
         yy, xx = np.mgrid[:height, :width]
         dist = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
         field = dist.argmin(-1)
-        crop = rng.choice(len(CROP_CLASSES), size=fields, p=SHARES)
+        crop = rng.choice(len(frequencies), size=fields, p=shares)
         phase = rng.uniform(0, 2 * math.pi, fields)
         amplitude = rng.uniform(0.8, 1.2, fields)
-        freq = np.asarray(FREQUENCIES)[crop][field]
+        freq = np.asarray(frequencies)[crop][field]
         angle = 2 * math.pi * freq[None] * dates[:, None, None] + phase[field][None]  # (T, H, W)
         series = (band_amplitude[None, :, None, None] * amplitude[field][None, None]
                   * np.sin(angle[:, None] + band_phase[None, :, None, None]))

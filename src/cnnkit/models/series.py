@@ -31,6 +31,8 @@ class SeriesSegNet(nn.Module):
         num_classes: Classes predicted per pixel.
         width: Channels of the frame encoder.
         hidden: Hidden channels of the ConvLSTM (and of the head).
+        kernel_size: Window of the ConvLSTM's convolutions (odd; 1 is an LSTM per pixel, about 9× cheaper
+            than 3, with the spatial context left to the encoder's and the head's 3 × 3 windows).
 
     Shape:
         - x: (N, T, in_channels, H, W).
@@ -44,15 +46,19 @@ class SeriesSegNet(nn.Module):
         torch.Size([2, 5, 30, 30])
     """
 
-    def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32):
+    def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32,
+                 kernel_size: int = 3):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
-                            ("hidden", hidden)):
+                            ("hidden", hidden), ("kernel_size", kernel_size)):
             check_int(value, name)
+        if kernel_size % 2 == 0:
+            raise ShapeError(f"kernel_size must be odd (a centred window). Received kernel_size={kernel_size}.")
         self.in_channels, self.num_classes, self.width, self.hidden = in_channels, num_classes, width, hidden
+        self.kernel_size = kernel_size
         self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
                                      nn.Conv2d(width, width, 1), nn.ReLU())
-        self.recurrent = ConvLSTM2d(width, hidden, 3, padding="same")
+        self.recurrent = ConvLSTM2d(width, hidden, kernel_size, padding="same")
         self.head = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, num_classes, 1))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -73,4 +79,4 @@ class SeriesSegNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, "
-                f"hidden={self.hidden}")
+                f"hidden={self.hidden}" + (f", kernel_size={self.kernel_size}" if self.kernel_size != 3 else ""))

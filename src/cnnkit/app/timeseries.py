@@ -1,0 +1,645 @@
+"""From image time series with clouds to a trained, evaluated per-pixel classifier and its report, in one call.
+
+:func:`train_series` is what ``cnnkit demo --time-series`` runs on its built-in scenes and ``cnnkit train``
+runs on a folder of series (:func:`train_series_folder`). It mirrors :func:`cnnkit.app.train_segmentation`:
+
+1. standardise every band with the training split's mean and std over its *valid* pixels (clouds,
+   NaN, ``nodata`` and padding never enter the statistics, and become 0 with ``valid = False``);
+2. count the labelled pixels of every class (−100 never counts), name the **rare** classes, and train on
+   crops in space of every series, all dates kept (:class:`~cnnkit.data.SeriesCrops`: half of them centred
+   on a rare-class pixel); class weights (ENet's by default) are estimated on those crops;
+3. batch crops of similar length together (:class:`~cnnkit.masking.BucketBatchSampler` on ``(T, H, W)``)
+   and pad them in time and space (:func:`~cnnkit.data.collate_series`): a padded date or pixel has
+   ``valid = False``, which :class:`~cnnkit.models.SeriesSegNet` treats exactly like a cloud, so each
+   series' output equals its output alone (tested to 1e-10 in float64);
+4. train :class:`~cnnkit.models.SeriesSegNet` through :class:`~cnnkit.train.series_task.SeriesSegmentationTask`
+   and :func:`cnnkit.train.fit` (checkpoints, CSV logs, one line per epoch), with the weighted
+   cross-entropy that ignores −100 and, when the items carry one, a per-pixel weight;
+5. measure the held-out mean IoU against two baselines measured in the same run: the majority class
+   everywhere, and the same network trained the same way on each series' least cloudy date alone;
+6. write the report (:func:`cnnkit.report.write_report`) with the time-series sections first, the weights
+   and the run manifest (``task = "series-segmentation"``).
+
+Items are ``(series (T, C, H, W) float with NaN allowed, valid (T, H, W) bool, label (H, W) int[, weight
+(H, W)])`` with −100 for pixels without a label — what :class:`~cnnkit.data.SeriesFolder` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from cnnkit._checks import check_int
+from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
+from cnnkit.errors import ShapeError
+from cnnkit.losses import PixelCrossEntropy, class_weights
+from cnnkit.masking import BucketBatchSampler
+from cnnkit.masking.batch import IGNORE_INDEX
+from cnnkit.metrics import SegmentationMetrics
+from cnnkit.models import SeriesSegNet
+from cnnkit.render.labels import DEFAULT_PALETTE
+from cnnkit.report import ReportSection, write_report
+from cnnkit.train import fit
+from cnnkit.train.rundir import prepare_run_dir, write_manifest
+from cnnkit.train.series_task import SeriesSegmentationTask
+
+__all__ = ["SeriesRun", "evaluate_series", "is_series_folder", "least_cloudy_date", "run_series_demo",
+           "series_demo", "train_series", "train_series_folder"]
+
+RARE_CROP_SHARE = 0.5
+"""Share of the crops centred on a rare-class pixel (split evenly between the rare classes)."""
+
+
+@dataclass
+class SeriesRun:
+    """What :func:`train_series` measured and wrote.
+
+    Attributes:
+        report: Path of ``report.html``.
+        mean_iou: Held-out mean IoU of the trained network.
+        majority_mean_iou: Held-out mean IoU of predicting the most frequent training class everywhere.
+        single_date_mean_iou: Held-out mean IoU of the same network trained on each series' least cloudy date
+            alone (``None`` when not measured).
+        iou, majority_iou, single_date_iou: Per class (NaN: absent from the held-out labels and never predicted).
+        class_names, class_share, class_weight, rare_classes: As in :class:`cnnkit.app.SegmentationRun`.
+        majority: The majority class.
+        valid_share: Share of valid (cloud-free) pixels over all training dates.
+        steps: (shortest, longest) series of the training split.
+        seconds: Wall time from the start to the written report.
+        cpu_seconds: CPU time of this process over the same span (all its threads).
+    """
+
+    report: Path
+    mean_iou: float
+    majority_mean_iou: float
+    single_date_mean_iou: float | None
+    iou: list[float]
+    majority_iou: list[float]
+    single_date_iou: list[float] | None
+    class_names: tuple[str, ...]
+    class_share: list[float]
+    class_weight: list[float]
+    rare_classes: list[int]
+    majority: int
+    valid_share: float
+    steps: tuple[int, int]
+    seconds: float
+    cpu_seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The result as ``cnnkit demo --time-series`` and ``cnnkit train`` print it."""
+        names = self.class_names
+        lines = [f"held-out mean IoU:             {self.mean_iou:.3f}  (ConvLSTM over every date, clouds masked)"]
+        if self.single_date_mean_iou is not None:
+            lines.append(f"single-date baseline IoU:      {self.single_date_mean_iou:.3f}  (same network, trained and "
+                         "evaluated on each series' least cloudy date alone)")
+        lines += [
+            f"majority-class baseline IoU:   {self.majority_mean_iou:.3f}  (predicting '{names[self.majority]}' "
+            "everywhere)",
+            "per-class IoU:                 " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, self.iou)),
+            f"report:                        {self.report}",
+            f"elapsed:                       {self.seconds:.1f} s wall, {self.cpu_seconds:.1f} s CPU",
+        ]
+        return lines
+
+
+def least_cloudy_date(valid: Tensor) -> int:
+    """Index of the date with the most valid pixels (the first of equals).
+
+    Examples:
+        >>> least_cloudy_date(torch.tensor([[[True, False]], [[True, True]], [[True, True]]]))
+        1
+    """
+    counts = torch.as_tensor(valid).flatten(1).sum(1)
+    return int(torch.nonzero(counts == counts.max())[0])
+
+
+class _SingleDate(Dataset):
+    """Each item reduced to its least cloudy date (T = 1)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.sizes = [(1, *size[1:]) for size in dataset.sizes]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        t = least_cloudy_date(item[1])
+        return (item[0][t : t + 1], item[1][t : t + 1], *item[2:])
+
+
+def _task_batch(items):
+    """:func:`collate_series` as the task takes it: ``((x, valid), labels[, weight])``."""
+    x, valid, labels, *weight = collate_series(items)
+    return ((x, valid), labels, *weight)
+
+
+def _loader(dataset, sizes, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    sampler = BucketBatchSampler(sizes, batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_task_batch)
+
+
+def evaluate_series(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
+                    device: str | torch.device = "cpu", keep: Sequence[int] = ()) -> tuple[dict, dict[int, Tensor]]:
+    """Held-out metrics of ``model(x, valid)`` in eval mode over ``dataset`` (padded batches, −100 and padding left
+    out), and the predicted label maps of the items ``keep`` (by index). The model's mode is restored."""
+    metrics = SegmentationMetrics(num_classes)
+    sizes = getattr(dataset, "sizes", None) or [(int(i[0].shape[0]), *i[0].shape[2:]) for i in dataset]
+    sampler = BucketBatchSampler(sizes, batch_size, shuffle=False)
+    predictions: dict[int, Tensor] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in sampler:
+                items = [dataset[i] for i in batch]
+                x, valid, labels = collate_series([item[:3] for item in items])
+                logits = model(x.to(device), valid.to(device)).to("cpu")
+                metrics.update(logits, labels)
+                for n, i in enumerate(batch):
+                    if i in keep:
+                        h, w = items[n][2].shape
+                        predictions[i] = logits[n, :, :h, :w].argmax(0)
+    finally:
+        model.train(was_training)
+    return metrics.compute(), predictions
+
+
+def _majority_metrics(majority: int, dataset, num_classes: int) -> dict:
+    metrics = SegmentationMetrics(num_classes)
+    for i in range(len(dataset)):
+        label = torch.as_tensor(dataset[i][2])
+        metrics.update(torch.full_like(label, majority)[None], label[None])
+    return metrics.compute()
+
+
+def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int, batch_size: int, lr: float,
+                 seed: int, device: str) -> None:
+    """The single-date baseline's training: the optimiser, schedule, loss, crops and batches of the main run,
+    in a plain loop (it writes nothing into the run folder)."""
+    loss_fn = PixelCrossEntropy(class_weight=weight.to(device))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sampler = BucketBatchSampler(crops.sizes, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(sampler)))
+    net.train()
+    for epoch in range(epochs):
+        crops.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            (x, valid), labels, *pixel_weight = _task_batch([crops[i] for i in batch])
+            logits = net(x.to(device), valid.to(device))
+            loss = loss_fn(logits, labels.to(device), *(w.to(device) for w in pixel_weight))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+
+
+def _accelerator(device: str) -> tuple[str, int | list[int]]:
+    from cnnkit.app.train import _accelerator as accelerator
+
+    return accelerator(device)
+
+
+# -- report sections ---------------------------------------------------------------------------------
+
+def _data_section(train, names, share, weight, rare, valid_shares, crop_size, count_crops):
+    from cnnkit.render.series import valid_share_figure
+
+    steps = [s[0] for s in train.sizes]
+    sides = [v for s in train.sizes for v in s[1:]]
+    flat = [v for shares in valid_shares for v in shares]
+    text = (f"{len(train)} training series of {min(steps)}–{max(steps)} dates, {min(sides)}–{max(sides)} px a side, "
+            f"{train[0][0].shape[1]} bands. {100 * (1 - sum(flat) / len(flat)):.1f} % of the pixel-dates hold no data "
+            "(cloud, NaN, nodata): they are masked, never filled. Training uses "
+            f"{count_crops} crops of {crop_size}×{crop_size} px per epoch with all their dates"
+            + (f", half of them centred on a rare-class pixel ({', '.join(names[k] for k in rare)})" if rare else "")
+            + ". The loss weights below were estimated on those crops.")
+    rows = [(f"{k}: {name}", s, w, "rare" if k in rare else "")
+            for k, (name, s, w) in enumerate(zip(names, share, weight))]
+    return ReportSection("Series and clouds", text,
+                         figures=[(valid_share_figure(valid_shares), "Valid share of every date (training series)")],
+                         columns=["class", "share of labelled pixels", "loss weight", "note"], rows=rows,
+                         id="series-data")
+
+
+def _profiles_section(raw_item, names, palette, bands):
+    from cnnkit.render.series import band_profiles_figure, pick_profile_pixels
+
+    series, valid, label = raw_item[:3]
+    pixels = pick_profile_pixels(label, valid, per_class=1, num_classes=len(names))
+    if not pixels:
+        return None
+    fig = band_profiles_figure(series, valid, pixels, names, bands=bands, palette=palette)
+    text = ("One pixel of every class of a held-out series: its band values at the dates that hold data, joined in "
+            "order — what the ConvLSTM reads. Grey bars and crosses mark cloudy dates: there the pixel has no value, "
+            "and its memory is carried over unchanged.")
+    return ReportSection("Pixels over time", text, figures=[(fig, "Band profiles per class, cloudy dates marked")],
+                         id="series-profiles")
+
+
+def _frames_section(raw_item, bands):
+    from cnnkit.render.series import frame_strip_figure
+
+    series, valid = raw_item[:2]
+    fig = frame_strip_figure(series, valid, bands=bands)
+    text = (f"A held-out series of {series.shape[0]} dates: the bands (clouds in white) over the validity mask "
+            "(black: no data). Each date is a frame of the recurrence; a black pixel keeps the state it had.")
+    return ReportSection("A series, date by date", text, figures=[(fig, "Frames and cloud masks")], id="series-frames")
+
+
+def _maps_section(panels, names, palette):
+    from cnnkit.render.series import label_maps_figure
+
+    rows = max(1, len(panels) // 3)
+    fig = label_maps_figure(panels, names, rows=rows, palette=palette)
+    text = ("Held-out series: the true labels, the network's prediction from every date, and the single-date "
+            "baseline's prediction from the least cloudy date. Opaque panels; each class has the legend's colour "
+            "exactly; light grey has no label (not counted).")
+    return ReportSection("Predicted vs true", text, figures=[(fig, "True, time series, single date")],
+                         id="series-maps")
+
+
+def _evaluation_section(names, iou, single, majority_iou, mean, single_mean, majority_mean, majority, heldout,
+                        seconds, cpu):
+    text = (f"Mean IoU on {heldout} held-out series: {mean:.3f} for the network over every date"
+            + (f", {single_mean:.3f} for the same network trained on each series' least cloudy date alone"
+               if single_mean is not None else "")
+            + f", {majority_mean:.3f} for predicting '{names[majority]}' (the most frequent training class) "
+            f"everywhere. Reading, training and evaluating took {seconds:.1f} s wall, {cpu:.1f} s CPU.")
+    columns = ["class", "time series IoU"] + (["single-date IoU"] if single is not None else []) + ["majority IoU"]
+    rows = []
+    for k, name in enumerate(names):
+        rows.append((f"{k}: {name}", iou[k], *((single[k],) if single is not None else ()), majority_iou[k]))
+    rows.append(("mean IoU", mean, *((single_mean,) if single is not None else ()), majority_mean))
+    return ReportSection("Held-out evaluation", text, columns=columns, rows=rows, id="heldout")
+
+
+def train_series(
+    train,
+    heldout,
+    num_classes: int,
+    out: str | os.PathLike = "cnnkit-run",
+    *,
+    class_names: Sequence[str] | None = None,
+    epochs: int = 12,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 8,
+    lr: float = 1e-2,
+    width: int = 8,
+    hidden: int = 16,
+    kernel_size: int = 3,
+    crop_size: int = 32,
+    crops_per_series: int = 1,
+    rare_below: float = 0.05,
+    weighting: str = "enet",
+    single_date_baseline: bool = True,
+    title: str | None = None,
+    progress: bool = True,
+    quiet: bool = True,
+    epoch_lines: bool = True,
+    log: Callable[[str], None] = print,
+    overwrite: bool = False,
+    resume: bool = False,
+    preprocessing: dict | None = None,
+    ignore_index: int | None = None,
+    profile_bands: Sequence[int] = (0, 1),
+    rgb_bands: Sequence[int] | None = None,
+    manifest_extra: dict | None = None,
+) -> SeriesRun:
+    """Train :class:`~cnnkit.models.SeriesSegNet` on cloudy series, evaluate it and its baselines, write the report.
+
+    Args:
+        train, heldout: Data sets of ``(series (T, C, H, W), valid (T, H, W), label (H, W)[, weight (H, W)])``
+            with −100 for pixels without a label and NaN allowed where ``valid`` is False (e.g.
+            :class:`~cnnkit.data.SeriesFolder`). Series may differ in T and in size.
+        num_classes: Number of classes; labels lie in ``[0, num_classes)`` or are −100.
+        out: Run folder (see :func:`cnnkit.train.rundir.prepare_run_dir`: never deletes what cnnkit did not write).
+        class_names: A name per class.
+        epochs: Training epochs (each: ``crops_per_series`` crops of every training series).
+        seed: Seed of the weights, crops and batch order.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+        batch_size: Crops per batch.
+        lr: AdamW learning rate, cosine-annealed to 0 over the run.
+        width, hidden, kernel_size: The network's encoder channels, ConvLSTM hidden channels and window
+            (:class:`~cnnkit.models.SeriesSegNet`).
+        crop_size: Side of the training crops (all dates kept).
+        crops_per_series: Crops of each series per epoch.
+        rare_below: A class under this share of the labelled training pixels is rare (half the crops centre on it).
+        weighting: ``method`` of :func:`cnnkit.losses.class_weights`.
+        single_date_baseline: Also train and evaluate the network on each series' least cloudy date.
+        title: The report's title.
+        progress, quiet, epoch_lines, log: As in :func:`cnnkit.app.train_segmentation`.
+        overwrite, resume: As in :func:`cnnkit.train.rundir.prepare_run_dir`.
+        preprocessing: More for the manifest's ``input`` (e.g. ``nodata``, ``band_count``); the band mean and std
+            are added.
+        ignore_index: The label value that meant "no label" in the user's files, for the manifest.
+        profile_bands: Bands drawn in the report's pixel profiles.
+        rgb_bands: Bands shown as R, G, B in the report's frame strip (default the first three).
+        manifest_extra: More keys for the manifest's ``series`` object (e.g. which series were held out).
+
+    Returns:
+        A :class:`SeriesRun`.
+    """
+    import lightning as L
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
+                             ("hidden", hidden, 1), ("kernel_size", kernel_size, 1), ("batch_size", batch_size, 1), ("crop_size", crop_size, 4),
+                             ("crops_per_series", crops_per_series, 1)):
+        check_int(value, name, low)
+    if not 0 <= rare_below < 1:
+        raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
+    names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))
+    if len(names) != num_classes:
+        raise ShapeError(f"class_names must name all {num_classes} classes. Received {len(names)} names: {names}.")
+    if len(train) < 1 or len(heldout) < 1:
+        raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
+    accelerator, devices = _accelerator(device)
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
+    torch.manual_seed(seed)
+
+    raw_heldout = heldout
+    train = StandardizedSeries(train)
+    heldout = StandardizedSeries(raw_heldout, train.mean, train.std)
+    bands = int(train[0][0].shape[1])
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    valid_shares = []
+    for i in range(len(train)):
+        _, valid, label, *_ = train[i]
+        counted = label[label != IGNORE_INDEX]
+        if counted.numel() and (counted.min() < 0 or counted.max() >= num_classes):
+            bad = int(counted[(counted < 0) | (counted >= num_classes)][0])
+            raise ShapeError(f"labels must be class indices in [0, {num_classes}) or -100. Received a label {bad} in "
+                             f"training series {i}.")
+        counts += torch.bincount(counted.flatten(), minlength=num_classes)
+        valid_shares.append(valid.flatten(1).float().mean(1).tolist())
+    if counts.sum() == 0:
+        raise ShapeError("The training labels hold no labelled pixel (all are -100).")
+    share = (counts / counts.sum()).tolist()
+    majority = int(counts.argmax())
+    rare = [k for k in range(num_classes) if 0 < share[k] < rare_below]
+    steps = [s[0] for s in train.sizes]
+    valid_share = sum(v for s in valid_shares for v in s) / sum(len(s) for s in valid_shares)
+    log(f"data: {len(train)} training and {len(heldout)} held-out series, {bands} bands, {min(steps)}–{max(steps)} "
+        f"dates, {min(min(s[1:]) for s in train.sizes)}–{max(max(s[1:]) for s in train.sizes)} px; "
+        f"{100 * (1 - valid_share):.1f} % of pixel-dates without data; "
+        + "; ".join(f"'{names[k]}' {100 * share[k]:.2f} %" for k in range(num_classes)) + " of labelled pixels")
+
+    ratios = {k: RARE_CROP_SHARE / len(rare) for k in rare}
+    crops = SeriesCrops(train, crop_size, ratios, crops_per_series, generator=torch.Generator().manual_seed(seed))
+    weight = class_weights((item[2] for item in crops), num_classes, weighting)
+    log(f"{len(crops)} crops of {crop_size}×{crop_size} px per epoch, all dates"
+        + (f", half centred on rare classes ({', '.join(names[k] for k in rare)})" if rare else "")
+        + f"; class weights ({weighting.replace('_', ' ')}): "
+        + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weight.tolist())))
+    train_loader = _loader(crops, crops.sizes, batch_size, shuffle=True, seed=seed)
+    val_loader = _loader(heldout, heldout.sizes, batch_size, shuffle=False)
+
+    class _NewCrops(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            crops.set_epoch(trainer.current_epoch)
+
+    builder_args = {"in_channels": bands, "num_classes": num_classes, "width": width, "hidden": hidden,
+                    "kernel_size": kernel_size}
+    net = SeriesSegNet(**builder_args)
+    task = SeriesSegmentationTask(net, num_classes, class_weight=weight, lr=lr, weight_decay=1e-4,
+                                  scheduler="cosine", class_names=names)
+    if resume:
+        log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
+    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
+        accelerator=accelerator, devices=devices, progress=progress, callbacks=[_NewCrops()],
+        enable_model_summary=False, num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None)
+    net.to(torch.device(device))
+
+    # held-out: the series with the most classes first in the report's pictures
+    shown = sorted(range(len(heldout)), key=lambda i: -len(torch.unique(heldout[i][2])))[:3]
+    result, predicted = evaluate_series(net, heldout, num_classes, batch_size, device, keep=shown)
+    majority_result = _majority_metrics(majority, heldout, num_classes)
+    single_result = single_predicted = None
+    if single_date_baseline:
+        single_start = time.process_time()
+        single_crops = SeriesCrops(_SingleDate(train), crop_size, ratios, crops_per_series,
+                                   generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        single_net = SeriesSegNet(**builder_args).to(device)
+        _train_plain(single_net, single_crops, weight, epochs, batch_size, lr, seed, device)
+        single_result, single_predicted = evaluate_series(single_net, _SingleDate(heldout), num_classes, batch_size,
+                                                          device, keep=shown)
+        log(f"single-date baseline: held-out mean IoU {float(single_result['mean_iou']):.3f} "
+            f"({time.process_time() - single_start:.1f} s CPU)")
+
+    iou = [float(v) for v in result["iou"]]
+    majority_iou = [float(v) for v in majority_result["iou"]]
+    single_iou = [float(v) for v in single_result["iou"]] if single_result is not None else None
+    mean_iou, majority_mean = float(result["mean_iou"]), float(majority_result["mean_iou"])
+    single_mean = float(single_result["mean_iou"]) if single_result is not None else None
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+
+    palette = [DEFAULT_PALETTE[k % len(DEFAULT_PALETTE)] for k in range(num_classes)]
+    panels = []
+    for i in shown:
+        panels += [(f"series {i}: true", raw_heldout[i][2]), (f"series {i}: time series", predicted[i])]
+        if single_predicted is not None:
+            panels.append((f"series {i}: single date", single_predicted[i]))
+    example = raw_heldout[shown[0]]
+    sections = [
+        _data_section(train, names, share, weight.tolist(), rare, valid_shares, crop_size, len(crops)),
+        _evaluation_section(names, iou, single_iou, majority_iou, mean_iou, single_mean, majority_mean, majority,
+                            len(heldout), seconds, cpu),
+        _maps_section(panels, names, palette),
+        _profiles_section(example, names, palette, [b for b in profile_bands if b < bands] or [0]),
+        _frames_section(example, rgb_bands),
+    ]
+    report = write_report(out, model=None, sections=[s for s in sections if s is not None],
+                          title=title or "cnnkit: image time series")
+    write_manifest(out, net, builder="SeriesSegNet", builder_args=builder_args,
+                   preprocessing={**(preprocessing or {}), "kind": "series", "mean": train.mean.tolist(),
+                                  "std": train.std.tolist(), "band_count": bands},
+                   class_names=names, ignore_index=ignore_index, palette=palette, task="series-segmentation",
+                   extra={"kind": "series", "series": {"steps": [min(steps), max(steps)], "crop_size": crop_size,
+                                                       "heldout_mean_iou": mean_iou,
+                                                       "single_date_mean_iou": single_mean,
+                                                       "majority_mean_iou": majority_mean,
+                                                       **(manifest_extra or {})}})
+    return SeriesRun(
+        report=report, mean_iou=mean_iou, majority_mean_iou=majority_mean, single_date_mean_iou=single_mean,
+        iou=iou, majority_iou=majority_iou, single_date_iou=single_iou, class_names=names, class_share=share,
+        class_weight=weight.tolist(), rare_classes=rare, majority=majority, valid_share=valid_share,
+        steps=(min(steps), max(steps)), seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
+    )
+
+
+class _Subset(Dataset):
+    def __init__(self, dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def is_series_folder(root: str | os.PathLike) -> bool:
+    """Whether ``root`` looks like a folder of image time series (``series/`` and ``labels/`` sub-folders)."""
+    root = Path(root)
+    return (root / "series").is_dir() and (root / "labels").is_dir()
+
+
+def train_series_folder(
+    root: str | os.PathLike,
+    out: str | os.PathLike = "cnnkit-run",
+    *,
+    heldout: str | os.PathLike | None = None,
+    heldout_fraction: float = 0.2,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    nodata: float | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    **kwargs,
+) -> SeriesRun:
+    """:func:`train_series` on a folder of image time series (``cnnkit train`` on ``series/`` + ``labels/``).
+
+    Reads ``root`` with :class:`~cnnkit.data.SeriesFolder` (TIFF stacks in either layout or per-date
+    sub-folders; label images or one-hot ``.npy`` with all-zero = no label; NaN, ±inf, ``nodata`` and
+    optional ``masks/`` mark invalid pixel-dates) and holds out a random ``heldout_fraction`` of the series
+    (or uses the folder ``heldout`` with the same layout).
+
+    Args:
+        root: The data folder.
+        out: Run folder.
+        heldout: A separate held-out folder.
+        heldout_fraction: Share of the series held out (at least one each side).
+        num_classes: Number of classes (default: the largest label found + 1, or the one-hot depth).
+        class_names: A name per class.
+        ignore_index: A label-image value meaning "no label" (e.g. 255).
+        nodata: A band value meaning "no data" (besides NaN and ±inf).
+        seed: Seed of the split and of the training.
+        log: Called with each line of text.
+        kwargs: Further options of :func:`train_series`.
+    """
+    folder = SeriesFolder(root, nodata=nodata, ignore_index=ignore_index)
+    if heldout is not None:
+        train_part = folder
+        held_part = SeriesFolder(heldout, nodata=nodata, ignore_index=ignore_index)
+        split = f"held-out folder {str(heldout)!r}"
+        held_names = [entry.name for entry, _, _ in held_part.samples]
+    else:
+        if not 0 < heldout_fraction < 1:
+            raise ShapeError(f"heldout_fraction must be in (0, 1). Received heldout_fraction={heldout_fraction!r}.")
+        if len(folder) < 2:
+            raise ShapeError(f"{str(root)!r} holds {len(folder)} series: at least 2 are needed to hold one out "
+                             "(or give a held-out folder).")
+        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
+        count = min(len(folder) - 1, max(1, round(heldout_fraction * len(folder))))
+        train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
+        split = f"{count} of {len(folder)} series held out at random (seed {seed})"
+        held_names = [folder.samples[i][0].name for i in held_part.indices]
+    if num_classes is None:
+        found, depth = -1, 0
+        for part in (train_part, held_part):
+            for i in range(len(part)):
+                label = part[i][2]
+                labelled = label[label != IGNORE_INDEX]
+                if labelled.numel():
+                    found = max(found, int(labelled.max()))
+        for _, label_path, _ in folder.samples:
+            if label_path.suffix.lower() == ".npy":
+                import numpy as np
+
+                shape = np.load(label_path, mmap_mode="r").shape
+                depth = max(depth, min(shape[0], shape[-1]))
+        num_classes = max(found + 1, depth)
+        if num_classes < 2:
+            raise ShapeError(f"The labels in {str(root)!r} hold fewer than 2 classes (largest label {found}); give "
+                             "num_classes if classes are missing.")
+    log(f"folder {str(root)!r}: {len(folder)} series, {num_classes} classes; {split}")
+    preprocessing = {"nodata": nodata}
+    return train_series(train_part, held_part, num_classes, out, class_names=class_names, seed=seed, log=log,
+                        title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name} (time series)"),
+                        preprocessing=preprocessing, ignore_index=ignore_index,
+                        manifest_extra={"heldout": held_names}, **kwargs)
+
+
+# -- the demo ----------------------------------------------------------------------------------------
+
+DEMO_TRAIN = 48
+DEMO_HELDOUT = 16
+DEMO_EPOCHS = 12
+DEMO_SETTINGS = {"width": 8, "hidden": 16, "kernel_size": 1, "crop_size": 24, "crops_per_series": 2,
+                 "batch_size": 8, "lr": 1e-2}
+"""The demo's network and training: chosen by CPU time on 2 cores (see ``docs/timeseries.md``)."""
+
+
+def series_demo(
+    out: str | os.PathLike = "cnnkit-demo-series",
+    *,
+    epochs: int = DEMO_EPOCHS,
+    seed: int = 0,
+    n_train: int = DEMO_TRAIN,
+    n_heldout: int = DEMO_HELDOUT,
+    log: Callable[[str], None] = print,
+    **kwargs,
+) -> SeriesRun:
+    """``cnnkit demo --time-series``: :func:`train_series` on seeded synthetic crop-type series with clouds.
+
+    The training and held-out splits are :func:`cnnkit.data.crop_series` (seeds ``2·seed`` and ``2·seed + 1``):
+    6–24 dates, 32–64 px a side, about 30 % of every date under cloud (NaN), unlabelled field borders and
+    fields, and a rare class; the crops differ only by the rhythm of their bands over the season, so a
+    single date cannot tell them apart.
+
+    Args:
+        out: Run folder.
+        epochs: Training epochs.
+        seed: Seed of the data and the training.
+        n_train, n_heldout: Number of training and held-out series.
+        log: Called with each line of text.
+        kwargs: Further options of :func:`train_series` (they override :data:`DEMO_SETTINGS`).
+    """
+    from cnnkit.data.synthetic_series import CROP_CLASSES, crop_series
+
+    check_int(n_train, "n_train", 2)
+    check_int(n_heldout, "n_heldout")
+
+    def items(scenes):
+        return [(s, torch.isfinite(s).all(1), y) for s, y in scenes]
+
+    train = items(crop_series(n_train, seed=2 * seed))
+    heldout = items(crop_series(n_heldout, seed=2 * seed + 1))
+    log("built-in data: seeded synthetic crop-type series, 6 bands + the date's position in the season; the crops "
+        "differ only by how their bands oscillate over the season; NaN under clouds")
+    settings = {**DEMO_SETTINGS, **kwargs}
+    return train_series(train, heldout, len(CROP_CLASSES), out, class_names=CROP_CLASSES, epochs=epochs, seed=seed,
+                        log=log, title="cnnkit demo --time-series: a ConvLSTM on cloudy crop-type series",
+                        profile_bands=(0, 3), rgb_bands=(0, 2, 4), **settings)
+
+
+def run_series_demo(out: str | os.PathLike = "cnnkit-demo-series", *, epochs: int | None = None, console=None,
+                    **kwargs) -> SeriesRun:
+    """Run :func:`series_demo` and print the held-out mean IoU beside both baselines, the report and the time."""
+    from rich.console import Console
+    from rich.rule import Rule
+
+    console = console or Console()
+    console.print(Rule("cnnkit demo --time-series — a ConvLSTM on cloudy crop-type series"))
+    result = series_demo(out, epochs=DEMO_EPOCHS if epochs is None else epochs,
+                         log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), **kwargs)
+    console.print(Rule("result"))
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return result
