@@ -17,6 +17,9 @@ others). Every table is keyed by function object or module class, never by name.
 * :data:`SHAPE_KEEPING_MODULES` — modules that keep every spatial size.
 * :data:`POSITION_TIED` — modules whose weights are tied to positions (locally connected layers): a sample of
   another size has no meaningful output from them. Layers register here (:func:`register_position_tied`).
+* :data:`PER_SAMPLE_MODULES` — modules whose ops are defined per sample but not on a padded canvas (attention over
+  all spatial positions): ``masked()`` runs them once per group of samples of one extent
+  (:func:`register_per_sample`).
 * :func:`spatial_size_after` — the spatial size after a conv / transposed conv / pooling module (window
   geometry through :mod:`cnnkit.shapes`).
 """
@@ -37,12 +40,14 @@ __all__ = [
     "KEEPS_POSITIONS",
     "METADATA",
     "MUL",
+    "PER_SAMPLE_MODULES",
     "POINTWISE",
     "POSITION_TIED",
     "SHAPE_KEEPING_MODULES",
     "SINGULAR_AT_ZERO",
     "ZERO_PRESERVING",
     "functions",
+    "register_per_sample",
     "register_position_tied",
     "spatial_size_after",
 ]
@@ -135,6 +140,27 @@ def register_position_tied(*classes: type) -> None:
             raise TypeError(f"register_position_tied takes nn.Module subclasses. Received {cls!r}.")
         if cls not in POSITION_TIED:
             POSITION_TIED.append(cls)
+
+
+# Modules masked() runs per group of samples of one extent (cnnkit.masking.register_per_sample_module).
+PER_SAMPLE_MODULES: list[type] = []
+
+
+def register_per_sample(*classes: type) -> None:
+    """Add module classes to :data:`PER_SAMPLE_MODULES` (``masked()`` runs them per group of one extent).
+
+    Examples:
+        >>> class Attention(nn.Module): ...
+        >>> register_per_sample(Attention)
+        >>> Attention in PER_SAMPLE_MODULES
+        True
+        >>> PER_SAMPLE_MODULES.remove(Attention)
+    """
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"register_per_sample takes nn.Module subclasses. Received {cls!r}.")
+        if cls not in PER_SAMPLE_MODULES:
+            PER_SAMPLE_MODULES.append(cls)
 
 
 def _target(output_size, n: int) -> tuple:

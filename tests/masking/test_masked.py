@@ -264,7 +264,7 @@ def test_weights_are_shared_not_copied():
         (lambda x: x.flatten(1), r"Tensor.flatten from shape \(2, 3, 8, 8\) to \(2, 192\) merges"),
         (lambda x: x.view(x.shape[0], -1), "Tensor.view from shape"),
         (lambda x: F.interpolate(x, size=(5, 5)), r"interpolate\(size=\(5, 5\)\).*not defined"),
-        (lambda x: F.adaptive_avg_pool2d(x, 2), "not defined per sample"),
+        (lambda x: x.cumsum(2), r"Tensor.cumsum is not supported on a padded batch"),
         (lambda x: x.mean(dim=2), "reduces some spatial dimensions"),
         (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "mode='reflect'"),
         (lambda x: x + torch.ones(1, 1, x.shape[2], x.shape[3]), "varies over the spatial dimensions"),
@@ -464,11 +464,15 @@ def test_locally_connected_is_refused_with_the_reason():
 def test_errors_name_the_module_path():
     class Block(nn.Module):
         def forward(self, x):
-            return F.adaptive_avg_pool2d(x, 7)
+            return x.cumsum(-1)
 
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Sequential(nn.ReLU(), Block()))
-    with pytest.raises(UnsupportedError, match=r"adaptive_avg_pool2d .* \[in module '1.1' \(Block\)\]"):
-        masked(model)(pad_batch(_images([(12, 12), (9, 10)])))
+    with pytest.raises(UnsupportedError, match=r"Tensor.cumsum .* \[in module '1.1' \(Block\)\]"):
+        masked(model, auto_per_sample=False)(pad_batch(_images([(12, 12), (9, 10)])))
+    # With auto_per_sample (the default) that module runs per sample instead: what each sample gives alone.
+    out = masked(model)(pad_batch(_images([(12, 12), (9, 10)])))
+    for o, img in zip(out.unpad(), _images([(12, 12), (9, 10)])):
+        torch.testing.assert_close(o, model(img[None])[0])
 
 
 class Mini(nn.Module):

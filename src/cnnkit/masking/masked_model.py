@@ -24,16 +24,20 @@ New rules: :func:`register_masked_op` (see its example and ``docs/masking.md``).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from cnnkit import _ops
 from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import PaddedBatch
+from cnnkit.masking.per_sample import batch_statistics_module, install, register_per_sample_module, resolve, uninstall
 from cnnkit.masking.rules import RULES_TEXT, register_masked_op
 from cnnkit.masking.state import MaskedContext, bind, canonical_axes
 
-__all__ = ["MaskedContext", "MaskedModel", "bind", "masked", "register_masked_op"]
+__all__ = ["MaskedContext", "MaskedModel", "bind", "masked", "register_masked_op", "register_per_sample_module"]
 
 __doc__ = __doc__.replace("{rules}", RULES_TEXT)
 
@@ -60,13 +64,24 @@ class MaskedModel(nn.Module):
     Created by :func:`masked`; the wrapped model is ``self.model`` (same parameters, no copy).
     """
 
-    def __init__(self, model: nn.Module, sync_batchnorm: bool = False, process_group=None):
+    def __init__(self, model: nn.Module, sync_batchnorm: bool = False, process_group=None,
+                 per_sample: Sequence = (), auto_per_sample: bool = True):
         super().__init__()
         self.model = model
         self.sync_batchnorm = sync_batchnorm
         self.process_group = process_group
+        self.per_sample = tuple(per_sample)
+        self.auto_per_sample = auto_per_sample
+        resolve(model, self.per_sample)  # names and classes checked now
+        self._learned: dict[str, None] = {}  # modules found to need a per-sample run (auto_per_sample)
         self._plans: dict = {}  # decisions per function, extents and geometry (plain data, bounded below)
         self._checked: int | None = None
+
+    @property
+    def per_sample_modules(self) -> tuple[str, ...]:
+        """Paths of the modules run once per group of samples of one extent: named, registered or found needed."""
+        chosen = resolve(self.model, (*self.per_sample, *self._learned))
+        return tuple(name for name, _ in self.model.named_modules() if name in chosen)
 
     def _group(self):
         if not self.sync_batchnorm:
@@ -89,6 +104,7 @@ class MaskedModel(nn.Module):
                 "connected layer), so a sample of another size has no meaningful output from it; masked() cannot "
                 "run it on samples of different sizes. Resize or crop the samples to one size instead."
             )
+        self._per_sample_modules = resolve(self.model, (*self.per_sample, *self._learned))
         self._checked = count
 
     def forward(self, batch: PaddedBatch | tuple[Tensor, Tensor], *args, **kwargs):
@@ -109,6 +125,38 @@ class MaskedModel(nn.Module):
         self._check_model()
         if len(self._plans) > 4096:
             self._plans.clear()
+        if not self.auto_per_sample:
+            return self._forward_once(batch, sizes, args, kwargs)
+        # A refusal inside a module: run that module per sample and try again (buffers and RNG restored).
+        rng = _rng_state(batch.data.device)
+        first_error, tried = None, None
+        while True:
+            try:
+                return self._forward_once(batch, sizes, args, kwargs)
+            except UnsupportedError as error:
+                path = getattr(error, "_masked_module", None)
+                if tried is not None and path is not None and (path == tried or path.startswith(tried + ".")):
+                    del self._learned[tried]  # running it per sample does not help: report the first refusal
+                    self._checked = None
+                    raise type(first_error)(
+                        f"{first_error} Running module '{tried}' per sample does not help: {error}"
+                    ) from None
+                if not path or path in self._per_sample_modules or batch_statistics_module(
+                        self.model.get_submodule(path)) is not None:
+                    raise
+                first_error, tried = error, path
+                self._learned[path] = None
+                warnings.warn(
+                    f"masked(): module '{path}' ({type(self.model.get_submodule(path)).__name__}) now runs once per "
+                    f"group of samples of one extent, on each group's valid crop (exact; one call per extent), "
+                    f"because on the padded batch: {str(error).removeprefix('masked(): ').split(' [in module')[0]} "
+                    f"This wrapper keeps that choice; masked(model, per_sample=({path!r},)) makes it from the start.",
+                    UserWarning, stacklevel=3)
+                self._checked = None
+                self._check_model()
+                _set_rng_state(batch.data.device, rng)
+
+    def _forward_once(self, batch: PaddedBatch, sizes, args, kwargs):
         mode = MaskedContext(self._group(), self.model, self._plans)
         x = batch.data
         if mode.is_padded(mode.track(x, sizes, _zero_outside(x, sizes))):  # as each sample sees it: zeros around it
@@ -119,6 +167,7 @@ class MaskedModel(nn.Module):
             mode.entries.pop(batch.data)
         # A forward that raises must leave running statistics as they were (no double update on a fallback).
         saved = [(b, b.clone()) for b in self.model.buffers()] if self.model.training else None
+        routed = install(mode, self._per_sample_modules) if self._per_sample_modules else ()
         try:
             with mode:
                 out = self.model(x, *args, **kwargs)
@@ -128,10 +177,29 @@ class MaskedModel(nn.Module):
                     for buffer, value in saved:
                         buffer.copy_(value)
             raise
+        finally:
+            if routed:
+                uninstall(routed)
         return _finish(mode, out)
 
     def extra_repr(self) -> str:
-        return f"sync_batchnorm={self.sync_batchnorm}" if self.sync_batchnorm else ""
+        parts = [f"sync_batchnorm={self.sync_batchnorm}"] if self.sync_batchnorm else []
+        if self.per_sample:
+            parts.append(f"per_sample={self.per_sample!r}")
+        if not self.auto_per_sample:
+            parts.append("auto_per_sample=False")
+        return ", ".join(parts)
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _zero_outside(data: Tensor, sizes) -> bool:
@@ -167,7 +235,8 @@ def _finish(mode: MaskedContext, out):
     return out
 
 
-def masked(model: nn.Module, *, sync_batchnorm: bool = False, process_group=None) -> MaskedModel:
+def masked(model: nn.Module, *, sync_batchnorm: bool = False, process_group=None, per_sample: Sequence = (),
+           auto_per_sample: bool = True) -> MaskedModel:
     """Wrap ``model`` so that it runs on padded batches as if on each sample alone.
 
     Args:
@@ -178,6 +247,14 @@ def masked(model: nn.Module, *, sync_batchnorm: bool = False, process_group=None
             ``torch.distributed`` (valid positions only) — a SyncBatchNorm for padded batches. Use plain
             ``nn.BatchNorm*d`` layers in the model.
         process_group: The group to reduce over (default: the world).
+        per_sample: Modules (``nn.Module`` subclasses or dotted paths such as ``"decoder.center"``) to run once
+            per group of samples of one extent, on each group's valid crop: for modules whose ops are defined
+            per sample but not on a padded canvas (attention over all positions). Classes registered with
+            :func:`register_per_sample_module` are always run so.
+        auto_per_sample: When an op is refused inside a module (not the model itself), run the forward pass
+            again with that module run per sample (every buffer and the random number generator restored
+            first), and keep that choice for later calls (:attr:`MaskedModel.per_sample_modules`). A module
+            holding a batch norm in training mode is never run per sample.
 
     Returns:
         A :class:`MaskedModel` sharing ``model``'s parameters. Called on a :class:`PaddedBatch` it returns
@@ -196,4 +273,5 @@ def masked(model: nn.Module, *, sync_batchnorm: bool = False, process_group=None
     """
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module. Received {type(model).__name__}.")
-    return MaskedModel(model, sync_batchnorm=sync_batchnorm, process_group=process_group)
+    return MaskedModel(model, sync_batchnorm=sync_batchnorm, process_group=process_group, per_sample=per_sample,
+                       auto_per_sample=auto_per_sample)

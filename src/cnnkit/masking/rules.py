@@ -283,29 +283,32 @@ _ADAPTIVE_AVG = _ops.functions("adaptive_avg_pool1d", "adaptive_avg_pool2d", "ad
 
 
 def _adaptive(ctx: MaskedContext, func, args, kwargs):
+    """Adaptive pooling as each sample alone pools: its ``output_size`` bins over its own extent.
+
+    Global pooling (every target 1) reduces over the valid positions of the batch at once; any other target runs
+    once per group of samples of one extent, on that group's valid crop (every output position is then valid;
+    a ``None`` target keeps the sample's own extent).
+    """
     b = bind(func, args, kwargs)
     x = b["input"]
     _require_canonical(ctx, func, x)
     n = x.dim() - 2
     target = _tuple(b["output_size"], n)
-    if any(t not in (1, None) for t in target) or all(t is None for t in target):
-        raise UnsupportedError(
-            f"masked(): {op_name(func)} to output_size={target} is not defined per sample on a padded batch (its "
-            "bins depend on each sample's size and the result would not be what a sample gives alone); use "
-            "global pooling (output_size=1) or run such samples one at a time."
-        )
-    if any(t is None for t in target):
-        raise UnsupportedError(f"masked(): {op_name(func)} with output_size={target} keeps a padded dimension.")
-    dims = tuple(range(2, x.dim()))
-    mask = ctx.mask(x)
-    if func in _ADAPTIVE_AVG:
-        return ctx.zeros_outside(x).sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).to(x.dtype)
-    values = torch.where(mask, x, -math.inf)
-    best, index = values.flatten(2).max(dim=2)
-    out = best.view(*best.shape, *([1] * n))
-    if func in _RETURNS_INDICES or b.get("return_indices", False):
-        return out, index.view(*index.shape, *([1] * n))
-    return out
+    indices = func in _RETURNS_INDICES or bool(b.get("return_indices", False))
+    if not indices and all(t == 1 for t in target):
+        dims = tuple(range(2, x.dim()))
+        mask = ctx.mask(x)
+        if func in _ADAPTIVE_AVG:
+            return ctx.zeros_outside(x).sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).to(x.dtype)
+        return torch.where(mask, x, -math.inf).amax(dims, keepdim=True)
+    in_sizes = ctx.entries[x].sizes
+    sizes = tuple(tuple(s if t is None else int(t) for s, t in zip(size, target)) for size in in_sizes)
+    canvas = tuple(max(size[i] for size in sizes) for i in range(n))
+    rest_args, rest_kwargs = args[1:], {k: v for k, v in kwargs.items() if k not in ("input", "self")}
+    out = _per_extent(x, in_sizes, sizes, canvas, lambda part, _: func(part, *rest_args, **rest_kwargs))
+    if isinstance(out, tuple):  # (values, indices): indices into each sample's own extent, as alone
+        return (ctx.track(out[0], sizes), *out[1:])
+    return ctx.track(out, sizes)
 
 
 def _dims(dim, nd: int) -> tuple[int, ...]:
@@ -536,7 +539,7 @@ def _interpolate(ctx: MaskedContext, func, args, kwargs):
         if size is None or x.dim() < 3:
             return func(*args, **kwargs)
         target = _tuple(size, x.dim() - 2)
-        candidates = ctx.extents_of_canvas(target)
+        candidates = [c for c in ctx.extents_of_canvas(target) if any(size != target for size in c)]
         if len(candidates) != 1 or len(candidates[0]) != x.shape[0]:
             return func(*args, **kwargs)  # not tied to a padded canvas: an ordinary op
         full = (tuple(x.shape[2:]),) * x.shape[0]
@@ -591,22 +594,32 @@ def _interpolate(ctx: MaskedContext, func, args, kwargs):
         part, size=target, mode=mode, align_corners=align, antialias=antialias)), sizes)
 
 
-def _per_extent(x: Tensor, in_sizes: Sizes, out_sizes: Sizes, out_canvas: tuple[int, ...], fn) -> Tensor:
-    """``fn(x[group, :, :extent], target)`` for each group of samples with one (input, output) extent, on a canvas."""
+def _per_extent(x: Tensor, in_sizes: Sizes, out_sizes: Sizes, out_canvas: tuple[int, ...], fn):
+    """``fn(x[group, :, :extent], target)`` for each group of samples with one (input, output) extent, placed on one
+    zero-padded canvas in the samples' order; a tuple if ``fn`` returns one (e.g. values and indices)."""
     groups: dict[tuple, list[int]] = {}
     for index, key in enumerate(zip(in_sizes, out_sizes)):
         groups.setdefault(key, []).append(index)
-    parts: list[Tensor | None] = [None] * x.shape[0]
+    results: list = []
+    order: list[int] = []
     for (size, target), members in groups.items():
-        crop = x[(members, slice(None), *(slice(0, s) for s in size))]
-        result = fn(crop, target)
+        rows = slice(members[0], members[0] + 1) if len(members) == 1 else members
+        result = fn(x[(rows, slice(None), *(slice(0, s) for s in size))], target)
         pads = []
         for o, c in zip(reversed(target), reversed(out_canvas)):
             pads += [0, c - o]
-        result = F.pad(result, pads)
-        for j, member in enumerate(members):
-            parts[member] = result[j]
-    return torch.stack(parts)
+        results.append(tuple(F.pad(r, pads) for r in result) if isinstance(result, tuple) else F.pad(result, pads))
+        order += members
+    if len(groups) == 1:
+        return results[0]
+    inverse = torch.tensor(order, device=x.device).argsort()
+
+    def combine(parts):
+        return torch.cat(parts).index_select(0, inverse)
+
+    if isinstance(results[0], tuple):
+        return tuple(combine([r[i] for r in results]) for i in range(len(results[0])))
+    return combine(results)
 
 
 def _like(ctx: MaskedContext, func, args, kwargs):
@@ -802,7 +815,8 @@ BUILT_IN: list[tuple[frozenset, Callable, str | None]] = [
     (_ADAPTIVE_AVG | _ops.functions(
         "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
         "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", namespaces=(torch, F)), _adaptive,
-     "**global pooling** (adaptive pooling to 1) over valid positions; other adaptive sizes are refused"),
+     "**adaptive pooling**: to 1 (global pooling) over valid positions; to other sizes (PSPNet's pyramid bins) "
+     "per group of samples of one extent, each on its own extent as alone (the result fills its canvas)"),
     (_ops.functions("mean", "sum", "amax", "amin", "nanmean", "nansum", "max", "min", namespaces=(torch, Tensor)),
      _reduce, "**reductions**: over non-spatial dims keep the extent; over all spatial dims use valid positions"),
     (_ops.functions("batch_norm", namespaces=(torch, F)), _batch_norm,
@@ -851,10 +865,12 @@ RULES_TEXT = "\n".join(f"* {text}." for _, _, text in BUILT_IN if text) + (
     "\n* **interpolation** with ``scale_factor`` (``align_corners=False``) runs on the batch (linear modes see each "
     "sample's edge copied outward); ``size=`` the canvas of another padded tensor (a skip connection) or an "
     "integer multiple of the input's, ``align_corners=True``, ``antialias``: per-sample targets, run per extent "
-    "where the grid depends on it; a global summary (1×1) stretched to a padded canvas is constant per sample."
+    "where the grid depends on it; an ordinary per-sample grid (a 1×1 global summary, adaptive pooling's bins) "
+    "resized to the canvas of a padded tensor goes to each sample's extent there."
     "\n* **anything else** that touches a padded tensor raises :class:`~cnnkit.errors.UnsupportedError` naming the "
     "op and the module: it would mix padding into valid positions (``flatten`` of spatial dims, ``Linear`` over "
-    "a spatial axis, adaptive pooling to 7×7, attention over positions …).")
+    "a spatial axis, attention over positions …); inside a module, that module can run per sample instead "
+    "(:mod:`cnnkit.masking.per_sample`).")
 
 
 def register_masked_op(*funcs: Callable, always: bool = False):

@@ -455,26 +455,28 @@ class MaskedContext(TorchFunctionMode):
         except CnnkitError as error:
             if getattr(error, "_masked_where", False):
                 raise
-            where = self._module_path()
+            path, where = self._module_path()
             located = type(error)(f"{error}{where}") if where else error
             located._masked_where = True
+            located._masked_module = path  # the innermost module of the model that made the call (or None)
             raise located from None
         finally:
             self.busy -= 1
 
-    def _module_path(self) -> str:
-        """`` [in module 'decoder.blocks.0' (DecoderBlock)]``: the innermost module of the model on the stack."""
+    def _module_path(self) -> tuple[str | None, str]:
+        """The path of the innermost module of the model on the stack (``""``: the model itself; ``None``: none)
+        and how errors name it: `` [in module 'decoder.blocks.0' (DecoderBlock)]``."""
         if self.root is None:
-            return ""
+            return None, ""
         names = {id(m): name for name, m in self.root.named_modules()}
         frame = sys._getframe(2)
         while frame is not None:
             obj = frame.f_locals.get("self")
             if isinstance(obj, nn.Module) and id(obj) in names:
-                name = names[id(obj)] or "(the model itself)"
-                return f" [in module '{name}' ({type(obj).__name__})]"
+                path = names[id(obj)]
+                return path, f" [in module '{path or '(the model itself)'}' ({type(obj).__name__})]"
             frame = frame.f_back
-        return ""
+        return None, ""
 
     def __enter__(self):
         _ACTIVE.append(self)
