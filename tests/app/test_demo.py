@@ -68,6 +68,7 @@ class _Images(HTMLParser):
     def __init__(self):
         super().__init__()
         self.sources: list[str] = []
+        self.rows: list[str] = []
         self.sections: dict[str, str] = {}
         self.cells: dict[str, str] = {}
 
@@ -75,6 +76,8 @@ class _Images(HTMLParser):
         a = dict(attrs)
         if tag == "img":
             self.sources.append(a["src"])
+            if a.get("data-kind") == "image":
+                self.rows.append(a["alt"].removesuffix(": image"))
         if tag == "section":
             self.sections[a["id"]] = a["data-present"]
         if tag == "td" and a.get("data-key"):
@@ -99,9 +102,13 @@ def test_short_demo_writes_a_report_whose_images_exist(short_run):
     for src in page.sources:
         assert (result.report.parent / src).is_file(), src
     assert "greenhouse" in result.report.read_text(encoding="utf-8")  # class names reach the report
-    for section in ("data", "heldout", "curves", "iou", "evolution", "summary", "filters", "activations",
+    for section in ("data", "heldout", "curves", "evolution", "summary", "filters", "activations",
                     "gradcam", "tsne", "predictions"):
         assert page.sections[section] == "yes", section
+    assert "iou" not in page.sections  # the held-out table replaces the last validation row's
+    # one row per held-out scene, named like the TIFF the demo writes for it
+    assert page.rows == [f"heldout_{i:02d}.tif" for i in range(8)]
+    assert all((out / "samples" / name).is_file() for name in page.rows)
     # the numbers the command prints are the report's
     assert float(page.cells["heldout/network IoU/mean IoU"]) == result.mean_iou
     assert float(page.cells["heldout/majority-class IoU/mean IoU"]) == result.baseline_mean_iou

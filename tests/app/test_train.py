@@ -62,9 +62,12 @@ class _Cells(HTMLParser):
         self.cells: dict[str, str] = {}
         self.sections: dict[str, str] = {}
         self.images: list[str] = []
+        self.rows: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         a = {k: v or "" for k, v in attrs}
+        if tag == "img" and a.get("data-kind") == "image":
+            self.rows.append(a["alt"].removesuffix(": image"))
         if tag == "td" and a.get("data-key"):
             self.cells[a["data-key"]] = a["data-value"]
         if tag == "section":
@@ -110,6 +113,7 @@ def test_tiff_folder_with_a_heldout_folder(tmp_path):
     page = _parse(report)
     assert page.sections["data"] == page.sections["heldout"] == "yes"
     assert all((report.parent / src).is_file() for src in page.images)
+    assert page.rows == [f"scene_{i:02d}.tif" for i in range(4)]  # one row per held-out file, named by it
 
     majority, iou, mean = _baseline(train_masks, held_masks, len(CLASS_NAMES))
     assert f"(predicting '{CLASS_NAMES[majority]}'" in text
@@ -184,6 +188,9 @@ def test_png_folder_with_a_random_split(tmp_path):
     assert "5 classes" in result.output  # largest label + 1
     page = _parse(out / "report" / "report.html")
     assert "heldout/network IoU/0: class 0" in page.cells
+    held = re.findall(r"scene_\d\d\.png", result.output) or None
+    assert len(page.rows) == 3 and all(re.fullmatch(r"scene_\d\d\.png", name) for name in page.rows), page.rows
+    assert held is None or set(page.rows) <= set(held)
 
 
 @pytest.mark.parametrize(("args", "message"), [

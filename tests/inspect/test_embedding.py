@@ -59,3 +59,35 @@ def test_embedding_errors(digits300):
         pool_features(np.zeros(5))
     with pytest.raises(ShapeError, match=r"features must be finite"):
         pool_features(np.full((3, 2), np.nan))
+
+
+def test_sample_pixels_draws_per_class_real_pixels():
+    from cnnkit.inspect.embedding import sample_pixels
+
+    rng = np.random.default_rng(1)
+    features = [rng.normal(size=(3, 6, 7)), rng.normal(size=(3, 4, 5))]
+    labels = [rng.integers(0, 2, size=(6, 7)), np.full((4, 5), 2)]
+    labels[0][0] = -100
+    labels[1][1, 1] = -100
+    x, y = sample_pixels(features, labels, per_class=10, seed=3)
+    counts = {k: int((labels[0] == k).sum() + (labels[1] == k).sum()) for k in (0, 1, 2)}
+    assert {k: int((y == k).sum()) for k in (0, 1, 2)} == {k: min(10, c) for k, c in counts.items()}
+    # every drawn row is the feature vector of a distinct pixel of that class (looked up by hand)
+    table = {}
+    for f, lab in zip(features, labels):
+        for i in range(lab.shape[0]):
+            for j in range(lab.shape[1]):
+                table[tuple(np.round(f[:, i, j], 12))] = int(lab[i, j])
+    keys = [tuple(np.round(row, 12)) for row in x]
+    assert len(set(keys)) == len(keys)
+    assert all(table[key] == cls for key, cls in zip(keys, y.tolist()))
+    with pytest.raises(ShapeError, match="non-empty and of equal length"):
+        sample_pixels(features, labels[:1])
+
+
+def test_tsne_options_keep_clusters(digits300):
+    x, y = digits300
+    xy = tsne_plot(x, y, None, perplexity=15, pca_components=16, max_iter=300, angle=0.7, threads=1)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    assert KNeighborsClassifier(5).fit(xy, y).score(xy, y) > 0.9

@@ -110,3 +110,33 @@ def test_grid_errors():
         activation_grid(torch.ones(2, 1, 2, 2), sample=2)
     with pytest.raises(ShapeError, match=r"activations must have shape \(N, C, H, W\) or \(N, C, L\)"):
         activation_grid(torch.ones(2, 2))
+
+
+def test_annotated_grid_places_tiles_and_leaves_empty_cells_as_background():
+    from cnnkit.render import annotated_grid
+
+    tiles = np.stack([np.full((2, 3, 3), v, np.uint8) for v in (10, 20, 30)])  # 3 tiles of 2 × 3
+    grid = annotated_grid(tiles, ncols=2, zoom=2, gap=1, background=(200, 200, 200))
+    # cells of 6 × 4 px (zoom 2), gap 1: tile 1 at column 7, tile 2 on the second row at row 5
+    assert grid.shape == (4 + 1 + 4, 6 + 1 + 6, 3)
+    assert (grid[0:4, 0:6] == 10).all() and (grid[0:4, 7:13] == 20).all() and (grid[5:9, 0:6] == 30).all()
+    assert (grid[5:9, 7:13] == 200).all()  # the missing 4th tile: background, not a black filler
+    assert (grid[:, 6] == 200).all()  # the gap
+
+
+def test_annotated_grid_writes_labels_and_a_colour_bar():
+    from cnnkit.render import annotated_grid, colorbar
+
+    tiles = np.full((2, 4, 4, 3), 255, np.uint8)
+    plain = annotated_grid(tiles, 2, gap=2)
+    labelled = annotated_grid(tiles, 2, gap=2, labels=["0", "1"], row_labels=["f0"], col_labels=["a", "b"],
+                              scale=1.5)
+    assert labelled.shape[0] > plain.shape[0] + 20 and labelled.shape[1] > plain.shape[1]
+    assert (labelled < 100).any()  # ink
+    bar = colorbar(1.5, width=101, height=6)
+    row = bar[0]
+    nonwhite = np.flatnonzero((row != 255).any(axis=1))
+    left, right = row[nonwhite[0]], row[nonwhite[-1]]
+    assert left.tolist() == [0, 0, 255] and right.tolist() == [255, 0, 0]  # -scale blue, +scale red
+    with pytest.raises(ValueError, match=r"labels must hold 2 texts\. Received 1"):
+        annotated_grid(tiles, 2, labels=["0"])

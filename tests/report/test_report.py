@@ -284,3 +284,142 @@ def test_a_richer_report_is_kept(tmp_path):
         write_report(tmp_path, model=_net(), input_shape=(3, 8, 8))
     assert {p.name: p.read_bytes() for p in rich.parent.iterdir()} == before
     write_report(tmp_path, model=_net(), input_shape=(3, 8, 8), sections=[section])  # the same sections: replaced
+
+
+class _Look(HTMLParser):
+    """Legend swatches (by legend kind) and sample panels (by kind) of a report."""
+
+    def __init__(self):
+        super().__init__()
+        self.legend: str | None = None
+        self.swatches: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+        self.panels: list[dict[str, str]] = []
+        self._swatch: tuple[int, ...] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "div" and "data-legend" in a:
+            self.legend = a["data-legend"]
+            self.swatches[self.legend] = []
+        if tag == "span" and "data-rgb" in a:
+            self._swatch = tuple(int(v) for v in a["data-rgb"].split(","))
+        if tag == "img" and a.get("data-kind") in ("image", "labels", "errors", "confidence"):
+            self.panels.append(a)
+
+    def handle_data(self, data):
+        if self._swatch is not None and data.strip():
+            self.swatches[self.legend].append((self._swatch, data.strip()))
+            self._swatch = None
+
+
+def _look(path: Path) -> _Look:
+    page = _Look()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _pixels(path: Path):
+    import numpy as np
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def label_colours_outside_legend(html: Path) -> dict[str, set[tuple[int, ...]]]:
+    """For every label and error panel of the page, the colours it uses that its legend does not list."""
+    page = _look(html)
+    legend = {kind: {color for color, _ in entries} for kind, entries in page.swatches.items()}
+    stray = {}
+    for panel in page.panels:
+        if panel["data-kind"] not in ("labels", "errors"):
+            continue
+        used = {tuple(int(v) for v in c) for c in _pixels(html.parent / panel["src"]).reshape(-1, 3)}
+        stray[panel["src"]] = used - legend.get(panel["data-kind"], set())
+    return stray
+
+
+def test_label_panels_use_exactly_the_legend_colours(run, tmp_path):
+    """Every colour of every label / error panel is a legend swatch; class k's swatch is tab10's colour k; each
+    labelled pixel has its class's swatch and each unlabelled one the 'unlabelled' swatch."""
+    import numpy as np
+
+    run_dir, _, net, samples = run
+    path = write_report(run_dir, model=net, samples=samples, class_names=CLASS_NAMES, report_dir=tmp_path / "r")
+    page = _look(path)
+    tab10 = {0: (31, 119, 180), 1: (255, 127, 14), 2: (44, 160, 44)}  # matplotlib's tab10, written out
+    by_name = {text: color for color, text in page.swatches["labels"]}
+    assert {k: by_name[f"{k}: {name}"] for k, name in enumerate(CLASS_NAMES)} == tab10
+    stray = label_colours_outside_legend(path)
+    assert len(stray) == 2 * 8 + 8  # true, predicted and errors of 8 rows
+    assert not any(stray.values()), stray
+    for i, (_, label) in enumerate(samples):
+        true = next(p for p in page.panels if p["alt"] == f"sample {i}: true labels")
+        drawn = _pixels(path.parent / true["src"])
+        expected = np.array([by_name["unlabelled"] if v == -100 else tab10[v] for v in label.flatten().tolist()])
+        assert (drawn.reshape(-1, 3) == expected).all(), i
+
+
+def test_label_colour_check_catches_blended_overlays(tmp_path):
+    """The check above fails on a label picture blended into the image (the former overlays)."""
+    from cnnkit.render import overlay, save_png
+
+    (tmp_path / "p.png").write_bytes(b"")
+    save_png(overlay(torch.rand(3, 4, 4), torch.zeros(4, 4, dtype=torch.long), alpha=0.5), tmp_path / "p.png")
+    (tmp_path / "r.html").write_text('<div data-legend="labels"><span data-rgb="31,119,180"></span>0: a</div>'
+                                     '<img data-kind="labels" src="p.png" alt="x">')
+    assert label_colours_outside_legend(tmp_path / "r.html")["p.png"]
+
+
+def test_rows_are_named_and_samples_may_differ_in_size(tmp_path):
+    """Rows follow sample_names; a validity band's 0 pixels are 'no data' in every panel; filters name it."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    samples = []
+    for h, w in ((8, 12), (10, 6)):
+        image = torch.randn(3, h, w)
+        image[-1] = 1.0
+        image[-1, :2, :3] = 0.0  # no data
+        label = (image[0] > 0).long()
+        label[:2, :3] = -100
+        samples.append((image, label))
+    with pytest.warns(UserWarning, match="no logs"):
+        path = write_report(tmp_path, model=net, samples=samples, class_names=["dry", "wet"],
+                            sample_names=["a.tif", "b.tif"], validity_band=True)
+    page = _look(path)
+    assert [p["alt"] for p in page.panels if p["data-kind"] == "image"] == ["a.tif: image", "b.tif: image"]
+    nodata = dict((text, color) for color, text in page.swatches["labels"])["no data"]
+    assert dict((text, color) for color, text in page.swatches["errors"])["no data"] == nodata
+    for panel in page.panels:
+        drawn = _pixels(path.parent / panel["src"])
+        assert drawn.shape[:2] == samples[0 if panel["alt"].startswith("a") else 1][1].shape, panel["alt"]
+        assert (drawn[:2, :3] == np.array(nodata)).all(), panel["alt"]
+        assert not (drawn[2:, 3:] == np.array(nodata)).all(axis=-1).any() or panel["data-kind"] == "image"
+    assert not any(label_colours_outside_legend(path).values())
+    text = path.read_text(encoding="utf-8")
+    assert "the last (validity) is the validity band" in text
+    with pytest.raises(ValueError, match=r"sample_names must hold one name per sample \(2\)\. Received 1 names"):
+        write_report(tmp_path, model=net, samples=samples, sample_names=["a"], report_dir=tmp_path / "x")
+
+
+def test_sections_without_a_model_keep_working(tmp_path):
+    """What a run without an image model writes: its own sections and the training curves."""
+    folder = tmp_path / "logs" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,step,train/loss\n0,1,0.9\n0,2,0.7\n")
+    own = [cnnkit.report.ReportSection("Series", "per date", columns=["date", "valid"], rows=[("d1", 0.5)],
+                                       id="series")]
+    path = write_report(tmp_path, model=None, sections=own, title="series run")
+    page = _parse(path)
+    assert list(page.sections)[:2] == ["series", "curves"] and page.sections["curves"] == "yes"
+    assert page.sections["model"] == "no" and float(page.cells["series/valid/d1"]["data-value"]) == 0.5
+
+
+def test_a_section_may_replace_a_built_in_one(run, tmp_path):
+    run_dir, _, _, _ = run
+    own = cnnkit.report.ReportSection("Held-out", "the same IoU, measured apart", replaces=("iou",))
+    path = write_report(run_dir, sections=[own], report_dir=tmp_path / "r")
+    assert "iou" not in _parse(path).sections
+    with pytest.raises(ValueError, match=r"replaces must list ids of built-in sections"):
+        cnnkit.report.ReportSection("x", replaces=("nope",))

@@ -33,6 +33,8 @@ __all__ = ["DEFAULT_EPOCHS", "DEFAULT_HELDOUT", "DEFAULT_TRAIN", "SEED_QUESTIONS
 DEFAULT_EPOCHS = 30
 DEFAULT_TRAIN = 160
 DEFAULT_HELDOUT = 32
+BAND_NAMES = ("blue", "green", "red", "NIR")
+"""The built-in data set's spectral bands (:data:`cnnkit.data.synthetic.SPECTRA`), before its validity band."""
 SAMPLE_COUNT = 8
 """Held-out scenes the demo writes into its run folder's ``samples/`` as TIFFs (input for ``cnnkit predict``)."""
 
@@ -102,14 +104,22 @@ def train_demo(
     # NaN under clouds, mean 0 and std 1. So `cnnkit predict` on such files sees exactly what training saw.
     preprocessing = {"mean": [0.0] * train.bands, "std": [1.0] * train.bands, "nodata": None, "bands": None,
                      "multiple_of": 4, "validity_band": True, "band_count": train.bands}
+    band_names = [*BAND_NAMES[: train.bands], "validity"]
+    kwargs.setdefault("rgb_bands", (3, 2, 1) if train.bands == 4 else None)  # false colour: NIR, red, green
     result = train_segmentation(
         train, heldout, len(CLASS_NAMES), out, class_names=CLASS_NAMES, epochs=epochs, seed=seed, device=device,
         title="cnnkit demo: TinySegNet on synthetic land cover with clouds", progress=progress, log=log,
-        preprocessing=preprocessing, **kwargs,
+        preprocessing=preprocessing, sample_names=[sample_name(i) for i in range(len(heldout))],
+        band_names=band_names, **kwargs,
     )
     written = write_samples(heldout, Path(out) / SAMPLES, count=min(SAMPLE_COUNT, len(heldout)))
     log(f"held-out scenes to try `cnnkit predict` on: {written[0].parent}/ ({len(written)} TIFFs, NaN under clouds)")
     return result
+
+
+def sample_name(index: int) -> str:
+    """The file name of held-out scene ``index`` (``samples/heldout_NN.tif``; the report's rows use it too)."""
+    return f"heldout_{index:02d}.tif"
 
 
 def write_samples(dataset: SyntheticLandCover, folder: Path, count: int) -> list[Path]:
@@ -121,7 +131,7 @@ def write_samples(dataset: SyntheticLandCover, folder: Path, count: int) -> list
     for index in range(count):
         image, _ = dataset[index]
         bands = image[:-1].masked_fill(image[-1:] == 0, float("nan"))
-        path = folder / f"heldout_{index:02d}.tif"
+        path = folder / sample_name(index)
         tifffile.imwrite(path, bands.permute(1, 2, 0).numpy(), photometric="minisblack")
         paths.append(path)
     return paths

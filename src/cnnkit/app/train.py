@@ -159,16 +159,30 @@ def _accelerator(device: str) -> tuple[str, int | list[int]]:
     raise ShapeError(f"Unknown device {device!r}. Expected 'cpu', 'cuda' or 'cuda:<index>'.")
 
 
-def _report_samples(dataset, sizes, count: int = 8, side: int = 48) -> list[tuple[Tensor, Tensor]]:
-    """Up to ``count`` held-out pairs cut to a common square (write_report stacks them): images with
-    unlabelled or missing pixels first (half), then the others, in data set order."""
-    side = min(side, *(min(s) for s in sizes))
-    chosen = [i for i, s in enumerate(sizes) if min(s) >= side][: 4 * count]
-    items = {i: dataset[i] for i in chosen}
-    gaps = [i for i in chosen if (torch.as_tensor(items[i][1])[:side, :side] == IGNORE_INDEX).any()]
-    ordered = gaps[: count // 2] + [i for i in chosen if i not in gaps[: count // 2]]
-    return [(torch.as_tensor(items[i][0])[:, :side, :side], torch.as_tensor(items[i][1])[:side, :side])
-            for i in ordered[:count]]
+REPORT_SAMPLES = 32
+"""Held-out items handed to the report: the first 8 get a row each, the t-SNE draws pixels from all of them."""
+
+
+def _report_samples(dataset, count: int = REPORT_SAMPLES) -> list[tuple[Tensor, Tensor]]:
+    """The first ``count`` held-out pairs, whole, in data set order (the report runs them one by one)."""
+    return [(torch.as_tensor(image), torch.as_tensor(label))
+            for image, label in (dataset[i] for i in range(min(count, len(dataset))))]
+
+
+def _item_names(dataset) -> list[str] | None:
+    """The file name of each item of a data set read from files (through ``Standardized`` and held-out subsets),
+    or None when the items have no names."""
+    names = getattr(dataset, "item_names", None)
+    if names is not None:
+        return list(names)
+    if isinstance(dataset, _Subset):
+        inner = _item_names(dataset.folder)
+        return [inner[i] for i in dataset.indices] if inner is not None else None
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple) and isinstance(samples[0][0], Path):
+        return [image.name for image, _ in samples]
+    inner = getattr(dataset, "dataset", None)
+    return _item_names(inner) if inner is not None else None
 
 
 def _data_section(sizes, bucketed: float, randomly: float, names, share, weight, rare, batch_size: int):
@@ -209,7 +223,7 @@ def _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, major
     rows = [(f"{k}: {name}", a, b) for k, (name, a, b) in enumerate(zip(names, iou, baseline_iou))]
     rows.append(("mean IoU", mean_iou, baseline_mean))
     return ReportSection("Held-out evaluation", text, columns=["class", "network IoU", "majority-class IoU"],
-                         rows=rows, id="heldout")
+                         rows=rows, id="heldout", replaces=("iou",))
 
 
 def train_segmentation(
@@ -240,6 +254,9 @@ def train_segmentation(
     preprocessing: dict | None = None,
     ignore_index: int | None = None,
     model_builder: tuple[str, dict] | None = None,
+    sample_names: Sequence[str] | None = None,
+    band_names: Sequence[str] | None = None,
+    rgb_bands: Sequence[int] | None = None,
 ) -> SegmentationRun:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -281,6 +298,11 @@ def train_segmentation(
         model_builder: ``(name in cnnkit.models.MODELS, keyword arguments)`` that rebuild ``model``, so that
             ``cnnkit predict`` can use the run; without it a ``model`` of your own is saved (weights and
             manifest) but must be rebuilt by you.
+        sample_names: A name per held-out item (its file name) for the report's rows; default the file names
+            when ``heldout`` reads files (:func:`_item_names`), else ``"held-out <i>"``.
+        band_names: A name per input channel, for the report (the last is the validity band when
+            ``preprocessing`` says so).
+        rgb_bands: Channels the report draws as red, green, blue (see :func:`cnnkit.report.write_report`).
 
     Returns:
         A :class:`SegmentationRun`.
@@ -382,13 +404,18 @@ def train_segmentation(
     baseline = majority_baseline(majority, heldout, num_classes)
     iou, baseline_iou = [float(v) for v in result["iou"]], [float(v) for v in baseline["iou"]]
     mean_iou, baseline_mean = float(result["mean_iou"]), float(baseline["mean_iou"])
-    samples = [(image.to(device), label) for image, label in _report_samples(heldout, heldout_sizes)]
+    samples = [(image.to(device), label) for image, label in _report_samples(heldout)]
+    names_of_items = list(sample_names) if sample_names is not None else _item_names(heldout)
+    if names_of_items is None or len(names_of_items) < len(samples):
+        names_of_items = [f"held-out {i}" for i in range(len(samples))]
     sections = [
         _data_section(sizes, bucketed, randomly, names, share, weight.tolist(), rare, batch_size),
         _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, majority,
                             time.perf_counter() - start, len(heldout)),
     ]
-    report = write_report(out, model=net, samples=samples, class_names=names, title=title, sections=sections)
+    report = write_report(out, model=net, samples=samples, class_names=names, title=title, sections=sections,
+                          sample_names=names_of_items[:len(samples)], band_names=band_names, rgb_bands=rgb_bands,
+                          validity_band=bool((preprocessing or {}).get("validity_band")))
     builder = model_builder or (("TinySegNet", {"in_channels": first_image.shape[0], "num_classes": num_classes,
                                                 "width": width}) if model is None else None)
     write_manifest(out, net, builder=builder[0] if builder else None, builder_args=builder[1] if builder else None,

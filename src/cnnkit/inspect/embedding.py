@@ -25,7 +25,7 @@ from torch import Tensor
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.render.labels import DEFAULT_PALETTE
 
-__all__ = ["pool_features", "tsne_plot"]
+__all__ = ["pool_features", "sample_pixels", "tsne_plot"]
 
 
 def pool_features(features: Tensor | np.ndarray) -> np.ndarray:
@@ -55,6 +55,56 @@ def pool_features(features: Tensor | np.ndarray) -> np.ndarray:
     return arr
 
 
+def sample_pixels(
+    features: Sequence[Tensor | np.ndarray],
+    labels: Sequence[Tensor | np.ndarray],
+    per_class: int = 500,
+    *,
+    ignore_index: int = -100,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-level feature vectors sampled per class (stratified) from several feature maps.
+
+    Every labelled pixel (label != ``ignore_index``) of every map is a candidate; for each class up to
+    ``per_class`` of its pixels are drawn without replacement (all of them when it has fewer), so a rare
+    class is not drowned by the common ones.
+
+    Args:
+        features: Per sample a (C, H, W) feature map at the label's resolution.
+        labels: Per sample an (H, W) integer label map.
+        per_class: Pixels drawn per class.
+        ignore_index: The label of pixels left out (unlabelled, no data).
+        seed: Seed of the draw.
+
+    Returns:
+        ``(x, y)``: (M, C) float64 features and (M,) int64 classes, classes in ascending order.
+
+    Examples:
+        >>> f = [np.arange(8.0).reshape(2, 2, 2)]
+        >>> x, y = sample_pixels(f, [np.array([[0, 0], [1, -100]])], per_class=1)
+        >>> y.tolist(), x.shape
+        ([0, 1], (2, 2))
+    """
+    if len(features) != len(labels) or not features:
+        raise ShapeError(f"features and labels must be non-empty and of equal length. Received {len(features)} "
+                         f"feature maps and {len(labels)} label maps.")
+    xs, ys = [], []
+    for i, (feat, lab) in enumerate(zip(features, labels)):
+        f = feat.detach().to("cpu", torch.float64).numpy() if isinstance(feat, Tensor) else np.asarray(feat, np.float64)
+        y = lab.detach().cpu().numpy() if isinstance(lab, Tensor) else np.asarray(lab)
+        if f.ndim != 3 or y.shape != f.shape[1:]:
+            raise ShapeError(f"features[{i}] must be (C, H, W) with labels[{i}] (H, W) of the same size. Received "
+                             f"{f.shape} and {y.shape}.")
+        keep = y != ignore_index
+        xs.append(f[:, keep].T)
+        ys.append(y[keep].astype(np.int64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(y == k))[:per_class] for k in np.unique(y)]
+    index = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    return x[index], y[index]
+
+
 def tsne_plot(
     features: Tensor | np.ndarray,
     labels: Tensor | np.ndarray | Sequence[int] | None,
@@ -65,6 +115,10 @@ def tsne_plot(
     class_names: Sequence[str] | Mapping[int, str] | None = None,
     title: str | None = None,
     point_size: float = 12.0,
+    pca_components: int | None = None,
+    max_iter: int | None = None,
+    angle: float = 0.5,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Embed features in 2-D with t-SNE and save a scatter plot coloured by class as PNG.
 
@@ -77,6 +131,12 @@ def tsne_plot(
         class_names: Legend entries by class (sequence or mapping); default the class numbers.
         title: Figure title.
         point_size: Marker area in points².
+        pca_components: If given (and below D), features are first reduced to this many principal
+            components (cheaper t-SNE on wide features; 50 is the usual choice).
+        max_iter: t-SNE iterations (scikit-learn's default 1000 when None; at least 250).
+        angle: Barnes-Hut trade-off (0.5 default; up to 0.8 is faster and still faithful for a picture).
+        threads: OpenMP / BLAS threads scikit-learn may use (default: its own choice, every core). On a shared
+            machine, spinning threads cost more CPU time than they save: pass ``torch.get_num_threads()``.
 
     Returns:
         The (N, 2) embedding coordinates.
@@ -111,8 +171,18 @@ def tsne_plot(
                 f"labels must be {n} integer classes >= 0, one per sample. Received labels with shape {lab.shape} "
                 f"and dtype {lab.dtype}."
             )
-    coords = TSNE(n_components=2, perplexity=float(perplexity), random_state=seed, init="pca",
-                  learning_rate="auto").fit_transform(x)
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    options = {} if max_iter is None else {"max_iter": int(max_iter)}
+    with threadpool_limits(limits=threads) if threads is not None else nullcontext():
+        if pca_components is not None and pca_components < x.shape[1]:
+            from sklearn.decomposition import PCA
+
+            x = PCA(n_components=pca_components, random_state=seed).fit_transform(x)
+        coords = TSNE(n_components=2, perplexity=float(perplexity), random_state=seed, init="pca",
+                      learning_rate="auto", angle=angle, **options).fit_transform(x)
     if path is not None:
         _plot(coords, None if labels is None else lab, Path(path), class_names, title, point_size)
     return coords

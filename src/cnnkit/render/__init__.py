@@ -3,7 +3,7 @@
 Everything returns ``uint8`` NumPy arrays, channels last (H, W, 3), ready for :func:`save_png` (Pillow).
 """
 
-from cnnkit.render.grids import activation_grid, filter_grid, signed_to_rgb, tile_images
+from cnnkit.render.grids import activation_grid, annotated_grid, colorbar, filter_grid, signed_to_rgb, tile_images
 from cnnkit.render.labels import (
     DEFAULT_PALETTE,
     colorize,
@@ -14,14 +14,34 @@ from cnnkit.render.labels import (
     probabilities_to_labels,
     save_png,
 )
+from cnnkit.render.panels import (
+    CORRECT_COLOR,
+    NODATA_COLOR,
+    UNLABELLED_COLOR,
+    WRONG_COLOR,
+    confidence_colors,
+    confidence_panel,
+    error_panel,
+    label_panel,
+)
 
 __all__ = [
+    "CORRECT_COLOR",
     "DEFAULT_PALETTE",
+    "NODATA_COLOR",
+    "UNLABELLED_COLOR",
+    "WRONG_COLOR",
     "activation_grid",
+    "annotated_grid",
+    "colorbar",
     "colorize",
+    "confidence_colors",
+    "confidence_panel",
     "default_palette",
+    "error_panel",
     "filter_grid",
     "image_to_rgb",
+    "label_panel",
     "legend",
     "overlay",
     "probabilities_to_labels",

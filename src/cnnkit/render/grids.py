@@ -36,7 +36,7 @@ from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.render.labels import _check_color, _to_numpy
 
-__all__ = ["activation_grid", "filter_grid", "signed_to_rgb", "tile_images"]
+__all__ = ["activation_grid", "annotated_grid", "colorbar", "filter_grid", "signed_to_rgb", "tile_images"]
 
 
 def _as_float(values, name: str) -> np.ndarray:
@@ -253,3 +253,133 @@ def activation_grid(
         maps = maps[:, None, :]
     tiles = signed_to_rgb(maps, scale=_shared_scale(maps, scale))
     return tile_images(tiles, ncols, padding=padding, pad_color=pad_color, zoom=zoom)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def colorbar(scale: float, width: int = 160, height: int = 10, *, font_size: int = 11,
+             background: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """A horizontal bar of :func:`signed_to_rgb`'s colours from ``-scale`` to ``+scale``, its ends and 0 written.
+
+    Shape:
+        - Output: (height + font_size + 6, width + 2·margin, 3) ``uint8``.
+
+    Examples:
+        >>> bar = colorbar(2.0, width=101, height=4)
+        >>> bar[0, bar.shape[1] // 2].tolist()  # the middle of the bar is 0: white
+        [255, 255, 255]
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(font_size)
+    ticks = [f"{-scale:.3g}", "0", f"{scale:.3g}"]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = max(int(probe.textlength(t, font=font)) for t in ticks) // 2 + 2
+    values = np.linspace(-scale, scale, width)
+    strip = signed_to_rgb(np.broadcast_to(values, (height, width)), scale=scale)
+    fill = tuple(int(c) for c in _check_color(background, "background"))
+    image = Image.new("RGB", (width + 2 * margin, height + font_size + 6), fill)
+    image.paste(Image.fromarray(np.ascontiguousarray(strip)), (margin, 0))
+    draw = ImageDraw.Draw(image)
+    for text, x in zip(ticks, (margin, margin + width // 2, margin + width - 1)):
+        draw.line([x, height, x, height + 2], fill=(60, 60, 60))
+        draw.text((x, height + 3), text, fill=(30, 30, 30), font=font, anchor="mt")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def annotated_grid(
+    tiles: np.ndarray,
+    ncols: int,
+    *,
+    zoom: int = 1,
+    gap: int = 4,
+    labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    scale: float | None = None,
+    font_size: int = 11,
+    background: Sequence[int] = (255, 255, 255),
+) -> np.ndarray:
+    """Tiles in a grid with written labels, on a plain background (no filler tiles), and an optional colour bar.
+
+    Unlike :func:`tile_images`, an incomplete last row stays empty (nothing that could be mistaken for a
+    dead channel) and every tile can carry a label above it (``labels``, e.g. channel numbers); rows and
+    columns can be named (``row_labels`` at the left, ``col_labels`` on top, e.g. filters and bands).
+    Tiles are enlarged by ``zoom`` (nearest neighbour) and never resized otherwise, so grids drawn with
+    the same ``zoom`` show their layers at their true relative resolution.
+
+    Args:
+        tiles: (T, h, w, 3) ``uint8`` tiles, filled row by row.
+        ncols: Tiles per row.
+        zoom: Integer enlargement of each tile.
+        gap: Pixels between tiles.
+        labels: One text per tile, written above it.
+        row_labels: One text per row, written left of it.
+        col_labels: One text per column, written above it.
+        scale: If given, a :func:`colorbar` from ``-scale`` to ``+scale`` is added under the grid.
+        font_size: Text size in pixels.
+        background: RGB of the background.
+
+    Shape:
+        - Output: (H, W, 3) ``uint8``.
+
+    Examples:
+        >>> grid = annotated_grid(np.zeros((3, 2, 2, 3), np.uint8), ncols=2, gap=1, background=(9, 9, 9))
+        >>> grid.shape, grid[-1, -1].tolist()  # the empty 4th cell is background, not a black tile
+        ((5, 5, 3), [9, 9, 9])
+    """
+    from PIL import Image, ImageDraw
+
+    if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
+        shape = getattr(tiles, "shape", None)
+        raise ShapeError(f"tiles must be a uint8 array of shape (T, h, w, 3). Received shape {shape}.")
+    count = tiles.shape[0]
+    if count == 0:
+        raise ShapeError("tiles must hold at least one tile. Received 0 tiles.")
+    ncols = min(check_int(ncols, "ncols"), count)
+    zoom, gap = check_int(zoom, "zoom"), check_int(gap, "gap", minimum=0)
+    rows = math.ceil(count / ncols)
+    for name, texts, size in (("labels", labels, count), ("row_labels", row_labels, rows),
+                              ("col_labels", col_labels, ncols)):
+        if texts is not None and len(texts) != size:
+            raise ShapeError(f"{name} must hold {size} texts. Received {len(texts)}.")
+    color = tuple(int(c) for c in _check_color(background, "background"))
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    h, w = tiles.shape[1] * zoom, tiles.shape[2] * zoom
+    label_h = font_size + 3 if labels is not None else 0
+    left = max((int(probe.textlength(t, font=font)) for t in row_labels), default=0) + 6 if row_labels else 0
+    top = font_size + 4 if col_labels is not None else 0
+    cell_w = max(w, max((int(probe.textlength(t, font=font)) for t in (labels or col_labels or ())), default=0) + 2)
+    cell_h = h + label_h
+    width = left + ncols * cell_w + (ncols - 1) * gap
+    height = top + rows * cell_h + (rows - 1) * gap
+    bar = colorbar(scale, width=min(240, max(80, width - 40)), font_size=font_size, background=color) \
+        if scale is not None else None
+    total_h = height + (bar.shape[0] + 8 if bar is not None else 0)
+    total_w = max(width, bar.shape[1] if bar is not None else 0)
+    image = Image.new("RGB", (total_w, total_h), color)
+    draw = ImageDraw.Draw(image)
+    ink = (30, 30, 30)
+    for c, text in enumerate(col_labels or ()):
+        draw.text((left + c * (cell_w + gap) + cell_w // 2, 0), text, fill=ink, font=font, anchor="mt")
+    for i in range(count):
+        r, c = divmod(i, ncols)
+        x = left + c * (cell_w + gap) + (cell_w - w) // 2
+        y = top + r * (cell_h + gap)
+        if labels is not None:
+            draw.text((x + w // 2, y), labels[i], fill=ink, font=font, anchor="mt")
+        tile = tiles[i].repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else tiles[i]
+        image.paste(Image.fromarray(np.ascontiguousarray(tile)), (x, y + label_h))
+    for r, text in enumerate(row_labels or ()):
+        draw.text((left - 6, top + r * (cell_h + gap) + label_h + h // 2), text, fill=ink, font=font, anchor="rm")
+    if bar is not None:
+        image.paste(Image.fromarray(bar), (0, height + 8))
+    return np.asarray(image, dtype=np.uint8).copy()
