@@ -7,6 +7,7 @@ others). Every table is keyed by function object or module class, never by name.
 
 * :data:`POINTWISE` — unary element-wise functions (each output position reads only the same input position).
 * :data:`ZERO_PRESERVING` — the point-wise functions with ``f(0) == 0``.
+* :data:`FINITE_PRESERVING` — point-wise functions finite wherever their input is (no overflow, pole or NaN).
 * :data:`SINGULAR_AT_ZERO` — point-wise functions not finite (or not differentiable) at 0.
 * :data:`ADD`, :data:`MUL`, :data:`DIV` — element-wise binary arithmetic (``+``/``−``, ``×``, ``/``).
 * :data:`COPIES` — copies and conversions (``clone``, ``to``, ``contiguous`` …): same values, same positions.
@@ -37,6 +38,7 @@ __all__ = [
     "CONCAT",
     "COPIES",
     "DIV",
+    "FINITE_PRESERVING",
     "KEEPS_POSITIONS",
     "METADATA",
     "MUL",
@@ -82,6 +84,16 @@ POINTWISE = ZERO_PRESERVING | functions(
     "clip", "clamp_", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "rrelu", "rrelu_",
     "threshold", "threshold_", "cos", "cos_", "sqrt", "sqrt_", "rsqrt", "rsqrt_", "reciprocal", "reciprocal_",
     "log", "log_", "log1p", "log2", "log10", "pow", "pow_", "__pow__", "erfc", "cosh", "sinh", "frac",
+)
+# Finite wherever their input is (no overflow, no pole, no NaN from a finite value): masked() skips the NaN/inf
+# check of a tensor derived from checked ones through these (and through conv, pooling, batch norm, + and ×).
+FINITE_PRESERVING = functions(
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu",
+    "silu", "mish", "tanh", "tanh_", "hardtanh", "hardtanh_", "hardswish", "softsign", "tanhshrink", "neg", "neg_",
+    "__neg__", "abs", "abs_", "dropout", "dropout1d", "dropout2d", "dropout3d", "prelu", "sign", "sign_",
+    "hardshrink", "softshrink", "sin", "sin_", "cos", "cos_", "erf", "trunc", "floor", "ceil", "round", "__abs__",
+    "nan_to_num", "nan_to_num_", "sigmoid", "sigmoid_", "hardsigmoid", "softplus", "log_sigmoid", "logsigmoid",
+    "rrelu", "rrelu_", "threshold", "threshold_",
 )
 # Not finite (or not differentiable) at 0 or for negatives: masked() gives the padded operand 1 outside the
 # extents first (0 or garbage there would give inf/NaN, and 0 · inf = NaN in backward).

@@ -225,7 +225,7 @@ def _finish(mode: MaskedContext, out):
                     f"dimensions at {mode.entries[out].axes}; return it as (N, C, *spatial)."
                 )
             sizes = mode.entries[out].sizes
-            data = mode.zeros_outside(out)
+            data = mode.zeros_outside(out, check=True)  # its gradient comes from the caller's loss
             return PaddedBatch(data, torch.tensor(sizes, dtype=torch.long, device=data.device))
         return out
     if isinstance(out, (tuple, list)):

@@ -56,6 +56,7 @@ def _pointwise(ctx: MaskedContext, func, args, kwargs):
         raise UnsupportedError(f"masked(): {op_name(func)} with a padded tensor as a secondary argument.")
     entry = ctx.entries[x]
     clean = ctx.is_clean(x) and func in _ops.ZERO_PRESERVING
+    finite = func in _ops.FINITE_PRESERVING and ctx.is_finite(x)
     if func in _ops.SINGULAR_AT_ZERO:
         filled = ctx.fill_outside(x, 1)
         out = func(filled, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
@@ -63,7 +64,7 @@ def _pointwise(ctx: MaskedContext, func, args, kwargs):
             out = x.copy_(filled)
     else:
         out = func(*args, **kwargs)
-    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch)
+    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch, finite=finite)
 
 
 def _check_operands(ctx: MaskedContext, func, operands, out_dim: int) -> Entry:
@@ -113,6 +114,9 @@ def _binary(ctx: MaskedContext, func, args, kwargs):
             else:
                 kwargs = {**kwargs, "other": safe}
     clean_before = {id(t): ctx.is_clean(t) for t in operands if ctx.is_padded(t)}
+    finite = func not in _ops.DIV and all(
+        ctx.is_finite(t) if isinstance(t, Tensor) else isinstance(t, (int, float)) and math.isfinite(t)
+        for t in operands if t is not None)
     out = func(*args, **kwargs)
     if func in _ops.MUL:
         clean = any(clean_before.values())
@@ -120,7 +124,7 @@ def _binary(ctx: MaskedContext, func, args, kwargs):
         clean = not divisor_is_first and clean_before.get(id(a_), False) and not ctx.is_padded(o_)
     else:
         clean = all(ctx.is_padded(t) for t in operands) and all(clean_before.values())
-    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch)
+    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch, finite=finite)
 
 
 def _copy(ctx: MaskedContext, func, args, kwargs):
@@ -128,7 +132,8 @@ def _copy(ctx: MaskedContext, func, args, kwargs):
     source = ctx.padded[0]
     if isinstance(out, Tensor) and out is not source and out.dim() == source.dim():
         entry = ctx.entries[source]
-        ctx.track(out, entry.sizes, ctx.is_clean(source), entry.axes, entry.batch)
+        ctx.track(out, entry.sizes, ctx.is_clean(source), entry.axes, entry.batch,
+                  finite=out.dtype == source.dtype and ctx.is_finite(source))
     return out
 
 
@@ -194,7 +199,7 @@ def _conv(ctx: MaskedContext, func, args, kwargs):
         x = ctx.zeros_outside(x)
         args = (x, *args[1:]) if args else args
         kwargs = {**kwargs, "input": x} if "input" in kwargs else kwargs
-    return ctx.track(func(*args, **kwargs), sizes)
+    return ctx.track(func(*args, **kwargs), sizes, finite=ctx.is_finite(x))
 
 
 def _conv_transpose(ctx: MaskedContext, func, args, kwargs):
@@ -234,9 +239,10 @@ def _max_pool(ctx: MaskedContext, func, args, kwargs):
         x = ctx.fill_outside(x, -math.inf)
         args, kwargs = replace_input(args, kwargs, x)
     out = func(*args, **kwargs)
+    finite = ctx.is_finite(x)
     if isinstance(out, tuple):  # (values, indices)
-        return (ctx.track(out[0], sizes), *out[1:])
-    return ctx.track(out, sizes)
+        return (ctx.track(out[0], sizes, finite=finite), *out[1:])
+    return ctx.track(out, sizes, finite=finite)
 
 
 def _avg_pool(ctx: MaskedContext, func, args, kwargs):
@@ -369,7 +375,7 @@ def _batch_norm(ctx: MaskedContext, func, args, kwargs):
     _require_canonical(ctx, func, x)
     entry = ctx.entries[x]
     if not b.get("training", False):
-        return ctx.track(func(*args, **kwargs), entry.sizes)
+        return ctx.track(func(*args, **kwargs), entry.sizes, finite=ctx.is_finite(x))
     out = masked_batch_norm(x, ctx.mask(x), b.get("running_mean"), b.get("running_var"), b.get("weight"),
                             b.get("bias"), b.get("momentum", 0.1) if b.get("momentum") is not None else 0.1,
                             b.get("eps", 1e-5), ctx.process_group)

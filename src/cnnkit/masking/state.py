@@ -46,6 +46,8 @@ class Entry:
     aliased: bool = False  # shares storage with a tensor whose version counter it does not share (`.data`)
     batch: int = 0  # position of the batch dimension (1 after torch.stack(..., dim=0))
     ref: weakref.ref | None = None  # the tensor recorded (its id may be reused once it is gone)
+    finite: bool = False  # every value (padding included) known finite: derived by finite-preserving ops from a
+    # tensor whose finiteness was checked
 
 
 # -- the rule tables (filled by cnnkit.masking.rules) -------------------------------------------------------
@@ -162,7 +164,10 @@ def _sum_is_finite(t: Tensor) -> bool:
     return math.isfinite(total.item())
 
 
-def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float) -> Tensor:
+_TRUSTED_DTYPES = (torch.float32, torch.float64)  # overflow to inf from finite values is not a concern there
+
+
+def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float, report: list | None = None) -> Tensor:
     """``torch.where(weight != 0, x, value)`` as ``x · weight (+ value · outside)`` (``weight``: the 0/1 mask in x's
     dtype, ``outside = 1 − weight``).
 
@@ -173,12 +178,23 @@ def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float) -> Tensor:
     """
     y = x * weight
     if value == 0:
-        return y if _sum_is_finite(y) else torch.where(weight.bool(), x, 0)
+        if _sum_is_finite(y):
+            if report is not None:
+                report.append(True)  # every value of the result is finite
+            return y
+        return torch.where(weight.bool(), x, 0)
     if value == -math.inf:
-        fill = 2 * y.amin().item() - 1  # below min(0, smallest valid entry)
-        if math.isfinite(fill) and fill > torch.finfo(x.dtype).min:
+        low, high = (v.item() for v in torch.aminmax(y))  # a NaN anywhere makes both NaN
+        fill = 2 * low - 1  # below min(0, smallest valid entry)
+        if math.isfinite(fill) and fill > torch.finfo(x.dtype).min and math.isfinite(high):
+            if report is not None:
+                report.append(True)
+            return y.add_(outside, alpha=fill)
+        if math.isfinite(fill) and fill > torch.finfo(x.dtype).min and not math.isnan(high):
             return y.add_(outside, alpha=fill)
     elif _sum_is_finite(y):
+        if report is not None and math.isfinite(value):
+            report.append(True)
         return y.add_(outside, alpha=value)
     return torch.where(weight.bool(), x, value)
 
@@ -187,13 +203,13 @@ class _Select(torch.autograd.Function):
     """:func:`_select` with the gradient of ``torch.where`` (the gradient is selected the same way)."""
 
     @staticmethod
-    def forward(ctx, x, weight, outside, value):
+    def forward(ctx, x, weight, outside, value, report):
         ctx.weight, ctx.outside = weight, outside
-        return _select(x, weight, outside, value)
+        return _select(x, weight, outside, value, report)
 
     @staticmethod
     def backward(ctx, grad):
-        return _select(grad, ctx.weight, ctx.outside, 0), None, None, None
+        return _select(grad, ctx.weight, ctx.outside, 0), None, None, None, None
 
 
 # -- the context every rule works with -------------------------------------------------------------------
@@ -282,9 +298,10 @@ class MaskedContext(TorchFunctionMode):
         return entry.clean and entry.version == t._version and not entry.aliased
 
     def track(self, out: Tensor, sizes: Sizes, zero_outside: bool = False, axes: tuple[int, ...] | None = None,
-              batch: int = 0) -> Tensor:
+              batch: int = 0, *, finite: bool = False) -> Tensor:
         """Record ``out`` as padded with these per-sample extents (``axes``: its spatial dims, default (2, …);
-        ``batch``: its batch dim)."""
+        ``batch``: its batch dim; ``finite``: every value known finite, e.g. a finite-preserving op of
+        :meth:`is_finite` tensors)."""
         shape = out.shape
         if axes is None:
             axes = canonical_axes(len(shape))
@@ -303,7 +320,8 @@ class MaskedContext(TorchFunctionMode):
         if full:
             self.entries.pop(out)  # every sample fills the canvas: an ordinary tensor now
             return out
-        self.entries.by_id[id(out)] = Entry(sizes, zero_outside, out._version, axes, False, batch, weakref.ref(out))
+        self.entries.by_id[id(out)] = Entry(sizes, zero_outside, out._version, axes, False, batch, weakref.ref(out),
+                                            finite)
         return out
 
     def mask(self, t: Tensor) -> Tensor:
@@ -363,30 +381,41 @@ class MaskedContext(TorchFunctionMode):
             found = self.masks[key] = (weight, 1 - weight)
         return weight, found[1]
 
-    def _where(self, t: Tensor, value: float) -> Tensor:
-        """``torch.where(mask, t, value)``; on the CPU as a (checked) multiplication, several times faster."""
+    def _where(self, t: Tensor, value: float, trusted: bool = False) -> tuple[Tensor, bool]:
+        """``torch.where(mask, t, value)`` and whether every value of the result is known finite; on the CPU as a
+        multiplication, several times faster: checked (a NaN or inf in the padding would give NaN), or, for a
+        ``trusted`` tensor (known finite, float32/64) and ``value=0``, a plain product (whose gradient is the
+        gradient times the mask: finite at the padding, since every padded gradient is zeroed the same way)."""
         if t.device.type != "cpu" or not t.is_floating_point():
-            return torch.where(self.mask(t), t, value)
+            return torch.where(self.mask(t), t, value), False
         weight, outside = self._weights(t)
+        if trusted and value == 0 and t.dtype in _TRUSTED_DTYPES:
+            return t * weight, True
+        report: list = []
         if t.requires_grad and torch.is_grad_enabled():
-            return _Select.apply(t, weight, outside, value)
-        return _select(t, weight, outside, value)
+            out = _Select.apply(t, weight, outside, value, report)
+        else:
+            out = _select(t, weight, outside, value, report)
+        return out, bool(report)
 
-    def zeros_outside(self, t: Tensor) -> Tensor:
-        """``t`` with zeros outside each sample's extent (what a sample alone sees as zero padding)."""
+    def zeros_outside(self, t: Tensor, *, check: bool = False) -> Tensor:
+        """``t`` with zeros outside each sample's extent (what a sample alone sees as zero padding).
+
+        ``check=True`` checks for NaN and inf even in a tensor known finite (and selects its gradient the same
+        way): for outputs, whose gradients come from the caller's loss."""
         entry = self.entries[t]
         version = t._version
-        if entry.clean and entry.version == version and not entry.aliased:
+        if entry.clean and entry.version == version and not entry.aliased and not check:
             return t
-        if not entry.aliased:
+        if not entry.aliased and not check:
             cached = self.cleaned.get(t)
             if cached is not None and cached[0] == version:
                 return cached[1]
         # One pass forward and backward; unlike a plain multiplication it also clears NaN, inf and the low fill
         # left by max pooling.
-        out = self._where(t, 0)
-        self.track(out, entry.sizes, True, entry.axes, entry.batch)
-        if not entry.aliased:
+        out, finite = self._where(t, 0, entry.finite and not entry.aliased and not check)
+        self.track(out, entry.sizes, True, entry.axes, entry.batch, finite=finite)
+        if not entry.aliased and not check:
             self.cleaned[t] = (version, out)
         return out
 
@@ -395,8 +424,13 @@ class MaskedContext(TorchFunctionMode):
 
         ``-inf`` may be replaced by any value below every valid entry (on the CPU: 2·min − 1)."""
         entry = self.entries[t]
-        out = self._where(t, value)
-        return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch)
+        out, finite = self._where(t, value)
+        return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch, finite=finite)
+
+    def is_finite(self, t: Tensor) -> bool:
+        """Whether every value of ``t`` (padding included) is known finite (and ``t`` unchanged since)."""
+        entry = self.entries.get(t)
+        return entry is not None and entry.finite and entry.version == t._version and not entry.aliased
 
     # kept for rules written against the first version
     clean = zeros_outside
