@@ -5,6 +5,7 @@ each held-out series alone, and the task's per-pixel weights against a hand-writ
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,39 @@ def test_pixel_weights_reach_the_loss():
     torch.testing.assert_close(loss, (per_pixel * w).sum() / w.sum(), rtol=1e-12, atol=1e-12)
     unweighted, _, _ = task._step(((x, valid), labels))
     assert not torch.allclose(loss, unweighted)
+
+
+def test_cnnkit_predict_on_a_series_run(trained, tmp_path):
+    """`cnnkit predict` recognises a series run: label TIFFs equal the network run by hand on each series alone;
+    the single-image API refuses the run with a message naming what to do."""
+    from safetensors.torch import load_file
+
+    from cnnkit.app.predict import load_predictor
+    from cnnkit.errors import CnnkitError
+
+    root, out, _, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = sorted(p.name for p in (root / "series").iterdir())[:2]
+    # one stack as written (T, C, H, W), one rewritten as (T, H, W, C): the band count tells them apart
+    stack = tifffile.imread(root / "series" / names[1])
+    tifffile.imwrite(tmp_path / "last.tif", np.moveaxis(stack, 1, -1), photometric="minisblack",
+                     planarconfig="contig")
+    result = runner.invoke(app, ["predict", str(out), str(root / "series" / names[0]), str(tmp_path / "last.tif"),
+                                 "--out", str(tmp_path / "pred")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "2 series" in result.output
+    net = SeriesSegNet(**manifest["model"]["args"])
+    net.load_state_dict(load_file(out / "model.safetensors"))
+    net.eval()
+    mean, std = torch.tensor(manifest["input"]["mean"]), torch.tensor(manifest["input"]["std"])
+    for name, written in ((names[0], Path(names[0]).stem), (names[1], "last")):
+        series = torch.from_numpy(tifffile.imread(root / "series" / name))
+        valid = torch.isfinite(series).all(1)
+        with torch.no_grad():
+            expected = net(torch.nan_to_num((series - mean[:, None, None]) / std[:, None, None])[None],
+                           valid[None])[0].argmax(0).numpy()
+        expected = np.where(valid.any(0).numpy(), expected, 255)
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "pred" / f"{written}_labels.tif"), expected)
+        assert (tmp_path / "pred" / f"{written}_labels.png").is_file()
+    with pytest.raises(CnnkitError, match="trained on image time series"):
+        load_predictor(out)

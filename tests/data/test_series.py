@@ -93,3 +93,71 @@ def test_errors(tmp_path):
     with pytest.raises(ShapeError, match=r"samples\[1\] must be"):
         collate_series([(torch.zeros(2, 3, 4, 4), torch.ones(2, 4, 4, dtype=torch.bool), torch.zeros(4, 4)),
                         (torch.zeros(2, 2, 4, 4), torch.ones(2, 4, 4, dtype=torch.bool), torch.zeros(4, 4))])
+
+
+def test_band_statistics_and_standardisation_match_numpy():
+    """Mean and std over valid pixels only (NaN clouds and invalid dates left out), vs NumPy's nan-statistics."""
+    from cnnkit.data.series import StandardizedSeries, series_band_statistics
+
+    rng = np.random.default_rng(1)
+    items = []
+    for t, h, w in [(4, 5, 6), (2, 7, 3)]:
+        series = torch.from_numpy(rng.normal(2.0, 3.0, (t, 3, h, w)).astype(np.float32))
+        valid = torch.from_numpy(rng.random((t, h, w)) > 0.3)
+        series[~valid[:, None].expand_as(series)] = float("nan")
+        items.append((series, valid, torch.zeros(h, w, dtype=torch.long)))
+    mean, std = series_band_statistics(items)
+    values = np.concatenate([np.moveaxis(s.numpy(), 1, 0).reshape(3, -1) for s, _, _ in items], axis=1)
+    np.testing.assert_allclose(mean.numpy(), np.nanmean(values, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(std.numpy(), np.nanstd(values, axis=1), rtol=1e-5)
+    data = StandardizedSeries(items)
+    assert data.sizes == [(4, 5, 6), (2, 7, 3)]
+    scaled, valid, _ = data[1]
+    series = items[1][0].numpy()
+    expected = np.where(items[1][1].numpy()[:, None], (series - mean.numpy()[:, None, None]) / std.numpy()[:, None, None],
+                        0.0)
+    np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_series_crops_are_windows_of_the_series_with_every_date():
+    """Each crop equals a window of its series (found by search), all dates and the weight map kept; small series
+    are padded with valid = False and -100; rare-class crops hold the rare class."""
+    from cnnkit.data.series import SeriesCrops
+
+    rng = np.random.default_rng(2)
+    items = []
+    for t, h, w in [(5, 12, 14), (3, 6, 7)]:
+        series = torch.from_numpy(rng.normal(size=(t, 2, h, w)).astype(np.float32))
+        valid = torch.from_numpy(rng.random((t, h, w)) > 0.2)
+        label = torch.from_numpy(rng.integers(0, 2, (h, w)))
+        weight = torch.from_numpy(rng.random((h, w)).astype(np.float32))
+        items.append((torch.where(valid[:, None], series, torch.zeros(())), valid, label, weight))
+    items[0][2][9, 11] = 2  # one rare pixel
+    crops = SeriesCrops(items, 8, {2: 1.0}, num_crops=3, generator=torch.Generator().manual_seed(0))
+    assert len(crops) == 6 and crops.sizes[0] == (5, 8, 8) and crops.sizes[5] == (3, 8, 8)
+    for index in range(3):
+        series, valid, label, weight = crops[index]
+        assert series.shape == (5, 2, 8, 8) and (label == 2).any()
+        source = items[0]
+        found = [(y, x) for y in range(12 - 8 + 1) for x in range(14 - 8 + 1)
+                 if torch.equal(source[0][:, :, y:y + 8, x:x + 8], series)]
+        assert len(found) == 1
+        y, x = found[0]
+        assert torch.equal(valid, source[1][:, y:y + 8, x:x + 8]) and torch.equal(label, source[2][y:y + 8, x:x + 8])
+        assert torch.equal(weight, source[3][y:y + 8, x:x + 8])
+    series, valid, label, weight = crops[3]  # the 6 × 7 series, padded to 8 × 8
+    assert not valid[:, 6:].any() and not valid[:, :, 7:].any() and (label[6:] == -100).all()
+    assert torch.equal(series[:, :, :6, :7], items[1][0]) and (weight[6:] == 0).all()
+
+
+def test_collate_pads_pixel_weights():
+    a = (torch.ones(2, 1, 3, 4), torch.ones(2, 3, 4, dtype=torch.bool), torch.zeros(3, 4, dtype=torch.long),
+         torch.full((3, 4), 0.5))
+    b = (torch.ones(3, 1, 2, 5), torch.ones(3, 2, 5, dtype=torch.bool), torch.zeros(2, 5, dtype=torch.long),
+         torch.full((2, 5), 2.0))
+    x, valid, labels, weight = collate_series([a, b])
+    assert weight.shape == (2, 3, 5)
+    assert torch.equal(weight[0, :3, :4], torch.full((3, 4), 0.5)) and (weight[0, :, 4] == 0).all()
+    assert torch.equal(weight[1, :2], torch.full((2, 5), 2.0)) and (weight[1, 2] == 0).all()
+    with pytest.raises(ShapeError, match=r"samples\[1\] must be \(series, valid, label, weight\)"):
+        collate_series([a, b[:3]])

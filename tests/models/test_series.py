@@ -22,10 +22,11 @@ def _pad(items, dtype):
     return x, mask
 
 
+@pytest.mark.parametrize("kernel_size", [3, 1])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_padded_batch_equals_each_series_alone(dtype, tol):
+def test_padded_batch_equals_each_series_alone(dtype, tol, kernel_size):
     torch.manual_seed(0)
-    net = SeriesSegNet(3, 4, width=6, hidden=5).to(dtype)
+    net = SeriesSegNet(3, 4, width=6, hidden=5, kernel_size=kernel_size).to(dtype)
     shapes = [(5, 12, 9), (2, 7, 13), (4, 10, 10)]
     items = []
     for t, h, w in shapes:
@@ -67,5 +68,7 @@ def test_shape_errors():
     net = SeriesSegNet(3, 2)
     with pytest.raises(ShapeError, match=r"x \(N, T, C, H, W\) with C = in_channels = 3"):
         net(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ShapeError, match=r"kernel_size must be odd"):
+        SeriesSegNet(3, 2, kernel_size=2)
     with pytest.raises(ShapeError, match=r"mask must be \(N, T, H, W\) = \(1, 2, 8, 8\)"):
         net(torch.zeros(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 9, dtype=torch.bool))

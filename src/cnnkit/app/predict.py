@@ -35,7 +35,8 @@ from cnnkit.predict.outputs import palette_png, side_by_side, write_tiff
 from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, create_tiff, open_scene
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
-__all__ = ["PredictionRun", "expand_inputs", "load_predictor", "predict_files"]
+__all__ = ["PredictionRun", "expand_inputs", "expand_series_inputs", "is_series_run", "load_predictor",
+           "load_series_model", "predict_files", "predict_series_files"]
 
 PREVIEW_SIDE = 1024
 """Overlays of scenes with a longer side are drawn at a reduced scale."""
@@ -53,6 +54,10 @@ def load_predictor(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Pre
     from safetensors.torch import load_file
 
     manifest = read_manifest(run_dir)
+    if is_series_run(manifest):
+        raise CnnkitError(f"The run {os.fspath(run_dir)!r} was trained on image time series: it predicts from a "
+                          "whole series (T dates), not from single images. Use cnnkit predict on series stacks or "
+                          "per-date folders (it recognises the run), or load_series_model / predict_series_files.")
     model_info, classes, prep = manifest["model"], manifest["classes"], manifest.get("input")
     builder = model_info.get("builder")
     if builder not in MODELS:
@@ -301,3 +306,114 @@ def _write(scene: Scene, raw: np.ndarray, labels: np.ndarray, result, predictor:
     run.files[scene.path] = written
     run.pixels += int(result.valid.sum())
     run.class_pixels += result.class_pixels(predictor.num_classes).numpy()
+
+
+# -- image time series -------------------------------------------------------------------------------
+
+def is_series_run(manifest: dict) -> bool:
+    """Whether a run manifest (:func:`~cnnkit.train.rundir.read_manifest`) is one of image time series."""
+    return manifest.get("task") == "series-segmentation"
+
+
+def load_series_model(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A series run's network (eval mode, weights loaded) and its manifest.
+
+    Raises:
+        CnnkitError: not a series run, an unknown builder, missing or damaged weights.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    manifest = read_manifest(run_dir)
+    if not is_series_run(manifest):
+        raise CnnkitError(f"The run {os.fspath(run_dir)!r} is a {manifest.get('task')!r} run, not one of image time "
+                          "series.")
+    model_info, prep = manifest["model"], manifest.get("input") or {}
+    builder = model_info.get("builder")
+    if builder not in MODELS or not {"mean", "std", "band_count"} <= set(prep):
+        raise CnnkitError(f"The series run {os.fspath(run_dir)!r} names the network {builder!r} or lacks its band "
+                          "statistics; cnnkit can rebuild only its own networks. Train the run again.")
+    try:
+        model = MODELS[builder](**model_info.get("args", {}))
+        model.load_state_dict(load_file(Path(run_dir) / WEIGHTS))
+    except (TypeError, ValueError, SafetensorError, RuntimeError, OSError) as error:
+        raise CnnkitError(f"The weights or arguments of {os.fspath(run_dir)!r} do not fit its network: {error}. "
+                          "Train the run again.") from None
+    return model.to(device).eval(), manifest
+
+
+def expand_series_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Series inputs: a stack file, a folder of per-date images (one series), a data folder with ``series/`` (each
+    of its entries), or a glob; each series once, in the order given."""
+    found: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir() and (path / "series").is_dir():
+            found += sorted(p for p in (path / "series").iterdir() if not p.name.startswith("."))
+        elif path.exists():
+            found.append(path)
+        elif glob.has_magic(text):
+            matched = sorted(Path(p) for p in glob.glob(text))
+            if not matched:
+                raise CnnkitError(f"The pattern {text!r} matches no series.")
+            found += matched
+        else:
+            raise CnnkitError(f"Input {text!r} does not exist.")
+    stems: dict[str, Path] = {}
+    for path in found:
+        stem = path.name if path.is_dir() else path.stem
+        if stem in stems and stems[stem].resolve() != path.resolve():
+            raise CnnkitError(f"Two inputs share the name {stem!r} ({stems[stem]} and {path}); their outputs would "
+                              "overwrite each other. Predict them into different --out folders.")
+        stems[stem] = path
+    return list(dict.fromkeys(stems.values()))
+
+
+def predict_series_files(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    tiff: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictionRun:
+    """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif``.
+
+    Every series is read with :func:`~cnnkit.data.series.read_series` (the run's band count tells the stack
+    layouts apart; NaN, ±inf and the run's ``nodata`` are clouds), standardised with the run's band mean
+    and std, and run whole (no tiling in space: memory grows with T × H × W). A pixel without any valid date
+    gets the label 255 (no data).
+    """
+    from cnnkit.data.series import read_series
+
+    start = time.perf_counter()
+    model, manifest = load_series_model(run_dir, device)
+    prep, classes = manifest["input"], manifest["classes"]
+    mean = torch.tensor(prep["mean"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(prep["std"], dtype=torch.float32)[:, None, None]
+    files = expand_series_inputs(inputs)
+    out = Path(out)
+    _check_out(out, [p.parent / (p.name if p.is_dir() else p.stem) for p in files], overwrite)
+    palette = [tuple(c) for c in classes.get("palette", [])] or None
+    run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
+    for index, path in enumerate(files):
+        series, valid = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"))
+        x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
+        with torch.no_grad():
+            labels = model(x[None].to(device), valid[None].to(device))[0].argmax(0).to("cpu").numpy()
+        seen = valid.any(0).numpy()
+        labels = np.where(seen, labels, 255).astype(np.uint8)
+        stem = path.name if path.is_dir() else path.stem
+        written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
+        if tiff:
+            written.append(write_tiff(out / f"{stem}_labels.tif", labels))
+        run.files[path] = written
+        run.pixels += int(seen.sum())
+        run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]
+        if progress is not None:
+            progress(index + 1, run.pixels)
+    run.seconds = time.perf_counter() - start
+    return run

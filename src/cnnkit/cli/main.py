@@ -213,7 +213,9 @@ def train(
 @app.command(cls=_Command)
 def predict(
     run: str = typer.Argument(..., help="A run folder of cnnkit train or cnnkit demo (it holds manifest.json)."),
-    inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, TIFF), folders of them, or glob patterns."),  # noqa: B008
+    inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, TIFF), folders of them, or glob patterns; "  # noqa: B008
+                                       "for a time-series run: series stacks, per-date folders, or a folder "
+                                       "with series/."),
     out: str = typer.Option("predictions", "--out", help="Output folder: STEM_labels.png, STEM_overlay.png, …"),
     tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as TIFF (georeferenced like the input)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, float16 TIFF."),
@@ -229,15 +231,25 @@ def predict(
 
     Images are grouped by size and run as padded batches (each result equal to the image alone); images over
     --max-pixels are read, run and written tile by tile with a halo from the network's receptive field, so
-    the result is identical to the whole-image pass while memory follows the tile.
+    the result is identical to the whole-image pass while memory follows the tile. A run trained on image time
+    series predicts whole series (stacks or per-date folders), one label map each, without tiling.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cnnkit.app.predict import expand_inputs, load_predictor, predict_files
+    from cnnkit.app.predict import expand_inputs, is_series_run, load_predictor, predict_files, predict_series_files
+    from cnnkit.train.rundir import read_manifest
 
     console = _console()
     try:
         console.print(_threads(threads), markup=False, highlight=False)
+        if is_series_run(read_manifest(run)):
+            result = predict_series_files(run, inputs, out, device=device, tiff=True, overwrite=overwrite)
+            names = read_manifest(run)["classes"]["names"]
+            console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
+                          soft_wrap=True)
+            console.print(f"outputs: {out}/ (STEM_labels.png and STEM_labels.tif per series; 255 = no valid date)",
+                          markup=False, highlight=False)
+            return
         predictor, manifest = load_predictor(run, device=device)
         band_count = (manifest.get("input") or {}).get("band_count")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),

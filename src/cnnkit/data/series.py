@@ -32,7 +32,8 @@ from cnnkit.data.crops import RareClassCrops
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
 
-__all__ = ["SeriesCrops", "SeriesFolder", "StandardizedSeries", "collate_series", "series_band_statistics"]
+__all__ = ["SeriesCrops", "SeriesFolder", "StandardizedSeries", "collate_series", "read_series",
+           "series_band_statistics"]
 
 _IMAGES = (".png", ".tif", ".tiff")
 
@@ -65,6 +66,50 @@ def _frame(array: np.ndarray, size: tuple[int, int], path: Path) -> np.ndarray:
         return array
     raise ShapeError(f"{path}: a date must be (H, W), (H, W, C) or (C, H, W) with the label's size {size}. "
                      f"Received shape {array.shape}.")
+
+
+def read_series(path: str | Path, *, band_count: int | None = None, nodata: float | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """One series without its label, as ``cnnkit predict`` reads it: ``(series (T, C, H, W) float32, valid (T, H, W))``.
+
+    Args:
+        path: A T × C × H × W or T × H × W × C TIFF stack (or ``.npy``), or a folder of per-date images in name
+            order.
+        band_count: Bands per date (the run's); it tells the two stack layouts apart. Without it a stack is read
+            as T × C × H × W.
+        nodata: A band value meaning "no data" (besides NaN and ±inf).
+
+    Raises:
+        ShapeError: the stack does not hold ``band_count`` bands per date in either layout.
+    """
+    path = Path(path)
+    if path.is_dir():
+        dates = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGES and not p.name.startswith("."))
+        if not dates:
+            raise CnnkitError(f"The series folder {path} holds no image.")
+        first = _read(dates[0])
+        size = first.shape[:2] if first.ndim == 2 or band_count is None or first.shape[-1] == band_count \
+            else first.shape[1:]
+        stack = np.stack([_frame(_read(p), tuple(size), p) for p in dates])
+    else:
+        stack = _read(path)
+        if stack.ndim == 3:
+            stack = stack[:, None]
+        if stack.ndim != 4:
+            raise ShapeError(f"{path}: a series stack must be T × C × H × W or T × H × W × C. Received shape "
+                             f"{stack.shape}.")
+        if band_count is not None and stack.shape[1] != band_count:
+            if stack.shape[-1] != band_count:
+                raise ShapeError(f"{path}: the run was trained on {band_count} bands per date; the stack {stack.shape} "
+                                 "has that many neither on axis 1 (T × C × H × W) nor last (T × H × W × C).")
+            stack = np.moveaxis(stack, -1, 1)
+    if band_count is not None and stack.shape[1] != band_count:
+        raise ShapeError(f"{path}: the run was trained on {band_count} bands per date. Received {stack.shape[1]}.")
+    series = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+    valid = torch.isfinite(series).all(dim=1)
+    if nodata is not None:
+        valid &= ~(series == nodata).any(dim=1)
+    return series, valid
 
 
 class SeriesFolder(Dataset):

@@ -1,14 +1,16 @@
 """Seeded cloudy crop-type time series whose classes only time can separate (``cnnkit demo --time-series``).
 
 Every scene is a season of ``T`` dates (6–24, at random days) over fields of one crop each. A crop is
-known by its *rhythm*: its six bands oscillate ``f`` times a season (``f`` = 1, 2, 3 or ½ for the common
-crops, 4 for the rare one) with a phase of its own per field. At any one date the phase is unknown, so a
-field's band values have the same distribution whatever its crop (``sin`` of a uniform angle): a single
-date cannot tell the crops apart, a series can. Each frame carries a seventh band, the date's position in
-the season (0–1), as acquisition dates do in real series.
+known by its *rhythm*: its six bands swing through the season as the phases of one cycle, so that the
+bands peak one after the other — in one order for wheat and rapeseed, in the reverse order for maize and
+grassland (``f`` = +1, −1, +2, −2 cycles a season: one or two growth cycles, and which band leads) — and
+fallow land, the rare class, does not cycle at all (``f = 0``). Each field starts its cycle at a phase of
+its own, so at any one date a field's band values have the same distribution whatever its crop (every
+class is ``sin`` of a uniform angle): a single date cannot tell the crops apart, a series can. Each frame
+carries a seventh band, the date's position in the season (0–1), as acquisition dates do in real series.
 
 About 30 % of each date is under cloud (stored as NaN, the usual way), field borders and one field in ten
-have no label (−100), and the rare crop covers a few percent of the labelled pixels.
+have no label (−100), and fallow covers a few percent of the labelled pixels.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from cnnkit.masking.batch import IGNORE_INDEX
 
 __all__ = ["CROP_CLASSES", "FREQUENCIES", "crop_series"]
 
-CROP_CLASSES = ("wheat", "maize", "rapeseed", "grassland", "vineyard")
-FREQUENCIES = (1.0, 2.0, 3.0, 0.5, 4.0)
-"""Oscillations per season of each class; the last class is the rare one."""
+CROP_CLASSES = ("wheat", "maize", "rapeseed", "grassland", "fallow")
+FREQUENCIES = (1.0, -1.0, 2.0, -2.0, 0.0)
+"""Cycles per season of each class (the sign: which way round the bands take turns); the last class is the rare one."""
 SHARES = (0.32, 0.28, 0.22, 0.15, 0.03)
 BANDS = 6
 
