@@ -134,3 +134,18 @@ def test_inf_made_in_the_padding_by_an_op_that_can_overflow_is_cleared():
         ref = model(img[None])[0]
         assert torch.isfinite(ref).all()
         torch.testing.assert_close(o, ref, rtol=1e-12, atol=0)
+
+
+def test_padding_changed_after_pad_batch_is_noticed():
+    # pad_batch's batch is known to be zero outside the extents (no look needed) only while its version counter is
+    # unchanged: an in-place change of the padding afterwards is seen and cleared.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1)).double()
+    images = _images()
+    batch = pad_batch(images)
+    wrapped = masked(net)
+    first = wrapped(batch).data.clone()
+    batch.data[2, :, 3:, :] = 7.0  # sample 2 is 3×3: its padding
+    torch.testing.assert_close(wrapped(batch).data, first, rtol=0, atol=0)
+    for o, ref in zip(wrapped(batch).unpad(), _alone(net, images)):
+        torch.testing.assert_close(o, ref, rtol=1e-12, atol=1e-12)

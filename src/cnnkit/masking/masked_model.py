@@ -75,6 +75,7 @@ class MaskedModel(nn.Module):
         resolve(model, self.per_sample)  # names and classes checked now
         self._learned: dict[str, None] = {}  # modules found to need a per-sample run (auto_per_sample)
         self._plans: dict = {}  # decisions per function, extents and geometry (plain data, bounded below)
+        self._masks: tuple = (None, {})  # (the last call's extents and input, its masks)
         self._checked: int | None = None
 
     @property
@@ -157,9 +158,16 @@ class MaskedModel(nn.Module):
                 _set_rng_state(batch.data.device, rng)
 
     def _forward_once(self, batch: PaddedBatch, sizes, args, kwargs):
-        mode = MaskedContext(self._group(), self.model, self._plans)
+        # The masks of the last call are kept for the next one with the same extents (as many as one call builds;
+        # not across inference mode, whose tensors cannot be saved for backward).
         x = batch.data
-        if mode.is_padded(mode.track(x, sizes, _zero_outside(x, sizes))):  # as each sample sees it: zeros around it
+        key = (sizes, tuple(x.shape), x.device, x.dtype, torch.is_inference_mode_enabled())
+        if self._masks[0] != key:
+            self._masks = (key, {})
+        mode = MaskedContext(self._group(), self.model, self._plans, self._masks[1])
+        known = batch._zero_padded  # pad_batch's zeros, unchanged since (the version counter says so)?
+        clean = (known is not None and known[0]() is x and known[1] == x._version) or _zero_outside(x, sizes)
+        if mode.is_padded(mode.track(x, sizes, clean)):  # as each sample sees it: zeros around it
             x = mode.zeros_outside(x)
             if x is batch.data:  # already zero outside: a view, so that the record is not the caller's tensor's
                 x = x.view_as(x)

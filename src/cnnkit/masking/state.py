@@ -258,10 +258,12 @@ class MaskedContext(TorchFunctionMode):
     padded tensor among its arguments; ``ctx.padded`` lists those tensors. It returns what ``func`` would.
     """
 
-    def __init__(self, process_group=None, root: nn.Module | None = None, cache: dict | None = None):
+    def __init__(self, process_group=None, root: nn.Module | None = None, cache: dict | None = None,
+                 masks: dict | None = None):
         super().__init__()
         self.entries = _Records()
-        self.masks: dict[tuple, Tensor | tuple[Tensor, Tensor]] = {}
+        # masks by extents, canvas, layout, device and dtype (kept across calls by MaskedModel: never changed in place)
+        self.masks: dict[tuple, Tensor | tuple[Tensor, Tensor]] = {} if masks is None else masks
         self.cleaned: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.canvases: dict[tuple, dict[Sizes, None]] = {}  # canvas -> the extents seen on it, in order
         self.filled: dict[tuple[Sizes, tuple[int, ...]], bool] = {}  # (extents, canvas) -> every sample fills it
