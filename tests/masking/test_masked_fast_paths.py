@@ -149,3 +149,28 @@ def test_padding_changed_after_pad_batch_is_noticed():
     torch.testing.assert_close(wrapped(batch).data, first, rtol=0, atol=0)
     for o, ref in zip(wrapped(batch).unpad(), _alone(net, images)):
         torch.testing.assert_close(o, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_an_in_place_change_through_a_view_ends_the_finite_trust():
+    # A tensor known finite that is changed in place through a view (which shares its version counter) is checked
+    # again before the next window op: here exp_ makes inf in the padding only (max pooling's fill there).
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.conv = nn.Conv2d(2, 3, 3, padding=1).double()
+
+        def forward(self, x):
+            y = self.pool(x) * -150  # finite-preserving so far
+            y[:, :].exp_()
+            return self.conv(y)
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(2, *size, generator=g, dtype=torch.float64) * 4 - 2 for size in [(9, 12), (4, 5), (12, 3)]]
+    model = Net()
+    with torch.no_grad():
+        out = masked(model)(pad_batch(images))
+        for o, img in zip(out.unpad(), images):
+            ref = model(img[None])[0]
+            assert torch.isfinite(ref).all()
+            torch.testing.assert_close(o, ref, rtol=1e-12, atol=0)

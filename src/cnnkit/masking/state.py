@@ -415,7 +415,7 @@ class MaskedContext(TorchFunctionMode):
                 return cached[1]
         # One pass forward and backward; unlike a plain multiplication it also clears NaN, inf and the low fill
         # left by max pooling.
-        out, finite = self._where(t, 0, entry.finite and not entry.aliased and not check)
+        out, finite = self._where(t, 0, not check and self.is_finite(t))
         self.track(out, entry.sizes, True, entry.axes, entry.batch, finite=finite)
         if not entry.aliased and not check:
             self.cleaned[t] = (version, out)
