@@ -139,3 +139,116 @@ def load_in_children(paths, *, batch: int = 100, parallel: int = 2, file_seconds
 def in_children():
     """``load_in_children(paths)``: outcome, time and peak memory of loading each file in a child process."""
     return load_in_children
+
+
+# --- Keras itself as the oracle, run in a child process ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class KerasOracle:
+    """One Keras, run as a child process: its interpreter, environment and version.
+
+    ``"keras3"``: Keras 3 with ``KERAS_BACKEND=torch`` (no TensorFlow), from the test extras;
+    ``CNNKIT_KERAS3_PYTHON`` names another interpreter (default: this one) and ``CNNKIT_KERAS3_PATH`` an extra
+    ``PYTHONPATH`` for it. ``"tf_keras"``: tf-keras 2.21 (TensorFlow's Keras 2) in its own virtual environment
+    ``.venv-tf`` (``make test`` builds it; TensorFlow's protobuf and numpy pins do not mix with the main
+    environment); ``CNNKIT_TF_KERAS_PYTHON`` names its interpreter. Without it the tf-keras tests FAIL: they
+    are evidence that cnnkit reads what tf-keras writes, not optional.
+    """
+
+    def __init__(self, kind: str):
+        import os
+        import sys
+
+        if kind not in ("keras3", "tf_keras"):
+            raise ValueError(f"Unknown oracle {kind!r}. Expected one of ('keras3', 'tf_keras').")
+        self.kind = kind
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        if kind == "keras3":
+            env["KERAS_BACKEND"] = "torch"
+            if os.environ.get("CNNKIT_KERAS3_PATH"):
+                env["PYTHONPATH"] = os.environ["CNNKIT_KERAS3_PATH"] + os.pathsep + env.get("PYTHONPATH", "")
+            self.python = os.environ.get("CNNKIT_KERAS3_PYTHON", sys.executable)
+            self.package, self.flags = "keras", []
+        else:
+            env.pop("PYTHONPATH", None)  # nothing of the main environment leaks into TensorFlow's
+            env.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+            self.python = os.environ.get("CNNKIT_TF_KERAS_PYTHON", str(ROOT / ".venv-tf" / "bin" / "python"))
+            self.package, self.flags = "tf_keras", ["--tf-keras"]
+        self.env = env
+
+    def version(self) -> str:
+        """The oracle's version; fails (never skips, but for Keras 3 outside CI) saying what to do."""
+        import os
+        import subprocess
+
+        try:
+            probe = subprocess.run(
+                [self.python, "-c", f"import importlib.metadata as m; import {self.package}; "
+                                    f"print(m.version({self.package.replace('_', '-')!r}))"],
+                env=self.env, capture_output=True, text=True, timeout=300)
+        except OSError as error:
+            probe = subprocess.CompletedProcess([], 1, "", str(error))
+        if probe.returncode == 0:
+            return probe.stdout.strip().splitlines()[-1]
+        if self.kind == "keras3":
+            message = ("Keras 3 (the oracle) is not importable: install the test extras (keras) or set "
+                       "CNNKIT_KERAS3_PYTHON / CNNKIT_KERAS3_PATH")
+            if not os.environ.get("CI"):
+                pytest.skip(message)
+        else:
+            message = (f"the tf-keras oracle cannot be run with {self.python} ({probe.stderr.strip()[-300:]}). "
+                       "Build its environment with `make .venv-tf/.installed` (tensorflow-cpu 2.21 and "
+                       "tf-keras 2.21 from PyPI, about 2.2 GB; needs the network), or set "
+                       "CNNKIT_TF_KERAS_PYTHON to an interpreter that has both")
+        pytest.fail(message)
+
+    def run(self, args: list[str], timeout: float = 300):
+        import subprocess
+
+        return subprocess.run([self.python, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def generate(self, script: Path, kind: str, names: tuple[str, ...] | None = None, flags=()) -> tuple[Path, dict]:
+        """Model files made by ``script`` (now, or cached), and the oracle's own refusals by name.
+
+        The script writes ``OUT/<name>/…`` and prints one JSON line per name with ``"ok"`` and, if not,
+        ``"error"``; ``names`` (all the script's cases if ``None``) are passed after ``OUT``. The cache is
+        ``~/.cache/cnnkit/keras-apps/<oracle>-<version>-<script hash>/<kind>`` (``CNNKIT_CACHE`` moves it).
+        """
+        import hashlib
+        import json
+        import os
+
+        version = self.version()
+        digest = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
+        cache = Path(os.environ.get("CNNKIT_CACHE", Path.home() / ".cache" / "cnnkit")) / "keras-apps" / (
+            f"{self.kind.replace('_', '-')}-{version}-{digest}") / kind
+        done = cache / ".done"
+        if names is None:
+            missing = [] if done.exists() else None
+        else:
+            missing = [n for n in names if not (cache / n / "io.npz").exists()
+                       and not (cache / n / "error.txt").exists()]
+        if missing is None or missing:
+            proc = self.run([str(script), *self.flags, *flags, str(cache), *(missing or [])], timeout=3600)
+            records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+            assert records, f"the {self.kind} oracle gave no answer:\n{proc.stderr[-3000:]}"
+            for record in records:
+                if not record["ok"]:
+                    name = record.get("family", record.get("case"))
+                    (cache / name).mkdir(parents=True, exist_ok=True)
+                    (cache / name / "error.txt").write_text(record["error"])
+            if names is None and proc.returncode == 0:
+                done.write_text("\n".join(r.get("family", r.get("case")) for r in records))
+        if names is None:
+            names = tuple(done.read_text().split()) if done.exists() else tuple(
+                sorted(p.name for p in cache.iterdir() if p.is_dir()))
+        errors = {n: (cache / n / "error.txt").read_text() for n in names if (cache / n / "error.txt").exists()}
+        return cache, errors
+
+
+@pytest.fixture(scope="session")
+def keras_oracle():
+    """``keras_oracle("keras3" | "tf_keras")``: a :class:`KerasOracle`."""
+    return KerasOracle

@@ -170,7 +170,7 @@ def _weights_file_cap(elements: int, layers: int) -> int:
 
 def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
     path = kf.path
-    layers, calls, input_refs, output_refs, model_class = parse_graph(kf.config, path, _BUILDERS)
+    layers, calls, input_refs, output_refs, model_class = parse_graph(kf.config, path, _BUILDERS, kf.keras_major)
     by_name = {name: (cls, config) for name, cls, config in layers}
     tensors: dict[tuple[str, int, int], tuple[str, Shape]] = {}
     keys: dict[str, str] = {}

@@ -82,9 +82,12 @@ def _check_safe(entry: dict, where: str, supported: Collection[str]) -> tuple[st
                                    f"Supported: {', '.join(sorted(_TF_OPS))}.")
         return f"ops.{_TF_OPS[function]}", config
     internal = _INTERNAL.get((module, cls))
-    if internal is None and module is None and registered is None and cls in _INTERNAL_KEYS and set(config) <= (
-            _INTERNAL_KEYS[cls] | {"name", "trainable", "dtype"}):
-        internal = cls  # a legacy .h5 keeps no module: recognised by name and exactly its config keys
+    # A legacy .h5 keeps no module: recognised by name and exactly its config keys. tf-keras writes a class
+    # registered with register_keras_serializable() under its registered name ("Custom>CustomScaleLayer").
+    bare = cls.removeprefix("Custom>")
+    if internal is None and module is None and registered is None and bare in _INTERNAL_KEYS and set(config) <= (
+            _INTERNAL_KEYS[bare] | {"name", "trainable", "dtype"}):
+        internal = bare
     if internal is not None:
         if internal.startswith("!"):
             raise UnsupportedError(f"{label}: {internal[1:]}")
@@ -212,11 +215,27 @@ def _ref_list(obj, what: str) -> list[tuple[str, int, int]]:
     return [_ref(o, what) for o in obj]
 
 
-def parse_graph(model_config: dict, path: str, supported: Collection[str]):
+def _first_node_index(layer_cls: str, layer_config: dict, keras_major: int) -> int:
+    """The node index Keras 2 gives a layer's first saved call: 1 for a nested model built from an Input.
+
+    tf-keras's ``_should_skip_first_node``: a nested Sequential whose first layer is an ``InputLayer`` already
+    has a node (its own input to its output) when the outer model calls it, and that node is not saved, so the
+    saved calls are referred to as nodes 1, 2, … (ConvNeXt's stem and downsampling blocks). Keras 3 numbers a
+    nested Sequential's calls from 0.
+    """
+    if keras_major >= 3 or layer_cls != "Sequential":
+        return 0
+    layers = layer_config.get("layers")
+    first = layers[0] if isinstance(layers, list) and layers else None
+    return int(isinstance(first, dict) and first.get("class_name") == "InputLayer")
+
+
+def parse_graph(model_config: dict, path: str, supported: Collection[str], keras_major: int = 3):
     """(layer entries, calls, input refs, output refs, model class) of a Sequential or functional config.
 
     Layer entries are ``(name, class_name, config)``; calls ``(name, node_index, ref or list of refs)``; refs
-    ``(layer_name, node_index, tensor_index)``. ``supported`` holds the layer classes that can be built.
+    ``(layer_name, node_index, tensor_index)``. ``supported`` holds the layer classes that can be built;
+    ``keras_major`` is the writer's Keras version (2 for tf-keras: see :func:`_first_node_index`).
     Linear in the size of the config.
     """
     cls = model_config.get("class_name")
@@ -257,7 +276,7 @@ def parse_graph(model_config: dict, path: str, supported: Collection[str]):
             nodes = [_tf_op_node(n, f"{path}: layer {name!r}") for n in nodes]
         op = layer_cls.startswith("ops.")
         constants = set()
-        for index, node in enumerate(nodes):
+        for index, node in enumerate(nodes, start=_first_node_index(layer_cls, layer_config, keras_major)):
             structure = _parse_node(node, f"{path}: layer {name!r}", op)
             if op and isinstance(structure, tuple) and len(structure) == 2 and isinstance(structure[1], tuple):
                 structure, constant = structure
