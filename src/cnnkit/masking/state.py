@@ -27,7 +27,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from cnnkit import _ops
-from cnnkit._tensors import tensors_in
 from cnnkit.errors import CnnkitError, UnsupportedError
 
 __all__ = ["Entry", "MaskedContext", "bind", "masked_dispatch"]
@@ -454,22 +453,9 @@ class MaskedContext(TorchFunctionMode):
         by_id = self.entries.by_id
         padded = None
         if by_id:
-            for a in args:
-                if isinstance(a, Tensor):
-                    entry = by_id.get(id(a))
-                    if entry is not None and entry.ref() is a:
-                        if padded is None:
-                            padded = [a]
-                        else:
-                            padded.append(a)
-                elif isinstance(a, (list, tuple, dict)) and a:
-                    found = [t for t in tensors_in(a) if self.entries.get(t) is not None]
-                    if found:
-                        padded = found if padded is None else padded + found
+            padded = _padded_in(args, by_id, None)
             if kwargs:
-                found = [t for t in tensors_in(kwargs) if self.entries.get(t) is not None]
-                if found:
-                    padded = found if padded is None else padded + found
+                padded = _padded_in(kwargs.values(), by_id, padded)
         if padded is None:
             rule = ALWAYS.get(func)
             if rule is None:
@@ -523,6 +509,25 @@ class MaskedContext(TorchFunctionMode):
             return super().__exit__(*exc)
         finally:
             _ACTIVE.remove(self)
+
+
+def _padded_in(values, by_id: dict, padded: list | None) -> list | None:
+    """``padded`` plus the recorded tensors among ``values`` (looking through lists, tuples and dicts), in order;
+    ``None`` while there are none (the dispatch's scan of every call's arguments: no lists built for ints)."""
+    for a in values:
+        if isinstance(a, Tensor):
+            entry = by_id.get(id(a))
+            if entry is not None and entry.ref() is a:
+                if padded is None:
+                    padded = [a]
+                else:
+                    padded.append(a)
+        elif isinstance(a, (list, tuple)):
+            if a:
+                padded = _padded_in(a, by_id, padded)
+        elif isinstance(a, dict) and a:
+            padded = _padded_in(a.values(), by_id, padded)
+    return padded
 
 
 _ACTIVE: list[MaskedContext] = []  # entered masked modes, innermost last
