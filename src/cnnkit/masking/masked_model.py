@@ -19,6 +19,11 @@ The output is zeroed outside the extents, so gradients reach only valid position
 equal the sum of per-sample gradients. A forward pass that raises leaves every buffer (running
 statistics) as it was, and its error names the op and the module that called it.
 
+Modules whose ops are defined per sample but not on a padded canvas (attention over all positions) run once per
+group of samples of one extent, on the valid crop (:mod:`cnnkit.masking.per_sample`): named with
+``masked(model, per_sample=...)``, registered with :func:`register_per_sample_module`, or found when an op inside
+them is refused (``auto_per_sample``).
+
 New rules: :func:`register_masked_op` (see its example and ``docs/masking.md``).
 """
 

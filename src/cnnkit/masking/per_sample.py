@@ -52,6 +52,7 @@ def register_per_sample_module(*classes: type) -> None:
         >>> out = masked(Attention())(pad_batch(images)).unpad()
         >>> torch.allclose(out[1], Attention()(images[1][None])[0], atol=1e-6)
         True
+        >>> _ops.PER_SAMPLE_MODULES.remove(Attention)  # (the registry is global)
     """
     _ops.register_per_sample(*classes)
 
@@ -104,6 +105,8 @@ def install(ctx: MaskedContext, modules: dict[str, nn.Module]) -> list:
     needs to restore them (an instance attribute ``forward``, removed in ``finally``)."""
     saved = []
     for name, m in modules.items():
+        if any(m is other for other, _ in saved):
+            continue
         before = m.__dict__.get("forward", _MISSING)
         m.__dict__["forward"] = functools.partial(_call, ctx, name, m, m.forward)
         saved.append((m, before))
@@ -111,7 +114,7 @@ def install(ctx: MaskedContext, modules: dict[str, nn.Module]) -> list:
 
 
 def uninstall(saved: list) -> None:
-    for m, before in saved:
+    for m, before in reversed(saved):
         if before is _MISSING:
             m.__dict__.pop("forward", None)
         else:
