@@ -161,3 +161,46 @@ def test_cnnkit_predict_on_a_series_run(trained, tmp_path):
         assert (tmp_path / "pred" / f"{written}_labels.png").is_file()
     with pytest.raises(CnnkitError, match="trained on image time series"):
         load_predictor(out)
+
+
+@pytest.mark.slow
+def test_demo_time_series_beats_the_single_date_baseline(tmp_path):
+    """`cnnkit demo --time-series`, shortened to 20 epochs: both baselines printed, and the ConvLSTM over every date
+    beats the same network on the least cloudy date by ≥ 0.20 held-out mean IoU (the full demo: ≥ 0.80, see
+    benchmarks/bench_timeseries.py). A single date carries no class information by construction."""
+    import re
+
+    result = runner.invoke(app, ["demo", "--time-series", "--epochs", "16", "--out", str(tmp_path / "run"),
+                                 "--threads", "1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+
+    def number(label):
+        return float(re.search(label + r":\s+([0-9.]+)", result.output).group(1))
+
+    series, single, majority = (number("held-out mean IoU"), number("single-date baseline IoU"),
+                                number("majority-class baseline IoU"))
+    assert series >= single + 0.20, result.output
+    assert single < 0.25 and majority < 0.25  # neither baseline can know the crop
+    assert (tmp_path / "run" / "report" / "report.html").is_file()
+
+
+def test_label_panels_are_opaque_in_the_legend_colours():
+    """Every pixel inside a drawn label panel has exactly a legend colour (class or "no label"): no blending."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+
+    from cnnkit.render.labels import DEFAULT_PALETTE
+    from cnnkit.render.series import NO_LABEL_COLOR, label_maps_figure
+
+    label = torch.arange(4).repeat_interleave(5).repeat(20, 1)  # four vertical bands of classes 0–3
+    label[:5] = -100
+    fig = label_maps_figure([("true", label), ("copy", label)], ["a", "b", "c", "d"])
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    allowed = {tuple(c) for c in DEFAULT_PALETTE[:4]} | {NO_LABEL_COLOR}
+    ax = fig.axes[0]
+    x0, y0, x1, y1 = ax.get_window_extent().bounds[0], ax.get_window_extent().bounds[1], \
+        sum(ax.get_window_extent().bounds[::2]), sum(ax.get_window_extent().bounds[1::2])
+    height = image.shape[0]
+    inner = image[int(height - y1) + 3 : int(height - y0) - 3, int(x0) + 3 : int(x1) - 3].reshape(-1, 3)
+    found = {tuple(int(v) for v in c) for c in np.unique(inner, axis=0)}
+    assert found <= allowed and len(found) == 5, found - allowed

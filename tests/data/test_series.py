@@ -114,8 +114,8 @@ def test_band_statistics_and_standardisation_match_numpy():
     assert data.sizes == [(4, 5, 6), (2, 7, 3)]
     scaled, valid, _ = data[1]
     series = items[1][0].numpy()
-    expected = np.where(items[1][1].numpy()[:, None], (series - mean.numpy()[:, None, None]) / std.numpy()[:, None, None],
-                        0.0)
+    scaled_by_hand = (series - mean.numpy()[:, None, None]) / std.numpy()[:, None, None]
+    expected = np.where(items[1][1].numpy()[:, None], scaled_by_hand, 0.0)
     np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -155,7 +155,7 @@ def test_collate_pads_pixel_weights():
          torch.full((3, 4), 0.5))
     b = (torch.ones(3, 1, 2, 5), torch.ones(3, 2, 5, dtype=torch.bool), torch.zeros(2, 5, dtype=torch.long),
          torch.full((2, 5), 2.0))
-    x, valid, labels, weight = collate_series([a, b])
+    *_, weight = collate_series([a, b])
     assert weight.shape == (2, 3, 5)
     assert torch.equal(weight[0, :3, :4], torch.full((3, 4), 0.5)) and (weight[0, :, 4] == 0).all()
     assert torch.equal(weight[1, :2], torch.full((2, 5), 2.0)) and (weight[1, 2] == 0).all()
