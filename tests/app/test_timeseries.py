@@ -204,3 +204,22 @@ def test_label_panels_are_opaque_in_the_legend_colours():
     inner = image[int(height - y1) + 3 : int(height - y0) - 3, int(x0) + 3 : int(x1) - 3].reshape(-1, 3)
     found = {tuple(int(v) for v in c) for c in np.unique(inner, axis=0)}
     assert found <= allowed and len(found) == 5, found - allowed
+
+
+def test_manifest_kind_follows_the_task_and_unknown_tasks_are_refused(tmp_path):
+    from cnnkit.errors import CnnkitError, ShapeError
+    from cnnkit.train.rundir import read_manifest, write_manifest
+
+    net = SeriesSegNet(2, 3, width=2, hidden=2)
+    common = dict(builder="SeriesSegNet", builder_args={}, preprocessing=None, class_names=["a", "b", "c"],
+                  palette=[(0, 0, 0)] * 3, ignore_index=None)
+    write_manifest(tmp_path, net, task="series-segmentation", **common)
+    assert read_manifest(tmp_path)["kind"] == "series"
+    write_manifest(tmp_path, net, **common)
+    assert read_manifest(tmp_path)["kind"] == "images"
+    with pytest.raises(ShapeError, match="Unknown task 'video'"):
+        write_manifest(tmp_path, net, task="video", **common)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "task": "video"}))
+    with pytest.raises(CnnkitError, match="its task 'video' is none of"):
+        read_manifest(tmp_path)

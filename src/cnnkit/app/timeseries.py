@@ -495,7 +495,7 @@ def train_series(
                    preprocessing={**(preprocessing or {}), "kind": "series", "mean": train.mean.tolist(),
                                   "std": train.std.tolist(), "band_count": bands},
                    class_names=names, ignore_index=ignore_index, palette=palette, task="series-segmentation",
-                   extra={"kind": "series", "series": {"steps": [min(steps), max(steps)], "crop_size": crop_size,
+                   extra={"series": {"steps": [min(steps), max(steps)], "crop_size": crop_size,
                                                        "heldout_mean_iou": mean_iou,
                                                        "single_date_mean_iou": single_mean,
                                                        "majority_mean_iou": majority_mean,

@@ -39,6 +39,7 @@ __all__ = [
     "MARKER",
     "REPORT_MANIFEST",
     "SAMPLES",
+    "TASKS",
     "WEIGHTS",
     "MissingRunFileError",
     "check_checkpoint",
@@ -60,6 +61,10 @@ WEIGHTS = "model.safetensors"
 """The trained network's ``state_dict`` as safetensors."""
 
 MANIFEST_VERSION = 1
+
+TASKS = {"segmentation": "images", "series-segmentation": "series"}
+"""The manifest's ``task`` values and the ``kind`` of input each takes: ``images`` (``cnnkit predict`` on
+image files) or ``series`` (on image time series: one T-date stack or per-date folder per prediction)."""
 
 SAMPLES = "samples"
 """``cnnkit demo`` writes held-out scenes here (``heldout_NN.tif``), input to try ``cnnkit predict`` on."""
@@ -312,9 +317,12 @@ def write_manifest(out: str | os.PathLike, model, *, builder: str | None, builde
         class_names: One name per class, in label order.
         palette: One RGB colour per class.
         ignore_index: The mask value meaning "not labelled" in the training files (e.g. 255), if any.
-        task: ``"segmentation"`` (per-pixel classes) or ``"series-segmentation"`` (from time series).
+        task: ``"segmentation"`` (per-pixel classes) or ``"series-segmentation"`` (from time series); the
+            manifest's ``kind`` follows from it (:data:`TASKS`).
         extra: Further keys (kept as given).
     """
+    if task not in TASKS:
+        raise ShapeError(f"Unknown task {task!r}. Expected one of {tuple(TASKS)}.")
     import torch
     from safetensors.torch import save_file
 
@@ -327,7 +335,7 @@ def write_manifest(out: str | os.PathLike, model, *, builder: str | None, builde
     except (OSError, RuntimeError, ValueError) as error:
         raise CnnkitError(f"Could not write the weights to {os.fspath(out / WEIGHTS)!r}: {error}.") from None
     manifest = {
-        "format": "cnnkit-run", "version": MANIFEST_VERSION, "task": task,
+        "format": "cnnkit-run", "version": MANIFEST_VERSION, "task": task, "kind": TASKS[task],
         "cnnkit": __version__, "torch": torch.__version__,
         "model": {"builder": builder, "args": builder_args or {}, "weights": WEIGHTS},
         "input": preprocessing,
@@ -374,6 +382,8 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
             problems.append("'model' is missing")
         if not isinstance(data.get("input"), (dict, type(None))):
             problems.append("'input' is not an object")
+        if data.get("task", "segmentation") not in TASKS:
+            problems.append(f"its task {data.get('task')!r} is none of {tuple(TASKS)} (a newer cnnkit?)")
     if problems:
         raise CnnkitError(f"The manifest {os.fspath(file)!r} cannot be used: {'; '.join(problems)}.")
     return data
