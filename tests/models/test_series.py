@@ -72,3 +72,28 @@ def test_shape_errors():
         SeriesSegNet(3, 2, kernel_size=2)
     with pytest.raises(ShapeError, match=r"mask must be \(N, T, H, W\) = \(1, 2, 8, 8\)"):
         net(torch.zeros(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 9, dtype=torch.bool))
+
+
+def test_masked_pixels_keep_their_state_and_get_no_gradient():
+    """Per pixel and date: where a pixel is masked (a cloud), the ConvLSTM's output there repeats the previous
+    date's exactly; the cloudy input (NaN) gets gradient 0 and changes nothing; clear pixels see the cloud as 0."""
+    from cnnkit.nn import ConvLSTM2d
+
+    torch.manual_seed(2)
+    lstm = ConvLSTM2d(3, 4, 3, padding="same").double()
+    x = torch.randn(1, 5, 3, 6, 7, dtype=torch.float64)
+    mask = torch.rand(1, 5, 6, 7) > 0.4
+    mask[:, 0] = True
+    cloudy = x.clone()
+    cloudy[~mask[:, :, None].expand_as(x)] = float("nan")
+    cloudy.requires_grad_(True)
+    out, _ = lstm(cloudy, mask=mask)
+    for t in range(1, 5):
+        kept = ~mask[0, t]
+        assert kept.any()
+        torch.testing.assert_close(out[0, t][:, kept], out[0, t - 1][:, kept], rtol=0, atol=0)
+    out.sum().backward()
+    grad = cloudy.grad
+    assert torch.isfinite(grad).all() and (grad[~mask[:, :, None].expand_as(x)] == 0).all()
+    zeroed, _ = lstm(torch.where(mask[:, :, None], x, torch.zeros((), dtype=x.dtype)), mask=mask)
+    torch.testing.assert_close(out, zeroed, rtol=0, atol=0)
