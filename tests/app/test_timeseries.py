@@ -223,3 +223,17 @@ def test_manifest_kind_follows_the_task_and_unknown_tasks_are_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**data, "task": "video"}))
     with pytest.raises(CnnkitError, match="its task 'video' is none of"):
         read_manifest(tmp_path)
+
+
+def test_pixel_weight_maps_train_end_to_end(tmp_path):
+    """A folder with weights/: the pipeline trains on 4-item series (weights through the crops and the loss)."""
+    from cnnkit.app.timeseries import train_series_folder
+
+    root = tmp_path / "data"
+    scenes = _write_folder(root, count=3)
+    (root / "weights").mkdir()
+    for i, (_, label) in enumerate(scenes):
+        np.save(root / "weights" / f"field_{i:02d}.npy", np.full(label.shape, 2.0, np.float32))
+    run = train_series_folder(root, tmp_path / "run", epochs=1, width=2, hidden=2, crop_size=8, batch_size=2,
+                              single_date_baseline=False, progress=False, log=lambda _: None)
+    assert run.single_date_mean_iou is None and (tmp_path / "run" / "report" / "report.html").is_file()

@@ -161,3 +161,20 @@ def test_collate_pads_pixel_weights():
     assert torch.equal(weight[1, :2], torch.full((2, 5), 2.0)) and (weight[1, 2] == 0).all()
     with pytest.raises(ShapeError, match=r"samples\[1\] must be \(series, valid, label, weight\)"):
         collate_series([a, b[:3]])
+
+
+def test_weight_maps_from_the_folder(tmp_path):
+    root = _folder(tmp_path)[0]
+    (root / "weights").mkdir()
+    rng = np.random.default_rng(5)
+    maps = {"a": rng.random((10, 12)), "b": rng.random((7, 9))}
+    for stem, weight in maps.items():
+        np.save(root / "weights" / f"{stem}.npy", weight)
+    with pytest.raises(CnnkitError, match="every series needs a weight map: none for c"):
+        SeriesFolder(root, nodata=-9999, ignore_index=255)
+    np.save(root / "weights" / "c.npy", -np.ones((8, 6)))
+    data = SeriesFolder(root, nodata=-9999, ignore_index=255)
+    item = data[0]
+    assert len(item) == 4 and torch.equal(item[3], torch.from_numpy(maps["a"].astype(np.float32)))
+    with pytest.raises(ShapeError, match=r"c\.npy: a weight map must be H × W = \(8, 6\) of finite values ≥ 0"):
+        data[2]

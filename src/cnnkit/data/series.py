@@ -10,10 +10,12 @@ Layout::
                field_02.npy            ... or a one-hot H × W × K (or K × H × W) array: an all-zero pixel has
                                        no label (the seed question's format)
       masks/   field_01.npy            optional: T × H × W per-date validity (non-zero = valid)
+      weights/ field_01.npy            optional: H × W per-pixel loss weights (≥ 0); then one per series
 
 Scenes may differ in T and in size. A pixel holds no data on a date where any of its bands is NaN or ±inf,
 equals ``nodata``, or its mask (when given) is 0. Items are ``(series (T, C, H, W) float32, valid (T, H, W)
-bool, label (H, W) int64)`` with −100 where there is no label; the series keeps NaN where it had NaN (the
+bool, label (H, W) int64)`` — and ``weight (H, W) float32`` fourth when ``weights/`` exists — with −100 where
+there is no label; the series keeps NaN where it had NaN (the
 model selects it away, see :class:`~cnnkit.models.SeriesSegNet`). :func:`collate_series` pads a list of
 items at the end in time and at the bottom and right in space (``valid = False`` and label −100 there).
 """
@@ -156,6 +158,14 @@ class SeriesFolder(Dataset):
             self.samples.append((entry, labels[stem], mask))
         if not self.samples:
             raise CnnkitError(f"No series found in {str(self.root / 'series')!r}.")
+        self.weights: list[Path] | None = None
+        if (self.root / "weights").is_dir():
+            found = {p.stem: p for p in (self.root / "weights").glob("*.npy")}
+            missing = [e.name for e, _, _ in self.samples if (e.name if e.is_dir() else e.stem) not in found]
+            if missing:
+                raise CnnkitError(f"{str(self.root / 'weights')!r} exists, so every series needs a weight map: none "
+                                  f"for {', '.join(missing[:5])}" + (" …" if len(missing) > 5 else "") + ".")
+            self.weights = [found[e.name if e.is_dir() else e.stem] for e, _, _ in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -181,7 +191,7 @@ class SeriesFolder(Dataset):
                 label[array == self.ignore_index] = IGNORE_INDEX
         return label
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         entry, label_path, mask_path = self.samples[index]
         label = self._label(label_path)
         size = label.shape
@@ -219,7 +229,13 @@ class SeriesFolder(Dataset):
                 raise ShapeError(f"{mask_path}: the mask must be T × H × W = {(series.shape[0], *size)}. Received "
                                  f"shape {mask.shape}.")
             valid &= torch.from_numpy(mask != 0)
-        return series, valid, torch.from_numpy(label)
+        if self.weights is None:
+            return series, valid, torch.from_numpy(label)
+        weight = _read(self.weights[index])
+        if weight.shape != size or not np.all(np.isfinite(weight)) or np.any(weight < 0):
+            raise ShapeError(f"{self.weights[index]}: a weight map must be H × W = {size} of finite values ≥ 0. "
+                             f"Received shape {weight.shape}.")
+        return series, valid, torch.from_numpy(label), torch.from_numpy(weight.astype(np.float32))
 
 
 def collate_series(samples: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
