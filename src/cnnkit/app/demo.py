@@ -30,7 +30,8 @@ from cnnkit.train.rundir import SAMPLES
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_HELDOUT", "DEFAULT_TRAIN", "SEED_QUESTIONS", "run_demo", "run_training_demo",
            "train_demo"]
 
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = 24
+"""Training epochs of `cnnkit demo`: held-out mean IoU 0.917 at seed 0 (0.925 with 30, 0.922 with 26 and 28)."""
 DEFAULT_TRAIN = 160
 DEFAULT_HELDOUT = 32
 BAND_NAMES = ("blue", "green", "red", "NIR")

@@ -407,10 +407,11 @@ def predictions_section(ctx: Context) -> Section:
             if total else f"{image.shape[-2]}×{image.shape[-1]} px, no labelled pixel"
         section.rows.append(SampleRow(ctx.names[i], panels, text))
     more = f" (the first {shown} of {len(ctx.images)})" if shown < len(ctx.images) else ""
+    nodata_text = " No data: where the validity band is 0 (the last input band)." if ctx.validity_band else ""
     section.intro = (f"One row per sample{more}. Image: bands{_band_text(ctx, bands)}, each stretched between its "
-                     "2nd and 98th percentile. The label, error and confidence panels are opaque: every pixel has "
-                     "exactly one colour of the legends above. Pixels drawn at "
-                     f"{max(1, min(4, 192 // max(ctx.images[0].shape[-2:])))}× for the first sample.")
+                     "2nd and 98th percentile. The label, error and confidence panels are opaque (nothing blended): "
+                     f"every pixel has exactly one colour of the legends above.{nodata_text} Panels are enlarged "
+                     "up to 4× without smoothing.")
     return section
 
 
