@@ -7,6 +7,11 @@ BIN := $(VENV)/bin
 # project's machines keep on local disk: a CUDA build, ~6 GB in the venv, run on the CPU). Elsewhere any
 # matching pair works: `make test TORCH='torch torchvision'`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The tf-keras oracle of tests/keras (TensorFlow's Keras 2 writes the model files cnnkit must read): its own
+# venv, since TensorFlow's protobuf and numpy pins do not mix with torch's. Only the tests run it, in a child
+# process; cnnkit never imports it. About 2.2 GB; needs the network once.
+TF_VENV ?= .venv-tf
+TF_KERAS ?= 'tensorflow-cpu==2.21.*' 'tf-keras==2.21.*'
 
 .PHONY: demo test lint bench clean fuzz
 
@@ -20,9 +25,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(BIN)/cnnkit demo --overwrite
 
-test: $(VENV)/.installed
+$(TF_VENV)/.installed:
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install --quiet $(TF_KERAS) || { echo "make: could not install the tf-keras \
+	test oracle ($(TF_KERAS)) into $(TF_VENV): tests/keras/test_applications.py needs it. Check the network \
+	(PyPI), or point CNNKIT_TF_KERAS_PYTHON at an interpreter that has both." >&2; exit 1; }
+	touch $@
+
+test: $(VENV)/.installed $(TF_VENV)/.installed
 	$(BIN)/python -m ruff check src tests benchmarks
-	$(BIN)/python -m pytest
+	CNNKIT_TF_KERAS_PYTHON=$(abspath $(TF_VENV))/bin/python $(BIN)/python -m pytest
 
 # Mutation fuzzing of the Keras reader, more files than `make test` (500): KERAS_FUZZ_COUNT, KERAS_FUZZ_SEED.
 KERAS_FUZZ_COUNT ?= 5000
@@ -36,4 +48,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TF_VENV) .pytest_cache .hypothesis
