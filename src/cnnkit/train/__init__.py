@@ -21,6 +21,7 @@ _NAMES = {
     "SCHEDULERS": "cnnkit.train.task",
     "ClassificationTask": "cnnkit.train.task",
     "SegmentationTask": "cnnkit.train.task",
+    "SeriesSegmentationTask": "cnnkit.train.series_task",
 }
 
 __all__ = sorted(_NAMES)
