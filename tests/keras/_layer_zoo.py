@@ -114,6 +114,10 @@ def cases(keras, tf_keras: bool) -> dict:
                                                                                 padding="same"))),
         "nested_sequential_twice": nested_twice,
     }
+    if not tf_keras:
+        # Keras 3 only: tf-keras 2.21's activations have no hard_swish / hard_silu / silu names.
+        out["hard_swish_silu"] = seq((4, 4, 3), L.Activation("hard_swish"), L.Conv2D(4, 1, activation="hard_silu"),
+                                     L.Activation("silu"))
     if tf_keras:
         # tf-keras only: a "/" in a layer name (Keras 3 refuses one), and InceptionResNetV2's CustomScaleLayer,
         # written to a legacy .h5 under its registered name "Custom>CustomScaleLayer".
