@@ -396,3 +396,15 @@ def test_ddp_two_processes_match_single_process_step(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_epoch_line_shows_validation_only_on_epochs_that_validated(tmp_path):
+    lines: list[str] = []
+    data = DataLoader(_seg_data(8), batch_size=4)
+    task = SegmentationTask(nn.Conv2d(1, 3, 1), num_classes=3)
+    fit(task, data, data, run_dir=tmp_path, max_epochs=4, progress=False, log=lines.append,
+        check_val_every_n_epoch=2)
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    # epochs 2 and 4 validated; 1 and 3 did not, and must not repeat an earlier epoch's figures
+    assert ["val loss" in line for line in lines] == [False, True, False, True]
+    assert all("train loss" in line for line in lines)

@@ -19,6 +19,9 @@ class EpochLine(L.Callback):
 
         epoch  3/30  train loss 0.512  val loss 0.604  val mean IoU 0.713  4.1 s
 
+    Validation figures appear only on the epochs that validated (``check_val_every_n_epoch``), never
+    repeated from an earlier one.
+
     Args:
         log: Called with each line (``print`` by default).
     """
@@ -26,6 +29,11 @@ class EpochLine(L.Callback):
     def __init__(self, log=print):
         self.write = log  # not `self.log`: Lightning sets every callback's `log` to the module's
         self._start = 0.0
+        self._validated = -1  # the last epoch whose validation ran
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import time
@@ -39,8 +47,11 @@ class EpochLine(L.Callback):
             return
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1:>{len(str(trainer.max_epochs))}}/{trainer.max_epochs}"]
+        validated = self._validated == trainer.current_epoch
         for key, label in (("train/loss_epoch", "train loss"), ("train/loss", "train loss"), ("val/loss", "val loss"),
                            ("val/mean_iou", "val mean IoU"), ("val/accuracy", "val accuracy")):
+            if key.startswith("val/") and not validated:
+                continue
             if key in metrics and not any(p.startswith(label) for p in parts):
                 parts.append(f"{label} {float(metrics[key]):.3f}")
         parts.append(f"{time.perf_counter() - self._start:.1f} s")
