@@ -28,8 +28,8 @@ demo: $(VENV)/.installed
 $(TF_VENV)/.installed:
 	$(PYTHON) -m venv $(TF_VENV)
 	$(TF_VENV)/bin/python -m pip install --quiet $(TF_KERAS) || { echo "make: could not install the tf-keras \
-	test oracle ($(TF_KERAS)) into $(TF_VENV): tests/keras/test_applications.py needs it. Check the network \
-	(PyPI), or point CNNKIT_TF_KERAS_PYTHON at an interpreter that has both." >&2; exit 1; }
+	test oracle ($(TF_KERAS)) into $(TF_VENV); the tests in tests/keras that compare with tf-keras need it. \
+	Check the network (PyPI), or use a venv that has both: make test TF_VENV=/path/to/venv" >&2; exit 1; }
 	touch $@
 
 test: $(VENV)/.installed $(TF_VENV)/.installed
