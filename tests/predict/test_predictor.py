@@ -12,7 +12,7 @@ from cnnkit.data import Standardized
 from cnnkit.errors import ShapeError
 from cnnkit.models import TinySegNet
 from cnnkit.predict.predictor import Predictor, Preprocessing
-from cnnkit.predict.scene import create_tiff, open_scene
+from cnnkit.predict.scene import _RasterFile, create_tiff, open_scene
 
 
 def _model(in_channels=5, num_classes=4, seed=0):
@@ -120,7 +120,7 @@ def test_windows_read_from_the_file_equal_tifffile(tmp_path, shape, options):
     path = tmp_path / "x.tif"
     tifffile.imwrite(path, array, photometric="minisblack", **options)
     scene = open_scene(path, bands=1 if len(shape) == 2 else 3)
-    assert scene._file is not None  # positioned reads, no decode of the whole file
+    assert isinstance(scene._array, _RasterFile)  # positioned reads, no decode of the whole file
     full = array[None] if len(shape) == 2 else (array.transpose(2, 0, 1) if shape[-1] == 3 else array)
     np.testing.assert_array_equal(scene.read(), full)
     np.testing.assert_array_equal(scene.read(slice(5, 19), slice(3, 11)), full[:, 5:19, 3:11])

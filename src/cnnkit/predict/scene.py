@@ -58,9 +58,8 @@ class Scene:
     width: int
     geo_tags: list[tuple[int, Any, int, Any]] = field(default_factory=list)
     nodata: float | None = None
-    _array: Any = None
+    _array: Any = None  # a NumPy array, or a _RasterFile: windowed reads of a contiguous TIFF
     _channels_last: bool = False
-    _file: Any = None  # a _RasterFile: windowed reads of a contiguous TIFF
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -68,7 +67,7 @@ class Scene:
 
     def read(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """The window ``[rows, cols]`` as ``(bands, h, w)`` float32 (a copy; windows past the edge are cut)."""
-        source = self._file if self._file is not None else self._array
+        source = self._array
         try:
             if self._channels_last:
                 window = np.asarray(source[rows, cols]).transpose(2, 0, 1)
@@ -190,10 +189,7 @@ def _tiff(path: Path, bands: int | None) -> Scene:
             array = tifffile.imread(path)
     except (tifffile.TiffFileError, OSError, ValueError, KeyError) as err:
         raise CnnkitError(f"Could not read the TIFF {path}: {err}.") from err
-    scene = _scene(path, array, shape, bands, tags, nodata)
-    if isinstance(array, _RasterFile):
-        scene._file, scene._array = array, array
-    return scene
+    return _scene(path, array, shape, bands, tags, nodata)
 
 
 def _scene(path, array, shape, bands, tags=(), nodata=None, channels_last: bool | None = None) -> Scene:
