@@ -135,6 +135,12 @@ def test_geotiff_tags_are_kept(demo_run, tmp_path):
         np.testing.assert_array_equal(tifffile.imread(target / "geo_confidence.tif"), probabilities.max(-1))
         labels = tifffile.imread(target / "geo_labels.tif")
         np.testing.assert_array_equal(labels, probabilities.argmax(-1))
+        alone = tmp_path / f"alone{len(extra)}"  # confidence without probabilities: no probabilities file at all
+        done = runner.invoke(app, ["predict", str(out), str(tmp_path / "geo.tif"), "--out", str(alone),
+                                   "--confidence", *extra])
+        assert done.exit_code == 0, done.output
+        assert not (alone / "geo_probabilities.tif").exists()
+        np.testing.assert_array_equal(tifffile.imread(alone / "geo_confidence.tif"), probabilities.max(-1))
 
 
 def test_train_run_reproduces_its_heldout_iou(tmp_path):

@@ -235,29 +235,22 @@ def predict_files(
     # scenes larger than max_pixels: tile by tile
     for scene in large:
         labels = np.empty((scene.height, scene.width), dtype=np.uint8 if len(names) < 255 else np.int16)
-        probs = None
-        if probabilities or confidence:
+        probs = conf = None
+        if probabilities:
             probs = create_tiff(out / f"{scene.path.stem}_probabilities.tif", (scene.height, scene.width, len(names)),
                                 np.float16, scene.geo_tags)
+        if confidence:
+            conf = create_tiff(out / f"{scene.path.stem}_confidence.tif", (scene.height, scene.width), np.float16,
+                               scene.geo_tags)
         labels, counts = predictor.predict_scene(scene, tile=tile, labels_out=labels, probabilities_out=probs,
-                                                 on_tile=lambda pixels: step(0, pixels))
+                                                 confidence_out=conf, on_tile=lambda pixels: step(0, pixels))
         step(1, 0)
         written = _write_labels(scene, labels, predictor, out, tiff)
-        if probs is not None:
-            probs.flush()
-            if confidence:
-                conf = create_tiff(out / f"{scene.path.stem}_confidence.tif", (scene.height, scene.width), np.float16,
-                                   scene.geo_tags)
-                for top in range(0, scene.height, tile):
-                    conf[top:top + tile] = probs[top:top + tile].max(axis=-1)
-                conf.flush()
-                del conf
-                written.append(out / f"{scene.path.stem}_confidence.tif")
-            if probabilities:
-                written.append(out / f"{scene.path.stem}_probabilities.tif")
-            del probs
-            if not probabilities:
-                (out / f"{scene.path.stem}_probabilities.tif").unlink()  # only needed for the confidence
+        for array, kind in ((conf, "confidence"), (probs, "probabilities")):
+            if array is not None:
+                array.flush()
+                written.append(out / f"{scene.path.stem}_{kind}.tif")
+        del probs, conf
         step_ = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
         written.append(_overlay(scene, scene.preview(step_), labels[::step_, ::step_], predictor, out, rgb_bands,
                                 step_))

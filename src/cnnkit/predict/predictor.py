@@ -226,19 +226,22 @@ class Predictor:
         return self._geometry
 
     def predict_scene(self, scene: Scene, *, tile: int = 1024, labels_out=None, probabilities_out=None,
+                      confidence_out=None,
                       on_tile: Callable[[int], None] | None = None) -> tuple[np.ndarray, Tensor]:
         """Predict a scene tile by tile; the result equals :meth:`predict_image` of the whole scene.
 
         Reads ``scene`` one window (tile plus halo) at a time and writes each tile's labels into the returned
         ``(H, W)`` label array (``labels_out`` if given, e.g. a memory-mapped TIFF) and its probabilities into
         ``probabilities_out`` (an ``(H, W, K)`` array, e.g. a float16 memory-mapped TIFF from
-        :func:`~cnnkit.predict.scene.create_tiff`) when given.
+        :func:`~cnnkit.predict.scene.create_tiff`) and its confidence (the largest probability) into
+        ``confidence_out`` (``(H, W)``) when given.
 
         Args:
             scene: From :func:`~cnnkit.predict.scene.open_scene`.
             tile: Interior side of a tile in pixels (rounded up to the network's multiple).
             labels_out: An ``(H, W)`` integer array to fill (default: a new ``int16`` array).
             probabilities_out: An ``(H, W, K)`` array to fill, or ``None``.
+            confidence_out: An ``(H, W)`` array to fill, or ``None``.
             on_tile: Called with the number of scene pixels each finished tile covered.
 
         Returns:
@@ -275,6 +278,8 @@ class Predictor:
             labels[rows, cols] = result.labels.numpy().astype(labels.dtype, copy=False)
             if probabilities_out is not None:
                 probabilities_out[rows, cols, :] = result.probabilities.permute(1, 2, 0).numpy()
+            if confidence_out is not None:
+                confidence_out[rows, cols] = result.confidence.numpy()
             counts.add_(result.class_pixels(self.num_classes))
             del result, out
             if on_tile is not None:
