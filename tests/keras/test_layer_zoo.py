@@ -21,6 +21,7 @@ import cnnkit.keras as ck
 
 ZOO = Path(__file__).with_name("_layer_zoo.py")
 RTOL, ATOL = 1e-4, 1e-5
+pytestmark = pytest.mark.slow  # two Keras children (about 3 min on a loaded 2-core machine when not cached)
 # Cases only one Keras can write (Keras 3 refuses "/" in a layer name; CustomScaleLayer is tf-keras's;
 # tf-keras has no hard_swish, hard_silu or silu activation names).
 TF_KERAS_ONLY = ("slash_names_custom_scale",)
