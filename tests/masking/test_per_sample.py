@@ -315,6 +315,9 @@ def test_per_sample_argument_is_checked():
         masked(_model(), per_sample=("nope",))
     with pytest.raises(ArgumentTypeError, match=r"nn\.Module subclasses or module paths"):
         masked(_model(), per_sample=(3,))
+    for wrong in (True, "attention", PAB):
+        with pytest.raises(ArgumentTypeError, match=r"per_sample must be a tuple or list .* Received per_sample="):
+            masked(_model(), per_sample=wrong)
 
 
 def test_per_sample_leaves_the_model_as_it_was():

@@ -75,6 +75,11 @@ class MaskedModel(nn.Module):
         self.model = model
         self.sync_batchnorm = sync_batchnorm
         self.process_group = process_group
+        if isinstance(per_sample, (str, type, nn.Module)) or not isinstance(per_sample, (tuple, list)):
+            raise ArgumentTypeError(
+                "per_sample must be a tuple or list of nn.Module subclasses or module paths, e.g. "
+                f"per_sample=('decoder.center',). Received per_sample={per_sample!r}."
+            )
         self.per_sample = tuple(per_sample)
         self.auto_per_sample = auto_per_sample
         resolve(model, self.per_sample)  # names and classes checked now
@@ -135,32 +140,41 @@ class MaskedModel(nn.Module):
             return self._forward_once(batch, sizes, args, kwargs)
         # A refusal inside a module: run that module per sample and try again (buffers and RNG restored).
         rng = _rng_state(batch.data.device)
-        first_error, tried = None, None
+        learned: list[tuple[str, UnsupportedError]] = []  # in this call, kept only if the call succeeds
         while True:
             try:
-                return self._forward_once(batch, sizes, args, kwargs)
+                out = self._forward_once(batch, sizes, args, kwargs)
             except UnsupportedError as error:
                 path = getattr(error, "_masked_module", None)
+                tried, first_error = learned[-1] if learned else (None, None)
                 if tried is not None and path is not None and (path == tried or path.startswith(tried + ".")):
-                    del self._learned[tried]  # running it per sample does not help: report the first refusal
-                    self._checked = None
+                    self._forget(learned)  # running it per sample does not help: report the first refusal
                     raise type(first_error)(
                         f"{first_error} Running module '{tried}' per sample does not help: {error}"
                     ) from None
                 if not path or path in self._per_sample_modules or batch_statistics_module(
                         self.model.get_submodule(path)) is not None:
+                    self._forget(learned)
                     raise
-                first_error, tried = error, path
+                learned.append((path, error))
                 self._learned[path] = None
-                warnings.warn(
-                    f"masked(): module '{path}' ({type(self.model.get_submodule(path)).__name__}) now runs once per "
-                    f"group of samples of one extent, on each group's valid crop (exact; one call per extent), "
-                    f"because on the padded batch: {str(error).removeprefix('masked(): ').split(' [in module')[0]} "
-                    f"This wrapper keeps that choice; masked(model, per_sample=({path!r},)) makes it from the start.",
-                    UserWarning, stacklevel=3)
                 self._checked = None
                 self._check_model()
                 _set_rng_state(batch.data.device, rng)
+                continue
+            for path, error in learned:
+                reason = str(error).removeprefix("masked(): ").split(" [in module")[0]
+                warnings.warn(
+                    f"masked(): module '{path}' ({type(self.model.get_submodule(path)).__name__}) now runs once per "
+                    "group of samples of one extent, on each group's valid crop (exact; one call per extent), "
+                    f"because on the padded batch: {reason} This wrapper keeps that choice; "
+                    f"masked(model, per_sample=({path!r},)) makes it from the start.", UserWarning, stacklevel=3)
+            return out
+
+    def _forget(self, learned: list) -> None:
+        for path, _ in learned:
+            self._learned.pop(path, None)
+        self._checked = None
 
     def _forward_once(self, batch: PaddedBatch, sizes, args, kwargs):
         # The masks of the last call are kept for the next one with the same extents (as many as one call builds;

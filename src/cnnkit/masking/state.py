@@ -466,8 +466,11 @@ class MaskedContext(TorchFunctionMode):
         self.padded = padded
         if rule is None:
             rule = refuse
-        elif rule not in BATCH_ANYWHERE and any(by_id[id(t)].batch for t in padded):
-            rule = refuse_batch_moved
+        elif rule not in BATCH_ANYWHERE:
+            for t in padded:
+                if by_id[id(t)].batch:
+                    rule = refuse_batch_moved
+                    break
         return self._run(rule, func, args, kwargs)
 
     def _run(self, rule, func, args, kwargs):
