@@ -408,3 +408,19 @@ def test_epoch_line_shows_validation_only_on_epochs_that_validated(tmp_path):
     # epochs 2 and 4 validated; 1 and 3 did not, and must not repeat an earlier epoch's figures
     assert ["val loss" in line for line in lines] == [False, True, False, True]
     assert all("train loss" in line for line in lines)
+
+
+def test_padded_batches_reuse_one_masked_wrapper_outside_the_module_tree():
+    from cnnkit.masking import pad_batch
+
+    task = SegmentationTask(nn.Conv2d(1, 3, 3, padding=1), num_classes=3, masked_input=True)
+    before = sorted(task.state_dict())
+    batch = pad_batch([torch.randn(1, 5, 6), torch.randn(1, 4, 4)])
+    first = task._masked_model()
+    out = task(batch)
+    assert task._masked_model() is first  # one wrapper across steps
+    assert sorted(task.state_dict()) == before  # nothing new in checkpoints
+    alone = task.model(batch.data[1:, :, :4, :4])
+    torch.testing.assert_close(out.data[1:, :, :4, :4], alone)
+    task.model = nn.Conv2d(1, 3, 1)  # a new network gets a new wrapper
+    assert task._masked_model().model is task.model

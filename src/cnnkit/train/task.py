@@ -102,6 +102,16 @@ class _Task(L.LightningModule):
         trainer = self._trainer
         return trainer is not None and trainer.world_size > 1
 
+    def _masked_model(self):
+        """One :func:`cnnkit.masked` wrapper per ``sync_batchnorm`` setting, kept across steps: what it learns
+        on the first step (modules found to run per sample, masks of recurring extents) is not paid again.
+        Kept outside the module tree, so checkpoints and ``parameters()`` are unchanged."""
+        sync = self._sync_bn()
+        cache = self.__dict__.setdefault("_masked_wrappers", {})
+        if sync not in cache or cache[sync].model is not self.model:
+            cache[sync] = masked(self.model, sync_batchnorm=sync)
+        return cache[sync]
+
     def forward(self, images: Tensor | PaddedBatch) -> Tensor | PaddedBatch:
         """Run the model; a :class:`~cnnkit.PaddedBatch` goes through :func:`cnnkit.masked` (``masked_input``)."""
         if isinstance(images, PaddedBatch):
@@ -110,7 +120,7 @@ class _Task(L.LightningModule):
                     "images is a PaddedBatch, but the task was built with masked_input=False. "
                     "Pass masked_input=True to run padded batches through cnnkit.masked."
                 )
-            return masked(self.model, sync_batchnorm=self._sync_bn())(images)
+            return self._masked_model()(images)
         if not isinstance(images, Tensor):
             raise ShapeError(f"images must be a tensor or a PaddedBatch. Received {type(images).__name__}.")
         return self.model(images)
