@@ -30,7 +30,7 @@ SHOTS = (
     ("report-dark-1400.png", 1400, 1700, True, ("heldout", "predictions")),
     ("report-narrow-420.png", 420, 1900, False, ("predictions",)),
     ("report-inside-1400.png", 1400, 1900, False, ("tsne", "activations")),
-    ("report-filters-1400.png", 1400, 1500, True, ("filters", "evolution")),
+    ("report-filters-1400.png", 1400, 1950, True, ("filters", "evolution")),
 )
 
 

@@ -355,7 +355,7 @@ def annotated_grid(
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     h, w = tiles.shape[1] * zoom, tiles.shape[2] * zoom
     label_h = font_size + 3 if labels is not None else 0
-    left = max((int(probe.textlength(t, font=font)) for t in row_labels), default=0) + 6 if row_labels else 0
+    left = max((int(probe.textlength(t, font=font)) for t in row_labels), default=0) + 10 if row_labels else 0
     top = font_size + 4 if col_labels is not None else 0
     cell_w = max(w, max((int(probe.textlength(t, font=font)) for t in (labels or col_labels or ())), default=0) + 2)
     cell_h = h + label_h

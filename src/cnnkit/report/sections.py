@@ -654,7 +654,7 @@ def evolution_section(ctx: Context) -> Section:
             side = h.permute(1, 0, 3, 2, 4).reshape(o * t, kh, i * kw)  # row = filter, column = snapshot
             tiles = signed_to_rgb(side.numpy(), scale=scale)
             steps = list(evo.steps)
-            grid = annotated_grid(tiles, t, zoom=_zoom(max(kh, kw) * max(1, i // 2), 16), gap=3,
+            grid = annotated_grid(tiles, t, zoom=_zoom(max(kh, kw), 16), gap=3,
                                   row_labels=[f"filter {k}" for k in range(o)],
                                   col_labels=[f"step {s}" for s in steps], scale=scale)
             change = evo.change(layer).relative_l2[-1]
