@@ -295,7 +295,7 @@ def _evaluation_section(names, iou, single, majority_iou, mean, single_mean, maj
     for k, name in enumerate(names):
         rows.append((f"{k}: {name}", iou[k], *((single[k],) if single is not None else ()), majority_iou[k]))
     rows.append(("mean IoU", mean, *((single_mean,) if single is not None else ()), majority_mean))
-    return ReportSection("Held-out evaluation", text, columns=columns, rows=rows, id="heldout")
+    return ReportSection("Held-out evaluation", text, columns=columns, rows=rows, id="heldout", replaces=("iou",))
 
 
 def train_series(
