@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
+from cnnkit.app.train import holdout_split
 from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights
@@ -509,17 +510,6 @@ def train_series(
     )
 
 
-class _Subset(Dataset):
-    def __init__(self, dataset, indices: list[int]) -> None:
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
-
-
 def is_series_folder(root: str | os.PathLike) -> bool:
     """Whether ``root`` looks like a folder of image time series (``series/`` and ``labels/`` sub-folders)."""
     root = Path(root)
@@ -567,15 +557,7 @@ def train_series_folder(
         split = f"held-out folder {str(heldout)!r}"
         held_names = [entry.name for entry, _, _ in held_part.samples]
     else:
-        if not 0 < heldout_fraction < 1:
-            raise ShapeError(f"heldout_fraction must be in (0, 1). Received heldout_fraction={heldout_fraction!r}.")
-        if len(folder) < 2:
-            raise ShapeError(f"{str(root)!r} holds {len(folder)} series: at least 2 are needed to hold one out "
-                             "(or give a held-out folder).")
-        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
-        count = min(len(folder) - 1, max(1, round(heldout_fraction * len(folder))))
-        train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
-        split = f"{count} of {len(folder)} series held out at random (seed {seed})"
+        train_part, held_part, split = holdout_split(folder, heldout_fraction, seed, "series")
         held_names = [folder.samples[i][0].name for i in held_part.indices]
     if num_classes is None:
         found, depth = -1, 0

@@ -477,15 +477,7 @@ def train_folder(
         train_part, held_part = folder, held
         split = f"held-out folder {str(heldout)!r}"
     else:
-        if not 0 < heldout_fraction < 1:
-            raise ShapeError(f"heldout_fraction must be in (0, 1). Received heldout_fraction={heldout_fraction!r}.")
-        if len(folder) < 2:
-            raise ShapeError(f"{str(root)!r} holds {len(folder)} image: at least 2 are needed to hold one out "
-                             "(or give a held-out folder).")
-        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
-        count = min(len(folder) - 1, max(1, round(heldout_fraction * len(folder))))
-        train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
-        split = f"{count} of {len(folder)} images held out at random (seed {seed})"
+        train_part, held_part, split = holdout_split(folder, heldout_fraction, seed, "image")
     if num_classes is None:
         present = torch.unique(torch.cat([part.label(i).flatten().unique() for part in (train_part, held_part)
                                           for i in range(len(part))]))
@@ -538,12 +530,31 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(parts) or "none"
 
 
+def holdout_split(folder, fraction: float, seed: int, unit: str = "image"):
+    """Hold out a random ``fraction`` of ``folder`` (at least one item each side), seeded.
+
+    Returns:
+        ``(train_part, held_part, description)``: two :class:`_Subset` views and a line for the log.
+    """
+    if not 0 < fraction < 1:
+        raise ShapeError(f"heldout_fraction must be in (0, 1). Received heldout_fraction={fraction!r}.")
+    if len(folder) < 2:
+        raise ShapeError(f"{str(folder.root)!r} holds {len(folder)} {unit}: at least 2 are needed to hold one out "
+                         "(or give a held-out folder).")
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(len(folder) - 1, max(1, round(fraction * len(folder))))
+    train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
+    units = unit if unit.endswith("s") else f"{unit}s"
+    return train_part, held_part, f"{count} of {len(folder)} {units} held out at random (seed {seed})"
+
+
 class _Subset(torch.utils.data.Dataset):
-    """``indices`` of a :class:`~cnnkit.data.SegmentationFolder`, with its ``sizes`` and ``label``."""
+    """``indices`` of a folder data set, with its ``sizes`` and ``label`` where the folder has them."""
 
     def __init__(self, folder, indices: list[int]):
         self.folder, self.indices = folder, indices
-        self.sizes = [folder.sizes[i] for i in indices]
+        if hasattr(folder, "sizes"):
+            self.sizes = [folder.sizes[i] for i in indices]
 
     def __len__(self) -> int:
         return len(self.indices)
