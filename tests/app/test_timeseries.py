@@ -237,3 +237,52 @@ def test_pixel_weight_maps_train_end_to_end(tmp_path):
     run = train_series_folder(root, tmp_path / "run", epochs=1, width=2, hidden=2, crop_size=8, batch_size=2,
                               single_date_baseline=False, progress=False, log=lambda _: None)
     assert run.single_date_mean_iou is None and (tmp_path / "run" / "report" / "report.html").is_file()
+
+
+def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(trained, tmp_path):
+    """A data folder's masks/ counts in predict as in training; outputs of a dotted stem are not overwritten
+    without --overwrite; image-only options are refused rather than ignored."""
+    from safetensors.torch import load_file
+
+    from cnnkit.data.series import read_series
+
+    root, out, _, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = tmp_path / "data"
+    (data / "series").mkdir(parents=True)
+    (data / "masks").mkdir()
+    stack = tifffile.imread(sorted((root / "series").iterdir())[0])
+    tifffile.imwrite(data / "series" / "S2.2020.tif", stack, photometric="minisblack")
+    mask = np.ones((stack.shape[0], *stack.shape[2:]), np.uint8)
+    mask[:, : stack.shape[2] // 2] = 0  # the top half is cloudy on every date, by the mask only
+    np.save(data / "masks" / "S2.2020.npy", mask)
+    result = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "p")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    labels = tifffile.imread(tmp_path / "p" / "S2.2020_labels.tif")
+    assert (labels[: stack.shape[2] // 2] == 255).all()  # masked everywhere: no valid date
+    net = SeriesSegNet(**manifest["model"]["args"])
+    net.load_state_dict(load_file(out / "model.safetensors"))
+    net.eval()
+    series = torch.from_numpy(stack)
+    valid = torch.isfinite(series).all(1) & torch.from_numpy(mask != 0)
+    mean, std = torch.tensor(manifest["input"]["mean"]), torch.tensor(manifest["input"]["std"])
+    x = torch.where(valid[:, None], (series - mean[:, None, None]) / std[:, None, None], torch.zeros(()))
+    with torch.no_grad():
+        expected = net(x[None], valid[None])[0].argmax(0).numpy()
+    np.testing.assert_array_equal(labels, np.where(valid.any(0).numpy(), expected, 255))
+    before = (tmp_path / "p" / "S2.2020_labels.tif").read_bytes()
+    again = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "p")], env={"COLUMNS": "200"})
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert (tmp_path / "p" / "S2.2020_labels.tif").read_bytes() == before
+    refused = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "q"), "--probabilities"],
+                            env={"COLUMNS": "200"})
+    assert refused.exit_code != 0 and "--probabilities" in refused.output and "time series" in refused.output
+    # a folder of per-date images with bands: the axis of the bands must be said
+    dates = tmp_path / "dates"
+    dates.mkdir()
+    for t in range(2):
+        tifffile.imwrite(dates / f"d{t}.tif", stack[t], photometric="minisblack")
+    with pytest.raises(ValueError, match="band_count"):
+        read_series(dates)
+    assert read_series(dates, band_count=stack.shape[1])[0].shape == (2, *stack.shape[1:])

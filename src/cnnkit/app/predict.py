@@ -151,12 +151,13 @@ class PredictionRun:
                 + (f"; {len(self.tiled)} run in tiles" if self.tiled else ""))
 
 
-def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to write over files of the same names unless asked (nothing else in ``out`` is touched)."""
+def _check_out(out: Path, stems: list[str], overwrite: bool) -> None:
+    """Refuse to write over files named after these output ``stems`` unless asked (nothing else in ``out`` is
+    touched)."""
     if out.exists() and not out.is_dir():
         raise ShapeError(f"--out must be a folder. Received out={os.fspath(out)!r}, which is a file.")
     if out.is_dir() and not overwrite:
-        taken = [p.name for p in out.iterdir() if any(p.name.startswith(f"{i.stem}_") for i in inputs)]
+        taken = [p.name for p in out.iterdir() if any(p.name.startswith(f"{stem}_") for stem in stems)]
         if taken:
             raise CnnkitError(f"--out {os.fspath(out)!r} already holds predictions for these inputs ("
                               + ", ".join(sorted(taken)[:5]) + (" …" if len(taken) > 5 else "")
@@ -205,7 +206,7 @@ def predict_files(
     start = time.perf_counter()
     files = expand_inputs(inputs)
     out = Path(out)
-    _check_out(out, files, overwrite)
+    _check_out(out, [p.stem for p in files], overwrite)
     names = predictor.class_names
     run = PredictionRun(class_pixels=np.zeros(len(names), dtype=np.int64))
     scenes = [open_scene(path, band_count) for path in files]
@@ -363,6 +364,20 @@ def expand_series_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(stems.values()))
 
 
+def _series_stem(path: Path) -> str:
+    """The outputs' name of a series: a folder's name, a stack file's stem."""
+    return path.name if path.is_dir() else path.stem
+
+
+def _series_mask(path: Path) -> Path | None:
+    """``masks/STEM.*`` beside the ``series/`` folder that holds ``path``, as training reads it, if there is one."""
+    masks = path.parent.parent / "masks"
+    if path.parent.name != "series" or not masks.is_dir():
+        return None
+    found = sorted(masks.glob(f"{_series_stem(path)}.*"))
+    return found[0] if found else None
+
+
 def predict_series_files(
     run_dir: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -377,8 +392,9 @@ def predict_series_files(
 
     Every series is read with :func:`~cnnkit.data.series.read_series` (the run's band count tells the stack
     layouts apart; NaN, ±inf and the run's ``nodata`` are clouds), standardised with the run's band mean
-    and std, and run whole (no tiling in space: memory grows with T × H × W). A pixel without any valid date
-    gets the label 255 (no data).
+    and std, and run whole (no tiling in space: memory grows with T × H × W). A series inside a data folder's
+    ``series/`` uses its ``masks/STEM.*`` as training did. A pixel without any valid date gets the label 255
+    (no data).
     """
     from cnnkit.data.series import read_series
 
@@ -389,17 +405,18 @@ def predict_series_files(
     std = torch.tensor(prep["std"], dtype=torch.float32)[:, None, None]
     files = expand_series_inputs(inputs)
     out = Path(out)
-    _check_out(out, [p.parent / (p.name if p.is_dir() else p.stem) for p in files], overwrite)
+    _check_out(out, [_series_stem(p) for p in files], overwrite)
     palette = [tuple(c) for c in classes.get("palette", [])] or None
     run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
     for index, path in enumerate(files):
-        series, valid = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"))
+        series, valid = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"),
+                                    mask=_series_mask(path))
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
         with torch.no_grad():
             labels = model(x[None].to(device), valid[None].to(device))[0].argmax(0).to("cpu").numpy()
         seen = valid.any(0).numpy()
-        labels = np.where(seen, labels, 255).astype(np.uint8)
-        stem = path.name if path.is_dir() else path.stem
+        labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
+        stem = _series_stem(path)
         written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
         if tiff:
             written.append(write_tiff(out / f"{stem}_labels.tif", labels))

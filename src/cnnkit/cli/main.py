@@ -14,7 +14,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from cnnkit import __version__
-from cnnkit.errors import CnnkitError, ShapeError
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 
 # torch (and everything that imports it) is imported inside the commands that need it, so that `cnnkit --help`
 # and `cnnkit --version` answer at once.
@@ -243,6 +243,12 @@ def predict(
     try:
         console.print(_threads(threads), markup=False, highlight=False)
         if is_series_run(read_manifest(run)):
+            ignored = [flag for flag, given in (("--probabilities", probabilities), ("--confidence", confidence),
+                                                ("--max-pixels", max_pixels != 1_048_576), ("--tile", tile != 512),
+                                                ("--batch-size", batch_size != 8)) if given]
+            if ignored:
+                raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
+                                       f"({run!r}), which predicts whole series into label maps (PNG and TIFF).")
             result = predict_series_files(run, inputs, out, device=device, tiff=True, overwrite=overwrite)
             names = read_manifest(run)["classes"]["names"]
             console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,

@@ -70,8 +70,8 @@ def _frame(array: np.ndarray, size: tuple[int, int], path: Path) -> np.ndarray:
                      f"Received shape {array.shape}.")
 
 
-def read_series(path: str | Path, *, band_count: int | None = None, nodata: float | None = None
-                ) -> tuple[Tensor, Tensor]:
+def read_series(path: str | Path, *, band_count: int | None = None, nodata: float | None = None,
+                mask: str | Path | None = None) -> tuple[Tensor, Tensor]:
     """One series without its label, as ``cnnkit predict`` reads it: ``(series (T, C, H, W) float32, valid (T, H, W))``.
 
     Args:
@@ -80,9 +80,11 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
         band_count: Bands per date (the run's); it tells the two stack layouts apart. Without it a stack is read
             as T × C × H × W.
         nodata: A band value meaning "no data" (besides NaN and ±inf).
+        mask: A T × H × W validity file (non-zero = valid), as in a data folder's ``masks/``.
 
     Raises:
-        ShapeError: the stack does not hold ``band_count`` bands per date in either layout.
+        ShapeError: the stack does not hold ``band_count`` bands per date in either layout, a folder's dates
+            have bands but no ``band_count`` says which axis holds them, or the mask does not fit.
     """
     path = Path(path)
     if path.is_dir():
@@ -90,8 +92,10 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
         if not dates:
             raise CnnkitError(f"The series folder {path} holds no image.")
         first = _read(dates[0])
-        size = first.shape[:2] if first.ndim == 2 or band_count is None or first.shape[-1] == band_count \
-            else first.shape[1:]
+        if first.ndim == 3 and band_count is None:
+            raise ShapeError(f"{dates[0]}: a date of shape {first.shape} may be H × W × C or C × H × W; give "
+                             "band_count (the bands per date) to tell them apart.")
+        size = first.shape[:2] if first.ndim == 2 or first.shape[-1] == band_count else first.shape[1:]
         stack = np.stack([_frame(_read(p), tuple(size), p) for p in dates])
     else:
         stack = _read(path)
@@ -111,6 +115,11 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
     valid = torch.isfinite(series).all(dim=1)
     if nodata is not None:
         valid &= ~(series == nodata).any(dim=1)
+    if mask is not None:
+        given = _read(Path(mask))
+        if given.shape != tuple(valid.shape):
+            raise ShapeError(f"{mask}: the mask must be T × H × W = {tuple(valid.shape)}. Received shape {given.shape}.")
+        valid &= torch.from_numpy(given != 0)
     return series, valid
 
 
