@@ -118,7 +118,8 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
     if mask is not None:
         given = _read(Path(mask))
         if given.shape != tuple(valid.shape):
-            raise ShapeError(f"{mask}: the mask must be T × H × W = {tuple(valid.shape)}. Received shape {given.shape}.")
+            raise ShapeError(f"{mask}: the mask must be T × H × W = {tuple(valid.shape)}. "
+                             f"Received shape {given.shape}.")
         valid &= torch.from_numpy(given != 0)
     return series, valid
 
