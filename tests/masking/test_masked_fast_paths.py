@@ -174,3 +174,31 @@ def test_an_in_place_change_through_a_view_ends_the_finite_trust():
             ref = model(img[None])[0]
             assert torch.isfinite(ref).all()
             torch.testing.assert_close(o, ref, rtol=1e-12, atol=0)
+
+
+def test_max_pool_of_a_known_finite_input_whose_values_are_all_positive():
+    # pad_batch's input with a finite sum is known finite, so the fill before max pooling comes from one min over
+    # the tensor (padding included) without a NaN check; it must still lie below every valid value, also when the
+    # whole tensor is positive (a conv's bias in the padding: 2·min − 1 of the tensor alone would be 19, above the
+    # valid 15–16 of channel 1). Outputs and the input gradient: each sample alone.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 1).double()
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.copy_(torch.tensor([50.0, 10.0]))  # padding 50 and 10, valid values 55–56 and 15–16
+    net = nn.Sequential(conv, nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(2, 1, 3, padding=1).double())
+    g = torch.Generator().manual_seed(1)
+    images = [5 + torch.rand(1, *size, generator=g, dtype=torch.float64) for size in [(7, 9), (4, 3), (9, 5)]]
+    batch = pad_batch(images)
+    data = batch.data.clone().requires_grad_(True)
+    out = masked(net)((data, batch.sizes))
+    weights = torch.rand(out.data.shape, generator=g, dtype=torch.float64)
+    (out.data * weights).sum().backward()
+    for n, x in enumerate(images):
+        alone = x[None].clone().requires_grad_(True)
+        y = net(alone)
+        (y * weights[n : n + 1, :, : y.shape[2], : y.shape[3]]).sum().backward()
+        torch.testing.assert_close(out.unpad()[n], y[0], rtol=1e-12, atol=1e-12)
+        h, w = x.shape[1:]
+        torch.testing.assert_close(data.grad[n, :, :h, :w], alone.grad[0], rtol=1e-12, atol=1e-12)
+        assert float(data.grad[n, :, h:].abs().sum() + data.grad[n, :, :, w:].abs().sum()) == 0  # nothing outside

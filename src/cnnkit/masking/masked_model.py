@@ -40,7 +40,7 @@ from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import PaddedBatch
 from cnnkit.masking.per_sample import batch_statistics_module, install, register_per_sample_module, resolve, uninstall
 from cnnkit.masking.rules import RULES_TEXT, register_masked_op
-from cnnkit.masking.state import MaskedContext, bind, canonical_axes
+from cnnkit.masking.state import MaskedContext, _sum_is_finite, bind, canonical_axes
 
 __all__ = ["MaskedContext", "MaskedModel", "bind", "masked", "register_masked_op", "register_per_sample_module"]
 
@@ -186,11 +186,14 @@ class MaskedModel(nn.Module):
         mode = MaskedContext(self._group(), self.model, self._plans, self._masks[1])
         known = batch._zero_padded  # pad_batch's zeros, unchanged since (the version counter says so)?
         clean = (known is not None and known[0]() is x and known[1] == x._version) or _zero_outside(x, sizes)
-        if mode.is_padded(mode.track(x, sizes, clean)):  # as each sample sees it: zeros around it
+        # A zero-padded input whose sum is finite is finite everywhere: no NaN check before the first window op that
+        # reads its padding (max pooling after the stem: one sum of the input instead of a checked fill and gradient).
+        finite = clean and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _sum_is_finite(x)
+        if mode.is_padded(mode.track(x, sizes, clean, finite=finite)):  # as each sample sees it: zeros around it
             x = mode.zeros_outside(x)
             if x is batch.data:  # already zero outside: a view, so that the record is not the caller's tensor's
                 x = x.view_as(x)
-                mode.track(x, sizes, True)
+                mode.track(x, sizes, True, finite=finite)
             mode.entries.pop(batch.data)
         # A forward that raises must leave running statistics as they were (no double update on a fallback).
         saved = [(b, b.clone()) for b in self.model.buffers()] if self.model.training else None

@@ -386,12 +386,18 @@ class MaskedContext(TorchFunctionMode):
         """``torch.where(mask, t, value)`` and whether every value of the result is known finite; on the CPU as a
         multiplication, several times faster: checked (a NaN or inf in the padding would give NaN), or, for a
         ``trusted`` tensor (known finite, float32/64) and ``value=0``, a plain product (whose gradient is the
-        gradient times the mask: finite at the padding, since every padded gradient is zeroed the same way)."""
+        gradient times the mask: finite at the padding, since every padded gradient is zeroed the same way); for
+        ``value=-inf`` that product plus 2·min − 1 outside (one ``min``, one ``addcmul``; the same gradient)."""
         if t.device.type != "cpu" or not t.is_floating_point():
             return torch.where(self.mask(t), t, value), False
         weight, outside = self._weights(t)
-        if trusted and value == 0 and t.dtype in _TRUSTED_DTYPES:
-            return t * weight, True
+        if trusted and t.dtype in _TRUSTED_DTYPES:
+            if value == 0:
+                return t * weight, True
+            if value == -math.inf:  # 2·min − 1 below every entry (padding included), as in _select, in one pass
+                fill = 2 * min(t.detach().min().item(), 0.0) - 1
+                if fill > torch.finfo(t.dtype).min:
+                    return torch.addcmul(outside * fill, t, weight), True
         report: list = []
         if t.requires_grad and torch.is_grad_enabled():
             out = _Select.apply(t, weight, outside, value, report)
@@ -425,7 +431,7 @@ class MaskedContext(TorchFunctionMode):
 
         ``-inf`` may be replaced by any value below every valid entry (on the CPU: 2·min − 1)."""
         entry = self.entries[t]
-        out, finite = self._where(t, value)
+        out, finite = self._where(t, value, self.is_finite(t))
         return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch, finite=finite)
 
     def is_finite(self, t: Tensor) -> bool:
