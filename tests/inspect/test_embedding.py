@@ -91,3 +91,12 @@ def test_tsne_options_keep_clusters(digits300):
     from sklearn.neighbors import KNeighborsClassifier
 
     assert KNeighborsClassifier(5).fit(xy, y).score(xy, y) > 0.9
+
+
+def test_tsne_with_fewer_points_than_pca_components():
+    """12 labelled pixels and pca_components=16: PCA keeps at most one component per point (it raised)."""
+    from cnnkit.inspect.embedding import tsne_plot
+
+    x = np.random.default_rng(0).normal(size=(12, 20))
+    coords = tsne_plot(x, np.arange(12) % 3, None, perplexity=3, pca_components=16)
+    assert coords.shape == (12, 2) and np.isfinite(coords).all()

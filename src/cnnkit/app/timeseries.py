@@ -272,13 +272,12 @@ def _frames_section(raw_item, bands):
     return ReportSection("A series, date by date", text, figures=[(fig, "Frames and cloud masks")], id="series-frames")
 
 
-def _maps_section(panels, names, palette):
+def _maps_section(panels, names, palette, rows: int):
     from cnnkit.render.series import label_maps_figure
 
-    rows = max(1, len(panels) // 3)
     fig = label_maps_figure(panels, names, rows=rows, palette=palette)
-    text = ("Held-out series: the true labels, the network's prediction from every date, and the single-date "
-            "baseline's prediction from the least cloudy date. Opaque panels; each class has the legend's colour "
+    text = ("Held-out series, one per row: the true labels, the network's prediction from every date, and (when "
+            "it was trained) the single-date baseline's prediction from the least cloudy date. Opaque panels; each class has the legend's colour "
             "exactly; light grey has no label (not counted).")
     return ReportSection("Predicted vs true", text, figures=[(fig, "True, time series, single date")],
                          id="series-maps")
@@ -486,7 +485,7 @@ def train_series(
         _data_section(train, names, share, weight.tolist(), rare, valid_shares, crop_size, len(crops), rare_share),
         _evaluation_section(names, iou, single_iou, majority_iou, mean_iou, single_mean, majority_mean, majority,
                             len(heldout), seconds, cpu),
-        _maps_section(panels, names, palette),
+        _maps_section(panels, names, palette, rows=len(shown)),  # one row per series
         _profiles_section(example, names, palette, [b for b in profile_bands if b < bands] or [0]),
         _frames_section(example, rgb_bands),
     ]

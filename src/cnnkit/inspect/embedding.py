@@ -88,21 +88,36 @@ def sample_pixels(
     if len(features) != len(labels) or not features:
         raise ShapeError(f"features and labels must be non-empty and of equal length. Received {len(features)} "
                          f"feature maps and {len(labels)} label maps.")
-    xs, ys = [], []
+    # Two passes, so that memory follows the sample, not the scenes: count each class's pixels per map, draw
+    # the global positions of the sample among them, then gather only those pixels' feature vectors.
+    maps = []
     for i, (feat, lab) in enumerate(zip(features, labels)):
-        f = feat.detach().to("cpu", torch.float64).numpy() if isinstance(feat, Tensor) else np.asarray(feat, np.float64)
         y = lab.detach().cpu().numpy() if isinstance(lab, Tensor) else np.asarray(lab)
-        if f.ndim != 3 or y.shape != f.shape[1:]:
+        if len(feat.shape) != 3 or y.shape != tuple(feat.shape[1:]):
             raise ShapeError(f"features[{i}] must be (C, H, W) with labels[{i}] (H, W) of the same size. Received "
-                             f"{f.shape} and {y.shape}.")
-        keep = y != ignore_index
-        xs.append(f[:, keep].T)
-        ys.append(y[keep].astype(np.int64))
-    x, y = np.concatenate(xs), np.concatenate(ys)
+                             f"{tuple(feat.shape)} and {y.shape}.")
+        maps.append(y.reshape(-1))
+    classes = np.unique(np.concatenate([np.unique(y[y != ignore_index]) for y in maps])).astype(np.int64)
     rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(y == k))[:per_class] for k in np.unique(y)]
-    index = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-    return x[index], y[index]
+    xs, ys = [], []
+    for k in classes:
+        counts = np.array([np.count_nonzero(y == k) for y in maps])
+        total = int(counts.sum())
+        drawn = np.sort(rng.choice(total, size=min(per_class, total), replace=False))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for i, y in enumerate(maps):
+            local = drawn[(drawn >= starts[i]) & (drawn < starts[i + 1])] - starts[i]
+            if not len(local):
+                continue
+            where = np.flatnonzero(y == k)[local]
+            feat = features[i]
+            flat = feat.detach().reshape(feat.shape[0], -1)[:, torch.from_numpy(where)].to("cpu", torch.float64) \
+                if isinstance(feat, Tensor) else np.asarray(feat).reshape(feat.shape[0], -1)[:, where]
+            xs.append(np.asarray(flat, dtype=np.float64).T)
+            ys.append(np.full(len(where), k, dtype=np.int64))
+    if not xs:
+        return np.zeros((0, int(features[0].shape[0]))), np.zeros(0, dtype=np.int64)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def tsne_plot(
@@ -180,7 +195,8 @@ def tsne_plot(
         if pca_components is not None and pca_components < x.shape[1]:
             from sklearn.decomposition import PCA
 
-            x = PCA(n_components=pca_components, random_state=seed).fit_transform(x)
+            # at most as many components as points (a handful of labelled pixels is still a picture)
+            x = PCA(n_components=min(pca_components, x.shape[0]), random_state=seed).fit_transform(x)
         coords = TSNE(n_components=2, perplexity=float(perplexity), random_state=seed, init="pca",
                       learning_rate="auto", angle=angle, **options).fit_transform(x)
     if path is not None:
