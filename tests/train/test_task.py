@@ -424,3 +424,11 @@ def test_padded_batches_reuse_one_masked_wrapper_outside_the_module_tree():
     torch.testing.assert_close(out.data[1:, :, :4, :4], alone)
     task.model = nn.Conv2d(1, 3, 1)  # a new network gets a new wrapper
     assert task._masked_model().model is task.model
+
+
+def test_last_checkpoint_is_written_on_epochs_that_do_not_validate(tmp_path):
+    data = DataLoader(_seg_data(8), batch_size=4)
+    task = SegmentationTask(nn.Conv2d(1, 3, 1), num_classes=3)
+    fit(task, data, data, run_dir=tmp_path, max_epochs=3, progress=False, check_val_every_n_epoch=2)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2  # the third epoch (counted from 0), which did not validate

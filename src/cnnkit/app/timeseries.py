@@ -359,8 +359,9 @@ def train_series(
         rare_share: Share of the crops centred on a rare-class pixel (split between the rare classes).
         weighting: ``method`` of :func:`cnnkit.losses.class_weights`, or ``None``: every class weighs 1.
         single_date_baseline: Also train and evaluate the network on each series' least cloudy date.
-        val_every: Validate every this many epochs (and after the last): on whole held-out series, validation
-            can cost as much as an epoch of crops.
+        val_every: Validate at most every this many epochs, on a period that divides ``epochs`` so that the
+            last epoch validates (e.g. 12 of 36; 8 of 16): on whole held-out series, validation can cost as much
+            as an epoch of crops.
         title: The report's title.
         progress, quiet, epoch_lines, log: As in :func:`cnnkit.app.train_segmentation`.
         overwrite, resume: As in :func:`cnnkit.train.rundir.prepare_run_dir`.
@@ -447,7 +448,7 @@ def train_series(
     fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
         accelerator=accelerator, devices=devices, progress=progress, callbacks=[_NewCrops()],
         enable_model_summary=False, num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-        check_val_every_n_epoch=min(val_every, epochs))
+        check_val_every_n_epoch=max(d for d in range(1, min(val_every, epochs) + 1) if epochs % d == 0))
     net.to(torch.device(device))
 
     # held-out: the series with the most classes first in the report's pictures

@@ -237,6 +237,7 @@ def fit(
         save_top_k=1,
         every_n_epochs=1,
         enable_version_counter=False,
+        save_on_train_epoch_end=True,  # every epoch, also those that do not validate (check_val_every_n_epoch)
     )
     all_callbacks: list[Callback] = [last]
     if val_loader is not None:
