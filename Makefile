@@ -26,10 +26,13 @@ demo: $(VENV)/.installed
 	$(BIN)/cnnkit demo --overwrite
 
 $(TF_VENV)/.installed:
-	$(PYTHON) -m venv $(TF_VENV)
-	$(TF_VENV)/bin/python -m pip install --quiet $(TF_KERAS) || { echo "make: could not install the tf-keras \
+	@# an existing venv (TF_VENV=...) is used as it is when it already imports tf_keras: never rebuilt
+	if ! $(TF_VENV)/bin/python -c "import tf_keras" 2>/dev/null; then \
+	    { [ -x $(TF_VENV)/bin/python ] || $(PYTHON) -m venv $(TF_VENV); } && \
+	    $(TF_VENV)/bin/python -m pip install --quiet $(TF_KERAS) || { echo "make: could not install the tf-keras \
 	test oracle ($(TF_KERAS)) into $(TF_VENV); the tests in tests/keras that compare with tf-keras need it. \
-	Check the network (PyPI), or use a venv that has both: make test TF_VENV=/path/to/venv" >&2; exit 1; }
+	Check the network (PyPI), or point at a venv that has it: make test TF_VENV=/path/to/venv" >&2; exit 1; }; \
+	fi
 	touch $@
 
 test: $(VENV)/.installed $(TF_VENV)/.installed
@@ -48,4 +51,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(TF_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-tf .pytest_cache .hypothesis  # the default oracle venv only, never a TF_VENV of yours
