@@ -202,3 +202,41 @@ def test_max_pool_of_a_known_finite_input_whose_values_are_all_positive():
         h, w = x.shape[1:]
         torch.testing.assert_close(data.grad[n, :, :h, :w], alone.grad[0], rtol=1e-12, atol=1e-12)
         assert float(data.grad[n, :, h:].abs().sum() + data.grad[n, :, :, w:].abs().sum()) == 0  # nothing outside
+
+
+def test_relu_of_a_known_finite_tensor_is_zeroed_outside_with_relu_gradients():
+    # ReLU of a known-finite tensor comes out zero outside the extents (one tensor instead of ReLU's result and a
+    # zeroed copy before the next conv) with ReLU's gradient taken at that result. The conv's bias puts non-zero
+    # values into the padding before each ReLU, so a gradient not zeroed outside would reach the first conv's
+    # weights; a bias of exactly −(the valid value) makes ReLU's input 0 inside (no gradient there, as alone).
+    # References: each sample alone, outputs and every weight's gradient; nn.ReLU and torch.relu, in place or not.
+    class Net(nn.Module):
+        def __init__(self, inplace):
+            super().__init__()
+            self.conv1 = nn.Conv2d(2, 3, 3, padding=1).double()
+            self.act = nn.ReLU(inplace=inplace)
+            self.conv2 = nn.Conv2d(3, 2, 3, padding=1).double()
+            self.conv3 = nn.Conv2d(2, 2, 3, padding=1).double()
+
+        def forward(self, x):
+            return self.conv3(torch.relu(self.conv2(self.act(self.conv1(x)))))
+
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        model = Net(inplace)
+        with torch.no_grad():
+            model.conv1.bias[0] = 0.0
+            model.conv1.weight[0] = 0.0  # channel 0 of ReLU's input: exactly 0 inside and out
+        images = _images(seed=6)
+        out = masked(model)(pad_batch(images))
+        g = torch.Generator().manual_seed(7)
+        weights = torch.rand(out.data.shape, generator=g, dtype=torch.float64)
+        (out.data * weights * out.mask()).sum().backward()
+        got = {name: p.grad.clone() for name, p in model.named_parameters()}
+        model.zero_grad()
+        for n, x in enumerate(images):
+            y = model(x[None])
+            (y * weights[n : n + 1, :, : y.shape[2], : y.shape[3]]).sum().backward()
+            torch.testing.assert_close(out.unpad()[n], y[0], rtol=1e-12, atol=1e-12)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12, msg=f"{name}, inplace={inplace}")

@@ -57,7 +57,13 @@ def _pointwise(ctx: MaskedContext, func, args, kwargs):
     entry = ctx.entries[x]
     clean = ctx.is_clean(x) and func in _ops.ZERO_PRESERVING
     finite = func in _ops.FINITE_PRESERVING and ctx.is_finite(x)
-    if func in _ops.SINGULAR_AT_ZERO:
+    if func in _RELU and finite and not clean and len(args) == 1 and not kwargs.get("inplace") and (
+            not kwargs or kwargs.keys() == {"inplace"}):  # relu(x), F.relu(x, inplace=False)
+        out = ctx.relu_zeroed(x)
+        if out is not None:  # zero outside the extents already: a following conv needs no zeroed copy
+            return ctx.track(out, entry.sizes, True, entry.axes, entry.batch, finite=True)
+        out = func(*args, **kwargs)
+    elif func in _ops.SINGULAR_AT_ZERO:
         filled = ctx.fill_outside(x, 1)
         out = func(filled, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
         if func in _INPLACE:  # the op ran on the filled copy: write it through to x
@@ -789,6 +795,7 @@ def _getitem(ctx: MaskedContext, func, args, kwargs):
 _INPLACE = frozenset(f for f in (_ops.POINTWISE | _ops.ADD | _ops.MUL | _ops.DIV)
                      if (f.__name__.endswith("_") and not f.__name__.endswith("__"))
                      or f.__name__ in ("__iadd__", "__isub__", "__imul__", "__itruediv__"))
+_RELU = _ops.functions("relu", namespaces=(torch, Tensor, F))
 _PERMUTE = _ops.functions("permute", namespaces=(torch, Tensor))
 _MOVEDIM = _ops.functions("movedim", "moveaxis", namespaces=(torch, Tensor))
 _TRANSPOSE = _ops.functions("transpose", "swapaxes", "swapdims", namespaces=(torch, Tensor))

@@ -211,6 +211,22 @@ class _Select(torch.autograd.Function):
         return _select(grad, ctx.weight, ctx.outside, 0), None, None, None, None
 
 
+class _ReluZeroed(torch.autograd.Function):
+    """``relu(x) · weight`` (``weight``: the 0/1 mask) for a finite ``x``, with ReLU's gradient at that result:
+    ``grad`` where the result is positive, 0 elsewhere (outside the extents included)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        out = torch.relu(x).mul_(weight)  # relu(x) inside the extents, its sign of zero kept
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
 # -- the context every rule works with -------------------------------------------------------------------
 
 
@@ -433,6 +449,16 @@ class MaskedContext(TorchFunctionMode):
         entry = self.entries[t]
         out, finite = self._where(t, value, self.is_finite(t))
         return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch, finite=finite)
+
+    def relu_zeroed(self, t: Tensor) -> Tensor | None:
+        """``relu(t)`` with zeros outside the extents, for a tensor known finite (float32/64, CPU; else ``None``).
+
+        One fresh tensor instead of two (ReLU's result and the zeroed copy a later window op would make; fresh
+        memory is what a masked step pays most for on the CPU), and one gradient pass instead of two: ReLU's own
+        gradient taken at the zeroed result (0 outside, the same selection as ReLU's inside)."""
+        if t.device.type != "cpu" or t.dtype not in _TRUSTED_DTYPES or not self.is_finite(t):
+            return None
+        return _ReluZeroed.apply(t, self._layout(t, t.dtype))
 
     def is_finite(self, t: Tensor) -> bool:
         """Whether every value of ``t`` (padding included) is known finite (and ``t`` unchanged since)."""
