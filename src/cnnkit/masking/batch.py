@@ -8,9 +8,8 @@ it with the numbers each image would give alone, and so that losses and metrics 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import torch
@@ -66,8 +65,6 @@ class PaddedBatch:
 
     data: Tensor
     sizes: Tensor
-    # (data, its version counter) when pad_batch left it zero outside the extents: masked() need not look
-    _zero_padded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, Tensor) or self.data.dim() < 3:
@@ -172,10 +169,7 @@ def pad_batch(
     data = first.new_full((len(images), first.shape[0], *canvas), value)
     for n, img in enumerate(images):
         data[(n, slice(None), *(slice(0, s) for s in img.shape[1:]))] = img
-    batch = PaddedBatch(data, sizes.to(first.device))
-    if value == 0:
-        batch._zero_padded = (weakref.ref(data), data._version)
-    return batch
+    return PaddedBatch(data, sizes.to(first.device))
 
 
 def _check_fill(value, dtype: torch.dtype, name: str) -> None:

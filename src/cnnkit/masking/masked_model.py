@@ -115,6 +115,11 @@ class MaskedModel(nn.Module):
                 "connected layer), so a sample of another size has no meaningful output from it; masked() cannot "
                 "run it on samples of different sizes. Resize or crop the samples to one size instead."
             )
+        for path in list(self._learned):  # a module found earlier that the model no longer has: forget it
+            try:
+                self.model.get_submodule(path)
+            except AttributeError:
+                del self._learned[path]
         self._per_sample_modules = resolve(self.model, (*self.per_sample, *self._learned))
         self._checked = count
 
@@ -162,6 +167,15 @@ class MaskedModel(nn.Module):
                 self._check_model()
                 _set_rng_state(batch.data.device, rng)
                 continue
+            except Exception as error:
+                if not learned:
+                    raise
+                # a module run per sample failed in another way: keep nothing, and say what was refused first
+                self._forget(learned)
+                tried, first_error = learned[-1]
+                raise type(first_error)(
+                    f"{first_error} Running module '{tried}' per sample failed too: {type(error).__name__}: {error}"
+                ) from error
             for path, error in learned:
                 reason = str(error).removeprefix("masked(): ").split(" [in module")[0]
                 warnings.warn(
@@ -184,8 +198,9 @@ class MaskedModel(nn.Module):
         if self._masks[0] != key:
             self._masks = (key, {})
         mode = MaskedContext(self._group(), self.model, self._plans, self._masks[1])
-        known = batch._zero_padded  # pad_batch's zeros, unchanged since (the version counter says so)?
-        clean = (known is not None and known[0]() is x and known[1] == x._version) or _zero_outside(x, sizes)
+        # Looked at on every call (not trusted from pad_batch): writes through NumPy or .data skip the version
+        # counter, and a batch's sizes may be changed after it was made.
+        clean = _zero_outside(x, sizes)
         # A zero-padded input whose sum is finite is finite everywhere: no NaN check before the first window op that
         # reads its padding (max pooling after the stem: one sum of the input instead of a checked fill and gradient).
         finite = clean and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _sum_is_finite(x)
