@@ -277,8 +277,8 @@ def _maps_section(panels, names, palette, rows: int):
 
     fig = label_maps_figure(panels, names, rows=rows, palette=palette)
     text = ("Held-out series, one per row: the true labels, the network's prediction from every date, and (when "
-            "it was trained) the single-date baseline's prediction from the least cloudy date. Opaque panels; each class has the legend's colour "
-            "exactly; light grey has no label (not counted).")
+            "it was trained) the single-date baseline's prediction from the least cloudy date. Opaque panels; "
+            "each class has the legend's colour exactly; light grey has no label (not counted).")
     return ReportSection("Predicted vs true", text, figures=[(fig, "True, time series, single date")],
                          id="series-maps")
 
