@@ -74,8 +74,8 @@ def write_report(
     ``logs/**/metrics.csv``); then, from ``model`` and ``samples``: one row per sample (image, true labels,
     predicted labels, an error map and the confidence, label panels opaque in exactly the legend's colours),
     a t-SNE of pixel features (up to 500 pixels per class, drawn at random; all of a class that has fewer),
-    activations (one grid per layer, channels numbered, with a colour bar), Grad-CAM, first-layer filters and their weight gradients
-    (columns named by band); filter evolution (from the :class:`~cnnkit.train.FilterEvolutionCallback` state
+    activations (one grid per layer, channels numbered, with a colour bar), Grad-CAM, first-layer filters and
+    their weight gradients (columns named by band); filter evolution (from the :class:`~cnnkit.train.FilterEvolutionCallback` state
     in ``checkpoints/last.ckpt``, or ``evolution``; columns named by training step); the model summary. The
     model is used as given (load trained weights first, e.g. with :func:`load_run_weights`); its mode and
     ``.grad`` are restored.
