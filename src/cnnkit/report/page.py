@@ -69,16 +69,15 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report/report.html`` (and its PNG images beside it) for a training run.
 
-    Sections, each shown when its data exists (else a note says what is missing), in this order: your own
-    ``sections``; training curves and the per-class IoU of the last validation row (from
-    ``logs/**/metrics.csv``); then, from ``model`` and ``samples``: one row per sample (image, true labels,
-    predicted labels, an error map and the confidence, label panels opaque in exactly the legend's colours),
-    a t-SNE of pixel features (up to 500 pixels per class, drawn at random; all of a class that has fewer),
-    activations (one grid per layer, channels numbered, with a colour bar), Grad-CAM, first-layer filters and
-    their weight gradients (columns named by band); filter evolution (from the :class:`~cnnkit.train.FilterEvolutionCallback` state
-    in ``checkpoints/last.ckpt``, or ``evolution``; columns named by training step); the model summary. The
-    model is used as given (load trained weights first, e.g. with :func:`load_run_weights`); its mode and
-    ``.grad`` are restored.
+    Sections, each shown when its data exists (else a note says what is missing), in this order: your own ``sections``;
+    training curves and the per-class IoU of the last validation row (from ``logs/**/metrics.csv``); then, from
+    ``model`` and ``samples``: one row per sample (image, true labels, predicted labels, an error map and the
+    confidence, label panels opaque in exactly the legend's colours), a t-SNE of pixel features (up to 500 pixels per
+    class, drawn at random; all of a class that has fewer), activations (one grid per layer, channels numbered, with a
+    colour bar), Grad-CAM, first-layer filters and their weight gradients (columns named by band); filter evolution
+    (from the :class:`~cnnkit.train.FilterEvolutionCallback` state in ``checkpoints/last.ckpt``, or ``evolution``;
+    columns named by training step); the model summary. The model is used as given (load trained weights first, e.g.
+    with :func:`load_run_weights`); its mode and ``.grad`` are restored.
 
     Args:
         run_dir: The folder given to :func:`cnnkit.train.fit`.
