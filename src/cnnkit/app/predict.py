@@ -356,7 +356,7 @@ def expand_series_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             raise CnnkitError(f"Input {text!r} does not exist.")
     stems: dict[str, Path] = {}
     for path in found:
-        stem = path.name if path.is_dir() else path.stem
+        stem = _series_stem(path)
         if stem in stems and stems[stem].resolve() != path.resolve():
             raise CnnkitError(f"Two inputs share the name {stem!r} ({stems[stem]} and {path}); their outputs would "
                               "overwrite each other. Predict them into different --out folders.")

@@ -210,6 +210,10 @@ def train(
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+# `cnnkit predict`'s defaults, also read to tell which image-only options a series run was given
+_MAX_PIXELS, _TILE, _BATCH_SIZE = 1_048_576, 512, 8
+
+
 @app.command(cls=_Command)
 def predict(
     run: str = typer.Argument(..., help="A run folder of cnnkit train or cnnkit demo (it holds manifest.json)."),
@@ -220,9 +224,10 @@ def predict(
     tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as TIFF (georeferenced like the input)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, float16 TIFF."),
     confidence: bool = typer.Option(False, "--confidence", help="Write the winning class's probability, float16 TIFF."),
-    max_pixels: int = typer.Option(1_048_576, min=1, help="Larger images run tile by tile (same result, less memory)."),
-    tile: int = typer.Option(512, min=8, help="Tile side in pixels for images over --max-pixels."),
-    batch_size: int = typer.Option(8, min=1, help="Images per padded batch."),
+    max_pixels: int = typer.Option(_MAX_PIXELS, min=1,
+                                   help="Larger images run tile by tile (same result, less memory)."),
+    tile: int = typer.Option(_TILE, min=8, help="Tile side in pixels for images over --max-pixels."),
+    batch_size: int = typer.Option(_BATCH_SIZE, min=1, help="Images per padded batch."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
     threads: int = typer.Option(None, min=1, help=_THREADS),
@@ -244,8 +249,8 @@ def predict(
         console.print(_threads(threads), markup=False, highlight=False)
         if is_series_run(read_manifest(run)):
             ignored = [flag for flag, given in (("--probabilities", probabilities), ("--confidence", confidence),
-                                                ("--max-pixels", max_pixels != 1_048_576), ("--tile", tile != 512),
-                                                ("--batch-size", batch_size != 8)) if given]
+                                                ("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
+                                                ("--batch-size", batch_size != _BATCH_SIZE)) if given]
             if ignored:
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
                                        f"({run!r}), which predicts whole series into label maps (PNG and TIFF).")
