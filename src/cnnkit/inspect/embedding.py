@@ -101,15 +101,16 @@ def sample_pixels(
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k in classes:
-        counts = np.array([np.count_nonzero(y == k) for y in maps])
+        positions = [np.flatnonzero(y == k) for y in maps]  # this class's pixels, map by map
+        counts = np.array([len(where) for where in positions])
         total = int(counts.sum())
         drawn = np.sort(rng.choice(total, size=min(per_class, total), replace=False))
         starts = np.concatenate([[0], np.cumsum(counts)])
-        for i, y in enumerate(maps):
+        for i, pixels in enumerate(positions):
             local = drawn[(drawn >= starts[i]) & (drawn < starts[i + 1])] - starts[i]
             if not len(local):
                 continue
-            where = np.flatnonzero(y == k)[local]
+            where = pixels[local]
             feat = features[i]
             flat = feat.detach().reshape(feat.shape[0], -1)[:, torch.from_numpy(where)].to("cpu", torch.float64) \
                 if isinstance(feat, Tensor) else np.asarray(feat).reshape(feat.shape[0], -1)[:, where]
