@@ -245,3 +245,34 @@ def test_help_shows_no_type_tag_for_flags(command):
 def test_train_help_names_the_series_layout():
     result = runner.invoke(app, ["train", "--help"], terminal_width=200, env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert "series/" in result.output and "--time-series" in result.output
+
+
+def test_heavy_imports_freeze_what_they_import_and_leave_the_collector_on():
+    import gc
+
+    from cnnkit.cli.main import _import_heavy
+
+    sys.modules.pop("colorsys", None)
+    gc.unfreeze()
+    try:
+        _import_heavy("colorsys")
+        assert "colorsys" in sys.modules
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0  # the imported module's objects (and everything before) are frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_heavy_imports_reenable_the_collector_when_an_import_fails():
+    import gc
+
+    from cnnkit.cli.main import _import_heavy
+
+    try:
+        with pytest.raises(ModuleNotFoundError):
+            _import_heavy("cnnkit_no_such_module")
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -192,6 +192,45 @@ def test_masked_batch_norm_gradient_float64():
                                     (x, w, b))
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_masked_batch_norm_equals_batch_norm_of_the_valid_pixels_alone(affine):
+    # Reference: torch's own training-mode batch norm on the valid pixels gathered into one (1, C, n) tensor.
+    # Gradients given to outputs outside the mask are ignored and no padded position receives one.
+    g = torch.Generator().manual_seed(5)
+    x = (3 * torch.randn(3, 4, 6, 7, generator=g, dtype=torch.float64) + 2).requires_grad_()
+    mask = torch.zeros(3, 1, 6, 7, dtype=torch.bool)
+    mask[0, :, :4, :5] = True
+    mask[1, :, :6, :7] = True
+    mask[2, :, :1, :2] = True
+    w = torch.rand(4, generator=g, dtype=torch.float64).requires_grad_() if affine else None
+    b = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_() if affine else None
+    upstream = torch.randn(3, 4, 6, 7, generator=g, dtype=torch.float64)  # nonzero at padded positions too
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    out = masked_batch_norm(x, mask, rm, rv, w, b, momentum=0.3, eps=1e-3)
+    params = [t for t in (w, b) if t is not None]
+    got = torch.autograd.grad((out * upstream).sum(), [x, *params])
+
+    select = mask.expand_as(x)
+    valid = x.transpose(0, 1)[select.transpose(0, 1)].reshape(4, -1)[None]  # (1, C, n)
+    ref_rm, ref_rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    ref = torch.nn.functional.batch_norm(valid, ref_rm, ref_rv, w, b, training=True, momentum=0.3, eps=1e-3)
+    ref_upstream = upstream.transpose(0, 1)[select.transpose(0, 1)].reshape(4, -1)[None]
+    expected = torch.autograd.grad((ref * ref_upstream).sum(), [x, *params])
+
+    torch.testing.assert_close(out.transpose(0, 1)[select.transpose(0, 1)].reshape(4, -1)[None], ref,
+                               rtol=1e-12, atol=1e-12)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert got[0][~select].abs().max() == 0  # padding gets no gradient
+    torch.testing.assert_close(rm, ref_rm, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rv, ref_rv, rtol=1e-12, atol=1e-12)
+
+
+def test_masked_batch_norm_refuses_an_empty_mask():
+    with pytest.raises(ShapeError, match="at least one valid position"):
+        masked_batch_norm(torch.randn(2, 3, 4), torch.zeros(2, 1, 4, dtype=torch.bool), None, None)
+
+
 def test_groupnorm_and_instancenorm_use_each_samples_valid_pixels():
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.InstanceNorm2d(6, affine=True))
     _check_invariance(model, _images([(7, 9), (4, 11)]))

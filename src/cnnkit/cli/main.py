@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import importlib.util
 import os
@@ -87,6 +89,27 @@ _THREADS = ("CPU threads (default: the cores this process may use, less those bu
 _VERBOSE = "Show Lightning's own messages and warnings too."
 
 
+def _import_heavy(*modules: str) -> None:
+    """Import torch-side libraries with Python's cycle collector paused, then exempt them from later collections.
+
+    torch, Lightning, torchmetrics (and torchvision, sympy, scipy, which they pull in) create millions of objects
+    that live until the process exits. Left alone, the collector walks all of them again and again while they
+    are imported, and once more at exit: for ``import lightning.pytorch`` on the 2-core benchmark host that was
+    9.4 s to import and 2.4 s to exit, against 6.9 s and 0.5 s this way. (``gc.freeze`` moves what exists now into
+    a generation the collector does not visit; objects made later are collected as usual.)
+    """
+    gc.disable()
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+_TRAINING = ("torch", "lightning.pytorch")
+
+
 def _threads(requested: int | None) -> str:
     from cnnkit.app._threads import choose_threads
 
@@ -112,6 +135,7 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", help=_VERBOSE),
 ) -> None:
     """Train a mask-aware segmentation network on built-in cloudy multi-band scenes and write an HTML report."""
+    _import_heavy(*_TRAINING)
     from cnnkit.app.demo import run_demo, run_training_demo
 
     try:
@@ -499,4 +523,5 @@ def report(
 
 def main() -> None:
     """Entry point of the ``cnnkit`` script."""
+    atexit.register(gc.freeze)  # at exit, the collector's last pass need not walk every object torch made
     app()

@@ -16,34 +16,6 @@ from cnnkit.errors import ShapeError
 __all__ = ["masked_batch_norm", "masked_group_norm"]
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the gradient of a sum is the sum of the gradients (another all-reduce)."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, process_group) -> Tensor:
-        import torch.distributed as dist
-
-        ctx.process_group = process_group
-        out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=process_group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        import torch.distributed as dist
-
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.process_group)
-        return grad, None
-
-
-def _all_reduce(tensor: Tensor, process_group) -> Tensor:
-    """Differentiable sum over the processes of ``process_group`` (identity without one)."""
-    if process_group is None:
-        return tensor
-    return _AllReduceSum.apply(tensor, process_group)
-
-
 def _check_mask(input: Tensor, mask: Tensor) -> None:
     expected = (input.shape[0], 1, *input.shape[2:])
     if mask.dtype != torch.bool or tuple(mask.shape) != expected:
@@ -51,6 +23,67 @@ def _check_mask(input: Tensor, mask: Tensor) -> None:
             f"mask must be a bool tensor of shape (N, 1, *spatial) = {expected}. "
             f"Received mask of shape {tuple(mask.shape)} and dtype {mask.dtype}."
         )
+
+
+class _MaskedBatchNorm(torch.autograd.Function):
+    """Batch norm with statistics over the valid positions, in a few fused passes each way.
+
+    Forward: the masked sums (two-pass variance), then torch's own eval-mode kernel with those statistics.
+    Backward: the batch-norm gradient with sums over valid positions only, written out (two reductions and three
+    element-wise passes, against some twenty of the same formula left to autograd) and all-reduced with the
+    forward's ``process_group``. Outputs outside the mask are not part of the function: their gradient is
+    ignored and no position outside the mask receives gradient (masked() never lets them reach a valid output).
+    """
+
+    @staticmethod
+    def forward(ctx, input, valid, weight, bias, eps, process_group, stats_out):
+        dims = [0, *range(2, input.dim())]
+        shape = (1, -1, *([1] * (input.dim() - 2)))
+        count = valid.sum().reshape(1)
+        if process_group is not None:
+            count = _reduced(count, process_group)
+        n = count.item()
+        if n == 0:
+            raise ShapeError("masked_batch_norm needs at least one valid position. Received a mask with none.")
+        mean = _reduced((input * valid).sum(dims), process_group) / n
+        centred = (input - mean.view(shape)).mul_(valid)  # (x − mean) at valid positions, 0 outside
+        var = _reduced(torch.mul(centred, centred).sum(dims), process_group) / n
+        invstd = torch.rsqrt(var + eps)
+        out = torch.batch_norm(input, weight, bias, mean, var, False, 0.0, eps, False)
+        ctx.save_for_backward(valid, centred, invstd, weight)
+        ctx.count, ctx.process_group = n, process_group
+        stats_out.extend((mean, var, n))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        valid, centred, invstd, weight = ctx.saved_tensors
+        dims = [0, *range(2, grad.dim())]
+        shape = (1, -1, *([1] * (grad.dim() - 2)))
+        grad = grad * valid
+        sum_dy, sum_dy_xmu = grad.sum(dims), torch.mul(grad, centred).sum(dims)
+        grad_weight = sum_dy_xmu * invstd if weight is not None and ctx.needs_input_grad[2] else None
+        grad_bias = sum_dy if ctx.needs_input_grad[3] else None
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            if ctx.process_group is not None:  # the statistics are sums over every process's positions
+                sum_dy, sum_dy_xmu = _reduced(torch.stack([sum_dy, sum_dy_xmu]), ctx.process_group)
+            scale = invstd if weight is None else invstd * weight
+            # dx = valid·scale·(dy − Σdy/n) − centred·scale·invstd²·Σ(dy·centred)/n   (dy already 0 outside)
+            grad_input = torch.addcmul((-scale * sum_dy / ctx.count).view(shape), grad, scale.view(shape))
+            grad_input.mul_(valid).addcmul_(centred, (-scale * invstd * invstd * sum_dy_xmu / ctx.count).view(shape))
+        return grad_input, None, grad_weight, grad_bias, None, None, None
+
+
+def _reduced(tensor: Tensor, process_group) -> Tensor:
+    """Sum of ``tensor`` over the processes of ``process_group`` (``tensor`` itself without one)."""
+    if process_group is None:
+        return tensor
+    import torch.distributed as dist
+
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group)
+    return tensor
 
 
 def masked_batch_norm(
@@ -67,9 +100,11 @@ def masked_batch_norm(
     """Training-mode batch norm whose statistics use valid positions only.
 
     ``mean`` and the biased ``var`` are taken over every valid position of every sample (and, with a
-    ``process_group``, of every process: two differentiable all-reduces, exact two-pass variance). The
-    running estimates are updated as ``nn.BatchNorm`` does, with the unbiased variance
-    ``var · n / (n − 1)`` for ``n`` valid positions in all.
+    ``process_group``, of every process: exact two-pass variance, the gradient's sums all-reduced as
+    ``nn.SyncBatchNorm`` does). The running estimates are updated as ``nn.BatchNorm`` does, with the unbiased
+    variance ``var · n / (n − 1)`` for ``n`` valid positions in all. Outputs outside ``mask`` are normalised
+    too, but only the valid ones are differentiated: gradients given to the others are ignored, and positions
+    outside the mask receive none. First derivatives only (no double backward).
 
     Args:
         input: (N, C, *spatial). Values outside ``mask`` may be anything finite.
@@ -87,27 +122,14 @@ def masked_batch_norm(
         tensor([[[-1.,  1.]]])
     """
     _check_mask(input, mask)
-    dims = [0, *range(2, input.dim())]
-    shape = (1, -1, *([1] * (input.dim() - 2)))
-    valid = mask.to(input.dtype)
-    count = _all_reduce(valid.sum().reshape(1), process_group)
-    if count.item() == 0:
-        raise ShapeError("masked_batch_norm needs at least one valid position. Received a mask with none.")
-    total = _all_reduce((input * valid).sum(dims), process_group)
-    mean = total / count
-    centred = (input - mean.view(shape)) * valid
-    var = _all_reduce((centred * centred).sum(dims), process_group) / count
+    stats: list = []
+    out = _MaskedBatchNorm.apply(input, mask.to(input.dtype), weight, bias, eps, process_group, stats)
+    mean, var, n = stats
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
-            n = count.item()
             unbiased = var * (n / (n - 1)) if n > 1 else var
-            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(unbiased.detach().to(running_var.dtype), alpha=momentum)
-    out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
-    if weight is not None:
-        out = out * weight.view(shape)
-    if bias is not None:
-        out = out + bias.view(shape)
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
     return out
 
 
