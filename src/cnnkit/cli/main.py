@@ -202,6 +202,8 @@ def train(
     """Train a mask-aware network on your folder of images and masks (or image time series); write an HTML report."""
     from rich.rule import Rule
 
+    _import_heavy(*_TRAINING)
+
     console = _console()
     try:
         names, band_list = _csv(classes, "classes"), _csv(bands, "bands", int)
@@ -265,6 +267,7 @@ def predict(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    _import_heavy("torch")
     from cnnkit.app.predict import expand_inputs, is_series_run, load_predictor, predict_files, predict_series_files
     from cnnkit.train.rundir import read_manifest
 
@@ -317,6 +320,7 @@ def explain(
     Shapes only: the layer is built on the meta device, so no weights or activations are allocated and
     any size is answered at once.
     """
+    _import_heavy("torch")
     from cnnkit.explainers import explain as explain_layer
 
     try:
@@ -426,6 +430,7 @@ def summary(
     batch_size: int = typer.Option(1, min=1, help="Batch size of the input run through the model."),
     model_args: str = typer.Option(None, "--model-args", help=_MODEL_ARGS),
 ) -> None:
+    _import_heavy("torch")
     from cnnkit.explainers import summary as summarise
 
     try:
@@ -447,6 +452,7 @@ def convert(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print every layout conversion made."),
 ) -> None:
     """Convert a Keras model to PyTorch weights (safetensors), without TensorFlow or running its code."""
+    _import_heavy("torch")
     from cnnkit.keras import load, save_safetensors
 
     try:
@@ -466,6 +472,7 @@ def keras_explain(
     model: str = typer.Argument(..., help="A Keras model: .keras archive or legacy .h5 file."),
 ) -> None:
     """Show how a Keras model converts: every layer, its weights in Keras and torch layout, and a summary."""
+    _import_heavy("torch")
     from cnnkit.explainers import summary as summarise
     from cnnkit.keras import load
 
@@ -499,6 +506,7 @@ def report(
 ) -> None:
     import warnings
 
+    _import_heavy("torch")
     from cnnkit.report import load_run_weights, write_report
 
     try:
