@@ -591,3 +591,54 @@ def test_register_masked_op_adds_a_rule():
     out = masked(Net())(pad_batch(images))
     for n, img in enumerate(images):
         torch.testing.assert_close(out.unpad()[n], box3(img[None])[0])
+
+
+class _ExpMinus(nn.Module):
+    def __init__(self, shift: float):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x):
+        return torch.exp(x) - self.shift
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(3, 13), st.integers(3, 13)), min_size=2, max_size=4),
+       st.sampled_from([(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 1, False), (3, 2, 1, 2, False),
+                        (3, 3, 1, 1, True)]),
+       st.floats(-2.0, 0.5), st.booleans(), st.integers(0, 1000))
+def test_relu_then_max_pool_equals_per_sample_runs_with_gradients(sizes, pool, bias, through_exp, seed):
+    # After a ReLU the padding is zero and every value >= 0: max pooling reads those zeros instead of a -inf fill.
+    # A negative conv bias makes many windows all-zero (ties between valid zeros and padding zeros: the gradient
+    # must still go to the valid entry, as it does for the sample alone).
+    k, s, p, d, ceil = pool
+    if any(min(size) + 2 * p < d * (k - 1) + 1 for size in sizes):
+        return
+    torch.manual_seed(seed)
+    # through_exp: exp is not known to keep values finite, so the ReLU after it is a plain one whose padding holds
+    # relu(exp(conv) − 1.5), >= 0 but not zero: max pooling must fill it.
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), _ExpMinus(1.5) if through_exp else nn.Identity(), nn.ReLU(),
+                          nn.MaxPool2d(k, stride=s, padding=p, dilation=d, ceil_mode=ceil),
+                          nn.Conv2d(3, 2, 3, padding=1)).double()
+    with torch.no_grad():
+        model[0].bias.fill_(bias)
+    images = [torch.randn(2, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + i))
+              for i, (h, w) in enumerate(sizes)]
+    batch = pad_batch(images)
+    data = batch.data.clone().requires_grad_()
+    out = masked(model)(type(batch)(data, batch.sizes))
+    out = out.data if not isinstance(out, torch.Tensor) else out  # a plain tensor when every sample fills it
+    weights = [torch.randn(ref_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+               for ref_shape in [model(img[None])[0].shape for img in images]]
+    loss = sum((out[(n, slice(None), *(slice(0, e) for e in w.shape[1:]))] * w).sum()
+               for n, w in enumerate(weights))
+    grads = torch.autograd.grad(loss, [data, *model.parameters()])
+    ref_inputs = [img.clone().requires_grad_() for img in images]
+    ref_loss = sum((model(x[None])[0] * w).sum() for x, w in zip(ref_inputs, weights))
+    ref_grads = torch.autograd.grad(ref_loss, [*ref_inputs, *model.parameters()])
+    for n, (img, ref) in enumerate(zip(images, ref_grads[:len(images)])):
+        torch.testing.assert_close(grads[0][(n, slice(None), slice(0, img.shape[1]), slice(0, img.shape[2]))], ref,
+                                   rtol=1e-10, atol=1e-12)
+    for got, ref in zip(grads[1:], ref_grads[len(images):]):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    _check_invariance(model, images, atol=1e-12)

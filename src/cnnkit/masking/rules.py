@@ -61,7 +61,7 @@ def _pointwise(ctx: MaskedContext, func, args, kwargs):
             not kwargs or kwargs.keys() == {"inplace"}):  # relu(x), F.relu(x, inplace=False)
         out = ctx.relu_zeroed(x)
         if out is not None:  # zero outside the extents already: a following conv needs no zeroed copy
-            return ctx.track(out, entry.sizes, True, entry.axes, entry.batch, finite=True)
+            return ctx.track(out, entry.sizes, True, entry.axes, entry.batch, finite=True, nonneg=True)
         out = func(*args, **kwargs)
     elif func in _ops.SINGULAR_AT_ZERO:
         filled = ctx.fill_outside(x, 1)
@@ -70,7 +70,7 @@ def _pointwise(ctx: MaskedContext, func, args, kwargs):
             out = x.copy_(filled)
     else:
         out = func(*args, **kwargs)
-    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch, finite=finite)
+    return ctx.track(out, entry.sizes, clean, entry.axes, entry.batch, finite=finite, nonneg=func in _RELU)
 
 
 def _check_operands(ctx: MaskedContext, func, operands, out_dim: int) -> Entry:
@@ -238,17 +238,33 @@ def _max_pool(ctx: MaskedContext, func, args, kwargs):
     plan = ctx.cache.get(key)
     if plan is None:
         sizes = _window_sizes(pool_output_size, in_sizes, kernel, stride, padding, dilation, ceil_mode)
-        plan = (sizes, _reads_outside(in_sizes, sizes, kernel, stride, dilation, [padding] * len(in_sizes)))
+        plan = (sizes, _reads_outside(in_sizes, sizes, kernel, stride, dilation, [padding] * len(in_sizes)),
+                _window_ends_inside(in_sizes, sizes, stride, padding))
         ctx.cache[key] = plan
-    sizes, reads = plan
-    if reads:  # PyTorch pads max pooling with -inf (here: any value below every valid entry)
+    sizes, reads, ends_inside = plan
+    # A ReLU's zero-padded result needs no fill: a window's valid entries are >= 0, so the zeros it reads beside
+    # them never win, and which entry holds the maximum is the same (ties go to the first, the valid one). The
+    # result is then >= 0 as well, and zero outside the extents when no window past them reaches a valid entry.
+    nonneg = ctx.is_clean(x) and ctx.is_nonnegative(x)
+    if reads and not nonneg:  # PyTorch pads max pooling with -inf (here: any value below every valid entry)
         x = ctx.fill_outside(x, -math.inf)
         args, kwargs = replace_input(args, kwargs, x)
     out = func(*args, **kwargs)
     finite = ctx.is_finite(x)
+    clean = nonneg and ends_inside
     if isinstance(out, tuple):  # (values, indices)
-        return (ctx.track(out[0], sizes, finite=finite), *out[1:])
-    return ctx.track(out, sizes, finite=finite)
+        return (ctx.track(out[0], sizes, clean, finite=finite, nonneg=nonneg), *out[1:])
+    return ctx.track(out, sizes, clean, finite=finite, nonneg=nonneg)
+
+
+def _window_ends_inside(in_sizes: Sizes, out_sizes: Sizes, stride, padding) -> bool:
+    """Whether no output position past a sample's output extent has a window that reaches a valid input (so a
+    window op on a zero-padded input leaves zeros there). Its first window starts at ``out·stride − pad``."""
+    for size, out in zip(in_sizes, out_sizes):
+        for i, o, s, p in zip(size, out, stride, padding):
+            if o * s - p < i:
+                return False
+    return True
 
 
 def _avg_pool(ctx: MaskedContext, func, args, kwargs):

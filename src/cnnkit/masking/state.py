@@ -47,6 +47,7 @@ class Entry:
     ref: weakref.ref | None = None  # the tensor recorded (its id may be reused once it is gone)
     finite: bool = False  # every value (padding included) known finite: derived by finite-preserving ops from a
     # tensor whose finiteness was checked
+    nonneg: bool = False  # every value (padding included) known >= 0 (a ReLU's result), as of `version`
 
 
 # -- the rule tables (filled by cnnkit.masking.rules) -------------------------------------------------------
@@ -315,10 +316,10 @@ class MaskedContext(TorchFunctionMode):
         return entry.clean and entry.version == t._version and not entry.aliased
 
     def track(self, out: Tensor, sizes: Sizes, zero_outside: bool = False, axes: tuple[int, ...] | None = None,
-              batch: int = 0, *, finite: bool = False) -> Tensor:
+              batch: int = 0, *, finite: bool = False, nonneg: bool = False) -> Tensor:
         """Record ``out`` as padded with these per-sample extents (``axes``: its spatial dims, default (2, …);
         ``batch``: its batch dim; ``finite``: every value known finite, e.g. a finite-preserving op of
-        :meth:`is_finite` tensors)."""
+        :meth:`is_finite` tensors; ``nonneg``: every value, padding included, known >= 0)."""
         shape = out.shape
         if axes is None:
             axes = canonical_axes(len(shape))
@@ -338,7 +339,7 @@ class MaskedContext(TorchFunctionMode):
             self.entries.pop(out)  # every sample fills the canvas: an ordinary tensor now
             return out
         self.entries.by_id[id(out)] = Entry(sizes, zero_outside, out._version, axes, False, batch, weakref.ref(out),
-                                            finite)
+                                            finite, nonneg)
         return out
 
     def mask(self, t: Tensor) -> Tensor:
@@ -459,6 +460,11 @@ class MaskedContext(TorchFunctionMode):
         if t.device.type != "cpu" or t.dtype not in _TRUSTED_DTYPES or not self.is_finite(t):
             return None
         return _ReluZeroed.apply(t, self._layout(t, t.dtype))
+
+    def is_nonnegative(self, t: Tensor) -> bool:
+        """Whether every value of ``t`` (padding included) is known >= 0 (and ``t`` unchanged since)."""
+        entry = self.entries.get(t)
+        return entry is not None and entry.nonneg and entry.version == t._version and not entry.aliased
 
     def is_finite(self, t: Tensor) -> bool:
         """Whether every value of ``t`` (padding included) is known finite (and ``t`` unchanged since)."""
