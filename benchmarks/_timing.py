@@ -1,7 +1,10 @@
-"""Timing shared by the benchmarks: interleaved rounds, best time (other processes only ever add time)."""
+"""Timing shared by the benchmarks: interleaved rounds, best wall time (other processes only ever add time), or
+median CPU time of single-threaded calls (what other processes change least)."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -27,3 +30,31 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int = 3, min_ru
         for name, fn in fns.items():
             best[name] = min(best[name], best_ms(fn, min_run_time))
     return best
+
+
+def interleaved_cpu_ms(fns: dict[str, Callable[[], object]], seconds: float = 10.0, min_steps: int = 15,
+                       max_steps: int = 200) -> dict[str, float]:
+    """Median CPU time per call of each function, in ms, on one thread, the calls interleaved (A, B, A, B, …).
+
+    On a shared machine a wall clock measures the neighbours too; the process's CPU time on one thread counts only
+    its own work (other processes still share caches and memory bandwidth, which interleaving spreads evenly).
+    As many rounds as fit in about ``seconds`` (between ``min_steps`` and ``max_steps``).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for fn in fns.values():  # warm-up (allocations, lazy initialisation, caches of decisions)
+            fn()
+            fn()
+        per_round = (time.perf_counter() - start) / 2
+        steps = int(max(min_steps, min(max_steps, seconds / max(per_round, 1e-6))))
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(steps):
+            for name, fn in fns.items():
+                begin = time.process_time()
+                fn()
+                times[name].append(time.process_time() - begin)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
