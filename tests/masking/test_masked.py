@@ -606,8 +606,8 @@ class _ExpMinus(nn.Module):
 @given(st.lists(st.tuples(st.integers(3, 13), st.integers(3, 13)), min_size=2, max_size=4),
        st.sampled_from([(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 1, False), (3, 2, 1, 2, False),
                         (3, 3, 1, 1, True)]),
-       st.floats(-2.0, 0.5), st.booleans(), st.integers(0, 1000))
-def test_relu_then_max_pool_equals_per_sample_runs_with_gradients(sizes, pool, bias, through_exp, seed):
+       st.floats(-2.0, 0.5), st.booleans(), st.booleans(), st.integers(0, 1000))
+def test_relu_then_max_pool_equals_per_sample_runs_with_gradients(sizes, pool, bias, through_exp, inplace, seed):
     # After a ReLU the padding is zero and every value >= 0: max pooling reads those zeros instead of a -inf fill.
     # A negative conv bias makes many windows all-zero (ties between valid zeros and padding zeros: the gradient
     # must still go to the valid entry, as it does for the sample alone).
@@ -617,7 +617,9 @@ def test_relu_then_max_pool_equals_per_sample_runs_with_gradients(sizes, pool, b
     torch.manual_seed(seed)
     # through_exp: exp is not known to keep values finite, so the ReLU after it is a plain one whose padding holds
     # relu(exp(conv) − 1.5), >= 0 but not zero: max pooling must fill it.
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), _ExpMinus(1.5) if through_exp else nn.Identity(), nn.ReLU(),
+    # inplace: nn.ReLU(inplace=True), as torchvision's ResNets use it (zeroed in place too).
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), _ExpMinus(1.5) if through_exp else nn.Identity(),
+                          nn.ReLU(inplace=inplace),
                           nn.MaxPool2d(k, stride=s, padding=p, dilation=d, ceil_mode=ceil),
                           nn.Conv2d(3, 2, 3, padding=1)).double()
     with torch.no_grad():

@@ -57,9 +57,9 @@ def _pointwise(ctx: MaskedContext, func, args, kwargs):
     entry = ctx.entries[x]
     clean = ctx.is_clean(x) and func in _ops.ZERO_PRESERVING
     finite = func in _ops.FINITE_PRESERVING and ctx.is_finite(x)
-    if func in _RELU and finite and not clean and len(args) == 1 and not kwargs.get("inplace") and (
-            not kwargs or kwargs.keys() == {"inplace"}):  # relu(x), F.relu(x, inplace=False)
-        out = ctx.relu_zeroed(x)
+    if func in _RELU and finite and not clean and len(args) == 1 and (
+            not kwargs or kwargs.keys() == {"inplace"}):  # relu(x), F.relu(x, inplace=…)
+        out = ctx.relu_zeroed(x, inplace=bool(kwargs.get("inplace")))
         if out is not None:  # zero outside the extents already: a following conv needs no zeroed copy
             return ctx.track(out, entry.sizes, True, entry.axes, entry.batch, finite=True, nonneg=True)
         out = func(*args, **kwargs)

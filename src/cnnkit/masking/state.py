@@ -228,6 +228,22 @@ class _ReluZeroed(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
+class _ReluZeroedInplace(torch.autograd.Function):
+    """:class:`_ReluZeroed` written into ``x`` (what ``relu_`` would change, and the padding)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        x.relu_().mul_(weight)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
 # -- the context every rule works with -------------------------------------------------------------------
 
 
@@ -451,14 +467,19 @@ class MaskedContext(TorchFunctionMode):
         out, finite = self._where(t, value, self.is_finite(t))
         return self.track(out, entry.sizes, value == 0, entry.axes, entry.batch, finite=finite)
 
-    def relu_zeroed(self, t: Tensor) -> Tensor | None:
+    def relu_zeroed(self, t: Tensor, inplace: bool = False) -> Tensor | None:
         """``relu(t)`` with zeros outside the extents, for a tensor known finite (float32/64, CPU; else ``None``).
 
         One fresh tensor instead of two (ReLU's result and the zeroed copy a later window op would make; fresh
         memory is what a masked step pays most for on the CPU), and one gradient pass instead of two: ReLU's own
-        gradient taken at the zeroed result (0 outside, the same selection as ReLU's inside)."""
+        gradient taken at the zeroed result (0 outside, the same selection as ReLU's inside). ``inplace``: written
+        into ``t`` (``nn.ReLU(inplace=True)``), for a ``t`` that is not a view."""
         if t.device.type != "cpu" or t.dtype not in _TRUSTED_DTYPES or not self.is_finite(t):
             return None
+        if inplace:
+            if t._base is not None:
+                return None
+            return _ReluZeroedInplace.apply(t, self._layout(t, t.dtype))
         return _ReluZeroed.apply(t, self._layout(t, t.dtype))
 
     def is_nonnegative(self, t: Tensor) -> bool:
