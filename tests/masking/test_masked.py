@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
@@ -607,6 +607,9 @@ class _ExpMinus(nn.Module):
        st.sampled_from([(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 1, False), (3, 2, 1, 2, False),
                         (3, 3, 1, 1, True)]),
        st.floats(-2.0, 0.5), st.booleans(), st.booleans(), st.integers(0, 1000))
+@example([(7, 9), (4, 5)], (3, 2, 1, 1, False), 0.0, False, True, 0)
+@example([(7, 9), (4, 5)], (3, 2, 1, 1, False), 0.0, False, False, 0)
+@example([(6, 6), (13, 4), (3, 9)], (3, 2, 1, 1, False), -0.5, True, True, 1)
 def test_relu_then_max_pool_equals_per_sample_runs_with_gradients(sizes, pool, bias, through_exp, inplace, seed):
     # After a ReLU the padding is zero and every value >= 0: max pooling reads those zeros instead of a -inf fill.
     # A negative conv bias makes many windows all-zero (ties between valid zeros and padding zeros: the gradient
