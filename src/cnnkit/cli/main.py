@@ -96,7 +96,8 @@ def _import_heavy(*modules: str) -> None:
     that live until the process exits. Left alone, the collector walks all of them again and again while they
     are imported, and once more at exit: for ``import lightning.pytorch`` on the 2-core benchmark host that was
     9.4 s to import and 2.4 s to exit, against 6.9 s and 0.5 s this way. (``gc.freeze`` moves what exists now into
-    a generation the collector does not visit; objects made later are collected as usual.)
+    a generation the collector does not visit; objects made later are collected as usual. The price: cyclic
+    garbage left by those imports is kept, 12,557 objects and about 7 MB for torch and Lightning here.)
     """
     gc.disable()
     try:
