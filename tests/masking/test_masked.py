@@ -647,3 +647,19 @@ def test_relu_then_max_pool_equals_per_sample_runs_with_gradients(sizes, pool, b
     for got, ref in zip(grads[1:], ref_grads[len(images):]):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
     _check_invariance(model, images, atol=1e-12)
+
+
+def test_masked_runs_under_inference_mode():
+    # Inference tensors have no version counter (which masked() reads); the call runs as no_grad instead.
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                          nn.MaxPool2d(3, 2, 1), nn.Conv2d(4, 3, 3, padding=1))
+    _randomise_bn(model)
+    model.eval()
+    images = _images([(9, 13), (6, 7), (11, 4)], channels=2)
+    with torch.inference_mode():
+        out = masked(model)(pad_batch(images))  # the batch is made inside inference mode too
+    assert not out.data.requires_grad
+    with torch.no_grad():
+        for n, img in enumerate(images):
+            ref = model(img[None])[0]
+            torch.testing.assert_close(out.data[n, :, :ref.shape[1], :ref.shape[2]], ref, atol=1e-6, rtol=1e-5)

@@ -239,6 +239,14 @@ def test_padded_batch_training(tmp_path):
     assert trainer.global_step == 12
     assert reference_loss() < 0.8 * before
     assert any(r.get("val/mean_iou") for r in _metrics_rows(trainer))
+    # Lightning's own validate() runs under torch.inference_mode (fit's validation uses no_grad): masked() must
+    # work there too, with the loss each sample alone gives.
+    (result,) = trainer.validate(task, val, verbose=False)
+    model.eval()
+    with torch.no_grad():  # each batch's loss is its pixel mean; the epoch's, the mean over batches by sample count
+        batch_means = [sum(float(F.cross_entropy(model(x[None]), y[None], reduction="sum")) for x, y in part)
+                       / sum(y.numel() for _, y in part) for part in (samples[:3], samples[3:6])]
+    assert result["val/loss"] == pytest.approx(sum(batch_means) / 2, rel=1e-5)
 
 
 def test_classification_task(tmp_path):

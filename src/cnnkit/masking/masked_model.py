@@ -132,6 +132,12 @@ class MaskedModel(nn.Module):
                 "masked(model) takes a PaddedBatch (see cnnkit.pad_batch) or a (data, sizes) tuple. "
                 f"Received {type(batch).__name__}."
             )
+        if torch.is_inference_mode_enabled():
+            # Inference tensors have no version counter, and masked() reads it to notice in-place changes (through
+            # views too): run under no_grad instead. The result is an ordinary tensor without history.
+            with torch.inference_mode(False), torch.no_grad():
+                data = batch.data.clone() if batch.data.is_inference() else batch.data
+                return self.forward(PaddedBatch(data, batch.sizes.clone()), *args, **kwargs)
         sizes = tuple(tuple(s) for s in batch.sizes.tolist())
         canvas = batch.canvas
         if any(not 1 <= s <= c for size in sizes for s, c in zip(size, canvas)):
