@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cnnkit._checks import check_int
+from cnnkit._tensors import argmax
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.models import MODELS
 from cnnkit.predict import Predictor, Preprocessing
@@ -413,7 +414,7 @@ def predict_series_files(
                                     mask=_series_mask(path))
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
         with torch.no_grad():
-            labels = model(x[None].to(device), valid[None].to(device))[0].argmax(0).to("cpu").numpy()
+            labels = argmax(model(x[None].to(device), valid[None].to(device))[0], 0).to("cpu").numpy()
         seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = _series_stem(path)

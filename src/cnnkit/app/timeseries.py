@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
+from cnnkit._tensors import argmax
 from cnnkit.app.train import holdout_split
 from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
@@ -179,7 +180,7 @@ def evaluate_series(model: nn.Module, dataset, num_classes: int, batch_size: int
                 for n, i in enumerate(batch):
                     if i in keep:
                         h, w = items[n][2].shape
-                        predictions[i] = logits[n, :, :h, :w].argmax(0)
+                        predictions[i] = argmax(logits[n, :, :h, :w], 0)
     finally:
         model.train(was_training)
     return metrics.compute(), predictions

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.masking import IGNORE_INDEX
 
@@ -127,7 +128,7 @@ class SyntheticLandCover(Dataset):
         h, w = (min(self.max_size, int(math.exp(lo + (hi - lo) * float(u))) // 4 * 4)
                 for u in torch.rand(2, generator=g))
         # land cover: arg-max of four smooth fields, then small rare-class blobs
-        label = _smooth_noise(RARE_CLASS, h, w, 16, g).argmax(dim=0)
+        label = argmax(_smooth_noise(RARE_CLASS, h, w, 16, g), 0)
         if float(torch.rand((), generator=g)) < 0.6:
             ys, xs = torch.arange(h).view(-1, 1), torch.arange(w).view(1, -1)
             for _ in range(int(torch.randint(1, 4, (), generator=g))):

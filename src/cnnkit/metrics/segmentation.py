@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.losses._common import check_finite_at, check_ignore_index, resolve_target, shape_text
 from cnnkit.masking.batch import PaddedBatch
@@ -77,7 +78,7 @@ def confusion_matrix(
                 f"(N, *spatial). Received floating preds of shape {shape_text(preds.shape)}."
             )
         shape = tuple(preds.shape)
-        labels_pred = preds.argmax(dim=1)
+        labels_pred = argmax(preds, 1)
     else:
         if preds.dtype == torch.bool or preds.is_complex() or preds.dim() < 1:
             raise ShapeError(
@@ -89,7 +90,7 @@ def confusion_matrix(
     resolved = resolve_target(target, shape, ignore_index, pad_mask)
     if preds.is_floating_point():
         check_finite_at(preds, resolved.valid, "preds")
-    true = resolved.labels if resolved.probs is None else resolved.probs.argmax(dim=1)
+    true = resolved.labels if resolved.probs is None else argmax(resolved.probs, 1)
     valid = resolved.valid
     pred = labels_pred[valid].long()
     if pred.numel() and (bool((pred < 0).any()) or bool((pred >= num_classes).any())):

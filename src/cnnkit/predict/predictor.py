@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnkit._checks import check_int
+from cnnkit._tensors import argmax
 from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import ShapeError
 from cnnkit.masking import BucketBatchSampler, masked, pad_batch
@@ -185,7 +186,7 @@ class Predictor:
         if logits.shape[0] != self.num_classes:
             raise ShapeError(f"The network returned {logits.shape[0]} classes; the run names {self.num_classes}.")
         probabilities = torch.softmax(logits, dim=0).masked_fill(~valid, 0.0)
-        labels = logits.argmax(dim=0).masked_fill(~valid, self.ignore_value)
+        labels = argmax(logits, 0).masked_fill(~valid, self.ignore_value)
         return Prediction(labels, probabilities, valid, self.ignore_value, name)
 
     def predict_image(self, image: Tensor | np.ndarray, name: str = "") -> Prediction:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from cnnkit._checks import check_choice
+from cnnkit._tensors import argmax
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.masking.batch import IGNORE_INDEX
 
@@ -200,7 +201,7 @@ def probabilities_to_labels(
                 f"Received values in [{scores.min().item():.4g}, {scores.max().item():.4g}] with sums in "
                 f"[{total.min().item():.4g}, {total.max().item():.4g}]."
             )
-    labels = scores.argmax(dim)
+    labels = argmax(scores, dim)
     if threshold is not None:
         if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
             raise ShapeError(f"threshold must be a number in (0, 1]. Received threshold={threshold!r}.")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.report.reading import evolution_states, stub_evolution
 
@@ -381,7 +382,7 @@ def predictions_section(ctx: Context) -> Section:
     for i in range(shown):
         image, label, out = ctx.images[i].cpu(), ctx.labels[i].long().cpu(), ctx.logit(i)
         valid = ctx.valid(i)
-        predicted = out.argmax(0)
+        predicted = argmax(out, 0)
         rgb = image_to_rgb(image, bands, normalize="percentile")
         if valid is not None:
             rgb[~valid.numpy()] = NODATA_COLOR

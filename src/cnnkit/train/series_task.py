@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.train.task import SegmentationTask
 
@@ -61,4 +62,4 @@ class SeriesSegmentationTask(SegmentationTask):
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Predicted labels (N, H, W)."""
         images = batch[0] if isinstance(batch, (tuple, list)) and not isinstance(batch[0], Tensor) else batch
-        return self(images).argmax(dim=1)
+        return argmax(self(images), 1)

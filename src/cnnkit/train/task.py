@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit._checks import check_choice, check_int
+from cnnkit._tensors import argmax
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
 from cnnkit.losses._common import check_class_weight, check_ignore_index
@@ -304,8 +305,8 @@ class SegmentationTask(_Task):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         logits = self(images)
         if isinstance(logits, PaddedBatch):
-            return PaddedBatch(logits.data.argmax(dim=1, keepdim=True), logits.sizes)
-        return logits.argmax(dim=1)
+            return PaddedBatch(argmax(logits.data, 1, keepdim=True), logits.sizes)
+        return argmax(logits, 1)
 
 
 class ClassificationTask(_Task):
@@ -395,7 +396,7 @@ class ClassificationTask(_Task):
                                    label_smoothing=self.label_smoothing)
         else:  # nothing counted: 0 with a zero gradient, not NaN
             loss = logits.sum() * 0.0
-        correct = (logits.argmax(dim=1)[valid] == targets[valid]).sum()
+        correct = (argmax(logits, 1)[valid] == targets[valid]).sum()
         return loss, correct, valid.sum(), len(targets)
 
     def _log_step(self, stage: str, batch) -> Tensor:
@@ -416,7 +417,7 @@ class ClassificationTask(_Task):
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Predicted labels (N,)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).argmax(dim=1)
+        return argmax(self(images), 1)
 
 
 def _detach(value: Any) -> Any:
