@@ -663,3 +663,41 @@ def test_masked_runs_under_inference_mode():
         for n, img in enumerate(images):
             ref = model(img[None])[0]
             torch.testing.assert_close(out.data[n, :, :ref.shape[1], :ref.shape[2]], ref, atol=1e-6, rtol=1e-5)
+
+
+class _UpToSkip(nn.Module):
+    """U-Net style: upsample to the skip connection's size (``size=skip.shape[-2:]``), concatenate, convolve."""
+
+    def __init__(self, factor: int, mode: str):
+        super().__init__()
+        self.factor, self.mode = factor, mode
+        self.down = nn.Sequential(nn.Conv2d(2, 3, 3, stride=factor, padding=1), nn.ReLU())
+        self.fuse = nn.Conv2d(5, 2, 3, padding=1)
+
+    def forward(self, x):
+        low = self.down(x)
+        up = F.interpolate(low, size=x.shape[-2:], mode=self.mode)
+        return self.fuse(torch.cat([up, x], dim=1))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(2, 9), st.integers(2, 9)), min_size=2, max_size=4),
+       st.sampled_from([2, 3, 4, 1.5]), st.sampled_from(["nearest", "nearest-exact"]), st.integers(0, 1000))
+@example([(5, 7), (3, 2)], 3, "nearest", 0)
+@example([(5, 7), (3, 2)], 1.5, "nearest", 0)
+def test_nearest_upsampling_then_conv_equals_per_sample_runs(sizes, factor, mode, seed):
+    # Nearest upsampling by a power of two keeps a zero padding zero (the conv after it needs no zeroed copy); by 3
+    # or 1.5 a position past the extent can read a valid input, so the padding must be zeroed again.
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=factor, mode=mode),
+                          nn.Conv2d(3, 2, 3, padding=1)).double()
+    _check_invariance(model, [img.double() for img in _images(sizes, channels=2, seed=seed)], atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_upsampling_to_the_skip_size_equals_per_sample_runs(factor, mode):
+    torch.manual_seed(factor)
+    sizes = [(4 * factor, 6 * factor), (3 * factor, 2 * factor), (2 * factor, 5 * factor)]
+    _check_invariance(_UpToSkip(factor, mode).double(), [img.double() for img in _images(sizes, channels=2)],
+                      atol=1e-12)

@@ -493,11 +493,13 @@ def _cat(ctx: MaskedContext, func, args, kwargs):
         if any(ctx.entries[t].axes != entry.axes for t in tensors):
             raise UnsupportedError(f"masked(): {op_name(func)} of padded tensors with different layouts.")
         sizes = tuple(s for t in tensors for s in ctx.entries[t].sizes)
-        return ctx.track(func(*args, **kwargs), sizes, all(ctx.is_clean(t) for t in tensors), entry.axes)
+        return ctx.track(func(*args, **kwargs), sizes, all(ctx.is_clean(t) for t in tensors), entry.axes,
+                         finite=all(ctx.is_finite(t) for t in tensors))
     if dim in entry.axes:
         raise UnsupportedError(f"masked(): {op_name(func)} along spatial dim={dim} is not supported on padded tensors.")
     _check_operands(ctx, func, tensors, tensors[0].dim())
-    return ctx.track(func(*args, **kwargs), entry.sizes, all(ctx.is_clean(t) for t in tensors), entry.axes)
+    return ctx.track(func(*args, **kwargs), entry.sizes, all(ctx.is_clean(t) for t in tensors), entry.axes,
+                     finite=all(ctx.is_finite(t) for t in tensors))
 
 
 def _pad(ctx: MaskedContext, func, args, kwargs):
@@ -588,7 +590,7 @@ def _interpolate(ctx: MaskedContext, func, args, kwargs):
             raise ShapeError(f"masked(): interpolate(scale_factor={scale}) leaves a sample empty: extents {sizes}.")
         source = _replicate_edges(x, entry.sizes) if mode in _LINEAR_MODES else x
         out = func(source, *args[1:], **{k: v for k, v in kwargs.items() if k != "input"})
-        return ctx.track(out, sizes)
+        return ctx.track(out, sizes, ctx.is_clean(x) and _nearest_keeps_zero(mode, scales), finite=ctx.is_finite(x))
     # Per-sample targets: from size= (the canvas of another padded tensor, or a multiple of this one) or from a
     # recomputed scale factor.
     if size is not None:
@@ -612,14 +614,28 @@ def _interpolate(ctx: MaskedContext, func, args, kwargs):
     same_grid = not align and not antialias and mode != "area" and all(
         o * c == s * t for size_, out_ in zip(entry.sizes, sizes)
         for s, o, c, t in zip(size_, out_, canvas, out_canvas))
+    finite = ctx.is_finite(x)  # interpolation only weighs and copies values
     if same_grid and size is not None:
         source = _replicate_edges(x, entry.sizes) if mode in _LINEAR_MODES else x
         out = F.interpolate(source, size=out_canvas, mode=mode, align_corners=align)
-        return ctx.track(out, sizes)
+        clean = ctx.is_clean(x) and _nearest_keeps_zero(mode, [t / c for t, c in zip(out_canvas, canvas)])
+        return ctx.track(out, sizes, clean, finite=finite)
     # The grid depends on each sample's own size (align_corners=True, antialias, area, a recomputed scale):
-    # run each group of samples of one extent on its own extent and place the results on one canvas.
+    # run each group of samples of one extent on its own extent and place the results on one canvas (zero-padded).
     return ctx.track(_per_extent(x, entry.sizes, sizes, out_canvas, lambda part, target: F.interpolate(
-        part, size=target, mode=mode, align_corners=align, antialias=antialias)), sizes)
+        part, size=target, mode=mode, align_corners=align, antialias=antialias)), sizes, True, finite=finite)
+
+
+def _nearest_keeps_zero(mode: str, ratios) -> bool:
+    """Whether nearest upsampling by these output/input ratios leaves zeros past every sample's extent when its input
+    has them: an integer power of two (an exact reciprocal, so position ``o ≥ r·i`` reads ``floor(o / r) ≥ i``)."""
+    if mode not in ("nearest", "nearest-exact"):
+        return False
+    for r in ratios:
+        r = float(r)
+        if r < 1 or not r.is_integer() or int(r) & (int(r) - 1):
+            return False
+    return True
 
 
 def _per_extent(x: Tensor, in_sizes: Sizes, out_sizes: Sizes, out_canvas: tuple[int, ...], fn):
