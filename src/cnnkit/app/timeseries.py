@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
-from cnnkit.app.train import holdout_split
+from cnnkit.app.train import holdout_split, validation_period
 from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights
@@ -449,7 +449,7 @@ def train_series(
     fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
         accelerator=accelerator, devices=devices, progress=progress, callbacks=[_NewCrops()],
         enable_model_summary=False, num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-        check_val_every_n_epoch=max(d for d in range(1, min(val_every, epochs) + 1) if epochs % d == 0))
+        check_val_every_n_epoch=validation_period(val_every, epochs))
     net.to(torch.device(device))
 
     # held-out: the series with the most classes first in the report's pictures

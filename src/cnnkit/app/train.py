@@ -49,7 +49,8 @@ from cnnkit.report import write_report
 from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
 from cnnkit.train.rundir import prepare_run_dir, write_manifest
 
-__all__ = ["SegmentationRun", "evaluate", "majority_baseline", "padding_shares", "train_folder", "train_segmentation"]
+__all__ = ["SegmentationRun", "evaluate", "majority_baseline", "padding_shares", "train_folder", "train_segmentation",
+           "validation_period"]
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -226,6 +227,16 @@ def _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, major
                          rows=rows, id="heldout", replaces=("iou",))
 
 
+def validation_period(val_every: int, epochs: int) -> int:
+    """The largest period ≤ ``val_every`` that divides ``epochs``, so that the last epoch validates.
+
+    Examples:
+        >>> validation_period(2, 24), validation_period(12, 36), validation_period(5, 16), validation_period(3, 1)
+        (2, 12, 4, 1)
+    """
+    return max(d for d in range(1, min(val_every, epochs) + 1) if epochs % d == 0)
+
+
 def train_segmentation(
     train,
     heldout,
@@ -257,6 +268,7 @@ def train_segmentation(
     sample_names: Sequence[str] | None = None,
     band_names: Sequence[str] | None = None,
     rgb_bands: Sequence[int] | None = None,
+    val_every: int = 1,
 ) -> SegmentationRun:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -303,6 +315,8 @@ def train_segmentation(
         band_names: A name per input channel, for the report (the last is the validity band when
             ``preprocessing`` says so).
         rgb_bands: Channels the report draws as red, green, blue (see :func:`cnnkit.report.write_report`).
+        val_every: Validate on ``heldout`` at most every this many epochs, on a period that divides ``epochs`` (so
+            that the last epoch validates); the final evaluation always runs.
 
     Returns:
         A :class:`SegmentationRun`.
@@ -315,7 +329,7 @@ def train_segmentation(
 
     start = time.perf_counter()
     for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
-                             ("batch_size", batch_size, 1), ("crop_size", crop_size, 4)):
+                             ("batch_size", batch_size, 1), ("crop_size", crop_size, 4), ("val_every", val_every, 1)):
         check_int(value, name, low)
     if not 0 <= rare_below < 1:
         raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
@@ -397,7 +411,8 @@ def train_segmentation(
         log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
     fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
         accelerator=accelerator, devices=devices, progress=progress, callbacks=callbacks, enable_model_summary=False,
-        num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None)
+        num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
+        check_val_every_n_epoch=validation_period(val_every, epochs))
     net.to(torch.device(device))
 
     result = evaluate(net, heldout, num_classes, batch_size, device)
