@@ -175,6 +175,7 @@ def test_quiet_output_one_line_per_epoch(tmp_path):
     for noise in ("GPU available", "TPU available", "litlogger", "Loading `train_dataloader`", "LeafSpec",
                   "Trainer.fit stopped", "v_num", "FLOPs"):
         assert noise not in text, noise
-    assert re.search(r"^epoch 1/2  train loss [0-9.]+  val loss [0-9.]+  val mean IoU [0-9.]+  [0-9.]+ s$", text,
+    # the demo validates every other epoch: held-out figures on epoch 2 only
+    assert re.search(r"^epoch 1/2  train loss [0-9.]+  [0-9.]+ s$", text, re.M), text
+    assert re.search(r"^epoch 2/2  train loss [0-9.]+  val loss [0-9.]+  val mean IoU [0-9.]+  [0-9.]+ s$", text,
                      re.M), text
-    assert "epoch 2/2" in text
