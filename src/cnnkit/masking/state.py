@@ -228,8 +228,8 @@ class _ReluZeroed(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
-class _ReluZeroedInplace(torch.autograd.Function):
-    """:class:`_ReluZeroed` written into ``x`` (what ``relu_`` would change, and the padding)."""
+class _ReluZeroedInplace(_ReluZeroed):
+    """:class:`_ReluZeroed` written into ``x`` (what ``relu_`` would change, and the padding); the same gradient."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -237,11 +237,6 @@ class _ReluZeroedInplace(torch.autograd.Function):
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
 # -- the context every rule works with -------------------------------------------------------------------
