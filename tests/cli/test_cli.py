@@ -247,11 +247,13 @@ def test_train_help_names_the_series_layout():
     assert "series/" in result.output and "--time-series" in result.output
 
 
-def test_heavy_imports_freeze_what_they_import_and_leave_the_collector_on():
+def test_heavy_imports_freeze_what_they_import_and_leave_the_collector_on(monkeypatch):
     import gc
 
+    from cnnkit.cli import main as cli_main
     from cnnkit.cli.main import _import_heavy
 
+    monkeypatch.setattr(cli_main, "_FREEZE", True)  # as in the `cnnkit` process (main() sets it)
     sys.modules.pop("colorsys", None)
     gc.unfreeze()
     try:
@@ -262,6 +264,16 @@ def test_heavy_imports_freeze_what_they_import_and_leave_the_collector_on():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_heavy_imports_inside_another_process_freeze_nothing():
+    import gc
+
+    from cnnkit.cli.main import _import_heavy
+
+    gc.unfreeze()
+    _import_heavy("colorsys")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_heavy_imports_reenable_the_collector_when_an_import_fails():

@@ -104,8 +104,15 @@ def _import_heavy(*modules: str) -> None:
         for module in modules:
             importlib.import_module(module)
     finally:
-        gc.freeze()
+        if _FREEZE:
+            gc.freeze()
         gc.enable()
+
+
+_FREEZE = False
+"""Set by :func:`main`: only the ``cnnkit`` process freezes its objects. A command run inside another process
+(typer's ``CliRunner`` in the tests) leaves that process's collector as it found it (a pytest process that had
+frozen every object of 1,500 tests crashed at exit)."""
 
 
 _TRAINING = ("torch", "lightning.pytorch")
@@ -532,5 +539,7 @@ def report(
 
 def main() -> None:
     """Entry point of the ``cnnkit`` script."""
+    global _FREEZE
+    _FREEZE = True
     atexit.register(gc.freeze)  # at exit, the collector's last pass need not walk every object torch made
     app()
