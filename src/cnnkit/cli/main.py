@@ -89,8 +89,15 @@ _THREADS = ("CPU threads (default: the cores this process may use, less those bu
 _VERBOSE = "Show Lightning's own messages and warnings too."
 
 
+_FREEZE = False
+"""Set by :func:`main`: only the ``cnnkit`` process freezes its objects. A command run inside another process
+(typer's ``CliRunner`` in the tests) leaves that process's collector as it found it (a pytest process that had
+frozen every object of 1,500 tests crashed at exit)."""
+
+
 def _import_heavy(*modules: str) -> None:
-    """Import torch-side libraries with Python's cycle collector paused, then exempt them from later collections.
+    """Import torch-side libraries with Python's cycle collector paused; in the ``cnnkit`` process (:data:`_FREEZE`)
+    exempt them from later collections too.
 
     torch, Lightning, torchmetrics (and torchvision, sympy, scipy, which they pull in) create millions of objects
     that live until the process exits. Left alone, the collector walks all of them again and again while they
@@ -107,12 +114,6 @@ def _import_heavy(*modules: str) -> None:
         if _FREEZE:
             gc.freeze()
         gc.enable()
-
-
-_FREEZE = False
-"""Set by :func:`main`: only the ``cnnkit`` process freezes its objects. A command run inside another process
-(typer's ``CliRunner`` in the tests) leaves that process's collector as it found it (a pytest process that had
-frozen every object of 1,500 tests crashed at exit)."""
 
 
 _TRAINING = ("torch", "lightning.pytorch")
