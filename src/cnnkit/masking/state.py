@@ -212,33 +212,6 @@ class _Select(torch.autograd.Function):
         return _select(grad, ctx.weight, ctx.outside, 0), None, None, None, None
 
 
-class _ReluZeroed(torch.autograd.Function):
-    """``relu(x) · weight`` (``weight``: the 0/1 mask) for a finite ``x``, with ReLU's gradient at that result:
-    ``grad`` where the result is positive, 0 elsewhere (outside the extents included)."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        out = torch.relu(x).mul_(weight)  # relu(x) inside the extents, its sign of zero kept
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0), None
-
-
-class _ReluZeroedInplace(_ReluZeroed):
-    """:class:`_ReluZeroed` written into ``x`` (what ``relu_`` would change, and the padding); the same gradient."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        x.relu_().mul_(weight)
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(x)
-        return x
-
-
 # -- the context every rule works with -------------------------------------------------------------------
 
 
@@ -465,17 +438,23 @@ class MaskedContext(TorchFunctionMode):
     def relu_zeroed(self, t: Tensor, inplace: bool = False) -> Tensor | None:
         """``relu(t)`` with zeros outside the extents, for a tensor known finite (float32/64, CPU; else ``None``).
 
-        One fresh tensor instead of two (ReLU's result and the zeroed copy a later window op would make; fresh
-        memory is what a masked step pays most for on the CPU), and one gradient pass instead of two: ReLU's own
-        gradient taken at the zeroed result (0 outside, the same selection as ReLU's inside). ``inplace``: written
-        into ``t`` (``nn.ReLU(inplace=True)``), for a ``t`` that is not a view."""
+        ReLU's own result, zeroed outside the extents in place through ``.data``: one fresh tensor instead of two
+        (ReLU's result and the zeroed copy a later window op would make; fresh memory is what a masked step pays
+        most for on the CPU), and ReLU's own gradient node, whose formula reads that saved result
+        (``threshold_backward(grad, result, 0)``): ``grad`` where the zeroed result is positive, so 0 outside the
+        extents and ReLU's selection inside, with no gradient pass of its own. Writing through ``.data`` leaves
+        the version counter alone (the saved result is meant to be the zeroed one). ``inplace``: written into
+        ``t`` (``nn.ReLU(inplace=True)``), for a ``t`` that is not a view."""
         if t.device.type != "cpu" or t.dtype not in _TRUSTED_DTYPES or not self.is_finite(t):
             return None
         if inplace:
             if t._base is not None:
                 return None
-            return _ReluZeroedInplace.apply(t, self._layout(t, t.dtype))
-        return _ReluZeroed.apply(t, self._layout(t, t.dtype))
+            out = torch.relu_(t)
+        else:
+            out = torch.relu(t)
+        out.data.mul_(self._layout(t, t.dtype))  # relu(t) inside the extents, its sign of zero kept
+        return out
 
     def is_nonnegative(self, t: Tensor) -> bool:
         """Whether every value of ``t`` (padding included) is known >= 0 (and ``t`` unchanged since)."""
@@ -541,6 +520,9 @@ class MaskedContext(TorchFunctionMode):
             raise located from None
         finally:
             self.busy -= 1
+            # Hold no argument past the call: a tensor kept alive until the next op cannot lend its memory to that
+            # op's result, and fresh memory (page faults) is what a CPU step pays most for.
+            self.padded = []
 
     def _module_path(self) -> tuple[str | None, str]:
         """The path of the innermost module of the model on the stack (``""``: the model itself; ``None``: none)
