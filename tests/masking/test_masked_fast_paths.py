@@ -240,3 +240,28 @@ def test_relu_of_a_known_finite_tensor_is_zeroed_outside_with_relu_gradients():
             torch.testing.assert_close(out.unpad()[n], y[0], rtol=1e-12, atol=1e-12)
         for name, p in model.named_parameters():
             torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12, msg=f"{name}, inplace={inplace}")
+
+
+def test_second_derivatives_through_the_zeroed_relu_equal_per_sample_runs():
+    # A gradient penalty (the input gradient's squared norm, differentiated again): ReLU's zeroed result is what its
+    # gradient node reads, also when that gradient is itself differentiated. Reference: each sample alone.
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1),
+                        nn.Softplus(), nn.Conv2d(2, 1, 3, padding=1)).double().eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)  # padding after the batch norm is non-zero before the ReLU
+    images = [x.requires_grad_() for x in _images(seed=11)]
+
+    def penalty_grads(outputs, inputs, masks):
+        total = sum(o.square().sum() for o in outputs)
+        grads = torch.autograd.grad(total, inputs, create_graph=True)
+        penalty = sum((g * m).square().sum() for g, m in zip(grads, masks))  # at valid input positions
+        return torch.autograd.grad(penalty, list(net.parameters()))
+
+    batch = pad_batch(images)
+    data = batch.data.detach().requires_grad_()
+    out = masked(net)(type(batch)(data, batch.sizes))
+    got = penalty_grads([out.data * out.mask()], [data], [batch.mask()])
+    want = penalty_grads([net(x[None]) for x in images], images, [1] * len(images))
+    for g, w, (name, _) in zip(got, want, net.named_parameters()):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=name)

@@ -25,6 +25,7 @@ from cnnkit.masking.state import (
     Entry,
     MaskedContext,
     Sizes,
+    argument,
     bind,
     canonical_axes,
     op_name,
@@ -103,6 +104,15 @@ def _check_operands(ctx: MaskedContext, func, operands, out_dim: int) -> Entry:
 
 
 def _binary(ctx: MaskedContext, func, args, kwargs):
+    if len(args) == 2 and not kwargs and func in _ops.ADD:  # a residual sum: two padded tensors of one layout
+        a_, o_ = args
+        padded = ctx.padded
+        if len(padded) == 2 and padded[0] is a_ and padded[1] is o_ and a_.shape == o_.shape:
+            first, second = ctx.entries[a_], ctx.entries[o_]
+            if first.sizes == second.sizes and first.axes == second.axes and first.batch == second.batch:
+                clean = ctx.is_clean(a_) and ctx.is_clean(o_)  # before an in-place sum changes a_
+                finite = ctx.is_finite(a_) and ctx.is_finite(o_)
+                return ctx.track(func(a_, o_), first.sizes, clean, first.axes, first.batch, finite=finite)
     b = bind(func, args, kwargs)
     a_, o_ = b.get("input"), b.get("other")
     operands = [a_, o_]
@@ -173,15 +183,24 @@ def _reads_outside(in_sizes: Sizes, out_sizes: Sizes, kernel, stride, dilation, 
     return False
 
 
-def _conv_plan(ctx: MaskedContext, func, in_sizes: Sizes, k, stride, padding, dilation):
-    key = (func, in_sizes, k, stride, padding, dilation)
-    plan = ctx.cache.get(key)
+def _conv_plan(ctx: MaskedContext, func, in_sizes: Sizes, weight: Tensor, stride, padding, dilation):
+    """``(output extents, whether any valid output reads past its sample's extent)``, cached per call geometry (the
+    arguments as given: nn.ConvNd passes the same tuples every call)."""
+    try:
+        key = (func, in_sizes, weight.shape, stride, padding, dilation)
+        plan = ctx.cache.get(key)
+    except TypeError:  # a list among the arguments
+        key, plan = None, None
     if plan is None:
+        n = weight.dim() - 2
+        k, stride, dilation = tuple(weight.shape[2:]), _tuple(stride, n), _tuple(dilation, n)
+        padding = padding if isinstance(padding, str) else _tuple(padding, n)
         sizes = _window_sizes(conv_output_size, in_sizes, k, stride, padding, dilation)
         before = [tuple(lo for lo, _ in padding_amounts(size, k, stride, padding, dilation)) for size in in_sizes] if (
             isinstance(padding, str)) else [padding] * len(in_sizes)
         plan = (sizes, _reads_outside(in_sizes, sizes, k, stride, dilation, before))
-        ctx.cache[key] = plan
+        if key is not None:
+            ctx.cache[key] = plan
     return plan
 
 
@@ -196,15 +215,17 @@ def _windowed_input(ctx: MaskedContext, func, args, kwargs):
 
 
 def _conv(ctx: MaskedContext, func, args, kwargs):
-    b, x, weight, n = _windowed_input(ctx, func, args, kwargs)
-    padding = b.get("padding", 0)
-    padding = padding if isinstance(padding, str) else _tuple(padding, n)
-    sizes, reads = _conv_plan(ctx, func, ctx.entries[x].sizes, tuple(weight.shape[2:]),
-                              _tuple(b.get("stride", 1), n), padding, _tuple(b.get("dilation", 1), n))
+    if len(args) == 7 and not kwargs and len(ctx.padded) == 1 and args[0] is ctx.padded[0]:
+        # nn.ConvNd's own call, (input, weight, bias, stride, padding, dilation, groups): no binding needed
+        x, weight, _, stride, padding, dilation, _ = args
+        _require_canonical(ctx, func, x)
+    else:
+        b, x, weight, _ = _windowed_input(ctx, func, args, kwargs)
+        stride, padding, dilation = b.get("stride", 1), b.get("padding", 0), b.get("dilation", 1)
+    sizes, reads = _conv_plan(ctx, func, ctx.entries[x].sizes, weight, stride, padding, dilation)
     if reads:
         x = ctx.zeros_outside(x)
-        args = (x, *args[1:]) if args else args
-        kwargs = {**kwargs, "input": x} if "input" in kwargs else kwargs
+        args, kwargs = replace_input(args, kwargs, x)
     return ctx.track(func(*args, **kwargs), sizes, finite=ctx.is_finite(x))
 
 
@@ -390,14 +411,15 @@ def _reduce(ctx: MaskedContext, func, args, kwargs):
 
 
 def _batch_norm(ctx: MaskedContext, func, args, kwargs):
-    b = bind(func, args, kwargs)  # torch.batch_norm and F.batch_norm order their arguments differently
-    x = b["input"]
-    if not ctx.is_padded(x) or len(ctx.padded) != 1:
+    # torch.batch_norm and F.batch_norm order their arguments differently: read by name
+    x = argument(func, args, kwargs, "input")
+    if len(ctx.padded) != 1 or x is not ctx.padded[0]:
         raise UnsupportedError(f"masked(): {op_name(func)} with a padded weight or statistic.")
     _require_canonical(ctx, func, x)
     entry = ctx.entries[x]
-    if not b.get("training", False):
+    if not argument(func, args, kwargs, "training"):
         return ctx.track(func(*args, **kwargs), entry.sizes, finite=ctx.is_finite(x))
+    b = bind(func, args, kwargs)
     out = masked_batch_norm(x, ctx.mask(x), b.get("running_mean"), b.get("running_var"), b.get("weight"),
                             b.get("bias"), b.get("momentum", 0.1) if b.get("momentum") is not None else 0.1,
                             b.get("eps", 1e-5), ctx.process_group)
