@@ -265,3 +265,24 @@ def test_second_derivatives_through_the_zeroed_relu_equal_per_sample_runs():
     want = penalty_grads([net(x[None]) for x in images], images, [1] * len(images))
     for g, w, (name, _) in zip(got, want, net.named_parameters()):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_the_input_check_buffer_is_per_thread_and_bounded():
+    # The padding check writes into a buffer kept between calls: one per thread (two threads checking two batches
+    # at once must not share it), the same memory again on one thread, and none kept for inputs over the limit.
+    import threading
+
+    from cnnkit.masking import masked_model
+
+    x = torch.zeros(2, 3, 4, 5)
+    first, again = masked_model._scratch_like(x), masked_model._scratch_like(x[:1])
+    assert first.shape == x.shape and again.shape == (1, 3, 4, 5)
+    assert first.data_ptr() == again.data_ptr()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(masked_model._scratch_like(x).data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != first.data_ptr()
+    big = torch.empty(masked_model._SCRATCH_LIMIT + 1)
+    assert masked_model._scratch_like(big).shape == big.shape
+    assert masked_model._scratch_like(x).data_ptr() == first.data_ptr()  # the large one was not kept
