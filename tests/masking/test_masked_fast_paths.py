@@ -286,3 +286,19 @@ def test_the_input_check_buffer_is_per_thread_and_bounded():
     big = torch.empty(masked_model._SCRATCH_LIMIT + 1)
     assert masked_model._scratch_like(big).shape == big.shape
     assert masked_model._scratch_like(x).data_ptr() == first.data_ptr()  # the large one was not kept
+
+
+def test_a_valid_negative_zero_keeps_its_sign_through_the_fill_before_a_reciprocal():
+    # Before an op singular at 0 the padding is filled with 1; a valid −0.0 must stay −0.0 (1/−0.0 = −inf, as the
+    # sample alone gives), not become +0.0 (+inf). Reference: each sample alone, compared with signs of infinities.
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.reciprocal(torch.neg(x))  # −(+0.0) = −0.0 at the valid zeros
+
+    images = [torch.tensor([[[0.0, 2.0], [0.0, -4.0]]], dtype=torch.float64),
+              torch.tensor([[[0.0, 1.0, 0.5]]], dtype=torch.float64)]
+    out = masked(Net())(pad_batch(images))
+    for got, x in zip(out.unpad(), images):
+        want = Net()(x[None])[0]
+        assert bool((want[x == 0] == -math.inf).all())
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -168,8 +168,8 @@ _TRUSTED_DTYPES = (torch.float32, torch.float64)  # overflow to inf from finite 
 
 
 def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float, report: list | None = None) -> Tensor:
-    """``torch.where(weight != 0, x, value)`` as ``x · weight (+ value · outside)`` (``weight``: the 0/1 mask in x's
-    dtype, ``outside = 1 − weight``).
+    """``torch.where(weight != 0, x, value)``, for ``value`` 0 as ``x · weight`` and for −inf as ``x · weight + fill ·
+    outside`` (``weight``: the 0/1 mask in x's dtype, ``outside = 1 − weight``); other values select.
 
     Equal to the selection wherever ``x`` is finite; a NaN or inf anywhere in ``x`` makes the product's sum
     non-finite, and then ``torch.where`` runs. ``value=-inf`` (max pooling) becomes a finite value below every
@@ -192,10 +192,10 @@ def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float, report: li
             return y.add_(outside, alpha=fill)
         if math.isfinite(fill) and fill > torch.finfo(x.dtype).min and not math.isnan(high):
             return y.add_(outside, alpha=fill)
-    elif _sum_is_finite(y):
-        if report is not None and math.isfinite(value):
-            report.append(True)
-        return y.add_(outside, alpha=value)
+    elif report is not None and math.isfinite(value) and _sum_is_finite(y):
+        report.append(True)
+    # Other fills (1 before the ops singular at 0) select: y + value·outside would add +0.0 to a valid −0.0, giving
+    # +0.0, and 1/x would be +inf where the sample alone gives −inf.
     return torch.where(weight.bool(), x, value)
 
 
