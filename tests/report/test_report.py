@@ -403,6 +403,36 @@ def test_rows_are_named_and_samples_may_differ_in_size(tmp_path):
         write_report(tmp_path, model=net, samples=samples, sample_names=["a"], report_dir=tmp_path / "x")
 
 
+def test_a_large_scene_is_drawn_as_its_central_crop_and_the_page_says_so(tmp_path):
+    """A 530 × 40 segmentation sample is run and drawn as its central 512 rows (rows 9 to 520: the true-label panel's
+    rows follow the label map's bands from row 9 on); the row and the intro say so; a small sample is left whole."""
+    import numpy as np
+
+    from cnnkit.report.sections import MAX_SIDE
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    big = torch.randn(3, MAX_SIDE + 18, 40)
+    rows = torch.arange(MAX_SIDE + 18)
+    big_label = ((rows // 7) % 2)[:, None].expand(-1, 40).clone()  # bands of 7 rows: shows where the crop starts
+    small = torch.randn(3, 12, 10)
+    with pytest.warns(UserWarning, match="no logs"):
+        path = write_report(tmp_path, model=net, samples=[(big, big_label), (small, (small[0] > 0).long())],
+                            class_names=["dry", "wet"], sample_names=["scene.tif", "chip.tif"])
+    page = _look(path)
+    colour = {text: np.array(color) for color, text in page.swatches["labels"]}
+    true_panels = {p["alt"]: _pixels(path.parent / p["src"]) for p in page.panels if p["alt"].endswith("true labels")}
+    drawn = true_panels["scene.tif: true labels"]
+    assert drawn.shape[:2] == (MAX_SIDE, 40)
+    expected = big_label[9:9 + MAX_SIDE, 0].numpy()
+    for r in (0, 1, 5, 6, 300, MAX_SIDE - 1):
+        assert (drawn[r, 0] == colour[f"{expected[r]}: {['dry', 'wet'][expected[r]]}"]).all(), r
+    assert true_panels["chip.tif: true labels"].shape[:2] == (12, 10)
+    text = path.read_text(encoding="utf-8")
+    assert f"{MAX_SIDE}×40 px (the central crop of {MAX_SIDE + 18}×40)" in text
+    assert f"as their central {MAX_SIDE}×{MAX_SIDE} crop" in text
+
+
 def test_sections_without_a_model_keep_working(tmp_path):
     """What a run without an image model writes: its own sections and the training curves."""
     folder = tmp_path / "logs" / "version_0"

@@ -24,7 +24,7 @@ from torch import nn
 
 from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError
 from cnnkit.report.reading import evolution_states, read_metrics
-from cnnkit.report.sections import Context, ReportSection, Writer, build_sections
+from cnnkit.report.sections import Context, ReportSection, Writer, build_sections, central_crop
 
 __all__ = ["REPORT_DIR", "write_report"]
 
@@ -84,7 +84,9 @@ def write_report(
         model: The network (not the Lightning task), for the summary and every sample-based section.
         input_shape: One sample's shape without batch, for the summary; default the first sample's shape.
         samples: ``[(image (C, H, W), label), …]``; label is an (H, W) label map (segmentation; −100 is
-            unlabelled) or an int class. Samples may differ in size. The first 8 get a row; t-SNE uses all.
+            unlabelled) or an int class. Samples may differ in size. The first 8 get a row; t-SNE uses all. A
+            segmentation sample longer than 512 px on a side is used as its central 512×512 crop (the page says
+            so).
         class_names: Names by class index, for the legend, Grad-CAM captions and the IoU table.
         title: Page title (default: the run folder's name).
         evolution: A :class:`~cnnkit.inspect.FilterEvolution` to draw instead of the one in ``last.ckpt``.
@@ -155,11 +157,15 @@ def write_report(
     device = next((p.device for p in model.parameters()), torch.device("cpu")) if model is not None else None
     images = [torch.as_tensor(s[0]).float().to(device) for s in samples or ()] if model is not None else []
     labels = [torch.as_tensor(s[1]) for s in samples or ()] if model is not None else []
+    full_sizes = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        images[i], labels[i], cut = central_crop(image, label)
+        full_sizes.append(tuple(image.shape[1:]) if cut else None)
     channels = images[0].shape[0] if images else None
     context = Context(run, rows, writer, model=model, input_shape=input_shape, images=images, labels=labels,
                       names=names or [f"sample {i}" for i in range(len(images))], class_names=class_names,
                       band_names=_check_names(band_names, "band_names", channels) or [],
-                      validity_band=validity_band, rgb_bands=rgb_bands, evolution=evolution)
+                      validity_band=validity_band, rgb_bands=rgb_bands, evolution=evolution, full_sizes=full_sizes)
     parts = build_sections(context, sections)
     html = _render_html({"title": title if title is not None else run.resolve().name, "run_dir": str(run),
                          "sections": parts})

@@ -25,11 +25,12 @@ from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.report.reading import evolution_states, stub_evolution
 
-__all__ = ["BUILDERS", "Context", "ReportSection", "Section", "Writer", "build_sections"]
+__all__ = ["BUILDERS", "Context", "ReportSection", "Section", "Writer", "build_sections", "central_crop"]
 
 MAX_ROWS = 8  # samples drawn one row each (true / predicted / errors / confidence)
 MAX_GRADCAM = 4
 MAX_ACTIVATION_LAYERS = 4
+MAX_SIDE = 512  # segmentation samples larger than this are drawn (and run) as their central crop of this side
 TSNE_PER_CLASS = 500  # pixels drawn per class for the t-SNE (stratified)
 MAX_TSNE_SAMPLES = 32  # samples whose pixels the t-SNE draws from
 IGNORE = -100  # what collate_padded pads label maps with; never drawn as a class
@@ -206,6 +207,7 @@ class Context:
     validity_band: bool = False
     rgb_bands: Sequence[int] | None = None
     evolution: Any = None
+    full_sizes: list[tuple[int, ...] | None] = field(default_factory=list)  # before the crop to MAX_SIDE, if any
     _logits: dict[int, Tensor] = field(default_factory=dict)
 
     @property
@@ -229,6 +231,25 @@ class Context:
 
     def num_classes(self) -> int:
         return self.logit(0).shape[0]
+
+
+def central_crop(image: Tensor, label: Tensor, max_side: int = MAX_SIDE) -> tuple[Tensor, Tensor, bool]:
+    """``image`` (C, H, W) and its label map (H, W) cut to their central ``max_side`` × ``max_side`` (each side only
+    if longer), and whether anything was cut: a report draws five panels per sample and runs the model on each
+    whole sample, which for a scene of thousands of pixels a side means gigabytes of activations and pictures
+    nobody can look at. Other labels (a class, or a 1-D map) are returned as they are.
+
+    Examples:
+        >>> image, label, cut = central_crop(torch.zeros(3, 600, 100), torch.zeros(600, 100), 512)
+        >>> tuple(image.shape), tuple(label.shape), cut
+        ((3, 512, 100), (512, 100), True)
+    """
+    if image.dim() != 3 or label.dim() != 2 or max(image.shape[1:]) <= max_side:
+        return image, label, False
+    h, w = image.shape[1:]
+    top, left = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    rows, cols = slice(top, top + max_side), slice(left, left + max_side)
+    return image[:, rows, cols], label[rows, cols], True
 
 
 def _conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -404,11 +425,18 @@ def predictions_section(ctx: Context) -> Section:
         labelled = label != IGNORE
         right = int((labelled & (predicted == label)).sum())
         total = int(labelled.sum())
-        text = f"{image.shape[-2]}×{image.shape[-1]} px, {right / total:.1%} of {total} labelled pixels right" \
-            if total else f"{image.shape[-2]}×{image.shape[-1]} px, no labelled pixel"
+        full = ctx.full_sizes[i] if i < len(ctx.full_sizes) else None
+        shape = f"{image.shape[-2]}×{image.shape[-1]} px" + (
+            f" (the central crop of {full[0]}×{full[1]})" if full is not None else "")
+        text = f"{shape}, {right / total:.1%} of {total} labelled pixels right" if total else \
+            f"{shape}, no labelled pixel"
         section.rows.append(SampleRow(ctx.names[i], panels, text))
     more = f" (the first {shown} of {len(ctx.images)})" if shown < len(ctx.images) else ""
     nodata_text = " No data: where the validity band is 0 (the last input band)." if ctx.validity_band else ""
+    if any(full is not None for full in ctx.full_sizes):
+        nodata_text += (f" Samples longer than {MAX_SIDE} px on a side are shown, and were run through the model for "
+                        f"this page, as their central {MAX_SIDE}×{MAX_SIDE} crop (its border pixels lack the "
+                        "context the whole scene would give them).")
     section.intro = (f"One row per sample{more}. Image: bands{_band_text(ctx, bands)}, each stretched between its "
                      "2nd and 98th percentile. The label, error and confidence panels are opaque (nothing blended): "
                      f"every pixel has exactly one colour of the legends above.{nodata_text} Panels are enlarged "
