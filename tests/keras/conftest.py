@@ -214,7 +214,8 @@ class KerasOracle:
 
         The script writes ``OUT/<name>/…`` and prints one JSON line per name with ``"ok"`` and, if not,
         ``"error"``; ``names`` (all the script's cases if ``None``) are passed after ``OUT``. The cache is
-        ``~/.cache/cnnkit/keras-apps/<oracle>-<version>-<script hash>/<kind>`` (``CNNKIT_CACHE`` moves it).
+        ``~/.cache/cnnkit/keras-apps/<oracle>-<version>-<script hash>/<kind>`` (``CNNKIT_CACHE`` moves it). Named
+        cases the oracle refused are asked again on every run (only the files of its successes are kept).
         """
         import hashlib
         import json
@@ -227,9 +228,11 @@ class KerasOracle:
         done = cache / ".done"
         if names is None:
             missing = [] if done.exists() else None
-        else:
-            missing = [n for n in names if not (cache / n / "io.npz").exists()
-                       and not (cache / n / "error.txt").exists()]
+        else:  # a refusal is asked again on every run: a failure of the child's own (memory, a killed process)
+            # must not be kept as the oracle's answer until someone deletes the cache
+            missing = [n for n in names if not (cache / n / "io.npz").exists()]
+            for n in missing:
+                (cache / n / "error.txt").unlink(missing_ok=True)
         if missing is None or missing:
             proc = self.run([str(script), *self.flags, *flags, str(cache), *(missing or [])], timeout=3600)
             records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
