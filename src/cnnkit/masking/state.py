@@ -562,16 +562,8 @@ def _padded_in(values, by_id: dict, padded: list | None) -> list | None:
                 else:
                     padded.append(a)
         elif isinstance(a, (list, tuple)):
-            for b in a:  # one level inline (stride tuples, torch.cat's list): most calls need no recursion
-                if isinstance(b, Tensor):
-                    entry = by_id.get(id(b))
-                    if entry is not None and entry.ref() is b:
-                        if padded is None:
-                            padded = [b]
-                        else:
-                            padded.append(b)
-                elif isinstance(b, (list, tuple, dict)):
-                    padded = _padded_in((b,), by_id, padded)
+            if a:
+                padded = _padded_in(a, by_id, padded)
         elif isinstance(a, dict) and a:
             padded = _padded_in(a.values(), by_id, padded)
     return padded
