@@ -286,3 +286,34 @@ def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(t
     with pytest.raises(ValueError, match="band_count"):
         read_series(dates)
     assert read_series(dates, band_count=stack.shape[1])[0].shape == (2, *stack.shape[1:])
+
+
+def test_series_label_tiffs_carry_the_inputs_georeferencing(trained, tmp_path):
+    """A GeoTIFF stack, and a folder of GeoTIFF dates, give label TIFFs with the same georeferencing tags (pixel
+    scale, tie point) and the same labels as the untagged stack, their nodata the label 255 rather than the input's
+    -9999; a stack without tags gives no georeferencing (and the same nodata label)."""
+    root, out, _, _ = trained
+    stack = tifffile.imread(sorted((root / "series").iterdir())[0])  # (T, C, H, W)
+    tags = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
+            (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
+            (42113, "s", 0, "-9999", True)]
+    inputs = tmp_path / "in"
+    (inputs / "dated").mkdir(parents=True)
+    tifffile.imwrite(inputs / "geo.tif", stack, photometric="minisblack", extratags=tags)
+    tifffile.imwrite(inputs / "plain.tif", stack, photometric="minisblack")
+    for t, frame in enumerate(stack):
+        tifffile.imwrite(inputs / "dated" / f"2020-0{t + 1}.tif", frame, photometric="minisblack", extratags=tags)
+    result = runner.invoke(app, ["predict", str(out), str(inputs / "geo.tif"), str(inputs / "plain.tif"),
+                                 str(inputs / "dated"), "--out", str(tmp_path / "p")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    plain = tifffile.imread(tmp_path / "p" / "plain_labels.tif")
+    for stem in ("geo", "dated"):
+        with tifffile.TiffFile(tmp_path / "p" / f"{stem}_labels.tif") as tif:
+            page = tif.pages[0]
+            assert page.tags[33550].value == (10.0, 10.0, 0.0), stem
+            assert page.tags[33922].value == (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), stem
+            assert page.tags[42113].value == "255", stem  # the label map's own no-data label, not the input's
+            np.testing.assert_array_equal(page.asarray(), plain)
+    with tifffile.TiffFile(tmp_path / "p" / "plain_labels.tif") as tif:
+        assert not any(code in tif.pages[0].tags for code in (33550, 33922))
+        assert tif.pages[0].tags[42113].value == "255"

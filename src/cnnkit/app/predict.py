@@ -33,7 +33,7 @@ from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.models import MODELS
 from cnnkit.predict import Predictor, Preprocessing
 from cnnkit.predict.outputs import palette_png, side_by_side, write_tiff
-from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, create_tiff, open_scene
+from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, create_tiff, geo_tags, open_scene
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
 __all__ = ["PredictionRun", "expand_inputs", "expand_series_inputs", "is_series_run", "load_predictor",
@@ -269,7 +269,7 @@ def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: P
     written = [palette_png(out / f"{stem}_labels.png", labels, predictor.num_classes, predictor.palette,
                            predictor.ignore_value)]
     if tiff:
-        written.append(write_tiff(out / f"{stem}_labels.tif", labels, scene.geo_tags))
+        written.append(write_tiff(out / f"{stem}_labels.tif", labels, scene.geo_tags, nodata=predictor.ignore_value))
     return written
 
 
@@ -389,7 +389,8 @@ def predict_series_files(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictionRun:
-    """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif``.
+    """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif``
+    (with the georeferencing tags of the stack, or of a folder's first date, when they are GeoTIFFs).
 
     Every series is read with :func:`~cnnkit.data.series.read_series` (the run's band count tells the stack
     layouts apart; NaN, ±inf and the run's ``nodata`` are clouds), standardised with the run's band mean
@@ -419,8 +420,11 @@ def predict_series_files(
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = _series_stem(path)
         written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
-        if tiff:
-            written.append(write_tiff(out / f"{stem}_labels.tif", labels))
+        if tiff:  # georeferenced like the stack, or like a folder's first date
+            first = path if path.is_file() else min(
+                (p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")),
+                default=path)
+            written.append(write_tiff(out / f"{stem}_labels.tif", labels, geo_tags(first), nodata=255))
         run.files[path] = written
         run.pixels += int(seen.sum())
         run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]

@@ -51,9 +51,10 @@ def palette_png(path: str | Path, labels: np.ndarray, num_classes: int, palette=
     return Path(path)
 
 
-def write_tiff(path: str | Path, array: np.ndarray, geo_tags=()) -> Path:
-    """Write ``array`` ((H, W) or (H, W, K)) as an uncompressed TIFF with ``geo_tags`` copied in."""
-    out = create_tiff(path, array.shape, array.dtype, geo_tags)
+def write_tiff(path: str | Path, array: np.ndarray, geo_tags=(), nodata: float | None = None) -> Path:
+    """Write ``array`` ((H, W) or (H, W, K)) as an uncompressed TIFF with ``geo_tags`` copied in and ``nodata``
+    declared as its own no-data value (see :func:`~cnnkit.predict.scene.create_tiff`)."""
+    out = create_tiff(path, array.shape, array.dtype, geo_tags, nodata)
     out[:] = array
     out.flush()
     del out

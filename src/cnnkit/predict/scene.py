@@ -25,7 +25,7 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 
-__all__ = ["GEO_TAGS", "IMAGE_EXTENSIONS", "Scene", "create_tiff", "open_scene"]
+__all__ = ["GEO_TAGS", "IMAGE_EXTENSIONS", "Scene", "create_tiff", "geo_tags", "open_scene"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -169,17 +169,7 @@ def _tiff(path: Path, bands: int | None) -> Scene:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             shape = tuple(int(v) for v in tif.series[0].shape)
-            tags = []
-            nodata = None
-            for code in GEO_TAGS:
-                tag = page.tags.get(code)
-                if tag is not None:
-                    tags.append((code, tag.dtype, tag.count, tag.value))
-                    if code == 42113:
-                        try:
-                            nodata = float(str(tag.value).strip("\x00 "))
-                        except ValueError:
-                            nodata = None
+            tags, nodata = _geo_tags(page)
             series = tif.series[0]
             offset, dtype = series.dataoffset, series.dtype.newbyteorder(tif.byteorder)
             planar = len(shape) == 3 and page.planarconfig == 2  # stored band by band
@@ -190,6 +180,42 @@ def _tiff(path: Path, bands: int | None) -> Scene:
     except (tifffile.TiffFileError, OSError, ValueError, KeyError) as err:
         raise CnnkitError(f"Could not read the TIFF {path}: {err}.") from err
     return _scene(path, array, shape, bands, tags, nodata)
+
+
+def _geo_tags(page) -> tuple[list[tuple[int, Any, int, Any]], float | None]:
+    """A TIFF page's georeferencing tags (:data:`GEO_TAGS`) as ``[(code, dtype, count, value), …]`` and GDAL's nodata
+    value among them (``None`` if absent or not a number)."""
+    tags, nodata = [], None
+    for code in GEO_TAGS:
+        tag = page.tags.get(code)
+        if tag is not None:
+            tags.append((code, tag.dtype, tag.count, tag.value))
+            if code == 42113:
+                try:
+                    nodata = float(str(tag.value).strip("\x00 "))
+                except ValueError:
+                    nodata = None
+    return tags, nodata
+
+
+def geo_tags(path: str | Path) -> list[tuple[int, Any, int, Any]]:
+    """The georeferencing tags of a TIFF's first page (for :func:`create_tiff`); ``[]`` for other files and TIFFs
+    without them.
+
+    Examples:
+        >>> geo_tags("not-a-tiff.png")
+        []
+    """
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _geo_tags(tif.pages[0])[0]
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError) as err:
+        raise CnnkitError(f"Could not read the TIFF {path}: {err}.") from err
 
 
 def _scene(path, array, shape, bands, tags=(), nodata=None, channels_last: bool | None = None) -> Scene:
@@ -243,14 +269,19 @@ def open_scene(path: str | Path, bands: int | None = None) -> Scene:
                            f"Received: {path}")
 
 
-def create_tiff(path: str | Path, shape: tuple[int, ...], dtype, geo_tags=()) -> _RasterFile:
+def create_tiff(path: str | Path, shape: tuple[int, ...], dtype, geo_tags=(), nodata: float | None = None
+                ) -> _RasterFile:
     """A new uncompressed TIFF of ``shape`` ((H, W) or (H, W, K)), filled window by window: ``out[rows, cols] = x``.
 
-    ``geo_tags`` (from :class:`Scene`) are copied in unchanged.
+    ``geo_tags`` (from :class:`Scene`) are copied in, except the input's GDAL nodata value: it speaks of the input's
+    bands, not of this file's values (an input nodata of 0 would hide class 0 of a label map in a GIS). ``nodata``
+    declares this file's own (a label map's ``ignore_value``); without it the file declares none.
     """
     import tifffile
 
-    extratags = [(code, dtype_, count, value, True) for code, dtype_, count, value in geo_tags]
+    extratags = [(code, dtype_, count, value, True) for code, dtype_, count, value in geo_tags if code != 42113]
+    if nodata is not None:
+        extratags.append((42113, "s", 0, f"{nodata:g}", True))
     try:
         mapped = tifffile.memmap(path, shape=shape, dtype=dtype, photometric="minisblack",
                                  planarconfig="contig" if len(shape) == 3 else None, extratags=extratags)
