@@ -241,7 +241,8 @@ def test_pixel_weight_maps_train_end_to_end(tmp_path):
 
 def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(trained, tmp_path):
     """A data folder's masks/ counts in predict as in training; outputs of a dotted stem are not overwritten
-    without --overwrite; image-only options are refused rather than ignored."""
+    without --overwrite; image-only options are refused rather than ignored; probabilities and confidence equal
+    the network's softmax."""
     from safetensors.torch import load_file
 
     from cnnkit.data.series import read_series
@@ -275,9 +276,22 @@ def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(t
     again = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "p")], env={"COLUMNS": "200"})
     assert again.exit_code != 0 and "--overwrite" in again.output
     assert (tmp_path / "p" / "S2.2020_labels.tif").read_bytes() == before
-    refused = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "q"), "--probabilities"],
+    refused = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "q"), "--tile", "64"],
                             env={"COLUMNS": "200"})
-    assert refused.exit_code != 0 and "--probabilities" in refused.output and "time series" in refused.output
+    assert refused.exit_code != 0 and "--tile" in refused.output and "time series" in refused.output
+    # probabilities and confidence: the softmax of the network run by hand, 0 where no date is valid
+    done = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "pc"), "--probabilities",
+                               "--confidence"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    probabilities = tifffile.imread(tmp_path / "pc" / "S2.2020_probabilities.tif")
+    classes = len(manifest["classes"]["names"])
+    assert probabilities.dtype == np.float16 and probabilities.shape == (*stack.shape[2:], classes)
+    with torch.no_grad():
+        want = torch.softmax(net(x[None], valid[None])[0], 0).permute(1, 2, 0).numpy()
+    seen = valid.any(0).numpy()
+    np.testing.assert_allclose(probabilities[seen].astype(np.float32), want[seen], atol=1e-3)
+    assert (probabilities[~seen] == 0).all() and (~seen).any()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "pc" / "S2.2020_confidence.tif"), probabilities.max(-1))
     # a folder of per-date images with bands: the axis of the bands must be said
     dates = tmp_path / "dates"
     dates.mkdir()

@@ -386,11 +386,15 @@ def predict_series_files(
     *,
     device: str = "cpu",
     tiff: bool = True,
+    probabilities: bool = False,
+    confidence: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictionRun:
     """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif``
-    (with the georeferencing tags of the stack, or of a folder's first date, when they are GeoTIFFs).
+    (with the georeferencing tags of the stack, or of a folder's first date, when they are GeoTIFFs); on request
+    ``STEM_probabilities.tif`` (float16 ``(H, W, K)`` softmax) and ``STEM_confidence.tif`` (float16, the winning
+    class's probability), 0 where a pixel has no valid date, georeferenced the same way.
 
     Every series is read with :func:`~cnnkit.data.series.read_series` (the run's band count tells the stack
     layouts apart; NaN, ±inf and the run's ``nodata`` are clouds), standardised with the run's band mean
@@ -415,16 +419,27 @@ def predict_series_files(
                                     mask=_series_mask(path))
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
         with torch.no_grad():
-            labels = argmax(model(x[None].to(device), valid[None].to(device))[0], 0).to("cpu").numpy()
+            logits = model(x[None].to(device), valid[None].to(device))[0].to("cpu")
+        labels = argmax(logits, 0).numpy()
         seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = _series_stem(path)
         written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
-        if tiff:  # georeferenced like the stack, or like a folder's first date
-            first = path if path.is_file() else min(
-                (p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")),
-                default=path)
-            written.append(write_tiff(out / f"{stem}_labels.tif", labels, geo_tags(first), nodata=255))
+        # georeferenced like the stack, or like a folder's first GeoTIFF date
+        first = path if path.is_file() else min(
+            (p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")),
+            default=path)
+        tags = geo_tags(first) if tiff or probabilities or confidence else []
+        if tiff:
+            written.append(write_tiff(out / f"{stem}_labels.tif", labels, tags, nodata=255))
+        if probabilities or confidence:
+            probs = torch.softmax(logits, 0).masked_fill(~torch.from_numpy(seen), 0.0)  # (K, H, W)
+            if probabilities:
+                written.append(write_tiff(out / f"{stem}_probabilities.tif",
+                                          probs.permute(1, 2, 0).numpy().astype(np.float16), tags))
+            if confidence:
+                written.append(write_tiff(out / f"{stem}_confidence.tif",
+                                          probs.max(0).values.numpy().astype(np.float16), tags))
         run.files[path] = written
         run.pixels += int(seen.sum())
         run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]

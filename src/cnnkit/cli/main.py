@@ -272,7 +272,8 @@ def predict(
     Images are grouped by size and run as padded batches (each result equal to the image alone); images over
     --max-pixels are read, run and written tile by tile with a halo from the network's receptive field, so
     the result is identical to the whole-image pass while memory follows the tile. A run trained on image time
-    series predicts whole series (stacks or per-date folders), one label map each, without tiling.
+    series predicts whole series (stacks or per-date folders), one label map each (and probabilities or
+    confidence on request), without tiling.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -284,18 +285,20 @@ def predict(
     try:
         console.print(_threads(threads), markup=False, highlight=False)
         if is_series_run(read_manifest(run)):
-            ignored = [flag for flag, given in (("--probabilities", probabilities), ("--confidence", confidence),
-                                                ("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
+            ignored = [flag for flag, given in (("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
                                                 ("--batch-size", batch_size != _BATCH_SIZE)) if given]
             if ignored:
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
-                                       f"({run!r}), which predicts whole series into label maps (PNG and TIFF).")
-            result = predict_series_files(run, inputs, out, device=device, tiff=True, overwrite=overwrite)
+                                       f"({run!r}), which predicts each series whole (no tiles, one at a time).")
+            result = predict_series_files(run, inputs, out, device=device, tiff=True, probabilities=probabilities,
+                                          confidence=confidence, overwrite=overwrite)
             names = read_manifest(run)["classes"]["names"]
             console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
                           soft_wrap=True)
-            console.print(f"outputs: {out}/ (STEM_labels.png and STEM_labels.tif per series; 255 = no valid date)",
-                          markup=False, highlight=False)
+            extra = "".join(f", STEM_{kind}.tif" for kind, given in (("probabilities", probabilities),
+                                                                     ("confidence", confidence)) if given)
+            console.print(f"outputs: {out}/ (STEM_labels.png, STEM_labels.tif{extra} per series; 255 = no valid "
+                          "date)", markup=False, highlight=False)
             return
         predictor, manifest = load_predictor(run, device=device)
         band_count = (manifest.get("input") or {}).get("band_count")
