@@ -88,7 +88,6 @@ class MaskedModel(nn.Module):
         self._plans: dict = {}  # decisions per function, extents and geometry (plain data, bounded below)
         self._masks: tuple = (None, {})  # (the last call's extents and input, its masks)
         self._checked: int | None = None
-        self._valid: tuple = ()  # the last (sizes, canvas) found valid
 
     @property
     def per_sample_modules(self) -> tuple[str, ...]:
@@ -142,11 +141,10 @@ class MaskedModel(nn.Module):
                 return self.forward(PaddedBatch(data, batch.sizes.clone()), *args, **kwargs)
         sizes = tuple(tuple(s) for s in batch.sizes.tolist())
         canvas = batch.canvas
-        if (sizes, canvas) != self._valid and any(not 1 <= s <= c for size in sizes for s, c in zip(size, canvas)):
+        if any(not 1 <= s <= c for size in sizes for s, c in zip(size, canvas)):
             raise ShapeError(
                 f"every sample's size must be between 1 and the canvas {canvas}. Received sizes={list(sizes)}."
             )
-        self._valid = (sizes, canvas)
         self._check_model()
         if len(self._plans) > 4096:
             self._plans.clear()

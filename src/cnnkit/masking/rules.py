@@ -104,15 +104,6 @@ def _check_operands(ctx: MaskedContext, func, operands, out_dim: int) -> Entry:
 
 
 def _binary(ctx: MaskedContext, func, args, kwargs):
-    if len(args) == 2 and not kwargs and func in _ops.ADD:  # a residual sum: two padded tensors of one layout
-        a_, o_ = args
-        padded = ctx.padded
-        if len(padded) == 2 and padded[0] is a_ and padded[1] is o_ and a_.shape == o_.shape:
-            first, second = ctx.entries[a_], ctx.entries[o_]
-            if first.sizes == second.sizes and first.axes == second.axes and first.batch == second.batch:
-                clean = ctx.is_clean(a_) and ctx.is_clean(o_)  # before an in-place sum changes a_
-                finite = ctx.is_finite(a_) and ctx.is_finite(o_)
-                return ctx.track(func(a_, o_), first.sizes, clean, first.axes, first.batch, finite=finite)
     b = bind(func, args, kwargs)
     a_, o_ = b.get("input"), b.get("other")
     operands = [a_, o_]
