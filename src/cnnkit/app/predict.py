@@ -31,8 +31,9 @@ from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.models import MODELS
-from cnnkit.predict import Predictor, Preprocessing
+from cnnkit.predict import Prediction, Predictor, Preprocessing
 from cnnkit.predict.outputs import palette_png, side_by_side, write_tiff
+from cnnkit.predict.predictor import write_probabilities
 from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, create_tiff, geo_tags, open_scene
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
@@ -284,18 +285,24 @@ def _overlay(scene: Scene, image: np.ndarray, labels: np.ndarray, predictor: Pre
     return path
 
 
+def _write_scores(result: Prediction, out: Path, stem: str, tags, *, probabilities: bool, confidence: bool
+                  ) -> list[Path]:
+    """``STEM_probabilities.tif`` and ``STEM_confidence.tif`` (float16; 0 where there is no data), as asked."""
+    written = []
+    if probabilities:
+        written.append(write_probabilities(out / f"{stem}_probabilities.tif", result, tags))
+    if confidence:
+        written.append(write_tiff(out / f"{stem}_confidence.tif", result.confidence.numpy().astype(np.float16), tags))
+    return written
+
+
 def _write(scene: Scene, raw: np.ndarray, labels: np.ndarray, result, predictor: Predictor, out: Path,
            run: PredictionRun, *, tiff: bool, probabilities: bool, confidence: bool, rgb_bands) -> None:
     labels = labels.astype(np.uint8 if predictor.num_classes < 255 and 0 <= predictor.ignore_value <= 255
                            else np.int16)
     written = _write_labels(scene, labels, predictor, out, tiff)
     stem = scene.path.stem
-    if probabilities:
-        written.append(write_tiff(out / f"{stem}_probabilities.tif",
-                                  result.probabilities.permute(1, 2, 0).numpy().astype(np.float16), scene.geo_tags))
-    if confidence:
-        written.append(write_tiff(out / f"{stem}_confidence.tif", result.confidence.numpy().astype(np.float16),
-                                  scene.geo_tags))
+    written += _write_scores(result, out, stem, scene.geo_tags, probabilities=probabilities, confidence=confidence)
     step = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
     written.append(_overlay(scene, raw[:, ::step, ::step], labels[::step, ::step], predictor, out, rgb_bands, step))
     run.files[scene.path] = written
@@ -370,6 +377,14 @@ def _series_stem(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
+def _series_geo_tags(path: Path) -> list:
+    """The georeferencing of a series: its stack's, or its folder's first GeoTIFF date's (none for other files)."""
+    if path.is_dir():
+        path = min((p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")),
+                   default=path)
+    return geo_tags(path)
+
+
 def _series_mask(path: Path) -> Path | None:
     """``masks/STEM.*`` beside the ``series/`` folder that holds ``path``, as training reads it, if there is one."""
     masks = path.parent.parent / "masks"
@@ -425,21 +440,14 @@ def predict_series_files(
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = _series_stem(path)
         written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
-        # georeferenced like the stack, or like a folder's first GeoTIFF date
-        first = path if path.is_file() else min(
-            (p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")),
-            default=path)
-        tags = geo_tags(first) if tiff or probabilities or confidence else []
+        tags = _series_geo_tags(path) if tiff or probabilities or confidence else []
         if tiff:
             written.append(write_tiff(out / f"{stem}_labels.tif", labels, tags, nodata=255))
         if probabilities or confidence:
-            probs = torch.softmax(logits, 0).masked_fill(~torch.from_numpy(seen), 0.0)  # (K, H, W)
-            if probabilities:
-                written.append(write_tiff(out / f"{stem}_probabilities.tif",
-                                          probs.permute(1, 2, 0).numpy().astype(np.float16), tags))
-            if confidence:
-                written.append(write_tiff(out / f"{stem}_confidence.tif",
-                                          probs.max(0).values.numpy().astype(np.float16), tags))
+            valid_pixels = torch.from_numpy(seen)
+            result = Prediction(torch.from_numpy(labels), torch.softmax(logits, 0).masked_fill(~valid_pixels, 0.0),
+                                valid_pixels, 255, stem)
+            written += _write_scores(result, out, stem, tags, probabilities=probabilities, confidence=confidence)
         run.files[path] = written
         run.pixels += int(seen.sum())
         run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]
