@@ -8,11 +8,21 @@ from typing import Any
 
 from cnnkit.errors import ShapeError
 
-__all__ = ["check_bool", "check_choice", "check_int", "ntuple"]
+__all__ = ["check_bool", "check_choice", "check_int", "is_int", "ntuple"]
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (``int``, NumPy integers, …) and not a ``bool``.
+
+    Examples:
+        >>> is_int(3), is_int(True), is_int(3.0)
+        (True, False, False)
+    """
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+# The old private name, for importers outside this change (cnnkit._random, cnnkit.masking); use is_int.
+_is_int = is_int
 
 
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -26,7 +36,7 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
         ...
         cnnkit.errors.ShapeError: epochs must be an integer >= 1. Received epochs=0.
     """
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ShapeError(f"{name} must be an integer >= {minimum}. Received {name}={value!r}.")
     return int(value)
 
@@ -77,7 +87,7 @@ def ntuple(value: Any, n: int, name: str, *, minimum: int | None = 1) -> tuple[i
         return value
     bound = "" if minimum is None else f" >= {minimum}"
     rule = f"{name} must be an integer{bound} or a tuple of {n} integers{bound}"
-    if _is_int(value):
+    if is_int(value):
         items: tuple[Any, ...] = (int(value),) * n
     elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         items = tuple(value)
@@ -85,10 +95,10 @@ def ntuple(value: Any, n: int, name: str, *, minimum: int | None = 1) -> tuple[i
             raise ShapeError(f"{name} must be a tuple of {n} integers{bound}. Received {name}={value!r}.")
     else:
         raise ShapeError(f"{rule}. Received {name}={value!r}.")
-    if not all(_is_int(v) for v in items):
+    if not all(is_int(v) for v in items):
         raise ShapeError(f"{rule}. Received {name}={value!r}.")
     if minimum is not None and any(v < minimum for v in items):
-        if _is_int(value):
+        if is_int(value):
             raise ShapeError(f"{name} must be an integer{bound}. Received {name}={value!r}.")
         raise ShapeError(f"{name} must be a tuple of {n} integers{bound}. Received {name}={value!r}.")
     return tuple(int(v) for v in items)

@@ -19,7 +19,7 @@ LSTM (per layer/dir.)  weight_ih (4H, in), weight_hh       kernel (in, 4H), recu
 =====================  ==================================  ==========================================
 
 Other layers (``cnnkit.nn.LocallyConnected2d``, ``ConvLSTM2d``) register their own layout with
-:func:`register_layout`.
+:func:`register_layout`; lookup walks ``type(module).__mro__`` (:class:`cnnkit._registry.TypeRegistry`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cnnkit._registry import TypeRegistry
 from cnnkit.errors import ShapeError, UnsupportedError
 
-__all__ = ["KerasLayout", "from_keras", "has_keras_layout", "keras_shapes", "register_layout", "to_keras"]
+__all__ = [
+    "KerasLayout", "find_layout", "from_keras", "has_keras_layout", "keras_shapes", "register_layout", "to_keras",
+]
 
 State = Mapping[str, Tensor]
 
@@ -53,25 +56,31 @@ class KerasLayout:
     to_torch: Callable[[nn.Module, State], dict[str, Tensor]]
 
 
-_LAYOUTS: dict[type, KerasLayout] = {}
+_LAYOUTS = TypeRegistry[KerasLayout]("Keras weight layout")
 
 
 def register_layout(*types: type, layout: KerasLayout) -> None:
     """Register ``layout`` for modules of ``types`` (and their subclasses)."""
-    for t in types:
-        _LAYOUTS[t] = layout
+    _LAYOUTS.register(*types, value=layout)
 
 
-def _find(module: nn.Module) -> KerasLayout | None:
-    for cls in type(module).__mro__:
-        if cls in _LAYOUTS:
-            return _LAYOUTS[cls]
-    return None
+def find_layout(module: nn.Module) -> KerasLayout | None:
+    """The layout registered for ``module``'s class or its nearest registered base class, or ``None``.
+
+    A registered layout may still be refused for one module (an LSTM with ``proj_size > 0``): see
+    :func:`has_keras_layout`.
+
+    Examples:
+        >>> conv = nn.Conv2d(3, 8, 3)
+        >>> find_layout(conv).keras_class(conv), find_layout(nn.ReLU())
+        ('Conv2D', None)
+    """
+    return _LAYOUTS.find(module)
 
 
 def has_keras_layout(module: nn.Module) -> bool:
     """Whether cnnkit knows the Keras layout of ``module``'s own weights."""
-    return _find(module) is not None and not _refusal(module)
+    return find_layout(module) is not None and not _refusal(module)
 
 
 def _refusal(module: nn.Module) -> str | None:
@@ -81,12 +90,7 @@ def _refusal(module: nn.Module) -> str | None:
 
 
 def _layout(module: nn.Module) -> KerasLayout:
-    layout = _find(module)
-    if layout is None:
-        known = ", ".join(sorted(t.__name__ for t in _LAYOUTS))
-        raise UnsupportedError(
-            f"No Keras weight layout is known for {type(module).__name__}. Known: {known}."
-        )
+    layout = _LAYOUTS.require(module)
     reason = _refusal(module)
     if reason:
         raise UnsupportedError(f"{type(module).__name__}: {reason}.")

@@ -1,9 +1,10 @@
 """The explainer registry and :func:`explain`.
 
 An *explainer* is a function ``(module, input_shape) -> LayerReport`` registered for a module type with
-:func:`register_explainer`. Lookup walks the module's class hierarchy (``type(module).__mro__``), so a
-subclass of ``nn.Conv2d`` is explained as a ``Conv2d`` unless it registers its own explainer. Layers
-defined elsewhere in cnnkit (``LocallyConnected2d``, ``ConvLSTM2d``) register themselves the same way.
+:func:`register_explainer`. Lookup walks the module's class hierarchy (``type(module).__mro__``, through
+:class:`cnnkit._registry.TypeRegistry`), so a subclass of ``nn.Conv2d`` is explained as a ``Conv2d`` unless it
+registers its own explainer. The torch layers' explainers are in :mod:`cnnkit.explainers.layers`, cnnkit's own
+layers' (``LocallyConnected2d``, ``ConvLSTM2d``) in :mod:`cnnkit.explainers.cnnkit_layers`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnnkit._checks import _is_int
+from cnnkit._checks import is_int
+from cnnkit._registry import TypeRegistry
 from cnnkit.errors import ArgumentTypeError, CnnkitError, ShapeError, UnsupportedError
 from cnnkit.explainers._meta import REAL_RUN_LIMIT, check_one_input, is_meta, meta_failure, run_for_shapes
-from cnnkit.layouts import _find, _layout, has_keras_layout, keras_shapes
+from cnnkit.layouts import find_layout, has_keras_layout, keras_shapes
 
 __all__ = ["Explanation", "LayerReport", "explain", "find_explainer", "register_explainer"]
 
 Explainer = Callable[[nn.Module, tuple[int, ...]], "LayerReport"]
-_EXPLAINERS: dict[type, Explainer] = {}
+_EXPLAINERS = TypeRegistry[Explainer]("explainer")
 
 
 @dataclass(frozen=True)
@@ -91,32 +93,23 @@ def register_explainer(*types: type) -> Callable[[Explainer], Explainer]:
         >>> explain(Double(), (3, 8, 8)).output_shape
         (6, 8, 8)
     """
-
-    def decorator(fn: Explainer) -> Explainer:
-        for t in types:
-            _EXPLAINERS[t] = fn
-        return fn
-
-    return decorator
+    return _EXPLAINERS.registering(*types)
 
 
 def find_explainer(module: nn.Module) -> Explainer | None:
     """The explainer registered for ``module``'s class or its nearest registered base class."""
-    for cls in type(module).__mro__:
-        if cls in _EXPLAINERS:
-            return _EXPLAINERS[cls]
-    return None
+    return _EXPLAINERS.find(module)
 
 
 def check_input_shape(input_shape: object) -> tuple[int, ...]:
     """Validate an input shape given without the batch dimension."""
-    if _is_int(input_shape):
+    if is_int(input_shape):
         input_shape = (input_shape,)
     if (
         not isinstance(input_shape, Sequence)
         or isinstance(input_shape, str)
         or len(input_shape) == 0
-        or not all(_is_int(s) and s >= 1 for s in input_shape)
+        or not all(is_int(s) and s >= 1 for s in input_shape)
     ):
         raise ShapeError(
             "input_shape must be a non-empty tuple of positive integers, without the batch dimension, "
@@ -242,11 +235,11 @@ def _explain(module: nn.Module, shape: tuple[int, ...]) -> Explanation:
     else:
         report = _measured(module, shape)
     weights = {name: tuple(p.shape) for name, p in module.named_parameters()}
-    keras, keras_class = {}, None
+    keras, keras_class, layout = {}, None, find_layout(module)
     if has_keras_layout(module):
         keras = keras_shapes(module)
-        keras_class = _layout(module).keras_class(module)
-    elif _find(module) is not None:
+        keras_class = layout.keras_class(module)
+    elif layout is not None:
         report = LayerReport(report.output_shape, [*report.steps, "no Keras equivalent"], report.geometry)
     return Explanation(
         layer=_layer_repr(module),

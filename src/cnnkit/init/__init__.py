@@ -16,34 +16,7 @@ Examples:
     True
 """
 
-from cnnkit.init.keras import (
-    Initializer,
-    fans,
-    find_initializer,
-    glorot_normal_,
-    glorot_uniform_,
-    he_normal_,
-    he_uniform_,
-    keras_,
-    keras_embedding_uniform_,
-    lecun_normal_,
-    lecun_uniform_,
-    orthogonal_,
-    register_initializer,
-)
+from cnnkit.init import keras
+from cnnkit.init.keras import *  # noqa: F403  (the public names, listed once: cnnkit.init.keras.__all__)
 
-__all__ = [
-    "Initializer",
-    "fans",
-    "find_initializer",
-    "glorot_normal_",
-    "glorot_uniform_",
-    "he_normal_",
-    "he_uniform_",
-    "keras_",
-    "keras_embedding_uniform_",
-    "lecun_normal_",
-    "lecun_uniform_",
-    "orthogonal_",
-    "register_initializer",
-]
+__all__ = list(keras.__all__)

@@ -19,7 +19,8 @@ orthogonal_         QR of a Gaussian matrix, Keras's flattening         (no fans
 *truncated* samples have standard deviation ``s`` exactly.
 
 :func:`keras_` walks a model and gives every module it knows Keras's layer defaults. Other layers
-register theirs with :func:`register_initializer`; lookup walks ``type(module).__mro__``.
+register theirs with :func:`register_initializer`; lookup walks ``type(module).__mro__``
+(:class:`cnnkit._registry.TypeRegistry`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from cnnkit._checks import _is_int, check_choice
+from cnnkit._checks import check_choice, is_int
+from cnnkit._registry import TypeRegistry
 from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 
 __all__ = [
@@ -56,7 +58,7 @@ _TRUNCATED_STD = 0.87962566103423978
 _EMBEDDING_LIMIT = 0.05
 
 Initializer = Callable[[nn.Module, "torch.Generator | None"], None]
-_INITIALIZERS: dict[type, Initializer] = {}
+_INITIALIZERS = TypeRegistry[Initializer]("initializer")
 
 
 # --------------------------------------------------------------------------------------------- fans
@@ -103,7 +105,7 @@ def fans(shape: Sequence[int] | torch.Size, layout: str = "torch") -> tuple[int,
     """
     check_choice(layout, LAYOUTS, "layout")
     dims = tuple(shape) if isinstance(shape, (Sequence, torch.Size)) and not isinstance(shape, str) else None
-    if dims is None or not all(_is_int(d) and d >= 0 for d in dims):
+    if dims is None or not all(is_int(d) and d >= 0 for d in dims):
         raise ShapeError(f"shape must be a tuple of non-negative integers. Received shape={shape!r}.")
     if len(dims) < 2:
         raise ShapeError(
@@ -180,20 +182,32 @@ def _fan_avg(tensor: Tensor, layout: str) -> float:
 # ------------------------------------------------------------------------------ tensor initialisers
 
 
-def glorot_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
-    """Fill ``tensor`` in place from U(-limit, limit), ``limit = √(6/(fan_in+fan_out))`` (Keras's default).
-
-    This is Keras's default ``kernel_initializer`` for ``Dense``, ``Conv*D``, ``Conv*DTranspose`` and
-    the input kernel of ``LSTM``/``GRU``. The fans include the receptive field (see :func:`fans`).
-
-    Args:
+# The Args and Returns that the six variance-scaling initialisers share, written once.
+_VARIANCE_SCALING_ARGS = """Args:
         tensor: A floating-point tensor with at least 2 dimensions.
         layout: ``"torch"`` if ``tensor`` is a PyTorch weight (output dimension first), ``"keras"`` if it
             is laid out like a Keras kernel (output dimension last).
         generator: Optional random generator; ``None`` uses the global one.
 
     Returns:
-        ``tensor``.
+        ``tensor``."""
+
+
+def _variance_scaling_doc(fn: Callable) -> Callable:
+    """Put the shared Args and Returns in place of ``{args}`` in ``fn``'s docstring."""
+    if fn.__doc__:  # None under python -OO
+        fn.__doc__ = fn.__doc__.replace("{args}", _VARIANCE_SCALING_ARGS)
+    return fn
+
+
+@_variance_scaling_doc
+def glorot_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
+    """Fill ``tensor`` in place from U(-limit, limit), ``limit = √(6/(fan_in+fan_out))`` (Keras's default).
+
+    This is Keras's default ``kernel_initializer`` for ``Dense``, ``Conv*D``, ``Conv*DTranspose`` and
+    the input kernel of ``LSTM``/``GRU``. The fans include the receptive field (see :func:`fans`).
+
+    {args}
 
     Examples:
         >>> conv = nn.Conv2d(3, 32, 5)  # fan_in 3·25 = 75, fan_out 32·25 = 800
@@ -210,6 +224,7 @@ def glorot_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.G
     return _uniform_(tensor, math.sqrt(3.0 / _fan_avg(tensor, layout)), generator)
 
 
+@_variance_scaling_doc
 def glorot_normal_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` from Keras's Glorot normal: truncated at ±2σ, standard deviation √(2/(fan_in+fan_out)).
 
@@ -217,13 +232,7 @@ def glorot_normal_(tensor: Tensor, layout: str = "torch", *, generator: torch.Ge
     values beyond 2σ, so the samples' standard deviation is ``√(2/(fan_in+fan_out))`` and
     ``|w| ≤ 2σ``. (``torch.nn.init.xavier_normal_`` draws an untruncated normal instead.)
 
-    Args:
-        tensor: A floating-point tensor with at least 2 dimensions.
-        layout: ``"torch"`` or ``"keras"``, as in :func:`glorot_uniform_`.
-        generator: Optional random generator.
-
-    Returns:
-        ``tensor``.
+    {args}
 
     Examples:
         >>> w = glorot_normal_(torch.empty(256, 128), generator=torch.Generator().manual_seed(0))
@@ -239,16 +248,11 @@ def glorot_normal_(tensor: Tensor, layout: str = "torch", *, generator: torch.Ge
     return _truncated_normal_(tensor, 1.0 / _fan_avg(tensor, layout), generator)
 
 
+@_variance_scaling_doc
 def he_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` from U(-limit, limit), ``limit = √(6/fan_in)`` (Keras's ``he_uniform``).
 
-    Args:
-        tensor: A floating-point tensor with at least 2 dimensions.
-        layout: ``"torch"`` or ``"keras"``, as in :func:`glorot_uniform_`.
-        generator: Optional random generator.
-
-    Returns:
-        ``tensor``.
+    {args}
 
     Examples:
         >>> w = he_uniform_(torch.empty(64, 16, 3, 3), generator=torch.Generator().manual_seed(0))
@@ -262,16 +266,11 @@ def he_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.Gener
     return _uniform_(tensor, math.sqrt(6.0 / _fan_in(tensor, layout)), generator)
 
 
+@_variance_scaling_doc
 def he_normal_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` from Keras's ``he_normal``: truncated at ±2σ, standard deviation √(2/fan_in).
 
-    Args:
-        tensor: A floating-point tensor with at least 2 dimensions.
-        layout: ``"torch"`` or ``"keras"``, as in :func:`glorot_uniform_`.
-        generator: Optional random generator.
-
-    Returns:
-        ``tensor``.
+    {args}
 
     Examples:
         >>> w = he_normal_(torch.empty(64, 16, 3, 3), generator=torch.Generator().manual_seed(0))
@@ -285,16 +284,11 @@ def he_normal_(tensor: Tensor, layout: str = "torch", *, generator: torch.Genera
     return _truncated_normal_(tensor, 2.0 / _fan_in(tensor, layout), generator)
 
 
+@_variance_scaling_doc
 def lecun_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` from U(-limit, limit), ``limit = √(3/fan_in)`` (Keras's ``lecun_uniform``).
 
-    Args:
-        tensor: A floating-point tensor with at least 2 dimensions.
-        layout: ``"torch"`` or ``"keras"``, as in :func:`glorot_uniform_`.
-        generator: Optional random generator.
-
-    Returns:
-        ``tensor``.
+    {args}
 
     Examples:
         >>> w = lecun_uniform_(torch.empty(10, 300), generator=torch.Generator().manual_seed(0))
@@ -308,16 +302,11 @@ def lecun_uniform_(tensor: Tensor, layout: str = "torch", *, generator: torch.Ge
     return _uniform_(tensor, math.sqrt(3.0 / _fan_in(tensor, layout)), generator)
 
 
+@_variance_scaling_doc
 def lecun_normal_(tensor: Tensor, layout: str = "torch", *, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` from Keras's ``lecun_normal``: truncated at ±2σ, standard deviation √(1/fan_in).
 
-    Args:
-        tensor: A floating-point tensor with at least 2 dimensions.
-        layout: ``"torch"`` or ``"keras"``, as in :func:`glorot_uniform_`.
-        generator: Optional random generator.
-
-    Returns:
-        ``tensor``.
+    {args}
 
     Examples:
         >>> w = lecun_normal_(torch.empty(10, 100), generator=torch.Generator().manual_seed(0))
@@ -451,21 +440,12 @@ def register_initializer(*types: type) -> Callable[[Initializer], Initializer]:
         raise UnsupportedError(
             f"register_initializer expects one or more nn.Module subclasses. Received types={types!r}."
         )
-
-    def decorator(fn: Initializer) -> Initializer:
-        for t in types:
-            _INITIALIZERS[t] = fn
-        return fn
-
-    return decorator
+    return _INITIALIZERS.registering(*types)
 
 
 def find_initializer(module: nn.Module) -> Initializer | None:
     """The initialiser registered for ``module``'s class or its nearest registered base class, or ``None``."""
-    for cls in type(module).__mro__:
-        if cls in _INITIALIZERS:
-            return _INITIALIZERS[cls]
-    return None
+    return _INITIALIZERS.find(module)
 
 
 def keras_(model: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cnnkit._checks import _is_int, check_choice, ntuple
+from cnnkit._checks import check_choice, is_int, ntuple
 from cnnkit.errors import ShapeError
 from cnnkit.layouts import from_keras, keras_shapes, to_keras
 
@@ -20,7 +20,7 @@ SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 def positive_int(value: Any, name: str) -> int:
     """``value`` as an int >= 1, or a ``ShapeError`` naming ``name``."""
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ShapeError(f"{name} must be a positive integer. Received {name}={value!r}.")
     return int(value)
 

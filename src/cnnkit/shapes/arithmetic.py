@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from cnnkit._checks import _is_int, check_choice, ntuple
+from cnnkit._checks import check_choice, is_int, ntuple
 from cnnkit.errors import ShapeError
 
 __all__ = [
@@ -51,7 +51,7 @@ Padding = str | int | Sequence[int]
 
 
 def _rank(size: Size) -> int:
-    if _is_int(size):
+    if is_int(size):
         return 1
     if isinstance(size, Sequence) and not isinstance(size, str) and len(size) > 0:
         return len(size)
@@ -69,7 +69,7 @@ def _geometry(size: Size, kernel_size: Size, stride: Size | None, dilation: Size
 
 
 def _unwrap(values: tuple, size: Size):
-    return values[0] if _is_int(size) else values
+    return values[0] if is_int(size) else values
 
 
 def _pads(size, kernel, stride, dilation, padding, n) -> tuple[tuple[int, int], ...]:
