@@ -37,6 +37,7 @@ $(TF_VENV)/.installed:
 
 test: $(VENV)/.installed $(TF_VENV)/.installed
 	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache  # the floors of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 	CNNKIT_TF_KERAS_PYTHON=$(abspath $(TF_VENV))/bin/python $(BIN)/python -m pytest
 
 # Mutation fuzzing of the Keras reader, more files than `make test` (500): KERAS_FUZZ_COUNT, KERAS_FUZZ_SEED.

@@ -3,6 +3,7 @@
 * :mod:`cnnkit.app.train` — data → trained, evaluated network → report and run manifest (``cnnkit train``);
 * :mod:`cnnkit.app.demo` — the same on built-in data, and the seed questions' shapes (``cnnkit demo``);
 * :mod:`cnnkit.app.predict` — a run → predictions for new images and whole scenes (``cnnkit predict``);
+* :mod:`cnnkit.app.threads` — how many threads a command uses on a shared machine;
 * :mod:`cnnkit.app.timeseries` — image time series with clouds → trained ConvLSTM → report (``cnnkit train`` on
   a series folder, ``cnnkit demo --time-series``).
 
@@ -27,6 +28,8 @@ _NAMES = {
     "majority_baseline": "cnnkit.app.train",
     "train_folder": "cnnkit.app.train",
     "train_segmentation": "cnnkit.app.train",
+    "busy_cores": "cnnkit.app.threads",
+    "choose_threads": "cnnkit.app.threads",
     "SeriesRun": "cnnkit.app.timeseries",
     "run_series_demo": "cnnkit.app.timeseries",
     "series_demo": "cnnkit.app.timeseries",

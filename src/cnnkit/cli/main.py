@@ -120,7 +120,7 @@ _TRAINING = ("torch", "lightning.pytorch")
 
 
 def _threads(requested: int | None) -> str:
-    from cnnkit.app._threads import choose_threads
+    from cnnkit.app import choose_threads
 
     return choose_threads(requested)[1]
 
@@ -525,7 +525,9 @@ def report(
         network = None
         if model is not None:
             network = load_factory(model, kwargs=_model_args(model_args))
-            if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
+            from cnnkit.train.rundir import last_checkpoint
+
+            if last_checkpoint(run_dir) is not None:
                 load_run_weights(network, run_dir)
         from cnnkit.cli.layer_expr import parse_input_shape
 

@@ -1,18 +1,33 @@
-"""Rendering of :class:`~cnnkit.explainers.summary.Summary` as a terminal table (rich) or plain text."""
+"""Rendering of :class:`~cnnkit.explainers.summary.Summary` as a terminal table (rich) or plain text.
+
+Collecting and rendering are kept apart: this module reads a summary through :class:`SummaryView` (the fields it
+draws) and never imports :mod:`~cnnkit.explainers.summary`, which imports it.
+"""
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from cnnkit.explainers.summary import Summary
+__all__ = ["SummaryView", "render_summary", "summary_table"]
 
-__all__ = ["render_summary", "summary_table"]
+
+class SummaryView(Protocol):
+    """What the table draws of a :class:`~cnnkit.explainers.summary.Summary`: its title fields, its rows
+    (each with ``name``, ``kind``, ``output_shape``, ``weights``, ``keras_weights``, ``num_params``,
+    ``receptive_field``, ``depth``, ``note``) and its totals."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    batch_size: int
+    rows: Sequence[Any]
+    total_params: int
+    trainable_params: int
 
 
 def _shape(shape) -> str:
@@ -27,7 +42,7 @@ def _weights(weights: dict) -> str:
     return "\n".join(f"{k} {_shape(v)}" for k, v in weights.items()) or ""
 
 
-def summary_table(s: Summary) -> Table:
+def summary_table(s: SummaryView) -> Table:
     """A rich ``Table`` with one row per layer call or functional op, and totals in the caption."""
     table = Table(
         title=f"{s.model} on input {_shape((s.batch_size, *s.input_shape))}",
@@ -63,7 +78,7 @@ def summary_table(s: Summary) -> Table:
     return table
 
 
-def render_summary(s: Summary, width: int = 140) -> str:
+def render_summary(s: SummaryView, width: int = 140) -> str:
     """The summary table as plain text (no colour codes), ``width`` columns wide."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.inspect._layers import LayerSpec, resolve_layers
-from cnnkit.render.grids import _rgb_signed, signed_to_rgb, tile_images
+from cnnkit.render.grids import signed_to_byte, signed_to_rgb, tile_images
 from cnnkit.render.labels import save_png
 
 __all__ = ["FilterChange", "FilterEvolution"]
@@ -243,7 +243,7 @@ class FilterEvolution:
             raise ShapeError(f"scale must be a positive number (or None). Received scale={scale!r}.")
         arr = h.numpy()
         if arr.shape[2] == 3:
-            tiles = np.moveaxis(_rgb_signed(arr, s), 2, -1)  # (T, F, kH, kW, 3)
+            tiles = np.moveaxis(signed_to_byte(arr, s), 2, -1)  # (T, F, kH, kW, 3)
         else:
             t, f, i, kh, kw = arr.shape
             side_by_side = arr.transpose(0, 1, 3, 2, 4).reshape(t, f, kh, i * kw)

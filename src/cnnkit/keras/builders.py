@@ -23,7 +23,7 @@ from cnnkit.keras.layer_config import (
     _Layer,
     _spatial_out,
 )
-from cnnkit.keras.report import _fmt_shape
+from cnnkit.keras.model import format_shape
 
 
 @_builds("Conv1D", "Conv2D", "Convolution1D", "Convolution2D")
@@ -44,8 +44,8 @@ def _conv(c: _Layer) -> _Built:
     act = c.activation()
     cls = M.KerasConv1d if n == 1 else M.KerasConv2d
     module = cls(cin, filters, kernel, stride, padding, dilation, groups, c.flag("use_bias", True), activation=act)
-    c.notes.append(f"kernel {_fmt_shape((*kernel, cin // groups, filters))} (*k, in/groups, out) → weight "
-                   f"{_fmt_shape((filters, cin // groups, *kernel))} (out, in/groups, *k)")
+    c.notes.append(f"kernel {format_shape((*kernel, cin // groups, filters))} (*k, in/groups, out) → weight "
+                   f"{format_shape((filters, cin // groups, *kernel))} (out, in/groups, *k)")
     if padding == "same" and any(s > 1 for s in stride):
         c.notes.append(f"padding 'same' with strides {stride}: TensorFlow's zeros (odd one at the end) added "
                        "with F.pad at run time (cnnkit.shapes.tf_same_padding)")
@@ -180,10 +180,10 @@ def _reshape(c: _Layer) -> _Built:
     if -1 in target:
         if total is None or total % known:
             raise c.error(f"cannot infer the -1 of target_shape={target} from input shape "
-                          f"{_fmt_shape((None, *shape))}.")
+                          f"{format_shape((None, *shape))}.")
         target = [total // known if t == -1 else t for t in target]
     elif total is not None and total != known:
-        raise c.error(f"target_shape={target} holds {known} values; the input {_fmt_shape((None, *shape))} "
+        raise c.error(f"target_shape={target} holds {known} values; the input {format_shape((None, *shape))} "
                       f"holds {total}.")
     if len(shape) >= 2 or len(target) >= 2:
         c.notes.append("reshaped in Keras's channels-last order (permuted before and after)")
@@ -204,7 +204,7 @@ def _concatenate(c: _Layer) -> _Built:
         raise c.error(f"needs at least 2 inputs. Received {len(c.shapes)}.")
     ranks = {len(s) for s in c.shapes}
     if len(ranks) != 1:
-        raise c.error(f"inputs must have the same rank. Received shapes {[_fmt_shape(s) for s in c.shapes]}.")
+        raise c.error(f"inputs must have the same rank. Received shapes {[format_shape(s) for s in c.shapes]}.")
     rank = ranks.pop() + 1
     axis = c.get("axis", -1)
     dim = _torch_dim(c, axis, rank)
@@ -216,7 +216,7 @@ def _concatenate(c: _Layer) -> _Built:
             out[i] = None if None in sizes else sum(sizes)
         elif len({s for s in sizes if s is not None}) > 1:
             raise c.error(f"inputs must agree on every axis but {axis}. Received shapes "
-                          f"{[_fmt_shape((None, *s)) for s in c.shapes]}.")
+                          f"{[format_shape((None, *s)) for s in c.shapes]}.")
     if rank >= 3:
         c.notes.append(f"Keras axis {axis} → torch dim {dim} (channels first)")
     return _Built(M.Concatenate(dim), tuple(out))
@@ -238,7 +238,7 @@ def _merge(c: _Layer) -> _Built:
         if len(s) != len(first) or any(a is not None and b is not None and a != b and 1 not in (a, b)
                                        for a, b in zip(s, out)):
             raise c.error(f"inputs must have the same shape (or 1 where they differ). Received "
-                          f"{[_fmt_shape((None, *x)) for x in c.shapes]}.")
+                          f"{[format_shape((None, *x)) for x in c.shapes]}.")
         out = [b if a in (None, 1) and b is not None else a for a, b in zip(out, s)]
     if any(s != tuple(out) for s in c.shapes):
         c.notes.append("inputs broadcast over axes of size 1")
@@ -248,7 +248,7 @@ def _merge(c: _Layer) -> _Built:
 @_builds("CustomScaleLayer")
 def _custom_scale(c: _Layer) -> _Built:
     if len(c.shapes) != 2 or c.shapes[0] != c.shapes[1]:
-        raise c.error(f"takes 2 inputs of one shape. Received {[_fmt_shape(s) for s in c.shapes]}.")
+        raise c.error(f"takes 2 inputs of one shape. Received {[format_shape(s) for s in c.shapes]}.")
     scale = c.number("scale", 1.0)
     c.notes.append(f"keras.applications.inception_resnet_v2.CustomScaleLayer: x + {scale:g} · y (a Keras-internal "
                    "class whose computation is known; no code from the file is run)")
@@ -434,8 +434,8 @@ def _depthwise(c: _Layer) -> _Built:
     kernel, stride, dilation, padding = _conv_geometry(c, n)
     module = M.KerasDepthwiseConv(cin, dm, kernel, stride, padding, dilation, c.flag("use_bias", True),
                                   activation=c.activation())
-    c.notes.append(f"depthwise_kernel {_fmt_shape((*kernel, cin, dm))} (*k, in, multiplier) → weight "
-                   f"{_fmt_shape((cin * dm, 1, *kernel))} (in·multiplier, 1, *k), groups={cin}")
+    c.notes.append(f"depthwise_kernel {format_shape((*kernel, cin, dm))} (*k, in, multiplier) → weight "
+                   f"{format_shape((cin * dm, 1, *kernel))} (in·multiplier, 1, *k), groups={cin}")
     out = _spatial_out(c, shape[:-1], kernel, stride, padding, dilation)
     names = ("depthwise_kernel", "bias") if c.flag("use_bias", True) else ("depthwise_kernel",)
     return _Built(module, (*out, cin * dm), names)
@@ -451,9 +451,9 @@ def _separable(c: _Layer) -> _Built:
     kernel, stride, dilation, padding = _conv_geometry(c, n)
     module = M.KerasSeparableConv(cin, filters, dm, kernel, stride, padding, dilation, c.flag("use_bias", True),
                                   activation=c.activation())
-    c.notes.append(f"depthwise_kernel (*k, in, multiplier) → depthwise_weight {_fmt_shape((cin * dm, 1, *kernel))}; "
+    c.notes.append(f"depthwise_kernel (*k, in, multiplier) → depthwise_weight {format_shape((cin * dm, 1, *kernel))}; "
                    f"pointwise_kernel (*1, in·multiplier, out) → pointwise_weight "
-                   f"{_fmt_shape((filters, cin * dm, *(1,) * n))}")
+                   f"{format_shape((filters, cin * dm, *(1,) * n))}")
     out = _spatial_out(c, shape[:-1], kernel, stride, padding, dilation)
     names = ("depthwise_kernel", "pointwise_kernel") + (("bias",) if c.flag("use_bias", True) else ())
     return _Built(module, (*out, filters), names)
@@ -477,8 +477,8 @@ def _conv_transpose(c: _Layer) -> _Built:
         raise c.error(f"groups={c.get('groups')!r} is not supported.", UnsupportedError)
     module = M.KerasConvTranspose(cin, filters, kernel, stride, padding, output_padding, dilation,
                                   c.flag("use_bias", True), activation=c.activation())
-    c.notes.append(f"kernel {_fmt_shape((*kernel, filters, cin))} (*k, out, in) → weight "
-                   f"{_fmt_shape((cin, filters, *kernel))} (in, out, *k); output cropped as TensorFlow does")
+    c.notes.append(f"kernel {format_shape((*kernel, filters, cin))} (*k, out, in) → weight "
+                   f"{format_shape((cin, filters, *kernel))} (in, out, *k); output cropped as TensorFlow does")
     out = tuple(None if s is None else module.output_size(s, i) for i, s in enumerate(shape[:-1]))
     return _Built(module, (*out, filters), _bias_names(c))
 
@@ -579,7 +579,7 @@ def _prelu(c: _Layer) -> _Built:
         raise c.error(f"shared_axes must list axes 1..{len(shape)}. Received shared_axes={c.get('shared_axes')!r}.")
     alpha = tuple(1 if i + 1 in shared else c.known(s, "input size") for i, s in enumerate(shape))
     if len(alpha) >= 2:
-        c.notes.append(f"alpha {_fmt_shape(alpha)} (channels last) applied channels first")
+        c.notes.append(f"alpha {format_shape(alpha)} (channels last) applied channels first")
     return _Built(M.KerasPReLU(alpha), shape, ("alpha",))
 
 
@@ -661,7 +661,8 @@ def _merge_shapes(c: _Layer, module) -> _Built:
         raise c.error(f"needs 2 inputs. Received {len(c.shapes)}.")
     a, b = c.shapes
     if len(a) != len(b) or any(x is not None and y is not None and x != y and 1 not in (x, y) for x, y in zip(a, b)):
-        raise c.error(f"inputs must have broadcastable shapes of one rank. Received {_fmt_shape(a)}, {_fmt_shape(b)}.")
+        raise c.error(f"inputs must have broadcastable shapes of one rank. Received {format_shape(a)}, "
+                      f"{format_shape(b)}.")
     out = tuple(y if x in (None, 1) else x for x, y in zip(a, b))
     return _Built(module, out)
 
@@ -720,7 +721,7 @@ def _time_distributed(c: _Layer) -> _Built:
 
     shape = c.one_input()
     if len(shape) < 2:
-        raise c.error(f"expects an input of rank 3 or more (batch, time, …). Received {_fmt_shape((None, *shape))}.")
+        raise c.error(f"expects an input of rank 3 or more (batch, time, …). Received {format_shape((None, *shape))}.")
     _, built = _inner(c, c.get("layer"), [shape[1:]], "the wrapped layer")
     c.notes.append("the wrapped layer runs on (N·T, …): time (dim 2, channels first) folded into the batch")
     return _Built(TimeDistributed(built.module), (shape[0], *built.output_shape),
@@ -754,8 +755,8 @@ def _bidirectional(c: _Layer) -> _Built:
                       UnsupportedError)
     seq = bool(getattr(fwd.module, "return_sequences", False))
     if fwd.output_shape != bwd.output_shape:
-        raise c.error(f"forward and backward outputs differ: {_fmt_shape(fwd.output_shape)} and "
-                      f"{_fmt_shape(bwd.output_shape)}.")
+        raise c.error(f"forward and backward outputs differ: {format_shape(fwd.output_shape)} and "
+                      f"{format_shape(bwd.output_shape)}.")
     out = list(fwd.output_shape)
     if mode == "concat":
         out[-1] = out[-1] * 2

@@ -30,9 +30,9 @@ import cnnkit.keras.builders  # noqa: F401 (registers the builders)
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.keras.graph import call_refs, input_shape, parse_graph, topological_order
 from cnnkit.keras.layer_config import _BUILDERS, Shape, _Built, _Layer, supported_layers
-from cnnkit.keras.model import KerasModel, _Call
+from cnnkit.keras.model import KerasModel, _Call, format_shape
 from cnnkit.keras.reader import KerasFile, KerasFileError, _snake_case, open_keras_file
-from cnnkit.keras.report import ConversionReport, LayerConversion, LoadedModel, _fmt_shape
+from cnnkit.keras.report import ConversionReport, LayerConversion, LoadedModel
 from cnnkit.layouts import from_keras, keras_shapes
 
 __all__ = [
@@ -98,7 +98,7 @@ def _check_stored(c: _Layer, built: _Built, refs: list, path: str) -> dict:
     """Check the stored arrays' count and shapes against the module built from the config (nothing read)."""
     names = _stored_names(built)
     if len(refs) != len(names):
-        stored = [f"{r.name} {_fmt_shape(r.shape)}" for r in refs]
+        stored = [f"{r.name} {format_shape(r.shape)}" for r in refs]
         if not refs and names:
             raise c.error(f"weights missing in {path}: expected {list(names)}.")
         raise c.error(f"the config asks for {len(names)} weight arrays {list(names)}; "
@@ -107,9 +107,9 @@ def _check_stored(c: _Layer, built: _Built, refs: list, path: str) -> dict:
     for name, ref in zip(names, refs):
         if tuple(ref.shape) != tuple(expected[name]):
             raise c.error(
-                f"Keras weight {name!r} must have shape {_fmt_shape(expected[name])} (from the config and the "
-                f"input shape {', '.join(_fmt_shape((None, *s)) for s in c.shapes)}). {path} stores "
-                f"{ref.name} with shape {_fmt_shape(ref.shape)}."
+                f"Keras weight {name!r} must have shape {format_shape(expected[name])} (from the config and the "
+                f"input shape {', '.join(format_shape((None, *s)) for s in c.shapes)}). {path} stores "
+                f"{ref.name} with shape {format_shape(ref.shape)}."
             )
     return expected
 

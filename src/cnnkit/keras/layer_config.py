@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from cnnkit._checks import ntuple
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.keras import modules as M
-from cnnkit.keras.report import _fmt_shape
+from cnnkit.keras.model import format_shape
 from cnnkit.shapes import conv_output_size
 
 _MAX_INT = 2**31 - 1
@@ -137,12 +137,12 @@ class _Layer:
         if ranks is not None and len(shape) + 1 not in ranks:
             expected = " or ".join(str(r) for r in ranks)
             raise self.error(f"expects an input of rank {expected} (batch included). Received shape "
-                             f"{_fmt_shape((None, *shape))}.")
+                             f"{format_shape((None, *shape))}.")
         return shape
 
     def known(self, value, what: str) -> int:
         if value is None:
-            raise self.error(f"needs a known {what}; the input shape {_fmt_shape((None, *self.shapes[0]))} "
+            raise self.error(f"needs a known {what}; the input shape {format_shape((None, *self.shapes[0]))} "
                              "leaves it open.")
         return value
 

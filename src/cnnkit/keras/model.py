@@ -8,9 +8,19 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from cnnkit.errors import ShapeError
-from cnnkit.keras.report import _fmt_shape
 
-__all__ = ["KerasModel"]
+__all__ = ["KerasModel", "format_shape"]
+
+
+def format_shape(shape: Sequence) -> str:
+    """A Keras shape as Keras prints it, ``None`` for a free size.
+
+    Examples:
+        >>> format_shape((None, 28, 28, 1)), format_shape((7,))
+        ('(None, 28, 28, 1)', '(7,)')
+    """
+    inner = ", ".join("None" if s is None else str(s) for s in shape)
+    return f"({inner}{',' if len(shape) == 1 else ''})"
 
 Shape = tuple
 
@@ -73,7 +83,7 @@ class KerasModel(nn.Module):
                 got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
                 layout = "channels-last" if self.channels_last else "channels-first"
                 raise ShapeError(f"{self.name}: input {name!r} must have shape (N, "
-                                 f"{_fmt_shape(expected)[1:]} ({layout}; None = any). Received {got}.")
+                                 f"{format_shape(expected)[1:]} ({layout}; None = any). Received {got}.")
             env[name] = x.movedim(-1, 1) if self.channels_last and x.dim() >= 3 else x
         for call in self.calls:
             arg = env[call.args] if isinstance(call.args, str) else [env[a] for a in call.args]

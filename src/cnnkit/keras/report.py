@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from cnnkit.keras.model import KerasModel
+from cnnkit.keras.model import KerasModel, format_shape
 
 __all__ = ["ConversionReport", "LayerConversion", "LoadedModel"]
 
@@ -102,7 +100,7 @@ class ConversionReport:
         return lines
 
     def __str__(self) -> str:
-        fmt = _fmt_shape
+        fmt = format_shape
         kind = {"keras": "Keras 3 archive", "h5": "legacy HDF5"}[self.format]
         io = "channels-last" if self.channels_last else "channels-first (PyTorch)"
         lines = [
@@ -120,11 +118,6 @@ class ConversionReport:
                 lines.append(f"    Keras {keras}  →  torch {torch_side}")
             lines += [f"    {note}" for note in layer.notes]
         return "\n".join(lines)
-
-
-def _fmt_shape(shape: Sequence) -> str:
-    inner = ", ".join("None" if s is None else str(s) for s in shape)
-    return f"({inner}{',' if len(shape) == 1 else ''})"
 
 
 @dataclass(frozen=True)

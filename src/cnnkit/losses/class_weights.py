@@ -16,7 +16,7 @@ from torch import Tensor
 
 from cnnkit._checks import check_choice
 from cnnkit.errors import ShapeError
-from cnnkit.losses._common import check_ignore_index, shape_text
+from cnnkit.losses.targets import check_ignore_index, shape_text
 from cnnkit.masking.batch import IGNORE_INDEX
 
 __all__ = ["CLASS_WEIGHT_METHODS", "class_weights"]

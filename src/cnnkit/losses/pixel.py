@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit._checks import check_bool
-from cnnkit.losses._common import (
+from cnnkit.losses.targets import (
     Target,
     check_class_weight,
     check_finite_at,

@@ -28,7 +28,7 @@ from torchmetrics import Metric
 
 from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
-from cnnkit.losses._common import check_finite_at, check_ignore_index, resolve_target, shape_text
+from cnnkit.losses.targets import check_finite_at, check_ignore_index, resolve_target, shape_text
 from cnnkit.masking.batch import PaddedBatch
 
 __all__ = ["SegmentationMetrics", "confusion_matrix", "iou", "mean_iou"]

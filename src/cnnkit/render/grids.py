@@ -36,7 +36,8 @@ from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.render.labels import _check_color, _to_numpy
 
-__all__ = ["activation_grid", "annotated_grid", "colorbar", "filter_grid", "signed_to_rgb", "tile_images"]
+__all__ = ["activation_grid", "annotated_grid", "colorbar", "filter_grid", "signed_to_byte", "signed_to_rgb",
+           "tile_images"]
 
 
 def _as_float(values, name: str) -> np.ndarray:
@@ -86,8 +87,15 @@ def signed_to_rgb(values: Tensor | np.ndarray, scale: float | None = None) -> np
     return np.stack([r, fade, b], axis=-1)
 
 
-def _rgb_signed(arr: np.ndarray, s: float) -> np.ndarray:
-    t = np.clip(arr / s, -1.0, 1.0)
+def signed_to_byte(arr: np.ndarray, scale: float) -> np.ndarray:
+    """Signed values as bytes around mid-grey: ``128 + round(127 · clip(value / scale, −1, 1))``, so 0 is 128 and
+    ±``scale`` is 255 / 1 (a colour filter's three channels drawn as one RGB tile).
+
+    Examples:
+        >>> signed_to_byte(np.array([-4.0, -1.0, 0.0, 2.0, 9.0]), 2.0).tolist()
+        [1, 64, 128, 255, 255]
+    """
+    t = np.clip(arr / scale, -1.0, 1.0)
     return (128 + np.round(127.0 * t)).astype(np.uint8)
 
 
@@ -203,7 +211,7 @@ def filter_grid(
             raise ShapeError(
                 f"rgb=True needs weights with in_channels == 3. Received weight with shape {arr.shape}."
             )
-        tiles = np.moveaxis(_rgb_signed(arr, s), 1, -1)  # (O, kH, kW, 3)
+        tiles = np.moveaxis(signed_to_byte(arr, s), 1, -1)  # (O, kH, kW, 3)
         default_cols = None
     else:
         tiles = signed_to_rgb(arr.reshape(-1, *arr.shape[2:]), scale=s)  # (O·I, kH, kW, 3)

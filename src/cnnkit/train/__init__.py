@@ -15,7 +15,7 @@ _NAMES = {
     "FilterEvolutionCallback": "cnnkit.train.callbacks",
     "AtomicCheckpointIO": "cnnkit.train.fit",
     "fit": "cnnkit.train.fit",
-    "last_checkpoint": "cnnkit.train.fit",
+    "last_checkpoint": "cnnkit.train.rundir",
     "LOSSES": "cnnkit.train.task",
     "OPTIMIZERS": "cnnkit.train.task",
     "SCHEDULERS": "cnnkit.train.task",

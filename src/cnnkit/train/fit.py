@@ -34,12 +34,19 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.train.callbacks import EpochLine
-from cnnkit.train.rundir import MissingRunFileError, check_checkpoint
+from cnnkit.train.rundir import (
+    BEST_CHECKPOINT,
+    CHECKPOINTS,
+    LAST_CHECKPOINT,
+    LOGS,
+    TENSORBOARD,
+    MissingRunFileError,
+    check_checkpoint,
+    last_checkpoint,
+)
 
-__all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]  # last_checkpoint lives in rundir, named here too
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
 _DAMAGED_LAST = (
     "Resume cannot continue from it: move it away (or delete it) to start afresh (resume=None, or --overwrite on "
     "the command line), or resume from another checkpoint such as checkpoints/best.ckpt (resume=<path>)."
@@ -90,17 +97,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-
-
-def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """``run_dir/checkpoints/last.ckpt`` if it exists, else ``None``.
-
-    Examples:
-        >>> last_checkpoint(tempfile.mkdtemp()) is None
-        True
-    """
-    path = Path(run_dir) / CHECKPOINT_DIR / LAST
-    return path if path.is_file() else None
 
 
 class _Bar(RichProgressBar):
@@ -231,8 +227,8 @@ def fit(
     # ``save_last=True`` only writes last.ckpt when a top-k checkpoint is saved in the same step, so last.ckpt
     # gets its own callback: monitor=None, top-1 under a fixed name, overwritten after every epoch.
     last = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename=LAST.removesuffix(".ckpt"),
+        dirpath=run_dir / CHECKPOINTS,
+        filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
         monitor=None,
         save_top_k=1,
         every_n_epochs=1,
@@ -242,7 +238,8 @@ def fit(
     all_callbacks: list[Callback] = [last]
     if val_loader is not None:
         all_callbacks.append(ModelCheckpoint(
-            dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+            dirpath=run_dir / CHECKPOINTS, filename=BEST_CHECKPOINT.removesuffix(".ckpt"), monitor="val/loss",
+            mode="min", save_top_k=1,
             every_n_epochs=1, enable_version_counter=False,
         ))
     all_callbacks += list(callbacks)
@@ -251,9 +248,9 @@ def fit(
     bar = _progress_bar(progress, quiet)
     if bar is not None:
         all_callbacks.append(bar)
-    loggers: list = [CSVLogger(save_dir=run_dir, name="logs")]
+    loggers: list = [CSVLogger(save_dir=run_dir, name=LOGS)]
     if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
-        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard"))
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name=TENSORBOARD))
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(p, TorchCheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())

@@ -35,14 +35,20 @@ from typing import Any
 from cnnkit.errors import CnnkitError, ShapeError
 
 __all__ = [
+    "BEST_CHECKPOINT",
+    "CHECKPOINTS",
+    "LAST_CHECKPOINT",
+    "LOGS",
     "MANIFEST",
     "MARKER",
     "REPORT_MANIFEST",
     "SAMPLES",
     "TASKS",
+    "TENSORBOARD",
     "WEIGHTS",
     "MissingRunFileError",
     "check_checkpoint",
+    "last_checkpoint",
     "prepare_run_dir",
     "read_checkpoint",
     "read_manifest",
@@ -50,6 +56,21 @@ __all__ = [
     "write_manifest",
     "write_report_manifest",
 ]
+
+CHECKPOINTS = "checkpoints"
+"""The folder of Lightning checkpoints."""
+
+LAST_CHECKPOINT = "last.ckpt"
+"""Written at the end of every epoch; what ``--resume`` continues from."""
+
+BEST_CHECKPOINT = "best.ckpt"
+"""The lowest validation loss so far (only with a validation set)."""
+
+LOGS = "logs"
+"""CSV logs, one ``version_<k>`` folder per (re)start."""
+
+TENSORBOARD = "tensorboard"
+"""TensorBoard logs, when tensorboard is installed."""
 
 MARKER = "cnnkit-run.json"
 """The file that marks a folder as a cnnkit run folder."""
@@ -79,6 +100,18 @@ class MissingRunFileError(CnnkitError, FileNotFoundError):
     """A run folder or checkpoint named by the caller does not exist (also a ``FileNotFoundError``)."""
 
 
+def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """``run_dir/checkpoints/last.ckpt`` if it exists, else ``None``.
+
+    Examples:
+        >>> import tempfile
+        >>> last_checkpoint(tempfile.mkdtemp()) is None
+        True
+    """
+    path = Path(run_dir) / CHECKPOINTS / LAST_CHECKPOINT
+    return path if path.is_file() else None
+
+
 def _owned_report_files(folder: Path) -> set[str]:
     manifest = read_report_manifest(folder)
     return set(manifest["files"]) | {REPORT_MANIFEST} if manifest is not None else set()
@@ -87,12 +120,13 @@ def _owned_report_files(folder: Path) -> set[str]:
 def _is_cnnkit_file(relative: Sequence[str], report_files: set[str]) -> bool:
     """Whether a file at ``relative`` (path parts under the run folder) is one that cnnkit writes."""
     top, rest = relative[0], list(relative[1:])
-    if top == "checkpoints" and len(rest) == 1:
+    if top == CHECKPOINTS and len(rest) == 1:
         name = rest[0]
-        return name in ("last.ckpt", "best.ckpt") or re.fullmatch(r"\.(last|best)\.ckpt\.tmp-\w+", name) is not None
-    if top == "logs" and len(rest) == 2 and _VERSION.fullmatch(rest[0]):
+        staged = re.fullmatch(r"\.(last|best)\.ckpt\.tmp-\w+", name)  # AtomicCheckpointIO's temporary file
+        return name in (LAST_CHECKPOINT, BEST_CHECKPOINT) or staged is not None
+    if top == LOGS and len(rest) == 2 and _VERSION.fullmatch(rest[0]):
         return rest[1] in ("metrics.csv", "hparams.yaml")
-    if top == "tensorboard" and len(rest) == 2 and _VERSION.fullmatch(rest[0]):
+    if top == TENSORBOARD and len(rest) == 2 and _VERSION.fullmatch(rest[0]):
         return rest[1] == "hparams.yaml" or rest[1].startswith("events.out.tfevents.")
     if top == "report" and len(rest) == 1:
         return rest[0] in report_files
@@ -172,7 +206,7 @@ def prepare_run_dir(
                 f"--resume: {os.fspath(out)!r} is not a cnnkit run folder (it has no {MARKER}), so there is no run "
                 "to continue. Drop --resume to start a new run in an empty folder."
             )
-        if not (path / "checkpoints" / "last.ckpt").is_file():
+        if last_checkpoint(path) is None:
             raise CnnkitError(
                 f"--resume: the run folder {os.fspath(out)!r} has no checkpoints/last.ckpt to continue from. Use "
                 "--overwrite to start it afresh."

@@ -28,7 +28,7 @@ from cnnkit._checks import check_choice, check_int
 from cnnkit._tensors import argmax
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
-from cnnkit.losses._common import check_class_weight, check_ignore_index
+from cnnkit.losses.targets import check_class_weight, check_ignore_index
 from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
 from cnnkit.metrics import SegmentationMetrics
 

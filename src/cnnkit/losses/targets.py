@@ -1,4 +1,5 @@
-"""Argument checks and target handling shared by the pixel-wise losses and the segmentation metrics.
+"""Which pixels count: the target handling and argument checks that the pixel-wise losses, the segmentation
+metrics and the training task share (public to them, not re-exported by :mod:`cnnkit.losses`).
 
 One place decides which pixels are *counted*: a pixel is left out when its integer label equals
 ``ignore_index`` or :data:`~cnnkit.masking.IGNORE_INDEX` (−100, what :func:`~cnnkit.collate_padded` pads
@@ -29,6 +30,7 @@ __all__ = [
     "check_reduction",
     "check_sample_weight",
     "resolve_target",
+    "shape_text",
     "split_logits",
     "weighted_reduce",
 ]
@@ -37,6 +39,7 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def shape_text(shape: Sequence[int]) -> str:
+    """A shape as error messages print it: ``(2, 3)``."""
     return str(tuple(int(s) for s in shape))
 
 
