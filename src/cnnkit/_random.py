@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnkit._checks import _is_int
+from cnnkit._checks import is_int
 from cnnkit.errors import ShapeError
 
 __all__ = ["EpochSeeded"]
@@ -28,6 +28,6 @@ class EpochSeeded:
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch`` from now on (same seed and epoch → same draws)."""
-        if not _is_int(epoch) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise ShapeError(f"epoch must be a non-negative integer. Received epoch={epoch!r}.")
         self.epoch = int(epoch)

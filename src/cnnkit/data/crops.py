@@ -8,7 +8,7 @@ convolutional network on the patches and run it on whole images of any size.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -16,16 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cnnkit._checks import ntuple
+from cnnkit._checks import is_int, ntuple
 from cnnkit._random import EpochSeeded
 from cnnkit.errors import ShapeError
 from cnnkit.masking.batch import IGNORE_INDEX
 
 __all__ = ["RareClassCrops"]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 class RareClassCrops(EpochSeeded, Dataset):
@@ -94,7 +90,7 @@ class RareClassCrops(EpochSeeded, Dataset):
             )
         self.dataset = dataset
         self.crop_size = crop_size
-        rank = 1 if _is_int(crop_size) else len(tuple(crop_size)) if isinstance(crop_size, Sequence) else 0
+        rank = 1 if is_int(crop_size) else len(tuple(crop_size)) if isinstance(crop_size, Sequence) else 0
         if rank not in (1, 2, 3):
             raise ShapeError(
                 "crop_size must be an integer >= 1 or a tuple of 1 to 3 integers >= 1. "
@@ -106,7 +102,7 @@ class RareClassCrops(EpochSeeded, Dataset):
                 f"class_ratios must be a mapping {{class: probability}}. Received class_ratios={class_ratios!r}."
             )
         for c, p in class_ratios.items():
-            if not _is_int(c) or c < 0:
+            if not is_int(c) or c < 0:
                 raise ShapeError(
                     f"class_ratios keys must be class indices >= 0. Received class_ratios={class_ratios!r}."
                 )
@@ -122,7 +118,7 @@ class RareClassCrops(EpochSeeded, Dataset):
         self.class_ratios = {int(c): float(p) for c, p in class_ratios.items()}
         self.jitter = jitter
         self._jitters(rank)  # checks type, sign and bound
-        if not _is_int(num_crops) or num_crops < 1:
+        if not is_int(num_crops) or num_crops < 1:
             raise ShapeError(f"num_crops must be an integer >= 1. Received num_crops={num_crops!r}.")
         self.num_crops = int(num_crops)
         self._draw_seed(generator)
@@ -178,7 +174,7 @@ class RareClassCrops(EpochSeeded, Dataset):
         return tuple(start), chosen
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if not _is_int(index) or not -len(self) <= index < len(self):
+        if not is_int(index) or not -len(self) <= index < len(self):
             raise IndexError(f"index must be an integer in [0, {len(self)}). Received index={index!r}.")
         index = int(index) % len(self)
         item = self.dataset[index // self.num_crops]
@@ -200,7 +196,7 @@ class RareClassCrops(EpochSeeded, Dataset):
             )
         if label.is_floating_point() or label.is_complex():
             raise ShapeError(f"label must hold integer classes. Received dtype {label.dtype}.")
-        if not _is_int(self.crop_size) and len(tuple(self.crop_size)) != label.dim():
+        if not is_int(self.crop_size) and len(tuple(self.crop_size)) != label.dim():
             raise ShapeError(
                 f"crop_size must have one entry per spatial axis of the label maps. Received crop_size="
                 f"{self.crop_size!r} and a label of shape {tuple(label.shape)} at dataset[{index // self.num_crops}]."
@@ -216,9 +212,9 @@ class RareClassCrops(EpochSeeded, Dataset):
         return image[(slice(None), *region)].clone(), label[region].clone()
 
     def __repr__(self) -> str:
-        rank = 1 if _is_int(self.crop_size) else len(tuple(self.crop_size))
+        rank = 1 if is_int(self.crop_size) else len(tuple(self.crop_size))
         jitter = self._jitters(rank)
-        jitter_text = jitter[0] if _is_int(self.crop_size) and len(set(jitter)) == 1 else jitter
+        jitter_text = jitter[0] if is_int(self.crop_size) and len(set(jitter)) == 1 else jitter
         return (
             f"{type(self).__name__}(crop_size={self.crop_size!r}, class_ratios={self.class_ratios!r}, "
             f"jitter={jitter_text!r}, num_crops={self.num_crops})"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit._checks import _is_int, check_bool, check_choice, check_int, ntuple
+from cnnkit._checks import check_bool, check_choice, check_int, is_int, ntuple
 from cnnkit.errors import ShapeError, UnsupportedError
 from cnnkit.masking.rules import register_masked_op
 from cnnkit.masking.state import MaskedContext, masked_dispatch
@@ -125,7 +125,7 @@ def partial_conv(
             f"input must be {_LAYOUT[d]} for a weight with {d} spatial dimensions. "
             f"Received input of shape {tuple(getattr(input, 'shape', ()))}."
         )
-    if not _is_int(groups) or groups < 1 or input.shape[1] != weight.shape[1] * groups \
+    if not is_int(groups) or groups < 1 or input.shape[1] != weight.shape[1] * groups \
             or weight.shape[0] % groups:
         raise ShapeError(
             "input channels must equal weight.shape[1] × groups, and weight.shape[0] must be divisible by "

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from cnnkit._checks import _is_int
+from cnnkit._checks import is_int
 from cnnkit._random import EpochSeeded
 from cnnkit.errors import ShapeError
 
@@ -56,7 +56,7 @@ def _as_sizes(sizes, name: str = "sizes") -> np.ndarray:
             tuple(s.tolist()) if isinstance(s, (np.ndarray, Tensor)) else tuple(s) if isinstance(s, Sequence) else s
             for s in sizes
         ]
-        if rows and all(_is_int(r) for r in rows):
+        if rows and all(is_int(r) for r in rows):
             rows = [(r,) for r in rows]
         lengths = {len(r) if isinstance(r, tuple) else None for r in rows}
         if len(lengths) > 1 or None in lengths:
@@ -248,9 +248,9 @@ class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
         megabatch: int = 256,
     ) -> None:
         self.sizes = _as_sizes(sizes)
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ShapeError(f"batch_size must be a positive integer. Received batch_size={batch_size!r}.")
-        if not _is_int(megabatch) or megabatch < 1:
+        if not is_int(megabatch) or megabatch < 1:
             raise ShapeError(f"megabatch must be a positive integer. Received megabatch={megabatch!r}.")
         if not isinstance(shuffle, bool) or not isinstance(drop_last, bool):
             raise ShapeError(
