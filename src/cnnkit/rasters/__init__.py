@@ -1,0 +1,32 @@
+"""Rasters as the geospatial world stores them: every GDAL read and write of cnnkit, through rasterio.
+
+* :class:`Raster` (``reading.py``) reads any raster GDAL opens — GeoTIFF/COG, JPEG2000, VRT, ENVI, netCDF — one
+  window at a time, assembled from the file's own blocks (each decoded once in a row-by-row sweep), with its CRS,
+  transform, nodata, scale/offset, band descriptions and colour interpretation;
+* :class:`CogWriter` and :func:`write_cog` (``writing.py``) write Cloud-Optimized GeoTIFFs window by window (tiled,
+  deflate with a predictor, internal overviews, colour table, nodata, metadata), renamed into place when complete;
+* :func:`prefetch` and :class:`BackgroundWriter` (``streaming.py``) read ahead and write behind in background
+  threads with bounded queues;
+* :func:`raster_errors` (``boundary.py``): the one place where GDAL's and the file system's errors become
+  :class:`~cnnkit.errors.CnnkitError`.
+
+PNG and JPEG stay with Pillow (:mod:`cnnkit.predict.scene`).
+"""
+
+from cnnkit.rasters.boundary import raster_errors
+from cnnkit.rasters.georeference import Georeference
+from cnnkit.rasters.reading import RASTER_EXTENSIONS, Raster, read_georeference
+from cnnkit.rasters.streaming import BackgroundWriter, prefetch
+from cnnkit.rasters.writing import CogWriter, write_cog
+
+__all__ = [
+    "RASTER_EXTENSIONS",
+    "BackgroundWriter",
+    "CogWriter",
+    "Georeference",
+    "Raster",
+    "prefetch",
+    "raster_errors",
+    "read_georeference",
+    "write_cog",
+]

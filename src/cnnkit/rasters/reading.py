@@ -1,0 +1,287 @@
+"""Reading rasters through GDAL (rasterio), one window at a time, decoding each of the file's blocks once.
+
+Every raster GDAL opens — GeoTIFF and Cloud-Optimized GeoTIFF with any compression, striped or tiled, JPEG2000,
+VRT mosaics, ENVI, netCDF — is read by :class:`Raster`:
+
+* **Windows aligned to blocks.** A window (a tile and its halo) is assembled from the file's own blocks (its tiles,
+  strips or codestream tiles), each read with a block-aligned GDAL window and kept in a small least-recently-used
+  cache sized from the windows asked for, so tiles swept row by row decode every block once — the halo of the next
+  row of tiles comes from the cache, not from a second decode. Memory holds a band of blocks, never the scene.
+* **The file's own metadata.** CRS and transform (:class:`~cnnkit.rasters.Georeference`), nodata per band (those
+  pixels read as NaN), scale and offset per band (applied), band descriptions and colour interpretation (band names
+  and the red/green/blue bands of a composite).
+* **TIFF page stacks.** A TIFF whose pages are single-band images of one size (what ``tifffile.imwrite`` makes of a
+  ``(C, H, W)`` or ``(H, W, C)`` array without ``planarconfig``) is read page by page through GDAL; which axis holds
+  the bands is decided as for any 3-D array (the expected band count, else the shorter of first and last axis).
+
+Examples:
+    >>> import numpy as np, rasterio, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.tif")
+    >>> with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=2, dtype="uint16", nodata=0,
+    ...                    tiled=True, blockxsize=16, blockysize=16) as dst:
+    ...     dst.write(np.arange(2 * 30 * 40, dtype="uint16").reshape(2, 30, 40))
+    >>> raster = Raster(path)
+    >>> raster.shape, raster.block_shape
+    ((2, 30, 40), (16, 16))
+    >>> window = raster.read(slice(5, 20), slice(30, 45))  # cut at the right edge
+    >>> window.shape, window.dtype, float(window[0, 0, 0])
+    ((2, 15, 10), dtype('float32'), 230.0)
+    >>> bool(np.isnan(raster.read(slice(0, 1), slice(0, 1))[0, 0, 0]))  # the declared nodata, 0
+    True
+    >>> raster.close()
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from cnnkit.errors import CnnkitError, UnsupportedError
+from cnnkit.rasters.boundary import raster_errors
+from cnnkit.rasters.georeference import Georeference
+
+__all__ = ["RASTER_EXTENSIONS", "Raster", "read_georeference"]
+
+RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".h5", ".hdf")
+"""File extensions read through GDAL (PNG and JPEG are read with Pillow)."""
+
+MIN_CACHE = 16 * 2**20
+MAX_CACHE = 512 * 2**20
+"""Bounds of a raster's block cache in bytes: it holds the blocks a band of windows spans, within these."""
+
+MAX_BLOCK = 64 * 2**20
+"""A block larger than this (a whole-image "block" of an untiled format) is not cached: GDAL reads each window."""
+
+
+def _span(index: slice, size: int) -> tuple[int, int]:
+    start, stop, step = index.indices(size)
+    if step != 1:
+        raise ValueError(f"windows must be contiguous (step 1). Received {index}.")
+    return start, max(start, stop)
+
+
+class _Source:
+    """One GDAL dataset read window by window through a cache of its decoded blocks.
+
+    Reads are serialised by a lock (a GDAL dataset is not to be used by two threads at once); the dataset is opened
+    on the first read and kept open until :meth:`close`, so its blocks can be reused.
+    """
+
+    def __init__(self, name: str, path: Path):
+        import rasterio
+
+        self.name, self.path = name, path
+        with raster_errors(path, "open the raster"), rasterio.open(name) as ds:
+            self.count, self.height, self.width = ds.count, ds.height, ds.width
+            self.dtype = np.result_type(*[np.dtype(d) for d in ds.dtypes]) if ds.count else np.dtype("uint8")
+            self.block_shape = tuple(int(v) for v in ds.block_shapes[0]) if ds.count else (1, 1)
+            self.georeference = Georeference.of(ds)
+            self.nodata = tuple(ds.nodatavals)
+            self.scales, self.offsets = tuple(ds.scales), tuple(ds.offsets)
+            self.descriptions = tuple(ds.descriptions)
+            self.colorinterp = tuple(c.name for c in ds.colorinterp)
+            self.driver = ds.driver
+            self.subdatasets = tuple(ds.subdatasets)
+        self._dataset = None
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cached = 0
+        self.budget = MIN_CACHE
+        rows, cols = self.block_shape
+        self.block_bytes = rows * cols * self.count * self.dtype.itemsize
+        self.decoded = 0  # blocks decoded so far (a test reads it: each block once in a row-major sweep)
+
+    def _open(self):
+        import rasterio
+
+        if self._dataset is None:
+            with raster_errors(self.path, "open the raster"):
+                self._dataset = rasterio.open(self.name)
+        return self._dataset
+
+    def close(self) -> None:
+        with self._lock:
+            if self._dataset is not None:
+                self._dataset.close()
+                self._dataset = None
+            self._blocks.clear()
+            self._cached = 0
+
+    def _fit_budget(self, r0: int, r1: int) -> None:
+        """Grow the cache to hold the blocks of a window this tall plus one more row of blocks across the width (the
+        band of tiles being swept and the halo of the next)."""
+        rows = self.block_shape[0]
+        band_rows = (math.ceil((r1 - r0) / rows) + 2) * rows
+        needed = band_rows * self.width * self.count * self.dtype.itemsize
+        self.budget = max(self.budget, min(MAX_CACHE, max(MIN_CACHE, needed)))
+
+    def _block(self, i: int, j: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        key = (i, j)
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+            return block
+        rows, cols = self.block_shape
+        window = Window(j * cols, i * rows, min(cols, self.width - j * cols), min(rows, self.height - i * rows))
+        with raster_errors(self.path, "read"):
+            block = self._open().read(window=window)
+        self.decoded += 1
+        self._blocks[key] = block
+        self._cached += block.nbytes
+        while self._cached > self.budget and len(self._blocks) > 1:
+            _, old = self._blocks.popitem(last=False)
+            self._cached -= old.nbytes
+        return block
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0:r1`` and columns ``c0:c1`` of every band, ``(count, h, w)`` in the file's dtype."""
+        from rasterio.windows import Window
+
+        with self._lock:
+            if self.block_bytes > MAX_BLOCK:
+                with raster_errors(self.path, "read"):
+                    return self._open().read(window=Window(c0, r0, c1 - c0, r1 - r0))
+            self._fit_budget(r0, r1)
+            rows, cols = self.block_shape
+            out = np.empty((self.count, r1 - r0, c1 - c0), dtype=self.dtype)
+            for i in range(r0 // rows, (r1 - 1) // rows + 1 if r1 > r0 else 0):
+                for j in range(c0 // cols, (c1 - 1) // cols + 1 if c1 > c0 else 0):
+                    block = self._block(i, j)
+                    y0, x0 = i * rows, j * cols
+                    ys, ye, xs, xe = max(r0, y0), min(r1, y0 + rows), max(c0, x0), min(c1, x0 + cols)
+                    out[:, ys - r0:ye - r0, xs - c0:xe - c0] = block[:, ys - y0:ye - y0, xs - x0:xe - x0]
+            return out
+
+
+class Raster:
+    """A raster file opened for windowed reading through GDAL.
+
+    Args:
+        path: The file (any format GDAL reads: GeoTIFF/COG, JPEG2000, VRT, ENVI, netCDF, …).
+        bands: The number of bands expected, if known: decides which axis of a TIFF page stack holds the bands.
+
+    Attributes:
+        path: The file.
+        count, height, width: Bands and size in pixels (``shape`` is ``(count, height, width)``).
+        dtype: The bands' common NumPy dtype as stored.
+        georeference: CRS and transform (:class:`~cnnkit.rasters.Georeference`).
+        nodata: The declared nodata value of each band (``None`` where a band declares none).
+        descriptions: Each band's description (``None`` where it has none): its name, e.g. ``"red"`` or ``"B08"``.
+        colorinterp: Each band's colour interpretation as GDAL names it (``"red"``, ``"gray"``, ``"undefined"``, …).
+        scales, offsets: Each band's scale and offset (a stored value ``v`` means ``v * scale + offset``).
+        block_shape: The file's block ``(rows, cols)``: windows are assembled from whole blocks.
+
+    Raises:
+        CnnkitError: the file cannot be opened (GDAL's message and the file's name).
+        UnsupportedError: complex bands, or a page stack whose pages are not single-band images of one size.
+    """
+
+    def __init__(self, path: str | Path, bands: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CnnkitError(f"Input image does not exist: {self.path}")
+        main = _Source(str(self.path), self.path)
+        pages = sorted((int(s.split(":")[1]), s) for s in main.subdatasets if s.startswith("GTIFF_DIR:"))
+        self._pages: list[_Source] = []
+        self._channels_last = False
+        if main.driver == "GTiff" and pages and main.count == 1:
+            self._pages = [main] + [_Source(name, self.path) for number, name in pages if number > 1]
+        if self._pages and {(s.count, s.height, s.width) for s in self._pages} == {(1, main.height, main.width)}:
+            depth, height, width = len(self._pages), main.height, main.width
+            if bands is not None and bands in (depth, width):
+                self._channels_last = width == bands
+            else:
+                self._channels_last = width <= depth
+            self.count, self.height, self.width = (width, depth, height) if self._channels_last else (
+                depth, height, width)
+        else:
+            self._pages = []
+            self.count, self.height, self.width = main.count, main.height, main.width
+        self._main = main
+        if np.issubdtype(main.dtype, np.complexfloating) or not (
+                np.issubdtype(main.dtype, np.integer) or np.issubdtype(main.dtype, np.floating)):
+            raise UnsupportedError(f"{self.path} holds {main.dtype} values; expected integer or float bands.")
+        self.dtype = main.dtype
+        self.georeference = main.georeference
+        self.block_shape = main.block_shape
+        if self._pages:
+            self.nodata = (main.nodata[0],) * self.count
+            self.scales, self.offsets = (main.scales[0],) * self.count, (main.offsets[0],) * self.count
+            self.descriptions, self.colorinterp = (None,) * self.count, ("undefined",) * self.count
+        else:
+            self.nodata, self.scales, self.offsets = main.nodata, main.scales, main.offsets
+            self.descriptions, self.colorinterp = main.descriptions, main.colorinterp
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.count, self.height, self.width
+
+    @property
+    def blocks_decoded(self) -> int:
+        """How many blocks were decoded so far (each block once when windows are swept row by row)."""
+        return sum(s.decoded for s in self._pages or [self._main])
+
+    def read_raw(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """The window ``[rows, cols]`` as stored, ``(count, h, w)`` in :attr:`dtype` (cut at the edges)."""
+        (r0, r1), (c0, c1) = _span(rows, self.height), _span(cols, self.width)
+        if not self._pages:
+            return self._main.read(r0, r1, c0, c1)
+        if self._channels_last:  # page k is row k; a page's rows are columns, its columns the bands
+            out = np.empty((self.count, r1 - r0, c1 - c0), dtype=self.dtype)
+            for k in range(r0, r1):
+                out[:, k - r0, :] = self._pages[k].read(c0, c1, 0, self.count)[0].T
+            return out
+        return np.concatenate([page.read(r0, r1, c0, c1) for page in self._pages])
+
+    def read(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """The window ``[rows, cols]`` as float32 ``(count, h, w)``: declared nodata as NaN, scale and offset applied.
+
+        Args:
+            rows, cols: Slices of step 1; windows past the edge are cut.
+        """
+        raw = self.read_raw(rows, cols)
+        window = raw.astype(np.float32)
+        for band, (nodata, scale, offset) in enumerate(zip(self.nodata, self.scales, self.offsets)):
+            if nodata is not None:
+                window[band][raw[band] == np.asarray(nodata).astype(raw.dtype)] = np.nan
+                if np.isnan(nodata):
+                    window[band][np.isnan(raw[band])] = np.nan
+            if scale != 1 or offset != 0:
+                window[band] = window[band] * np.float32(scale) + np.float32(offset)
+        return window
+
+    def close(self) -> None:
+        """Close the file's datasets and drop the cached blocks (reading again reopens them)."""
+        for source in self._pages or [self._main]:
+            source.close()
+
+    def __enter__(self) -> Raster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Raster({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, block_shape={self.block_shape})"
+
+
+def read_georeference(path: str | Path) -> Georeference:
+    """The CRS and transform of a raster GDAL reads; an empty :class:`Georeference` for PNG/JPEG and folders.
+
+    Examples:
+        >>> read_georeference("picture.png")
+        Georeference(crs=None, transform=None)
+    """
+    import rasterio
+
+    path = Path(path)
+    if path.suffix.lower() not in RASTER_EXTENSIONS or not path.is_file():
+        return Georeference()
+    with raster_errors(path, "open the raster"), rasterio.open(path) as ds:
+        return Georeference.of(ds)
