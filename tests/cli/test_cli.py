@@ -288,3 +288,63 @@ def test_heavy_imports_reenable_the_collector_when_an_import_fails():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+# --- errors that teach: the likely mistake named (golden files; pytest --update-golden rewrites them) -----------
+
+MYMODELS = """\
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def build_small():
+    return Small()
+
+
+def build_wide():
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+
+
+def _helper():
+    return None
+
+
+net = nn.Linear(2, 2)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("error_channels_last", ["explain", "Conv2d(5,32,3)", "--input", "128x128x5"]),
+        ("error_summary_first_layer_channels", ["summary", "{tmp}/mymodels.py:build_small", "--input", "3x64x64"]),
+        ("error_summary_channels_last", ["summary", "{tmp}/mymodels.py:build_small", "--input", "64x64x1"]),
+        ("error_summary_inner_layer_channels", ["summary", "{tmp}/mymodels.py:build_wide", "--input", "3x64x64"]),
+        ("error_model_name", ["summary", "{tmp}/mymodels.py:build_smal", "--input", "1x64x64"]),
+    ],
+)
+def test_errors_name_the_likely_mistake(golden, tmp_path, name, args):
+    (tmp_path / "mymodels.py").write_text(MYMODELS)
+    result = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args], terminal_width=80)
+    assert result.exit_code == 2, result.output
+    golden(f"cli/golden/{name}.txt", result.output.replace(str(tmp_path), "{tmp}"))
+
+
+def test_model_name_suggestions_leave_out_private_and_imported_names(tmp_path):
+    (tmp_path / "mymodels.py").write_text(MYMODELS)
+    result = runner.invoke(app, ["summary", f"{tmp_path}/mymodels.py:zzz", "-i", "1x8x8"], terminal_width=400)
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "Did you mean" not in text  # nothing is close to 'zzz'
+    assert "It defines: Small, build_small, build_wide, net." in text  # not _helper, not nn
+    result = runner.invoke(app, ["summary", "cnnkit.models:TinySegNt", "-i", "4x8x8"], terminal_width=400)
+    assert "Did you mean 'TinySegNet'?" in " ".join(result.output.split())  # a package: the names of its __all__

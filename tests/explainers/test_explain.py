@@ -243,6 +243,33 @@ def test_bad_input_names_argument_and_value(module, shape, match):
         explain(module, shape)
 
 
+@pytest.mark.parametrize(
+    ("name", "module", "shape"),
+    [
+        ("error_conv2d_channels_last", nn.Conv2d(5, 32, 3), (128, 128, 5)),
+        ("error_conv1d_channels_last", nn.Conv1d(4, 8, 3), (100, 4)),
+        ("error_batchnorm_channels_last", nn.BatchNorm2d(3), (32, 32, 3)),
+    ],
+)
+def test_a_channels_last_shape_gets_the_channels_first_one_golden(golden, name, module, shape):
+    with pytest.raises(ShapeError) as info:
+        explain(module, shape)
+    golden(f"explainers/golden/{name}.txt", str(info.value) + "\n")
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 32), (32, 32, 4), (5, 32, 5)])
+def test_no_channels_last_hint_unless_only_the_last_entry_fits(shape):
+    """(4, 32, 32) and (32, 32, 4) hold no 5 at the end; (5, 32, 5) holds 5 first and last, and only its first
+    entry is checked (Conv2d(5, …) accepts it, so this case proves the check reads input_shape[0])."""
+    module = nn.Conv2d(5, 8, 3)
+    if shape[0] == 5:
+        explain(module, shape)
+        return
+    with pytest.raises(ShapeError, match="in_channels=5") as info:
+        explain(module, shape)
+    assert str(info.value).endswith(f"Received input_shape[0]={shape[0]} (input_shape={shape}).")
+
+
 def test_not_a_module():
     with pytest.raises(TypeError, match=r"module must be a torch\.nn\.Module"):
         explain("Conv2d", (3, 8, 8))

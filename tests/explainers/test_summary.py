@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnkit import CnnkitError
+from cnnkit import CnnkitError, ShapeError
 from cnnkit.explainers import summary
 from cnnkit.models import TinySegNet
 
@@ -137,3 +137,66 @@ def test_bad_arguments():
 def test_summary_text_golden(golden):
     torch.manual_seed(0)
     golden("explainers/golden/summary_tinysegnet.txt", str(summary(TinySegNet(4, 5), (4, 64, 96))))
+
+
+# --- a failing forward names the layer that raised and the likely mistake -------------------------------------
+
+
+class _Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class _Raises(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("not today")
+
+
+def _failures():
+    """(name, model, input_shape) of forwards that fail, each for another reason."""
+    return [
+        ("first layer wants 1 channel", _Small(), (3, 32, 32)),
+        ("first layer, channels-last input", _Small(), (32, 32, 1)),
+        ("inner conv after a conv of 16", nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)),
+         (3, 16, 16)),
+        ("linear after the wrong flatten", _Small(), (1, 64, 64)),
+        ("batch norm of the wrong width", nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(6)), (3, 8, 8)),
+        ("first linear", nn.Sequential(nn.Linear(10, 2)), (12,)),
+        ("a leaf without explainer raises, deep inside",
+         nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), _Raises())), (3, 8, 8)),
+    ]
+
+
+def test_failure_messages_golden(golden):
+    text = []
+    for name, model, shape in _failures():
+        with pytest.raises(CnnkitError) as info:
+            summary(model, shape)
+        text.append(f"{name}, input_shape={shape}:\n{info.value}\n")
+    golden("explainers/golden/summary_errors.txt", "\n".join(text))
+
+
+def test_channel_mismatch_names_the_innermost_layer_not_a_batch_dimension():
+    """Conv2d also takes an unbatched (C, H, W) input, so (3, 32, 32) minus its first entry runs: that must not be
+    read as a batch dimension given by habit (it was: 'leave the batch dimension out')."""
+    with pytest.raises(ShapeError) as info:
+        summary(_Small(), (3, 32, 32))
+    text = str(info.value)
+    assert "batch dimension" not in text
+    assert "layer 'features.0' (Conv2d), which has in_channels=1 but received 3 channels" in text
+    assert "input_shape=(1, 32, 32)" in text and "in_channels=3" in text
+    summary(_Small(), (1, 32, 32))  # the suggested shape runs
+
+
+def test_an_inner_mismatch_suggests_the_layer_not_the_input():
+    with pytest.raises(ShapeError) as info:
+        summary(_Small(), (1, 64, 64))
+    text = str(info.value)
+    assert "layer 'classifier.1' (Linear), which has in_features=2048 but received 8192 features" in text
+    assert "last layer that finished was 'classifier.0'" in text and "in_features=8192" in text
+    assert "--input" not in text  # the input is fine for the first layer

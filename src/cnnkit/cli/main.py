@@ -393,10 +393,11 @@ def load_factory(target: str, *, device: str | None = None, kwargs: dict | None 
         except Exception as error:
             raise CnnkitError(f"Cannot import {source!r} (MODEL={target!r}): {type(error).__name__}: {error}") \
                 from error
-    if not hasattr(module, attr):
-        raise CnnkitError(f"{source!r} has no attribute {attr!r} (MODEL={target!r}).")
-    obj = getattr(module, attr)
     from torch import nn
+
+    if not hasattr(module, attr):
+        raise CnnkitError(f"{source!r} has no attribute {attr!r} (MODEL={target!r}). {_defined_names(module, attr)}")
+    obj = getattr(module, attr)
 
     if isinstance(obj, nn.Module) and kwargs:
         raise CnnkitError(f"MODEL={target!r} is a module instance: it takes no --model-args.")
@@ -404,6 +405,25 @@ def load_factory(target: str, *, device: str | None = None, kwargs: dict | None 
     if not isinstance(model, nn.Module):
         raise CnnkitError(f"MODEL={target!r} gave a {type(model).__name__}, not a torch.nn.Module.")
     return model
+
+
+def _defined_names(module, wanted: str) -> str:
+    """What a MODEL target could have named in ``module``: the public functions and classes defined there (or
+    exported by its ``__all__``) and the modules it holds, in the file's order; first the name closest to ``wanted``
+    (difflib)."""
+    import difflib
+
+    from torch import nn
+
+    exported = getattr(module, "__all__", None)
+    names = [name for name, value in vars(module).items() if not name.startswith("_") and (
+        isinstance(value, nn.Module) or (callable(value) and (name in exported if exported is not None else
+                                                              getattr(value, "__module__", None) == module.__name__)))]
+    if not names:
+        return "It defines no public function, class or module to build the model from."
+    lowered = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(wanted.lower(), list(lowered), n=1)
+    return (f"Did you mean {lowered[close[0]]!r}? " if close else "") + "It defines: " + ", ".join(names) + "."
 
 
 def _call_factory(factory, target: str, device: str | None, kwargs: dict):

@@ -47,12 +47,26 @@ def expect_rank(module: nn.Module, input_shape: tuple[int, ...], ranks: Sequence
         )
 
 
-def expect_channels(module: nn.Module, received: int, expected: int, name: str) -> None:
-    if received != expected:
-        raise ShapeError(
-            f"{type(module).__name__} has {name}={expected}, so input_shape[0] must be {expected}. "
-            f"Received input_shape[0]={received}."
-        )
+def expect_channels(module: nn.Module, received: int, expected: int, name: str,
+                    input_shape: Sequence[int] | None = None) -> None:
+    """Raise if the channel count ``received`` (``input_shape[0]``) is not the module's ``name=expected``.
+
+    Given the whole ``input_shape``, a shape whose last entry is ``expected`` (and whose first is not) is
+    named channels-last, and the channels-first shape to try is given.
+    """
+    if received == expected:
+        return
+    rule = f"{type(module).__name__} has {name}={expected}, so input_shape[0] must be {expected}."
+    shape = tuple(input_shape) if input_shape is not None else ()
+    if len(shape) < 2 or shape[-1] != expected:
+        raise ShapeError(f"{rule} Received input_shape[0]={received}" + (f" (input_shape={shape})." if shape else "."))
+    first = (shape[-1], *shape[:-1])
+    spatial = _SPATIAL.get(len(shape) - 1)
+    layouts = f" ({spatial}, C), not channels-first (C, {spatial})" if spatial else ""
+    raise ShapeError(
+        f"{rule} Received input_shape={shape}, which looks channels-last{layouts}: cnnkit, like torch, puts the "
+        f"channels first. Try input_shape={first} (on the command line --input {'x'.join(map(str, first))})."
+    )
 
 
 def init_line(weight_shape: Sequence[int]) -> str:
@@ -85,7 +99,7 @@ def conv_report(m: nn.modules.conv._ConvNd, shape: tuple[int, ...], padding) -> 
     """
     n = len(m.kernel_size)
     expect_rank(m, shape, [n + 1], f"(C, {_SPATIAL[n]})")
-    expect_channels(m, shape[0], m.in_channels, "in_channels")
+    expect_channels(m, shape[0], m.in_channels, "in_channels", shape)
     spatial = conv_output_size(shape[1:], m.kernel_size, m.stride, padding, m.dilation)
     cin = m.in_channels // m.groups
     per_filter = cin * math.prod(m.kernel_size)
@@ -118,7 +132,7 @@ def conv_report(m: nn.modules.conv._ConvNd, shape: tuple[int, ...], padding) -> 
 def _conv_transpose(m: nn.modules.conv._ConvTransposeNd, shape: tuple[int, ...]) -> LayerReport:
     n = len(m.kernel_size)
     expect_rank(m, shape, [n + 1], f"(C, {_SPATIAL[n]})")
-    expect_channels(m, shape[0], m.in_channels, "in_channels")
+    expect_channels(m, shape[0], m.in_channels, "in_channels", shape)
     spatial = conv_transpose_output_size(shape[1:], m.kernel_size, m.stride, m.padding, m.output_padding,
                                          m.dilation)
     lines = []
@@ -221,7 +235,7 @@ _BN = {nn.BatchNorm1d: ([1, 2], "(C,) or (C, L)"), nn.BatchNorm2d: ([3], "(C, H,
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...]) -> LayerReport:
     ranks, layout = next(v for t, v in _BN.items() if isinstance(m, t))
     expect_rank(m, shape, ranks, layout)
-    expect_channels(m, shape[0], m.num_features, "num_features")
+    expect_channels(m, shape[0], m.num_features, "num_features", shape)
     c = m.num_features
     steps = [
         f"normalises each of the {c} channels: y = (x − mean)/√(var + eps)·γ + β, with the batch's "

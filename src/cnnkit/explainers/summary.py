@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -104,13 +105,22 @@ def _op_name(func) -> tuple[str, str]:
     return name, f"torch.{name}"
 
 
+class _Running(NamedTuple):
+    """A module whose forward has begun and not yet returned."""
+
+    name: str
+    module: nn.Module
+    leaf: bool  # a leaf, or inside one
+    received: tuple[tuple[int, ...], ...]  # the shapes of the tensors it was called with
+
+
 class _Collector(TorchFunctionMode):
     def __init__(self, model: nn.Module, ndim: int):
         super().__init__()
         self.model = model
         self.ndim = ndim
         self.rows: list[LayerRow] = []
-        self.stack: list[tuple[str, nn.Module, bool]] = []  # (name, module, is_leaf)
+        self.stack: list[_Running] = []
         self.fields: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.seen: set[int] = set()
         self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
@@ -138,7 +148,8 @@ class _Collector(TorchFunctionMode):
     def pre_hook(self, module: nn.Module, args):
         inside_leaf = bool(self.stack) and self.stack[-1][2]
         name = self.names.get(id(module), type(module).__name__)
-        self.stack.append((name, module, self.is_leaf(module) or inside_leaf))
+        received = tuple(tuple(t.shape) for t in tensors_in(args))
+        self.stack.append(_Running(name, module, self.is_leaf(module) or inside_leaf, received))
 
     def post_hook(self, module: nn.Module, args, output):
         self.busy = True
@@ -148,7 +159,7 @@ class _Collector(TorchFunctionMode):
             self.busy = False
 
     def _record_module(self, module: nn.Module, args, output):
-        name, _, leaf = self.stack.pop()
+        name, _, leaf, _ = self.stack.pop()
         inside_leaf = bool(self.stack) and self.stack[-1][2]
         self.last_done = name
         if not leaf or inside_leaf:
@@ -291,11 +302,14 @@ def summary(
 
 
 class _Failed(Exception):
-    """The forward pass raised: which layer was running, and the last one that finished."""
+    """The forward pass raised: the innermost module that was running, and the last one that finished."""
 
-    def __init__(self, error: Exception, running: str, running_type: str, last_done: str):
+    def __init__(self, error: Exception, running: _Running, last_done: str):
         super().__init__(str(error))
-        self.error, self.running, self.running_type, self.last_done = error, running, running_type, last_done
+        self.error, self.last_done = error, last_done
+        self.running, self.running_type = running.name, type(running.module).__name__
+        self.module = running.module
+        self.received = running.received[0] if len(running.received) == 1 else None
 
 
 def _collect(model: nn.Module, full: tuple[int, ...], dtype, device, shape) -> _Collector:
@@ -342,9 +356,9 @@ def _collect_once(model: nn.Module, full: tuple[int, ...], dtype, device, shape)
                 else:
                     model(x)
             except Exception as error:
-                running = collector.stack[-1][0] if collector.stack else "(model)"
-                running_type = type(collector.stack[-1][1]).__name__ if collector.stack else type(model).__name__
-                raise _Failed(error, running, running_type, collector.last_done) from error
+                # the innermost module whose forward had begun and not returned is the one that raised
+                running = collector.stack[-1] if collector.stack else _Running("", model, False, (full,))
+                raise _Failed(error, running, collector.last_done) from error
     finally:
         for h in handles:
             h.remove()
@@ -364,7 +378,10 @@ def _failure_message(model, shape, batch_size, failed: _Failed, dtype) -> Cnnkit
             f"summary: layer {failed.running!r} ({failed.running_type}) cannot run on the meta device, where "
             f"summary measures shapes without memory ({type(error).__name__}: {error}), and {why}."
         )
-    if len(shape) >= 2:
+    received = failed.received
+    refusal = _refusal(failed.module, received[1:]) if received else None
+    fits_without_first = refusal is None or (len(received) > 2 and _refusal(failed.module, received[2:]) is False)
+    if len(shape) >= 2 and fits_without_first:
         try:
             _collect_once(model, (batch_size, *shape[1:]), dtype, "meta", shape[1:])
         except _Failed:
@@ -372,8 +389,87 @@ def _failure_message(model, shape, batch_size, failed: _Failed, dtype) -> Cnnkit
         else:
             hint = f"; batch_size={shape[0]} sets the batch" if shape[0] > 1 else ""
             return ShapeError("summary: " + batch_hint(model, shape, hint))
+    where = f"layer {failed.running!r} ({failed.running_type})" if failed.running else \
+        f"the model's own forward ({failed.running_type})"
+    if refusal:
+        first = not failed.last_done and received == (batch_size, *shape)
+        mismatch = _channel_mismatch(failed.module, received)
+        if mismatch is not None:
+            return ShapeError(_channel_message(where, failed, shape, mismatch, first))
+        return ShapeError(f"summary: the forward pass failed in {where}, which received a tensor of shape {received} "
+                          f"(batch first): {refusal}")
+    got = f", which received a tensor of shape {received}" if received else ""
     return CnnkitError(
-        f"summary: the forward pass failed in layer {failed.running!r} ({failed.running_type}) on input_shape="
-        f"{shape}; the last layer that finished was {failed.last_done or 'none'!r}. "
-        f"{type(error).__name__}: {error}"
+        f"summary: the forward pass failed in {where}{got}, on input_shape={shape}; the last layer that finished "
+        f"was {failed.last_done or 'none'!r}. {type(error).__name__}: {error}"
     )
+
+
+def _refusal(module: nn.Module, shape: tuple[int, ...]) -> str | bool | None:
+    """What ``module``'s explainer says against an input of ``shape`` (no batch): its error message, ``False``
+    when it accepts the shape, ``None`` when the module has no explainer."""
+    explainer = find_explainer(module)
+    if explainer is None:
+        return None
+    try:
+        explainer(module, tuple(shape))
+    except (CnnkitError, ValueError) as error:
+        return str(error) or type(error).__name__
+    return False
+
+
+# The standard attributes (torch's names) of the channel count a layer is built for; the axis of its input,
+# batch first, that must hold that count; and what the entries along that axis are called.
+_CHANNEL_ATTRIBUTES = (("in_channels", 1, "channels"), ("num_features", 1, "channels"),
+                       ("num_channels", 1, "channels"), ("in_features", -1, "features"))
+
+
+@dataclass(frozen=True)
+class _Mismatch:
+    attribute: str
+    expected: int
+    received: int
+    axis: int
+    unit: str
+
+
+def _channel_mismatch(module: nn.Module, received: tuple[int, ...]) -> _Mismatch | None:
+    """The channel count ``module`` was built for and the one it received, where that count alone is wrong:
+    its explainer refuses ``received`` and accepts it once the count is the expected one."""
+    for attribute, axis, unit in _CHANNEL_ATTRIBUTES:
+        expected = getattr(module, attribute, None)
+        if not isinstance(expected, int) or len(received) < 2 or received[axis] == expected:
+            continue
+        fixed = list(received)
+        fixed[axis] = expected
+        if _refusal(module, tuple(fixed[1:])) is False:
+            return _Mismatch(attribute, expected, received[axis], axis, unit)
+    return None
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit if n != 1 else unit.removesuffix('s')}"
+
+
+def _cli_shape(shape: Sequence[int]) -> str:
+    return f"input_shape={tuple(shape)} (on the command line --input {'x'.join(map(str, shape))})"
+
+
+def _channel_message(where: str, failed: _Failed, shape: tuple[int, ...], m: _Mismatch, first: bool) -> str:
+    """``where`` has ``m.attribute=m.expected`` and received another count; what to change, for the model's first
+    layer (the input) or a later one (this layer or the ones before it)."""
+    text = (f"summary: the forward pass failed in {where}, which has {m.attribute}={m.expected} but received "
+            f"{_count(m.received, m.unit)}: a tensor of shape {failed.received}, batch first.")
+    if not first:
+        return (f"{text} The layers before it give {_count(m.received, m.unit)} (the last layer that finished was "
+                f"{failed.last_done!r}): build {failed.running!r} with {m.attribute}={m.received}, or make those "
+                f"layers give {_count(m.expected, m.unit)}.")
+    index = 0 if m.axis == 1 else len(shape) - 1
+    if m.axis == 1 and len(shape) >= 2 and shape[-1] == m.expected:
+        return (f"{text} It is the model's first layer, and input_shape={shape} looks channels-last: cnnkit, "
+                f"like torch, puts the channels first. Try {_cli_shape((shape[-1], *shape[:-1]))}.")
+    fixed = list(shape)
+    fixed[index] = m.expected
+    return (f"{text} It is the model's first layer, so the input has {_count(m.received, m.unit)} where the "
+            f"model wants {m.expected}: give {_cli_shape(fixed)}, or build the model for "
+            f"{_count(m.received, m.unit)} ({m.attribute}={m.received} in {failed.running!r}).")
