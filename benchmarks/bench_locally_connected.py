@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import cnnkit.nn.locally_connected as lc_module
+import cnnkit.nn._lc_native as lc_native
 from benchmarks._timing import interleaved_ms
 from cnnkit import _native
 from cnnkit.nn import LocallyConnected2d
@@ -86,12 +86,12 @@ def build_name(lib: ctypes.CDLL) -> str:
 @contextlib.contextmanager
 def _kernel_of(lib: ctypes.CDLL):
     """Make the layer run ``lib`` (a variant build) instead of the kernel it would load."""
-    saved = lc_module._kernel
-    lc_module._kernel = lambda *tensors: lib if saved(*tensors) is not None else None
+    saved = lc_native.library
+    lc_native.library = lambda *tensors: lib if saved(*tensors) is not None else None
     try:
         yield
     finally:
-        lc_module._kernel = saved
+        lc_native.library = saved
 
 
 def cpu_time_ms(fns: dict[str, Callable[[], object]], rounds: int = 5, min_cpu_s: float = 0.3) -> dict:
@@ -132,11 +132,11 @@ def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, 
         layer(x).backward(grad)
 
     def torch_path():
-        lc_module._use_native = False
+        lc_native.use_native = False
         try:
             ours()
         finally:
-            lc_module._use_native = True
+            lc_native.use_native = True
 
     def unfold_einsum():
         x.grad = weight.grad = bias.grad = None
@@ -153,7 +153,7 @@ def run(batch: int = 32, channels: int = 16, size: int = 32, filters: int = 32, 
 
     # The builds timed: the native one (or the torch path without a kernel), and on a CPU beyond AVX2
     # the AVX2 build too.
-    native = lc_module._kernel(x, layer.weight, layer.bias)
+    native = lc_native.library(x, layer.weight, layer.bias)
     where = host()
     if native is None:
         builds = {f"torch path ({_native.status(KERNEL).splitlines()[0]}); {where}": (ours, "≤ 2")}

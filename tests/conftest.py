@@ -88,7 +88,7 @@ def _native_equals_float64(input_shape, kernel_size, stride=1, padding="valid", 
     """locally_connected_nd in float32 runs the C kernel (its pure-torch functions are refused meanwhile, forward
     and backward) and equals the torch path in float64, output and every gradient, on random tensors of this
     geometry."""
-    import cnnkit.nn.locally_connected as lc_module
+    import cnnkit.nn._lc_torch as torch_path
     from cnnkit.nn import locally_connected_nd
     from cnnkit.shapes import conv_output_size
 
@@ -99,20 +99,20 @@ def _native_equals_float64(input_shape, kernel_size, stride=1, padding="valid", 
     weight = torch.randn(math.prod(size), math.prod(kernel) * input_shape[1], filters, requires_grad=True)
     inputs = [x, weight, torch.randn(filters, *size, requires_grad=True)] if bias else [x, weight]
     kw = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation, "padding": padding}
-    saved = {name: getattr(lc_module, name) for name in ("_torch_forward", "_torch_grad_weight", "_torch_grad_input")}
+    saved = {name: getattr(torch_path, name) for name in ("forward", "grad_weight", "grad_input")}
 
     def refuse(*args, **kwargs):
         raise AssertionError("the pure-torch path ran where the C kernel was expected")
 
     for name in saved:
-        setattr(lc_module, name, refuse)
+        setattr(torch_path, name, refuse)
     try:
         out = locally_connected_nd(*inputs, **kw)
         g = torch.randn_like(out)
         grads = torch.autograd.grad(out, inputs, g)
     finally:
         for name, fn in saved.items():
-            setattr(lc_module, name, fn)
+            setattr(torch_path, name, fn)
     ref_in = [t.detach().double().requires_grad_() for t in inputs]
     ref = locally_connected_nd(*ref_in, **kw)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)

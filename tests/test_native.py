@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import cnnkit._native as native
-import cnnkit.nn.locally_connected as lc_module
+import cnnkit.nn._lc_native as lc_native
+import cnnkit.nn._lc_torch as lc_torch
 from cnnkit.errors import NativeKernelWarning
 from cnnkit.nn import LocallyConnected2d
 
@@ -36,17 +37,17 @@ def fresh(monkeypatch, tmp_path):
 def uses_torch_path() -> bool:
     """Whether a layer's forward and backward ran the pure-torch functions (else: the C kernel)."""
     calls = []
-    saved = lc_module._torch_forward
+    saved = lc_torch.forward
 
     def recording(*args, **kwargs):
         calls.append(1)
         return saved(*args, **kwargs)
 
-    lc_module._torch_forward = recording
+    lc_torch.forward = recording
     try:
         LocallyConnected2d(2, 3, 3, input_size=5)(torch.randn(2, 2, 5, 5)).sum().backward()
     finally:
-        lc_module._torch_forward = saved
+        lc_torch.forward = saved
     return bool(calls)
 
 
@@ -117,14 +118,14 @@ def test_a_fresh_process_uses_the_kernel_in_forward_and_backward():
     done = subprocess.run([sys.executable, "-W", "error", "-c", _USES_THE_KERNEL], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "kernel"
-    assert lc_module._use_native
+    assert lc_native.use_native
 
 
 # A child process that runs a layer forward and backward with the pure-torch functions removed: it prints
 # "kernel" only if the C kernel did all the work (run with -W error: any NativeKernelWarning fails it).
 _USES_THE_KERNEL = (
-    "import torch, cnnkit.nn as n, cnnkit.nn.locally_connected as m; "
-    "m._torch_forward = m._torch_grad_weight = m._torch_grad_input = None; "
+    "import torch, cnnkit.nn as n, cnnkit.nn._lc_torch as m; "
+    "m.forward = m.grad_weight = m.grad_input = None; "
     "l = n.LocallyConnected2d(4, 8, 3, input_size=6); "
     "l(torch.randn(3, 4, 6, 6, requires_grad=True)).sum().backward(); print('kernel')"
 )
@@ -232,13 +233,13 @@ def test_builds_for_narrower_vectors_give_the_same_numbers(fresh, monkeypatch, n
 def test_offsets_stay_on_the_cpu_whatever_the_default_device():
     # The C kernel reads the offsets table: a table made on torch's default device (meta, cuda) would be
     # a foreign pointer (a segfault before this was fixed).
-    lc_module._patch_offsets.cache_clear()
+    lc_native.patch_offsets.cache_clear()
     torch.set_default_device("meta")
     try:
-        table = lc_module._patch_offsets((6, 6), (3, 3), (2, 2), (1, 1), 3, (2, 2))
+        table = lc_native.patch_offsets((6, 6), (3, 3), (2, 2), (1, 1), 3, (2, 2))
     finally:
         torch.set_default_device("cpu")
-        lc_module._patch_offsets.cache_clear()
+        lc_native.patch_offsets.cache_clear()
     assert table.device.type == "cpu"
     assert table.tolist() == [[3 * (r * 6 + c) for r in (i, i + 1, i + 2) for c in (j, j + 1, j + 2)]
                               for i in (0, 2) for j in (0, 2)]

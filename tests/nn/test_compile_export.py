@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 import cnnkit._native as native
-import cnnkit.nn.locally_connected as lc_module
+import cnnkit.nn._lc_torch as torch_path
 from cnnkit.nn import ConvLSTM2d, LocallyConnected1d, LocallyConnected2d
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
-_TORCH_FUNCTIONS = ("_torch_forward", "_torch_grad_weight", "_torch_grad_input")
+_TORCH_FUNCTIONS = ("forward", "grad_weight", "grad_input")  # of cnnkit.nn._lc_torch
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def kernel_only(monkeypatch):
         raise AssertionError("the pure-torch path ran where the C kernel was expected")
 
     for name in _TORCH_FUNCTIONS:
-        monkeypatch.setattr(lc_module, name, refuse)
+        monkeypatch.setattr(torch_path, name, refuse)
 
 
 def shared(conv: nn.Module, lc_type, input_size, padding):

@@ -250,13 +250,13 @@ def test_gradcheck_float64():
 
 def test_many_slabs_equal_one_slab(monkeypatch):
     # A large batch splits the positions into several slabs of rows; the answer must not change.
-    import cnnkit.nn.locally_connected as module
+    import cnnkit.nn._lc_torch as torch_path
 
     lc = LocallyConnected2d(3, 2, 3, input_size=(9, 7), stride=(2, 1), dtype=torch.float64)
     x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
     out = lc(x)
     grads = torch.autograd.grad(out.square().sum(), [x, lc.weight])
-    monkeypatch.setattr(module, "_SLAB_BYTES", 1)  # one row per slab
+    monkeypatch.setattr(torch_path, "SLAB_BYTES", 1)  # one row per slab
     out1 = lc(x)
     grads1 = torch.autograd.grad(out1.square().sum(), [x, lc.weight])
     torch.testing.assert_close(out, out1)
@@ -266,13 +266,13 @@ def test_many_slabs_equal_one_slab(monkeypatch):
 
 # --- the C kernel (float32 on CPU) against the same references ----------------------------------------
 
-_TORCH_FUNCTIONS = ("_torch_forward", "_torch_grad_weight", "_torch_grad_input")
+_TORCH_FUNCTIONS = ("forward", "grad_weight", "grad_input")  # of cnnkit.nn._lc_torch
 
 
 @contextlib.contextmanager
 def torch_path_refused():
     """Inside, the op's pure-torch functions raise: whatever runs is the C kernel."""
-    import cnnkit.nn.locally_connected as module
+    import cnnkit.nn._lc_torch as module
 
     saved = {name: getattr(module, name) for name in _TORCH_FUNCTIONS}
 
@@ -290,9 +290,9 @@ def torch_path_refused():
 
 @pytest.fixture(scope="module")
 def native():
-    """The C kernel's module, or a skip naming why it could not be built (CI builds it: gcc is there)."""
+    """The C bridge's module, or a skip naming why the kernel could not be built (CI builds it: gcc is there)."""
     import cnnkit._native as builder
-    import cnnkit.nn.locally_connected as module
+    import cnnkit.nn._lc_native as module
 
     if builder.load("nn.locally_connected") is None:
         pytest.skip(f"C kernel unavailable: {builder.status('nn.locally_connected')}")
@@ -347,11 +347,11 @@ def test_native_gradients_when_only_one_argument_requires_grad(native, which):
     target = {"input": x, "weight": lc.weight, "bias": lc.bias}[which]
     with torch_path_refused():
         (got,) = torch.autograd.grad(lc(x).square().sum(), target)
-    native._use_native = False
+    native.use_native = False
     try:
         (want,) = torch.autograd.grad(lc(x).square().sum(), target)
     finally:
-        native._use_native = True
+        native.use_native = True
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -405,12 +405,12 @@ def test_other_dtypes_and_the_switch_use_the_torch_path(native):
         lc(x)
         with pytest.raises(AssertionError, match="pure-torch path ran"):
             lc.double()(x.double())
-        native._use_native = False
+        native.use_native = False
         try:
             with pytest.raises(AssertionError, match="pure-torch path ran"):
                 lc.float()(x)
         finally:
-            native._use_native = True
+            native.use_native = True
 
 
 # --- module plumbing ----------------------------------------------------------------------------------
@@ -545,14 +545,14 @@ def test_public_names():
 
 def _reference(x, weight, bias, **kwargs):
     """The pure-torch path in float64 on materialised (bit-free) copies."""
-    import cnnkit.nn.locally_connected as module
+    import cnnkit.nn._lc_native as module
 
-    module._use_native = False
+    module.use_native = False
     try:
         return cnn.locally_connected_nd(x.resolve_neg().double(), weight.resolve_neg().double(),
                                         None if bias is None else bias.double(), **kwargs)
     finally:
-        module._use_native = True
+        module.use_native = True
 
 
 @pytest.mark.parametrize("which", ["weight", "input", "grad"])
@@ -587,17 +587,17 @@ def test_native_honours_the_lazy_negation_bit(native, which):
 
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "torch"])
 def test_zero_size_batch_gives_an_empty_output_and_gradients(use_native):
-    import cnnkit.nn.locally_connected as module
+    import cnnkit.nn._lc_native as module
 
     lc = LocallyConnected2d(2, 3, 3, input_size=(5, 4), padding="same")
     x = torch.zeros(0, 2, 5, 4, requires_grad=True)
-    module._use_native = use_native
+    module.use_native = use_native
     try:
         out = lc(x)  # ZeroDivisionError before
         assert out.shape == (0, 3, 5, 4)
         out.sum().backward()
     finally:
-        module._use_native = True
+        module.use_native = True
     assert x.grad.shape == x.shape
     assert torch.equal(lc.weight.grad, torch.zeros_like(lc.weight))
     assert torch.equal(lc.bias.grad, torch.zeros_like(lc.bias))

@@ -1,8 +1,9 @@
 """Layers PyTorch lacks: locally connected (unshared-weight) convolutions, convolutional LSTMs, and
 partial convolutions for missing data (defined in :mod:`cnnkit.masking`, exported here too).
 
-Each layer knows its Keras weight layout (:func:`cnnkit.keras.to_keras`) and how to explain itself
-(:func:`cnnkit.explain`). See ``docs/nn.md``.
+Each layer registers its Keras weight layout (:func:`cnnkit.keras.to_keras`) and its Keras initialisation
+(:func:`cnnkit.init.keras_`) in the tables below it; how each is explained (:func:`cnnkit.explain`) is
+registered from above, by :mod:`cnnkit.explainers.cnnkit_layers`. See ``docs/nn.md``.
 """
 
 from cnnkit.masking.partial_conv import PartialConv1d, PartialConv2d, PartialConv3d, partial_conv

@@ -46,8 +46,6 @@ from torch import Tensor, nn
 
 from cnnkit._checks import check_bool, check_choice, ntuple
 from cnnkit.errors import ShapeError
-from cnnkit.explainers.layers import dot, x
-from cnnkit.explainers.registry import LayerReport, register_explainer
 from cnnkit.init import glorot_uniform_, orthogonal_, register_initializer
 from cnnkit.layouts import KerasLayout, register_layout
 from cnnkit.masking import register_masked_op
@@ -60,7 +58,7 @@ from cnnkit.nn._common import (
     positive_int,
     shape_text,
 )
-from cnnkit.shapes import conv_output_size, describe_conv_size, padding_amounts
+from cnnkit.shapes import conv_output_size, padding_amounts
 
 __all__ = ["ConvLSTM1d", "ConvLSTM2d", "conv_lstm_nd"]
 
@@ -68,7 +66,6 @@ RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
 ACTIVATIONS = ("tanh", "relu")
 INITS = ("torch", "keras")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_KERNEL = {1: "k", 2: "kh, kw", 3: "kd, kh, kw"}
 
 
 def _hard_sigmoid_keras2(t: Tensor) -> Tensor:
@@ -569,7 +566,7 @@ class ConvLSTM1d(_ConvLSTMNd):
     _ndim = 1
 
 
-# --- Keras layout and explainer ----------------------------------------------------------------------
+# --- registrations: Keras layout, Keras initialisation ----------------------------------------------
 
 
 def _keras_prefixes(m: _ConvLSTMNd) -> list[tuple[str, str]]:
@@ -615,48 +612,6 @@ def _keras_class(m: _ConvLSTMNd) -> str:
 
 
 register_layout(ConvLSTM1d, ConvLSTM2d, layout=KerasLayout(_keras_class, _to_keras, _to_torch))
-
-
-@register_explainer(ConvLSTM1d, ConvLSTM2d)
-def _explain(m: _ConvLSTMNd, shape: tuple[int, ...]) -> LayerReport:
-    n, name = m._ndim, type(m).__name__
-    if len(shape) != n + 2:
-        raise ShapeError(f"{name} expects input_shape (T, C, {SPATIAL[n]}) without the batch dimension "
-                         f"({n + 2} numbers). Received input_shape={shape}.")
-    if shape[1] != m.in_channels:
-        raise ShapeError(f"{name} has in_channels={m.in_channels}, so input_shape[1] must be {m.in_channels}. "
-                         f"Received input_shape[1]={shape[1]}.")
-    steps_t, size = shape[0], shape[2:]
-    f, k, d = m.hidden_channels, m.kernel_size, m.num_directions
-    out = m.state_size(size)
-    lines = [f"input convolution, all {steps_t} frames at once: {line}"
-             for line in describe_conv_size(size, k, m.stride, m.padding, m.dilation)]
-    lines.append(f"recurrent convolution {f} → 4·{f} channels, {x(k)}, stride 1, 'same': keeps {x(out)}")
-    lines.append(
-        f"each of the {steps_t} steps: [i, f, c̃, o] = W_x * x_t + W_h * h_(t−1) + b; "
-        f"c_t = f⊙c_(t−1) + i⊙{m.activation}(c̃); h_t = o⊙{m.activation}(c_t) "
-        f"(i, f, o through {m.recurrent_activation})"
-    )
-    lines.append(
-        f"{m.num_layers} layer(s) × {d} direction(s); output keeps h_t of every step of the last layer "
-        f"({d}·{f} channels); h_n and c_n hold the last state of each layer and direction"
-    )
-    lines.append(
-        f"weights: torch weight_ih (4F, C, {_KERNEL[n]}) = {shape_text((4 * f, m.in_channels, *k))} ↔ Keras "
-        f"kernel {shape_text((*k, m.in_channels, 4 * f))}; weight_hh {shape_text((4 * f, f, *k))} ↔ "
-        f"recurrent_kernel {shape_text((*k, f, 4 * f))}; bias (4F,) = ({4 * f},); gates i, f, c, o"
-    )
-    total = 0
-    for layer in range(m.num_layers):
-        cin = m.in_channels if layer == 0 else d * f
-        count = 4 * f * (math.prod(k) * (cin + f)) + (4 * f if m.bias else 0)
-        lines.append(
-            f"params, layer {layer}{' per direction' if d == 2 else ''}: 4·{f}·({dot(k)}·({cin} + {f}))"
-            + (f" + 4·{f}" if m.bias else "") + f" = {count:,}"
-        )
-        total += count * d
-    lines.append(f"params: {total:,}")
-    return LayerReport((steps_t, d * f, *out), lines, None)
 
 
 @register_initializer(ConvLSTM1d, ConvLSTM2d)
