@@ -9,9 +9,9 @@ the preprocessing training applied. :func:`predict_files` runs it over files, fo
 * larger scenes are read, run and written tile by tile (:meth:`~cnnkit.predict.Predictor.predict_scene`),
   the result identical to the whole-image pass, memory following the tile, not the scene.
 
-Per input it writes the label map (palette PNG; TIFF too with ``tiff=True``), the image beside its labels with
-the legend (``STEM_overlay.png``) and, on request, probabilities and confidence (float16 TIFFs). TIFF outputs
-carry the input's georeferencing tags.
+Per input it writes the label map (palette PNG; a Cloud-Optimized GeoTIFF too with ``tiff=True``), the image beside
+its labels with the legend (``STEM_overlay.png``) and, on request, probabilities and confidence (COGs, ``uint8``
+quantised or float16). The COGs lie on the input's CRS and transform.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from cnnkit._tensors import argmax
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.models import MODELS
 from cnnkit.predict import Prediction, Predictor, Preprocessing
-from cnnkit.predict.outputs import palette_png, side_by_side, write_tiff
-from cnnkit.predict.predictor import write_probabilities
-from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, create_tiff, geo_tags, open_scene
+from cnnkit.predict.outputs import PROBABILITY_DTYPES, label_cog, palette_png, score_cog, side_by_side
+from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, open_scene
+from cnnkit.rasters import CogWriter, Georeference, read_georeference
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
 __all__ = ["PredictionRun", "expand_inputs", "expand_series_inputs", "is_series_run", "load_predictor",
@@ -181,6 +181,7 @@ def predict_files(
     batch_size: int = 8,
     overwrite: bool = False,
     rgb_bands: Sequence[int] | None = None,
+    probability_dtype: str = "uint8",
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> PredictionRun:
@@ -191,20 +192,26 @@ def predict_files(
         inputs: Files, folders or glob patterns.
         out: Output folder (created). Existing outputs of the same names are refused unless ``overwrite``.
         band_count: Bands of the files the run was trained on (decides a 3-D TIFF's layout; checked).
-        tiff: Also write the label map as a TIFF (georeferenced like the input).
-        probabilities: Write ``STEM_probabilities.tif``, float16 ``(H, W, K)``.
-        confidence: Write ``STEM_confidence.tif``, float16 ``(H, W)``.
+        tiff: Also write the label map as a Cloud-Optimized GeoTIFF (on the input's CRS and transform, the palette
+            as its colour table, the no-data label as its nodata, the class names in its metadata).
+        probabilities: Write ``STEM_probabilities.tif``, a COG of ``K`` bands.
+        confidence: Write ``STEM_confidence.tif``, a COG of the winning class's probability.
         max_pixels: Images with more pixels are run tile by tile (exactly equal to the whole pass).
         tile: Side of a tile in pixels.
         batch_size: Images per padded batch.
         overwrite: Replace outputs of the same names.
-        rgb_bands: Bands of the input drawn as R, G, B in the overlay (default the first three, or grey).
+        rgb_bands: Bands of the input drawn as R, G, B in the overlay (default: the bands the file names red, green
+            and blue, else the first three, or grey).
+        probability_dtype: How probabilities and confidence are stored: ``"uint8"`` (quantised, a stored ``v``
+            meaning ``v / 255``; the scale is recorded in the file) or ``"float16"``.
         progress: Called with (images done, pixels done) after each image or tile.
         log: Called with each line of text to print.
     """
     check_int(max_pixels, "max_pixels")
     check_int(tile, "tile")
     check_int(batch_size, "batch_size")
+    if probability_dtype not in PROBABILITY_DTYPES:
+        raise ShapeError(f"Unknown probability_dtype {probability_dtype!r}. Expected one of {PROBABILITY_DTYPES}.")
     start = time.perf_counter()
     files = expand_inputs(inputs)
     out = Path(out)
@@ -226,43 +233,91 @@ def predict_files(
     group = max(batch_size, 4 * batch_size)
     for first in range(0, len(small), group):
         part = small[first:first + group]
-        raws = [torch.from_numpy(s.read()) for s in part]
+        raws = []
+        for s in part:
+            raws.append(torch.from_numpy(s.read()))
+            s.close()
 
         def finished(result, part=part, raws=raws):
             index = next(i for i, s in enumerate(part) if s.path.stem == result.name)
             _write(part[index], raws[index].numpy(), result.labels.numpy(), result, predictor, out, run,
-                   tiff=tiff, probabilities=probabilities, confidence=confidence, rgb_bands=rgb_bands)
+                   tiff=tiff, probabilities=probabilities, confidence=confidence, rgb_bands=rgb_bands,
+                   probability_dtype=probability_dtype)
             step(1, int(result.valid.sum()))
 
         predictor.predict_images(raws, batch_size=batch_size, names=[s.path.stem for s in part], on_image=finished)
-    # scenes larger than max_pixels: tile by tile
+    # scenes larger than max_pixels: tile by tile, read ahead and written behind in background threads
     for scene in large:
-        labels = np.empty((scene.height, scene.width), dtype=np.uint8 if len(names) < 255 else np.int16)
-        probs = conf = None
-        if probabilities:
-            probs = create_tiff(out / f"{scene.path.stem}_probabilities.tif", (scene.height, scene.width, len(names)),
-                                np.float16, scene.geo_tags)
-        if confidence:
-            conf = create_tiff(out / f"{scene.path.stem}_confidence.tif", (scene.height, scene.width), np.float16,
-                               scene.geo_tags)
-        labels, counts = predictor.predict_scene(scene, tile=tile, labels_out=labels, probabilities_out=probs,
-                                                 confidence_out=conf, on_tile=lambda pixels: step(0, pixels))
+        try:
+            _predict_large(scene, predictor, out, run, tile=tile, tiff=tiff, probabilities=probabilities,
+                           confidence=confidence, rgb_bands=rgb_bands, probability_dtype=probability_dtype,
+                           on_pixels=lambda pixels: step(0, pixels))
+        finally:
+            scene.close()
         step(1, 0)
-        written = _write_labels(scene, labels, predictor, out, tiff)
-        for array, kind in ((conf, "confidence"), (probs, "probabilities")):
-            if array is not None:
-                array.flush()
-                written.append(out / f"{scene.path.stem}_{kind}.tif")
-        del probs, conf
-        step_ = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
-        written.append(_overlay(scene, scene.preview(step_), labels[::step_, ::step_], predictor, out, rgb_bands,
-                                step_))
-        run.files[scene.path] = written
-        run.pixels += int(counts.sum())
-        run.class_pixels += counts.numpy()
-        run.tiled.append(scene.path)
     run.seconds = time.perf_counter() - start
     return run
+
+
+class _Tee:
+    """Window writes that go to an in-memory label array (for the PNG and the overlay) and to a COG."""
+
+    def __init__(self, array: np.ndarray, writer: CogWriter | None):
+        self.array, self.writer, self.dtype = array, writer, array.dtype
+
+    def __setitem__(self, key, value) -> None:
+        self.array[key] = value
+        if self.writer is not None:
+            self.writer[key] = value
+
+
+def _label_dtype(predictor: Predictor):
+    return np.uint8 if predictor.num_classes < 255 and 0 <= predictor.ignore_value <= 255 else np.int16
+
+
+def _predict_large(scene: Scene, predictor: Predictor, out: Path, run: PredictionRun, *, tile: int, tiff: bool,
+                   probabilities: bool, confidence: bool, rgb_bands, probability_dtype: str,
+                   on_pixels: Callable[[int], None]) -> None:
+    """One scene over ``max_pixels``: tiles read ahead, run, written behind into COGs; the overlay drawn from a
+    preview gathered while reading (the scene is read once)."""
+    stem, names, shape = scene.path.stem, predictor.class_names, (scene.height, scene.width)
+    labels = np.empty(shape, dtype=_label_dtype(predictor))
+    writers: dict[str, CogWriter] = {}
+    if tiff:
+        writers["labels"] = label_cog(out / f"{stem}_labels.tif", shape, names, predictor.palette,
+                                      predictor.ignore_value, scene.georeference)
+    if probabilities:
+        writers["probabilities"] = score_cog(out / f"{stem}_probabilities.tif", (*shape, len(names)), "probabilities",
+                                             names, probability_dtype, scene.georeference)
+    if confidence:
+        writers["confidence"] = score_cog(out / f"{stem}_confidence.tif", shape, "confidence", names,
+                                          probability_dtype, scene.georeference)
+    step = math.ceil(max(shape) / PREVIEW_SIDE)
+    preview = np.zeros((scene.bands, math.ceil(shape[0] / step), math.ceil(shape[1] / step)), np.float32)
+
+    def on_read(rows: slice, cols: slice, raw: np.ndarray) -> None:  # every step-th pixel, on the scene's grid
+        r, c = -(-rows.start // step) * step, -(-cols.start // step) * step
+        part = raw[:, r - rows.start::step, c - cols.start::step]
+        preview[:, r // step:r // step + part.shape[1], c // step:c // step + part.shape[2]] = part
+
+    try:
+        _, counts = predictor.predict_scene(scene, tile=tile, labels_out=_Tee(labels, writers.get("labels")),
+                                            probabilities_out=writers.get("probabilities"),
+                                            confidence_out=writers.get("confidence"), on_tile=on_pixels,
+                                            on_read=on_read)
+        written = [palette_png(out / f"{stem}_labels.png", labels, predictor.num_classes, predictor.palette,
+                               predictor.ignore_value)]
+        for writer in writers.values():
+            written.append(writer.close())
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    written.append(_overlay(scene, preview, labels[::step, ::step], predictor, out, rgb_bands, step))
+    run.files[scene.path] = written
+    run.pixels += int(counts.sum())
+    run.class_pixels += counts.numpy()
+    run.tiled.append(scene.path)
 
 
 def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: Path, tiff: bool) -> list[Path]:
@@ -270,7 +325,10 @@ def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: P
     written = [palette_png(out / f"{stem}_labels.png", labels, predictor.num_classes, predictor.palette,
                            predictor.ignore_value)]
     if tiff:
-        written.append(write_tiff(out / f"{stem}_labels.tif", labels, scene.geo_tags, nodata=predictor.ignore_value))
+        with label_cog(out / f"{stem}_labels.tif", labels.shape, predictor.class_names, predictor.palette,
+                       predictor.ignore_value, scene.georeference) as cog:
+            cog[:, :] = labels
+        written.append(cog.path)
     return written
 
 
@@ -278,31 +336,40 @@ def _overlay(scene: Scene, image: np.ndarray, labels: np.ndarray, predictor: Pre
              step: int) -> Path:
     from PIL import Image
 
-    picture = side_by_side(image, labels, predictor.class_names, predictor.palette, predictor.ignore_value, rgb_bands)
+    bands = rgb_bands if rgb_bands is not None else scene.rgb_bands
+    picture = side_by_side(image, labels, predictor.class_names, predictor.palette, predictor.ignore_value, bands)
     del image
     path = out / (f"{scene.path.stem}_overlay.png" if step == 1 else f"{scene.path.stem}_overlay_1to{step}.png")
     Image.fromarray(picture).save(path)
     return path
 
 
-def _write_scores(result: Prediction, out: Path, stem: str, tags, *, probabilities: bool, confidence: bool
-                  ) -> list[Path]:
-    """``STEM_probabilities.tif`` and ``STEM_confidence.tif`` (float16; 0 where there is no data), as asked."""
+def _write_scores(result: Prediction, out: Path, stem: str, class_names: Sequence[str], georeference: Georeference,
+                  *, probabilities: bool, confidence: bool, dtype: str) -> list[Path]:
+    """``STEM_probabilities.tif`` and ``STEM_confidence.tif`` (COGs; 0 where there is no data), as asked."""
     written = []
+    height, width = result.valid.shape
     if probabilities:
-        written.append(write_probabilities(out / f"{stem}_probabilities.tif", result, tags))
+        with score_cog(out / f"{stem}_probabilities.tif", (height, width, len(class_names)), "probabilities",
+                       class_names, dtype, georeference) as cog:
+            cog[:, :] = result.probabilities.permute(1, 2, 0).numpy()
+        written.append(cog.path)
     if confidence:
-        written.append(write_tiff(out / f"{stem}_confidence.tif", result.confidence.numpy().astype(np.float16), tags))
+        with score_cog(out / f"{stem}_confidence.tif", (height, width), "confidence", class_names, dtype,
+                       georeference) as cog:
+            cog[:, :] = result.confidence.numpy()
+        written.append(cog.path)
     return written
 
 
 def _write(scene: Scene, raw: np.ndarray, labels: np.ndarray, result, predictor: Predictor, out: Path,
-           run: PredictionRun, *, tiff: bool, probabilities: bool, confidence: bool, rgb_bands) -> None:
-    labels = labels.astype(np.uint8 if predictor.num_classes < 255 and 0 <= predictor.ignore_value <= 255
-                           else np.int16)
+           run: PredictionRun, *, tiff: bool, probabilities: bool, confidence: bool, rgb_bands,
+           probability_dtype: str) -> None:
+    labels = labels.astype(_label_dtype(predictor))
     written = _write_labels(scene, labels, predictor, out, tiff)
     stem = scene.path.stem
-    written += _write_scores(result, out, stem, scene.geo_tags, probabilities=probabilities, confidence=confidence)
+    written += _write_scores(result, out, stem, predictor.class_names, scene.georeference,
+                             probabilities=probabilities, confidence=confidence, dtype=probability_dtype)
     step = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
     written.append(_overlay(scene, raw[:, ::step, ::step], labels[::step, ::step], predictor, out, rgb_bands, step))
     run.files[scene.path] = written
@@ -377,12 +444,12 @@ def _series_stem(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def _series_geo_tags(path: Path) -> list:
-    """The georeferencing of a series: its stack's, or its folder's first GeoTIFF date's (none for other files)."""
+def _series_georeference(path: Path) -> Georeference:
+    """Where a series lies: its stack's CRS and transform, or its folder's first GeoTIFF date's (none for others)."""
     if path.is_dir():
         path = min((p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")),
                    default=path)
-    return geo_tags(path)
+    return read_georeference(path)
 
 
 def _series_mask(path: Path) -> Path | None:
@@ -404,12 +471,14 @@ def predict_series_files(
     probabilities: bool = False,
     confidence: bool = False,
     overwrite: bool = False,
+    probability_dtype: str = "uint8",
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictionRun:
-    """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif``
-    (with the georeferencing tags of the stack, or of a folder's first date, when they are GeoTIFFs); on request
-    ``STEM_probabilities.tif`` (float16 ``(H, W, K)`` softmax) and ``STEM_confidence.tif`` (float16, the winning
-    class's probability), 0 where a pixel has no valid date, georeferenced the same way.
+    """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif`` (a
+    Cloud-Optimized GeoTIFF on the CRS and transform of the stack, or of a folder's first date, when they are
+    GeoTIFFs); on request ``STEM_probabilities.tif`` (``(H, W, K)`` softmax) and ``STEM_confidence.tif`` (the
+    winning class's probability), COGs stored as ``probability_dtype`` says (``uint8`` quantised to 1/255, or
+    ``float16``), 0 where a pixel has no valid date, georeferenced the same way.
 
     Every series is read with :func:`~cnnkit.data.series.read_series` (the run's band count tells the stack
     layouts apart; NaN, ±inf and the run's ``nodata`` are clouds), standardised with the run's band mean
@@ -440,14 +509,17 @@ def predict_series_files(
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = _series_stem(path)
         written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
-        tags = _series_geo_tags(path) if tiff or probabilities or confidence else []
+        where = _series_georeference(path) if tiff or probabilities or confidence else Georeference()
         if tiff:
-            written.append(write_tiff(out / f"{stem}_labels.tif", labels, tags, nodata=255))
+            with label_cog(out / f"{stem}_labels.tif", labels.shape, classes["names"], palette, 255, where) as cog:
+                cog[:, :] = labels
+            written.append(cog.path)
         if probabilities or confidence:
             valid_pixels = torch.from_numpy(seen)
             result = Prediction(torch.from_numpy(labels), torch.softmax(logits, 0).masked_fill(~valid_pixels, 0.0),
                                 valid_pixels, 255, stem)
-            written += _write_scores(result, out, stem, tags, probabilities=probabilities, confidence=confidence)
+            written += _write_scores(result, out, stem, classes["names"], where, probabilities=probabilities,
+                                     confidence=confidence, dtype=probability_dtype)
         run.files[path] = written
         run.pixels += int(seen.sum())
         run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]

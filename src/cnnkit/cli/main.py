@@ -212,8 +212,10 @@ def train(
     from rich.rule import Rule
 
     _import_heavy(*_TRAINING)
+    from cnnkit.app.train import console_log
 
     console = _console()
+    log = console_log(console)
     try:
         names, band_list = _csv(classes, "classes"), _csv(bands, "bands", int)
         if names is not None and num_classes is None:
@@ -224,8 +226,7 @@ def train(
         common = dict(heldout=heldout, heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
                       ignore_index=ignore_index, nodata=nodata, seed=seed, epochs=epochs, device=device,
                       batch_size=batch_size, lr=lr, overwrite=overwrite, resume=resume, quiet=not verbose,
-                      progress=console.is_terminal,
-                      log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+                      progress=console.is_terminal, log=log)
         if series:
             from cnnkit.app.timeseries import train_series_folder
 
@@ -242,7 +243,7 @@ def train(
         _fail(error)
     console.print(Rule("result"))
     for line in result.lines():
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        log(line)
 
 
 # `cnnkit predict`'s defaults, also read to tell which image-only options a series run was given
@@ -256,9 +257,15 @@ def predict(
                                        "for a time-series run: series stacks, per-date folders, or a folder "
                                        "with series/."),
     out: str = typer.Option("predictions", "--out", help="Output folder: STEM_labels.png, STEM_overlay.png, …"),
-    tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as TIFF (georeferenced like the input)."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, float16 TIFF."),
-    confidence: bool = typer.Option(False, "--confidence", help="Write the winning class's probability, float16 TIFF."),
+    tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as a Cloud-Optimized GeoTIFF (input's "
+                              "CRS and transform, palette as colour table, class names in its metadata)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, a COG."),
+    confidence: bool = typer.Option(False, "--confidence", help="Write the winning class's probability, a COG."),
+    probability_dtype: str = typer.Option("uint8", "--probability-dtype",
+                                          help="How probabilities and confidence are stored: uint8 (v/255, the scale "
+                                               "recorded in the file) or float16."),
+    rgb_bands: str = typer.Option(None, "--rgb-bands", help="Bands drawn as red, green, blue in the overlay, counted "
+                                  "from 0 (e.g. 2,1,0); default: the bands the file names red, green, blue."),
     max_pixels: int = typer.Option(_MAX_PIXELS, min=1,
                                    help="Larger images run tile by tile (same result, less memory)."),
     tile: int = typer.Option(_TILE, min=8, help="Tile side in pixels for images over --max-pixels."),
@@ -291,10 +298,10 @@ def predict(
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
                                        f"({run!r}), which predicts each series whole (no tiles, one at a time).")
             result = predict_series_files(run, inputs, out, device=device, tiff=True, probabilities=probabilities,
-                                          confidence=confidence, overwrite=overwrite)
+                                          confidence=confidence, overwrite=overwrite,
+                                          probability_dtype=probability_dtype)
             names = read_manifest(run)["classes"]["names"]
-            console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
-                          soft_wrap=True)
+            console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False)
             extra = "".join(f", STEM_{kind}.tif" for kind, given in (("probabilities", probabilities),
                                                                      ("confidence", confidence)) if given)
             console.print(f"outputs: {out}/ (STEM_labels.png, STEM_labels.tif{extra} per series; 255 = no valid "
@@ -315,11 +322,22 @@ def predict(
 
             result = predict_files(predictor, files, out, band_count=band_count, tiff=tiff,
                                    probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
-                                   tile=tile, batch_size=batch_size, overwrite=overwrite, progress=progress)
+                                   tile=tile, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                                   probability_dtype=probability_dtype, rgb_bands=_rgb_bands(rgb_bands))
     except CnnkitError as error:
         _fail(error)
-    console.print(result.summary(predictor.class_names), markup=False, highlight=False, soft_wrap=True)
+    console.print(result.summary(predictor.class_names), markup=False, highlight=False)  # rich wraps it
     console.print(f"outputs: {out}/", markup=False, highlight=False)
+
+
+def _rgb_bands(text: str | None) -> tuple[int, int, int] | None:
+    """``--rgb-bands 2,1,0`` → ``(2, 1, 0)``."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise CnnkitError(f"--rgb-bands must be three band indices counted from 0, e.g. 2,1,0. Received {text!r}.")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
 @app.command(cls=_Command)

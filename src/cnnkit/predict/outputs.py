@@ -4,26 +4,31 @@ Per input ``STEM``, in the output folder:
 
 * ``STEM_labels.png`` — the label map as a palette PNG: pixel value = class index, shown in the class
   colours; pixels without data hold ``ignore_value`` (255 by default), shown black;
-* ``STEM_labels.tif`` (``tiff=True``) — the same values as a TIFF, with the input's georeferencing tags;
+* ``STEM_labels.tif`` (``tiff=True``) — the same values as a Cloud-Optimized GeoTIFF on the input's CRS and
+  transform: the palette as its colour table, ``ignore_value`` as its nodata, the class names in its metadata
+  (:func:`label_cog`);
 * ``STEM_overlay.png`` — the image (a band composite) beside the opaque label map, with the legend below,
   so every colour in the picture is a colour of the legend; scenes over 1024 pixels a side are drawn
   at a reduced scale (the file name says so: ``STEM_overlay_1to4.png``);
-* ``STEM_probabilities.tif`` (``probabilities=True``) — ``(H, W, K)`` float16 softmax, georeferenced;
-* ``STEM_confidence.tif`` (``confidence=True``) — ``(H, W)`` float16 probability of the winning class.
+* ``STEM_probabilities.tif`` (``probabilities=True``) — ``(H, W, K)`` softmax as a COG, one band per class
+  (:func:`score_cog`): ``uint8`` quantised (``round(p · 255)``, the band scale 1/255 recorded) by default, float16
+  on request;
+* ``STEM_confidence.tif`` (``confidence=True``) — the probability of the winning class, stored the same way.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from cnnkit.errors import CnnkitError
-from cnnkit.predict.scene import create_tiff
+from cnnkit.errors import CnnkitError, ShapeError
+from cnnkit.rasters import CogWriter, Georeference
 from cnnkit.render.labels import DEFAULT_PALETTE, colorize, image_to_rgb, legend
 
-__all__ = ["palette_png", "side_by_side", "write_tiff"]
+__all__ = ["PROBABILITY_DTYPES", "label_cog", "palette_png", "score_cog", "side_by_side"]
 
 
 def _palette(num_classes: int, palette) -> np.ndarray:
@@ -51,14 +56,73 @@ def palette_png(path: str | Path, labels: np.ndarray, num_classes: int, palette=
     return Path(path)
 
 
-def write_tiff(path: str | Path, array: np.ndarray, geo_tags=(), nodata: float | None = None) -> Path:
-    """Write ``array`` ((H, W) or (H, W, K)) as an uncompressed TIFF with ``geo_tags`` copied in and ``nodata``
-    declared as its own no-data value (see :func:`~cnnkit.predict.scene.create_tiff`)."""
-    out = create_tiff(path, array.shape, array.dtype, geo_tags, nodata)
-    out[:] = array
-    out.flush()
-    del out
-    return Path(path)
+PROBABILITY_DTYPES = ("uint8", "float16")
+"""How probabilities and confidence are stored: quantised to 1/255, or as half floats."""
+
+
+def label_cog(path: str | Path, shape: tuple[int, int], class_names: Sequence[str], palette=None,
+              ignore_value: int = 255, georeference: Georeference | None = None) -> CogWriter:
+    """A label-map COG to fill window by window: class indices, the palette as its colour table (the no-data label
+    transparent), ``ignore_value`` as its nodata, the class names in its metadata (``class_names``, JSON).
+
+    ``uint8`` when the classes and ``ignore_value`` fit in 0–255 (with the colour table), ``int16`` otherwise.
+
+    Examples:
+        >>> import json, tempfile, os, numpy as np, rasterio
+        >>> path = os.path.join(tempfile.mkdtemp(), "x_labels.tif")
+        >>> with label_cog(path, (4, 6), ["water", "field"], [(0, 0, 255), (0, 200, 0)]) as out:
+        ...     out[:, :] = np.array([[0, 1, 255, 1, 0, 1]] * 4)
+        >>> with rasterio.open(path) as ds:
+        ...     ds.nodata, ds.colormap(1)[1], ds.colormap(1)[255], json.loads(ds.tags()["class_names"])
+        (255.0, (0, 200, 0, 255), (0, 0, 0, 0), ['water', 'field'])
+    """
+    num_classes = len(class_names)
+    small = num_classes <= 255 and 0 <= ignore_value <= 255
+    colours = _palette(num_classes, palette)
+    colormap = None
+    if small:
+        colormap = {k: tuple(int(c) for c in colours[k]) for k in range(num_classes)}
+        colormap[int(ignore_value)] = (0, 0, 0, 0)
+    tags = {"class_names": json.dumps(list(class_names)), "ignore_value": int(ignore_value),
+            "content": "class index per pixel; ignore_value where the input has no data"}
+    return CogWriter(path, shape, "uint8" if small else "int16", georeference=georeference, nodata=ignore_value,
+                     colormap=colormap, tags=tags, descriptions=["class"], resampling="nearest")
+
+
+def score_cog(path: str | Path, shape: tuple[int, ...], kind: str, class_names: Sequence[str], dtype: str = "uint8",
+              georeference: Georeference | None = None) -> CogWriter:
+    """A probability (``(H, W, K)``, one band per class) or confidence (``(H, W)``) COG to fill window by window.
+
+    Args:
+        path, shape: The file and its ``(H, W, K)`` or ``(H, W)`` shape.
+        kind: ``"probabilities"`` or ``"confidence"`` (its band descriptions and metadata).
+        class_names: The band names of the probabilities.
+        dtype: ``"uint8"`` — quantised, a stored ``v`` meaning ``v / 255`` (the band scale records 1/255) — or
+            ``"float16"``.
+        georeference: The input's CRS and transform.
+
+    No data pixels hold 0 (also a real probability): these files declare no nodata.
+
+    Examples:
+        >>> import tempfile, os, numpy as np, rasterio
+        >>> path = os.path.join(tempfile.mkdtemp(), "x_confidence.tif")
+        >>> with score_cog(path, (2, 3), "confidence", ["a", "b"]) as out:
+        ...     out[:, :] = np.array([[0.5, 1.0, 0.0]] * 2)
+        >>> with rasterio.open(path) as ds:
+        ...     ds.read(1)[0].tolist(), ds.scales, ds.tags()["probability_scale"]
+        ([128, 255, 0], (0.00392156862745098,), '1/255')
+    """
+    if dtype not in PROBABILITY_DTYPES:
+        raise ShapeError(f"Unknown probability dtype {dtype!r}. Expected one of {PROBABILITY_DTYPES}.")
+    if kind not in ("probabilities", "confidence"):
+        raise ShapeError(f"Unknown score kind {kind!r}. Expected one of ('probabilities', 'confidence').")
+    descriptions = list(class_names) if kind == "probabilities" else ["confidence"]
+    tags = {"content": "softmax probability of each class" if kind == "probabilities"
+            else "probability of the winning class"}
+    if dtype == "uint8":
+        tags.update(probability_scale="1/255", quantisation="stored value v means probability v / 255 (rounded)")
+    return CogWriter(path, shape, dtype, georeference=georeference, tags=tags, descriptions=descriptions,
+                     scale=1 / 255 if dtype == "uint8" else None, resampling="average")
 
 
 def side_by_side(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], palette=None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,8 +29,9 @@ from cnnkit._tensors import argmax
 from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import ShapeError
 from cnnkit.masking import BucketBatchSampler, masked, pad_batch
-from cnnkit.predict.scene import Scene, create_tiff
-from cnnkit.predict.tiling import TileGeometry, tile_geometry, tiled_forward
+from cnnkit.predict.scene import Scene
+from cnnkit.predict.tiling import Tile, TileGeometry, plan_tiles, tile_geometry, tiled_forward
+from cnnkit.rasters import BackgroundWriter, prefetch
 
 __all__ = ["Prediction", "Predictor", "Preprocessing"]
 
@@ -227,46 +227,75 @@ class Predictor:
         return self._geometry
 
     def predict_scene(self, scene: Scene, *, tile: int = 1024, labels_out=None, probabilities_out=None,
-                      confidence_out=None,
-                      on_tile: Callable[[int], None] | None = None) -> tuple[np.ndarray, Tensor]:
+                      confidence_out=None, on_tile: Callable[[int], None] | None = None,
+                      on_read: Callable[[slice, slice, np.ndarray], None] | None = None,
+                      queue_depth: int = 2) -> tuple[np.ndarray, Tensor]:
         """Predict a scene tile by tile; the result equals :meth:`predict_image` of the whole scene.
 
-        Reads ``scene`` one window (tile plus halo) at a time and writes each tile's labels into the returned
-        ``(H, W)`` label array (``labels_out`` if given, e.g. a memory-mapped TIFF) and its probabilities into
-        ``probabilities_out`` (an ``(H, W, K)`` array, e.g. a float16 memory-mapped TIFF from
-        :func:`~cnnkit.predict.scene.create_tiff`) and its confidence (the largest probability) into
-        ``confidence_out`` (``(H, W)``) when given.
+        Windows (a tile plus its halo) are read by a background thread up to ``queue_depth`` tiles ahead, and
+        finished tiles are written by another, so file work overlaps the network's; memory holds at most
+        ``queue_depth`` windows waiting on each side. Each tile's labels go into the returned ``(H, W)`` label array
+        (``labels_out`` if given), its probabilities into ``probabilities_out`` (``(H, W, K)``) and its confidence
+        (the largest probability) into ``confidence_out`` (``(H, W)``) when given — arrays, or window writers such as
+        :class:`cnnkit.rasters.CogWriter`. Labels always come from the network's float32 scores. Where the scene's
+        file is tiled, tiles are cut along its blocks (``tile`` rounded down to a multiple of the block and the
+        network's stride) so that each block is decoded once.
 
         Args:
             scene: From :func:`~cnnkit.predict.scene.open_scene`.
             tile: Interior side of a tile in pixels (rounded up to the network's multiple).
-            labels_out: An ``(H, W)`` integer array to fill (default: a new ``int16`` array).
-            probabilities_out: An ``(H, W, K)`` array to fill, or ``None``.
-            confidence_out: An ``(H, W)`` array to fill, or ``None``.
+            labels_out: An ``(H, W)`` integer array or writer to fill (default: a new ``int16`` array).
+            probabilities_out: An ``(H, W, K)`` array or writer to fill, or ``None``.
+            confidence_out: An ``(H, W)`` array or writer to fill, or ``None``.
             on_tile: Called with the number of scene pixels each finished tile covered.
+            on_read: Called in the reading thread with the rows, columns and raw ``(C, h, w)`` pixels of each tile's
+                interior (the halo left out), e.g. to draw a preview without reading the scene twice.
+            queue_depth: Windows read ahead, and finished tiles waiting to be written, at most.
 
         Returns:
             ``(labels, class_pixels)``: the label array and the count of pixels predicted per class.
         """
         check_int(tile, "tile")
+        check_int(queue_depth, "queue_depth")
         geometry = self.geometry()
         multiple = math.lcm(self.preprocessing.multiple_of, *geometry.multiple)
         height, width = scene.height, scene.width
         canvas = tuple(math.ceil(v / multiple) * multiple for v in (height, width))
+        sides = _tile_sides(tile, multiple, scene.block_shape, (height, width))
         labels = labels_out if labels_out is not None else np.empty((height, width), np.int16)
         counts = torch.zeros(self.num_classes, dtype=torch.long)
         prep = self.preprocessing
         last: dict = {}  # the validity of the window read last, for the write that follows it
 
+        def load(t: Tile) -> np.ndarray:
+            (r0, r1), (c0, c1) = t.read
+            raw = scene.read(slice(r0, min(r1, height)), slice(c0, min(c1, width)))
+            if on_read is not None:
+                (w0, w1), (v0, v1) = ((a, min(b, size)) for (a, b), size in zip(t.write, (height, width)))
+                if w1 > w0 and v1 > v0:
+                    on_read(slice(w0, w1), slice(v0, v1), raw[:, w0 - r0:w1 - r0, v0 - c0:v1 - c0])
+            return raw
+
+        tiles = plan_tiles(canvas, geometry, sides)
+        loaded = prefetch(tiles, load, depth=queue_depth)
+
         def read(window: tuple[slice, slice]) -> Tensor:
+            t, raw = next(loaded)
+            if t.read_slices != tuple(window):
+                raise RuntimeError(f"tiles read out of order: {t.read_slices} for {window}")
             rows, cols = window
-            raw = torch.from_numpy(scene.read(slice(rows.start, min(rows.stop, height)),
-                                              slice(cols.start, min(cols.stop, width))))
-            x, last["valid"] = prep.standardize(raw)
+            x, last["valid"] = prep.standardize(torch.from_numpy(raw))
             last["origin"] = (rows.start, cols.start)
             full = x.new_zeros(len(x), rows.stop - rows.start, cols.stop - cols.start)
             full[:, :x.shape[1], :x.shape[2]] = x  # the canvas's padding: missing pixels, as in training
             return full[None].to(self.device)
+
+        def store(rows: slice, cols: slice, tile_labels, tile_probabilities, tile_confidence) -> None:
+            labels[rows, cols] = tile_labels
+            if tile_probabilities is not None:
+                probabilities_out[rows, cols, :] = tile_probabilities
+            if tile_confidence is not None:
+                confidence_out[rows, cols] = tile_confidence
 
         def write(window: tuple[slice, slice], out: Tensor) -> None:
             rows, cols = window
@@ -276,25 +305,38 @@ class Predictor:
             top, left = last["origin"]
             valid = last["valid"][rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
             result = self._finish(out[0].cpu(), valid)
-            labels[rows, cols] = result.labels.numpy().astype(labels.dtype, copy=False)
-            if probabilities_out is not None:
-                probabilities_out[rows, cols, :] = result.probabilities.permute(1, 2, 0).numpy()
-            if confidence_out is not None:
-                confidence_out[rows, cols] = result.confidence.numpy()
+            writer.submit(store, rows, cols, result.labels.numpy().astype(labels.dtype, copy=False),
+                          result.probabilities.permute(1, 2, 0).numpy() if probabilities_out is not None else None,
+                          result.confidence.numpy() if confidence_out is not None else None)
             counts.add_(result.class_pixels(self.num_classes))
             del result, out
             if on_tile is not None:
                 on_tile(int(valid.numel()))
 
-        tiled_forward(self.model, read, geometry, tile=tile, size=canvas, write=write)
+        try:
+            with BackgroundWriter(queue_depth) as writer:
+                tiled_forward(self.model, read, geometry, tile=sides, size=canvas, write=write)
+        finally:
+            loaded.close()
         return labels, counts
 
 
-def write_probabilities(path: str | Path, prediction: Prediction, geo_tags=()) -> Path:
-    """Write ``(H, W, K)`` float16 class probabilities as a TIFF (georeferencing tags copied in)."""
-    probs = prediction.probabilities.permute(1, 2, 0).numpy().astype(np.float16)
-    out = create_tiff(path, probs.shape, np.float16, geo_tags)
-    out[:] = probs
-    out.flush()
-    del out
-    return Path(path)
+def _tile_sides(tile: int, multiple: int, block: tuple[int, int] | None, size: tuple[int, int]) -> tuple[int, int]:
+    """The tile's interior side per axis: a multiple of the network's stride and, where the file is cut in blocks no
+    larger than the tile (and smaller than the scene), of the block too, so tiles start on block boundaries.
+
+    Examples:
+        >>> _tile_sides(1000, 4, (512, 512), (10980, 10980)), _tile_sides(500, 4, (512, 512), (10980, 10980))
+        ((512, 512), (500, 500))
+        >>> _tile_sides(512, 4, (1, 10980), (10980, 10980))  # strips: rows already aligned, columns not cut in blocks
+        (512, 512)
+    """
+    sides = []
+    for axis, length in enumerate(size):
+        side = math.ceil(tile / multiple) * multiple
+        if block is not None and block[axis] < length:
+            step = math.lcm(block[axis], multiple)
+            if step <= side:
+                side = side // step * step
+        sides.append(side)
+    return sides[0], sides[1]

@@ -1,18 +1,14 @@
-"""Reading inputs and writing predictions: whole images, and scenes read and written window by window.
+"""Input images for prediction: read whole, or one window at a time.
 
-* PNG and JPEG are read whole with Pillow; TIFF with ``tifffile``. An uncompressed, contiguous TIFF is read
-  one window at a time with positioned reads (the rows of the window, then its columns), so a scene larger
-  than memory never is in memory — and, unlike a memory map, the pages read do not stay in the process's
-  resident memory. A compressed TIFF is decoded whole (there is no windowed decoder without extra packages:
-  store large scenes uncompressed).
-* Outputs are written the same way (:func:`create_tiff`): an uncompressed TIFF whose windows are written
-  with positioned writes as tiles finish.
-* Band layout of a 3-D TIFF: channels-last (H, W, C) when its last axis has the expected number of bands,
-  channels-first (C, H, W) when its first axis has; channels-last when both hold (as in
-  :class:`~cnnkit.data.SegmentationFolder`).
-* The georeferencing tags of a GeoTIFF (model tie point, pixel scale, transformation, GeoKeys, GDAL's nodata)
-  are read as they are stored and written unchanged into the output TIFFs, so the label map lies on the map
-  exactly where the scene does.
+* PNG and JPEG are read whole with Pillow.
+* Every other raster — GeoTIFF and Cloud-Optimized GeoTIFF with any compression and tiling, JPEG2000, VRT mosaics,
+  ENVI, netCDF — is read through GDAL by :class:`cnnkit.rasters.Raster`: a window (a tile and its halo) is
+  assembled from the file's own blocks, each decoded once when tiles are swept row by row, so a scene larger than
+  memory never is in memory. Its CRS and transform go to the outputs, its declared nodata pixels read as NaN (no
+  data), its scale and offset are applied, and its band descriptions and colour interpretation name the bands.
+* A TIFF page stack (single-band pages of one size, as ``tifffile.imwrite`` stores a 3-D array without
+  ``planarconfig``): channels-last (H, W, C) when its last axis has the expected number of bands, channels-first
+  (C, H, W) when its first axis has; channels-last when both hold (as in :class:`~cnnkit.data.SegmentationFolder`).
 """
 
 from __future__ import annotations
@@ -24,21 +20,15 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
+from cnnkit.rasters import RASTER_EXTENSIONS, Georeference, Raster
 
-__all__ = ["GEO_TAGS", "IMAGE_EXTENSIONS", "Scene", "create_tiff", "geo_tags", "open_scene"]
+__all__ = ["IMAGE_EXTENSIONS", "Scene", "open_scene"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = PICTURE_EXTENSIONS + RASTER_EXTENSIONS
+"""Extensions :func:`open_scene` reads (PNG/JPEG with Pillow, the rest through GDAL)."""
 
-GEO_TAGS = {
-    33550: "ModelPixelScaleTag",
-    33922: "ModelTiepointTag",
-    34264: "ModelTransformationTag",
-    34735: "GeoKeyDirectoryTag",
-    34736: "GeoDoubleParamsTag",
-    34737: "GeoAsciiParamsTag",
-    42113: "GDAL_NODATA",
-}
-"""TIFF tag code → name of every georeferencing tag copied from an input scene to its outputs."""
+_COLOURS = ("red", "green", "blue")
 
 
 @dataclass
@@ -48,26 +38,49 @@ class Scene:
     Attributes:
         path: The file.
         bands, height, width: Its size.
-        geo_tags: ``[(code, tifffile dtype, count, value), …]`` of its georeferencing tags (empty if none).
-        nodata: GDAL's nodata value of a GeoTIFF, if it has one.
+        georeference: Its CRS and transform (empty for PNG/JPEG and rasters without georeferencing).
+        nodata: The nodata value the file declares (of its first band that declares one), if any; those pixels read
+            as NaN.
+        band_names: Each band's description in the file (``None`` where it has none).
+        colorinterp: Each band's colour interpretation (``"red"``, ``"gray"``, ``"undefined"``, …).
     """
 
     path: Path
     bands: int
     height: int
     width: int
-    geo_tags: list[tuple[int, Any, int, Any]] = field(default_factory=list)
+    georeference: Georeference = field(default_factory=Georeference)
     nodata: float | None = None
-    _array: Any = None  # a NumPy array, or a _RasterFile: windowed reads of a contiguous TIFF
+    band_names: tuple[str | None, ...] = ()
+    colorinterp: tuple[str, ...] = ()
+    _array: Any = None  # a NumPy array (PNG/JPEG), or a cnnkit.rasters.Raster
     _channels_last: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.bands, self.height, self.width
 
+    @property
+    def block_shape(self) -> tuple[int, int] | None:
+        """The file's block ``(rows, cols)`` for a raster read through GDAL; ``None`` for a picture held whole."""
+        return self._array.block_shape if isinstance(self._array, Raster) else None
+
+    @property
+    def rgb_bands(self) -> tuple[int, int, int] | None:
+        """The red, green and blue bands (counted from 0) where the file names them by colour interpretation or
+        description; ``None`` otherwise."""
+        found = {}
+        for index, (interp, name) in enumerate(zip(self.colorinterp, self.band_names or (None,) * self.bands)):
+            for colour in _COLOURS:
+                if interp == colour or (name or "").strip().lower() == colour:
+                    found.setdefault(colour, index)
+        return tuple(found[c] for c in _COLOURS) if len(found) == 3 else None  # type: ignore[return-value]
+
     def read(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """The window ``[rows, cols]`` as ``(bands, h, w)`` float32 (a copy; windows past the edge are cut)."""
         source = self._array
+        if isinstance(source, Raster):
+            return source.read(rows, cols)
         try:
             if self._channels_last:
                 window = np.asarray(source[rows, cols]).transpose(2, 0, 1)
@@ -76,7 +89,6 @@ class Scene:
         except (OSError, ValueError) as err:
             raise CnnkitError(f"Could not read {self.path}: {err}. Is the file complete?") from err
         return np.array(window, dtype=np.float32, order="C", copy=True)
-
 
     def preview(self, step: int, rows_per_read: int = 512) -> np.ndarray:
         """Every ``step``-th pixel of every ``step``-th row, ``(bands, ⌈H/step⌉, ⌈W/step⌉)`` float32, read in blocks
@@ -88,138 +100,16 @@ class Scene:
             blocks.append(self.read(slice(top, min(top + block, self.height)))[:, ::step, ::step].copy())
         return np.concatenate(blocks, axis=1)
 
-
-class _RasterFile:
-    """An uncompressed, contiguous raster inside a file, read and written window by window with positioned
-    reads and writes (no memory map: what was read or written does not stay in the process's memory).
-
-    ``shape`` is the array's shape as stored: (H, W), (H, W, C) or (C, H, W); indexing takes row and column
-    slices (and, for (C, H, W), a leading ``:``), like a NumPy array.
-    """
-
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, *, planar: bool = False):
-        self.path, self.offset, self.shape, self.dtype, self.planar = Path(path), offset, shape, np.dtype(dtype), planar
-        self.ndim = len(shape)
-
-    def _plane(self) -> tuple[int, int, int]:
-        """(height, width, values per pixel in one plane)."""
-        if self.planar:
-            return self.shape[1], self.shape[2], 1
-        return self.shape[0], self.shape[1], self.shape[2] if self.ndim == 3 else 1
-
-    @staticmethod
-    def _span(index: slice, size: int) -> tuple[int, int]:
-        start, stop, step = index.indices(size)
-        if step != 1:
-            raise ValueError("windows must be contiguous (step 1)")
-        return start, max(start, stop)
-
-    def _split(self, key) -> tuple[slice, slice]:
-        key = key if isinstance(key, tuple) else (key,)
-        if self.planar:
-            key = key[1:] if len(key) == 3 else key
-        rows = key[0] if len(key) > 0 else slice(None)
-        cols = key[1] if len(key) > 1 else slice(None)
-        return rows, cols
-
-    def __getitem__(self, key) -> np.ndarray:
-        rows, cols = self._split(key)
-        height, width, depth = self._plane()
-        (r0, r1), (c0, c1) = self._span(rows, height), self._span(cols, width)
-        item = self.dtype.itemsize
-        planes = []
-        with self.path.open("rb") as f:
-            for plane in range(self.shape[0] if self.planar else 1):
-                base = self.offset + plane * height * width * depth * item
-                f.seek(base + r0 * width * depth * item)
-                count = (r1 - r0) * width * depth
-                data = np.fromfile(f, dtype=self.dtype, count=count)
-                if data.size != count:
-                    raise OSError(f"the file ends inside its image data (expected {count} values)")
-                block = data.reshape(r1 - r0, width, depth)[:, c0:c1]
-                planes.append(block if self.ndim == 3 and not self.planar else block[..., 0])
-        return np.stack(planes) if self.planar else planes[0]
-
-    def __setitem__(self, key, value) -> None:
-        rows, cols = self._split(key)
-        height, width, depth = self._plane()
-        (r0, r1), (c0, c1) = self._span(rows, height), self._span(cols, width)
-        value = np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=self.dtype),
-                                                     (r1 - r0, c1 - c0, depth) if depth > 1 else (r1 - r0, c1 - c0)))
-        item = self.dtype.itemsize
-        row_bytes = (c1 - c0) * depth * item
-        with self.path.open("r+b") as f:
-            if c0 == 0 and c1 == width:  # whole rows: one write
-                f.seek(self.offset + r0 * width * depth * item)
-                f.write(value.tobytes())
-                return
-            flat = value.reshape(r1 - r0, row_bytes // item)
-            for y in range(r0, r1):
-                f.seek(self.offset + (y * width + c0) * depth * item)
-                f.write(flat[y - r0].tobytes())
-
-    def flush(self) -> None:
-        """Nothing to do: every write went to the file when it was made."""
+    def close(self) -> None:
+        """Close the file (a raster read through GDAL); reading again reopens it."""
+        if isinstance(self._array, Raster):
+            self._array.close()
 
 
-def _tiff(path: Path, bands: int | None) -> Scene:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            shape = tuple(int(v) for v in tif.series[0].shape)
-            tags, nodata = _geo_tags(page)
-            series = tif.series[0]
-            offset, dtype = series.dataoffset, series.dtype.newbyteorder(tif.byteorder)
-            planar = len(shape) == 3 and page.planarconfig == 2  # stored band by band
-        if offset is not None and len(shape) in (2, 3):
-            array = _RasterFile(path, offset, shape, dtype, planar=planar)
-        else:  # compressed, tiled or not contiguous: decode whole
-            array = tifffile.imread(path)
-    except (tifffile.TiffFileError, OSError, ValueError, KeyError) as err:
-        raise CnnkitError(f"Could not read the TIFF {path}: {err}.") from err
-    return _scene(path, array, shape, bands, tags, nodata)
-
-
-def _geo_tags(page) -> tuple[list[tuple[int, Any, int, Any]], float | None]:
-    """A TIFF page's georeferencing tags (:data:`GEO_TAGS`) as ``[(code, dtype, count, value), …]`` and GDAL's nodata
-    value among them (``None`` if absent or not a number)."""
-    tags, nodata = [], None
-    for code in GEO_TAGS:
-        tag = page.tags.get(code)
-        if tag is not None:
-            tags.append((code, tag.dtype, tag.count, tag.value))
-            if code == 42113:
-                try:
-                    nodata = float(str(tag.value).strip("\x00 "))
-                except ValueError:
-                    nodata = None
-    return tags, nodata
-
-
-def geo_tags(path: str | Path) -> list[tuple[int, Any, int, Any]]:
-    """The georeferencing tags of a TIFF's first page (for :func:`create_tiff`); ``[]`` for other files and TIFFs
-    without them.
-
-    Examples:
-        >>> geo_tags("not-a-tiff.png")
-        []
-    """
-    import tifffile
-
-    path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
-        return []
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return _geo_tags(tif.pages[0])[0]
-    except (tifffile.TiffFileError, OSError, ValueError, KeyError) as err:
-        raise CnnkitError(f"Could not read the TIFF {path}: {err}.") from err
-
-
-def _scene(path, array, shape, bands, tags=(), nodata=None, channels_last: bool | None = None) -> Scene:
-    """Wrap an array (memory-mapped or not) of ``shape`` as a :class:`Scene`, deciding its band layout."""
+def _scene(path, array, shape, bands, georeference: Georeference | None = None, nodata=None,
+           channels_last: bool | None = None, band_names=(), colorinterp=()) -> Scene:
+    """Wrap an array of ``shape`` (a NumPy array, or a :class:`~cnnkit.rasters.Raster` of ``(C, H, W)``) as a
+    :class:`Scene`, deciding its band layout."""
     if len(shape) == 2:
         channels_last, (count, height, width) = False, (1, *shape)
     elif len(shape) == 3:
@@ -238,23 +128,42 @@ def _scene(path, array, shape, bands, tags=(), nodata=None, channels_last: bool 
                          f"shape {shape}.")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise UnsupportedError(f"{path} holds {array.dtype} values; expected integer or float bands.")
-    return Scene(Path(path), int(count), int(height), int(width), list(tags), nodata, array, channels_last)
+    return Scene(Path(path), int(count), int(height), int(width), georeference or Georeference(), nodata,
+                 tuple(band_names), tuple(colorinterp), array, channels_last)
 
 
 def open_scene(path: str | Path, bands: int | None = None) -> Scene:
-    """Open an image for reading: PNG/JPEG (whole) or TIFF (memory-mapped where possible).
+    """Open an image for reading: PNG/JPEG (whole, with Pillow) or any raster GDAL reads (window by window).
 
     Args:
         path: The file.
-        bands: The number of bands expected (decides the layout of a 3-D TIFF; a mismatch is an error).
+        bands: The number of bands expected (decides the layout of a TIFF page stack; a mismatch is an error).
+
+    Raises:
+        CnnkitError: a missing or unreadable file (naming it).
+        ShapeError: a band count other than ``bands``.
+        UnsupportedError: an unknown extension, or values that are not integer or float.
+
+    Examples:
+        >>> import numpy as np, rasterio, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "rgbn.tif")
+        >>> with rasterio.open(path, "w", driver="GTiff", width=8, height=6, count=4, dtype="uint16") as dst:
+        ...     dst.write(np.ones((4, 6, 8), "uint16"))
+        ...     dst.descriptions = ("blue", "green", "red", "nir")
+        >>> scene = open_scene(path, bands=4)
+        >>> scene.shape, scene.band_names, scene.rgb_bands
+        ((4, 6, 8), ('blue', 'green', 'red', 'nir'), (2, 1, 0))
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise CnnkitError(f"Input image does not exist: {path}")
-    if suffix in (".tif", ".tiff"):
-        return _tiff(path, bands)
-    if suffix in (".png", ".jpg", ".jpeg"):
+    if suffix in RASTER_EXTENSIONS:
+        raster = Raster(path, bands)
+        declared = [v for v in raster.nodata if v is not None]
+        return _scene(path, raster, raster.shape, bands, raster.georeference, declared[0] if declared else None,
+                      channels_last=False, band_names=raster.descriptions, colorinterp=raster.colorinterp)
+    if suffix in PICTURE_EXTENSIONS:
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -267,26 +176,3 @@ def open_scene(path: str | Path, bands: int | None = None) -> Scene:
         return _scene(path, array, array.shape, bands, channels_last=array.ndim == 3)
     raise UnsupportedError(f"Unsupported image extension {path.suffix!r}. Expected one of {IMAGE_EXTENSIONS}. "
                            f"Received: {path}")
-
-
-def create_tiff(path: str | Path, shape: tuple[int, ...], dtype, geo_tags=(), nodata: float | None = None
-                ) -> _RasterFile:
-    """A new uncompressed TIFF of ``shape`` ((H, W) or (H, W, K)), filled window by window: ``out[rows, cols] = x``.
-
-    ``geo_tags`` (from :class:`Scene`) are copied in, except the input's GDAL nodata value: it speaks of the input's
-    bands, not of this file's values (an input nodata of 0 would hide class 0 of a label map in a GIS). ``nodata``
-    declares this file's own (a label map's ``ignore_value``); without it the file declares none.
-    """
-    import tifffile
-
-    extratags = [(code, dtype_, count, value, True) for code, dtype_, count, value in geo_tags if code != 42113]
-    if nodata is not None:
-        extratags.append((42113, "s", 0, f"{nodata:g}", True))
-    try:
-        mapped = tifffile.memmap(path, shape=shape, dtype=dtype, photometric="minisblack",
-                                 planarconfig="contig" if len(shape) == 3 else None, extratags=extratags)
-        offset = mapped.offset
-        del mapped  # the header is written; the data is written with positioned writes
-    except (OSError, ValueError) as err:
-        raise CnnkitError(f"Could not write {path}: {err}.") from err
-    return _RasterFile(Path(path), offset, tuple(shape), np.dtype(dtype))

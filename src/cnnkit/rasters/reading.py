@@ -159,6 +159,28 @@ class _Source:
             return out
 
 
+class _Page:
+    """One page of a TIFF page stack: opened for each read and closed after it (a stack may have thousands of
+    pages; none keeps a file handle open)."""
+
+    def __init__(self, name: str, path: Path):
+        self.name, self.path, self.decoded = name, path, 0
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        import rasterio
+        from rasterio.windows import Window
+
+        with raster_errors(self.path, "read"), rasterio.open(self.name) as ds:
+            if ds.count != 1:
+                raise UnsupportedError(f"{self.path}: the page {self.name} has {ds.count} bands; a page stack is read "
+                                       "only when every page is a single-band image of one size.")
+            self.decoded += 1
+            return ds.read(window=Window(c0, r0, c1 - c0, r1 - r0), boundless=False)
+
+    def close(self) -> None:
+        """Nothing is kept open."""
+
+
 class Raster:
     """A raster file opened for windowed reading through GDAL.
 
@@ -188,11 +210,14 @@ class Raster:
             raise CnnkitError(f"Input image does not exist: {self.path}")
         main = _Source(str(self.path), self.path)
         pages = sorted((int(s.split(":")[1]), s) for s in main.subdatasets if s.startswith("GTIFF_DIR:"))
-        self._pages: list[_Source] = []
+        self._pages: list[_Source | _Page] = []
         self._channels_last = False
         if main.driver == "GTiff" and pages and main.count == 1:
-            self._pages = [main] + [_Source(name, self.path) for number, name in pages if number > 1]
-        if self._pages and {(s.count, s.height, s.width) for s in self._pages} == {(1, main.height, main.width)}:
+            # pages of one size: checked on the last page here, and on every page's own read
+            last = _Source(pages[-1][1], self.path)
+            if (last.count, last.height, last.width) == (1, main.height, main.width):
+                self._pages = [main] + [_Page(name, self.path) for number, name in pages if number > 1]
+        if self._pages:
             depth, height, width = len(self._pages), main.height, main.width
             if bands is not None and bands in (depth, width):
                 self._channels_last = width == bands
