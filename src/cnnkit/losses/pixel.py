@@ -27,7 +27,9 @@ a product of those. A pixel's weight is ``w = class_weight[y]·sample_weight``.
 Reduction. ``"mean"`` is the weighted mean PyTorch's weighted cross-entropy defines,
 ``Σ w·loss / Σ w`` over counted pixels; a batch without any counted pixel (or with Σ w = 0) gives 0
 with a zero gradient, not NaN. ``"sum"`` is ``Σ w·loss``; ``"none"`` returns the map ``w·loss``
-(N, *spatial) with zeros at left-out pixels.
+(N, *spatial) with zeros at left-out pixels. :meth:`PixelCrossEntropy.weighted_sum` and
+:meth:`FocalLoss.weighted_sum` give both sums of the mean, ``(Σ w·loss, Σ w)``, for a mean over pixels that
+several calls (several processes) see.
 """
 
 from __future__ import annotations
@@ -100,6 +102,13 @@ def _focal_map(
     weight = pixel_weight(target, class_weight, sample_weight, dtype)
     zero = torch.zeros((), dtype=dtype, device=loss.device)
     return torch.where(target.valid, loss, zero), weight
+
+
+def _weighted_sums(logits, target, class_weight, ignore_index, sample_weight, gamma: float) -> tuple[Tensor, Tensor]:
+    """``(Σ w·ℓ, Σ w)`` of the focal loss (cross-entropy for ``gamma = 0``): the two sums of its ``"mean"``."""
+    data, resolved, weight, sample_weight = _prepare(logits, target, class_weight, ignore_index, sample_weight)
+    loss, pixel_w = _focal_map(F.log_softmax(data, dim=1), resolved, weight, sample_weight, gamma)
+    return loss.sum(), pixel_w.sum()
 
 
 def pixel_cross_entropy(
@@ -316,10 +325,23 @@ class PixelCrossEntropy(_PixelLoss):
         PixelCrossEntropy(class_weight=[1.0, 4.0], ignore_index=255)
         >>> loss(torch.zeros(2, 2, 3, 3), torch.randint(0, 2, (2, 3, 3)))
         tensor(0.6931)
+        >>> loss.weighted_sum(torch.zeros(1, 2, 1, 2), torch.tensor([[[0, 1]]]))   # (Σ w·ℓ, Σ w) = (5·log 2, 5)
+        (tensor(3.4657), tensor(5.))
     """
 
     def forward(self, logits: Tensor | PaddedBatch, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         return pixel_cross_entropy(logits, target, self.class_weight, self.ignore_index, sample_weight, self.reduction)
+
+    def weighted_sum(
+        self, logits: Tensor | PaddedBatch, target: Tensor, sample_weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(Σ w·ℓ, Σ w)`` over counted pixels: the numerator and the denominator of the ``"mean"``.
+
+        For a mean over more pixels than one call sees: the global batch of a distributed run, whose weight sum
+        :class:`~cnnkit.train.SegmentationTask` adds up over the processes. ``self.reduction`` is not used. The
+        weight sum has no gradient (it depends on the targets and weights only).
+        """
+        return _weighted_sums(logits, target, self.class_weight, self.ignore_index, sample_weight, 0.0)
 
 
 class FocalLoss(_PixelLoss):
@@ -340,6 +362,12 @@ class FocalLoss(_PixelLoss):
         return focal_loss(
             logits, target, self.gamma, self.class_weight, self.ignore_index, sample_weight, self.reduction
         )
+
+    def weighted_sum(
+        self, logits: Tensor | PaddedBatch, target: Tensor, sample_weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(Σ w·FL, Σ w)`` over counted pixels, as :meth:`PixelCrossEntropy.weighted_sum`."""
+        return _weighted_sums(logits, target, self.class_weight, self.ignore_index, sample_weight, self.gamma)
 
     def extra_repr(self) -> str:
         return ", ".join([f"gamma={self.gamma}", *self._repr_items()])

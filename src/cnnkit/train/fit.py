@@ -33,7 +33,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cnnkit.errors import ArgumentTypeError, ShapeError
+from cnnkit.masking import BucketBatchSampler
 from cnnkit.train.callbacks import EpochLine
+from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero
 from cnnkit.train.rundir import (
     BEST_CHECKPOINT,
     CHECKPOINTS,
@@ -44,6 +46,7 @@ from cnnkit.train.rundir import (
     check_checkpoint,
     last_checkpoint,
 )
+from cnnkit.train.sampling import DistributedBucketSampler
 
 __all__ = ["AtomicCheckpointIO", "fit", "last_checkpoint"]  # last_checkpoint lives in rundir, named here too
 
@@ -122,6 +125,8 @@ _HARMLESS = (
     r".*does not have many workers which may be a bottleneck.*",
     r".*You defined a `validation_step` but have no `val_dataloader`.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
+    # SegmentationTask logs a global loss, the same number on every process, without a reduction
+    r".*self\.log\('(train|val)/loss', \.\.\., sync_dist=True\)`? when logging on epoch level.*",
 )
 
 
@@ -158,6 +163,7 @@ def fit(
     devices: int | str | Sequence[int] = 1,
     strategy: str | Any = "auto",
     num_nodes: int = 1,
+    precision: str | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     quiet: bool = True,
@@ -168,10 +174,17 @@ def fit(
 
     Args:
         task: A :class:`lightning.LightningModule`, e.g. :class:`~cnnkit.train.SegmentationTask`.
-        train_loader: The training ``DataLoader``. Under DDP Lightning gives each process its share
-            (it swaps in a ``DistributedSampler``; a custom batch sampler such as
-            :class:`~cnnkit.BucketBatchSampler` must be made distributed by you).
-        val_loader: Optional validation ``DataLoader``, run after every training epoch.
+        train_loader: The training ``DataLoader``. With a
+            :class:`~cnnkit.train.DistributedBucketSampler` as its ``batch_sampler``, its ``batch_size`` is the
+            global batch, shared among the processes, and Lightning's ``DistributedSampler`` is kept out
+            (``use_distributed_sampler=False``); the run is refused before it starts if a global batch would
+            leave a process without a sample. A plain ``DataLoader`` gets Lightning's ``DistributedSampler``
+            under DDP (its ``batch_size`` is then per process); a :class:`~cnnkit.BucketBatchSampler` is refused
+            on several processes (every process would see every sample).
+        val_loader: Optional validation ``DataLoader``, run after every training epoch. Give it a
+            :class:`~cnnkit.train.DistributedBucketSampler` with ``shuffle=False`` too when the training loader
+            has one: Lightning's sampler is then off for both, and a plain loader would be run whole by every
+            process (same metrics, W times the work).
         run_dir: Folder of checkpoints and logs (created; see the module documentation for the layout).
         max_epochs: Number of epochs in total, counting those done before a resume (>= 1).
         resume: ``"auto"``: continue from ``run_dir/checkpoints/last.ckpt`` if it exists, else start afresh;
@@ -179,17 +192,22 @@ def fit(
             checkpoint, which must exist. A damaged checkpoint (truncated, garbage) is refused with a
             :class:`~cnnkit.CnnkitError` naming it, before training starts.
         accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"`` …).
-        devices: Devices per node (an int, ``"auto"`` or a list of indices).
+        devices: Devices per node (an int, ``-1``, ``"auto"`` or a list of GPU indices). More GPUs than the
+            machine has is a :class:`~cnnkit.ShapeError` before anything starts; CPU processes may be as many as
+            asked (see :func:`~cnnkit.train.distributed.check_devices`).
         strategy: Lightning strategy: ``"auto"``, ``"ddp"``, ``"ddp_spawn"`` … (with ``accelerator="cpu"``
-            DDP uses the gloo backend). Multi-node: set ``num_nodes`` and launch as Lightning documents.
+            DDP uses the gloo backend, with GPUs NCCL). Under ``torchrun`` or SLURM, Lightning reads the
+            cluster's variables itself; ``devices`` and ``num_nodes`` must match the launch (docs/train.md).
         num_nodes: Number of machines.
+        precision: Lightning's precision, one of :data:`~cnnkit.train.distributed.PRECISIONS`
+            (``"bf16-mixed"``, ``"64-true"`` …); ``None``: Lightning's default (``"32-true"``).
         progress: Show a progress bar (Rich when ``rich`` is installed, else tqdm).
         callbacks: More Lightning callbacks.
         quiet: Hide Lightning's banners ("GPU available: …", tips, "Trainer.fit stopped: …"), its model table,
             the progress bar's ``v_num`` and known-harmless warnings; ``False`` shows everything.
         log: If given, called with one line per epoch (:class:`~cnnkit.train.callbacks.EpochLine`): epoch,
             losses, validation mean IoU, time — what a log file keeps when there is no terminal.
-        **trainer_kwargs: Passed to :class:`lightning.Trainer` (``precision``, ``gradient_clip_val``,
+        **trainer_kwargs: Passed to :class:`lightning.Trainer` (``gradient_clip_val``,
             ``limit_train_batches`` …).
 
     Returns:
@@ -220,9 +238,20 @@ def fit(
             )
     if "://" in os.fspath(run_dir):
         raise ShapeError(f"run_dir must be a local folder. Received run_dir={os.fspath(run_dir)!r}.")
+    precision = check_precision(precision)
+    if precision is not None:
+        if "precision" in trainer_kwargs:
+            raise ShapeError(
+                f"precision is given twice: precision={precision!r} and precision={trainer_kwargs['precision']!r} "
+                "in the Trainer arguments. Give it once, as fit(precision=...)."
+            )
+        trainer_kwargs["precision"] = precision
+    processes = check_devices(accelerator, devices, num_nodes)
+    _check_samplers(train_loader, val_loader, processes, trainer_kwargs)
     run_dir = Path(run_dir)
     ckpt_path = _resolve_resume(resume, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if launched_as_rank_zero():  # the other processes write nothing of the run folder themselves
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     # ``save_last=True`` only writes last.ckpt when a top-k checkpoint is saved in the same step, so last.ckpt
     # gets its own callback: monitor=None, top-1 under a fixed name, overwritten after every epoch.
@@ -274,6 +303,31 @@ def fit(
         )
         trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     return trainer
+
+
+def _check_samplers(train_loader, val_loader, processes: int | None, trainer_kwargs: dict[str, Any]) -> None:
+    """Keep Lightning's DistributedSampler away from cnnkit's, and refuse what cannot be shared among processes."""
+    ours = [
+        (name, loader.batch_sampler) for name, loader in (("train_loader", train_loader), ("val_loader", val_loader))
+        if isinstance(getattr(loader, "batch_sampler", None), DistributedBucketSampler)
+    ]
+    if ours:
+        if trainer_kwargs.get("use_distributed_sampler", False):
+            raise ShapeError(
+                f"{ours[0][0]} shares its global batches among the processes itself (DistributedBucketSampler); "
+                "Lightning's DistributedSampler must stay out. Received use_distributed_sampler=True."
+            )
+        trainer_kwargs["use_distributed_sampler"] = False
+        if processes is not None:
+            for _, sampler in ours:
+                sampler.check_world_size(processes)
+    if processes is not None and processes > 1 and isinstance(getattr(train_loader, "batch_sampler", None),
+                                                             BucketBatchSampler):
+        raise ShapeError(
+            f"train_loader has a BucketBatchSampler, which gives every process every batch; on {processes} "
+            "processes use cnnkit.train.DistributedBucketSampler (same arguments; its batch_size is the global "
+            "batch)."
+        )
 
 
 def _resolve_resume(resume, run_dir: Path) -> str | None:

@@ -5,16 +5,20 @@ or, with ``masked_input=True``, a :class:`~cnnkit.PaddedBatch` from :func:`~cnnk
 run through :func:`cnnkit.masked` so that each sample is computed exactly as if alone. Targets are integer
 labels; −100 (what :func:`~cnnkit.collate_padded` pads label maps with) is always ignored.
 
-Logged values (``self.log`` with ``sync_dist=True``, so they are averaged over DDP processes):
+Logged values, the same on every DDP process:
 
-* :class:`SegmentationTask`: ``train/loss`` (per step and per epoch), ``val/loss``, ``val/mean_iou``,
-  ``val/pixel_accuracy`` and ``val/iou/<class>`` for every class, from
+* :class:`SegmentationTask`: ``train/loss`` (per step and per epoch) and ``val/loss``, the weighted mean over
+  the whole global batch for ``"cross_entropy"`` and ``"focal"`` (the loss each process differentiates is
+  normalised by the global batch's weight too, see :meth:`SegmentationTask._step`), else averaged over processes;
+  ``val/mean_iou``, ``val/pixel_accuracy`` and ``val/iou/<class>`` for every class, from
   :class:`~cnnkit.metrics.SegmentationMetrics` (its confusion matrix is summed over processes).
-* :class:`ClassificationTask`: ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``.
+* :class:`ClassificationTask`: ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``, each a mean
+  over a process's share, averaged over processes (``sync_dist=True``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
 from typing import Any
@@ -31,6 +35,7 @@ from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
 from cnnkit.losses.targets import check_class_weight, check_ignore_index
 from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
 from cnnkit.metrics import SegmentationMetrics
+from cnnkit.train.distributed import all_reduce_sum, world_size
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "ClassificationTask", "SegmentationTask"]
 
@@ -274,21 +279,63 @@ class SegmentationTask(_Task):
             items.append("masked_input=True")
         return f"{type(self).__name__}({', '.join(items)})"
 
-    def _step(self, batch) -> tuple[Tensor, Tensor | PaddedBatch, int]:
+    @property
+    def global_loss(self) -> bool:
+        """Whether the loss is normalised by the whole global batch of a distributed run (see :meth:`_step`):
+        true for ``"cross_entropy"`` and ``"focal"``, whose mean is a ratio of two sums over pixels."""
+        return callable(getattr(self.loss_fn, "weighted_sum", None))
+
+    def _step(self, batch) -> tuple[Tensor, Tensor, Tensor | PaddedBatch, int]:
+        """``(loss to differentiate, loss to log, logits, samples of the global batch)``.
+
+        For a pixel loss (:attr:`global_loss`) on W processes, this process's loss is ``Σ w·ℓ`` over its own
+        pixels × W / (``Σ w`` over the pixels of all W processes): DDP averages the gradients of the W processes,
+        which gives the gradient of one process's weighted mean over the whole global batch. One all-reduce of
+        three numbers per step; in one process the loss is the plain weighted mean, bit for bit. The logged loss
+        is the global batch's weighted mean, the same on every process. Other losses (Dice, a callable) are a
+        mean over each process's share, averaged by DDP.
+        """
         images, targets = self._split(batch)
         logits = self(images)
-        return self.loss_fn(logits, targets), logits, len(targets)
+        n = len(targets)
+        if not self.global_loss:
+            loss = self.loss_fn(logits, targets)
+            return loss, loss.detach(), logits, n
+        total, weight = self.loss_fn.weighted_sum(logits, targets)
+        world = world_size()
+        if world > 1:
+            count = torch.tensor(float(n), dtype=total.dtype, device=total.device)
+            sums = all_reduce_sum(torch.stack([total.detach(), weight.detach(), count]))
+            global_total, global_weight, global_n = sums
+            n = int(global_n.item())
+            total_times_world = total * world
+        else:
+            global_total, global_weight, total_times_world = total.detach(), weight, total
+        positive = global_weight > 0  # no counted pixel anywhere: 0 with a zero gradient, as the losses' mean
+        denominator = torch.where(positive, global_weight, torch.ones_like(global_weight))
+        loss = torch.where(positive, total_times_world / denominator, 0.0)
+        logged = torch.where(positive, global_total / denominator, 0.0)
+        return loss, logged, logits, n
+
+    def on_fit_start(self) -> None:
+        if world_size() > 1 and not self.global_loss:
+            warnings.warn(
+                f"SegmentationTask(loss={self.loss_name!r}) on {world_size()} processes: each process's loss is "
+                "its own share's, and DDP averages them, which differs from one process's loss of the global batch. "
+                "'cross_entropy' and 'focal' are normalised by the whole global batch.", UserWarning, stacklevel=2)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, _, n = self._step(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        loss, logged, _, n = self._step(batch)
+        # A global loss is the same number on every process: no reduction needed (nor a collective per step).
+        self.log("train/loss", logged, on_step=True, on_epoch=True, prog_bar=True, sync_dist=not self.global_loss,
+                 batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
-        loss, logits, n = self._step(batch)
+        loss, logged, logits, n = self._step(batch)
         _, targets = self._split(batch)
         self.val_metrics.update(_detach(logits), targets)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("val/loss", logged, on_epoch=True, prog_bar=True, sync_dist=not self.global_loss, batch_size=n)
         return loss
 
     def on_validation_epoch_end(self) -> None:
