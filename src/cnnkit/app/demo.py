@@ -20,7 +20,7 @@ from rich.rule import Rule
 from torch import nn
 
 from cnnkit._checks import check_int
-from cnnkit.app.train import train_segmentation
+from cnnkit.app.train import console_log, train_segmentation
 from cnnkit.data.synthetic import CLASS_NAMES, SyntheticLandCover
 from cnnkit.explainers import explain, summary
 from cnnkit.models import TinySegNet
@@ -60,7 +60,7 @@ def run_demo(console: Console | None = None, height: int = 64, width: int = 96) 
     console.print(Rule("cnnkit demo — shapes, explained"))
     for question, layer, shape in SEED_QUESTIONS:
         console.print(f"\n[bold]{question}[/bold]")
-        console.print(str(explain(layer, shape)), markup=False, highlight=False, soft_wrap=True)
+        console_log(console)(str(explain(layer, shape)))
     net = TinySegNet(in_channels=4, num_classes=5)
     console.print(Rule(f"A small segmentation network on a 4-band {height}×{width} image"))
     console.print(summary(net, (4, height, width)))
@@ -155,10 +155,11 @@ def run_training_demo(
     :class:`~cnnkit.app.SegmentationRun`.
     """
     console = console or Console()
-    console.print(Rule("cnnkit demo — a mask-aware segmentation network on synthetic land cover with clouds"))
-    result = train_demo(out, epochs=DEFAULT_EPOCHS if epochs is None else epochs, seed=seed, device=device,
-                        log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), **kwargs)
+    console.print(Rule("cnnkit demo — mask-aware segmentation of synthetic land cover with clouds"))
+    log = console_log(console)
+    result = train_demo(out, epochs=DEFAULT_EPOCHS if epochs is None else epochs, seed=seed, device=device, log=log,
+                        **kwargs)
     console.print(Rule("result"))
     for line in result.lines():
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        log(line)
     return result

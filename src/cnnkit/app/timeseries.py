@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
-from cnnkit.app.train import holdout_split, validation_period
+from cnnkit.app.train import console_log, holdout_split, validation_period
 from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights
@@ -647,9 +647,9 @@ def run_series_demo(out: str | os.PathLike = "cnnkit-demo-series", *, epochs: in
 
     console = console or Console()
     console.print(Rule("cnnkit demo --time-series — a ConvLSTM on cloudy crop-type series"))
-    result = series_demo(out, epochs=DEMO_EPOCHS if epochs is None else epochs,
-                         log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), **kwargs)
+    log = console_log(console)
+    result = series_demo(out, epochs=DEMO_EPOCHS if epochs is None else epochs, log=log, **kwargs)
     console.print(Rule("result"))
     for line in result.lines():
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        log(line)
     return result

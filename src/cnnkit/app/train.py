@@ -26,6 +26,8 @@ Items are ``(image (C, H, W) float, label (H, W) int)``; −100 marks pixels wit
 from __future__ import annotations
 
 import os
+import re
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,8 +51,8 @@ from cnnkit.report import write_report
 from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
 from cnnkit.train.rundir import prepare_run_dir, write_manifest
 
-__all__ = ["SegmentationRun", "evaluate", "majority_baseline", "padding_shares", "train_folder", "train_segmentation",
-           "validation_period"]
+__all__ = ["SegmentationRun", "console_log", "evaluate", "majority_baseline", "padding_shares", "train_folder",
+           "train_segmentation", "validation_period", "wrap_line"]
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -105,6 +107,46 @@ class SegmentationRun:
             f"report:                        {self.report}",
             f"elapsed:                       {self.seconds:.1f} s",
         ]
+
+
+_LABEL = re.compile(r"[^\s:][^:]{0,40}:\s{2,}")
+"""The label of an aligned ``"label:   value"`` line (:meth:`SegmentationRun.lines`)."""
+_BEFORE_NUMBER = re.compile(r"(?<=\S) (?=[-+]?\.?\d|%|nan\b)")
+"""A single space between a word and the number (or ``%``) after it."""
+
+
+def wrap_line(line: str, width: int) -> str:
+    """``line`` broken at spaces into lines of at most ``width`` characters (a longer word is cut).
+
+    A number stays with the word before it (``forest 0.993``, ``25.07 %``). Continuation lines start under the
+    value of an aligned ``"label:   value"`` line, and two spaces further in than the line itself otherwise.
+
+    Examples:
+        >>> print(wrap_line("per-class IoU:   water 0.996, forest 0.993, cropland 0.965", 40))
+        per-class IoU:   water 0.996,
+                         forest 0.993,
+                         cropland 0.965
+    """
+    if len(line) <= width:
+        return line
+    label = _LABEL.match(line)
+    indent = label.end() if label else len(line) - len(line.lstrip(" ")) + 2
+    if indent > width // 2:
+        indent = 2
+    glued = _BEFORE_NUMBER.sub("\0", line)  # NUL: not a space to textwrap, so no break there
+    lines = textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_on_hyphens=False)
+    return "\n".join(lines).replace("\0", " ")
+
+
+def console_log(console) -> Callable[[str], None]:
+    """A ``log`` for the applications that prints each line on a rich ``console`` wrapped at its width
+    (:func:`wrap_line`; rich folds what wide characters still push over it)."""
+
+    def log(text: str) -> None:
+        console.print("\n".join(wrap_line(line, console.width) for line in text.split("\n")), markup=False,
+                      highlight=False)
+
+    return log
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
