@@ -14,8 +14,8 @@ from torch import nn
 from cnnkit.data import Standardized
 from cnnkit.errors import ShapeError
 from cnnkit.models import TinySegNet
-from cnnkit.predict.predictor import Predictor, Preprocessing
 from cnnkit.predict.outputs import label_cog
+from cnnkit.predict.predictor import Predictor, Preprocessing
 from cnnkit.predict.scene import open_scene
 
 

@@ -64,7 +64,7 @@ class CogWriter:
         scale: Values are stored quantised: ``round(value / scale)`` clipped to the dtype, and ``scale`` recorded as
             each band's scale (integer dtypes only).
         resampling: How the overviews are computed: ``nearest`` (labels), ``average`` or ``mode``.
-        block: Side of the file's internal tiles.
+        block: Side of the file's internal tiles (at least 128, as GDAL's COG driver asks).
 
     Raises:
         ShapeError: an unknown dtype or resampling, a bad shape, a scale on a float dtype.
@@ -89,7 +89,7 @@ class CogWriter:
             raise ShapeError(f"shape must be (H, W) or (H, W, K) of positive sizes. Received shape={self.shape}.")
         if scale is not None and not np.issubdtype(np.dtype(self.dtype), np.integer):
             raise ShapeError(f"scale quantises into an integer dtype. Received scale={scale}, dtype={self.dtype!r}.")
-        self.scale, self.resampling, self.block = scale, resampling, check_int(block, "block", minimum=16)
+        self.scale, self.resampling, self.block = scale, resampling, check_int(block, "block", minimum=128)
         self.count = self.shape[2] if len(self.shape) == 3 else 1
         self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial.tif")
         store = "float32" if self.dtype == "float16" else self.dtype
@@ -118,6 +118,8 @@ class CogWriter:
         if self.scale is not None and not np.issubdtype(value.dtype, np.integer):
             info = np.iinfo(np.dtype(self.dtype))
             value = np.clip(np.rint(value.astype(np.float32) * np.float32(1 / self.scale)), info.min, info.max)
+        if self.dtype == "float16":  # rounded to nearest here: GDAL's half-float packing truncates
+            value = value.astype(np.float16)
         value = value.astype(self._dataset.dtypes[0], copy=False)
         return value.transpose(2, 0, 1) if value.ndim == 3 else value[None]
 
