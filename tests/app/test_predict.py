@@ -1,5 +1,6 @@
 """``cnnkit predict`` end to end: a demo run and a ``cnnkit train`` run reproduce their held-out IoU from files,
-batches equal single images, tiles equal the whole image, GeoTIFF tags survive, nothing is overwritten."""
+batches equal single images, tiles equal the whole image, outputs are COGs on the input's CRS, nothing is
+overwritten."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import lightning.pytorch  # noqa: F401  (see tests/app/test_train.py)
 import numpy as np
 import pytest
+import rasterio
 import tifffile
 import torch
+from affine import Affine
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -121,49 +124,92 @@ def _assert_argmax_of(labels: np.ndarray, scores: torch.Tensor, margin: float = 
     assert clear.mean() > 0.9  # the check above is not vacuous
 
 
-def test_geotiff_tags_are_kept(demo_run, tmp_path):
+def _geotiff(path: Path, image: np.ndarray, **profile) -> None:
+    """A (H, W, C) image as a GeoTIFF on UTM zone 33N, 10 m pixels, written by rasterio (GDAL)."""
+    with rasterio.open(path, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=image.shape[2],
+                       dtype=image.dtype, crs=CRS, transform=TRANSFORM, **profile) as dst:
+        dst.write(image.transpose(2, 0, 1))
+
+
+CRS = "EPSG:32633"
+TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
+
+
+def test_outputs_are_cogs_on_the_input_crs(demo_run, tmp_path):
     out, _ = demo_run
-    tags = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
-            (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
-            (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), True),
-            (42113, "s", 6, "-9999", True)]
     image = np.random.default_rng(1).normal(0, 1, (40, 36, 4)).astype(np.float32)
-    tifffile.imwrite(tmp_path / "geo.tif", image, photometric="minisblack", extratags=tags)
+    _geotiff(tmp_path / "geo.tif", image, nodata=-9999)  # a nodata no pixel holds: all pixels are data
     predictor, _ = load_predictor(out)
     x, valid = predictor.preprocessing(torch.from_numpy(image.transpose(2, 0, 1)))
     assert bool(valid.all())
     with torch.no_grad():
         reference = predictor.model(x[None])[0, :, :40, :36].permute(1, 2, 0).float()  # (H, W, classes) float32
+    softmax = reference.softmax(-1).numpy()
     for extra in ([], ["--max-pixels", "500", "--tile", "16"]):
         target = tmp_path / f"out{len(extra)}"
         done = runner.invoke(app, ["predict", str(out), str(tmp_path / "geo.tif"), "--out", str(target), "--tiff",
                                    "--probabilities", "--confidence", *extra])
         assert done.exit_code == 0, done.output
         for name in ("geo_labels.tif", "geo_probabilities.tif", "geo_confidence.tif"):
-            with tifffile.TiffFile(target / name) as tif:
-                page = tif.pages[0]
-                assert page.tags[33550].value == (10.0, 10.0, 0.0), name
-                assert page.tags[33922].value == (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), name
-                assert page.tags[34735].value == (1, 1, 0, 1, 1024, 0, 1, 1), name
+            with rasterio.open(target / name) as ds:
+                assert ds.crs == rasterio.crs.CRS.from_string(CRS) and ds.transform == TRANSFORM, name
+                assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG", name
                 # the input's nodata (-9999) says nothing of these files' values: the label map declares its own
                 # no-data label, the probabilities (0 where there is no data, a real probability too) none
-                nodata = page.tags.get(42113)
-                assert (nodata.value if nodata else None) == ("255" if name == "geo_labels.tif" else None), name
-        probabilities = tifffile.imread(target / "geo_probabilities.tif")
-        assert probabilities.shape == (40, 36, 5) and probabilities.dtype == np.float16
-        np.testing.assert_allclose(probabilities.astype(np.float32).sum(-1), 1.0, atol=5e-3)
-        np.testing.assert_array_equal(tifffile.imread(target / "geo_confidence.tif"), probabilities.max(-1))
-        labels = tifffile.imread(target / "geo_labels.tif")
-        # labels come from the network's float32 scores, never from the float16 file (two top classes can round
-        # to one float16): the reference is the network run by hand on the preprocessed image
-        np.testing.assert_allclose(probabilities.astype(np.float32), reference.softmax(-1).numpy(), atol=1e-3)
+                assert ds.nodata == (255 if name == "geo_labels.tif" else None), name
+        with rasterio.open(target / "geo_probabilities.tif") as ds:
+            assert ds.count == 5 and ds.dtypes[0] == "uint8" and ds.scales == (1 / 255,) * 5
+            assert list(ds.descriptions) == list(CLASS_NAMES)
+            probabilities = ds.read().transpose(1, 2, 0)
+        np.testing.assert_allclose(probabilities / 255, softmax, atol=0.5 / 255 + 1e-4)  # round(p * 255)
+        with rasterio.open(target / "geo_confidence.tif") as ds:
+            np.testing.assert_allclose(ds.read(1) / 255, softmax.max(-1), atol=0.5 / 255 + 1e-4)
+        with rasterio.open(target / "geo_labels.tif") as ds:
+            labels = ds.read(1)
+        # labels come from the network's float32 scores, never from the quantised file (two top classes can round
+        # to one value): the reference is the network run by hand on the preprocessed image
         _assert_argmax_of(labels, reference)
-        alone = tmp_path / f"alone{len(extra)}"  # confidence without probabilities: no probabilities file at all
-        done = runner.invoke(app, ["predict", str(out), str(tmp_path / "geo.tif"), "--out", str(alone),
-                                   "--confidence", *extra])
+        half = tmp_path / f"half{len(extra)}"  # float16 on request; confidence alone: no probabilities file at all
+        done = runner.invoke(app, ["predict", str(out), str(tmp_path / "geo.tif"), "--out", str(half),
+                                   "--confidence", "--probability-dtype", "float16", *extra])
         assert done.exit_code == 0, done.output
-        assert not (alone / "geo_probabilities.tif").exists()
-        np.testing.assert_array_equal(tifffile.imread(alone / "geo_confidence.tif"), probabilities.max(-1))
+        assert not (half / "geo_probabilities.tif").exists()
+        with tifffile.TiffFile(half / "geo_confidence.tif") as tif:  # tifffile: an independent reader of the header
+            assert tif.pages[0].dtype == np.float16
+        with rasterio.open(half / "geo_confidence.tif") as ds:
+            np.testing.assert_allclose(ds.read(1), softmax.max(-1), atol=1e-3)
+
+
+def test_label_cog_is_valid_with_palette_and_overviews(demo_run, tmp_path):
+    """A scene over 512 px, tiled: its label COG validates (rio-cogeo), lies where the input does, carries the palette
+    as its colour table (no data transparent), the class names, and internal overviews."""
+    from rio_cogeo.cogeo import cog_validate
+
+    out, _ = demo_run
+    rng = np.random.default_rng(3)
+    image = rng.normal(0, 1, (700, 600, 4)).astype(np.float32)
+    image[100:140, 200:260] = np.nan  # no data
+    _geotiff(tmp_path / "big.tif", image, tiled=True, blockxsize=128, blockysize=128, compress="deflate")
+    done = runner.invoke(app, ["predict", str(out), str(tmp_path / "big.tif"), "--out", str(tmp_path / "pred"),
+                               "--tiff", "--max-pixels", "100000", "--tile", "128"])
+    assert done.exit_code == 0, done.output
+    assert "run in tiles" in done.output
+    path = tmp_path / "pred" / "big_labels.tif"
+    valid, errors, _ = cog_validate(str(path), quiet=True)
+    assert valid, errors
+    _, manifest = load_predictor(out)
+    palette = [tuple(c) for c in manifest["classes"]["palette"]]
+    with rasterio.open(path) as ds, rasterio.open(tmp_path / "big.tif") as source:
+        assert ds.crs == source.crs and ds.transform == source.transform
+        assert ds.overviews(1), "no internal overviews"
+        colours = ds.colormap(1)
+        assert [colours[k][:3] for k in range(len(palette))] == palette
+        assert colours[255] == (0, 0, 0, 0)
+        assert json.loads(ds.tags()["class_names"]) == list(CLASS_NAMES)
+        labels = ds.read(1)
+    assert (labels[100:140, 200:260] == 255).all() and (labels[:100] < 5).all()
+    png = np.array(Image.open(tmp_path / "pred" / "big_labels.png"))
+    assert np.array_equal(labels, png)
 
 
 def test_train_run_reproduces_its_heldout_iou(tmp_path):
