@@ -145,3 +145,12 @@ def test_train_and_predict_print_lines_that_fit(no_report, tmp_path):
     assert predicted.exit_code == 0, predicted.output
     assert not too_long(predicted.output), too_long(predicted.output)
     assert "predicted: water" in " ".join(predicted.output.split())
+
+
+def test_a_log_keeps_its_lines_whole(monkeypatch):
+    """Written to a file or a pipe without COLUMNS (a log, not a terminal), a line stays one line to grep for."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console, buffer = _console()
+    line = "data: " + ", ".join(f"'class {k}' {k}.00 %" for k in range(20))
+    console_log(console)(line)
+    assert buffer.getvalue() == line + "\n"

@@ -139,10 +139,16 @@ def wrap_line(line: str, width: int) -> str:
 
 
 def console_log(console) -> Callable[[str], None]:
-    """A ``log`` for the applications that prints each line on a rich ``console`` wrapped at its width
-    (:func:`wrap_line`; rich folds what wide characters still push over it)."""
+    """A ``log`` for the applications that prints each line on a rich ``console``, wrapped (:func:`wrap_line`) at
+    the width of the terminal it prints to: a terminal, or a pipe whose reader set ``COLUMNS``. Lines written to a
+    file or pipe without ``COLUMNS`` (a log) are kept whole, as rich's ``soft_wrap`` keeps them."""
+    wrap = console.is_terminal or bool(os.environ.get("COLUMNS"))
 
     def log(text: str) -> None:
+        if not wrap:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        # rich folds what wide characters (two cells each) may still push over the width
         console.print("\n".join(wrap_line(line, console.width) for line in text.split("\n")), markup=False,
                       highlight=False)
 

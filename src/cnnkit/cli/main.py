@@ -61,6 +61,13 @@ def _console() -> Console:
     return console
 
 
+def _log_lines(console: Console) -> bool:
+    """Whether ``console`` writes a log, whose long lines are kept whole (``soft_wrap``): a file or pipe without
+    COLUMNS. A terminal, or a pipe whose reader set COLUMNS, gets lines wrapped to its width (the rule of
+    :func:`cnnkit.app.train.console_log`, which ``cnnkit predict`` does not import: it would load Lightning)."""
+    return not (console.is_terminal or os.environ.get("COLUMNS"))
+
+
 def _fail(error: Exception) -> None:
     """Print ``error: …`` on one logical line (the terminal wraps it, not cnnkit) and exit with code 2."""
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {error}", markup=True, highlight=False)
@@ -301,7 +308,8 @@ def predict(
                                           confidence=confidence, overwrite=overwrite,
                                           probability_dtype=probability_dtype)
             names = read_manifest(run)["classes"]["names"]
-            console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False)
+            console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
+                          soft_wrap=_log_lines(console))
             extra = "".join(f", STEM_{kind}.tif" for kind, given in (("probabilities", probabilities),
                                                                      ("confidence", confidence)) if given)
             console.print(f"outputs: {out}/ (STEM_labels.png, STEM_labels.tif{extra} per series; 255 = no valid "
@@ -326,7 +334,7 @@ def predict(
                                    probability_dtype=probability_dtype, rgb_bands=_rgb_bands(rgb_bands))
     except CnnkitError as error:
         _fail(error)
-    console.print(result.summary(predictor.class_names), markup=False, highlight=False)  # rich wraps it
+    console.print(result.summary(predictor.class_names), markup=False, highlight=False, soft_wrap=_log_lines(console))
     console.print(f"outputs: {out}/", markup=False, highlight=False)
 
 
