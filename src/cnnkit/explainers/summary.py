@@ -253,7 +253,11 @@ def summary(
         of modules never called get a ``(not called)`` row).
 
     Raises:
-        CnnkitError: if the forward pass fails; the message names the layer that was running.
+        CnnkitError: if the forward pass fails; the message names the innermost layer that raised and the shape
+            it received. A :class:`~cnnkit.errors.ShapeError` (also a ``ValueError``) when that layer's explainer
+            refuses the shape, and for the wrong number of channels or features (``in_channels``,
+            ``in_features``, ``num_features``, ``num_channels``) it says what to change: the input shape, for
+            the model's first layer (a channels-last shape is named), or that layer or the ones before it.
 
     Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
