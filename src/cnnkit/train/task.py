@@ -36,6 +36,7 @@ from cnnkit.losses.targets import check_class_weight, check_ignore_index
 from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
 from cnnkit.metrics import SegmentationMetrics
 from cnnkit.train.distributed import all_reduce_sum, world_size
+from cnnkit.train.sync_norm import SyncUnpaddedBatchNorm
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "ClassificationTask", "SegmentationTask"]
 
@@ -126,7 +127,12 @@ class _Task(L.LightningModule):
                     "images is a PaddedBatch, but the task was built with masked_input=False. "
                     "Pass masked_input=True to run padded batches through cnnkit.masked."
                 )
-            return self._masked_model()(images)
+            wrapper = self._masked_model()
+            if wrapper.sync_batchnorm and world_size() > 1:
+                # masked() syncs the batch norms of padded tensors; this mode those of tensors it leaves unpadded
+                with SyncUnpaddedBatchNorm(wrapper.process_group or torch.distributed.group.WORLD):
+                    return wrapper(images)
+            return wrapper(images)
         if not isinstance(images, Tensor):
             raise ShapeError(f"images must be a tensor or a PaddedBatch. Received {type(images).__name__}.")
         return self.model(images)
