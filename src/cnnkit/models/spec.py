@@ -73,7 +73,7 @@ anything is allocated. The largest common segmentation networks stay well below 
 DPT on ViT-Large: about 340 million)."""
 
 MAX_JSON_DEPTH = 6
-"""Deepest nesting of lists and objects inside ``args`` (a spec's own object is level 1)."""
+"""Most levels of lists and objects in a spec's ``args``, ``args`` itself the first (``{"a": [[1]]}`` has 3)."""
 
 _MAX_ITEMS = 64  # items of any list or object inside args
 _MAX_NODES = 2_000  # values inside args, all levels together
@@ -202,7 +202,7 @@ def check_json(value: Any, name: str) -> None:
                                  f"{len(item)}.")
             continue
         if isinstance(item, (list, tuple, Mapping)):
-            if depth >= MAX_JSON_DEPTH:
+            if depth > MAX_JSON_DEPTH:
                 raise ShapeError(f"{where} is nested deeper than {MAX_JSON_DEPTH} levels of lists and objects. "
                                  "A network's arguments are flat.")
             if len(item) > _MAX_ITEMS:
