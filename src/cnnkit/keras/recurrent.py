@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cnnkit.keras.modules import activation as activation_fn
+from cnnkit.keras.modules.activations import activation as activation_fn
 from cnnkit.layouts import KerasLayout, register_layout
 
 __all__ = ["KerasBidirectional", "KerasGRU", "KerasSimpleRNN", "TimeDistributed"]
