@@ -21,10 +21,6 @@ def is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-# The old private name, for importers outside this change (cnnkit._random, cnnkit.masking); use is_int.
-_is_int = is_int
-
-
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
     """Return ``value`` if it is an integer (not a bool) of at least ``minimum``; else one clear error.
 
