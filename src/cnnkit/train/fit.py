@@ -238,13 +238,7 @@ def fit(
             )
     if "://" in os.fspath(run_dir):
         raise ShapeError(f"run_dir must be a local folder. Received run_dir={os.fspath(run_dir)!r}.")
-    precision = check_precision(precision)
-    if precision is not None:
-        if "precision" in trainer_kwargs:
-            raise ShapeError(
-                f"precision is given twice: precision={precision!r} and precision={trainer_kwargs['precision']!r} "
-                "in the Trainer arguments. Give it once, as fit(precision=...)."
-            )
+    if check_precision(precision) is not None:
         trainer_kwargs["precision"] = precision
     processes = check_devices(accelerator, devices, num_nodes)
     _check_samplers(train_loader, val_loader, processes, trainer_kwargs)
