@@ -1,6 +1,7 @@
 """Keras compatibility: weight layouts, and Keras model files in, PyTorch modules out.
 
-* weight layouts (:func:`to_keras`, :func:`from_keras`, :func:`keras_shapes`, :func:`register_layout`),
+* weight layouts (:func:`to_keras`, :func:`from_keras`, :func:`keras_shapes`, :func:`register_layout`,
+  :func:`find_layout`),
   re-exported from the ground floor's :mod:`cnnkit.layouts`, the one place that knows each Keras layout.
 * :func:`load` — read a ``.keras`` archive or legacy ``.h5`` file with ``zipfile``, ``json`` and ``h5py``
   alone (no TensorFlow, nothing unpickled, no code from the file run) and build the equivalent PyTorch
@@ -12,6 +13,7 @@ See ``docs/keras.md``.
 
 from cnnkit.layouts import (
     KerasLayout,
+    find_layout,
     from_keras,
     has_keras_layout,
     keras_shapes,
@@ -28,6 +30,7 @@ __all__ = [
     "KerasModel",
     "LayerConversion",
     "LoadedModel",
+    "find_layout",
     "from_keras",
     "has_keras_layout",
     "keras_shapes",
