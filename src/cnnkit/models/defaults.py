@@ -9,7 +9,7 @@ Why these values:
 - ``cnnkit`` (TinySegNet, TinyResNet): AdamW at 1e-2 with a cosine schedule, what ``cnnkit train`` has used
   for them all along (``train_segmentation``'s defaults); small, batch-normalised, randomly initialised networks
   that train in seconds at that rate.
-- ``cnnkit-series`` (SeriesSegNet): AdamW at 1e-2, constant, as ``train_series_folder`` uses (on its demo data
+- ``cnnkit-series`` (SeriesSegNet): AdamW at 1e-2, constant, as ``train_series`` uses (on its demo data
   a constant rate reached a held-out mean IoU of 0.59 where cosine reached 0.26, see docs/timeseries.md).
 - ``convolutional`` (smp's Unet, UnetPlusPlus, MAnet, Linknet, FPN, PSPNet, DeepLabV3(+), PAN, UPerNet):
   AdamW at 1e-3, cosine, no warm-up. 1e-2 made Unet/resnet18 diverge on cnnkit's land-cover data (issue 25:

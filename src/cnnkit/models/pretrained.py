@@ -94,10 +94,11 @@ def _hub_instructions(repo_id: str, revision: str | None) -> str:
     folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
     pinned = f", revision={revision!r}" if revision else ""
     return (
-        f"They are cached in {os.fspath(folder)!r} (Hugging Face repository {repo_id!r}{pinned}; the cache folder is "
-        f"{constants.HF_HUB_CACHE!r}, moved by HF_HUB_CACHE or HF_HOME). Without network here: on a machine with "
-        f"network run python -c \"import huggingface_hub as h; h.snapshot_download({repo_id!r}{pinned})\", copy the "
-        f"folder {folder.name!r} from its cache into {constants.HF_HUB_CACHE!r} here, and set HF_HUB_OFFLINE=1."
+        f"smp and timm cache them in {os.fspath(folder)!r} (Hugging Face repository {repo_id!r}{pinned}; the cache "
+        f"folder is {constants.HF_HUB_CACHE!r}, moved by HF_HUB_CACHE or HF_HOME). Without network here: on a machine "
+        f"with network run python -c \"import huggingface_hub as h; h.snapshot_download({repo_id!r}{pinned})\", "
+        f"copy the folder {folder.name!r} from its cache into {constants.HF_HUB_CACHE!r} here, and set "
+        "HF_HUB_OFFLINE=1."
     )
 
 
@@ -105,5 +106,5 @@ def _url_instructions(url: str) -> str:
     import torch.hub
 
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    return (f"They are cached in {os.fspath(target)!r} (torch hub's folder, moved by TORCH_HOME). Without network "
-            f"here: download {url} on a machine with network and place the file at that path.")
+    return (f"smp and timm cache them in {os.fspath(target)!r} (torch hub's folder, moved by TORCH_HOME). Without "
+            f"network here: download {url} on a machine with network and place the file at that path.")
