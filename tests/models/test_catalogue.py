@@ -29,7 +29,7 @@ def test_rows_count_what_smp_builds():
             reference = cls("resnet18", encoder_weights=None, in_channels=6, classes=3)
         assert row.parameters == sum(p.numel() for p in reference.parameters()), cls.__name__
         assert row.note == ""
-        assert row.family == ("transformer" if cls.__name__ == "Segformer" else "convolutional")
+        assert row.family == "convolutional"  # on a ResNet, Segformer's decoder too
 
 
 def test_defaults_table():
@@ -52,3 +52,7 @@ def test_cnnkit_defaults_are_what_the_applications_use_today():
     recurrent = training_defaults({"library": "cnnkit", "architecture": "SeriesSegNet"})
     assert (recurrent.lr, recurrent.schedule) == (series["lr"].default, series["scheduler"].default)
     assert training_defaults({"library": "smp", "architecture": "Unet", "encoder": "resnet18"}).lr == 1e-3
+    for spec in ({"library": "smp", "architecture": "Segformer", "encoder": "mit_b0"},
+                 {"library": "smp", "architecture": "Unet", "encoder": "mit_b2"},
+                 {"library": "smp", "architecture": "DPT", "encoder": "tu-vit_tiny_patch16_224"}):
+        assert training_defaults(spec) == FAMILY_DEFAULTS["transformer"]

@@ -11,13 +11,14 @@ Why these values:
   that train in seconds at that rate.
 - ``cnnkit-series`` (SeriesSegNet): AdamW at 1e-2, constant, as ``train_series`` uses (on its demo data
   a constant rate reached a held-out mean IoU of 0.59 where cosine reached 0.26, see docs/timeseries.md).
-- ``convolutional`` (smp's Unet, UnetPlusPlus, MAnet, Linknet, FPN, PSPNet, DeepLabV3(+), PAN, UPerNet):
+- ``convolutional`` (smp's architectures on convolutional encoders: ResNet, EfficientNet, ConvNeXt, …):
   AdamW at 1e-3, cosine, no warm-up. 1e-2 made Unet/resnet18 diverge on cnnkit's land-cover data (issue 25:
   validation loss 5.5e8, IoU below the majority baseline), 1e-3 trained it (IoU 0.765 in 6 epochs); 1e-3 is
   also Adam's own default. Their batch norms keep the first steps stable without warm-up.
-- ``transformer`` (smp's Segformer and DPT, decoders made for attention encoders): AdamW at 1e-4, weight decay
-  0.01, cosine after 1 epoch of linear warm-up. Attention layers are the least stable part early in training
-  at high rates; vision-transformer fine-tuning recipes work at 1e-4 or below with a warm-up.
+- ``transformer`` (smp networks on attention encoders: DPT on its ViT, any architecture on smp's MiT encoders):
+  AdamW at 1e-4, weight decay 0.01, cosine after 1 epoch of linear warm-up. Attention layers are the least
+  stable part early in training at high rates; vision-transformer fine-tuning recipes work at 1e-4 or below,
+  with a warm-up.
 
 ``encoder_lr_factor`` multiplies the encoder's learning rate **when it starts from pretrained weights** (0.1:
 the pretrained filters move ten times slower than the new decoder); an encoder with random weights learns at

@@ -53,7 +53,6 @@ for _network in (TinySegNet, TinyResNet, SeriesSegNet):
     MODELS.register(_network.__name__, _network)
 
 _CNNKIT_FAMILIES = {"TinySegNet": "cnnkit", "TinyResNet": "cnnkit", "SeriesSegNet": "cnnkit-series"}
-_TRANSFORMER_DECODERS = ("Segformer", "DPT")  # smp architectures whose papers pair them with transformer encoders
 
 
 @dataclass(frozen=True)
@@ -277,13 +276,17 @@ def resolve(spec: ModelSpec | Mapping[str, Any]) -> Builder:
 def family_of(spec: ModelSpec | Mapping[str, Any]) -> str:
     """The training family of a spec's network: a key of :data:`~cnnkit.models.FAMILY_DEFAULTS`.
 
-    cnnkit's image networks are ``"cnnkit"``, SeriesSegNet ``"cnnkit-series"``; smp's Segformer and DPT
-    (decoders made for transformer encoders) ``"transformer"``, its other architectures ``"convolutional"``;
-    a registered builder the family it was registered with.
+    cnnkit's image networks are ``"cnnkit"``, SeriesSegNet ``"cnnkit-series"``. An smp network is
+    ``"transformer"`` when its encoder is one: DPT (always on a ViT) and any architecture on smp's Mix
+    Transformer encoders (``mit_b0`` … ``mit_b5``, SegFormer's own, read from smp's table of them); every other
+    smp network is ``"convolutional"`` (a timm transformer as ``tu-`` encoder of a convolutional decoder too:
+    give it a lower learning rate yourself). A registered builder has the family it was registered with.
 
     Examples:
-        >>> family_of({"library": "smp", "architecture": "DPT", "encoder": "tu-vit_tiny_patch16_224"})
+        >>> family_of({"library": "smp", "architecture": "Segformer", "encoder": "mit_b0"})
         'transformer'
+        >>> family_of({"library": "smp", "architecture": "Segformer", "encoder": "resnet34"})
+        'convolutional'
     """
     spec = parse_spec(spec)
     if spec.library == "cnnkit":
@@ -291,7 +294,10 @@ def family_of(spec: ModelSpec | Mapping[str, Any]) -> str:
     if spec.library == "user":
         resolve(spec)  # not registered here: the error says what to do
         return _USER[spec.architecture].family
-    return "transformer" if spec.architecture in _TRANSFORMER_DECODERS else "convolutional"
+    from segmentation_models_pytorch.encoders.mix_transformer import mix_transformer_encoders
+
+    return "transformer" if spec.architecture == "DPT" or spec.encoder in mix_transformer_encoders \
+        else "convolutional"
 
 
 # -- arguments against signatures ---------------------------------------------------------------------------
