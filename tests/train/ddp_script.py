@@ -78,6 +78,7 @@ class Record(L.Callback):
             "shared": self.shared, "steps": self.steps,
             "batch_sampler": type(trainer.train_dataloader.batch_sampler).__name__,
             "sync_batchnorm": pl_module._sync_bn(),
+            "cluster": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
         }))
 
 

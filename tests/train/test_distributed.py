@@ -1,8 +1,9 @@
 """N processes == 1 process: a 2-process DDP run (CPU, gloo) through ``cnnkit.train.fit`` gives the weights and
-batch-norm statistics of one process with the same global batch; a rank killed with SIGKILL stops the run, which
-then resumes. The runs are ``tests/train/ddp_script.py`` in subprocesses (Lightning's ``strategy="ddp"`` starts
-the second process by running the script again), each in its own process group, killed whole on a timeout so
-that a hang fails the test instead of blocking it.
+batch-norm statistics of one process with the same global batch — started by Lightning itself, by torchrun, or
+with SLURM's variables; a rank killed with SIGKILL stops the run, which then resumes. The runs are
+``tests/train/ddp_script.py`` in subprocesses (Lightning's ``strategy="ddp"`` starts the second process by running
+the script again), each in its own process group, killed whole on a timeout so that a hang fails the test instead
+of blocking it. The one-process reference runs once, in this process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,9 +31,11 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
-                "SLURM_NTASKS", "SLURM_JOB_ID"):
-        env.pop(key, None)
+    for key in list(env):  # a launcher's variables from outside would change what the runs are
+        if key.startswith(("SLURM_", "TORCHELASTIC_")) or key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK",
+                                                                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                                                                   "MASTER_PORT"):
+            del env[key]
     return env
 
 
@@ -98,19 +102,25 @@ def _one_process(out: Path, epochs: int = 2) -> None:
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
-def test_two_processes_give_the_weights_of_one(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    proc = _start(two, devices=2, strategy="ddp", epochs=2)
-    try:
-        _one_process(one)  # while the two processes start
-        output = _wait(proc, timeout=150)
-    finally:
-        _kill_group(proc)
-    assert proc.returncode == 0, output[-4000:]
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "out"
+    _one_process(out)
+    return out
 
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _same_as_one_process(one: Path, two: Path, cluster: str) -> None:
+    """What the 2-process run in ``two`` wrote equals the 1-process run in ``one``; Lightning's cluster environment
+    was ``cluster``."""
     ref = torch.load(one / "rank0.pt")
     info = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["cluster"] for i in info] == [cluster, cluster]
     ref_info = json.loads((one / "rank0.json").read_text())
     assert [i["world_size"] for i in info] == [2, 2] and ref_info["world_size"] == 1
     # 14 samples, global batch 5: batches of 4, 5, 5 (in some order) each epoch; 3 steps × 2 epochs everywhere
@@ -145,6 +155,53 @@ def test_two_processes_give_the_weights_of_one(tmp_path):
     steps_two = [float(r["train/loss_step"]) for r in rows_two if r.get("train/loss_step")]
     assert steps_two == pytest.approx(steps_one, rel=1e-6)
     assert (two / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_weights_of_one(one_process, tmp_path):
+    """Lightning's own launcher: ``python script.py`` with ``devices=2, strategy="ddp"``."""
+    two = tmp_path / "two"
+    _run(two, devices=2, strategy="ddp")
+    _same_as_one_process(one_process, two, "LightningEnvironment")
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_weights_of_one(one_process, tmp_path):
+    """``torchrun --nproc_per_node 2 script.py``: Lightning reads torchrun's variables (TorchElasticEnvironment)."""
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+           str(two), "2", "ddp", "2"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output = _wait(proc, timeout=150)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, output[-4000:]
+    _same_as_one_process(one_process, two, "TorchElasticEnvironment")
+
+
+@pytest.mark.slow
+def test_slurm_variables_give_the_weights_of_one(one_process, tmp_path):
+    """Two processes with the variables ``srun --ntasks-per-node=2`` sets (no SLURM here): Lightning's
+    SLURMEnvironment takes rank, world size and address from them; each process runs the script itself."""
+    two = tmp_path / "two"
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "cnnkit-test", "SLURM_NODELIST": "127.0.0.1",
+             "MASTER_PORT": str(_free_port())}
+    procs: list[subprocess.Popen] = []
+    try:
+        for rank in (0, 1):
+            env = _env() | slurm | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+            procs.append(subprocess.Popen(
+                [sys.executable, str(SCRIPT), str(two), "2", "ddp", "2"], env=env, cwd=tmp_path,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        outputs = [_wait(p, timeout=150) for p in procs]
+    finally:
+        for p in procs:
+            _kill_group(p)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    _same_as_one_process(one_process, two, "SLURMEnvironment")
 
 
 def _kill_mid_epoch(out: Path, rank: int) -> int:
