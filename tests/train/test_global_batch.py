@@ -219,6 +219,14 @@ def test_fit_passes_precision(tmp_path):
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
+def test_public_names_of_the_global_batch():
+    import cnnkit.train as train
+
+    for name in ("DistributedBucketSampler", "broadcast_object", "all_reduce_sum", "check_devices", "world_size",
+                 "global_rank", "PRECISIONS"):
+        assert name in train.__all__ and getattr(train, name) is not None
+
+
 def test_helpers_are_no_ops_in_one_process():
     value = {"mean": [0.5], "std": [2.0]}
     assert broadcast_object(value) is value

@@ -1,5 +1,6 @@
 """Training that scales: Lightning tasks, a ``fit`` helper with checkpoints and resume, introspection callbacks,
-and the run folder's layout (:mod:`cnnkit.train.rundir`). The data → trained network → report pipeline of
+the global batch of a distributed run (:mod:`cnnkit.train.sampling`, :mod:`cnnkit.train.distributed`), and the
+run folder's layout (:mod:`cnnkit.train.rundir`). The data → trained network → report pipeline of
 ``cnnkit demo`` and ``cnnkit train`` is an application: :mod:`cnnkit.app`.
 
 Needs ``lightning>=2.2,<3``, imported on first use of a name below (reading a run folder with
