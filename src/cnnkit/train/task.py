@@ -198,6 +198,11 @@ class SegmentationTask(_Task):
             cosine over all the optimizer steps of the run (``trainer.estimated_stepping_batches``).
         class_names: Names used in the logged keys ``val/iou/<name>`` (default: the class indices).
 
+    On W processes (DDP), with the global batch shared by :class:`~cnnkit.train.DistributedBucketSampler`,
+    training equals one process's: ``"cross_entropy"`` and ``"focal"`` are normalised by the weight of the whole
+    global batch (one all-reduce of three numbers per step, see :attr:`global_loss`), and masked batch norm
+    reduces its statistics over the valid pixels of every process (``sync_batchnorm``). See ``docs/train.md``.
+
     Shape:
         - images: (N, C_in, *spatial) tensor, or a PaddedBatch of them
         - targets: (N, *spatial) integer labels, −100 (and ``ignore_index``) ignored
