@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cnnkit
+from cnnkit.errors import ShapeError
 from cnnkit.explainers import cnnkit_layers, find_explainer
 from cnnkit.nn import ConvLSTM1d, ConvLSTM2d, LocallyConnected1d, LocallyConnected2d
 
@@ -21,6 +22,7 @@ import sys
 import cnnkit.nn as n
 assert not any(m.startswith("cnnkit.explainers") for m in sys.modules), sorted(sys.modules)
 import cnnkit
+from cnnkit.errors import ShapeError
 e = cnnkit.explain(n.LocallyConnected2d(4, 4, 3, input_size=(6, 6)), (4, 6, 6))
 c = cnnkit.explain(n.ConvLSTM2d(3, 5, 3), (4, 3, 8, 8))
 print(e.geometry, e.num_params, c.output_shape, any("no explainer" in s for s in e.steps + c.steps))
@@ -68,3 +70,9 @@ def test_locally_connected_init_line_uses_keras_fans():
     (line,) = [s for s in cnnkit.explain(lc, (4, 6, 6)).steps if s.startswith("init:")]
     # Keras's fans of the (16, 36, 4) kernel count the 16 positions: fan_in 36·16, fan_out 4·16.
     assert f"√(6/({36 * 16}+{4 * 16}))" in line and f"U(±{math.sqrt(6 / (36 * 16 + 4 * 16)):.4g})" in line
+
+
+def test_a_channels_last_shape_gets_the_channels_first_one_to_try():
+    layer = cnnkit.nn.LocallyConnected2d(4, 8, 3, input_size=(6, 6))
+    with pytest.raises(ShapeError, match=r"looks channels-last .* Try input_shape=\(4, 6, 6\)"):
+        cnnkit.explain(layer, (6, 6, 4))

@@ -29,7 +29,7 @@ _KERNEL = {1: "k", 2: "kh, kw", 3: "kd, kh, kw"}
 def _locally_connected(m: LocallyConnected1d | LocallyConnected2d, shape: tuple[int, ...]) -> LayerReport:
     n = m._ndim
     expect_rank(m, shape, [n + 1], f"(C, {_SPATIAL[n]})")
-    expect_channels(m, shape[0], m.in_channels, "in_channels")
+    expect_channels(m, shape[0], m.in_channels, "in_channels", shape)
     if tuple(shape[1:]) != m.input_size:
         raise ShapeError(
             f"{type(m).__name__} was built for input_size={m.input_size}, so input_shape[1:] must be "
