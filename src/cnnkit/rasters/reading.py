@@ -112,10 +112,11 @@ class _Source:
             self._cached = 0
 
     def _fit_budget(self, r0: int, r1: int) -> None:
-        """Grow the cache to hold the blocks of a window this tall plus one more row of blocks across the width (the
-        band of tiles being swept and the halo of the next)."""
+        """Grow the cache to hold the rows of blocks a window this tall spans, plus one, across the width: a window
+        on block boundaries with a halo spans the row above, its own and the row below; the next row of windows
+        reuses the last two, so each block is decoded once."""
         rows = self.block_shape[0]
-        band_rows = (math.ceil((r1 - r0) / rows) + 2) * rows
+        band_rows = (math.ceil((r1 - r0) / rows) + 1) * rows
         needed = band_rows * self.width * self.count * self.dtype.itemsize
         self.budget = max(self.budget, min(MAX_CACHE, max(MIN_CACHE, needed)))
 
