@@ -114,6 +114,21 @@ def test_simulated_ranks_average_to_the_one_process_gradient(monkeypatch):
     assert max(abs(m - float(reference.detach())) for m in means) > 1e-3
 
 
+def test_a_subclass_step_of_the_earlier_form_still_trains(tmp_path):
+    """``_step`` returning ``(loss, logits, n)``, as SeriesSegmentationTask's does: a per-process mean, logged."""
+
+    class Legacy(SegmentationTask):
+        def _step(self, batch):
+            images, targets = self._split(batch)
+            logits = self(images)
+            return self.loss_fn(logits, targets), logits, len(targets)
+
+    task = Legacy(nn.Conv2d(1, 2, 3, padding=1), num_classes=2, masked_input=True)
+    trainer = fit(task, _loader(Indexed()), _loader(Indexed(), shuffle=False), run_dir=tmp_path, max_epochs=1,
+                  **QUIET)
+    assert trainer.global_step == 3 and {"train/loss_epoch", "val/loss"} <= set(trainer.logged_metrics)
+
+
 def test_losses_without_two_sums_warn_on_several_processes(monkeypatch):
     task = _task(_conv(), loss="dice")
     assert not task.global_loss and _task(_conv(), loss="focal").global_loss

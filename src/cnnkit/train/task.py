@@ -9,7 +9,7 @@ Logged values, the same on every DDP process:
 
 * :class:`SegmentationTask`: ``train/loss`` (per step and per epoch) and ``val/loss``, the weighted mean over
   the whole global batch for ``"cross_entropy"`` and ``"focal"`` (the loss each process differentiates is
-  normalised by the global batch's weight too, see :meth:`SegmentationTask._step`), else averaged over processes;
+  normalised by the global batch's weight too, see :meth:`SegmentationTask._loss`), else averaged over processes;
   ``val/mean_iou``, ``val/pixel_accuracy`` and ``val/iou/<class>`` for every class, from
   :class:`~cnnkit.metrics.SegmentationMetrics` (its confusion matrix is summed over processes).
 * :class:`ClassificationTask`: ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``, each a mean
@@ -292,12 +292,20 @@ class SegmentationTask(_Task):
 
     @property
     def global_loss(self) -> bool:
-        """Whether the loss is normalised by the whole global batch of a distributed run (see :meth:`_step`):
-        true for ``"cross_entropy"`` and ``"focal"``, whose mean is a ratio of two sums over pixels."""
+        """Whether the loss is normalised by the whole global batch of a distributed run (see :meth:`_loss`):
+        true for ``"cross_entropy"`` and ``"focal"``, whose mean is a ratio of two sums over pixels (used by
+        :meth:`_loss`; a subclass whose ``_step`` computes its own loss does not get it)."""
         return callable(getattr(self.loss_fn, "weighted_sum", None))
 
     def _step(self, batch) -> tuple[Tensor, Tensor, Tensor | PaddedBatch, int]:
-        """``(loss to differentiate, loss to log, logits, samples of the global batch)``.
+        """``(loss to differentiate, loss to log, logits, samples of the global batch)``; see :meth:`_loss`."""
+        images, targets = self._split(batch)
+        logits = self(images)
+        loss, logged, n = self._loss(logits, targets)
+        return loss, logged, logits, n
+
+    def _loss(self, logits, targets: Tensor, sample_weight: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+        """``(loss to differentiate, loss to log, samples of the global batch)`` of one process's share.
 
         For a pixel loss (:attr:`global_loss`) on W processes, this process's loss is ``Σ w·ℓ`` over its own
         pixels × W / (``Σ w`` over the pixels of all W processes): DDP averages the gradients of the W processes,
@@ -306,13 +314,12 @@ class SegmentationTask(_Task):
         is the global batch's weighted mean, the same on every process. Other losses (Dice, a callable) are a
         mean over each process's share, averaged by DDP.
         """
-        images, targets = self._split(batch)
-        logits = self(images)
         n = len(targets)
         if not self.global_loss:
-            loss = self.loss_fn(logits, targets)
-            return loss, loss.detach(), logits, n
-        total, weight = self.loss_fn.weighted_sum(logits, targets)
+            loss = self.loss_fn(logits, targets) if sample_weight is None else self.loss_fn(logits, targets,
+                                                                                            sample_weight)
+            return loss, loss.detach(), n
+        total, weight = self.loss_fn.weighted_sum(logits, targets, sample_weight)
         world = world_size()
         if world > 1:
             count = torch.tensor(float(n), dtype=total.dtype, device=total.device)
@@ -326,7 +333,18 @@ class SegmentationTask(_Task):
         denominator = torch.where(positive, global_weight, torch.ones_like(global_weight))
         loss = torch.where(positive, total_times_world / denominator, 0.0)
         logged = torch.where(positive, global_total / denominator, 0.0)
-        return loss, logged, logits, n
+        return loss, logged, n
+
+    def _outputs(self, batch) -> tuple[Tensor, Tensor, Tensor | PaddedBatch, int, bool]:
+        """:meth:`_step`'s four values and whether the logged loss still needs averaging over processes. A
+        subclass's ``_step`` that returns ``(loss, logits, n)`` (the form before the global batch) is a mean
+        over each process's share."""
+        out = self._step(batch)
+        if len(out) == 3:
+            loss, logits, n = out
+            return loss, loss.detach(), logits, n, True
+        loss, logged, logits, n = out
+        return loss, logged, logits, n, not self.global_loss
 
     def on_fit_start(self) -> None:
         if world_size() > 1 and not self.global_loss:
@@ -336,17 +354,16 @@ class SegmentationTask(_Task):
                 "'cross_entropy' and 'focal' are normalised by the whole global batch.", UserWarning, stacklevel=2)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, logged, _, n = self._step(batch)
+        loss, logged, _, n, sync = self._outputs(batch)
         # A global loss is the same number on every process: no reduction needed (nor a collective per step).
-        self.log("train/loss", logged, on_step=True, on_epoch=True, prog_bar=True, sync_dist=not self.global_loss,
-                 batch_size=n)
+        self.log("train/loss", logged, on_step=True, on_epoch=True, prog_bar=True, sync_dist=sync, batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
-        loss, logged, logits, n = self._step(batch)
+        loss, logged, logits, n, sync = self._outputs(batch)
         _, targets = self._split(batch)
         self.val_metrics.update(_detach(logits), targets)
-        self.log("val/loss", logged, on_epoch=True, prog_bar=True, sync_dist=not self.global_loss, batch_size=n)
+        self.log("val/loss", logged, on_epoch=True, prog_bar=True, sync_dist=sync, batch_size=n)
         return loss
 
     def on_validation_epoch_end(self) -> None:
