@@ -148,7 +148,7 @@ class SyntheticLandCover(Dataset):
         label = label.masked_fill(cloud, IGNORE_INDEX)
         bands = bands.masked_fill(cloud, 0.0)
         # an unlabelled rectangle (valid image, no labels)
-        if float(torch.rand((), generator=g)) < 0.35:
+        if float(torch.rand((), generator=g)) < 0.35 and min(h, w) // 2 > 4:  # too small a scene keeps its labels
             rh, rw = int(torch.randint(4, h // 2, (), generator=g)), int(torch.randint(4, w // 2, (), generator=g))
             y0, x0 = int(torch.randint(h - rh + 1, (), generator=g)), int(torch.randint(w - rw + 1, (), generator=g))
             label[y0 : y0 + rh, x0 : x0 + rw] = IGNORE_INDEX
