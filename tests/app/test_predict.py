@@ -60,8 +60,8 @@ def _heldout_tiffs(folder: Path, seed: int = 1, count: int = 10) -> tuple[list[P
 def test_manifest_and_weights(demo_run):
     out, _ = demo_run
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model"] == {"builder": "TinySegNet", "args": {"in_channels": 5, "num_classes": 5, "width": 16},
-                                 "weights": "model.safetensors"}
+    assert manifest["model"] == {"spec": {"library": "cnnkit", "architecture": "TinySegNet", "args": {"width": 16}},
+                                 "in_channels": 5, "num_classes": 5, "weights": "model.safetensors"}
     assert manifest["classes"]["names"] == list(CLASS_NAMES)
     assert manifest["input"]["multiple_of"] == 4 and manifest["input"]["band_count"] == 4
     assert (out / "model.safetensors").is_file()
@@ -260,7 +260,7 @@ def test_refusals(demo_run, tmp_path):
     text = " ".join(done.output.split())
     assert done.exit_code == 2 and "has no manifest.json" in text and "older cnnkit" in text
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["model"]["builder"] = "os.system"
+    manifest["model"] = {"builder": "os.system", "args": {}, "weights": "model.safetensors"}  # the older form
     custom = tmp_path / "custom"
     custom.mkdir()
     (custom / "manifest.json").write_text(json.dumps(manifest))

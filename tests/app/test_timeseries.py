@@ -53,7 +53,7 @@ def test_cnnkit_train_recognises_a_series_folder(trained):
     assert "image time series" in output and "single-date baseline IoU" in output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["task"] == "series-segmentation" and manifest["kind"] == "series"
-    assert manifest["model"]["builder"] == "SeriesSegNet" and manifest["model"]["args"]["in_channels"] == 7
+    assert manifest["model"]["spec"]["architecture"] == "SeriesSegNet" and manifest["model"]["in_channels"] == 7
     html = (out / "report" / "report.html").read_text()
     for title in ("Series and clouds", "Held-out evaluation", "Predicted vs true", "Pixels over time",
                   "A series, date by date"):
@@ -86,7 +86,8 @@ def test_reported_iou_equals_each_heldout_series_alone(trained):
 
     root, out, _, _ = trained
     manifest = json.loads((out / "manifest.json").read_text())
-    net = SeriesSegNet(**manifest["model"]["args"])
+    net = SeriesSegNet(manifest["model"]["in_channels"], manifest["model"]["num_classes"],
+                       **manifest["model"]["spec"]["args"])
     net.load_state_dict(load_file(out / "model.safetensors"))
     net.eval()
     expected = _reference_iou(net, manifest, root)
@@ -146,7 +147,8 @@ def test_cnnkit_predict_on_a_series_run(trained, tmp_path):
                                  "--out", str(tmp_path / "pred")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "2 series" in result.output
-    net = SeriesSegNet(**manifest["model"]["args"])
+    net = SeriesSegNet(manifest["model"]["in_channels"], manifest["model"]["num_classes"],
+                       **manifest["model"]["spec"]["args"])
     net.load_state_dict(load_file(out / "model.safetensors"))
     net.eval()
     mean, std = torch.tensor(manifest["input"]["mean"]), torch.tensor(manifest["input"]["std"])
@@ -221,7 +223,7 @@ def test_manifest_kind_follows_the_task_and_unknown_tasks_are_refused(tmp_path):
         write_manifest(tmp_path, net, task="video", **common)
     data = json.loads((tmp_path / "manifest.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps({**data, "task": "video"}))
-    with pytest.raises(CnnkitError, match="its task 'video' is none of"):
+    with pytest.raises(CnnkitError, match="'task' must be one of"):
         read_manifest(tmp_path)
 
 
@@ -262,7 +264,8 @@ def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(t
     assert result.exit_code == 0, result.output
     labels = tifffile.imread(tmp_path / "p" / "S2.2020_labels.tif")
     assert (labels[: stack.shape[2] // 2] == 255).all()  # masked everywhere: no valid date
-    net = SeriesSegNet(**manifest["model"]["args"])
+    net = SeriesSegNet(manifest["model"]["in_channels"], manifest["model"]["num_classes"],
+                       **manifest["model"]["spec"]["args"])
     net.load_state_dict(load_file(out / "model.safetensors"))
     net.eval()
     series = torch.from_numpy(stack)
@@ -281,7 +284,7 @@ def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(t
     assert refused.exit_code != 0 and "--tile" in refused.output and "time series" in refused.output
     # probabilities and confidence: the softmax of the network run by hand, 0 where no date is valid
     done = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "pc"), "--probabilities",
-                               "--confidence"], env={"COLUMNS": "200"})
+                               "--confidence", "--probability-dtype", "float16"], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     probabilities = tifffile.imread(tmp_path / "pc" / "S2.2020_probabilities.tif")
     classes = len(manifest["classes"]["names"])

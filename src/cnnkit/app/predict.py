@@ -29,8 +29,7 @@ import torch
 
 from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
-from cnnkit.errors import CnnkitError, ShapeError
-from cnnkit.models import MODELS
+from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.predict import Prediction, Predictor, Preprocessing
 from cnnkit.predict.outputs import PROBABILITY_DTYPES, label_cog, palette_png, score_cog, side_by_side
 from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, open_scene
@@ -52,44 +51,50 @@ def load_predictor(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Pre
             user's own: rebuild it and use :class:`~cnnkit.predict.Predictor` directly), missing or damaged
             weights.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     manifest = read_manifest(run_dir)
     if is_series_run(manifest):
         raise CnnkitError(f"The run {os.fspath(run_dir)!r} was trained on image time series: it predicts from a "
                           "whole series (T dates), not from single images. Use cnnkit predict on series stacks or "
                           "per-date folders (it recognises the run), or load_series_model / predict_series_files.")
-    model_info, classes, prep = manifest["model"], manifest["classes"], manifest.get("input")
-    builder = model_info.get("builder")
-    if builder not in MODELS:
-        raise CnnkitError(
-            f"The run {os.fspath(run_dir)!r} was trained with a network of your own ({builder!r} is not one of "
-            f"{sorted(MODELS)}); cnnkit does not import code named in a run folder. Build the network in Python, "
-            f"load {WEIGHTS} into it and use cnnkit.predict.Predictor.")
+    classes, prep = manifest["classes"], manifest.get("input")
     if prep is None:
         raise CnnkitError(f"The run {os.fspath(run_dir)!r} was trained on tensors, not files: its manifest does not "
                           "say how files become the network's input. Use cnnkit.predict.Predictor in Python.")
-    try:
-        model = MODELS[builder](**model_info.get("args", {}))
-    except (TypeError, ValueError) as error:
-        raise CnnkitError(f"The manifest of {os.fspath(run_dir)!r} has arguments {builder} does not take: {error}."
-                          ) from None
-    path = Path(run_dir) / model_info.get("weights", WEIGHTS)
-    if path.name != WEIGHTS or not path.is_file():
-        raise CnnkitError(f"The run's weights {os.fspath(Path(run_dir) / WEIGHTS)!r} are missing. Train the run again.")
-    try:
-        state = load_file(path)
-        model.load_state_dict(state)
-    except (SafetensorError, RuntimeError, OSError) as error:
-        raise CnnkitError(f"The weights {os.fspath(path)!r} do not fit the run's network or are damaged: {error}"
-                          ) from None
+    model = _run_network(run_dir, manifest)
     preprocessing = Preprocessing(
         mean=tuple(prep["mean"]), std=tuple(prep["std"]), nodata=prep.get("nodata"),
         bands=tuple(prep["bands"]) if prep.get("bands") is not None else None,
         multiple_of=int(prep.get("multiple_of", 1)), validity_band=bool(prep.get("validity_band", True)))
     palette = [tuple(c) for c in classes.get("palette", [])] or None
     return Predictor(model, preprocessing, classes["names"], palette=palette, device=device), manifest
+
+
+def _run_network(run_dir: str | os.PathLike, manifest: dict) -> torch.nn.Module:
+    """The run's network rebuilt from its manifest's spec by :func:`cnnkit.models.build`, the weights file read
+    inside the run folder only (no path or link out of it), checked against the network on the meta device
+    before anything is allocated, every value finite."""
+    from cnnkit.models import build
+
+    model_info = manifest["model"]
+    if model_info["spec"] is None:
+        raise CnnkitError(
+            f"The run {os.fspath(run_dir)!r} was trained with a network of your own, which its manifest does not "
+            f"name; cnnkit does not import code named in a run folder. Build the network in Python, load {WEIGHTS} "
+            "into it and use cnnkit.predict.Predictor (or register a builder with cnnkit.models.register and "
+            "train with it, so that the run names it).")
+    try:
+        model = build(model_info["spec"], in_channels=model_info["in_channels"],
+                      num_classes=model_info["num_classes"], weights=model_info["weights"], root=run_dir)
+    except CnnkitError as error:
+        text = f"The run {os.fspath(run_dir)!r} cannot be rebuilt: {error}"
+        if isinstance(error, UnsupportedError) and "never imports code" not in text:
+            text += " (cnnkit does not import code named in a run folder: only the networks it knows are rebuilt.)"
+        try:
+            wrapped = type(error)(text)
+        except TypeError:
+            wrapped = CnnkitError(text)
+        raise wrapped from None
+    return model.eval()
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -390,25 +395,15 @@ def load_series_model(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[
     Raises:
         CnnkitError: not a series run, an unknown builder, missing or damaged weights.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     manifest = read_manifest(run_dir)
     if not is_series_run(manifest):
         raise CnnkitError(f"The run {os.fspath(run_dir)!r} is a {manifest.get('task')!r} run, not one of image time "
                           "series.")
-    model_info, prep = manifest["model"], manifest.get("input") or {}
-    builder = model_info.get("builder")
-    if builder not in MODELS or not {"mean", "std", "band_count"} <= set(prep):
-        raise CnnkitError(f"The series run {os.fspath(run_dir)!r} names the network {builder!r} or lacks its band "
-                          "statistics; cnnkit can rebuild only its own networks. Train the run again.")
-    try:
-        model = MODELS[builder](**model_info.get("args", {}))
-        model.load_state_dict(load_file(Path(run_dir) / WEIGHTS))
-    except (TypeError, ValueError, SafetensorError, RuntimeError, OSError) as error:
-        raise CnnkitError(f"The weights or arguments of {os.fspath(run_dir)!r} do not fit its network: {error}. "
-                          "Train the run again.") from None
-    return model.to(device).eval(), manifest
+    prep = manifest.get("input") or {}
+    if not {"mean", "std", "band_count"} <= set(prep):
+        raise CnnkitError(f"The series run {os.fspath(run_dir)!r} lacks its band statistics (input.mean, input.std, "
+                          "input.band_count). Train the run again.")
+    return _run_network(run_dir, manifest).to(device), manifest
 
 
 def expand_series_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:

@@ -40,19 +40,28 @@ from torch.utils.data import ConcatDataset, DataLoader
 from cnnkit._checks import check_int
 from cnnkit.data import RareClassCrops
 from cnnkit.data.standardize import missing_pixels
-from cnnkit.errors import ShapeError
+from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, masked, padding_fraction, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.metrics import SegmentationMetrics
-from cnnkit.models import MODELS, TinySegNet
+from cnnkit.models import MODELS, ModelSpec, build, parse_spec, spec_for, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import write_report
 from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
-from cnnkit.train.rundir import prepare_run_dir, write_manifest
+from cnnkit.train.callbacks import DivergenceStop
+from cnnkit.train.rundir import (
+    check_run_dir,
+    check_run_options,
+    prepare_run_dir,
+    read_manifest,
+    write_manifest,
+    write_run_options,
+)
 
-__all__ = ["SegmentationRun", "console_log", "evaluate", "majority_baseline", "padding_shares", "train_folder",
-           "train_segmentation", "validation_period", "wrap_line"]
+__all__ = ["SegmentationRun", "console_log", "evaluate", "majority_baseline", "model_options", "network_spec",
+           "padding_shares", "size_multiple", "train_folder", "train_segmentation", "validation_period",
+           "weights_source", "wrap_line"]
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -285,6 +294,124 @@ def validation_period(val_every: int, epochs: int) -> int:
     return max(d for d in range(1, min(val_every, epochs) + 1) if epochs % d == 0)
 
 
+def network_spec(model_spec: ModelSpec | dict | None, width: int = 16) -> ModelSpec:
+    """The spec of the network to train: ``model_spec`` checked, or cnnkit's default TinySegNet of ``width``.
+
+    Examples:
+        >>> network_spec(None, 8)
+        ModelSpec(library='cnnkit', architecture='TinySegNet', encoder=None, args={'width': 8})
+    """
+    if model_spec is None:
+        return spec_for("TinySegNet", args={"width": width})
+    spec = parse_spec(model_spec)
+    from cnnkit.models import resolve
+
+    resolve(spec)  # unknown names (with the closest ones) and arguments that do not fit, before any data is read
+    return spec
+
+
+def model_options(spec: ModelSpec) -> dict:
+    """The options that name ``spec`` on the command line, as a resumed run must repeat them."""
+    return {"--model": spec.architecture, "--encoder": spec.encoder, "--model-args": dict(spec.args)}
+
+
+def family_of_label(spec: ModelSpec) -> str:
+    """``'convolutional'``: the family whose training defaults ``spec`` takes."""
+    from cnnkit.models import family_of
+
+    return repr(family_of(spec))
+
+
+def size_multiple(spec: ModelSpec) -> int:
+    """What heights and widths must be a multiple of for ``spec``'s network: 4 for cnnkit's networks, ``2 **
+    encoder_depth`` for smp's (32 with their default depth 5), 1 for a registered builder (it must take any size).
+
+    Examples:
+        >>> size_multiple(network_spec(None))
+        4
+    """
+    if spec.library == "cnnkit":
+        return 4
+    if spec.library == "smp":
+        import inspect
+
+        from cnnkit.models.registry import smp_architectures
+
+        depth = spec.args.get("encoder_depth")
+        if depth is None:
+            parameter = inspect.signature(smp_architectures()[spec.architecture]).parameters.get("encoder_depth")
+            depth = parameter.default if parameter is not None and isinstance(parameter.default, int) else 5
+        return 2 ** int(depth)
+    return 1
+
+
+def weights_source(weights: str | os.PathLike | None, stack) -> tuple[str | os.PathLike | None, Path | None,
+                                                                        ModelSpec | None]:
+    """``(weights for cnnkit.models.build, the folder the file must lie in, the spec of a run)`` from ``--weights``.
+
+    * ``None``, ``"imagenet"`` (a weight name): as given;
+    * a cnnkit run folder: its weights file (read inside the folder only) and the spec its manifest names;
+    * a Keras ``.keras``/``.h5`` file: converted by :func:`cnnkit.keras.load` into a safetensors file in a
+      temporary folder entered on ``stack`` (a :class:`contextlib.ExitStack`);
+    * a ``.safetensors``/``.pt``/``.pth`` state dict: as given (``.pt`` read with ``weights_only=True``).
+    """
+    if weights is None:
+        return None, None, None
+    path = Path(weights)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        model = manifest["model"]
+        return model["weights"], path, parse_spec(model["spec"])
+    if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+        import tempfile
+
+        from cnnkit.keras import load, save_safetensors
+
+        if not path.is_file():
+            raise CnnkitError(f"--weights {os.fspath(weights)!r}: no such Keras file.")
+        module, _ = load(path)
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnnkit-keras-")))
+        save_safetensors(module, folder / "keras.safetensors")
+        return folder / "keras.safetensors", None, None
+    if isinstance(weights, str) and "/" not in weights and os.sep not in weights and not path.suffix \
+            and not path.exists():
+        return weights, None, None  # a weight name: smp/timm's download and cache
+    if not path.exists():
+        raise CnnkitError(f"--weights {os.fspath(weights)!r} does not exist. Expected 'imagenet' (or another weight "
+                          "name the encoder offers), a .safetensors/.pt/.pth state dict, a cnnkit run folder or a "
+                          "Keras .keras/.h5 file.")
+    return weights, None, None
+
+
+def _build_network(spec: ModelSpec, in_channels: int, num_classes: int, weights, band_names, log) -> nn.Module:
+    """``build(spec, ...)`` with ``weights`` (see :func:`weights_source`), logged."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        source, root, _ = weights_source(weights, stack)
+        net = build(spec, in_channels=in_channels, num_classes=num_classes, weights=source, root=root,
+                    band_names=band_names if source is not None else None)
+    count = sum(p.numel() for p in net.parameters())
+    origin = "random weights" if weights is None else f"weights {os.fspath(weights)!r}"
+    log(f"network: {spec.label()} ({spec.library}{', args ' + str(spec.args) if spec.args else ''}), "
+        f"{count:,} parameters, {origin}")
+    return net
+
+
+def _encoder_factor_optimizer(net: nn.Module, lr: float, factor: float, weight_decay: float):
+    """AdamW with the pretrained encoder's parameters at ``lr * factor``, the rest at ``lr``."""
+    encoder = {id(p) for p in net.encoder.parameters()}
+
+    def make(params):
+        params = list(params)
+        slow = [p for p in params if id(p) in encoder]
+        fast = [p for p in params if id(p) not in encoder]
+        return torch.optim.AdamW([{"params": fast, "lr": lr}, {"params": slow, "lr": lr * factor}], lr=lr,
+                                 weight_decay=weight_decay)
+
+    return make
+
+
 def train_segmentation(
     train,
     heldout,
@@ -297,7 +424,7 @@ def train_segmentation(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 8,
-    lr: float = 1e-2,
+    lr: float | None = None,
     scheduler: str | None = "cosine",
     width: int = 16,
     crop_size: int = 32,
@@ -317,6 +444,9 @@ def train_segmentation(
     band_names: Sequence[str] | None = None,
     rgb_bands: Sequence[int] | None = None,
     val_every: int = 1,
+    model_spec: ModelSpec | dict | None = None,
+    weights: str | os.PathLike | None = None,
+    run_options: dict | None = None,
 ) -> SegmentationRun:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -328,14 +458,28 @@ def train_segmentation(
         out: Run folder (created). It must be empty or new unless ``overwrite`` or ``resume`` is set: cnnkit
             never deletes what it did not write (see :func:`cnnkit.train.rundir.prepare_run_dir`).
         class_names: A name per class (default ``"class 0"``, …).
-        model: The network (default :class:`~cnnkit.models.TinySegNet` with ``width``, which needs heights
-            and widths divisible by 4: ``Standardized(..., multiple_of=4)``). It must map
-            ``(N, C, H, W)`` to ``(N, num_classes, H, W)`` and be supported by :func:`cnnkit.masked`.
+        model: A network of your own. It must map ``(N, C, H, W)`` to ``(N, num_classes, H, W)`` and be supported
+            by :func:`cnnkit.masked`. Default: the network ``model_spec`` names, built by
+            :func:`cnnkit.models.build`.
+        model_spec: The network by name (a :class:`~cnnkit.models.ModelSpec` or its dict; see docs/models.md),
+            recorded in the manifest so that ``cnnkit predict`` rebuilds it. Default: TinySegNet with ``width``.
+            Heights and widths must be multiples of :func:`size_multiple` (4 for TinySegNet, 32 for most smp
+            networks): ``Standardized(..., multiple_of=...)``.
+        weights: Initial weights of ``model_spec``'s network: ``None`` (random), ``"imagenet"`` (or another name
+            smp offers for the encoder), a ``.safetensors``/``.pt``/``.pth`` state dict, a cnnkit run folder, or a
+            Keras ``.keras``/``.h5`` file (converted by :mod:`cnnkit.keras`; its weights must fit the network), see
+            :func:`weights_source`. A pretrained 3-band first layer is adapted to ``band_names``.
+        run_options: Options the run was started with that ``resume`` must keep (command-line names to values,
+            e.g. ``{"--nodata": 0}``), recorded in the run folder with the network's; a resumed run that differs is
+            refused naming the option.
         epochs: Training epochs (>= 1).
         seed: Seed of the initial weights, the crops and the batch order.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
         batch_size: Images (or crops) per batch.
-        lr: AdamW learning rate (the first one, with ``scheduler``).
+        lr: AdamW learning rate (the first one, with ``scheduler``); default the network family's
+            (:func:`cnnkit.models.training_defaults`: 1e-2 for cnnkit's networks, 1e-3 for smp's convolutional
+            ones), shown in the log. A loss that diverges stops the run with what to change
+            (:class:`~cnnkit.train.callbacks.DivergenceStop`).
         scheduler: ``"cosine"`` (``lr`` down to 0 over the run) or ``None`` (constant), see
             :class:`~cnnkit.train.SegmentationTask`.
         width: Channels of the default network's first stage.
@@ -388,18 +532,30 @@ def train_segmentation(
                                       or model_builder[0] not in MODELS or not isinstance(model_builder[1], dict)):
         raise ShapeError(f"model_builder must be (name, kwargs) with a name from {sorted(MODELS)}. "
                          f"Received model_builder={model_builder!r}.")
+    if model is not None and (model_spec is not None or weights is not None):
+        raise ShapeError("model excludes model_spec and weights: give a network of your own, or name one (and its "
+                         "weights). Received both.")
+    spec = network_spec(model_spec, width) if model is None else None
+    options = {**(model_options(spec) if spec is not None else {}), **(run_options or {})}
+    multiple = size_multiple(spec) if spec is not None else 1
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
     accelerator, devices = _accelerator(device)
+    check_run_dir(out, overwrite=overwrite, resume=resume)
+    if resume:
+        check_run_options(out, options)
     sizes, heldout_sizes = spatial_sizes(train), spatial_sizes(heldout)
-    if model is None and crop_size % 4:
-        raise ShapeError(f"crop_size must be a multiple of 4 for the default network. Received crop_size={crop_size}.")
-    if model is None and any(v % 4 for s in sizes + heldout_sizes for v in s):
-        odd = next(s for s in sizes + heldout_sizes if any(v % 4 for v in s))
-        raise ShapeError(f"The default network (TinySegNet) needs heights and widths divisible by 4. Received an "
+    if crop_size % multiple:
+        raise ShapeError(f"crop_size must be a multiple of {multiple} for {spec.label()}. Received "
+                         f"crop_size={crop_size}.")
+    if any(v % multiple for s in sizes + heldout_sizes for v in s):
+        odd = next(s for s in sizes + heldout_sizes if any(v % multiple for v in s))
+        raise ShapeError(f"The network {spec.label()} needs heights and widths divisible by {multiple}. Received an "
                          f"image of {odd[0]}×{odd[1]}: wrap the data set in cnnkit.data.Standardized(..., "
-                         "multiple_of=4), or pass a model of your own.")
+                         f"multiple_of={multiple}), or pass a model of your own.")
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
+    if not resume:
+        write_run_options(out, options)
     torch.manual_seed(seed)
 
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -448,11 +604,34 @@ def train_segmentation(
             if rare:
                 crops.set_epoch(trainer.current_epoch)
 
-    net = model if model is not None else TinySegNet(first_image.shape[0], num_classes, width)
-    task = SegmentationTask(net, num_classes, class_weight=weight, masked_input=True, lr=lr, weight_decay=1e-4,
-                            scheduler=scheduler, class_names=names)
+    in_channels = first_image.shape[0]
+    defaults = training_defaults(spec) if spec is not None else training_defaults(network_spec(None, width))
+    if model is not None:
+        net = model
+    else:
+        data_bands = None
+        if band_names is not None:
+            validity = bool((preprocessing or {}).get("validity_band", True))
+            data_bands = list(band_names[:-1] if validity else band_names)
+        net = _build_network(spec, in_channels, num_classes, weights, data_bands, log)
+    lr_given = lr is not None
+    lr = float(lr) if lr_given else defaults.lr
+    optimizer: object = "adamw"
+    factor = defaults.encoder_lr_factor if weights is not None and isinstance(getattr(net, "encoder", None),
+                                                                              nn.Module) else 1.0
+    if factor != 1.0:
+        optimizer = _encoder_factor_optimizer(net, lr, factor, defaults.weight_decay)
+    family = "your network" if spec is None else f"the {family_of_label(spec)} family"
+    log(f"training: AdamW, learning rate {lr:g} ({'--lr' if lr_given else 'default of ' + family}), weight decay "
+        f"{defaults.weight_decay:g}, {scheduler or 'constant'} schedule"
+        + (f", encoder learning rate ×{factor:g} (pretrained)" if factor != 1.0 else "")
+        + (f"; the family's {defaults.warmup_epochs}-epoch warm-up is not applied (cnnkit's task has none yet)"
+           if defaults.warmup_epochs else ""))
+    task = SegmentationTask(net, num_classes, class_weight=weight, masked_input=True, lr=lr,
+                            weight_decay=defaults.weight_decay, scheduler=scheduler, class_names=names,
+                            optimizer=optimizer)
     first_conv = next((name for name, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))), None)
-    callbacks: list = [_NewCrops()]
+    callbacks: list = [_NewCrops(), DivergenceStop(lr)]
     if first_conv is not None:
         callbacks.append(FilterEvolutionCallback(first_conv, every_n_steps=max(1, epochs * len(sampler) // 8)))
     if resume:
@@ -479,9 +658,9 @@ def train_segmentation(
     report = write_report(out, model=net, samples=samples, class_names=names, title=title, sections=sections,
                           sample_names=names_of_items[:len(samples)], band_names=band_names, rgb_bands=rgb_bands,
                           validity_band=bool((preprocessing or {}).get("validity_band")))
-    builder = model_builder or (("TinySegNet", {"in_channels": first_image.shape[0], "num_classes": num_classes,
-                                                "width": width}) if model is None else None)
-    write_manifest(out, net, builder=builder[0] if builder else None, builder_args=builder[1] if builder else None,
+    write_manifest(out, net, spec=spec, in_channels=in_channels, num_classes=num_classes,
+                   builder=model_builder[0] if spec is None and model_builder else None,
+                   builder_args=model_builder[1] if spec is None and model_builder else None,
                    preprocessing=preprocessing, class_names=names, ignore_index=ignore_index,
                    palette=[DEFAULT_PALETTE[k % len(DEFAULT_PALETTE)] for k in range(num_classes)])
     return SegmentationRun(
@@ -530,10 +709,28 @@ def train_folder(
         bands: Band indices to keep, in order (default all).
         seed: Seed of the split, the weights, the crops and the batch order.
         log: Called with each line of text to print.
-        kwargs: Further options of :func:`train_segmentation` (``epochs``, ``device``, ``width`` …).
+        kwargs: Further options of :func:`train_segmentation` (``epochs``, ``device``, ``width``, ``model_spec``,
+            ``weights``, ``band_names`` (the data bands, for a pretrained first layer) …). With ``weights`` a run
+            folder and no ``model_spec``, the run's network is fine-tuned.
+
+    The cheap checks come first, before any pass over the data: the network's names and arguments, ``out``
+    (empty, or a run to ``resume`` whose recorded options these must equal), the device.
     """
     from cnnkit.data import SegmentationFolder, Standardized
 
+    model_spec = kwargs.pop("model_spec", None)
+    weights = kwargs.get("weights")
+    if model_spec is None and weights is not None and Path(weights).is_dir():
+        model_spec = parse_spec(read_manifest(weights)["model"]["spec"])
+    spec = network_spec(model_spec, kwargs.get("width", 16))
+    multiple = size_multiple(spec)
+    run_options = {"--nodata": nodata, "--bands": list(bands) if bands is not None else None,
+                   "--ignore-index": ignore_index}
+    _accelerator(kwargs.get("device", "cpu"))
+    check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
+    if kwargs.get("resume", False):
+        check_run_options(out, {**model_options(spec), **run_options})
+    data_bands = kwargs.pop("band_names", None)
     folder = SegmentationFolder(root, images, masks, bands=bands, ignore_index=ignore_index)
     if heldout is not None:
         held = SegmentationFolder(heldout, images, masks, bands=bands, ignore_index=ignore_index)
@@ -557,8 +754,8 @@ def train_folder(
                 f"(--ignore-index {found}); if the classes are real, pass num_classes={found + 1} (--num-classes).")
         num_classes = found + 1
     log(f"folder {str(root)!r}: {len(folder)} images, {num_classes} classes; {split}")
-    train = Standardized(train_part, nodata=nodata, multiple_of=4)
-    held = Standardized(held_part, train.mean, train.std, nodata=nodata, multiple_of=4)
+    train = Standardized(train_part, nodata=nodata, multiple_of=multiple)
+    held = Standardized(held_part, train.mean, train.std, nodata=nodata, multiple_of=multiple)
     log("band mean " + ", ".join(f"{v:.4g}" for v in train.mean.tolist())
         + "; std " + ", ".join(f"{v:.4g}" for v in train.std.tolist()))
     missing = unlabelled = total = 0
@@ -574,11 +771,17 @@ def train_folder(
         f"unlabelled{ignore_text}: {unlabelled:,} ({100 * unlabelled / total:.1f} %)")
     band_count = SegmentationFolder(root, images, masks, ignore_index=ignore_index)[0][0].shape[0]
     preprocessing = {"mean": train.mean.tolist(), "std": train.std.tolist(), "nodata": nodata,
-                     "bands": list(bands) if bands is not None else None, "multiple_of": 4, "validity_band": True,
-                     "band_count": band_count}
+                     "bands": list(bands) if bands is not None else None, "multiple_of": multiple,
+                     "validity_band": True, "band_count": band_count}
+    channels = len(bands) if bands is not None else band_count
+    if data_bands is not None and len(data_bands) != channels:
+        raise ShapeError(f"--band-names must name the {channels} bands the network reads, in order. Received "
+                         f"{len(data_bands)} names: {','.join(map(str, data_bands))}.")
     return train_segmentation(train, held, num_classes, out, class_names=class_names, seed=seed, log=log,
                               title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name}"),
-                              preprocessing=preprocessing, ignore_index=ignore_index, **kwargs)
+                              preprocessing=preprocessing, ignore_index=ignore_index, model_spec=spec,
+                              run_options=run_options,
+                              band_names=[*data_bands, "validity"] if data_bands is not None else None, **kwargs)
 
 
 def _ranges(values: list[int]) -> str:

@@ -205,7 +205,21 @@ def train(
     masks: str = typer.Option("masks", help="Sub-folder of the label masks."),
     batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
     width: int = typer.Option(None, min=1, help="Channels of the network's first stage (default 16; series: 8)."),
-    lr: float = typer.Option(1e-2, help="AdamW learning rate."),
+    model: str = typer.Option(None, "--model", help="The network: TinySegNet (default), TinyResNet, or an smp "
+                              "architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Linknet, PAN, MAnet, PSPNet, …; "
+                              "cnnkit models lists them)."),
+    encoder: str = typer.Option(None, "--encoder", help="smp's encoder (resnet18, mobilenet_v2, efficientnet-b0, "
+                                "tu-<timm model>, …; default the architecture's own, resnet34 for most)."),
+    weights: str = typer.Option(None, "--weights", help="Initial weights: imagenet (smp/timm's download and cache), "
+                                "a .safetensors/.pt/.pth state dict, a cnnkit run folder (fine-tune it) or a Keras "
+                                ".keras/.h5 file. Default: random."),
+    model_args: str = typer.Option(None, "--model-args", help="The network's keyword arguments as a JSON object: "
+                                   '\'{"decoder_channels": [128, 64, 32, 16, 8]}\' (JSON values only).'),
+    band_names: str = typer.Option(None, "--band-names", help="Names of the bands the network reads, in order "
+                                   "(blue,green,red,nir): a pretrained RGB first layer gives red, green, blue their "
+                                   "filters and other bands their mean (docs/models.md)."),
+    lr: float = typer.Option(None, help="AdamW learning rate (default: the network family's, 1e-2 for cnnkit's "
+                             "networks, 1e-3 for smp's; shown in the log)."),
     time_series: bool = typer.Option(False, "--time-series", help="Read ROOT as a folder of image time series "
                                      "(series/ and labels/); recognised without this flag too."),
     hidden: int = typer.Option(16, min=1, help="Time series: hidden channels of the ConvLSTM."),
@@ -225,6 +239,10 @@ def train(
     log = console_log(console)
     try:
         names, band_list = _csv(classes, "classes"), _csv(bands, "bands", int)
+        args = _model_args(model_args)
+        if encoder is not None and model is None:
+            raise ShapeError(f"--encoder needs --model (an smp architecture such as Unet). Received --encoder "
+                             f"{encoder} without --model.")
         if names is not None and num_classes is None:
             num_classes = len(names)
         series = time_series or ((Path(root) / "series").is_dir() and (Path(root) / "labels").is_dir())
@@ -240,11 +258,31 @@ def train(
             if band_list is not None:
                 raise ShapeError("--bands is not supported for time series yet: every band of the stacks is used. "
                                  f"Received --bands {bands}.")
+            given = [name for name, value in (("--model", model if model != "SeriesSegNet" else None),
+                                              ("--weights", weights), ("--model-args", model_args),
+                                              ("--band-names", band_names)) if value is not None]
+            if given:
+                raise ShapeError(f"{', '.join(given)}: a time-series run trains cnnkit's SeriesSegNet only, for now. "
+                                 f"Received {', '.join(given)} with the time-series folder {root!r}.")
+            if lr is None:
+                from cnnkit.models import spec_for, training_defaults
+
+                common["lr"] = training_defaults(spec_for("SeriesSegNet")).lr
             result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size, **common)
         else:
             from cnnkit.app.train import train_folder
 
+            spec = None
+            if model is not None:
+                from cnnkit.models import spec_for
+
+                if width is not None:
+                    args = {"width": width, **args}
+                spec = spec_for(model, encoder=encoder, args=args)
+            elif model_args is not None:
+                raise ShapeError("--model-args needs --model. Received --model-args without --model.")
             result = train_folder(root, out, images=images, masks=masks, bands=band_list, width=width or 16,
+                                  model_spec=spec, weights=weights, band_names=_csv(band_names, "band-names"),
                                   **common)
     except CnnkitError as error:
         _fail(error)

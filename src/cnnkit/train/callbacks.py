@@ -11,7 +11,7 @@ from torch import nn
 from cnnkit.inspect import FilterEvolution
 from cnnkit.inspect.evolution import LayerSpec
 
-__all__ = ["EpochLine", "FilterEvolutionCallback"]
+__all__ = ["DivergenceStop", "EpochLine", "FilterEvolutionCallback"]
 
 
 class EpochLine(L.Callback):
@@ -132,3 +132,72 @@ class FilterEvolutionCallback(L.Callback):
             self._pending_state = dict(state_dict)
         else:
             self.evolution.load_state_dict(state_dict)
+
+
+class DivergenceStop(L.Callback):
+    """Stop training with a clear error when the loss diverges, instead of finishing a run that learned nothing.
+
+    Two signs, checked as training goes:
+
+    * a training loss that is NaN or ±inf (checked after every batch, on the batch's own loss);
+    * a validation loss that is not finite, or over ``factor`` times the reference: the lowest of the first
+      epoch's mean training loss and every validation loss so far (a network that learns does not end an epoch a
+      hundred times worse than where it started).
+
+    The error (:class:`~cnnkit.CnnkitError`, raised out of ``trainer.fit``) says what to change: a smaller
+    learning rate (``hint`` names the option, e.g. ``--lr``), and the value to try.
+
+    Args:
+        lr: The learning rate in use (for the message).
+        factor: How many times the reference a validation loss may reach (> 1).
+        hint: How the user sets the learning rate.
+
+    Examples:
+        >>> DivergenceStop(lr=0.01)
+        DivergenceStop(lr=0.01, factor=100.0)
+    """
+
+    def __init__(self, lr: float, factor: float = 100.0, hint: str = "--lr"):
+        super().__init__()
+        self.lr, self.factor, self.hint = float(lr), float(factor), hint
+        self._reference: float | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr:g}, factor={self.factor:g})"
+
+    def _stop(self, what: str) -> None:
+        from cnnkit.errors import CnnkitError
+
+        raise CnnkitError(
+            f"Training diverged: {what}. The learning rate {self.lr:g} is too high for this network and data: "
+            f"train again with a smaller one, e.g. {self.hint} {self.lr / 10:g} (and --overwrite the run folder); "
+            "a smaller --batch-size or pretrained weights (--weights) can help too.")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not bool(loss.detach().isfinite().all()):
+            self._stop(f"the training loss of step {trainer.global_step} is {float(loss.detach()):g}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import math
+
+        if self._reference is None:
+            for key in ("train/loss_epoch", "train/loss"):
+                if key in trainer.callback_metrics:
+                    value = float(trainer.callback_metrics[key])
+                    if math.isfinite(value):
+                        self._reference = value
+                    break
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import math
+
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics["val/loss"])
+        if not math.isfinite(value):
+            self._stop(f"the validation loss of epoch {trainer.current_epoch + 1} is {value:g}")
+        if self._reference is not None and value > self.factor * max(self._reference, 1e-3):
+            self._stop(f"the validation loss of epoch {trainer.current_epoch + 1} is {value:.4g}, over "
+                       f"{self.factor:g} times {self._reference:.4g} (the lowest loss so far)")
+        self._reference = value if self._reference is None else min(self._reference, value)

@@ -42,12 +42,15 @@ __all__ = [
     "MANIFEST",
     "MARKER",
     "REPORT_MANIFEST",
+    "RUN_OPTIONS",
     "SAMPLES",
     "TASKS",
     "TENSORBOARD",
     "WEIGHTS",
     "MissingRunFileError",
     "check_checkpoint",
+    "check_run_dir",
+    "check_run_options",
     "last_checkpoint",
     "prepare_run_dir",
     "read_checkpoint",
@@ -55,6 +58,7 @@ __all__ = [
     "read_report_manifest",
     "write_manifest",
     "write_report_manifest",
+    "write_run_options",
 ]
 
 CHECKPOINTS = "checkpoints"
@@ -80,6 +84,9 @@ MANIFEST = "manifest.json"
 
 WEIGHTS = "model.safetensors"
 """The trained network's ``state_dict`` as safetensors."""
+
+RUN_OPTIONS = "run-options.json"
+"""The options a run was started with that ``--resume`` must keep (written before training starts)."""
 
 MANIFEST_VERSION = 1
 
@@ -139,7 +146,7 @@ def _remove_earlier_run(out: Path, log: Callable[[str], None]) -> None:
     """Remove the files of an earlier cnnkit run in ``out`` (by name), and the folders they leave empty."""
     report_files = _owned_report_files(out / "report")
     kept: list[str] = []
-    for name in (MANIFEST, WEIGHTS):
+    for name in (MANIFEST, WEIGHTS, RUN_OPTIONS):
         if (out / name).is_file() and not (out / name).is_symlink():
             (out / name).unlink()
     for top in ("checkpoints", "logs", "tensorboard", "report", SAMPLES):
@@ -165,29 +172,17 @@ def _remove_earlier_run(out: Path, log: Callable[[str], None]) -> None:
             + (f" and {len(kept) - 10} more" if len(kept) > 10 else ""))
 
 
-def prepare_run_dir(
-    out: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """Make ``out`` ready for a run, deleting nothing that cnnkit did not write.
-
-    * ``out`` missing or empty: created, and the marker :data:`MARKER` written.
-    * ``resume=True``: ``out`` must be a cnnkit run folder (marker) with ``checkpoints/last.ckpt``; nothing
-      is removed, training continues from the checkpoint.
-    * ``overwrite=True``: ``out`` must be a cnnkit run folder (marker); the checkpoints, logs, TensorBoard
-      events and report files that cnnkit writes are removed, anything else in it is kept (and listed).
-    * otherwise a folder that holds anything is refused, naming what is there.
-
-    Returns:
-        ``out`` as a :class:`~pathlib.Path`.
+def check_run_dir(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """The checks of :func:`prepare_run_dir` without its changes (nothing created or removed): run them before the
+    expensive passes over the data, so that a bad ``--out`` fails at once.
 
     Raises:
-        ShapeError: ``overwrite`` and ``resume`` both set, non-bool flags, or ``out`` is a file.
-        CnnkitError: ``out`` holds files and may not be used as asked (the message says why and what to do).
+        ShapeError, CnnkitError: as :func:`prepare_run_dir`.
     """
+    return _checked_run_dir(out, overwrite=overwrite, resume=resume)[0]
+
+
+def _checked_run_dir(out, *, overwrite: bool, resume: bool) -> tuple[Path, list[str], bool]:
     for name, value in (("overwrite", overwrite), ("resume", resume)):
         if not isinstance(value, bool):
             raise ShapeError(f"{name} must be True or False. Received {name}={value!r}.")
@@ -211,7 +206,7 @@ def prepare_run_dir(
                 f"--resume: the run folder {os.fspath(out)!r} has no checkpoints/last.ckpt to continue from. Use "
                 "--overwrite to start it afresh."
             )
-        return path
+        return path, entries, marked
     if entries and not overwrite:
         listed = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
         how = ("it holds an earlier cnnkit run: --overwrite replaces that run's checkpoints, logs and report "
@@ -219,12 +214,41 @@ def prepare_run_dir(
                if marked else
                "cnnkit never deletes files it did not write: choose an empty or new --out folder")
         raise CnnkitError(f"The run folder --out {os.fspath(out)!r} is not empty (it holds {listed}); {how}.")
+    if entries and overwrite and not marked:
+        raise CnnkitError(
+            f"--overwrite: {os.fspath(out)!r} has no {MARKER}, so it is not a run folder cnnkit wrote; nothing "
+            "was deleted. Choose an empty or new --out folder, or empty this one yourself."
+        )
+    return path, entries, marked
+
+
+def prepare_run_dir(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Make ``out`` ready for a run, deleting nothing that cnnkit did not write.
+
+    * ``out`` missing or empty: created, and the marker :data:`MARKER` written.
+    * ``resume=True``: ``out`` must be a cnnkit run folder (marker) with ``checkpoints/last.ckpt``; nothing
+      is removed, training continues from the checkpoint.
+    * ``overwrite=True``: ``out`` must be a cnnkit run folder (marker); the checkpoints, logs, TensorBoard
+      events and report files that cnnkit writes are removed, anything else in it is kept (and listed).
+    * otherwise a folder that holds anything is refused, naming what is there.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ShapeError: ``overwrite`` and ``resume`` both set, non-bool flags, or ``out`` is a file.
+        CnnkitError: ``out`` holds files and may not be used as asked (the message says why and what to do).
+    """
+    path, entries, marked = _checked_run_dir(out, overwrite=overwrite, resume=resume)
+    if resume:
+        return path
     if entries and overwrite:
-        if not marked:
-            raise CnnkitError(
-                f"--overwrite: {os.fspath(out)!r} has no {MARKER}, so it is not a run folder cnnkit wrote; nothing "
-                "was deleted. Choose an empty or new --out folder, or empty this one yourself."
-            )
         _remove_earlier_run(path, log)
     path.mkdir(parents=True, exist_ok=True)
     if not marked:
@@ -333,18 +357,26 @@ def write_report_manifest(folder: str | os.PathLike, files: Sequence[str], secti
                    indent=1) + "\n", encoding="utf-8")
 
 
-def write_manifest(out: str | os.PathLike, model, *, builder: str | None, builder_args: dict[str, Any] | None,
-                   preprocessing: dict[str, Any] | None, class_names: Sequence[str],
-                   palette: Sequence[Sequence[int]], ignore_index: int | None, task: str = "segmentation",
-                   extra: dict[str, Any] | None = None) -> Path:
+def write_manifest(out: str | os.PathLike, model, *, spec=None, in_channels: int | None = None,
+                   num_classes: int | None = None, builder: str | None = None,
+                   builder_args: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None,
+                   class_names: Sequence[str], palette: Sequence[Sequence[int]], ignore_index: int | None,
+                   task: str = "segmentation", extra: dict[str, Any] | None = None) -> Path:
     """Write the trained weights (:data:`WEIGHTS`) and :data:`MANIFEST`: everything inference needs.
+
+    The manifest names the network, never code: its :class:`~cnnkit.models.ModelSpec` (library, architecture,
+    encoder, JSON arguments), ``in_channels`` and ``num_classes``, which :func:`cnnkit.models.build` rebuilds it
+    from. ``model`` is ``{"spec": ..., "in_channels": ..., "num_classes": ..., "weights": "model.safetensors"}``.
 
     Args:
         out: The run folder.
         model: The trained network (its ``state_dict`` is saved as safetensors).
-        builder: Name of the network's class in :data:`cnnkit.models.MODELS`, or ``None`` for a network of the
+        spec: The network's :class:`~cnnkit.models.ModelSpec` (or its dict), or ``None`` for a network of the
             user's own (``cnnkit predict`` then cannot rebuild it; :class:`cnnkit.predict.Predictor` can).
-        builder_args: The builder's keyword arguments.
+        in_channels, num_classes: What the network reads and predicts (``num_classes`` defaults to the class
+            names' count).
+        builder, builder_args: The older way to name a network of :data:`cnnkit.models.MODELS` (``builder_args``
+            holding ``in_channels`` and ``num_classes``), turned into a spec; give ``spec`` instead.
         preprocessing: The input's preprocessing (:class:`cnnkit.predict.Preprocessing` fields: ``mean``,
             ``std``, ``nodata``, ``bands`` (counted from 0), ``multiple_of``, ``validity_band``), plus
             ``band_count``, the bands of the files trained on; ``None`` when the data came as tensors.
@@ -361,17 +393,28 @@ def write_manifest(out: str | os.PathLike, model, *, builder: str | None, builde
     from safetensors.torch import save_file
 
     from cnnkit import __version__
+    from cnnkit.models import parse_spec
 
+    if spec is None and builder is not None:
+        args = dict(builder_args or {})
+        in_channels = args.pop("in_channels", in_channels)
+        num_classes = args.pop("num_classes", num_classes)
+        spec = {"library": "cnnkit", "architecture": builder, "args": args}
+    if spec is not None:
+        spec = parse_spec(spec).to_dict()
     out = Path(out)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     try:
         save_file(state, out / WEIGHTS)
     except (OSError, RuntimeError, ValueError) as error:
         raise CnnkitError(f"Could not write the weights to {os.fspath(out / WEIGHTS)!r}: {error}.") from None
+    network = ({"spec": spec, "in_channels": in_channels,
+                "num_classes": num_classes if num_classes is not None else len(class_names)}
+               if spec is not None else {"builder": None, "args": {}})
     manifest = {
         "format": "cnnkit-run", "version": MANIFEST_VERSION, "task": task, "kind": TASKS[task],
         "cnnkit": __version__, "torch": torch.__version__,
-        "model": {"builder": builder, "args": builder_args or {}, "weights": WEIGHTS},
+        "model": {**network, "weights": WEIGHTS},
         "input": preprocessing,
         "classes": {"names": list(class_names), "palette": [list(map(int, c)) for c in palette],
                     "ignore_index": ignore_index},
@@ -381,43 +424,93 @@ def write_manifest(out: str | os.PathLike, model, *, builder: str | None, builde
     return out / MANIFEST
 
 
+MAX_MANIFEST_BYTES = 1 << 22
+"""A manifest larger than this (4 MiB) is refused unread; cnnkit's own are a few kilobytes."""
+
+
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a run folder, checked; a clear error for a folder that is no run or an older run.
+    """The manifest of a run folder, checked as untrusted input (:func:`cnnkit.train.manifest.check_manifest`).
+
+    ``data["model"]`` is always in the current form, ``{"spec", "in_channels", "num_classes", "weights"}``: an
+    older manifest's ``{"builder", "args"}`` is converted.
 
     Raises:
         MissingRunFileError: ``run_dir`` does not exist.
-        CnnkitError: no manifest (a run of an older cnnkit, or not a run folder), or a damaged one.
+        CnnkitError: no manifest (a run that stopped before writing it: resume it; or not a run folder), a
+            manifest that is no regular file inside the folder, too large, damaged, or breaks a rule (the key, the
+            rule and the value).
     """
+    from cnnkit.train.manifest import check_manifest
+
     path = Path(run_dir)
     name = os.fspath(run_dir)
     if not path.is_dir():
         raise MissingRunFileError(f"The run folder {name!r} does not exist.")
     file = path / MANIFEST
-    if not file.is_file():
-        hint = ("it is a run of an older cnnkit, written before runs carried a manifest: train it again with this "
-                "version (cnnkit train / cnnkit demo), or build a cnnkit.predict.Predictor from its checkpoint in "
-                "Python") if (path / MARKER).is_file() or (path / "checkpoints").is_dir() else \
-            "it is not a run folder of cnnkit train or cnnkit demo"
+    if not file.exists() and not file.is_symlink():
+        if last_checkpoint(path) is not None:
+            hint = ("the run stopped before writing its report and manifest (killed or interrupted), but its "
+                    "checkpoints/last.ckpt is there: finish it with the same command and --resume, e.g. cnnkit "
+                    f"train DATA --out {name} --resume (with the options it was started with)")
+        elif (path / MARKER).is_file() or (path / CHECKPOINTS).is_dir():
+            hint = ("the run never finished an epoch (no checkpoints/last.ckpt to resume from), or it is a run of an "
+                    "older cnnkit: train it again with --overwrite")
+        else:
+            hint = "it is not a run folder of cnnkit train or cnnkit demo"
         raise CnnkitError(f"{name!r} has no {MANIFEST}: {hint}.")
+    if file.is_symlink() or not file.is_file():
+        raise CnnkitError(f"The manifest {os.fspath(file)!r} must be a regular file in the run folder, not a "
+                          "symbolic link, folder or device. Received a run folder whose manifest is not.")
+    size = file.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise CnnkitError(f"The manifest {os.fspath(file)!r} is {size:,} bytes, over the {MAX_MANIFEST_BYTES:,} a "
+                          "cnnkit manifest may have; it was not read.")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CnnkitError(f"The manifest {os.fspath(file)!r} cannot be used: it nests lists or objects too deeply "
+                          "to read (a cnnkit manifest has a few levels).") from None
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise CnnkitError(f"The manifest {os.fspath(file)!r} is damaged ({error}). Train the run again.") from None
-    problems = []
-    if not isinstance(data, dict) or data.get("format") != "cnnkit-run":
-        problems.append("it is not a cnnkit run manifest")
-    elif data.get("version") != MANIFEST_VERSION:
-        problems.append(f"its version {data.get('version')!r} is not {MANIFEST_VERSION} (another cnnkit version)")
-    else:
-        classes, model = data.get("classes"), data.get("model")
-        if not isinstance(classes, dict) or not isinstance(classes.get("names"), list) or not classes["names"]:
-            problems.append("'classes.names' is missing")
-        if not isinstance(model, dict) or not isinstance(model.get("args", {}), dict):
-            problems.append("'model' is missing")
-        if not isinstance(data.get("input"), (dict, type(None))):
-            problems.append("'input' is not an object")
-        if data.get("task", "segmentation") not in TASKS:
-            problems.append(f"its task {data.get('task')!r} is none of {tuple(TASKS)} (a newer cnnkit?)")
-    if problems:
-        raise CnnkitError(f"The manifest {os.fspath(file)!r} cannot be used: {'; '.join(problems)}.")
-    return data
+    return check_manifest(data, os.fspath(file), tuple(TASKS), MANIFEST_VERSION)
+
+
+def write_run_options(out: str | os.PathLike, options: dict[str, Any]) -> None:
+    """Record ``options`` (command-line names to JSON values) in :data:`RUN_OPTIONS`."""
+    (Path(out) / RUN_OPTIONS).write_text(json.dumps(options, indent=1) + "\n", encoding="utf-8")
+
+
+def check_run_options(out: str | os.PathLike, options: dict[str, Any]) -> None:
+    """On ``--resume``: refuse options that differ from those the run was started with (:data:`RUN_OPTIONS`).
+
+    Options the run did not record (a run of an older cnnkit) are not compared.
+
+    Raises:
+        CnnkitError: names the first differing option and both values.
+    """
+    file = Path(out) / RUN_OPTIONS
+    if file.is_symlink() or not file.is_file() or file.stat().st_size > MAX_MANIFEST_BYTES:
+        return
+    try:
+        recorded = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return
+    if not isinstance(recorded, dict):
+        return
+    for key, value in options.items():
+        if key in recorded and recorded[key] != value:
+            raise CnnkitError(
+                f"--resume: the run in {os.fspath(out)!r} was started with {key} {_option_text(recorded[key])}; this "
+                f"command gives {key} {_option_text(value)}. A resumed run keeps its options: give {key} "
+                f"{_option_text(recorded[key])} (or leave it out if that is the default), or start a new run in "
+                "another --out (or --overwrite this one).")
+
+
+def _option_text(value: Any) -> str:
+    if value is None:
+        return "(not given)"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
