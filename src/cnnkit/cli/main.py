@@ -291,6 +291,58 @@ def train(
         log(line)
 
 
+@app.command(cls=_Command)
+def models(
+    encoders: str = typer.Option(None, "--encoders", help="List smp's encoders matching this pattern (fnmatch, e.g. "
+                                 "'resnet*' or '*efficientnet*'), with Unet's parameter count on each."),
+    check: bool = typer.Option(False, "--check", help="Also run the exactness checks on each architecture (a small "
+                               "random-weight network: masked() on a padded batch == each image alone; tiled "
+                               "predict == whole); slow, a few seconds to a minute per architecture."),
+    in_channels: int = typer.Option(5, "--in-channels", min=1, help="Input channels the counts are for (the validity "
+                                    "band included)."),
+    num_classes: int = typer.Option(5, "--num-classes", min=1, help="Classes the counts are for."),
+) -> None:
+    """List the networks cnnkit train can build (--model, --encoder), with parameter counts."""
+    _import_heavy("torch")
+    import fnmatch
+
+    from cnnkit.models import describe_models, list_encoders
+
+    console = _console()
+    try:
+        if encoders is not None:
+            chosen = [name for name in list_encoders() if fnmatch.fnmatch(name, encoders)]
+            if not chosen:
+                raise CnnkitError(f"--encoders {encoders!r} matches none of smp's {len(list_encoders())} encoders "
+                                  "(cnnkit models --encoders '*' lists them; timm's are tu-<name>).")
+            rows = [r for r in describe_models(in_channels, num_classes, encoders=chosen, libraries=["smp"])
+                    if r.architecture == "Unet"]
+        else:
+            rows = describe_models(in_channels, num_classes)
+        header = f"{'library':<8} {'architecture':<14} {'encoder':<36} {'parameters':>13}  family"
+        if check:
+            header += "          masked()  tiled"
+        console.print(header, markup=False, highlight=False)
+        for row in rows:
+            count = f"{row.parameters:,}" if row.parameters is not None else "—"
+            line = f"{row.library:<8} {row.architecture:<14} {row.encoder or '—':<36} {count:>13}  {row.family:<15}"
+            if check and row.parameters is not None:
+                from cnnkit.app.networks import check_exactness
+                from cnnkit.models import ModelSpec
+
+                found = check_exactness(ModelSpec(row.library, row.architecture, row.encoder))
+                line += (f" {_yes_no(found.masked):<9} {_yes_no(found.tiled)}"
+                         + (f"  ({found.note})" if found.note else ""))
+            console.print((line + (f"  {row.note}" if row.note else "")).rstrip(), markup=False, highlight=False,
+                          soft_wrap=True)
+    except CnnkitError as error:
+        _fail(error)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "—" if value is None else ("exact" if value else "no")
+
+
 # `cnnkit predict`'s defaults, also read to tell which image-only options a series run was given
 _MAX_PIXELS, _TILE, _BATCH_SIZE = 1_048_576, 512, 8
 
