@@ -553,6 +553,15 @@ def train_segmentation(
         raise ShapeError(f"The network {spec.label()} needs heights and widths divisible by {multiple}. Received an "
                          f"image of {odd[0]}×{odd[1]}: wrap the data set in cnnkit.data.Standardized(..., "
                          f"multiple_of={multiple}), or pass a model of your own.")
+    in_channels = torch.as_tensor(train[0][0]).shape[0]
+    data_bands = None
+    if band_names is not None:
+        validity = bool((preprocessing or {}).get("validity_band", True))
+        data_bands = list(band_names[:-1] if validity else band_names)
+    net = model
+    if model is None and weights is not None:  # before anything is written: weights that do not fit leave no run
+        torch.manual_seed(seed)
+        net = _build_network(spec, in_channels, num_classes, weights, data_bands, log)
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
     if not resume:
         write_run_options(out, options)
@@ -604,16 +613,9 @@ def train_segmentation(
             if rare:
                 crops.set_epoch(trainer.current_epoch)
 
-    in_channels = first_image.shape[0]
+    if net is None:  # random weights: built here, where the seeded generator has always stood for this network
+        net = _build_network(spec, in_channels, num_classes, None, None, log)
     defaults = training_defaults(spec) if spec is not None else training_defaults(network_spec(None, width))
-    if model is not None:
-        net = model
-    else:
-        data_bands = None
-        if band_names is not None:
-            validity = bool((preprocessing or {}).get("validity_band", True))
-            data_bands = list(band_names[:-1] if validity else band_names)
-        net = _build_network(spec, in_channels, num_classes, weights, data_bands, log)
     lr_given = lr is not None
     lr = float(lr) if lr_given else defaults.lr
     optimizer: object = "adamw"

@@ -166,7 +166,7 @@ def _classes(classes: Any, num_classes: int | None) -> dict[str, Any]:
     for i, colour in enumerate(palette):
         if not isinstance(colour, list) or len(colour) != 3 or any(
                 isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in colour):
-            raise _Bad(f"classes.palette[{i}]", "must be [r, g, b], integers from 0 to 255", colour)
+            raise _Bad(f"classes.palette[{i}]", "must be 3 integers (red, green, blue) from 0 to 255", colour)
     ignore = classes.get("ignore_index")
     if ignore is not None and (isinstance(ignore, bool) or not isinstance(ignore, int)):
         raise _Bad("classes.ignore_index", "must be an integer or null", ignore)
