@@ -154,7 +154,7 @@ class DivergenceStop(L.Callback):
 
     Examples:
         >>> DivergenceStop(lr=0.01)
-        DivergenceStop(lr=0.01, factor=100.0)
+        DivergenceStop(lr=0.01, factor=100)
     """
 
     def __init__(self, lr: float, factor: float = 100.0, hint: str = "--lr"):
