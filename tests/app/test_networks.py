@@ -289,3 +289,55 @@ def test_a_run_killed_before_its_manifest_says_resume_and_resume_keeps_the_run_s
                                "--epochs", "2", "--batch-size", "4", "--classes", ",".join(CLASS_NAMES),
                                "--ignore-index", "255", "--width", "4", "--resume"])
     assert done.exit_code == 0 and "epoch 2/2" in done.output, done.output
+
+
+def _many_classes(manifest: dict, count: int) -> None:
+    """A manifest made consistent for ``count`` classes (names and palette), so that only the network's size is
+    left to refuse."""
+    manifest["model"]["num_classes"] = count
+    manifest["classes"]["names"] = [f"class {i}" for i in range(count)]
+    if manifest["classes"].get("palette") is not None:
+        manifest["classes"]["palette"] = [[i % 256, (i // 256) % 256, 0] for i in range(count)]
+
+
+_PEAK_CHILD = """
+import json, resource, sys
+import torch, cnnkit.app.predict, cnnkit.models, cnnkit.rasters  # the loaded interpreter: the baseline
+from cnnkit.cli.main import app
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    code = app(sys.argv[1:], standalone_mode=False)  # click returns a typer.Exit's code here
+except SystemExit as stop:
+    code = stop.code
+except BaseException as error:  # typer's Exit and click's exceptions carry the exit code
+    code = getattr(error, "exit_code", repr(error))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("PEAK", json.dumps({"base_kb": base, "peak_kb": peak, "code": code}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["model"]["spec"]["args"].__setitem__("width", 100000), "100000"),
+    (lambda m: m["model"]["spec"]["args"].__setitem__("width", 4000), "over the budget"),
+    (lambda m: _many_classes(m, 4096), "2 shapes differ"),  # small enough; the weights header refuses it
+    (lambda m: m["model"].__setitem__("spec", {"library": "smp", "architecture": "Unet", "encoder": "resnet152",
+                                               "args": {"decoder_channels": [4096, 4096, 4096, 4096, 4096]}}),
+     "over the budget"),
+])
+def test_tampered_manifests_are_refused_within_300_mb(tiny_run, folder, tmp_path, change, message):
+    """Peak memory of the refusing process stays under 300 MB above the interpreter with torch and cnnkit loaded
+    (measured in a child: its own ru_maxrss before and after the command)."""
+    import subprocess
+    import sys
+
+    root, _ = folder
+    tampered = _tampered(tiny_run, tmp_path, change)
+    done = subprocess.run([sys.executable, "-c", _PEAK_CHILD, "predict", str(tampered), str(root / "held" / "images"),
+                           "--out", str(tmp_path / "pred")], capture_output=True, text=True, timeout=300)
+    line = [x for x in done.stdout.splitlines() if x.startswith("PEAK ")]
+    assert line, done.stdout + done.stderr
+    result = json.loads(line[-1][5:])
+    assert result["code"] == 2 and message in " ".join((done.stdout + done.stderr).split()), done.stderr
+    assert (result["peak_kb"] - result["base_kb"]) / 1024 < 300, result
+    assert not (tmp_path / "pred").exists()
