@@ -51,7 +51,8 @@ def _run_folder(folder: Path) -> Predictor:
 def _scene(path: Path, side: int, seed: int = 0) -> None:
     """A uint16 (side, side, 4) TIFF written in row blocks (never held whole in memory)."""
     rng = np.random.default_rng(seed)
-    out = tifffile.memmap(path, shape=(side, side, BANDS), dtype=np.uint16, photometric="minisblack")
+    out = tifffile.memmap(path, shape=(side, side, BANDS), dtype=np.uint16, photometric="minisblack",
+                          planarconfig="contig")  # one multi-band image, not a stack of single-band pages
     for top in range(0, side, 512):
         rows = min(512, side - top)
         block = rng.normal(1000, 300, (rows, side, BANDS)).clip(1, 65535).astype(np.uint16)

@@ -11,6 +11,8 @@ Rows (one run, one machine):
 * the baseline: :meth:`~cnnkit.predict.Predictor.predict_scene` over the same pixels held in memory as a NumPy
   array, same tiles, nothing written — the network's time alone.
 
+Both sides use 256-px tiles (see :data:`TILE`).
+
 Run: ``python -m benchmarks rasters`` (several minutes: each prediction runs the network over 120 Mpx).
 """
 
@@ -34,7 +36,9 @@ from benchmarks.bench_predict import BANDS, _run_folder
 from cnnkit.predict import Predictor, Scene
 
 SIDE = 10_980
-TILE = 512
+TILE = 256
+"""Tile side for both sides: a 256-px tile (280² with the halo) holds ~45 MB of TinySegNet's activations at its peak,
+a 512-px tile ~170 MB, which alone would take the command past the 1.0 GB goal (torch's import holds ~630 MB)."""
 
 
 def _write(path: Path, compress: str | None, seed: int = 0) -> None:

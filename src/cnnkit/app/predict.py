@@ -31,7 +31,16 @@ from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.predict import Prediction, Predictor, Preprocessing
-from cnnkit.predict.outputs import PROBABILITY_DTYPES, label_cog, palette_png, score_cog, side_by_side
+from cnnkit.predict.outputs import (
+    PROBABILITY_DTYPES,
+    Fanout,
+    PalettePngWriter,
+    Subsampled,
+    label_cog,
+    palette_png,
+    score_cog,
+    side_by_side,
+)
 from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, open_scene
 from cnnkit.rasters import CogWriter, Georeference, read_georeference
 from cnnkit.train.rundir import WEIGHTS, read_manifest
@@ -264,18 +273,6 @@ def predict_files(
     return run
 
 
-class _Tee:
-    """Window writes that go to an in-memory label array (for the PNG and the overlay) and to a COG."""
-
-    def __init__(self, array: np.ndarray, writer: CogWriter | None):
-        self.array, self.writer, self.dtype = array, writer, array.dtype
-
-    def __setitem__(self, key, value) -> None:
-        self.array[key] = value
-        if self.writer is not None:
-            self.writer[key] = value
-
-
 def _label_dtype(predictor: Predictor):
     return np.uint8 if predictor.num_classes < 255 and 0 <= predictor.ignore_value <= 255 else np.int16
 
@@ -283,11 +280,13 @@ def _label_dtype(predictor: Predictor):
 def _predict_large(scene: Scene, predictor: Predictor, out: Path, run: PredictionRun, *, tile: int, tiff: bool,
                    probabilities: bool, confidence: bool, rgb_bands, probability_dtype: str,
                    on_pixels: Callable[[int], None]) -> None:
-    """One scene over ``max_pixels``: tiles read ahead, run, written behind into COGs; the overlay drawn from a
-    preview gathered while reading (the scene is read once)."""
+    """One scene over ``max_pixels``: tiles read ahead, run, written behind into the label PNG (strip by strip) and
+    COGs; the overlay drawn from previews of the image and the labels gathered on the way (the scene is read once,
+    its labels never held whole)."""
     stem, names, shape = scene.path.stem, predictor.class_names, (scene.height, scene.width)
-    labels = np.empty(shape, dtype=_label_dtype(predictor))
-    writers: dict[str, CogWriter] = {}
+    png = PalettePngWriter(out / f"{stem}_labels.png", shape, predictor.num_classes, predictor.palette,
+                           predictor.ignore_value)
+    writers: dict[str, CogWriter | PalettePngWriter] = {"png": png}
     if tiff:
         writers["labels"] = label_cog(out / f"{stem}_labels.tif", shape, names, predictor.palette,
                                       predictor.ignore_value, scene.georeference)
@@ -299,6 +298,7 @@ def _predict_large(scene: Scene, predictor: Predictor, out: Path, run: Predictio
                                           probability_dtype, scene.georeference)
     step = math.ceil(max(shape) / PREVIEW_SIDE)
     preview = np.zeros((scene.bands, math.ceil(shape[0] / step), math.ceil(shape[1] / step)), np.float32)
+    small_labels = Subsampled(shape, step, _label_dtype(predictor))
 
     def on_read(rows: slice, cols: slice, raw: np.ndarray) -> None:  # every step-th pixel, on the scene's grid
         r, c = -(-rows.start // step) * step, -(-cols.start // step) * step
@@ -306,19 +306,17 @@ def _predict_large(scene: Scene, predictor: Predictor, out: Path, run: Predictio
         preview[:, r // step:r // step + part.shape[1], c // step:c // step + part.shape[2]] = part
 
     try:
-        _, counts = predictor.predict_scene(scene, tile=tile, labels_out=_Tee(labels, writers.get("labels")),
+        labels = Fanout(png, small_labels, writers.get("labels"))
+        _, counts = predictor.predict_scene(scene, tile=tile, labels_out=labels,
                                             probabilities_out=writers.get("probabilities"),
                                             confidence_out=writers.get("confidence"), on_tile=on_pixels,
                                             on_read=on_read)
-        written = [palette_png(out / f"{stem}_labels.png", labels, predictor.num_classes, predictor.palette,
-                               predictor.ignore_value)]
-        for writer in writers.values():
-            written.append(writer.close())
+        written = [writer.close() for writer in writers.values()]
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
-    written.append(_overlay(scene, preview, labels[::step, ::step], predictor, out, rgb_bands, step))
+    written.append(_overlay(scene, preview, small_labels.array, predictor, out, rgb_bands, step))
     run.files[scene.path] = written
     run.pixels += int(counts.sum())
     run.class_pixels += counts.numpy()

@@ -19,6 +19,10 @@ Per input ``STEM``, in the output folder:
 from __future__ import annotations
 
 import json
+import math
+import os
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +32,8 @@ from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.rasters import CogWriter, Georeference
 from cnnkit.render.labels import DEFAULT_PALETTE, colorize, image_to_rgb, legend
 
-__all__ = ["PROBABILITY_DTYPES", "label_cog", "palette_png", "score_cog", "side_by_side"]
+__all__ = ["PROBABILITY_DTYPES", "Fanout", "PalettePngWriter", "Subsampled", "label_cog", "palette_png", "score_cog",
+           "side_by_side"]
 
 
 def _palette(num_classes: int, palette) -> np.ndarray:
@@ -42,11 +47,7 @@ def palette_png(path: str | Path, labels: np.ndarray, num_classes: int, palette=
     """Write ``labels`` (H, W) as an 8-bit palette PNG: values are class indices, colours the class colours."""
     from PIL import Image
 
-    if num_classes > 255 or not 0 <= ignore_value <= 255:
-        raise CnnkitError(f"A PNG label map holds values 0–255: {num_classes} classes and ignore value {ignore_value} "
-                          "do not fit. Ask for a TIFF label map instead (--tiff).")
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    colours[:num_classes] = _palette(num_classes, palette)[:num_classes]
+    colours = _png_colours(path, num_classes, palette, ignore_value)
     image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
     image.putpalette(colours.flatten().tolist())
     try:
@@ -54,6 +55,172 @@ def palette_png(path: str | Path, labels: np.ndarray, num_classes: int, palette=
     except OSError as err:
         raise CnnkitError(f"Could not write {path}: {err}.") from err
     return Path(path)
+
+
+def _png_colours(path, num_classes: int, palette, ignore_value: int) -> np.ndarray:
+    if num_classes > 255 or not 0 <= ignore_value <= 255:
+        raise CnnkitError(f"A PNG label map holds values 0–255: {num_classes} classes and ignore value {ignore_value} "
+                          f"do not fit ({path}). Ask for a TIFF label map instead (--tiff).")
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[:num_classes] = _palette(num_classes, palette)[:num_classes]
+    return colours
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+class PalettePngWriter:
+    """The label map as an 8-bit palette PNG (as :func:`palette_png` writes it), filled window by window and
+    encoded strip by strip, so a scene's labels are never held whole: a band of rows is compressed and written as
+    soon as every column of it has arrived (tiles come row by row), and dropped.
+
+    The file is written under a hidden name and renamed into place by :meth:`close` (a file under the final name is
+    complete); :meth:`abort` (or leaving a ``with`` block on an error) removes it.
+
+    Args:
+        path: The PNG.
+        shape: ``(H, W)``.
+        num_classes, palette, ignore_value: As for :func:`palette_png`.
+
+    Raises:
+        CnnkitError: more than 255 classes or an ignore value outside 0–255 (a PNG cannot hold them), a window that
+            straddles a band of rows already begun, rows missing at :meth:`close`, or the file cannot be written.
+
+    Examples:
+        >>> import tempfile, os
+        >>> from PIL import Image
+        >>> path = os.path.join(tempfile.mkdtemp(), "x_labels.png")
+        >>> with PalettePngWriter(path, (4, 6), 2, [(0, 0, 255), (0, 200, 0)]) as out:
+        ...     out[0:2, 3:6] = 1
+        ...     out[0:2, 0:3] = 0
+        ...     out[2:4, 0:6] = np.array([[0, 1, 255, 1, 0, 1]] * 2)
+        >>> picture = Image.open(path)
+        >>> np.array(picture)[[0, 3]].tolist(), picture.getpalette()[3:6]
+        ([[0, 0, 0, 1, 1, 1], [0, 1, 255, 1, 0, 1]], [0, 200, 0])
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: str | Path, shape: tuple[int, int], num_classes: int, palette=None,
+                 ignore_value: int = 255):
+        self.path = Path(path)
+        self.height, self.width = (int(v) for v in shape)
+        colours = _png_colours(self.path, num_classes, palette, ignore_value)
+        self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial.png")
+        self._pending: dict[tuple[int, int], list] = {}  # (r0, r1) → [rows with a filter byte each, pixels filled]
+        self._next = 0  # rows written to the file so far
+        self._zip = zlib.compressobj(6)
+        try:
+            self._file = open(self._partial, "wb")  # noqa: SIM115 (closed by close/abort)
+            self._file.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height,
+                                                                                   8, 3, 0, 0, 0))
+                             + _chunk(b"PLTE", colours.tobytes()))
+        except OSError as err:
+            raise CnnkitError(f"Could not write {self.path}: {err}.") from err
+
+    def __setitem__(self, key, value) -> None:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, _ = rows.indices(self.height)
+        c0, c1, _ = cols.indices(self.width)
+        if r1 <= r0 or c1 <= c0:
+            return
+        band = self._pending.get((r0, r1))
+        if band is None:
+            if r0 < self._next or any(a < r1 and r0 < b for a, b in self._pending):
+                raise CnnkitError(f"{self.path}: the window of rows {r0}:{r1} straddles rows already begun; windows "
+                                  "must come in bands of whole rows.")
+            band = self._pending[(r0, r1)] = [np.zeros((r1 - r0, self.width + 1), np.uint8), 0]
+        band[0][:, 1 + c0:1 + c1] = np.broadcast_to(np.asarray(value), (r1 - r0, c1 - c0))
+        band[1] += (r1 - r0) * (c1 - c0)
+        while self._pending:
+            first = min(self._pending)
+            rows_done, filled = self._pending[first]
+            if first[0] != self._next or filled < rows_done.shape[0] * self.width:
+                break
+            self._emit(self._zip.compress(rows_done.tobytes()))  # filter byte 0 (none) before each row
+            del self._pending[first]
+            self._next = first[1]
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            try:
+                self._file.write(_chunk(b"IDAT", data))
+            except OSError as err:
+                raise CnnkitError(f"Could not write {self.path}: {err}.") from err
+
+    def close(self) -> Path:
+        """Finish the file and rename it into place; every row must have been written."""
+        if self._file is None:
+            return self.path
+        if self._next != self.height:
+            self.abort()
+            raise CnnkitError(f"{self.path}: only rows 0:{self._next} of {self.height} were written.")
+        try:
+            self._emit(self._zip.flush())
+            self._file.write(_chunk(b"IEND", b""))
+            self._file.close()
+            self._file = None
+            os.replace(self._partial, self.path)
+        except OSError as err:
+            self.abort()
+            raise CnnkitError(f"Could not write {self.path}: {err}.") from err
+        return self.path
+
+    def abort(self) -> None:
+        """Drop what was written: no file appears under the final name."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._partial.unlink(missing_ok=True)
+        self._pending.clear()
+
+    def __enter__(self) -> PalettePngWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Subsampled:
+    """Every ``step``-th pixel of every ``step``-th row of a map filled window by window (on the map's own grid:
+    ``array[i, j]`` is pixel ``(i·step, j·step)``), for a preview of a scene never held whole.
+
+    Examples:
+        >>> small = Subsampled((5, 7), 2, np.uint8)
+        >>> small[0:3, 0:4] = np.arange(12).reshape(3, 4)
+        >>> small[3:5, 0:7] = 9
+        >>> small.array.tolist()[:2], small.array.shape
+        ([[0, 2, 0, 0], [8, 10, 0, 0]], (3, 4))
+    """
+
+    def __init__(self, shape: tuple[int, int], step: int, dtype):
+        self.step, self.dtype = int(step), np.dtype(dtype)
+        self.array = np.zeros([math.ceil(int(v) / self.step) for v in shape], self.dtype)
+
+    def __setitem__(self, key, value) -> None:
+        rows, cols = key
+        step = self.step
+        r, c = -(-rows.start // step) * step, -(-cols.start // step) * step
+        value = np.broadcast_to(np.asarray(value), (rows.stop - rows.start, cols.stop - cols.start))
+        part = value[r - rows.start::step, c - cols.start::step]
+        self.array[r // step:r // step + part.shape[0], c // step:c // step + part.shape[1]] = part
+
+
+class Fanout:
+    """Window writes passed on to several targets (arrays or window writers; ``None`` skipped); its ``dtype`` is the
+    first target's."""
+
+    def __init__(self, *targets):
+        self.targets = [t for t in targets if t is not None]
+        self.dtype = self.targets[0].dtype
+
+    def __setitem__(self, key, value) -> None:
+        for target in self.targets:
+            target[key] = value
 
 
 PROBABILITY_DTYPES = ("uint8", "float16")

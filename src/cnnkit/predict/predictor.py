@@ -29,6 +29,7 @@ from cnnkit._tensors import argmax
 from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import ShapeError
 from cnnkit.masking import BucketBatchSampler, masked, pad_batch
+from cnnkit.predict.memory import return_large_buffers
 from cnnkit.predict.scene import Scene
 from cnnkit.predict.tiling import Tile, TileGeometry, plan_tiles, tile_geometry, tiled_forward
 from cnnkit.rasters import BackgroundWriter, prefetch
@@ -239,7 +240,8 @@ class Predictor:
         (the largest probability) into ``confidence_out`` (``(H, W)``) when given — arrays, or window writers such as
         :class:`cnnkit.rasters.CogWriter`. Labels always come from the network's float32 scores. Where the scene's
         file is tiled, tiles are cut along its blocks (``tile`` rounded down to a multiple of the block and the
-        network's stride) so that each block is decoded once.
+        network's stride) so that each block is decoded once. Memory stays flat from tile to tile: buffers of 1 MB
+        and more are handed back to the system when freed (:func:`~cnnkit.predict.memory.return_large_buffers`).
 
         Args:
             scene: From :func:`~cnnkit.predict.scene.open_scene`.
@@ -257,6 +259,7 @@ class Predictor:
         """
         check_int(tile, "tile")
         check_int(queue_depth, "queue_depth")
+        return_large_buffers()  # freed windows and activations go back to the system, not to fragmented heaps
         geometry = self.geometry()
         multiple = math.lcm(self.preprocessing.multiple_of, *geometry.multiple)
         height, width = scene.height, scene.width
