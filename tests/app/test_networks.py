@@ -341,3 +341,22 @@ def test_tampered_manifests_are_refused_within_300_mb(tiny_run, folder, tmp_path
     assert result["code"] == 2 and message in " ".join((done.stdout + done.stderr).split()), done.stderr
     assert (result["peak_kb"] - result["base_kb"]) / 1024 < 300, result
     assert not (tmp_path / "pred").exists()
+
+
+def test_imagenet_weights_offline_name_the_cache_folder_and_write_nothing(folder, tmp_path, monkeypatch):
+    """``--weights imagenet`` without a network: smp's own download path (Hugging Face Hub, in its offline mode so
+    the test does not wait for retries) fails, and cnnkit names the cache folder to fill; no run folder is made."""
+    import os
+
+    from huggingface_hub import constants  # installed with timm: the path smp downloads its weights by
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.fspath(cache))
+    root, _ = folder
+    done = _train(root, tmp_path / "run", "--model", "Unet", "--encoder", "resnet18", "--weights", "imagenet")
+    text = _text(done)
+    assert done.exit_code == 2, done.output
+    assert "pretrained weights 'imagenet'" in text and "snapshot_download" in text, done.output
+    assert os.path.join(os.fspath(cache), "models--smp-hub--resnet18.imagenet") in "".join(done.output.split()), text
+    assert not (tmp_path / "run").exists()
