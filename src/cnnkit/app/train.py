@@ -48,8 +48,9 @@ from cnnkit.metrics import SegmentationMetrics
 from cnnkit.models import MODELS, ModelSpec, build, parse_spec, spec_for, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import write_report
-from cnnkit.train import FilterEvolutionCallback, SegmentationTask, fit
+from cnnkit.train import DistributedBucketSampler, FilterEvolutionCallback, SegmentationTask, fit
 from cnnkit.train.callbacks import DivergenceStop
+from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero, world_size
 from cnnkit.train.rundir import (
     check_run_dir,
     check_run_options,
@@ -59,9 +60,12 @@ from cnnkit.train.rundir import (
     write_run_options,
 )
 
-__all__ = ["SegmentationRun", "console_log", "evaluate", "majority_baseline", "model_options", "network_spec",
-           "padding_shares", "size_multiple", "train_folder", "train_segmentation", "validation_period",
-           "weights_source", "wrap_line"]
+__all__ = ["STRATEGIES", "SegmentationRun", "check_scaling", "console_log", "evaluate", "majority_baseline",
+           "model_options", "network_spec", "padding_shares", "size_multiple", "train_folder", "train_segmentation",
+           "validation_period", "weights_source", "wrap_line"]
+
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+"""Values of ``strategy`` (``--strategy``): Lightning's names; ``"auto"`` is ``"ddp"`` on several processes."""
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -171,7 +175,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
     Batches are padded (bucketed, in size order); padding and −100 labels are not counted. The model's
     mode is restored.
     """
-    metrics = SegmentationMetrics(num_classes)
+    metrics = SegmentationMetrics(num_classes, sync_on_compute=False)  # the whole set, in this process alone
     sampler = BucketBatchSampler(spatial_sizes(dataset), batch_size, shuffle=False)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded)
     was_training = model.training
@@ -188,7 +192,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
 
 def majority_baseline(majority: int, dataset, num_classes: int) -> dict[str, Tensor]:
     """The same metrics for the constant prediction ``majority`` on every pixel of ``dataset``."""
-    metrics = SegmentationMetrics(num_classes)
+    metrics = SegmentationMetrics(num_classes, sync_on_compute=False)  # rank 0 alone, after a distributed fit
     for _, label in dataset:
         label = torch.as_tensor(label)
         metrics.update(torch.full_like(label, majority)[None], label[None])
@@ -215,6 +219,68 @@ def _accelerator(device: str) -> tuple[str, int | list[int]]:
             raise ShapeError(f"device {device!r} needs CUDA, which this machine does not have. Use --device cpu.")
         return "gpu", [int(index or 0)]
     raise ShapeError(f"Unknown device {device!r}. Expected 'cpu', 'cuda' or 'cuda:<index>'.")
+
+
+class _GlobalBatches(DistributedBucketSampler):
+    """:class:`~cnnkit.train.DistributedBucketSampler` that leaves a global batch in its order in one process.
+
+    Its shares are cut from a batch sorted by sample area; one process's single share needs no sorting, and
+    keeping BucketBatchSampler's order keeps the float sums, and so the weights of every earlier one-process run
+    (the demo's 0.917), bit for bit. Several processes get the sorted shares.
+    """
+
+    def shares(self, epoch: int | None = None) -> list[list[int]]:
+        if (self.num_replicas if self.num_replicas is not None else world_size()) == 1:
+            return self.global_batches(epoch)
+        return super().shares(epoch)
+
+
+def _silent(text: str) -> None:
+    """The ``log`` of the processes other than rank 0."""
+
+
+def _cpu_cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 1, strategy: str = "auto",
+                  precision: str | None = None) -> tuple[str, int | str | list[int], int]:
+    """Lightning's ``(accelerator, devices, processes)`` for ``device`` run on ``devices`` per node, checked before
+    anything starts (``cnnkit train --device --devices --num-nodes --strategy --precision``).
+
+    ``device="cpu"``: ``devices`` CPU processes per node (gloo backend), at most as many as this machine has CPU
+    cores. ``device="cuda"``: ``devices`` GPUs per node (NCCL), at most as many as there are
+    (:func:`cnnkit.train.distributed.check_devices`); ``"cuda:<index>"`` names one GPU, so ``devices`` must be 1.
+    ``"auto"``: every GPU, or one CPU process. ``processes`` is the size of the run, ``devices × num_nodes``.
+
+    Examples:
+        >>> check_scaling("cpu", 1)
+        ('cpu', 1, 1)
+        >>> check_scaling("cpu", 10_000)
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: --devices 10000 asks for 10000 CPU processes per node, but this machine has ...
+    """
+    accelerator, chosen = _accelerator(device)
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise ShapeError(f"--devices must be an integer >= 1 or 'auto'. Received --devices {devices!r}.")
+    num_nodes = check_int(num_nodes, "num_nodes")
+    if strategy not in STRATEGIES:
+        raise ShapeError(f"Unknown strategy {strategy!r}. Expected one of {STRATEGIES}.")
+    check_precision(precision)
+    if devices != 1:
+        if isinstance(chosen, list) and ":" in device:
+            raise ShapeError(f"--device {device} names one GPU, and --devices {devices} asks for several. Use "
+                             f"--device cuda --devices {devices} (GPUs 0 to {devices}-1 of each node), or --devices 1.")
+        chosen = devices
+    if accelerator == "cpu" and devices != "auto" and devices > _cpu_cores():
+        raise ShapeError(f"--devices {devices} asks for {devices} CPU processes per node, but this machine has "
+                         f"{_cpu_cores()} CPU cores. Use --devices <= {_cpu_cores()} (or --device cuda for GPUs).")
+    processes = check_devices(accelerator, chosen, num_nodes)
+    return accelerator, chosen, processes if processes is not None else num_nodes
 
 
 REPORT_SAMPLES = 32
@@ -447,7 +513,11 @@ def train_segmentation(
     model_spec: ModelSpec | dict | None = None,
     weights: str | os.PathLike | None = None,
     run_options: dict | None = None,
-) -> SegmentationRun:
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+) -> SegmentationRun | None:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
     Args:
@@ -475,7 +545,14 @@ def train_segmentation(
         epochs: Training epochs (>= 1).
         seed: Seed of the initial weights, the crops and the batch order.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-        batch_size: Images (or crops) per batch.
+        devices, num_nodes, strategy, precision: Train on ``devices`` processes (CPU, gloo) or GPUs (``device=
+            "cuda"``, NCCL) per node, on ``num_nodes`` machines, with Lightning's ``strategy`` (:data:`STRATEGIES`)
+            and ``precision`` (:data:`cnnkit.train.PRECISIONS`, e.g. ``"64-true"``, ``"bf16-mixed"``); checked
+            before anything starts (:func:`check_scaling`). The weights do not depend on the number of processes
+            (up to float rounding): ``batch_size`` is the global batch, shared among them
+            (:class:`~cnnkit.train.DistributedBucketSampler`). Under Lightning's ``"ddp"`` the other processes run
+            the same command again; only rank 0 writes the run folder, evaluates and writes the report.
+        batch_size: Images (or crops) per batch: the global batch, over all processes.
         lr: AdamW learning rate (the first one, with ``scheduler``); default the network family's
             (:func:`cnnkit.models.training_defaults`: 1e-2 for cnnkit's networks, 1e-3 for smp's convolutional
             ones), shown in the log. A loss that diverges stops the run with what to change
@@ -511,7 +588,7 @@ def train_segmentation(
             that the last epoch validates); the final evaluation always runs.
 
     Returns:
-        A :class:`SegmentationRun`.
+        A :class:`SegmentationRun` on rank 0; ``None`` in the other processes of a distributed run.
 
     Raises:
         ShapeError: a bad argument, a label out of range, or sizes the default network cannot take.
@@ -520,6 +597,9 @@ def train_segmentation(
     import lightning as L
 
     start = time.perf_counter()
+    rank_zero = launched_as_rank_zero()
+    if not rank_zero:  # the other processes of a distributed run print nothing (their errors excepted)
+        log = _silent
     for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
                              ("batch_size", batch_size, 1), ("crop_size", crop_size, 4), ("val_every", val_every, 1)):
         check_int(value, name, low)
@@ -540,8 +620,9 @@ def train_segmentation(
     multiple = size_multiple(spec) if spec is not None else 1
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
-    accelerator, devices = _accelerator(device)
-    check_run_dir(out, overwrite=overwrite, resume=resume)
+    accelerator, lightning_devices, processes = check_scaling(device, devices, num_nodes, strategy, precision)
+    if rank_zero:  # Lightning's "ddp" starts the other processes inside fit, after rank 0 prepared the folder
+        check_run_dir(out, overwrite=overwrite, resume=resume)
     if resume:
         check_run_options(out, options)
     sizes, heldout_sizes = spatial_sizes(train), spatial_sizes(heldout)
@@ -562,9 +643,6 @@ def train_segmentation(
     if model is None and weights is not None:  # before anything is written: weights that do not fit leave no run
         torch.manual_seed(seed)
         net = _build_network(spec, in_channels, num_classes, weights, data_bands, log)
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
-    if not resume:
-        write_run_options(out, options)
     torch.manual_seed(seed)
 
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -602,10 +680,23 @@ def train_segmentation(
     weight = class_weights((label for _, label in mixed), num_classes, weighting)
     log(f"class weights ({weighting.replace('_', ' ')}, images{' and crops' if rare else ''}): "
         + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weight.tolist())))
-    sampler = BucketBatchSampler(part_sizes, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    # The global batches, each process its share (in one process: BucketBatchSampler's batches, a short last batch
+    # of fewer than batch_size / 2 samples merged into another). Checked for the process count before anything is
+    # written.
+    sampler = _GlobalBatches(part_sizes, batch_size, shuffle=True, seed=seed)
+    val_sampler = _GlobalBatches(heldout_sizes, batch_size, shuffle=False)
+    # The BucketBatchSampler that stood here drew its (unused) seed from the global generator; the same draw keeps
+    # the random network built below, and so every earlier run (the demo's 0.917), as it was.
+    torch.randint(0, 2**62, ())
+    sampler.check_world_size(processes)
+    val_sampler.check_world_size(processes)
     train_loader = DataLoader(mixed, batch_sampler=sampler, collate_fn=collate_padded)
-    val_loader = DataLoader(heldout, batch_sampler=BucketBatchSampler(heldout_sizes, batch_size, shuffle=False),
-                            collate_fn=collate_padded)
+    val_loader = DataLoader(heldout, batch_sampler=val_sampler, collate_fn=collate_padded)
+    if rank_zero:  # the run folder: rank 0 only; the other processes find it written when Lightning starts them
+        out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
+        if not resume:
+            write_run_options(out, options)
+    out = Path(out)
     bucketed, randomly = padding_shares(sizes, batch_size, seed)
 
     class _NewCrops(L.Callback):
@@ -638,10 +729,15 @@ def train_segmentation(
         callbacks.append(FilterEvolutionCallback(first_conv, every_n_steps=max(1, epochs * len(sampler) // 8)))
     if resume:
         log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
-    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
-        accelerator=accelerator, devices=devices, progress=progress, callbacks=callbacks, enable_model_summary=False,
-        num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-        check_val_every_n_epoch=validation_period(val_every, epochs))
+    trainer = fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
+                  accelerator=accelerator, devices=lightning_devices, num_nodes=num_nodes, strategy=strategy,
+                  precision=precision, progress=progress, callbacks=callbacks, enable_model_summary=False,
+                  num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
+                  check_val_every_n_epoch=validation_period(val_every, epochs))
+    if not trainer.is_global_zero:  # evaluation, report, weights and manifest: rank 0 only
+        return None
+    if precision is not None and precision.endswith("-true"):
+        net.float()  # "64-true", "16-true" … converted the network; predict and the report read float32
     net.to(torch.device(device))
 
     result = evaluate(net, heldout, num_classes, batch_size, device)
@@ -716,7 +812,10 @@ def train_folder(
             folder and no ``model_spec``, the run's network is fine-tuned.
 
     The cheap checks come first, before any pass over the data: the network's names and arguments, ``out``
-    (empty, or a run to ``resume`` whose recorded options these must equal), the device.
+    (empty, or a run to ``resume`` whose recorded options these must equal), the device and the process count
+    (:func:`check_scaling`). Every process of a distributed run reads the folder itself: the split, the band
+    statistics and the class weights are computed from the same files in the same order, the same on every
+    process; rank 0 alone prints and writes.
     """
     from cnnkit.data import SegmentationFolder, Standardized
 
@@ -728,8 +827,12 @@ def train_folder(
     multiple = size_multiple(spec)
     run_options = {"--nodata": nodata, "--bands": list(bands) if bands is not None else None,
                    "--ignore-index": ignore_index}
-    _accelerator(kwargs.get("device", "cpu"))
-    check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
+    check_scaling(kwargs.get("device", "cpu"), kwargs.get("devices", 1), kwargs.get("num_nodes", 1),
+                  kwargs.get("strategy", "auto"), kwargs.get("precision"))
+    if not launched_as_rank_zero():  # a process Lightning's "ddp" started: rank 0 checked and wrote the run folder
+        log = _silent
+    else:
+        check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
     if kwargs.get("resume", False):
         check_run_options(out, {**model_options(spec), **run_options})
     data_bands = kwargs.pop("band_names", None)

@@ -194,6 +194,15 @@ def train(
     epochs: int = typer.Option(30, min=1, help="Training epochs."),
     seed: int = typer.Option(0, help="Seed of the held-out split, the weights, the crops and the batch order."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
+    devices: str = typer.Option("1", "--devices", help="Processes per node: CPU processes (gloo) with --device cpu, "
+                                "GPUs with --device cuda; 'auto': every GPU. --batch-size is the global batch, shared "
+                                "among them: the weights do not depend on their number (docs/train.md)."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (under torchrun or SLURM: --nnodes, "
+                                  "--nodes)."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning's strategy: auto, ddp (the other processes "
+                                 "run this command again) or ddp_spawn."),
+    precision: str = typer.Option(None, "--precision", help="Lightning's precision: 32-true (default), 64-true, "
+                                  "16-mixed, bf16-mixed, 16-true, bf16-true."),
     heldout: str = typer.Option(None, help="A held-out folder with the same layout (default: hold out a share)."),
     heldout_fraction: float = typer.Option(0.2, help="Share of the images held out when no --heldout is given."),
     classes: str = typer.Option(None, help="Class names in label order, comma-separated: water,forest,urban."),
@@ -234,9 +243,11 @@ def train(
 
     _import_heavy(*_TRAINING)
     from cnnkit.app.train import console_log
+    from cnnkit.train.distributed import launched_as_rank_zero
 
     console = _console()
     log = console_log(console)
+    rank_zero = launched_as_rank_zero()  # Lightning's ddp runs this command again in each other process
     try:
         names, band_list = _csv(classes, "classes"), _csv(bands, "bands", int)
         args = _model_args(model_args)
@@ -246,8 +257,12 @@ def train(
         if names is not None and num_classes is None:
             num_classes = len(names)
         series = time_series or ((Path(root) / "series").is_dir() and (Path(root) / "labels").is_dir())
-        console.print(Rule(f"cnnkit train — {root}" + (" (image time series)" if series else "")))
-        console.print(_threads(threads), markup=False, highlight=False)
+        if rank_zero:
+            console.print(Rule(f"cnnkit train — {root}" + (" (image time series)" if series else "")))
+            console.print(_threads(threads), markup=False, highlight=False)
+        else:
+            _threads(threads)
+        scaling = dict(devices=devices.strip().lower(), num_nodes=num_nodes, strategy=strategy, precision=precision)
         common = dict(heldout=heldout, heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
                       ignore_index=ignore_index, nodata=nodata, seed=seed, epochs=epochs, device=device,
                       batch_size=batch_size, lr=lr, overwrite=overwrite, resume=resume, quiet=not verbose,
@@ -255,6 +270,12 @@ def train(
         if series:
             from cnnkit.app.timeseries import train_series_folder
 
+            given = [f"{name} {value}" for name, value, default in (
+                ("--devices", devices, "1"), ("--num-nodes", num_nodes, 1), ("--strategy", strategy, "auto"),
+                ("--precision", precision, None)) if value != default]
+            if given:
+                raise ShapeError(f"{', '.join(given)}: a time-series run trains in one process, for now. Received "
+                                 f"{', '.join(given)} with the time-series folder {root!r}.")
             if band_list is not None:
                 raise ShapeError("--bands is not supported for time series yet: every band of the stacks is used. "
                                  f"Received --bands {bands}.")
@@ -283,9 +304,11 @@ def train(
                 raise ShapeError("--model-args needs --model. Received --model-args without --model.")
             result = train_folder(root, out, images=images, masks=masks, bands=band_list, width=width or 16,
                                   model_spec=spec, weights=weights, band_names=_csv(band_names, "band-names"),
-                                  **common)
+                                  **scaling, **common)
     except CnnkitError as error:
         _fail(error)
+    if result is None:  # a process other than rank 0: rank 0 prints the result and writes the report
+        return
     console.print(Rule("result"))
     for line in result.lines():
         log(line)
