@@ -360,3 +360,33 @@ def test_imagenet_weights_offline_name_the_cache_folder_and_write_nothing(folder
     assert "pretrained weights 'imagenet'" in text and "snapshot_download" in text, done.output
     assert os.path.join(os.fspath(cache), "models--smp-hub--resnet18.imagenet") in "".join(done.output.split()), text
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_pretrained_weights_through_the_command_line_adapt_the_stem_by_the_rule(folder, tmp_path):
+    """A 3-band "pretrained" Unet written by the test → ``--weights PATH --band-names`` → the run's first layer is
+    the documented rule applied to the file's (computed here by hand), every other weight is the file's. The
+    learning rate is so small that one epoch moves no weight by more than ~1e-30."""
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    pretrained = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=len(CLASS_NAMES))
+    state = {k: v.contiguous() for k, v in pretrained.state_dict().items()}
+    save_file(state, tmp_path / "pretrained.safetensors")
+    root, _ = folder
+    done = _train(root, tmp_path / "run", "--model", "Unet", "--encoder", "resnet18", "--weights",
+                  str(tmp_path / "pretrained.safetensors"), "--band-names", "nir,red,green,blue", "--lr", "1e-30")
+    assert done.exit_code == 0, done.output
+    trained = load_file(tmp_path / "run" / "model.safetensors")
+    w = state["encoder.conv1.weight"].double()  # (64, 3, 7, 7): red, green, blue
+    mean = w.mean(dim=1)
+    expected = torch.stack([mean, w[:, 0], w[:, 1], w[:, 2], torch.zeros_like(mean)], dim=1)  # nir, r, g, b, valid
+    expected[:, :4] *= 3 / 4
+    stem = trained["encoder.conv1.weight"].double()
+    assert stem.shape == (64, 5, 7, 7)
+    torch.testing.assert_close(stem, expected, rtol=1e-6, atol=1e-12)
+    for name, value in state.items():
+        if name == "encoder.conv1.weight" or name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-20, msg=name)  # zeros moved by ~1e-30
