@@ -117,6 +117,8 @@ def test_more_processes_than_exist_is_refused_before_anything(tmp_path):
     assert result.exit_code != 0 and "--devices must be an integer >= 1 or 'auto'" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["train", str(missing), "--out", str(out), "--strategy", "fsdp"])
     assert result.exit_code != 0 and "Unknown strategy 'fsdp'" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["train", str(missing), "--out", str(out), "--strategy", "ddp_spawn"])
+    assert result.exit_code != 0 and "Use --strategy ddp" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["train", str(missing), "--out", str(out), "--precision", "half"])
     assert result.exit_code != 0 and "Unknown precision 'half'" in " ".join(result.output.split())
     assert not out.exists()

@@ -64,8 +64,10 @@ __all__ = ["STRATEGIES", "SegmentationRun", "check_scaling", "console_log", "eva
            "model_options", "network_spec", "padding_shares", "size_multiple", "train_folder", "train_segmentation",
            "validation_period", "weights_source", "wrap_line"]
 
-STRATEGIES = ("auto", "ddp", "ddp_spawn")
-"""Values of ``strategy`` (``--strategy``): Lightning's names; ``"auto"`` is ``"ddp"`` on several processes."""
+STRATEGIES = ("auto", "ddp")
+"""Values of ``strategy`` (``--strategy``): Lightning's names; ``"auto"`` is ``"ddp"`` on several processes.
+``"ddp_spawn"`` is refused: it pickles the task, loaders and callbacks, and the applications' log (a closure over
+the terminal) and crop callback do not pickle."""
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -268,6 +270,10 @@ def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise ShapeError(f"--devices must be an integer >= 1 or 'auto'. Received --devices {devices!r}.")
     num_nodes = check_int(num_nodes, "num_nodes")
+    if strategy == "ddp_spawn":
+        raise ShapeError("--strategy ddp_spawn pickles the task, the loaders and the callbacks into new processes, "
+                         "and cnnkit train's log and crop callback do not pickle. Use --strategy ddp (the other "
+                         "processes run the same command again). Received --strategy ddp_spawn.")
     if strategy not in STRATEGIES:
         raise ShapeError(f"Unknown strategy {strategy!r}. Expected one of {STRATEGIES}.")
     check_precision(precision)

@@ -199,8 +199,8 @@ def train(
                                 "among them: the weights do not depend on their number (docs/train.md)."),
     num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (under torchrun or SLURM: --nnodes, "
                                   "--nodes)."),
-    strategy: str = typer.Option("auto", "--strategy", help="Lightning's strategy: auto, ddp (the other processes "
-                                 "run this command again) or ddp_spawn."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning's strategy: auto or ddp (the other processes "
+                                 "run this command again; ddp_spawn is refused)."),
     precision: str = typer.Option(None, "--precision", help="Lightning's precision: 32-true (default), 64-true, "
                                   "16-mixed, bf16-mixed, 16-true, bf16-true."),
     heldout: str = typer.Option(None, help="A held-out folder with the same layout (default: hold out a share)."),
