@@ -50,7 +50,7 @@ from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import write_report
 from cnnkit.train import DistributedBucketSampler, FilterEvolutionCallback, SegmentationTask, fit
 from cnnkit.train.callbacks import DivergenceStop
-from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero, world_size
+from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero
 from cnnkit.train.rundir import (
     check_run_dir,
     check_run_options,
@@ -221,20 +221,6 @@ def _accelerator(device: str) -> tuple[str, int | list[int]]:
             raise ShapeError(f"device {device!r} needs CUDA, which this machine does not have. Use --device cpu.")
         return "gpu", [int(index or 0)]
     raise ShapeError(f"Unknown device {device!r}. Expected 'cpu', 'cuda' or 'cuda:<index>'.")
-
-
-class _GlobalBatches(DistributedBucketSampler):
-    """:class:`~cnnkit.train.DistributedBucketSampler` that leaves a global batch in its order in one process.
-
-    Its shares are cut from a batch sorted by sample area; one process's single share needs no sorting, and
-    keeping BucketBatchSampler's order keeps the float sums, and so the weights of every earlier one-process run
-    (the demo's 0.917), bit for bit. Several processes get the sorted shares.
-    """
-
-    def shares(self, epoch: int | None = None) -> list[list[int]]:
-        if (self.num_replicas if self.num_replicas is not None else world_size()) == 1:
-            return self.global_batches(epoch)
-        return super().shares(epoch)
 
 
 def _silent(text: str) -> None:
@@ -689,8 +675,8 @@ def train_segmentation(
     # The global batches, each process its share (in one process: BucketBatchSampler's batches, a short last batch
     # of fewer than batch_size / 2 samples merged into another). Checked for the process count before anything is
     # written.
-    sampler = _GlobalBatches(part_sizes, batch_size, shuffle=True, seed=seed)
-    val_sampler = _GlobalBatches(heldout_sizes, batch_size, shuffle=False)
+    sampler = DistributedBucketSampler(part_sizes, batch_size, shuffle=True, seed=seed)
+    val_sampler = DistributedBucketSampler(heldout_sizes, batch_size, shuffle=False)
     # The BucketBatchSampler that stood here drew its (unused) seed from the global generator; the same draw keeps
     # the random network built below, and so every earlier run (the demo's 0.917), as it was.
     torch.randint(0, 2**62, ())

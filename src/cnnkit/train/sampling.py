@@ -178,9 +178,13 @@ class DistributedBucketSampler(Sampler[list[int]]):
         return sorted(batch, key=lambda i: (int(self._volume[i]), i))
 
     def shares(self, epoch: int | None = None) -> list[list[int]]:
-        """This process's share of every global batch of ``epoch`` (default: the current one)."""
+        """This process's share of every global batch of ``epoch`` (default: the current one). One process
+        takes each global batch as it is (no sorting: the float sums, and so the weights, of a one-process run stay
+        those of :class:`~cnnkit.masking.BucketBatchSampler`'s batches)."""
         replicas, rank = self._world()
         self.check_world_size(replicas)
+        if replicas == 1:
+            return self.global_batches(epoch)
         out = []
         for batch in self.global_batches(epoch):
             share = np.array_split(np.asarray(self._by_volume(batch), dtype=np.int64), replicas)[rank]
