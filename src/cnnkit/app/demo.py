@@ -135,7 +135,7 @@ def write_samples(dataset: SyntheticLandCover, folder: Path, count: int) -> list
         image, _ = dataset[index]
         bands = image[:-1].masked_fill(image[-1:] == 0, float("nan"))
         path = folder / sample_name(index)
-        tifffile.imwrite(path, bands.permute(1, 2, 0).numpy(), photometric="minisblack")
+        tifffile.imwrite(path, bands.permute(1, 2, 0).numpy(), photometric="minisblack", planarconfig="contig")
         paths.append(path)
     return paths
 

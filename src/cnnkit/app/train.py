@@ -851,6 +851,14 @@ def train_folder(
                 f"(--ignore-index {found}); if the classes are real, pass num_classes={found + 1} (--num-classes).")
         num_classes = found + 1
     log(f"folder {str(root)!r}: {len(folder)} images, {num_classes} classes; {split}")
+    declared = folder.declared_nodata()
+    if declared["images"] or declared["masks"]:
+        log("nodata declared by the files: images " + (", ".join(f"{v:g}" for v in declared["images"]) or "none")
+            + " (no data, left out); masks " + (", ".join(f"{v:g}" for v in declared["masks"]) or "none")
+            + " (unlabelled)")
+    if data_bands is None and folder.band_names is not None:
+        data_bands = list(folder.band_names)
+        log("band names (the files' band descriptions): " + ", ".join(data_bands))
     train = Standardized(train_part, nodata=nodata, multiple_of=multiple)
     held = Standardized(held_part, train.mean, train.std, nodata=nodata, multiple_of=multiple)
     log("band mean " + ", ".join(f"{v:.4g}" for v in train.mean.tolist())
@@ -863,6 +871,8 @@ def train_folder(
         unlabelled += int(((torch.as_tensor(label) == IGNORE_INDEX) & ~gone).sum())
         total += gone.numel()
     nodata_text = f", or {nodata!r}" if nodata is not None else ""
+    if declared["images"]:
+        nodata_text += ", or the files' declared " + ", ".join(f"{v:g}" for v in declared["images"])
     ignore_text = f" (ignore_index={ignore_index})" if ignore_index is not None else ""
     log(f"training pixels: {total:,}; no data (NaN, ±inf{nodata_text}): {missing:,} ({100 * missing / total:.1f} %); "
         f"unlabelled{ignore_text}: {unlabelled:,} ({100 * unlabelled / total:.1f} %)")

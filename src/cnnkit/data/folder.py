@@ -9,12 +9,24 @@ Layout::
 ``images/scene_01.png`` is paired with the mask of the same stem (``masks/scene_01.*``). Images may differ
 in size from one another (batch them with :func:`cnnkit.masking.collate_padded`), but each mask must have
 its image's height and width.
+
+TIFFs are read through GDAL (:class:`cnnkit.rasters.Raster`, the one TIFF reader of cnnkit), with their own metadata:
+
+* a band's declared **nodata** reads as NaN (no data: left out of the statistics and the loss, counted in the
+  training log) and a mask's declared nodata as an unlabelled pixel (−100), with no option given;
+* band **descriptions** ("blue" … "swir") name the bands (:attr:`SegmentationFolder.band_names`);
+* an image and its mask must lie on the same grid: equal CRS and transform where both are georeferenced, else
+  the same size; a misaligned pair is refused naming both files.
+
+Bands kept in separate files (as Sentinel-2 ships them) are stacked through a VRT (``.vrt`` files are read like
+TIFFs; see docs/rasters.md for the recipe).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
 
@@ -25,11 +37,12 @@ from torch.utils.data import Dataset
 
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
+from cnnkit.rasters import Georeference, Raster
 
 __all__ = ["SegmentationFolder"]
 
 PNG_EXTENSIONS = (".png",)
-TIFF_EXTENSIONS = (".tif", ".tiff")
+TIFF_EXTENSIONS = (".tif", ".tiff", ".vrt")
 EXTENSIONS = PNG_EXTENSIONS + TIFF_EXTENSIONS
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -38,14 +51,27 @@ def _is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    try:
-        import tifffile
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise UnsupportedError(
-            f"Reading TIFF files needs the 'tifffile' package (pip install tifffile). Received: {path}"
-        ) from err
-    return np.asarray(tifffile.imread(path))
+@dataclass(frozen=True)
+class _Info:
+    """What a file says about itself besides its pixels."""
+
+    nodata: tuple = ()  # the declared nodata of each band (None where a band declares none)
+    georeference: Georeference = field(default_factory=Georeference)
+    descriptions: tuple = ()  # each band's description (None where it has none)
+    channels_first: bool = False  # a 3-D array is (C, H, W) for certain (a multi-band raster, not a page stack)
+
+
+def _read_tiff(path: Path, raw: bool) -> tuple[np.ndarray, _Info]:
+    """The pixels as stored (``raw``) or as float32 with declared nodata as NaN and scale/offset applied; a single
+    band as (H, W), a multi-band raster as (C, H, W), a page stack in its stored layout ((H, W, C) or (C, H, W))."""
+    with Raster(path) as raster:
+        array = raster.read_raw() if raw else raster.read()
+        info = _Info(tuple(raster.nodata), raster.georeference, tuple(raster.descriptions), not raster.page_stack)
+        if raster.page_stack:
+            array = array.transpose(1, 2, 0) if raster.channels_last else array
+        elif raster.count == 1:
+            array = array[0]
+    return array, info
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -59,14 +85,22 @@ def _read_png(path: Path) -> np.ndarray:
         return np.array(img.convert("RGB"))
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, raw: bool = True) -> tuple[np.ndarray, _Info]:
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
         raise UnsupportedError(
             f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
         )
     with _reading(path):
-        return _read_tiff(path) if suffix in TIFF_EXTENSIONS else _read_png(path)
+        return _read_tiff(path, raw) if suffix in TIFF_EXTENSIONS else (_read_png(path), _Info())
+
+
+def _header(path: Path) -> _Info:
+    """A file's metadata without its pixels (nothing for PNG)."""
+    if path.suffix.lower() not in TIFF_EXTENSIONS:
+        return _Info()
+    with _reading(path), Raster(path) as raster:
+        return _Info(tuple(raster.nodata), raster.georeference, tuple(raster.descriptions), not raster.page_stack)
 
 
 @contextmanager
@@ -92,10 +126,11 @@ def _size(path: Path) -> tuple[int, int]:
 
 def _header_size(path: Path) -> tuple[int, int]:
     if path.suffix.lower() in TIFF_EXTENSIONS:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(int(v) for v in tif.series[0].shape)
+        with Raster(path) as raster:
+            if raster.page_stack:
+                shape = (raster.height, raster.width, raster.count) if raster.channels_last else raster.shape
+            else:
+                shape = raster.shape[1:] if raster.count == 1 else raster.shape
         if len(shape) == 3 and 1 in (shape[0], shape[-1]):
             shape = shape[1:] if shape[0] == 1 else shape[:-1]
         if len(shape) != 2:
@@ -113,12 +148,15 @@ def _header_size(path: Path) -> tuple[int, int]:
 class SegmentationFolder(Dataset):
     """Pairs of (image, label map) read from ``root/images`` and ``root/masks``, matched by file stem.
 
-    Images are PNG (RGB, RGBA or grayscale, read with Pillow) or TIFF with any number of bands (read with
-    ``tifffile``). Masks are PNG (palette images give their palette *indices*; grayscale images their
+    Images are PNG (RGB, RGBA or grayscale, read with Pillow) or TIFF/VRT with any number of bands (read through
+    GDAL with :class:`cnnkit.rasters.Raster`: declared nodata as NaN, scale and offset applied). Masks are PNG
+    (palette images give their palette *indices*; grayscale images their
     values) or TIFF, holding integer class labels. Values are not rescaled: a ``uint8`` image gives
     0–255 as float32, a ``uint16`` band its raw counts.
 
-    **Band layout of TIFF images.** A 2-D array is one band (1, H, W). A 3-D array is matched against
+    **Band layout of TIFF images.** A multi-band GeoTIFF is (C, H, W), whatever its interleave. A TIFF page
+    stack (single-band pages, as ``tifffile.imwrite`` stores a 3-D array without ``planarconfig``) is a 3-D array
+    matched against
     its mask's (H, W): if its first two axes equal the mask's shape it is channels-last (H, W, C), if its
     last two do it is channels-first (C, H, W); when both hold (a C×C×C cube) channels-last wins, as in
     Pillow and most writers. If neither holds, the image and mask sizes do not match and an error says so.
@@ -231,8 +269,47 @@ class SegmentationFolder(Dataset):
                 f"masks={self.mask_dir.name!r}, bands={self.bands!r}, ignore_index={self.ignore_index!r})"
                 f"  # {len(self)} samples")
 
+    @property
+    def band_names(self) -> tuple[str, ...] | None:
+        """The bands' names as the first image's file describes them (after ``bands`` selection), or ``None`` when
+        it does not name every band (PNG, or a TIFF without band descriptions)."""
+        names = _header(self.samples[0][0]).descriptions
+        if not names or not all(names):
+            return None
+        if self.bands is not None:
+            if max(self.bands) >= len(names):
+                return None  # refused with the band count when the image is read
+            names = tuple(names[b] for b in self.bands)
+        return tuple(str(n) for n in names)
+
+    def declared_nodata(self) -> dict[str, list[float]]:
+        """The nodata values the files declare, ``{"images": [...], "masks": [...]}`` (read from the headers; PNGs
+        declare none). Image pixels of these values read as NaN (no data), mask pixels as −100 (unlabelled)."""
+        found: dict[str, set] = {"images": set(), "masks": set()}
+        for image, mask in self.samples:
+            for kind, path in (("images", image), ("masks", mask)):
+                found[kind].update(float(v) for v in _header(path).nodata if v is not None)
+        return {kind: sorted(values) for kind, values in found.items()}
+
     def _label(self, path: Path) -> np.ndarray:
-        mask = _read(path)
+        return self._read_label(path)[0]
+
+    def _read_label(self, path: Path) -> tuple[np.ndarray, _Info]:
+        mask, info = _read(path)
+        declared = [v for v in info.nodata if v is not None]
+        unlabelled = None
+        if declared and mask.size:
+            unlabelled = np.isnan(mask) if np.isnan(declared[0]) else mask == np.asarray(declared[0]).astype(mask.dtype)
+            if unlabelled.any():
+                mask = np.where(unlabelled, np.zeros((), mask.dtype), mask)
+            else:
+                unlabelled = None
+        labels = self._labels(mask, path)
+        if unlabelled is not None:
+            labels[unlabelled.reshape(labels.shape)] = IGNORE_INDEX  # the mask's declared nodata: not labelled
+        return labels, info
+
+    def _labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
         if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
             mask = mask.squeeze(0) if mask.shape[0] == 1 else mask.squeeze(-1)
         if mask.ndim != 2:
@@ -272,13 +349,23 @@ class SegmentationFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image_path, mask_path = self.samples[index]
-        label = self._label(mask_path)
-        array = _read(image_path)
+        label, mask_info = self._read_label(mask_path)
+        array, info = _read(image_path, raw=False)
+        where, mask_where = info.georeference, mask_info.georeference
+        if where.is_set and mask_where.is_set and where != mask_where:
+            raise ShapeError(
+                f"Image and mask are not aligned: image {image_path} lies on CRS {where.crs} with transform "
+                f"{tuple(where.transform or ())}, mask {mask_path} on CRS {mask_where.crs} with transform "
+                f"{tuple(mask_where.transform or ())}; they must share CRS and transform (resample the mask onto "
+                "the image's grid, e.g. with gdalwarp -te/-tr or rasterio.warp.reproject)."
+            )
         hw = label.shape
         if array.ndim == 2:
             array = array[None]
         elif array.ndim == 3:
-            if array.shape[:2] == hw:
+            if info.channels_first:
+                pass  # a multi-band raster: (C, H, W) whatever the sizes
+            elif array.shape[:2] == hw:
                 array = np.moveaxis(array, -1, 0)
             elif array.shape[1:] != hw:
                 raise ShapeError(

@@ -7,6 +7,7 @@
   deflate with a predictor, internal overviews, colour table, nodata, metadata), renamed into place when complete;
 * :func:`prefetch` and :class:`BackgroundWriter` (``streaming.py``) read ahead and write behind in background
   threads with bounded queues;
+* :func:`stack_vrt` (``vrt.py``) stacks bands kept in separate files as one raster (``gdalbuildvrt -separate``);
 * :func:`raster_errors` (``boundary.py``): the one place where GDAL's and the file system's errors become
   :class:`~cnnkit.errors.CnnkitError`.
 
@@ -17,6 +18,7 @@ from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.georeference import Georeference
 from cnnkit.rasters.reading import RASTER_EXTENSIONS, Raster, read_georeference
 from cnnkit.rasters.streaming import BackgroundWriter, prefetch
+from cnnkit.rasters.vrt import stack_vrt
 from cnnkit.rasters.writing import CogWriter, write_cog
 
 __all__ = [
@@ -28,5 +30,6 @@ __all__ = [
     "prefetch",
     "raster_errors",
     "read_georeference",
+    "stack_vrt",
     "write_cog",
 ]

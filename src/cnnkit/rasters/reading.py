@@ -249,6 +249,17 @@ class Raster:
         return self.count, self.height, self.width
 
     @property
+    def page_stack(self) -> bool:
+        """Whether the file is a TIFF page stack (single-band pages of one size) rather than one multi-band image."""
+        return bool(self._pages)
+
+    @property
+    def channels_last(self) -> bool:
+        """For a page stack: whether its pages are rows of an ``(H, W, C)`` array (page ``k`` is row ``k``, a page's
+        columns the bands) rather than the bands of a ``(C, H, W)`` one. Always ``False`` for other rasters."""
+        return self._channels_last
+
+    @property
     def blocks_decoded(self) -> int:
         """How many blocks were decoded so far (each block once when windows are swept row by row)."""
         return sum(s.decoded for s in self._pages or [self._main])
