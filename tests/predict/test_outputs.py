@@ -1,0 +1,58 @@
+"""The label PNG of a tiled scene, written strip by strip, equals the PNG of the whole array; the overlay's labels
+gathered subsampled equal the whole array's every step-th pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnkit.errors import CnnkitError
+from cnnkit.predict.memory import return_large_buffers
+from cnnkit.predict.outputs import Fanout, PalettePngWriter, Subsampled, palette_png
+
+
+def _bands(height: int, step: int):
+    return [(top, min(top + step, height)) for top in range(0, height, step)]
+
+
+def test_strip_png_equals_whole_png(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (37, 53)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.1] = 255
+    palette = [(10, 20, 30), (0, 255, 0), (0, 0, 255), (200, 100, 0), (9, 9, 9)]
+    whole = palette_png(tmp_path / "whole.png", labels, 5, palette)
+    small = Subsampled(labels.shape, 4, np.uint8)
+    with PalettePngWriter(tmp_path / "strips.png", labels.shape, 5, palette) as png:
+        sink = Fanout(png, small, None)
+        for r0, r1 in _bands(37, 8):  # tiles row by row, columns in uneven widths, right to left
+            for c0, c1 in reversed([(0, 11), (11, 30), (30, 53)]):
+                sink[slice(r0, r1), slice(c0, c1)] = labels[r0:r1, c0:c1]
+            assert not (tmp_path / "strips.png").exists()  # renamed into place when complete
+    ours, reference = Image.open(tmp_path / "strips.png"), Image.open(whole)
+    assert ours.mode == reference.mode == "P"
+    np.testing.assert_array_equal(np.array(ours), labels)
+    np.testing.assert_array_equal(np.array(ours), np.array(reference))
+    assert ours.getpalette()[:15] == reference.getpalette()[:15] == [v for c in palette for v in c]
+    np.testing.assert_array_equal(small.array, labels[::4, ::4])
+
+
+def test_strip_png_refusals_leave_no_file(tmp_path):
+    with pytest.raises(CnnkitError, match=r"300 classes.*x\.png"):
+        PalettePngWriter(tmp_path / "x.png", (4, 4), 300)
+    png = PalettePngWriter(tmp_path / "y.png", (6, 4), 3)
+    png[0:3, 0:4] = 1
+    with pytest.raises(CnnkitError, match=r"rows 2:5 straddles"):
+        png[2:5, 0:4] = 1
+    with pytest.raises(CnnkitError, match=r"only rows 0:3 of 6"):
+        png.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), PalettePngWriter(tmp_path / "z.png", (2, 2), 3) as out:
+        out[0:2, 0:2] = 0
+        raise RuntimeError("the network failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_return_large_buffers_is_idempotent():
+    first = return_large_buffers()
+    assert isinstance(first, bool) and return_large_buffers() == first
