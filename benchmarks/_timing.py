@@ -3,7 +3,10 @@ median CPU time of single-threaded calls (what other processes change least)."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -58,3 +61,22 @@ def interleaved_cpu_ms(fns: dict[str, Callable[[], object]], seconds: float = 10
     finally:
         torch.set_num_threads(threads)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
+def command_peak(command: list[str], columns: int = 120) -> tuple[float, float, str]:
+    """Run ``command`` in a child and return (wall seconds, the child's peak RSS in MB, its output).
+
+    A small launcher starts the command and reports its peak: a child forked from this (large) process would count
+    this process's pages as its own until it execs, and Linux keeps that as the child's peak. Raises if the
+    command fails.
+    """
+    launcher = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
+                f"done = subprocess.run({command!r}, capture_output=True, text=True); "
+                "print(done.returncode, time.perf_counter() - start, "
+                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(done.stdout + done.stderr)")
+    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": str(columns)})
+    code, seconds, peak_kb = done.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} … failed:\n{done.stderr}")
+    return float(seconds), int(peak_kb) / 1024, done.stderr  # ru_maxrss is in kB on Linux

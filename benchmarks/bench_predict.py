@@ -15,8 +15,6 @@ command path is the one users take. Run: ``python -m benchmarks predict``.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ import numpy as np
 import tifffile
 import torch
 
+from benchmarks._timing import command_peak
 from cnnkit.models import TinySegNet
 from cnnkit.predict import Predictor, Preprocessing, open_scene
 from cnnkit.render.labels import DEFAULT_PALETTE
@@ -89,20 +88,9 @@ def _tiled_vs_whole(predictor: Predictor, path: Path) -> tuple[list[dict], torch
 def _large_scene(run: Path, folder: Path, side: int = 8000) -> list[dict]:
     path = folder / "large.tif"
     _scene(path, side, seed=1)
-    # A small launcher starts the command and reports its peak: a child forked from this (large) process would
-    # count this process's pages as its own until it execs, and Linux keeps that as the child's peak.
     command = [sys.executable, "-m", "cnnkit.cli", "predict", str(run), str(path), "--out", str(folder / "out"),
                "--probabilities"]
-    launcher = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
-                f"done = subprocess.run({command!r}, capture_output=True, text=True); "
-                "print(done.returncode, time.perf_counter() - start, "
-                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(done.stdout + done.stderr)")
-    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "120"})
-    code, seconds, peak_kb = done.stdout.split()
-    if int(code) != 0:
-        raise RuntimeError(f"cnnkit predict failed:\n{done.stderr}")
-    seconds, peak_mb = float(seconds), int(peak_kb) / 1024  # kB on Linux
+    seconds, peak_mb, _ = command_peak(command)
     peak_text = f"{peak_mb:.0f} MB"
     return [{"benchmark": f"cnnkit predict, {side}×{side}×{BANDS} uint16 TIFF, probabilities written, "
                           f"{seconds:.0f} s ({side * side / seconds / 1e6:.2f} Mpx/s)",

@@ -18,9 +18,7 @@ Run: ``python -m benchmarks rasters`` (several minutes: each prediction runs the
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
+from benchmarks._timing import command_peak
 from benchmarks.bench_predict import BANDS, _run_folder
 from cnnkit.predict import Predictor, Scene
 
@@ -58,17 +57,9 @@ def _command(run: Path, path: Path, out: Path) -> tuple[float, float, float]:
     """``cnnkit predict`` in a child: (wall seconds of the child, seconds it reports for predicting, peak RSS MB)."""
     command = [sys.executable, "-m", "cnnkit.cli", "predict", str(run), str(path), "--out", str(out), "--tiff",
                "--tile", str(TILE), "--threads", str(torch.get_num_threads())]  # the baseline's threads
-    launcher = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
-                f"done = subprocess.run({command!r}, capture_output=True, text=True); "
-                "print(done.returncode, time.perf_counter() - start, "
-                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(done.stdout + done.stderr)")
-    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
-    code, seconds, peak_kb = done.stdout.split()
-    if int(code) != 0:
-        raise RuntimeError(f"cnnkit predict failed:\n{done.stderr}")
-    reported = re.search(r"pixels with data in ([0-9.]+) s", done.stderr)
-    return float(seconds), float(reported.group(1)) if reported else float("nan"), int(peak_kb) / 1024
+    seconds, peak_mb, output = command_peak(command, columns=200)
+    reported = re.search(r"pixels with data in ([0-9.]+) s", output)
+    return seconds, float(reported.group(1)) if reported else float("nan"), peak_mb
 
 
 def _in_memory(predictor: Predictor, path: Path) -> float:
