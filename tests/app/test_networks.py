@@ -51,25 +51,11 @@ def _mean_iou(predicted: list[np.ndarray], truth: list[np.ndarray], num_classes:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+def folder(tmp_path_factory, tiff_scenes) -> tuple[Path, dict[str, np.ndarray]]:
     """images/ and masks/ plus held/images and held/masks: 4-band float32 TIFFs, NaN under clouds, odd sizes."""
     root = tmp_path_factory.mktemp("networks") / "data"
-    data = SyntheticLandCover(9, seed=7, min_size=32, max_size=64)
-    truth = {}
-    for split in (root, root / "held"):
-        (split / "images").mkdir(parents=True)
-        (split / "masks").mkdir()
-    for i, ((image, label), cloud) in enumerate(zip(data, data.clouds)):
-        split = root / "held" if i >= 6 else root
-        h, w = label.shape[0] - i % 3, label.shape[1] - i % 2
-        bands = (image[:4, :h, :w].numpy() * 1000 + 3000).astype(np.float32)
-        bands[:, cloud[:h, :w].numpy()] = np.nan
-        mask = label[:h, :w].numpy().copy()
-        mask[mask < 0] = 255
-        tifffile.imwrite(split / "images" / f"s{i}.tif", bands, photometric="minisblack", planarconfig="separate")
-        tifffile.imwrite(split / "masks" / f"s{i}.tif", mask.astype(np.uint8))
-        if i >= 6:
-            truth[f"s{i}"] = np.where(mask == 255, -1, mask).astype(np.int64)
+    truth = tiff_scenes(root, SyntheticLandCover(9, seed=7, min_size=32, max_size=64), name="s{}", held_from=6,
+                        odd_sizes=True, scale=1000.0, offset=3000.0)
     return root, truth
 
 

@@ -212,26 +212,11 @@ def test_label_cog_is_valid_with_palette_and_overviews(demo_run, tmp_path):
     assert np.array_equal(labels, png)
 
 
-def test_train_run_reproduces_its_heldout_iou(tmp_path):
+def test_train_run_reproduces_its_heldout_iou(tmp_path, tiff_scenes):
     """A cnnkit train run over a folder of TIFFs: predicting its held-out files gives the IoU training printed."""
-    data = SyntheticLandCover(10, seed=5, min_size=24, max_size=48)
     root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "held" / "images").mkdir(parents=True)
-    (root / "held" / "masks").mkdir()
-    truth = {}
-    for i, ((image, label), cloud) in enumerate(zip(data, data.clouds)):
-        split = root / "held" if i >= 7 else root
-        h, w = label.shape[0] - i % 3, label.shape[1] - i % 2  # odd sizes: rounded up by the pipeline
-        bands = (image[:4, :h, :w].numpy() * 1000 + 3000).astype(np.float32)
-        bands[:, cloud[:h, :w].numpy()] = np.nan
-        mask = label[:h, :w].numpy().copy()
-        mask[mask < 0] = 255
-        tifffile.imwrite(split / "images" / f"s{i}.tif", bands, photometric="minisblack", planarconfig="separate")
-        tifffile.imwrite(split / "masks" / f"s{i}.tif", mask.astype(np.uint8))
-        if i >= 7:
-            truth[f"s{i}"] = np.where(mask == 255, -1, mask).astype(np.int64)
+    truth = tiff_scenes(root, SyntheticLandCover(10, seed=5, min_size=24, max_size=48), name="s{}", held_from=7,
+                        odd_sizes=True, scale=1000.0, offset=3000.0)  # odd sizes: rounded up by the pipeline
     run = tmp_path / "run"
     done = runner.invoke(app, ["train", str(root), "--out", str(run), "--heldout", str(root / "held"), "--epochs", "2",
                                "--classes", ",".join(CLASS_NAMES), "--ignore-index", "255"])

@@ -12,9 +12,7 @@ from pathlib import Path
 # Imported here, Lightning's log handler writes to pytest's stream, not to the stream of the first CliRunner
 # call (closed by the second).
 import lightning.pytorch  # noqa: F401
-import numpy as np
 import pytest
-import tifffile
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -114,24 +112,9 @@ def test_demo_shapes_prints_lines_that_fit():
     assert "Keras glorot_uniform" in result.output
 
 
-def _folder(root: Path) -> Path:
-    """Six float32 4-band TIFF scenes with NaN under clouds, and their masks (255 = not labelled)."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    data = SyntheticLandCover(6, seed=3)
-    for i, ((image, label), cloud) in enumerate(zip(data, data.clouds)):
-        bands = image[:4].numpy().astype(np.float32)
-        bands[:, cloud.numpy()] = np.nan
-        mask = label.numpy().copy()
-        mask[mask < 0] = 255
-        tifffile.imwrite(root / "images" / f"scene_{i:02d}.tif", bands, photometric="minisblack",
-                         planarconfig="separate")
-        tifffile.imwrite(root / "masks" / f"scene_{i:02d}.tif", mask.astype(np.uint8))
-    return root
-
-
-def test_train_and_predict_print_lines_that_fit(no_report, tmp_path):
-    root = _folder(tmp_path / "data")
+def test_train_and_predict_print_lines_that_fit(no_report, tmp_path, tiff_scenes):
+    root = tmp_path / "data"
+    tiff_scenes(root, SyntheticLandCover(6, seed=3))  # six 4-band TIFF scenes, NaN under clouds, and their masks
     env = {"COLUMNS": str(WIDTH), "NO_COLOR": "1"}
     runner = CliRunner()
     trained = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--width", "2",

@@ -17,9 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -35,25 +33,11 @@ _LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "LOCAL_W
                        "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_NODEID", "SLURM_LOCALID")
 
 
-def _write(root: Path, data: SyntheticLandCover) -> None:
-    """4-band float32 TIFFs with NaN under clouds and uint8 masks with 255 for "not labelled"."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i, ((image, label), cloud) in enumerate(zip(data, data.clouds)):
-        bands = image[:4].numpy().astype(np.float32)
-        bands[:, cloud.numpy()] = np.nan
-        mask = label.numpy().copy()
-        mask[mask < 0] = 255
-        tifffile.imwrite(root / "images" / f"scene_{i:02d}.tif", bands, photometric="minisblack",
-                         planarconfig="separate")
-        tifffile.imwrite(root / "masks" / f"scene_{i:02d}.tif", mask.astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> tuple[Path, Path]:
+def folders(tmp_path_factory, tiff_scenes) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ddp-data")
-    _write(root / "train", SyntheticLandCover(9, seed=11, min_size=16, max_size=40))
-    _write(root / "held", SyntheticLandCover(3, seed=12, min_size=16, max_size=40))
+    tiff_scenes(root / "train", SyntheticLandCover(9, seed=11, min_size=16, max_size=40))
+    tiff_scenes(root / "held", SyntheticLandCover(3, seed=12, min_size=16, max_size=40))
     return root / "train", root / "held"
 
 
