@@ -30,6 +30,7 @@ _NAMES = {
     "train_segmentation": "cnnkit.app.train",
     "busy_cores": "cnnkit.app.threads",
     "choose_threads": "cnnkit.app.threads",
+    "usable_cores": "cnnkit.app.threads",
     "SeriesRun": "cnnkit.app.timeseries",
     "run_series_demo": "cnnkit.app.timeseries",
     "series_demo": "cnnkit.app.timeseries",

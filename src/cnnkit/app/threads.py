@@ -12,7 +12,7 @@ import time
 
 from cnnkit._checks import check_int
 
-__all__ = ["busy_cores", "choose_threads"]
+__all__ = ["busy_cores", "choose_threads", "usable_cores"]
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -41,6 +41,14 @@ def busy_cores(interval: float = 0.25) -> float:
     return (os.cpu_count() or 1) * (total - idle) / total
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity on Linux, the machine's count elsewhere."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """The thread count for this process and a one-line reason; sets ``torch.set_num_threads``.
 
@@ -49,10 +57,7 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cores()
     if requested is not None:
         threads = check_int(requested, "threads")
         reason = f"threads: {threads} (--threads), {usable} cores usable"

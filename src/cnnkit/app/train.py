@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
+from cnnkit.app.threads import usable_cores
 from cnnkit.data import RareClassCrops
 from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import CnnkitError, ShapeError
@@ -227,11 +228,6 @@ def _silent(text: str) -> None:
     """The ``log`` of the processes other than rank 0."""
 
 
-def _cpu_cores() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
 def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 1, strategy: str = "auto",
                   precision: str | None = None) -> tuple[str, int | str | list[int], int]:
     """Lightning's ``(accelerator, devices, processes)`` for ``device`` run on ``devices`` per node, checked before
@@ -268,9 +264,9 @@ def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 
             raise ShapeError(f"--device {device} names one GPU, and --devices {devices} asks for several. Use "
                              f"--device cuda --devices {devices} (GPUs 0 to {devices}-1 of each node), or --devices 1.")
         chosen = devices
-    if accelerator == "cpu" and devices != "auto" and devices > _cpu_cores():
+    if accelerator == "cpu" and devices != "auto" and devices > usable_cores():
         raise ShapeError(f"--devices {devices} asks for {devices} CPU processes per node, but this machine has "
-                         f"{_cpu_cores()} CPU cores. Use --devices <= {_cpu_cores()} (or --device cuda for GPUs).")
+                         f"{usable_cores()} CPU cores. Use --devices <= {usable_cores()} (or --device cuda for GPUs).")
     processes = check_devices(accelerator, chosen, num_nodes)
     return accelerator, chosen, processes if processes is not None else num_nodes
 
