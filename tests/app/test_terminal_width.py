@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import cnnkit.app.timeseries
 import cnnkit.app.train
-from cnnkit.app.train import SegmentationRun, console_log, wrap_line
+from cnnkit.app.console import console_log, wrap_line
+from cnnkit.app.train import SegmentationRun
 from cnnkit.cli.main import app
 from cnnkit.data import SyntheticLandCover
 

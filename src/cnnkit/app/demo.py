@@ -20,7 +20,8 @@ from rich.rule import Rule
 from torch import nn
 
 from cnnkit._checks import check_int
-from cnnkit.app.train import console_log, train_segmentation
+from cnnkit.app.console import console_log
+from cnnkit.app.train import train_segmentation
 from cnnkit.data.synthetic import CLASS_NAMES, SyntheticLandCover
 from cnnkit.explainers import explain, summary
 from cnnkit.models import TinySegNet

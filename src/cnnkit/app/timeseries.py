@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
-from cnnkit.app.train import console_log, holdout_split, validation_period
+from cnnkit.app.console import console_log
+from cnnkit.app.train import holdout_split, validation_period
 from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights

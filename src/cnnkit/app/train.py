@@ -26,8 +26,6 @@ Items are ``(image (C, H, W) float, label (H, W) int)``; −100 marks pixels wit
 from __future__ import annotations
 
 import os
-import re
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,9 +59,9 @@ from cnnkit.train.rundir import (
     write_run_options,
 )
 
-__all__ = ["STRATEGIES", "SegmentationRun", "check_scaling", "console_log", "evaluate", "majority_baseline",
-           "model_options", "network_spec", "padding_shares", "size_multiple", "train_folder", "train_segmentation",
-           "validation_period", "weights_source", "wrap_line"]
+__all__ = ["STRATEGIES", "SegmentationRun", "check_scaling", "evaluate", "majority_baseline", "model_options",
+           "network_spec", "padding_shares", "size_multiple", "train_folder", "train_segmentation",
+           "validation_period", "weights_source"]
 
 STRATEGIES = ("auto", "ddp")
 """Values of ``strategy`` (``--strategy``): Lightning's names; ``"auto"`` is ``"ddp"`` on several processes.
@@ -123,52 +121,6 @@ class SegmentationRun:
             f"report:                        {self.report}",
             f"elapsed:                       {self.seconds:.1f} s",
         ]
-
-
-_LABEL = re.compile(r"[^\s:][^:]{0,40}:\s{2,}")
-"""The label of an aligned ``"label:   value"`` line (:meth:`SegmentationRun.lines`)."""
-_BEFORE_NUMBER = re.compile(r"(?<=\S) (?=[-+]?\.?\d|%|nan\b)")
-"""A single space between a word and the number (or ``%``) after it."""
-
-
-def wrap_line(line: str, width: int) -> str:
-    """``line`` broken at spaces into lines of at most ``width`` characters (a longer word is cut).
-
-    A number stays with the word before it (``forest 0.993``, ``25.07 %``). Continuation lines start under the
-    value of an aligned ``"label:   value"`` line, and two spaces further in than the line itself otherwise.
-
-    Examples:
-        >>> print(wrap_line("per-class IoU:   water 0.996, forest 0.993, cropland 0.965", 40))
-        per-class IoU:   water 0.996,
-                         forest 0.993,
-                         cropland 0.965
-    """
-    if len(line) <= width:
-        return line
-    label = _LABEL.match(line)
-    indent = label.end() if label else len(line) - len(line.lstrip(" ")) + 2
-    if indent > width // 2:
-        indent = 2
-    glued = _BEFORE_NUMBER.sub("\0", line)  # NUL: not a space to textwrap, so no break there
-    lines = textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_on_hyphens=False)
-    return "\n".join(lines).replace("\0", " ")
-
-
-def console_log(console) -> Callable[[str], None]:
-    """A ``log`` for the applications that prints each line on a rich ``console``, wrapped (:func:`wrap_line`) at
-    the width of the terminal it prints to: a terminal, or a pipe whose reader set ``COLUMNS``. Lines written to a
-    file or pipe without ``COLUMNS`` (a log) are kept whole, as rich's ``soft_wrap`` keeps them."""
-    wrap = console.is_terminal or bool(os.environ.get("COLUMNS"))
-
-    def log(text: str) -> None:
-        if not wrap:
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
-            return
-        # rich folds what wide characters (two cells each) may still push over the width
-        console.print("\n".join(wrap_line(line, console.width) for line in text.split("\n")), markup=False,
-                      highlight=False)
-
-    return log
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,

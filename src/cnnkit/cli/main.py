@@ -62,10 +62,11 @@ def _console() -> Console:
 
 
 def _log_lines(console: Console) -> bool:
-    """Whether ``console`` writes a log, whose long lines are kept whole (``soft_wrap``): a file or pipe without
-    COLUMNS. A terminal, or a pipe whose reader set COLUMNS, gets lines wrapped to its width (the rule of
-    :func:`cnnkit.app.train.console_log`, which ``cnnkit predict`` does not import: it would load Lightning)."""
-    return not (console.is_terminal or os.environ.get("COLUMNS"))
+    """Whether ``console`` writes a log, whose long lines are kept whole (``soft_wrap``): the rule of
+    :mod:`cnnkit.app.console`, which imports no torch."""
+    from cnnkit.app.console import wraps_lines
+
+    return not wraps_lines(console)
 
 
 def _fail(error: Exception) -> None:
@@ -242,7 +243,7 @@ def train(
     from rich.rule import Rule
 
     _import_heavy(*_TRAINING)
-    from cnnkit.app.train import console_log
+    from cnnkit.app.console import console_log
     from cnnkit.train.distributed import launched_as_rank_zero
 
     console = _console()
