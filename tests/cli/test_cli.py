@@ -250,14 +250,14 @@ def test_train_help_names_the_series_layout():
 def test_heavy_imports_freeze_what_they_import_and_leave_the_collector_on(monkeypatch):
     import gc
 
-    from cnnkit.cli import main as cli_main
-    from cnnkit.cli.main import _import_heavy
+    from cnnkit.cli import common
+    from cnnkit.cli.common import import_heavy
 
-    monkeypatch.setattr(cli_main, "_FREEZE", True)  # as in the `cnnkit` process (main() sets it)
+    monkeypatch.setattr(common, "FREEZE", True)  # as in the `cnnkit` process (main() sets it)
     sys.modules.pop("colorsys", None)
     gc.unfreeze()
     try:
-        _import_heavy("colorsys")
+        import_heavy("colorsys")
         assert "colorsys" in sys.modules
         assert gc.isenabled()
         assert gc.get_freeze_count() > 0  # the imported module's objects (and everything before) are frozen
@@ -269,21 +269,21 @@ def test_heavy_imports_freeze_what_they_import_and_leave_the_collector_on(monkey
 def test_heavy_imports_inside_another_process_freeze_nothing():
     import gc
 
-    from cnnkit.cli.main import _import_heavy
+    from cnnkit.cli.common import import_heavy
 
     gc.unfreeze()
-    _import_heavy("colorsys")
+    import_heavy("colorsys")
     assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_heavy_imports_reenable_the_collector_when_an_import_fails():
     import gc
 
-    from cnnkit.cli.main import _import_heavy
+    from cnnkit.cli.common import import_heavy
 
     try:
         with pytest.raises(ModuleNotFoundError):
-            _import_heavy("cnnkit_no_such_module")
+            import_heavy("cnnkit_no_such_module")
         assert gc.isenabled()
     finally:
         gc.unfreeze()

@@ -1,0 +1,102 @@
+"""``cnnkit predict``: apply a trained run to images, scenes and series."""
+
+from __future__ import annotations
+
+import typer
+
+from cnnkit.cli.common import (
+    THREADS,
+    Command,
+    app,
+    console_for_output,
+    fail,
+    import_heavy,
+    log_lines,
+    parse_rgb_bands,
+    threads_line,
+)
+from cnnkit.errors import CnnkitError, UnsupportedError
+
+# `cnnkit predict`'s defaults, also read to tell which image-only options a series run was given
+_MAX_PIXELS, _TILE, _BATCH_SIZE = 1_048_576, 512, 8
+
+
+@app.command(cls=Command)
+def predict(
+    run: str = typer.Argument(..., help="A run folder of cnnkit train or cnnkit demo (it holds manifest.json)."),
+    inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, TIFF), folders of them, or glob patterns; "  # noqa: B008
+                                       "for a time-series run: series stacks, per-date folders, or a folder "
+                                       "with series/."),
+    out: str = typer.Option("predictions", "--out", help="Output folder: STEM_labels.png, STEM_overlay.png, …"),
+    tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as a Cloud-Optimized GeoTIFF (input's "
+                              "CRS and transform, palette as colour table, class names in its metadata)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities, a COG."),
+    confidence: bool = typer.Option(False, "--confidence", help="Write the winning class's probability, a COG."),
+    probability_dtype: str = typer.Option("uint8", "--probability-dtype",
+                                          help="How probabilities and confidence are stored: uint8 (v/255, the scale "
+                                               "recorded in the file) or float16."),
+    rgb_bands: str = typer.Option(None, "--rgb-bands", help="Bands drawn as red, green, blue in the overlay, counted "
+                                  "from 0 (e.g. 2,1,0); default: the bands the file names red, green, blue."),
+    max_pixels: int = typer.Option(_MAX_PIXELS, min=1,
+                                   help="Larger images run tile by tile (same result, less memory)."),
+    tile: int = typer.Option(_TILE, min=8, help="Tile side in pixels for images over --max-pixels."),
+    batch_size: int = typer.Option(_BATCH_SIZE, min=1, help="Images per padded batch."),
+    device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
+    threads: int = typer.Option(None, min=1, help=THREADS),
+) -> None:
+    """Apply a trained run to new images and whole scenes: label maps, overlays, probabilities.
+
+    Images are grouped by size and run as padded batches (each result equal to the image alone); images over
+    --max-pixels are read, run and written tile by tile with a halo from the network's receptive field, so
+    the result is identical to the whole-image pass while memory follows the tile. A run trained on image time
+    series predicts whole series (stacks or per-date folders), one label map each (and probabilities or
+    confidence on request), without tiling.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import_heavy("torch")
+    from cnnkit.app.predict import expand_inputs, is_series_run, load_predictor, predict_files, predict_series_files
+    from cnnkit.train.rundir import read_manifest
+
+    console = console_for_output()
+    try:
+        console.print(threads_line(threads), markup=False, highlight=False)
+        if is_series_run(read_manifest(run)):
+            ignored = [flag for flag, given in (("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
+                                                ("--batch-size", batch_size != _BATCH_SIZE)) if given]
+            if ignored:
+                raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
+                                       f"({run!r}), which predicts each series whole (no tiles, one at a time).")
+            result = predict_series_files(run, inputs, out, device=device, tiff=True, probabilities=probabilities,
+                                          confidence=confidence, overwrite=overwrite,
+                                          probability_dtype=probability_dtype)
+            names = read_manifest(run)["classes"]["names"]
+            console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
+                          soft_wrap=log_lines(console))
+            extra = "".join(f", STEM_{kind}.tif" for kind, given in (("probabilities", probabilities),
+                                                                     ("confidence", confidence)) if given)
+            console.print(f"outputs: {out}/ (STEM_labels.png, STEM_labels.tif{extra} per series; 255 = no valid "
+                          "date)", markup=False, highlight=False)
+            return
+        predictor, manifest = load_predictor(run, device=device)
+        band_count = (manifest.get("input") or {}).get("band_count")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                      transient=False) as bar:
+            files = expand_inputs(inputs)  # once: the bar's total, and what predict_files reads
+            task = bar.add_task("predicting", total=len(files), rate="")
+
+            def progress(images: int, pixels: int) -> None:
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, completed=images,
+                           rate=f"{images / elapsed:.1f} img/s, {pixels / elapsed / 1e6:.2f} Mpx/s")
+
+            result = predict_files(predictor, files, out, band_count=band_count, tiff=tiff,
+                                   probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
+                                   tile=tile, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                                   probability_dtype=probability_dtype, rgb_bands=parse_rgb_bands(rgb_bands))
+    except CnnkitError as error:
+        fail(error)
+    console.print(result.summary(predictor.class_names), markup=False, highlight=False, soft_wrap=log_lines(console))
+    console.print(f"outputs: {out}/", markup=False, highlight=False)

@@ -1,0 +1,208 @@
+"""``cnnkit train`` and ``cnnkit models``: train a network on a folder, list the networks it can build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cnnkit.cli.common import (
+    OVERWRITE,
+    RESUME,
+    THREADS,
+    TRAINING,
+    VERBOSE,
+    Command,
+    app,
+    console_for_output,
+    csv_list,
+    fail,
+    import_heavy,
+    threads_line,
+)
+from cnnkit.cli.inspect import model_args_json
+from cnnkit.errors import CnnkitError, ShapeError
+
+
+@app.command(cls=Command)
+def train(
+    root: str = typer.Argument(..., help="Data folder with images/ and masks/ (PNG or multi-band TIFF, by stem), or "
+                               "a folder of image time series: series/ (T×C×H×W TIFF stacks or per-date folders) and "
+                               "labels/ (label images or one-hot .npy), optional masks/."),
+    out: str = typer.Option("cnnkit-run", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
+                            "be empty or new, unless --overwrite or --resume."),
+    epochs: int = typer.Option(30, min=1, help="Training epochs."),
+    seed: int = typer.Option(0, help="Seed of the held-out split, the weights, the crops and the batch order."),
+    device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
+    devices: str = typer.Option("1", "--devices", help="Processes per node: CPU processes (gloo) with --device cpu, "
+                                "GPUs with --device cuda; 'auto': every GPU. --batch-size is the global batch, shared "
+                                "among them: the weights do not depend on their number (docs/train.md)."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (under torchrun or SLURM: --nnodes, "
+                                  "--nodes)."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning's strategy: auto or ddp (the other processes "
+                                 "run this command again; ddp_spawn is refused)."),
+    precision: str = typer.Option(None, "--precision", help="Lightning's precision: 32-true (default), 64-true, "
+                                  "16-mixed, bf16-mixed, 16-true, bf16-true."),
+    heldout: str = typer.Option(None, help="A held-out folder with the same layout (default: hold out a share)."),
+    heldout_fraction: float = typer.Option(0.2, help="Share of the images held out when no --heldout is given."),
+    classes: str = typer.Option(None, help="Class names in label order, comma-separated: water,forest,urban."),
+    num_classes: int = typer.Option(None, min=2, help="Number of classes (default: largest label + 1)."),
+    ignore_index: int = typer.Option(None, help="Mask value meaning 'not labelled', e.g. 255."),
+    nodata: float = typer.Option(None, help="Band value meaning 'no data' (NaN and inf always are)."),
+    bands: str = typer.Option(None, help="Band indices to keep, counted from 0, comma-separated: 3,2,1 (default all)."),
+    images: str = typer.Option("images", help="Sub-folder of the images."),
+    masks: str = typer.Option("masks", help="Sub-folder of the label masks."),
+    batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
+    width: int = typer.Option(None, min=1, help="Channels of the network's first stage (default 16; series: 8)."),
+    model: str = typer.Option(None, "--model", help="The network: TinySegNet (default), TinyResNet, or an smp "
+                              "architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Linknet, PAN, MAnet, PSPNet, …; "
+                              "cnnkit models lists them)."),
+    encoder: str = typer.Option(None, "--encoder", help="smp's encoder (resnet18, mobilenet_v2, efficientnet-b0, "
+                                "tu-<timm model>, …; default the architecture's own, resnet34 for most)."),
+    weights: str = typer.Option(None, "--weights", help="Initial weights: imagenet (smp/timm's download and cache), "
+                                "a .safetensors/.pt/.pth state dict, a cnnkit run folder (fine-tune it) or a Keras "
+                                ".keras/.h5 file. Default: random."),
+    model_args: str = typer.Option(None, "--model-args", help="The network's keyword arguments as a JSON object: "
+                                   '\'{"decoder_channels": [128, 64, 32, 16, 8]}\' (JSON values only).'),
+    band_names: str = typer.Option(None, "--band-names", help="Names of the bands the network reads, in order "
+                                   "(blue,green,red,nir): a pretrained RGB first layer gives red, green, blue their "
+                                   "filters and other bands their mean (docs/models.md)."),
+    lr: float = typer.Option(None, help="AdamW learning rate (default: the network family's, 1e-2 for cnnkit's "
+                             "networks, 1e-3 for smp's; shown in the log)."),
+    time_series: bool = typer.Option(False, "--time-series", help="Read ROOT as a folder of image time series "
+                                     "(series/ and labels/); recognised without this flag too."),
+    hidden: int = typer.Option(16, min=1, help="Time series: hidden channels of the ConvLSTM."),
+    crop_size: int = typer.Option(32, min=4, help="Time series: side of the training crops (all dates kept)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE),
+    resume: bool = typer.Option(False, "--resume", help=RESUME),
+    threads: int = typer.Option(None, min=1, help=THREADS),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE),
+) -> None:
+    """Train a mask-aware network on your folder of images and masks (or image time series); write an HTML report."""
+    from rich.rule import Rule
+
+    import_heavy(*TRAINING)
+    from cnnkit.app.console import console_log
+    from cnnkit.train.distributed import launched_as_rank_zero
+
+    console = console_for_output()
+    log = console_log(console)
+    rank_zero = launched_as_rank_zero()  # Lightning's ddp runs this command again in each other process
+    try:
+        names, band_list = csv_list(classes, "classes"), csv_list(bands, "bands", int)
+        args = model_args_json(model_args)
+        if encoder is not None and model is None:
+            raise ShapeError(f"--encoder needs --model (an smp architecture such as Unet). Received --encoder "
+                             f"{encoder} without --model.")
+        if names is not None and num_classes is None:
+            num_classes = len(names)
+        series = time_series or ((Path(root) / "series").is_dir() and (Path(root) / "labels").is_dir())
+        if rank_zero:
+            console.print(Rule(f"cnnkit train — {root}" + (" (image time series)" if series else "")))
+            console.print(threads_line(threads), markup=False, highlight=False)
+        else:
+            threads_line(threads)
+        scaling = dict(devices=devices.strip().lower(), num_nodes=num_nodes, strategy=strategy, precision=precision)
+        common = dict(heldout=heldout, heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
+                      ignore_index=ignore_index, nodata=nodata, seed=seed, epochs=epochs, device=device,
+                      batch_size=batch_size, lr=lr, overwrite=overwrite, resume=resume, quiet=not verbose,
+                      progress=console.is_terminal, log=log)
+        if series:
+            from cnnkit.app.timeseries import train_series_folder
+
+            given = [f"{name} {value}" for name, value, default in (
+                ("--devices", devices, "1"), ("--num-nodes", num_nodes, 1), ("--strategy", strategy, "auto"),
+                ("--precision", precision, None)) if value != default]
+            if given:
+                raise ShapeError(f"{', '.join(given)}: a time-series run trains in one process, for now. Received "
+                                 f"{', '.join(given)} with the time-series folder {root!r}.")
+            if band_list is not None:
+                raise ShapeError("--bands is not supported for time series yet: every band of the stacks is used. "
+                                 f"Received --bands {bands}.")
+            given = [name for name, value in (("--model", model if model != "SeriesSegNet" else None),
+                                              ("--weights", weights), ("--model-args", model_args),
+                                              ("--band-names", band_names)) if value is not None]
+            if given:
+                raise ShapeError(f"{', '.join(given)}: a time-series run trains cnnkit's SeriesSegNet only, for now. "
+                                 f"Received {', '.join(given)} with the time-series folder {root!r}.")
+            if lr is None:
+                from cnnkit.models import spec_for, training_defaults
+
+                common["lr"] = training_defaults(spec_for("SeriesSegNet")).lr
+            result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size, **common)
+        else:
+            from cnnkit.app.train import train_folder
+
+            spec = None
+            if model is not None:
+                from cnnkit.models import spec_for
+
+                if width is not None:
+                    args = {"width": width, **args}
+                spec = spec_for(model, encoder=encoder, args=args)
+            elif model_args is not None:
+                raise ShapeError("--model-args needs --model. Received --model-args without --model.")
+            result = train_folder(root, out, images=images, masks=masks, bands=band_list, width=width or 16,
+                                  model_spec=spec, weights=weights, band_names=csv_list(band_names, "band-names"),
+                                  **scaling, **common)
+    except CnnkitError as error:
+        fail(error)
+    if result is None:  # a process other than rank 0: rank 0 prints the result and writes the report
+        return
+    console.print(Rule("result"))
+    for line in result.lines():
+        log(line)
+
+
+@app.command(cls=Command)
+def models(
+    encoders: str = typer.Option(None, "--encoders", help="List smp's encoders matching this pattern (fnmatch, e.g. "
+                                 "'resnet*' or '*efficientnet*'), with Unet's parameter count on each."),
+    check: bool = typer.Option(False, "--check", help="Also run the exactness checks on each architecture (a small "
+                               "random-weight network: masked() on a padded batch == each image alone; tiled "
+                               "predict == whole); slow, a few seconds to a minute per architecture."),
+    in_channels: int = typer.Option(5, "--in-channels", min=1, help="Input channels the counts are for (the validity "
+                                    "band included)."),
+    num_classes: int = typer.Option(5, "--num-classes", min=1, help="Classes the counts are for."),
+) -> None:
+    """List the networks cnnkit train can build (--model, --encoder), with parameter counts."""
+    import_heavy("torch")
+    import fnmatch
+
+    from cnnkit.models import describe_models, list_encoders
+
+    console = console_for_output()
+    try:
+        if encoders is not None:
+            chosen = [name for name in list_encoders() if fnmatch.fnmatch(name, encoders)]
+            if not chosen:
+                raise CnnkitError(f"--encoders {encoders!r} matches none of smp's {len(list_encoders())} encoders "
+                                  "(cnnkit models --encoders '*' lists them; timm's are tu-<name>).")
+            rows = [r for r in describe_models(in_channels, num_classes, encoders=chosen, libraries=["smp"])
+                    if r.architecture == "Unet"]
+        else:
+            rows = describe_models(in_channels, num_classes)
+        header = f"{'library':<8} {'architecture':<14} {'encoder':<36} {'parameters':>13}  family"
+        if check:
+            header += "          masked()  tiled"
+        console.print(header, markup=False, highlight=False)
+        for row in rows:
+            count = f"{row.parameters:,}" if row.parameters is not None else "—"
+            line = f"{row.library:<8} {row.architecture:<14} {row.encoder or '—':<36} {count:>13}  {row.family:<15}"
+            if check and row.parameters is not None:
+                from cnnkit.app.networks import check_exactness
+                from cnnkit.models import ModelSpec
+
+                found = check_exactness(ModelSpec(row.library, row.architecture, row.encoder))
+                line += (f" {_yes_no(found.masked):<9} {_yes_no(found.tiled)}"
+                         + (f"  ({found.note})" if found.note else ""))
+            console.print((line + (f"  {row.note}" if row.note else "")).rstrip(), markup=False, highlight=False,
+                          soft_wrap=True)
+    except CnnkitError as error:
+        fail(error)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "—" if value is None else ("exact" if value else "no")
+
+
