@@ -1,6 +1,7 @@
 """Input images for prediction: read whole, or one window at a time.
 
-* PNG and JPEG are read whole with Pillow.
+* PNG and JPEG are read whole with Pillow (:func:`cnnkit.rasters.pictures.read_picture`: the declared size checked
+  against the image data and a memory budget first).
 * Every other raster — GeoTIFF and Cloud-Optimized GeoTIFF with any compression and tiling, JPEG2000, VRT mosaics,
   ENVI, netCDF — is read through GDAL by :class:`cnnkit.rasters.Raster`: a window (a tile and its halo) is
   assembled from the file's own blocks, each decoded once when tiles are swept row by row, so a scene larger than
@@ -21,6 +22,7 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.rasters import RASTER_EXTENSIONS, Georeference, Raster
+from cnnkit.rasters.pictures import read_picture
 
 __all__ = ["IMAGE_EXTENSIONS", "Scene", "open_scene"]
 
@@ -132,12 +134,16 @@ def _scene(path, array, shape, bands, georeference: Georeference | None = None, 
                  tuple(band_names), tuple(colorinterp), array, channels_last)
 
 
-def open_scene(path: str | Path, bands: int | None = None) -> Scene:
+def open_scene(path: str | Path, bands: int | None = None, *, external_sources: bool = False) -> Scene:
     """Open an image for reading: PNG/JPEG (whole, with Pillow) or any raster GDAL reads (window by window).
+
+    The file is untrusted: its declared size is checked against its bytes and a memory budget before it is decoded
+    (:mod:`cnnkit.rasters.plausibility`), and whatever its decoder raises becomes a :class:`CnnkitError` naming it.
 
     Args:
         path: The file.
         bands: The number of bands expected (decides the layout of a TIFF page stack; a mismatch is an error).
+        external_sources: Let a VRT read files outside its own folder (refused by default).
 
     Raises:
         CnnkitError: a missing or unreadable file (naming it).
@@ -159,20 +165,12 @@ def open_scene(path: str | Path, bands: int | None = None) -> Scene:
     if not path.is_file():
         raise CnnkitError(f"Input image does not exist: {path}")
     if suffix in RASTER_EXTENSIONS:
-        raster = Raster(path, bands)
+        raster = Raster(path, bands, external_sources=external_sources)
         declared = [v for v in raster.nodata if v is not None]
         return _scene(path, raster, raster.shape, bands, raster.georeference, declared[0] if declared else None,
                       channels_last=False, band_names=raster.descriptions, colorinterp=raster.colorinterp)
     if suffix in PICTURE_EXTENSIONS:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                if img.mode not in ("L", "I", "I;16", "RGB", "RGBA", "F"):
-                    img = img.convert("RGB")
-                array = np.array(img)
-        except (UnidentifiedImageError, OSError) as err:
-            raise CnnkitError(f"Could not read the image {path}: {err}.") from err
+        array = read_picture(path)
         return _scene(path, array, array.shape, bands, channels_last=array.ndim == 3)
     raise UnsupportedError(f"Unsupported image extension {path.suffix!r}. Expected one of {IMAGE_EXTENSIONS}. "
                            f"Received: {path}")

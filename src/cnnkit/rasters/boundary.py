@@ -1,21 +1,25 @@
-"""The one boundary between GDAL and cnnkit: every dataset the room opens, reads or writes goes through here.
+"""The one boundary between the decoders (GDAL through rasterio, Pillow, zlib) and cnnkit.
 
-Errors raised inside GDAL (through rasterio) or by the operating system while a raster is opened, read or written
-become one :class:`~cnnkit.errors.CnnkitError` that names the file, what was being done and GDAL's message. Checks
-on untrusted files (declared sizes against a memory budget, damaged blocks) belong here too, so the reader and
-the writer have one place that decides what a file may cost.
+Whatever a decoder or the operating system raises while a raster is opened, read or written — GDAL's errors,
+``zlib.error``, ``struct.error``, ``IndexError``, ``ZeroDivisionError``, ``NotImplementedError``, ``AssertionError``,
+``MemoryError``, Pillow's ``DecompressionBombError``, a missing codec — becomes one
+:class:`~cnnkit.errors.CnnkitError` that names the file, what was being done and the decoder's message; a missing
+codec names what to install, a full disk says so. The checks of declared sizes against the file and a memory budget
+live beside it, in :mod:`cnnkit.rasters.plausibility`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import warnings
 from collections.abc import Iterator
 
 from cnnkit.errors import CnnkitError
 
-__all__ = ["raster_errors"]
+__all__ = ["disk_full", "raster_errors"]
 
 
 GDAL_CACHE_BYTES = 32 * 2**20
@@ -25,20 +29,62 @@ a scene it decoded besides, and the output files' blocks as they are written: 2.
 
 _limited: list[bool] = []
 
+_FULL = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+_FULL_TEXT = re.compile(r"no space left|file too large|disk quota|short write|failed to write|write failed", re.I)
+_CODEC = re.compile(r"missing codec\s*(\w+)?|codec\s+(\w+)\s+(?:is\s+)?not (?:available|supported|configured)|"
+                    r"decoder (\w+) not available|(\w+) compression support is not configured", re.I)
 
-def _limit_gdal_cache() -> None:
+
+def _configure_gdal() -> None:
     if _limited:
         return
     _limited.append(True)
-    if "GDAL_CACHEMAX" not in os.environ:
-        from rasterio.env import set_gdal_config
+    from rasterio.env import set_gdal_config
 
+    if "GDAL_CACHEMAX" not in os.environ:
         set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)  # an integer: bytes, applied at once
+    # a VRT from elsewhere never runs code: GDAL's Python pixel functions stay off whatever the environment says
+    set_gdal_config("GDAL_VRT_ENABLE_PYTHON", "NO")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or a file size limit, or a quota) is full."""
+    for err in (error, error.__cause__, error.__context__):
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+    return bool(_FULL_TEXT.search(str(error)))
+
+
+def _codec_hint(message: str) -> str:
+    found = _CODEC.search(message)
+    if not found:
+        return ""
+    codec = next((g for g in found.groups() if g), "this").upper()
+    if codec in ("JPEG2K", "JPEG2000", "JP2"):
+        return (" The JPEG 2000 decoder is missing: install Pillow built with OpenJPEG (pip install --upgrade pillow)"
+                " or read the file through GDAL (a .jp2 file).")
+    return (f" The {codec} codec is missing from this GDAL: install a rasterio built with it (pip install --upgrade "
+            "rasterio: its wheels carry DEFLATE, LZW, ZSTD, WEBP, LERC and JPEG 2000) or conda-forge's libgdal.")
+
+
+def _message(err: BaseException) -> str:
+    text = str(err).strip()
+    if isinstance(err, MemoryError):
+        return "the decoder ran out of memory (the file declares more data than it holds, or than memory allows)"
+    kind = type(err)
+    name = kind.__name__ if kind.__module__ in ("builtins", "rasterio.errors", "rasterio._err") else (
+        f"{kind.__module__}.{kind.__name__}")
+    if not text:
+        return name
+    if kind.__module__ in ("rasterio.errors", "rasterio._err") or name in ("OSError", "FileNotFoundError"):
+        return text
+    return f"{name}: {text}"
 
 
 @contextlib.contextmanager
 def raster_errors(path: str | os.PathLike, doing: str) -> Iterator[None]:
-    """Re-raise what GDAL or the file system raise inside the block as a :class:`CnnkitError` naming ``path``.
+    """Re-raise whatever a decoder or the file system raises inside the block as a :class:`CnnkitError` naming
+    ``path``.
 
     Args:
         path: The file being read or written.
@@ -51,16 +97,27 @@ def raster_errors(path: str | os.PathLike, doing: str) -> Iterator[None]:
         Traceback (most recent call last):
         ...
         cnnkit.errors.CnnkitError: Could not open missing.tif: ...
+        >>> import zlib
+        >>> with raster_errors("x.tif", "read"):
+        ...     zlib.decompress(b"not deflate")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.CnnkitError: Could not read x.tif: zlib.error: Error -3 while decompressing data: ...
     """
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.errors import NotGeoreferencedWarning
 
     # a picture without georeferencing is ordinary here, not worth a warning per file
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-    _limit_gdal_cache()
+    _configure_gdal()
     try:
         yield
     except CnnkitError:
         raise
-    except (RasterioError, OSError) as err:
-        message = str(err).strip() or type(err).__name__
-        raise CnnkitError(f"Could not {doing} {os.fspath(path)}: {message}") from err
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except Exception as err:  # the boundary: every decoder error becomes the project's
+        message = _message(err)
+        if disk_full(err) and doing.startswith("write"):
+            raise CnnkitError(f"Could not {doing} {os.fspath(path)}: the disk is full (or a file size limit was "
+                              f"reached): {message}.") from err
+        raise CnnkitError(f"Could not {doing} {os.fspath(path)}: {message}.{_codec_hint(message)}") from err

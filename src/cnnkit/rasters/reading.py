@@ -43,6 +43,8 @@ import numpy as np
 from cnnkit.errors import CnnkitError, UnsupportedError
 from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.georeference import Georeference
+from cnnkit.rasters.plausibility import check_declared, tiff_blocks
+from cnnkit.rasters.vrt import check_vrt_sources
 
 __all__ = ["RASTER_EXTENSIONS", "Raster", "read_georeference"]
 
@@ -77,6 +79,11 @@ class _Source:
         self.name, self.path = name, path
         with raster_errors(path, "open the raster"), rasterio.open(name) as ds:
             self.count, self.height, self.width = ds.count, ds.height, ds.width
+            check_declared(path, ds.count, ds.height, ds.width)
+            # GDAL's sparse blocks (no data stored): (band, block row, block col), band 0 = every band of the block
+            self.sparse = tiff_blocks(ds, path, first_page=name == str(path)) if ds.driver == "GTiff" else frozenset()
+            self.separate = ds.driver == "GTiff" and ds.count > 1 and ds.tags(ns="IMAGE_STRUCTURE").get(
+                "INTERLEAVE", "PIXEL").upper() == "BAND"
             self.dtype = np.result_type(*[np.dtype(d) for d in ds.dtypes]) if ds.count else np.dtype("uint8")
             self.block_shape = tuple(int(v) for v in ds.block_shapes[0]) if ds.count else (1, 1)
             self.georeference = Georeference.of(ds)
@@ -140,6 +147,25 @@ class _Source:
             self._cached -= old.nbytes
         return block
 
+    def sparse_mask(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """``(count, h, w)`` True where the window lies in a sparse block (no data stored); ``None`` if nowhere."""
+        if not self.sparse or r1 <= r0 or c1 <= c0:
+            return None
+        rows, cols = self.block_shape
+        mask = None
+        for i in range(r0 // rows, (r1 - 1) // rows + 1):
+            for j in range(c0 // cols, (c1 - 1) // cols + 1):
+                for band in range(self.count if self.separate else 1):
+                    if (band, i, j) not in self.sparse:
+                        continue
+                    if mask is None:
+                        mask = np.zeros((self.count, r1 - r0, c1 - c0), dtype=bool)
+                    y0, x0 = i * rows, j * cols
+                    ys, ye, xs, xe = max(r0, y0), min(r1, y0 + rows), max(c0, x0), min(c1, x0 + cols)
+                    bands = slice(band, band + 1) if self.separate else slice(None)
+                    mask[bands, ys - r0:ye - r0, xs - c0:xe - c0] = True
+        return mask
+
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1`` and columns ``c0:c1`` of every band, ``(count, h, w)`` in the file's dtype."""
         from rasterio.windows import Window
@@ -165,7 +191,7 @@ class _Page:
     pages; none keeps a file handle open)."""
 
     def __init__(self, name: str, path: Path):
-        self.name, self.path, self.decoded = name, path, 0
+        self.name, self.path, self.decoded, self.checked = name, path, 0, False
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         import rasterio
@@ -175,6 +201,11 @@ class _Page:
             if ds.count != 1:
                 raise UnsupportedError(f"{self.path}: the page {self.name} has {ds.count} bands; a page stack is read "
                                        "only when every page is a single-band image of one size.")
+            if not self.checked:
+                if tiff_blocks(ds, self.path, first_page=False):
+                    raise UnsupportedError(f"{self.path}: the page {self.name} has blocks without data (sparse); a "
+                                           "page stack is read only when every page holds all its blocks.")
+                self.checked = True
             self.decoded += 1
             return ds.read(window=Window(c0, r0, c1 - c0, r1 - r0), boundless=False)
 
@@ -186,8 +217,13 @@ class Raster:
     """A raster file opened for windowed reading through GDAL.
 
     Args:
-        path: The file (any format GDAL reads: GeoTIFF/COG, JPEG2000, VRT, ENVI, netCDF, …).
+        path: The file (any format GDAL reads: GeoTIFF/COG, JPEG2000, VRT, ENVI, netCDF, …). An untrusted file: its
+            declared sizes are checked against its bytes before anything is decoded
+            (:mod:`cnnkit.rasters.plausibility`); a GeoTIFF's sparse blocks read as no data.
         bands: The number of bands expected, if known: decides which axis of a TIFF page stack holds the bands.
+        external_sources: Let a VRT read files outside its own folder. ``False`` refuses such a VRT (and GDAL's
+            virtual file systems in it), so that a VRT from elsewhere cannot read your files
+            (:func:`~cnnkit.rasters.vrt.check_vrt_sources`); ``cnnkit predict`` passes ``False`` unless asked.
 
     Attributes:
         path: The file.
@@ -201,14 +237,17 @@ class Raster:
         block_shape: The file's block ``(rows, cols)``: windows are assembled from whole blocks.
 
     Raises:
-        CnnkitError: the file cannot be opened (GDAL's message and the file's name).
+        CnnkitError: the file cannot be opened (GDAL's message and the file's name), declares more than it holds or
+            than cnnkit reads, or is a VRT with sources outside its folder.
         UnsupportedError: complex bands, or a page stack whose pages are not single-band images of one size.
     """
 
-    def __init__(self, path: str | Path, bands: int | None = None):
+    def __init__(self, path: str | Path, bands: int | None = None, *, external_sources: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             raise CnnkitError(f"Input image does not exist: {self.path}")
+        if self.path.suffix.lower() == ".vrt":
+            check_vrt_sources(self.path, allow_outside=external_sources)
         main = _Source(str(self.path), self.path)
         pages = sorted((int(s.split(":")[1]), s) for s in main.subdatasets if s.startswith("GTIFF_DIR:"))
         self._pages: list[_Source | _Page] = []
@@ -236,6 +275,9 @@ class Raster:
         self.dtype = main.dtype
         self.georeference = main.georeference
         self.block_shape = main.block_shape
+        if self._pages and main.sparse:
+            raise UnsupportedError(f"{self.path}: its first page has blocks without data (sparse); a page stack is "
+                                   "read only when every page holds all its blocks.")
         if self._pages:
             self.nodata = (main.nodata[0],) * self.count
             self.scales, self.offsets = (main.scales[0],) * self.count, (main.offsets[0],) * self.count
@@ -276,8 +318,22 @@ class Raster:
             return out
         return np.concatenate([page.read(r0, r1, c0, c1) for page in self._pages])
 
+    @property
+    def has_sparse_blocks(self) -> bool:
+        """Whether the file has blocks without stored data (GDAL's sparse GeoTIFF blocks): they read as no data."""
+        return bool(self._main.sparse)
+
+    def sparse_mask(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray | None:
+        """``(count, h, w)`` True where the window ``[rows, cols]`` lies in a block without stored data (which
+        :meth:`read_raw` returns as GDAL fills it: the nodata value or 0); ``None`` where there is none."""
+        if self._pages:
+            return None
+        (r0, r1), (c0, c1) = _span(rows, self.height), _span(cols, self.width)
+        return self._main.sparse_mask(r0, r1, c0, c1)
+
     def read(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """The window ``[rows, cols]`` as float32 ``(count, h, w)``: declared nodata as NaN, scale and offset applied.
+        """The window ``[rows, cols]`` as float32 ``(count, h, w)``: declared nodata as NaN, blocks without stored
+        data (sparse) as NaN, scale and offset applied.
 
         Args:
             rows, cols: Slices of step 1; windows past the edge are cut.
@@ -291,6 +347,9 @@ class Raster:
                     window[band][np.isnan(raw[band])] = np.nan
             if scale != 1 or offset != 0:
                 window[band] = window[band] * np.float32(scale) + np.float32(offset)
+        sparse = self.sparse_mask(rows, cols)
+        if sparse is not None:
+            window[sparse] = np.nan
         return window
 
     def close(self) -> None:

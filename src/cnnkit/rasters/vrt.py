@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.rasters.boundary import raster_errors
 
-__all__ = ["stack_vrt"]
+__all__ = ["check_vrt_sources", "stack_vrt"]
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
@@ -97,3 +97,76 @@ def stack_vrt(band_files: Sequence[str | os.PathLike], path: str | os.PathLike,
     except OSError as err:
         raise CnnkitError(f"Could not write {path}: {err}.") from err
     return path
+
+
+MAX_VRT_BYTES = 16 * 2**20
+"""A VRT larger than this is refused before it is parsed (VRTs are small XML files)."""
+
+_NESTING = 8
+
+
+def _sources(path: Path) -> list[tuple[str, bool]]:
+    """Every ``SourceFilename`` (and ``SourceDataset``) of a VRT: ``(text, relative to the VRT)``."""
+    import xml.etree.ElementTree as ET
+
+    size = path.stat().st_size
+    if size > MAX_VRT_BYTES:
+        raise CnnkitError(f"{path} is a VRT of {size:,} bytes: more than {MAX_VRT_BYTES:,}. Is it a VRT?")
+    try:
+        root = ET.fromstring(path.read_bytes())
+    except (ET.ParseError, ValueError, RecursionError) as err:
+        raise CnnkitError(f"Could not read the VRT {path}: its XML is damaged ({err}).") from err
+    found = []
+    for element in root.iter():
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if tag == "PixelFunctionLanguage" and (element.text or "").strip().lower() == "python":
+            raise CnnkitError(f"{path}: the VRT asks to run Python code (PixelFunctionLanguage=Python); cnnkit never "
+                              "runs code from a file.")
+        if tag in ("SourceFilename", "SourceDataset"):
+            found.append(((element.text or "").strip(), element.get("relativeToVRT", "0") == "1"))
+    return found
+
+
+def check_vrt_sources(path: str | os.PathLike, allow_outside: bool = False, _depth: int = 0) -> None:
+    """Refuse a VRT that reads files outside its own folder (or through GDAL's virtual file systems and connection
+    strings), unless ``allow_outside``: a VRT from elsewhere could otherwise read any file the user can.
+
+    Sources that are VRTs themselves are checked the same way. A VRT that asks for Python pixel functions is always
+    refused.
+
+    Raises:
+        CnnkitError: naming the VRT, the source and the folder it must lie in.
+
+    Examples:
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(folder, "x.vrt"), "w").write(
+        ...     '<VRTDataset rasterXSize="1" rasterYSize="1"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        ...     '<SourceFilename relativeToVRT="0">/etc/passwd</SourceFilename></SimpleSource></VRTRasterBand>'
+        ...     '</VRTDataset>')
+        >>> check_vrt_sources(os.path.join(folder, "x.vrt"))
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.CnnkitError: .../x.vrt reads /etc/passwd, outside its own folder .... Pass \
+--allow-external-vrt-sources (external_sources=True) if you trust it.
+    """
+    path = Path(path)
+    folder = path.resolve().parent
+    for text, relative in _sources(path):
+        if not text:
+            continue
+        if allow_outside:
+            source = (folder / text) if relative else Path(text)
+        else:
+            if text.startswith("/vsi") or ":" in text.split("/")[0]:
+                raise CnnkitError(f"{path} reads {text!r} through a GDAL connection string or virtual file system; "
+                                  f"a VRT may read only files in its own folder ({folder}). Pass "
+                                  "--allow-external-vrt-sources (external_sources=True) if you trust it.")
+            source = ((folder / text) if relative else Path(text)).resolve()
+            if not source.is_relative_to(folder):
+                raise CnnkitError(f"{path} reads {text}, outside its own folder {folder}. Pass "
+                                  "--allow-external-vrt-sources (external_sources=True) if you trust it.")
+        if source.suffix.lower() == ".vrt" and source.is_file():
+            if _depth >= _NESTING:
+                raise CnnkitError(f"{path}: VRTs nested more than {_NESTING} deep.")
+            check_vrt_sources(source, allow_outside, _depth + 1)

@@ -1,0 +1,248 @@
+"""Untrusted rasters: what a file declares, checked against its own bytes and a memory budget before decoding.
+
+A header is a promise the bytes must keep. Before anything is allocated:
+
+* **TIFF** (:func:`tiff_blocks`): the number of blocks is bounded; every block's data lies after the header, inside
+  the file, clear of the first directory and of the other blocks; no block decodes to more than its compression can
+  produce from its byte count (deflate at most 1,032:1, an uncompressed block exactly its size). A block without
+  data (byte count 0, as GDAL writes it) is a *sparse* block: it is read as no data, never as zeros.
+* **PNG** (:func:`check_png`): the declared size fits the budget, and the image data decompresses — counted, in
+  bounded memory — to exactly the rows the header declares; a file that holds 40 rows
+  of a declared 4,000 is refused, not padded with zeros.
+* **Every raster** (:func:`check_declared`): at most :data:`MAX_PIXELS` pixels per band, and a positive size.
+
+Examples:
+    >>> check_declared("x.tif", 3, 46341, 46341)
+    Traceback (most recent call last):
+    ...
+    cnnkit.errors.CnnkitError: x.tif declares 46341 × 46341 pixels × 3 bands: more than cnnkit reads from one file \
+(2147483647 pixels a band). Split it (gdal_translate -srcwin) or check that the file is intact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from cnnkit.errors import CnnkitError
+
+__all__ = ["MAX_BLOCKS", "MAX_PIXELS", "PICTURE_BYTES", "check_declared", "check_png", "tiff_blocks"]
+
+MAX_PIXELS = 2**31 - 1
+"""Pixels per band (height × width) of one raster at most."""
+
+MAX_BLOCKS = 2**20
+"""Blocks (tiles or strips, per band of a band-interleaved file) of one raster at most."""
+
+PICTURE_BYTES = 256 * 2**20
+"""A PNG or JPEG is decoded whole (by Pillow): its decoded pixels may take this many bytes at most."""
+
+_RATIO = {"NONE": 1, "DEFLATE": 1100, "ADOBE_DEFLATE": 1100, "LZW": 4096, "PACKBITS": 128}
+"""The most a block of each compression can decode to per stored byte (deflate's bound is 1,032:1); other codecs
+(ZSTD, LERC, WEBP, JPEG) get :data:`_OTHER_RATIO`."""
+_OTHER_RATIO = 2**16
+
+
+def check_declared(path: str | os.PathLike, count: int, height: int, width: int) -> None:
+    """Refuse a raster without pixels or with more than :data:`MAX_PIXELS` a band, naming the sizes."""
+    if count < 1 or height < 1 or width < 1:
+        raise CnnkitError(f"{os.fspath(path)} declares {height} × {width} pixels × {count} bands: no pixels to read.")
+    if height * width > MAX_PIXELS:
+        raise CnnkitError(f"{os.fspath(path)} declares {height} × {width} pixels × {count} bands: more than cnnkit "
+                          f"reads from one file ({MAX_PIXELS} pixels a band). Split it (gdal_translate -srcwin) or "
+                          "check that the file is intact.")
+
+
+def _header_end(path: Path, size: int) -> tuple[int, tuple[int, int]]:
+    """The end of the TIFF header and the byte span of the first directory (IFD)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            return 8, (0, 0)
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        if big:
+            if len(head) < 16:
+                return 16, (0, 0)
+            start = struct.unpack(order + "Q", head[8:16])[0]
+            f.seek(start)
+            raw = f.read(8)
+            entries = struct.unpack(order + "Q", raw)[0] if len(raw) == 8 else 0
+            return 16, (start, start + 8 + 20 * entries + 8)
+        start = struct.unpack(order + "I", head[4:8])[0]
+        f.seek(start)
+        raw = f.read(2)
+        entries = struct.unpack(order + "H", raw)[0] if len(raw) == 2 else 0
+        return 8, (start, start + 2 + 12 * entries + 4)
+
+
+def tiff_blocks(dataset, path: str | os.PathLike, first_page: bool = True) -> frozenset[tuple[int, int, int]]:
+    """Check a GeoTIFF's block table against its bytes; return its sparse blocks ``(band, row, col)`` (band 0 for a
+    pixel-interleaved file: its blocks hold every band), which read as no data.
+
+    Args:
+        dataset: The file opened with rasterio (driver ``GTiff``).
+        path: The file (its length, its header).
+        first_page: Whether ``dataset`` is the file's first page (its directory is checked against the blocks).
+
+    Raises:
+        CnnkitError: too many blocks, or a block whose bytes contradict the header (naming the block, its offset
+            and byte count, and the file's length).
+    """
+    path = Path(path)
+    name = os.fspath(path)
+    size = path.stat().st_size
+    rows, cols = (int(v) for v in dataset.block_shapes[0])
+    height, width = dataset.height, dataset.width
+    structure = dataset.tags(ns="IMAGE_STRUCTURE") if dataset.count else {}
+    separate = structure.get("INTERLEAVE", "PIXEL").upper() == "BAND" and dataset.count > 1
+    planes = dataset.count if separate else 1
+    samples = 1 if separate else dataset.count
+    bits = int(dataset.tags(1, ns="IMAGE_STRUCTURE").get("NBITS", 0) or 0) or np.dtype(dataset.dtypes[0]).itemsize * 8
+    compression = structure.get("COMPRESSION", "NONE").upper()
+    ratio = _RATIO.get(compression, _OTHER_RATIO)
+    down, across = math.ceil(height / rows), math.ceil(width / cols)
+    if down * across * planes > MAX_BLOCKS:
+        raise CnnkitError(f"{name} declares {down * across * planes:,} blocks of {rows} × {cols} pixels "
+                          f"({height} × {width} × {dataset.count} bands): more than {MAX_BLOCKS:,}. Is the file "
+                          "intact?")
+    header, directory = _header_end(path, size)
+    if not first_page:
+        directory = (0, 0)
+    sparse, spans = set(), []
+    for plane in range(planes):
+        for i in range(down):
+            block_rows = min(rows, height - i * rows)  # a tile at the bottom edge holds more: a lower bound
+            decoded = block_rows * math.ceil(cols * samples * bits / 8)
+            for j in range(across):
+                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=plane + 1)
+                count = dataset.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=plane + 1)
+                if offset is None or not int(count or 0):  # GDAL's sparse block: nothing stored
+                    sparse.add((plane, i, j))
+                    continue
+                offset, count = int(offset), int(count)
+                where = f"{name}: block ({i}, {j}){f' of band {plane + 1}' if separate else ''} "
+                if offset < header or offset + count > size:
+                    raise CnnkitError(f"{where}lies at bytes {offset}–{offset + count} of a file of {size} bytes "
+                                      f"(its header ends at byte {header}): the file is damaged or truncated.")
+                if offset < directory[1] and directory[0] < offset + count:
+                    raise CnnkitError(f"{where}points into the file's directory (bytes {directory[0]}–"
+                                      f"{directory[1]}): the file is damaged.")
+                if compression == "NONE" and count < decoded:
+                    raise CnnkitError(f"{where}holds {count} bytes; an uncompressed block of {block_rows} × {cols} "
+                                      f"× {samples} samples of {bits} bits needs {decoded}: the file is damaged.")
+                if decoded > count * ratio:
+                    raise CnnkitError(f"{where}holds {count} bytes, which {compression.lower()} cannot decode into "
+                                      f"{decoded} (at most {ratio}:1): the header contradicts the data.")
+                spans.append((offset, count, i, j))
+    spans.sort()
+    for (a, n, i, j), (b, m, k, l_) in itertools.pairwise(spans):
+        if b < a + n and (a, n) != (b, m):
+            raise CnnkitError(f"{name}: blocks ({i}, {j}) and ({k}, {l_}) share bytes {b}–{min(a + n, b + m)}: "
+                              "the file is damaged.")
+    return frozenset(sparse)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def _png_rows_bytes(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + math.ceil(w * bits_per_pixel / 8))
+
+    if not interlaced:
+        return rows(width, height)
+    return sum(rows(max(0, math.ceil((width - x0) / dx)), max(0, math.ceil((height - y0) / dy)))
+               for y0, x0, dy, dx in _ADAM7)
+
+
+def check_png(path: str | os.PathLike, budget: int = PICTURE_BYTES) -> tuple[int, int, int]:
+    """Check a PNG's declared size against ``budget`` and its own image data; returns ``(height, width, channels)``.
+
+    The image data is decompressed in pieces and counted, never held: it must hold exactly the rows the header
+    declares.
+
+    Raises:
+        CnnkitError: not a PNG, a size of 0 or over the budget, image data too short, too long or too small to hold
+            the declared size (naming the sizes).
+    """
+    name = os.fspath(path)
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            raise CnnkitError(f"Could not read the image {name}: not a PNG file (its signature is wrong).")
+        header = None
+        stream = zlib.decompressobj()
+        produced = 0
+        expected = None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CnnkitError(f"Could not read the image {name}: the file ends before its IEND chunk (truncated).")
+            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            if kind == b"IHDR":
+                data = f.read(length)
+                if length != 13 or len(data) != 13:
+                    raise CnnkitError(f"Could not read the image {name}: its IHDR chunk is damaged.")
+                width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data)
+                channels = _PNG_CHANNELS.get(colour)
+                if channels is None or depth not in (1, 2, 4, 8, 16):
+                    raise CnnkitError(f"Could not read the image {name}: colour type {colour} with bit depth {depth} "
+                                      "is not a PNG's.")
+                check_declared(name, channels, height, width)
+                out_channels = 3 if colour == 3 else channels
+                decoded = height * width * out_channels * max(1, depth // 8)
+                if decoded > budget:
+                    raise CnnkitError(f"{name} declares {height} × {width} pixels × {out_channels} channels "
+                                      f"({decoded / 2**20:.0f} MiB decoded): over the {budget // 2**20} MiB a PNG or "
+                                      "JPEG may take (they are decoded whole). Convert it to a tiled GeoTIFF "
+                                      "(gdal_translate -co TILED=YES), which is read window by window.")
+                expected = _png_rows_bytes(width, height, channels * depth, interlace == 1)
+                header = (height, width, out_channels)
+                f.seek(4, 1)
+                continue
+            if header is None:
+                raise CnnkitError(f"Could not read the image {name}: its first chunk is not IHDR.")
+            if kind == b"IDAT":
+                left = length
+                while left:
+                    piece = f.read(min(left, 1 << 16))
+                    if not piece:
+                        break
+                    left -= len(piece)
+                    produced += _count(stream, piece, expected, produced, name)
+                f.seek(4, 1)
+                continue
+            if kind == b"IEND":
+                break
+            f.seek(length + 4, 1)
+    if produced != expected:
+        rows = produced * header[0] // max(expected, 1)
+        raise CnnkitError(f"{name} declares {header[0]} rows ({expected} bytes of image data) but holds {produced} "
+                          f"bytes (about {rows} rows): the file is truncated or damaged.")
+    return header
+
+
+def _count(stream, piece: bytes, expected: int, produced: int, name: str) -> int:
+    """Decompress ``piece`` through ``stream`` in bounded pieces, counting the bytes (more than ``expected`` in all is
+    refused at once)."""
+    total = 0
+    data = piece
+    while True:
+        try:
+            out = stream.decompress(data, 1 << 20)
+        except zlib.error as err:
+            raise CnnkitError(f"Could not read the image {name}: its image data is damaged ({err}).") from err
+        total += len(out)
+        if produced + total > expected:
+            raise CnnkitError(f"{name}: its image data decodes to more than the {expected} bytes its header declares: "
+                              "the file is damaged.")
+        data = stream.unconsumed_tail
+        if not data:
+            return total
