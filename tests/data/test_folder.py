@@ -334,3 +334,123 @@ def test_training_excludes_and_counts_the_declared_nodata(tmp_path):
     assert f"unlabelled: {unlabelled:,} ({100 * unlabelled / total:.1f} %)" in text
     assert "band names (the files' band descriptions): blue, green, red, nir, swir" in text
     assert "nodata declared by the files: images 0 (no data, left out); masks 255 (unlabelled)" in text
+
+
+# -- band names in bands (#26) ----------------------------------------------------------------------------------------
+
+
+def test_bands_by_name_equal_bands_by_index(tmp_path):
+    """Band descriptions select bands, case-insensitive, mixed with indices; the pixels equal selection by index."""
+    _geotiffs(tmp_path, 5, count=2)
+    by_index = SegmentationFolder(tmp_path, bands=(3, 2, 0))
+    by_name = SegmentationFolder(tmp_path, bands=("NIR", " red", 0))
+    assert by_name.band_indices == (3, 2, 0) and by_name.band_names == ("nir", "red", "blue")
+    for index in range(2):
+        assert torch.equal(by_name[index][0].nan_to_num(-1), by_index[index][0].nan_to_num(-1))
+
+
+def test_bands_by_name_follow_each_files_own_order(tmp_path):
+    import rasterio
+
+    (raw, _), = _geotiffs(tmp_path, 6, count=1)
+    with rasterio.open(tmp_path / "images" / "s0.tif", "r+") as dst:
+        dst.descriptions = tuple(reversed(_NAMES))  # swir … blue: "blue" is now band 4
+    image, _ = SegmentationFolder(tmp_path, bands=("blue",))[0]
+    np.testing.assert_array_equal(image[0].nan_to_num(0).numpy(), raw[4].astype(np.float32))
+
+
+def test_unknown_band_name_lists_the_available_names(tmp_path, folder):
+    _geotiffs(tmp_path / "geo", 7, count=1)
+    with pytest.raises(ShapeError, match=r"'nri' does not name a band of .*s0\.tif: the band names it declares are "
+                                         r"blue, green, red, nir, swir; indices"):
+        SegmentationFolder(tmp_path / "geo", bands=("nri",))
+    root, _ = folder  # PNGs and TIFFs without descriptions
+    with pytest.raises(ShapeError, match=r"'red' does not name a band of .*a\.png: it declares no band names"):
+        SegmentationFolder(root, bands=("red",))
+    with pytest.raises(ShapeError, match=r"non-empty sequence of band indices .* Received: bands=.red."):
+        SegmentationFolder(root, bands="red")
+
+
+# -- entries a training folder leaves out, and files it refuses (#27) -------------------------------------------------
+
+
+def test_every_skipped_entry_is_named(folder):
+    """An orphan mask, a folder, a looping link, a dangling link and a hidden file: each named once, none silent."""
+    root, _ = folder
+    (root / "masks" / "orphan.png").write_bytes((root / "masks" / "a.png").read_bytes())
+    (root / "images" / "sub").mkdir()
+    (root / "masks" / "loop.tif").symlink_to(root / "masks" / "loop.tif")
+    (root / "images" / "gone.tif").symlink_to(root / "nowhere.tif")
+    (root / "images" / ".DS_Store").write_bytes(b"")
+    lines: list[str] = []
+    ds = SegmentationFolder(root, log=lines.append)
+    assert len(ds) == 4 and ds.skipped == lines
+    expected = {"images/.DS_Store": "hidden", "images/gone.tif": "target does not exist", "images/sub": "a folder",
+                "masks/loop.tif": "loops", "masks/orphan.png": "a mask without an image"}
+    assert len(lines) == len(expected)
+    for name, why in expected.items():
+        assert sum(f"skipped {root / name}: " in line and why in line for line in lines) == 1, (name, lines)
+    with pytest.warns(UserWarning) as record:
+        SegmentationFolder(root)  # without log: one warning per entry, at the caller's line
+    assert [str(w.message) for w in record] == lines and {w.filename for w in record} == {__file__}
+
+
+def _strips_into_header(path, array: np.ndarray, offset: int) -> None:
+    """Write ``array`` as one strip, then point StripOffsets at byte ``offset`` of the header."""
+    import struct
+
+    tifffile.imwrite(path, array, rowsperstrip=array.shape[0])
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["StripOffsets"]
+        where, fmt = tag.valueoffset, {3: "<H", 4: "<I"}[tag.dtype]
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, where, offset)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("offset", [0, 8])
+def test_strips_pointing_into_the_header_never_train_on_garbage(tmp_path, offset):
+    """The issue's file (StripOffsets=0) decoded its header as pixels: a band mean of 2.6e35. Now such a file is
+    refused naming it, or (offset 0 is GDAL's sparse strip) reads as no data, which the statistics pass names."""
+    from cnnkit.data.standardize import band_statistics
+
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    values = (np.arange(256, dtype=np.float32).reshape(16, 16) % 50) * 1e3
+    _strips_into_header(tmp_path / "images" / "bad.tif", values, offset)
+    tifffile.imwrite(tmp_path / "masks" / "bad.tif", np.zeros((16, 16), np.uint8))
+    ds = SegmentationFolder(tmp_path)
+    with pytest.raises(CnnkitError, match=r"images.bad\.tif"):
+        image, _ = ds[0]
+        assert not torch.isfinite(image).any(), f"garbage read as data: mean {image.double().mean()}"
+        band_statistics(ds)
+
+
+def test_float_values_beyond_the_dtypes_statistics_are_refused(tmp_path):
+    """Values whose mean square overflows the file's own float32 are refused naming the file; real values pass."""
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    values = (np.arange(256, dtype=np.float32).reshape(16, 16) % 50) * 1e3
+    tifffile.imwrite(tmp_path / "images" / "good.tif", values)
+    tifffile.imwrite(tmp_path / "images" / "bad.tif", values * np.float32(1e25))  # up to 4.9e29
+    for stem in ("good", "bad"):
+        tifffile.imwrite(tmp_path / "masks" / f"{stem}.tif", np.zeros((16, 16), np.uint8))
+    ds = SegmentationFolder(tmp_path)
+    stems = [p.stem for p, _ in ds.samples]
+    np.testing.assert_array_equal(ds[stems.index("good")][0][0].numpy(), values)
+    with pytest.raises(CnnkitError, match=r"images.bad\.tif holds values impossible for its float32 data: band 0 "
+                                          r"has a mean square of .*largest magnitude 4\.9e\+29.*beyond the float32"):
+        ds[stems.index("bad")]
+
+
+def test_memory_error_while_decoding_names_the_file(folder, monkeypatch):
+    from cnnkit.rasters import Raster
+
+    root, _ = folder
+    ds = SegmentationFolder(root)
+
+    def exhausted(self, *args):
+        raise MemoryError("Unable to allocate 16.0 GiB")
+
+    monkeypatch.setattr(Raster, "read", exhausted)
+    index = [p.stem for p, _ in ds.samples].index("d")
+    with pytest.raises(CnnkitError, match=r"Could not read .*images.d\.tiff: not enough memory .*16\.0 GiB"):
+        ds[index]

@@ -24,7 +24,11 @@ TIFFs; see docs/rasters.md for the recipe).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import errno
+import os
+import stat
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -66,12 +70,40 @@ def _read_tiff(path: Path, raw: bool) -> tuple[np.ndarray, _Info]:
     band as (H, W), a multi-band raster as (C, H, W), a page stack in its stored layout ((H, W, C) or (C, H, W))."""
     with Raster(path) as raster:
         array = raster.read_raw() if raw else raster.read()
+        if not raw:
+            _check_plausible(array, raster.dtype, path)
         info = _Info(tuple(raster.nodata), raster.georeference, tuple(raster.descriptions), not raster.page_stack)
         if raster.page_stack:
             array = array.transpose(1, 2, 0) if raster.channels_last else array
         elif raster.count == 1:
             array = array[0]
     return array, info
+
+
+def _check_plausible(bands: np.ndarray, dtype: np.dtype, path: Path) -> None:
+    """Refuse a floating-point raster whose band statistics lie beyond its own dtype's range.
+
+    A TIFF whose strips point into its own header (StripOffsets 0) decodes its tags as pixels: values like 1e29 that
+    no sensor records, and a band mean of 2.6e35 that training took as data. Such a band's mean square (float64, over
+    its finite values) exceeds the largest value of the dtype the file declares, or is not finite at all; real
+    imagery is many orders of magnitude below. Integer bands cannot be checked this way (every value is possible).
+    """
+    if not np.issubdtype(dtype, np.floating):
+        return
+    limit = float(np.finfo(dtype).max)
+    for band, values in enumerate(bands.reshape(len(bands), -1)):
+        finite = values[np.isfinite(values)].astype(np.float64)
+        if not finite.size:
+            continue
+        with np.errstate(over="ignore"):
+            mean_square = float(np.dot(finite, finite)) / finite.size
+        if not np.isfinite(mean_square) or mean_square > limit:
+            raise CnnkitError(
+                f"{path} holds values impossible for its {np.dtype(dtype).name} data: band {band} has a mean square "
+                f"of {mean_square:.3g} (largest magnitude {float(np.abs(finite).max()):.3g}), beyond the "
+                f"{np.dtype(dtype).name} range {limit:.3g}. The file is damaged (e.g. its strips point into its own "
+                "header) and is refused rather than trained on; replace it or remove it from the folder."
+            )
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -109,8 +141,13 @@ def _reading(path: Path) -> Iterator[None]:
     tifffile's ``TiffFileError``, zlib, struct, ...) as a :class:`CnnkitError` that names the file."""
     try:
         yield
-    except (CnnkitError, MemoryError):
+    except CnnkitError:
         raise
+    except MemoryError as error:
+        raise CnnkitError(
+            f"Could not read {path}: not enough memory to decode it ({type(error).__name__}: {error}). Its header "
+            "may declare a size the file cannot hold; check the file, or free memory."
+        ) from error
     except Exception as error:
         raise CnnkitError(
             f"Could not read {path}: {type(error).__name__}: {error}. The file is damaged, truncated or not a "
@@ -161,25 +198,45 @@ class SegmentationFolder(Dataset):
     last two do it is channels-first (C, H, W); when both hold (a C×C×C cube) channels-last wins, as in
     Pillow and most writers. If neither holds, the image and mask sizes do not match and an error says so.
 
+    **What is left out is named.** Each entry of ``images/`` or ``masks/`` that is not read — a hidden entry, a
+    sub-folder, a symbolic link that loops or whose target is missing, a device or pipe, a mask without an image —
+    gives one line ``skipped PATH: why``, kept in :attr:`skipped` and passed to ``log`` (a ``UserWarning`` without
+    ``log``). An image without a mask, a file of another extension or one without read permission is refused.
+
+    **Files are read when an item is.** The data set holds paths only (sizes come from the headers, see
+    :attr:`sizes`); pixels are decoded in ``__getitem__``, so a folder larger than memory streams. A floating-point
+    image whose band statistics lie beyond its own dtype's range (a TIFF whose strips point into its header decodes
+    its tags as values like 1e29) is refused naming the file; a decoder's error or a ``MemoryError`` while decoding
+    becomes a :class:`~cnnkit.errors.CnnkitError` naming the file.
+
     Args:
         root: The dataset folder.
         images: Sub-folder (relative to ``root``) with the images. Every file in it must have a supported
-            extension (``.png``, ``.tif``, ``.tiff``); hidden files are skipped.
+            extension (``.png``, ``.tif``, ``.tiff``, ``.vrt``).
         masks: Sub-folder with the label masks, one per image stem.
-        bands: Optional band indices to keep, in order (e.g. ``(3, 2, 1)``); default all bands.
+        bands: Optional bands to keep, in order: indices counted from 0 (e.g. ``(3, 2, 1)``) or the band names the
+            files declare (their band descriptions, case-insensitive: ``("nir", "red", "green")``), mixed as
+            needed; each image's names are looked up in its own file. Default all bands.
         ignore_index: Optional mask value meaning "not labelled" (e.g. 255); it is returned as −100, the
             value that :func:`cnnkit.losses.pixel_cross_entropy` and ``F.cross_entropy`` leave out.
+        log: Called with each ``skipped …`` line (e.g. the training log's ``print``); default: a ``UserWarning``.
+
+    Attributes:
+        samples: ``[(image path, mask path), …]`` sorted by image name.
+        skipped: The ``skipped PATH: why`` lines of the entries left out.
 
     Returns (per item):
         ``(image, label)``: float32 (C, H, W) and int64 (H, W).
 
     Raises:
         CnnkitError: a folder is missing or empty, an image has no mask (or more than one), or a file cannot
-            be read (damaged or truncated; the error names the file).
+            be read (no permission, damaged, truncated, values impossible for its dtype, out of memory; the error
+            names the file).
         UnsupportedError: a file has an unsupported extension, a mask is colour (RGB), not integral or
             holds labels outside int64 (uint64 >= 2^63, a float 1e30), or an image is complex.
         ShapeError: an image and its mask differ in size (both files and shapes are named), an image has
-            no band (or no pixel), or a band index is out of range.
+            no band (or no pixel), a band index is out of range, or a band name is not declared once by an image
+            (the message lists the names it declares).
 
     Examples:
         >>> import tempfile
@@ -198,8 +255,9 @@ class SegmentationFolder(Dataset):
         root: str | Path,
         images: str = "images",
         masks: str = "masks",
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int | str] | None = None,
         ignore_index: int | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.image_dir = self.root / images
@@ -208,15 +266,20 @@ class SegmentationFolder(Dataset):
             if not folder.is_dir():
                 raise CnnkitError(f"{name} folder does not exist. Received: {name}={str(folder)!r}")
         if bands is not None:
-            bands = tuple(bands)
-            if not bands or not all(_is_int(b) and b >= 0 for b in bands):
+            given = bands
+            bands = tuple(bands) if not isinstance(bands, (str, bytes)) else ()
+            if not bands or not all((_is_int(b) and b >= 0) or (isinstance(b, str) and b.strip()) for b in bands):
                 raise ShapeError(
-                    f"bands must be a non-empty sequence of non-negative integers. Received: bands={bands!r}"
+                    "bands must be a non-empty sequence of band indices (integers >= 0, counted from 0) or band "
+                    f"names (the files' band descriptions). Received: bands={given!r}"
                 )
+            bands = tuple(int(b) if _is_int(b) else b for b in bands)
         if ignore_index is not None and not _is_int(ignore_index):
             raise ShapeError(f"ignore_index must be an integer or None. Received: ignore_index={ignore_index!r}")
         self.bands = bands
         self.ignore_index = ignore_index
+        self.skipped: list[str] = []
+        self._log = log
         self._sizes: list[tuple[int, int]] | None = None
 
         image_files = self._list(self.image_dir)
@@ -240,16 +303,92 @@ class SegmentationFolder(Dataset):
             if len(found) > 1:
                 raise CnnkitError(f"More than one mask for image {path}: {', '.join(map(str, found))}.")
             self.samples.append((path, found[0]))
+        for stem, found in sorted(masks_by_stem.items()):
+            if stem not in stems:
+                for path in found:
+                    self._skip(path, f"a mask without an image (no {stem}{{{','.join(EXTENSIONS)}}} in "
+                                     f"{self.image_dir})", stacklevel=3)
+        if self.bands is not None and not all(_is_int(b) for b in self.bands):
+            self._band_indices(_header(self.samples[0][0]).descriptions, self.samples[0][0], None)  # early check
 
-    @staticmethod
-    def _list(folder: Path) -> list[Path]:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        for path in files:
-            if path.suffix.lower() not in EXTENSIONS:
+    def _skip(self, path: Path, why: str, stacklevel: int = 4) -> None:
+        """Name an entry that is left out: in :attr:`skipped`, and through ``log`` (or a ``UserWarning``)."""
+        line = f"skipped {path}: {why}"
+        self.skipped.append(line)
+        if self._log is not None:
+            self._log(line)
+        else:
+            warnings.warn(line, UserWarning, stacklevel=stacklevel)  # at the caller's line
+
+    def _list(self, folder: Path) -> list[Path]:
+        """The readable files of ``folder``, sorted; every other entry is named (:meth:`_skip`) or refused."""
+        files = []
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                self._skip(path, "a hidden entry (its name starts with '.')")
+                continue
+            try:
+                mode = path.stat().st_mode  # follows links: a loop or a missing target raises
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    why = "a symbolic link that loops (it never reaches a file)"
+                elif path.is_symlink():
+                    why = f"a symbolic link whose target does not exist ({os.readlink(path)})"
+                else:
+                    why = f"it cannot be examined ({error.strerror or error})"
+                self._skip(path, why)
+                continue
+            if stat.S_ISDIR(mode):
+                self._skip(path, "a folder (sub-folders are not read; move its files up or remove it)")
+            elif not stat.S_ISREG(mode):
+                self._skip(path, "not a regular file (a device, socket or pipe)")
+            elif path.suffix.lower() not in EXTENSIONS:
                 raise UnsupportedError(
                     f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
                 )
+            elif not os.access(path, os.R_OK):
+                raise CnnkitError(f"Could not read {path}: permission denied. Make the file readable or remove it "
+                                  "from the folder.")
+            else:
+                files.append(path)
         return files
+
+    def _band_indices(self, descriptions: tuple, path: Path, count: int | None) -> list[int]:
+        """``bands`` as indices into ``path``'s bands: names matched to its band descriptions, case-insensitive."""
+        by_name: dict[str, list[int]] = {}
+        for index, name in enumerate(descriptions):
+            if name:
+                by_name.setdefault(str(name).strip().casefold(), []).append(index)
+        indices = []
+        for band in self.bands:
+            if _is_int(band):
+                indices.append(band)
+                continue
+            found = by_name.get(band.strip().casefold(), [])
+            if len(found) != 1:
+                named = [str(n) for n in descriptions if n]
+                available = (f"the band names it declares are {', '.join(named)}" if named
+                             else "it declares no band names (band descriptions)")
+                rule = "names two bands" if found else "does not name a band"
+                count = count or len(descriptions)
+                raise ShapeError(
+                    f"bands must be band indices or names that each image declares once. Received: bands="
+                    f"{list(self.bands)!r}; {band!r} {rule} of {path}: {available}"
+                    + (f"; indices 0–{count - 1} select by position." if count else ".")
+                )
+            indices.append(found[0])
+        return indices
+
+    @property
+    def band_indices(self) -> tuple[int, ...] | None:
+        """``bands`` as indices, names resolved against the first image's band descriptions (``None`` for all bands).
+
+        For a preprocessing record: every image of a folder is expected to order its bands alike (each item is
+        read by its own file's names all the same)."""
+        if self.bands is None:
+            return None
+        first = self.samples[0][0]
+        return tuple(self._band_indices(_header(first).descriptions, first, None))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -277,9 +416,10 @@ class SegmentationFolder(Dataset):
         if not names or not all(names):
             return None
         if self.bands is not None:
-            if max(self.bands) >= len(names):
+            indices = self.band_indices
+            if max(indices) >= len(names):
                 return None  # refused with the band count when the image is read
-            names = tuple(names[b] for b in self.bands)
+            names = tuple(names[b] for b in indices)
         return tuple(str(n) for n in names)
 
     def declared_nodata(self) -> dict[str, list[float]]:
@@ -390,12 +530,13 @@ class SegmentationFolder(Dataset):
                 f"An image must hold real numbers. Received dtype {array.dtype} from {image_path}"
             )
         if self.bands is not None:
-            if max(self.bands) >= array.shape[0]:
+            indices = self._band_indices(info.descriptions, image_path, array.shape[0])
+            if max(indices) >= array.shape[0]:
                 raise ShapeError(
                     f"bands must index the image's {array.shape[0]} bands, counted from 0. Received: "
                     f"bands={self.bands} for {image_path}"
                 )
-            array = array[list(self.bands)]
+            array = array[indices]
         image = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
         target = torch.from_numpy(label)
         if self.ignore_index is not None:
