@@ -8,10 +8,90 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from cnnkit.errors import ShapeError
 from cnnkit.inspect import FilterEvolution
 from cnnkit.inspect.evolution import LayerSpec
 
-__all__ = ["DivergenceStop", "EpochLine", "FilterEvolutionCallback"]
+__all__ = ["DivergenceStop", "EpochLine", "FilterEvolutionCallback", "FreezeEncoder", "encoder_of"]
+
+
+def encoder_of(model: nn.Module, option: str = "the encoder", value: Any = None) -> nn.Module:
+    """The ``encoder`` submodule of ``model`` (segmentation-models-pytorch's networks have one), or one clear error
+    naming ``option`` and its ``value``.
+
+    Examples:
+        >>> encoder_of(nn.Conv2d(1, 1, 1), "freeze_encoder_epochs", 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: freeze_encoder_epochs needs a model with an `encoder` submodule ... for a Conv2d.
+    """
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ShapeError(
+            f"{option} needs a model with an `encoder` submodule (as segmentation-models-pytorch's networks have). "
+            f"Received {option}={value!r} for a {type(model).__name__}.")
+    return encoder
+
+
+class FreezeEncoder(L.Callback):
+    """The model's ``encoder`` frozen for the first ``epochs`` epochs, then trained.
+
+    Frozen means: the encoder's parameters have ``requires_grad`` off (no gradient, so the optimizer — which
+    skips parameters without one — leaves them, weight decay included, unchanged) and its batch-norm layers are
+    in eval mode (their running statistics are used and not updated). At the start of each training epoch the
+    callback freezes or thaws from ``trainer.current_epoch`` alone, so a resumed run is frozen exactly when the
+    uninterrupted run would be; thawing (also at the end of ``fit``) restores only what it froze. Lightning
+    restores each module's mode after validation, so the batch norms stay in eval mode through a frozen epoch.
+
+    The encoder is found as the ``encoder`` attribute of the task's ``model`` (else of the task itself).
+
+    Args:
+        epochs: Number of frozen epochs (>= 0).
+
+    Examples:
+        >>> FreezeEncoder(2)
+        FreezeEncoder(epochs=2)
+    """
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ShapeError(f"epochs must be an integer >= 0. Received epochs={epochs!r}.")
+        self.epochs = epochs
+        self._frozen: list[nn.Parameter] = []
+        self._norms: list[nn.Module] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(epochs={self.epochs})"
+
+    @staticmethod
+    def _encoder(pl_module: L.LightningModule) -> nn.Module:
+        model = getattr(pl_module, "model", None)
+        return encoder_of(model if isinstance(model, nn.Module) else pl_module, "freeze_encoder_epochs")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        encoder = self._encoder(pl_module)
+        if trainer.current_epoch < self.epochs:
+            if not self._frozen:
+                self._frozen = [p for p in encoder.parameters() if p.requires_grad]
+                for p in self._frozen:
+                    p.requires_grad_(False)
+            self._norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for m in self._norms:
+                m.eval()
+            return
+        self._thaw(pl_module.training)
+
+    def _thaw(self, training: bool) -> None:
+        for p in self._frozen:
+            p.requires_grad_(True)
+        for m in self._norms:
+            m.train(training)
+        self._frozen, self._norms = [], []
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """The encoder as it was before ``fit``, also when training stops inside a frozen epoch."""
+        self._thaw(pl_module.training)
 
 
 class EpochLine(L.Callback):

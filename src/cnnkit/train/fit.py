@@ -168,6 +168,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     quiet: bool = True,
     log: Any = None,
+    accumulate_grad_batches: int = 1,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """Train ``task`` with CSV (and TensorBoard) logs, a progress bar, ``last.ckpt`` every epoch, and resume.
@@ -207,6 +208,10 @@ def fit(
             the progress bar's ``v_num`` and known-harmless warnings; ``False`` shows everything.
         log: If given, called with one line per epoch (:class:`~cnnkit.train.callbacks.EpochLine`): epoch,
             losses, validation mean IoU, time — what a log file keeps when there is no terminal.
+        accumulate_grad_batches: Lightning's gradient accumulation (>= 1): one optimizer step every this many
+            batches. With :class:`~cnnkit.train.SegmentationTask`'s ``"cross_entropy"`` or ``"focal"`` loss the step
+            equals that of one batch this many times as large (the loss normalised by the weight of all the
+            accumulated pixels, see the task); the schedules count optimizer steps.
         **trainer_kwargs: Passed to :class:`lightning.Trainer` (``gradient_clip_val``,
             ``limit_train_batches`` …).
 
@@ -236,11 +241,19 @@ def fit(
             raise ShapeError(
                 f"fit sets {key} itself (from run_dir / max_epochs). Received {key}={trainer_kwargs[key]!r}."
             )
+    if not isinstance(accumulate_grad_batches, int) or isinstance(accumulate_grad_batches, bool) \
+            or accumulate_grad_batches < 1:
+        raise ShapeError("accumulate_grad_batches must be an integer >= 1. "
+                         f"Received accumulate_grad_batches={accumulate_grad_batches!r}.")
     if "://" in os.fspath(run_dir):
         raise ShapeError(f"run_dir must be a local folder. Received run_dir={os.fspath(run_dir)!r}.")
     if check_precision(precision) is not None:
         trainer_kwargs["precision"] = precision
     processes = check_devices(accelerator, devices, num_nodes)
+    several = strategy == "ddp" or (strategy == "auto" and processes is not None and processes > 1)
+    if getattr(task, "freeze_encoder_epochs", 0) and several:
+        # frozen parameters get no gradient for a while: DDP must look for unused parameters, or it waits for them
+        strategy = "ddp_find_unused_parameters_true"
     _check_samplers(train_loader, val_loader, processes, trainer_kwargs)
     run_dir = Path(run_dir)
     ckpt_path = _resolve_resume(resume, run_dir)
@@ -293,6 +306,7 @@ def fit(
             callbacks=all_callbacks,
             enable_progress_bar=progress,
             plugins=plugins,
+            accumulate_grad_batches=accumulate_grad_batches,
             **trainer_kwargs,
         )
         trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)

@@ -18,6 +18,7 @@ Logged values, the same on every DDP process:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
@@ -35,6 +36,7 @@ from cnnkit.losses import DiceLoss, FocalLoss, PixelCrossEntropy
 from cnnkit.losses.targets import check_class_weight, check_ignore_index
 from cnnkit.masking import IGNORE_INDEX, PaddedBatch, masked
 from cnnkit.metrics import SegmentationMetrics
+from cnnkit.train.callbacks import FreezeEncoder, encoder_of
 from cnnkit.train.distributed import all_reduce_sum, world_size
 from cnnkit.train.sync_norm import SyncUnpaddedBatchNorm
 
@@ -80,6 +82,9 @@ class _Task(L.LightningModule):
         masked_input: bool,
         sync_batchnorm: bool | None,
         scheduler: str | None = None,
+        warmup_epochs: int = 0,
+        encoder_lr_factor: float = 1.0,
+        freeze_encoder_epochs: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -99,6 +104,18 @@ class _Task(L.LightningModule):
             _check_bool(sync_batchnorm, "sync_batchnorm")
         self.sync_batchnorm = sync_batchnorm
         self.scheduler = None if scheduler is None else check_choice(scheduler, SCHEDULERS, "scheduler")
+        self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", minimum=0)
+        self.encoder_lr_factor = _check_number(encoder_lr_factor, "encoder_lr_factor", positive=True)
+        self.freeze_encoder_epochs = check_int(freeze_encoder_epochs, "freeze_encoder_epochs", minimum=0)
+        if self.encoder_lr_factor != 1.0:
+            encoder_of(model, "encoder_lr_factor", self.encoder_lr_factor)
+            if callable(optimizer):
+                raise ShapeError(
+                    "encoder_lr_factor needs one of the built-in optimizers (the task makes the encoder's parameter "
+                    f"group); a callable optimizer makes its own groups. Received optimizer={optimizer!r} and "
+                    f"encoder_lr_factor={self.encoder_lr_factor:g}.")
+        if self.freeze_encoder_epochs:
+            encoder_of(model, "freeze_encoder_epochs", self.freeze_encoder_epochs)
 
     # -- forward -------------------------------------------------------------------------------------
 
@@ -152,8 +169,23 @@ class _Task(L.LightningModule):
 
     # -- optimiser -----------------------------------------------------------------------------------
 
+    def _param_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """The parameters to optimise; with ``encoder_lr_factor`` two groups: the encoder's (``lr`` × factor,
+        named ``"encoder"``) and the rest (named ``"rest"``)."""
+        frozen = set()  # frozen by FreezeEncoder for now, trained later: in the optimizer from the start
+        if self.freeze_encoder_epochs:
+            frozen = {id(p) for p in encoder_of(self.model, "freeze_encoder_epochs").parameters()}
+        params = [p for p in self.parameters() if p.requires_grad or id(p) in frozen]
+        if self.encoder_lr_factor == 1.0:
+            return params
+        encoder = {id(p) for p in encoder_of(self.model, "encoder_lr_factor", self.encoder_lr_factor).parameters()}
+        rest = [p for p in params if id(p) not in encoder]
+        ours = [p for p in params if id(p) in encoder]
+        return [{"params": rest, "name": "rest"},
+                {"params": ours, "lr": self.lr * self.encoder_lr_factor, "name": "encoder"}]
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self._param_groups()
         if callable(self.optimizer):
             optimizer = self.optimizer(params)
         elif self.optimizer == "adamw":
@@ -162,12 +194,34 @@ class _Task(L.LightningModule):
             optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         else:
             optimizer = torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.scheduler is None:
+        if self.scheduler is None and not self.warmup_epochs:
             return optimizer
-        # "cosine": from each group's lr down to 0 over all the optimizer steps of the run, stepped every step.
+        # Stepped every optimizer step: warm-up (linear, see SegmentationTask), then "cosine": from each group's
+        # lr down to 0 over the remaining optimizer steps of the run.
         steps = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        warmup = 0
+        if self.warmup_epochs:
+            per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            warmup = min(steps, self.warmup_epochs * per_epoch)
+        schedules: list[torch.optim.lr_scheduler.LRScheduler] = []
+        if warmup:
+            schedules.append(torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1),
+                                                               end_factor=1.0, total_iters=warmup))
+        if self.scheduler == "cosine":
+            schedules.append(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - warmup)))
+        if len(schedules) == 2:
+            schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, schedules, milestones=[warmup])
+        else:
+            schedule = schedules[0]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """:class:`~cnnkit.train.callbacks.FreezeEncoder` when ``freeze_encoder_epochs`` > 0."""
+        return [FreezeEncoder(self.freeze_encoder_epochs)] if self.freeze_encoder_epochs else []
+
+    def _training_options(self) -> dict[str, Any]:
+        return {"warmup_epochs": self.warmup_epochs, "encoder_lr_factor": self.encoder_lr_factor,
+                "freeze_encoder_epochs": self.freeze_encoder_epochs}
 
     def _optimizer_name(self) -> str:
         return self.optimizer if isinstance(self.optimizer, str) else getattr(self.optimizer, "__name__", "callable")
@@ -197,6 +251,25 @@ class SegmentationTask(_Task):
         scheduler: ``None`` (constant learning rate) or ``"cosine"``: from ``lr`` down to 0 along a half
             cosine over all the optimizer steps of the run (``trainer.estimated_stepping_batches``).
         class_names: Names used in the logged keys ``val/iou/<name>`` (default: the class indices).
+        warmup_epochs: Epochs of linear warm-up (>= 0): at optimizer step ``s`` of the first ``S = warmup_epochs
+            × steps per epoch`` steps each group's learning rate is ``lr × (s + 1) / (S + 1)`` (torch's
+            ``LinearLR``), then the ``scheduler`` runs over the remaining steps (``SequentialLR``); with
+            ``scheduler=None`` the rate stays at ``lr`` after the warm-up.
+        encoder_lr_factor: The model's ``encoder`` submodule (segmentation-models-pytorch's networks have one)
+            gets its own parameter group, named ``"encoder"``, at ``lr × encoder_lr_factor`` (> 0), scheduled
+            like the rest; 1.0 (default): one group. Needs a built-in ``optimizer``.
+        freeze_encoder_epochs: For this many epochs (>= 0) the model's ``encoder`` is frozen — its parameters'
+            ``requires_grad`` off and its batch norms in eval mode (running statistics used, not updated) — then
+            trained like the rest (:class:`~cnnkit.train.callbacks.FreezeEncoder`, added through
+            ``configure_callbacks``). On several processes, :func:`~cnnkit.train.fit` lets DDP find the unused
+            parameters.
+
+    Gradient accumulation (``fit(..., accumulate_grad_batches=k)``, Lightning's own): for ``"cross_entropy"`` and
+    ``"focal"`` the accumulated gradient is that of the weighted mean over all the pixels of the k batches — what
+    one batch k times as large gives — not the mean of k batch means: each batch's weighted sum is
+    differentiated over a common reference weight, and :meth:`on_before_optimizer_step` rescales the gradients by
+    the reference over the k batches' total weight (up to float rounding; a batch norm's statistics remain per
+    batch, as with any accumulation).
 
     On W processes (DDP), with the global batch shared by :class:`~cnnkit.train.DistributedBucketSampler`,
     training equals one process's: ``"cross_entropy"`` and ``"focal"`` are normalised by the weight of the whole
@@ -238,6 +311,9 @@ class SegmentationTask(_Task):
         sync_batchnorm: bool | None = None,
         scheduler: str | None = None,
         class_names: Sequence[str] | None = None,
+        warmup_epochs: int = 0,
+        encoder_lr_factor: float = 1.0,
+        freeze_encoder_epochs: int = 0,
     ) -> None:
         super().__init__(
             model,
@@ -250,6 +326,9 @@ class SegmentationTask(_Task):
             masked_input=masked_input,
             sync_batchnorm=sync_batchnorm,
             scheduler=scheduler,
+            warmup_epochs=warmup_epochs,
+            encoder_lr_factor=encoder_lr_factor,
+            freeze_encoder_epochs=freeze_encoder_epochs,
         )
         if callable(loss):
             if class_weight is not None:
@@ -276,8 +355,9 @@ class SegmentationTask(_Task):
             "num_classes": self.num_classes, "loss": self.loss_name, "ignore_index": self.ignore_index,
             "class_weight": None if self.class_weight is None else self.class_weight.tolist(),
             "optimizer": self._optimizer_name(), "lr": self.lr, "weight_decay": self.weight_decay,
-            "masked_input": self.masked_input, "class_names": self.class_names,
+            "masked_input": self.masked_input, "class_names": self.class_names, **self._training_options(),
         })
+        self._window: list[float] | None = None  # [reference weight, total weight] of an accumulation window
 
     def __repr__(self) -> str:
         items = [f"num_classes={self.num_classes}", f"loss={self.loss_name!r}"]
@@ -331,9 +411,39 @@ class SegmentationTask(_Task):
             global_total, global_weight, total_times_world = total.detach(), weight, total
         positive = global_weight > 0  # no counted pixel anywhere: 0 with a zero gradient, as the losses' mean
         denominator = torch.where(positive, global_weight, torch.ones_like(global_weight))
-        loss = torch.where(positive, total_times_world / denominator, 0.0)
         logged = torch.where(positive, global_total / denominator, 0.0)
+        accumulate = self._accumulating()
+        if accumulate > 1:
+            # Over the window's reference weight (its first positive one), times k against Lightning's 1/k;
+            # on_before_optimizer_step turns Σ total / reference into Σ total / Σ weight.
+            weight_now = float(global_weight)
+            if self._window is None:
+                self._window = [0.0, 0.0]
+            if self._window[0] == 0.0:
+                self._window[0] = weight_now
+            self._window[1] += weight_now
+            reference = self._window[0] if self._window[0] > 0 else 1.0
+            return total_times_world * (accumulate / reference), logged, n
+        loss = torch.where(positive, total_times_world / denominator, 0.0)
         return loss, logged, n
+
+    def _accumulating(self) -> int:
+        """The trainer's ``accumulate_grad_batches`` while it trains a pixel loss (:attr:`global_loss`), else 1."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training or not self.global_loss:
+            return 1
+        return int(trainer.accumulate_grad_batches)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """After k accumulated batches: the gradients × reference weight / the window's total weight."""
+        window, self._window = self._window, None
+        if window is None or window[1] <= 0 or window[0] == window[1]:
+            return
+        scale = window[0] / window[1]
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
 
     def _outputs(self, batch) -> tuple[Tensor, Tensor, Tensor | PaddedBatch, int, bool]:
         """:meth:`_step`'s four values and whether the logged loss still needs averaging over processes. A
@@ -394,7 +504,8 @@ class ClassificationTask(_Task):
         class_weight: Weight of each class (C,) in the cross-entropy.
         ignore_index: A target value to leave out, besides −100 which is always left out.
         label_smoothing: Label smoothing of ``F.cross_entropy``, in [0, 1).
-        optimizer, lr, weight_decay, masked_input, sync_batchnorm, scheduler: As in :class:`SegmentationTask`.
+        optimizer, lr, weight_decay, masked_input, sync_batchnorm, scheduler, warmup_epochs, encoder_lr_factor,
+            freeze_encoder_epochs: As in :class:`SegmentationTask` (gradient accumulation averages the batch means).
 
     Shape:
         - images: (N, C_in, *spatial) tensor, or a PaddedBatch of them
@@ -421,6 +532,9 @@ class ClassificationTask(_Task):
         masked_input: bool = False,
         sync_batchnorm: bool | None = None,
         scheduler: str | None = None,
+        warmup_epochs: int = 0,
+        encoder_lr_factor: float = 1.0,
+        freeze_encoder_epochs: int = 0,
     ) -> None:
         super().__init__(
             model,
@@ -433,6 +547,9 @@ class ClassificationTask(_Task):
             masked_input=masked_input,
             sync_batchnorm=sync_batchnorm,
             scheduler=scheduler,
+            warmup_epochs=warmup_epochs,
+            encoder_lr_factor=encoder_lr_factor,
+            freeze_encoder_epochs=freeze_encoder_epochs,
         )
         if self.num_classes < 2:
             raise ShapeError(f"num_classes must be >= 2 for classification. Received num_classes={num_classes}.")
@@ -443,7 +560,7 @@ class ClassificationTask(_Task):
             "num_classes": self.num_classes, "ignore_index": self.ignore_index,
             "class_weight": None if self.class_weight is None else self.class_weight.tolist(),
             "label_smoothing": self.label_smoothing, "optimizer": self._optimizer_name(), "lr": self.lr,
-            "weight_decay": self.weight_decay, "masked_input": self.masked_input,
+            "weight_decay": self.weight_decay, "masked_input": self.masked_input, **self._training_options(),
         })
 
     def __repr__(self) -> str:
