@@ -3,7 +3,7 @@
 One table per library of a :class:`~cnnkit.models.ModelSpec`:
 
 - ``cnnkit``: :data:`MODELS`, cnnkit's own networks (:class:`~cnnkit.models.TinySegNet`,
-  :class:`~cnnkit.models.TinyResNet`, :class:`~cnnkit.models.SeriesSegNet`).
+  :class:`~cnnkit.models.TinyResNet`, :class:`~cnnkit.models.SeriesSegNet`, :class:`~cnnkit.models.utae.UTAE`).
 - ``smp``: every architecture the installed segmentation-models-pytorch exports (each subclass of its
   ``SegmentationModel``), on any of its encoders or on a timm model as ``tu-<name>``. Read from smp and timm
   when asked (importing them takes seconds; ``import cnnkit.models`` does not), never kept by hand.
@@ -33,6 +33,7 @@ from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 from cnnkit.models.series import SeriesSegNet
 from cnnkit.models.spec import FAMILIES, ModelSpec, _short, closest_names, parse_spec
 from cnnkit.models.tiny import TinyResNet, TinySegNet
+from cnnkit.models.utae import UTAE
 
 __all__ = [
     "MODELS",
@@ -49,10 +50,11 @@ __all__ = [
 
 MODELS: NameRegistry[Callable[..., nn.Module]] = NameRegistry("cnnkit network")
 """cnnkit's networks by name (a ``Mapping``: ``MODELS["TinySegNet"](in_channels=4, num_classes=5)``)."""
-for _network in (TinySegNet, TinyResNet, SeriesSegNet):
+for _network in (TinySegNet, TinyResNet, SeriesSegNet, UTAE):
     MODELS.register(_network.__name__, _network)
 
-_CNNKIT_FAMILIES = {"TinySegNet": "cnnkit", "TinyResNet": "cnnkit", "SeriesSegNet": "cnnkit-series"}
+_CNNKIT_FAMILIES = {"TinySegNet": "cnnkit", "TinyResNet": "cnnkit", "SeriesSegNet": "cnnkit-series",
+                    "UTAE": "cnnkit-series"}
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def list_architectures(*, smp: bool = True) -> dict[str, list[str]]:
 
     Examples:
         >>> list_architectures(smp=False)["cnnkit"]
-        ['TinySegNet', 'TinyResNet', 'SeriesSegNet']
+        ['TinySegNet', 'TinyResNet', 'SeriesSegNet', 'UTAE']
     """
     return {"cnnkit": list(MODELS), "smp": list(smp_architectures()) if smp else [], "user": sorted(_USER)}
 
@@ -182,7 +184,7 @@ def spec_for(architecture: str, *, encoder: str | None = None, args: Mapping[str
         >>> spec_for("Unte")
         Traceback (most recent call last):
         ...
-        cnnkit.errors.UnsupportedError: Unknown architecture 'Unte'. Closest: ['Unet']. Expected one of (...).
+        cnnkit.errors.UnsupportedError: Unknown architecture 'Unte'. Closest: ['UTAE', 'Unet']. Expected one of (...).
     """
     if not isinstance(architecture, str) or not architecture:
         raise ShapeError(f"architecture must be a non-empty string. Received architecture={_short(architecture)}.")
@@ -276,8 +278,8 @@ def resolve(spec: ModelSpec | Mapping[str, Any]) -> Builder:
 def family_of(spec: ModelSpec | Mapping[str, Any]) -> str:
     """The training family of a spec's network: a key of :data:`~cnnkit.models.FAMILY_DEFAULTS`.
 
-    cnnkit's image networks are ``"cnnkit"``, SeriesSegNet ``"cnnkit-series"``. An smp network is
-    ``"transformer"`` when its encoder is one: DPT (always on a ViT) and any architecture on smp's Mix
+    cnnkit's image networks are ``"cnnkit"``, its series networks (SeriesSegNet, UTAE) ``"cnnkit-series"``. An
+    smp network is ``"transformer"`` when its encoder is one: DPT (always on a ViT) and any architecture on smp's Mix
     Transformer encoders (``mit_b0`` … ``mit_b5``, SegFormer's own, read from smp's table of them); every other
     smp network is ``"convolutional"`` (a timm transformer as ``tu-`` encoder of a convolutional decoder too:
     give it a lower learning rate yourself). A registered builder has the family it was registered with.

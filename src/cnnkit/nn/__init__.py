@@ -15,15 +15,18 @@ from cnnkit.nn.locally_connected import (
     locally_connected2d,
     locally_connected_nd,
 )
+from cnnkit.nn.temporal_attention import LTAE2d, TemporalAttention
 
 __all__ = [
     "ConvLSTM1d",
     "ConvLSTM2d",
+    "LTAE2d",
     "LocallyConnected1d",
     "LocallyConnected2d",
     "PartialConv1d",
     "PartialConv2d",
     "PartialConv3d",
+    "TemporalAttention",
     "conv_lstm_nd",
     "locally_connected1d",
     "locally_connected2d",
