@@ -141,9 +141,9 @@ def test_percentile_stretch_matches_numpy_percentile():
     assert out[0, 50, 0] == round(255 * (50 - lo) / (hi - lo))
 
 
-def test_nan_pixels_render_black_and_errors():
+def test_nan_pixels_render_as_no_data_and_errors():
     img = torch.tensor([[[0.0, float("nan"), 2.0]]])
-    assert image_to_rgb(img)[..., 0].tolist() == [[0, 0, 255]]
+    assert image_to_rgb(img).tolist() == [[[0, 0, 0], [255, 255, 255], [255, 255, 255]]]  # NaN: NODATA_COLOR
     with pytest.raises(ShapeError, match=r"bands must be given for an image with 2 channels"):
         image_to_rgb(torch.zeros(2, 2, 2))
     with pytest.raises(ShapeError, match=r"bands must be 1 or 3 channel indices in \[0, 3\].*bands=\(0, 1, 9\)"):
@@ -224,10 +224,62 @@ def test_save_png_round_trip(tmp_path):
         save_png(np.zeros((2, 2, 2), np.uint8), tmp_path / "x.png")
 
 
+# -- no data: one colour in every picture (#26) ------------------------------------------------------------------
+
+
+def test_no_data_has_one_colour_in_every_picture_and_unlabelled_another():
+    """NaN in the image or validity 0: NODATA_COLOR (white) at exactly those pixels of the composite, the overlay,
+    the coloured mask, the three panels and the legend's row; unlabelled pixels with data: UNLABELLED_COLOR."""
+    from cnnkit.render import (
+        CORRECT_COLOR,
+        NODATA_COLOR,
+        UNLABELLED_COLOR,
+        WRONG_COLOR,
+        confidence_panel,
+        error_panel,
+        label_panel,
+    )
+
+    assert NODATA_COLOR == (255, 255, 255) and UNLABELLED_COLOR == (0, 0, 0)
+    special = [NODATA_COLOR, UNLABELLED_COLOR, CORRECT_COLOR, WRONG_COLOR]
+    assert len(set(special)) == 4 and not set(special) & set(DEFAULT_PALETTE)
+    image = torch.rand(4, 5, 6, generator=torch.Generator().manual_seed(0)) * 100  # 4 bands: (0, 1, 2) are drawn
+    image[1, 0, :3] = float("nan")   # no data in a drawn band
+    image[3, 4, 5] = float("nan")    # in a band that is not drawn: still data in these pictures
+    labels = torch.arange(30).reshape(5, 6) % 3
+    labels[2, :] = -100              # unlabelled, with data
+    labels[0, 0] = -100              # no data and no label: no data wins
+    missing = np.zeros((5, 6), bool)
+    missing[0, :3] = True
+    valid = ~missing
+    pictures = {
+        "image_to_rgb": image_to_rgb(image),
+        "overlay": overlay(image, labels, ignore_index=-100),
+        "overlay(valid)": overlay(image.nan_to_num(7.0), labels, ignore_index=-100, valid=valid),
+        "colorize(valid)": colorize(labels, ignore_index=-100, valid=valid),
+        "label_panel": label_panel(labels, valid),
+        "error_panel": error_panel(labels, torch.zeros(5, 6, dtype=torch.long), valid),
+        "confidence_panel": confidence_panel(torch.full((3, 5, 6), 1 / 3), valid),
+    }
+    for name, picture in pictures.items():
+        is_nodata = (picture == NODATA_COLOR).all(axis=-1)
+        np.testing.assert_array_equal(is_nodata, missing, err_msg=name)  # there, and nowhere else
+    for name in ("colorize(valid)", "label_panel", "error_panel"):
+        np.testing.assert_array_equal((pictures[name] == UNLABELLED_COLOR).all(axis=-1),
+                                      (labels == -100).numpy() & valid, err_msg=name)
+    # the batched composite and overlay agree with the single ones
+    assert np.array_equal(image_to_rgb(image[None])[0], pictures["image_to_rgb"])
+    assert np.array_equal(overlay(image[None], labels[None], ignore_index=-100)[0], pictures["overlay"])
+    key = legend(["a", "b"], ignore_name="unlabelled", nodata_name="no data", swatch=10)
+    assert key[6 + 2 * 14, 6].tolist() == list(UNLABELLED_COLOR) and key[6 + 3 * 14, 6].tolist() == list(NODATA_COLOR)
+    assert key[4 + 3 * 14, 4].tolist() == [0, 0, 0]  # the white swatch is framed on the white page
+
+
 def test_public_names_of_cnnkit_render():
     import cnnkit.render as render
 
-    expected = {"DEFAULT_PALETTE", "activation_grid", "colorize", "default_palette", "filter_grid", "image_to_rgb",
+    expected = {"DEFAULT_PALETTE", "NODATA_COLOR", "UNLABELLED_COLOR",
+                "activation_grid", "colorize", "default_palette", "filter_grid", "image_to_rgb",
                 "legend", "overlay", "probabilities_to_labels", "save_png", "signed_to_rgb", "tile_images"}
     assert expected <= set(render.__all__)
     assert all(hasattr(render, name) for name in render.__all__)

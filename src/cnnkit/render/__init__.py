@@ -1,11 +1,14 @@
 """Rendering: label maps → coloured masks, overlays and legends; filters, gradients and activations as grids.
 
-Everything returns ``uint8`` NumPy arrays, channels last (H, W, 3), ready for :func:`save_png` (Pillow).
+Everything returns ``uint8`` NumPy arrays, channels last (H, W, 3), ready for :func:`save_png` (Pillow). A pixel
+without data is :data:`NODATA_COLOR` in every picture, a pixel with data but no label :data:`UNLABELLED_COLOR`.
 """
 
 from cnnkit.render.grids import activation_grid, annotated_grid, colorbar, filter_grid, signed_to_rgb, tile_images
 from cnnkit.render.labels import (
     DEFAULT_PALETTE,
+    NODATA_COLOR,
+    UNLABELLED_COLOR,
     colorize,
     default_palette,
     image_to_rgb,
@@ -16,8 +19,6 @@ from cnnkit.render.labels import (
 )
 from cnnkit.render.panels import (
     CORRECT_COLOR,
-    NODATA_COLOR,
-    UNLABELLED_COLOR,
     WRONG_COLOR,
     confidence_colors,
     confidence_panel,

@@ -16,8 +16,13 @@ Conventions, shared by every function here:
   are present, so the same class has the same colour in every image of a run. A custom ``palette``
   (a sequence of RGB triples) is never cycled: a label beyond it is an error.
 * **Ignored pixels.** ``ignore_index`` marks pixels outside every class (unlabelled, clouds, padding).
-  :func:`colorize` paints them ``ignore_color``; :func:`overlay` leaves them byte-identical to the image's
-  own RGB rendering (:func:`image_to_rgb`).
+  :func:`colorize` paints them ``ignore_color`` (default :data:`UNLABELLED_COLOR`); :func:`overlay` leaves them
+  byte-identical to the image's own RGB rendering (:func:`image_to_rgb`).
+* **No data, one colour everywhere.** A pixel without data — NaN in a band :func:`image_to_rgb` draws, or
+  ``valid`` false where a function takes ``valid`` — is :data:`NODATA_COLOR` in every picture of cnnkit: the
+  composite, the overlay, the coloured mask, the panels of :mod:`cnnkit.render.panels` and the legend's "no data"
+  row. A pixel with data but no label is :data:`UNLABELLED_COLOR`. Neither colour is one of the palette's, nor
+  the other's, so no picture can confuse a class, an unlabelled pixel and a missing one.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from cnnkit.masking.batch import IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_PALETTE",
+    "NODATA_COLOR",
+    "UNLABELLED_COLOR",
     "colorize",
     "default_palette",
     "image_to_rgb",
@@ -54,6 +61,11 @@ DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
     (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )
+
+NODATA_COLOR: tuple[int, int, int] = (255, 255, 255)
+"""Pixels without data (NaN in the image, or validity 0), in every picture: white, the page shows through."""
+UNLABELLED_COLOR: tuple[int, int, int] = (0, 0, 0)
+"""Pixels with data but without a label (the ignore index), in every picture: black."""
 
 
 def default_palette(num_classes: int) -> np.ndarray:
@@ -125,6 +137,16 @@ def _check_labels(labels: Any, ignore_index: int | None, name: str = "labels") -
             f"{name} must be >= 0 except for ignore_index={ignore_index!r}. Received a label {int(valid.min())}."
         )
     return arr
+
+
+def _valid_mask(valid: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``valid`` as a bool array of ``shape`` (True where a pixel has data); everywhere when ``valid`` is None."""
+    if valid is None:
+        return np.ones(shape, dtype=bool)
+    arr = _to_numpy(valid, "valid")
+    if arr.shape != shape:
+        raise ShapeError(f"valid must have the labels' shape {shape}. Received valid with shape {arr.shape}.")
+    return arr.astype(bool)
 
 
 def _lookup(labels: np.ndarray, palette: np.ndarray | None, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +239,9 @@ def colorize(
     labels: Tensor | np.ndarray,
     palette: Sequence[Sequence[int]] | np.ndarray | None = None,
     ignore_index: int | None = None,
-    ignore_color: Sequence[int] = (0, 0, 0),
+    ignore_color: Sequence[int] = UNLABELLED_COLOR,
+    *,
+    valid: Tensor | np.ndarray | None = None,
 ) -> np.ndarray:
     """Colour mask of a label map: class ``k`` → colour ``k`` of the palette.
 
@@ -226,7 +250,10 @@ def colorize(
         palette: RGB triples; default :data:`DEFAULT_PALETTE`, cycled (class ``k`` → colour ``k % 20``).
             A custom palette must cover every label present.
         ignore_index: Label of pixels outside every class; they get ``ignore_color``.
-        ignore_color: RGB of ignored pixels (default black).
+        ignore_color: RGB of ignored pixels (default :data:`UNLABELLED_COLOR`; pass :data:`NODATA_COLOR` where the
+            ignore index means "no data", as in a prediction's label map).
+        valid: (..., H, W) truthy where the pixel has data; the others are :data:`NODATA_COLOR` (no data wins over
+            a label). Default: data everywhere.
 
     Shape:
         - labels: (..., H, W)
@@ -241,6 +268,7 @@ def colorize(
     arr = _check_labels(labels, ignore_index)
     colors, labelled = _lookup(arr, _palette_array(palette), ignore_index)
     colors[~labelled] = _check_color(ignore_color, "ignore_color")
+    colors[~_valid_mask(valid, arr.shape)] = NODATA_COLOR
     return colors
 
 
@@ -289,7 +317,8 @@ def image_to_rgb(
       the usual satellite-image stretch; robust to clouds and hot pixels), clipped to [0, 255];
     * ``"none"``: floats already in [0, 1], ``round(255 · x)`` clipped.
 
-    A constant band renders as 0. NaN (missing) pixels are left out of the statistics and render as 0.
+    A constant band renders as 0. NaN (missing) pixels are left out of the statistics, and a pixel NaN in any
+    band drawn renders as :data:`NODATA_COLOR`.
 
     Args:
         image: (C, H, W) or (N, C, H, W), torch layout.
@@ -305,6 +334,8 @@ def image_to_rgb(
     Examples:
         >>> image_to_rgb(torch.tensor([[[0.0, 0.5, 2.0]]])).tolist()  # one band → grey, min–max stretch
         [[[0, 0, 0], [64, 64, 64], [255, 255, 255]]]
+        >>> image_to_rgb(torch.tensor([[[0.0, float("nan"), 2.0]]]))[0, 1].tolist()  # no data: NODATA_COLOR
+        [255, 255, 255]
     """
     arr = _to_numpy(image, "image")
     if arr.ndim not in (3, 4):
@@ -345,6 +376,8 @@ def image_to_rgb(
             scaled = np.where(span > 0, 255.0 * (x - lo) / np.where(span > 0, span, 1.0), 0.0)
         rgb = np.clip(np.round(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
     rgb = np.ascontiguousarray(np.moveaxis(rgb, 1, -1))
+    if np.issubdtype(picked.dtype, np.floating):
+        rgb[np.isnan(picked).any(axis=1)] = NODATA_COLOR
     return rgb if batched else rgb[0]
 
 
@@ -357,12 +390,14 @@ def overlay(
     bands: Sequence[int] | None = None,
     *,
     normalize: str = "minmax",
+    valid: Tensor | np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend the colour mask of ``labels`` onto ``image``; ignored pixels stay exactly as the image.
 
     The image is first rendered by :func:`image_to_rgb` (``bands``, ``normalize``); a labelled pixel
     becomes ``round((1 − alpha) · rgb + alpha · colour)``; a pixel with ``ignore_index`` keeps the
-    rendered ``rgb`` bytes unchanged.
+    rendered ``rgb`` bytes unchanged. A pixel without data (NaN in a band drawn, or ``valid`` false) is
+    :data:`NODATA_COLOR`, whatever its label.
 
     Args:
         image: (C, H, W) or (N, C, H, W); any number of bands (see :func:`image_to_rgb`).
@@ -371,6 +406,7 @@ def overlay(
         palette, ignore_index: As in :func:`colorize`.
         bands: R, G, B channel indices (or one for grey); default first three, or grey for 1 channel.
         normalize: Band normalisation of float images (:func:`image_to_rgb`).
+        valid: (H, W) or (N, H, W) truthy where the pixel has data (default: where the image is not NaN).
 
     Shape:
         - Output: (H, W, 3) or (N, H, W, 3), ``uint8``.
@@ -393,6 +429,11 @@ def overlay(
     blended = np.round((1.0 - alpha) * rgb.astype(np.float64) + alpha * colors.astype(np.float64))
     out = rgb.copy()
     out[labelled] = np.clip(blended, 0, 255).astype(np.uint8)[labelled]
+    arr = _to_numpy(image, "image")
+    if np.issubdtype(arr.dtype, np.floating):  # no data wins over a label
+        picked = list(_resolve_bands(bands, arr.shape[-3]))
+        out[np.isnan(arr[..., picked, :, :]).any(axis=-3)] = NODATA_COLOR
+    out[~_valid_mask(valid, lab.shape)] = NODATA_COLOR
     return out
 
 
@@ -404,7 +445,8 @@ def legend(
     palette: Sequence[Sequence[int]] | np.ndarray | None = None,
     *,
     ignore_name: str | None = None,
-    ignore_color: Sequence[int] = (0, 0, 0),
+    ignore_color: Sequence[int] = UNLABELLED_COLOR,
+    nodata_name: str | None = None,
     swatch: int = 14,
 ) -> np.ndarray:
     """A small image listing each class's colour and name (one row per class), for a PNG next to a mask.
@@ -413,8 +455,9 @@ def legend(
         class_names: Names by class index: a sequence (class ``k`` is ``class_names[k]``) or a mapping
             ``{k: name}`` (to list only some classes, with the colours they have in :func:`colorize`).
         palette: As in :func:`colorize`.
-        ignore_name: If given, a last row with ``ignore_color`` and this name (e.g. ``"unlabelled"``).
-        ignore_color: RGB of the ignore row.
+        ignore_name: If given, a row with ``ignore_color`` and this name (e.g. ``"unlabelled"``).
+        ignore_color: RGB of the ignore row (default :data:`UNLABELLED_COLOR`).
+        nodata_name: If given, a last row with :data:`NODATA_COLOR` and this name (e.g. ``"no data"``).
         swatch: Side of each colour square, in pixels (>= 4).
 
     Shape:
@@ -436,7 +479,7 @@ def legend(
     else:
         raise ArgumentTypeError(
             f"class_names must be a sequence or a mapping of names. Received {type(class_names).__name__}.")
-    if not entries and ignore_name is None:
+    if not entries and ignore_name is None and nodata_name is None:
         raise ShapeError("class_names must name at least one class. Received an empty class_names.")
     if not isinstance(swatch, int) or swatch < 4:
         raise ShapeError(f"swatch must be an integer >= 4. Received swatch={swatch!r}.")
@@ -450,6 +493,8 @@ def legend(
     rows = [(tuple(int(c) for c in col), f"{k}: {name}") for (k, name), col in zip(entries, colors)]
     if ignore_name is not None:
         rows.append((tuple(int(c) for c in _check_color(ignore_color, "ignore_color")), str(ignore_name)))
+    if nodata_name is not None:
+        rows.append((NODATA_COLOR, str(nodata_name)))
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_width = max(int(probe.textlength(text, font=font)) for _, text in rows)
@@ -458,8 +503,8 @@ def legend(
     draw = ImageDraw.Draw(image)
     for i, (color, text) in enumerate(rows):
         top = 4 + i * row_h
-        draw.rectangle([4, top, 4 + swatch - 1, top + swatch - 1], fill=color, outline=(0, 0, 0)
-                       if color == (255, 255, 255) else None)
+        draw.rectangle([4, top, 4 + swatch - 1, top + swatch - 1], fill=color, outline=UNLABELLED_COLOR
+                       if color == (255, 255, 255) else None)  # a white swatch framed on the white page
         draw.text((4 + swatch + 6, top + swatch // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
     return np.asarray(image, dtype=np.uint8).copy()
 

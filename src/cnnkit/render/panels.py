@@ -4,7 +4,8 @@ A report row shows a sample's image beside panels that are *not* blended into it
 label panel has one of the legend's colours and nothing else:
 
 * :func:`label_panel` — class ``k`` in ``palette[k]``; a pixel with data but no label in
-  :data:`UNLABELLED_COLOR`; a pixel without data (the validity band is 0) in :data:`NODATA_COLOR`.
+  :data:`UNLABELLED_COLOR`; a pixel without data (the validity band is 0) in :data:`NODATA_COLOR` (both defined
+  once in :mod:`cnnkit.render.labels`, and used by every picture).
 * :func:`error_panel` — a labelled pixel predicted right in :data:`CORRECT_COLOR`, wrong in
   :data:`WRONG_COLOR`; unlabelled and no-data pixels as in :func:`label_panel`.
 * :func:`confidence_panel` — the largest class probability of each pixel through a sequential colour map
@@ -23,28 +24,23 @@ import torch
 from torch import Tensor
 
 from cnnkit.errors import ShapeError
-from cnnkit.render.labels import _check_labels, _lookup, _palette_array, _to_numpy
+from cnnkit.render.labels import (
+    NODATA_COLOR,
+    UNLABELLED_COLOR,
+    _check_labels,
+    _lookup,
+    _palette_array,
+    _to_numpy,
+    _valid_mask,
+)
 
 __all__ = ["CORRECT_COLOR", "NODATA_COLOR", "UNLABELLED_COLOR", "WRONG_COLOR", "confidence_colors",
            "confidence_panel", "error_panel", "label_panel"]
 
-UNLABELLED_COLOR: tuple[int, int, int] = (0, 0, 0)
-"""Pixels with data but without a label (the ignore index), as :func:`cnnkit.render.colorize` draws them."""
-NODATA_COLOR: tuple[int, int, int] = (255, 255, 255)
-"""Pixels without data (validity 0): the paper shows through."""
 CORRECT_COLOR: tuple[int, int, int] = (205, 205, 205)
 """Error panel: labelled pixels the network got right."""
 WRONG_COLOR: tuple[int, int, int] = (220, 20, 60)
 """Error panel: labelled pixels the network got wrong."""
-
-
-def _valid_mask(valid, shape: tuple[int, ...]) -> np.ndarray:
-    if valid is None:
-        return np.ones(shape, dtype=bool)
-    arr = _to_numpy(valid, "valid")
-    if arr.shape != shape:
-        raise ShapeError(f"valid must have the labels' shape {shape}. Received valid with shape {arr.shape}.")
-    return arr.astype(bool)
 
 
 def label_panel(
