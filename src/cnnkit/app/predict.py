@@ -17,6 +17,7 @@ quantised or float16). The COGs lie on the input's CRS and transform.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import time
@@ -38,11 +39,13 @@ from cnnkit.predict.outputs import (
     Subsampled,
     label_cog,
     palette_png,
+    save_png,
     score_cog,
     side_by_side,
 )
 from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, open_scene
 from cnnkit.rasters import CogWriter, Georeference, read_georeference
+from cnnkit.rasters.destination import FolderLock, Staging, prepare_folder, remove_leftovers
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
 __all__ = ["PredictionRun", "expand_inputs", "expand_series_inputs", "is_series_run", "load_predictor",
@@ -150,6 +153,7 @@ class PredictionRun:
         class_pixels: Pixels predicted per class.
         tiled: Inputs run tile by tile.
         seconds: Wall time.
+        resumed: Inputs skipped by ``resume``: an interrupted run had finished them.
     """
 
     files: dict[Path, list[Path]] = field(default_factory=dict)
@@ -157,6 +161,7 @@ class PredictionRun:
     class_pixels: np.ndarray | None = None
     tiled: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    resumed: list[Path] = field(default_factory=list)
 
     def summary(self, class_names: Sequence[str]) -> str:
         counts = self.class_pixels if self.class_pixels is not None else np.zeros(len(class_names))
@@ -164,21 +169,100 @@ class PredictionRun:
         shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in zip(class_names, counts))
         return (f"{len(self.files)} images, {self.pixels:,} pixels with data in {self.seconds:.1f} s "
                 f"({self.pixels / max(self.seconds, 1e-9) / 1e6:.2f} Mpx/s); predicted: {shares}"
-                + (f"; {len(self.tiled)} run in tiles" if self.tiled else ""))
+                + (f"; {len(self.tiled)} run in tiles" if self.tiled else "")
+                + (f"; {len(self.resumed)} finished before (--resume)" if self.resumed else ""))
 
 
 def _check_out(out: Path, stems: list[str], overwrite: bool) -> None:
     """Refuse to write over files named after these output ``stems`` unless asked (nothing else in ``out`` is
-    touched)."""
-    if out.exists() and not out.is_dir():
-        raise ShapeError(f"--out must be a folder. Received out={os.fspath(out)!r}, which is a file.")
-    if out.is_dir() and not overwrite:
-        taken = [p.name for p in out.iterdir() if any(p.name.startswith(f"{stem}_") for stem in stems)]
-        if taken:
-            raise CnnkitError(f"--out {os.fspath(out)!r} already holds predictions for these inputs ("
-                              + ", ".join(sorted(taken)[:5]) + (" …" if len(taken) > 5 else "")
-                              + "); pass --overwrite to replace them, or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    touched); ``out`` must already be prepared (:func:`~cnnkit.rasters.destination.prepare_folder`)."""
+    taken = _taken(out, stems)
+    if taken and not overwrite:
+        raise CnnkitError(f"--out {os.fspath(out)!r} already holds predictions for these inputs ("
+                          + ", ".join(sorted(taken)[:5]) + (" …" if len(taken) > 5 else "")
+                          + "); pass --overwrite to replace them, or choose another --out.")
+
+
+def _taken(out: Path, stems: Sequence[str]) -> list[str]:
+    return [p.name for p in out.iterdir() if any(p.name.startswith(f"{stem}_") for stem in stems)]
+
+
+STATE_NAME = ".cnnkit-predict.json"
+"""What a ``cnnkit predict`` run into a folder has finished, and with which settings (``--resume`` reads it)."""
+
+
+def _fingerprint(predictor: Predictor) -> str:
+    """A digest of the network's weights, its preprocessing and classes: a resumed run must use the same."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in predictor.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(repr((predictor.preprocessing, predictor.class_names, predictor.palette,
+                        predictor.ignore_value)).encode())
+    return digest.hexdigest()[:32]
+
+
+class _State:
+    """The run's record in its output folder: settings and, per input, the outputs committed (renamed into place)."""
+
+    def __init__(self, out: Path, settings: dict):
+        self.path, self.settings, self.done = out / STATE_NAME, settings, {}
+
+    @staticmethod
+    def read(out: Path) -> dict | None:
+        path = out / STATE_NAME
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+            return None
+        return state
+
+    def save(self) -> None:
+        from cnnkit.rasters.destination import Staging
+
+        with Staging() as staging:
+            staging.path(self.path).write_text(json.dumps({"settings": self.settings, "done": self.done}, indent=1))
+
+    def finish(self, stem: str, files: list[Path]) -> None:
+        self.done[stem] = [f.name for f in files]
+        self.save()
+
+
+def _plan(out: Path, files: list[Path], settings: dict, overwrite: bool, resume: bool) -> tuple[list[Path], _State]:
+    """Which inputs to predict (all of them, or with ``resume`` those an interrupted run did not finish), checked
+    against what ``out`` holds; the run's state to record progress in."""
+    stems = [p.stem for p in files]
+    previous = _State.read(out)
+    state = _State(out, settings)
+    if resume and previous is not None:
+        if previous.get("settings") != settings:
+            differ = sorted(k for k in set(settings) | set(previous.get("settings") or {})
+                            if settings.get(k) != (previous.get("settings") or {}).get(k))
+            raise CnnkitError(f"--resume: the run that wrote {os.fspath(out)!r} used other settings ("
+                              f"{', '.join(differ)} differ); resume it with the same run and options, or pass "
+                              "--overwrite to start again.")
+        done = {stem: names for stem, names in previous["done"].items()
+                if stem in stems and all((out / name).is_file() for name in names)}
+        state.done = done
+        return [p for p in files if p.stem not in done], state
+    taken = _taken(out, stems)
+    if taken and not overwrite and not resume:
+        interrupted = previous is not None and any(stem not in previous["done"] for stem in stems
+                                                   if any(t.startswith(f"{stem}_") for t in taken))
+        raise CnnkitError(f"--out {os.fspath(out)!r} already holds predictions for these inputs ("
+                          + ", ".join(sorted(taken)[:5]) + (" …" if len(taken) > 5 else "") + ")"
+                          + ("; some are from an interrupted run: pass --resume to finish it" if interrupted else "")
+                          + "; pass --overwrite to replace them, or choose another --out.")
+    if previous is not None and not overwrite:
+        state.done = {k: v for k, v in previous["done"].items() if k not in stems} if (
+            previous.get("settings") == settings) else {}
+    return files, state
 
 
 def predict_files(
@@ -194,6 +278,8 @@ def predict_files(
     tile: int = 512,
     batch_size: int = 8,
     overwrite: bool = False,
+    resume: bool = False,
+    external_sources: bool = False,
     rgb_bands: Sequence[int] | None = None,
     probability_dtype: str = "uint8",
     progress: Callable[[int, int], None] | None = None,
@@ -214,12 +300,27 @@ def predict_files(
         tile: Side of a tile in pixels.
         batch_size: Images per padded batch.
         overwrite: Replace outputs of the same names.
+        resume: Finish what an interrupted run into ``out`` left: inputs whose outputs were all committed are
+            skipped, the others predicted again (the outputs equal those of an uninterrupted run); the settings must
+            be those of the interrupted run.
+        external_sources: Let a VRT input read files outside its own folder (refused by default).
         rgb_bands: Bands of the input drawn as R, G, B in the overlay (default: the bands the file names red, green
             and blue, else the first three, or grey).
         probability_dtype: How probabilities and confidence are stored: ``"uint8"`` (quantised, a stored ``v``
             meaning ``v / 255``; the scale is recorded in the file) or ``"float16"``.
         progress: Called with (images done, pixels done) after each image or tile.
         log: Called with each line of text to print.
+
+    The output folder is checked (it can be written; not under a file) before anything is read, and locked while
+    the run writes into it: a second run naming it is refused, naming this one. Each input's outputs are written
+    under hidden temporary names and renamed into place together when all are complete — a symlink under an output
+    name is replaced, never written through; a failure (a full disk, a damaged input) leaves nothing under the final
+    names. Temporary files an interrupted run left are removed.
+
+    Raises:
+        CnnkitError: an input that is damaged, contradicts its own header or exceeds the memory budget (naming it),
+            an output folder that cannot be written or is in use, outputs already there (without ``overwrite`` or
+            ``resume``), a full disk.
     """
     check_int(max_pixels, "max_pixels")
     check_int(tile, "tile")
@@ -227,12 +328,41 @@ def predict_files(
     if probability_dtype not in PROBABILITY_DTYPES:
         raise ShapeError(f"Unknown probability_dtype {probability_dtype!r}. Expected one of {PROBABILITY_DTYPES}.")
     start = time.perf_counter()
+    out = prepare_folder(out)
     files = expand_inputs(inputs)
-    out = Path(out)
-    _check_out(out, [p.stem for p in files], overwrite)
+    settings = {"network": _fingerprint(predictor), "tiff": tiff, "probabilities": probabilities,
+                "confidence": confidence, "probability_dtype": probability_dtype,
+                "rgb_bands": list(rgb_bands) if rgb_bands is not None else None, "band_count": band_count}
+    with FolderLock(out):
+        remove_leftovers(out)
+        todo, state = _plan(out, files, settings, overwrite, resume)
+        run = _predict_into(predictor, todo, out, state, band_count=band_count, tiff=tiff,
+                            probabilities=probabilities, confidence=confidence, max_pixels=max_pixels, tile=tile,
+                            batch_size=batch_size, rgb_bands=rgb_bands, probability_dtype=probability_dtype,
+                            progress=progress, external_sources=external_sources)
+    run.resumed = [p for p in files if p not in todo]
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _predict_into(predictor: Predictor, files: list[Path], out: Path, state: _State | None, *,
+                  band_count: int | None, tiff: bool, probabilities: bool, confidence: bool, max_pixels: int,
+                  tile: int, batch_size: int, rgb_bands, probability_dtype: str,
+                  progress: Callable[[int, int], None] | None, external_sources: bool = False) -> PredictionRun:
+    """Predict ``files`` into the prepared, locked folder ``out``: small images in padded batches, larger ones tile
+    by tile (:func:`predict_scene_into`); each input's outputs committed together, then recorded in ``state``."""
     names = predictor.class_names
     run = PredictionRun(class_pixels=np.zeros(len(names), dtype=np.int64))
-    scenes = [open_scene(path, band_count) for path in files]
+    scenes = []
+    try:
+        for path in files:
+            scenes.append(open_scene(path, band_count, external_sources=external_sources))
+        for scene in scenes:
+            _check_row_budget(scene, tile, max_pixels)
+    except BaseException:
+        for scene in scenes:
+            scene.close()
+        raise
     small = [s for s in scenes if s.height * s.width <= max_pixels]
     large = [s for s in scenes if s.height * s.width > max_pixels]
     done = {"images": 0, "pixels": 0}
@@ -242,6 +372,11 @@ def predict_files(
         done["pixels"] += pixels
         if progress is not None:
             progress(done["images"], done["pixels"])
+
+    def committed(scene: Scene, written: list[Path]) -> None:
+        run.files[scene.path] = written
+        if state is not None:
+            state.finish(scene.path.stem, written)
 
     # whole images, in padded batches of similar sizes: read in groups so memory stays bounded
     group = max(batch_size, 4 * batch_size)
@@ -254,130 +389,148 @@ def predict_files(
 
         def finished(result, part=part, raws=raws):
             index = next(i for i, s in enumerate(part) if s.path.stem == result.name)
-            _write(part[index], raws[index].numpy(), result.labels.numpy(), result, predictor, out, run,
-                   tiff=tiff, probabilities=probabilities, confidence=confidence, rgb_bands=rgb_bands,
-                   probability_dtype=probability_dtype)
+            with Staging() as staging:
+                written = _write(part[index], raws[index].numpy(), result.labels.numpy(), result, predictor, out,
+                                 run, staging, tiff=tiff, probabilities=probabilities, confidence=confidence,
+                                 rgb_bands=rgb_bands, probability_dtype=probability_dtype)
+            committed(part[index], written)
             step(1, int(result.valid.sum()))
 
         predictor.predict_images(raws, batch_size=batch_size, names=[s.path.stem for s in part], on_image=finished)
     # scenes larger than max_pixels: tile by tile, read ahead and written behind in background threads
     for scene in large:
         try:
-            _predict_large(scene, predictor, out, run, tile=tile, tiff=tiff, probabilities=probabilities,
-                           confidence=confidence, rgb_bands=rgb_bands, probability_dtype=probability_dtype,
-                           on_pixels=lambda pixels: step(0, pixels))
+            written = predict_scene_into(scene, predictor, out, run, tile=tile, tiff=tiff,
+                                         probabilities=probabilities, confidence=confidence, rgb_bands=rgb_bands,
+                                         probability_dtype=probability_dtype,
+                                         on_pixels=lambda pixels: step(0, pixels))
         finally:
             scene.close()
+        committed(scene, written)
         step(1, 0)
-    run.seconds = time.perf_counter() - start
     return run
+
+
+ROW_BUDGET = 1024 * 2**20
+"""Bytes a row of tiles may hold across a scene's width (windows read, labels waiting for the PNG's rows)."""
+
+
+def _check_row_budget(scene: Scene, tile: int, max_pixels: int) -> None:
+    """Refuse a scene so wide that one row of tiles would not fit :data:`ROW_BUDGET`, before anything is computed."""
+    if scene.height * scene.width <= max_pixels:
+        return
+    held = min(tile, scene.height) * scene.width * (scene.bands * 4 + 2)
+    if held > ROW_BUDGET:
+        raise CnnkitError(f"{scene.path} is {scene.width} pixels wide: a row of {tile}-pixel tiles over {scene.bands} "
+                          f"bands would hold {held / 2**20:.0f} MiB, over the {ROW_BUDGET // 2**20} MiB budget. Pass "
+                          "a smaller --tile, or check that the file is intact.")
 
 
 def _label_dtype(predictor: Predictor):
     return np.uint8 if predictor.num_classes < 255 and 0 <= predictor.ignore_value <= 255 else np.int16
 
 
-def _predict_large(scene: Scene, predictor: Predictor, out: Path, run: PredictionRun, *, tile: int, tiff: bool,
-                   probabilities: bool, confidence: bool, rgb_bands, probability_dtype: str,
-                   on_pixels: Callable[[int], None]) -> None:
-    """One scene over ``max_pixels``: tiles read ahead, run, written behind into the label PNG (strip by strip) and
-    COGs; the overlay drawn from previews of the image and the labels gathered on the way (the scene is read once,
-    its labels never held whole)."""
+def predict_scene_into(scene: Scene, predictor: Predictor, out: Path, run: PredictionRun, *, tile: int, tiff: bool,
+                       probabilities: bool, confidence: bool, rgb_bands, probability_dtype: str,
+                       on_pixels: Callable[[int], None]) -> list[Path]:
+    """One scene over ``max_pixels`` into the prepared folder ``out``: tiles read ahead, run, written behind into the
+    label PNG (strip by strip) and COGs under temporary names; the overlay drawn from previews of the image and the
+    labels gathered on the way (the scene is read once, its labels never held whole); every output renamed into
+    place when all are complete (nothing under a final name on an error). Returns the outputs' final names."""
     stem, names, shape = scene.path.stem, predictor.class_names, (scene.height, scene.width)
-    png = PalettePngWriter(out / f"{stem}_labels.png", shape, predictor.num_classes, predictor.palette,
-                           predictor.ignore_value)
-    writers: dict[str, CogWriter | PalettePngWriter] = {"png": png}
-    if tiff:
-        writers["labels"] = label_cog(out / f"{stem}_labels.tif", shape, names, predictor.palette,
-                                      predictor.ignore_value, scene.georeference)
-    if probabilities:
-        writers["probabilities"] = score_cog(out / f"{stem}_probabilities.tif", (*shape, len(names)), "probabilities",
-                                             names, probability_dtype, scene.georeference)
-    if confidence:
-        writers["confidence"] = score_cog(out / f"{stem}_confidence.tif", shape, "confidence", names,
-                                          probability_dtype, scene.georeference)
-    step = math.ceil(max(shape) / PREVIEW_SIDE)
-    preview = np.zeros((scene.bands, math.ceil(shape[0] / step), math.ceil(shape[1] / step)), np.float32)
-    small_labels = Subsampled(shape, step, _label_dtype(predictor))
+    with Staging() as staging:
+        png = PalettePngWriter(staging.path(out / f"{stem}_labels.png"), shape, predictor.num_classes,
+                               predictor.palette, predictor.ignore_value)
+        writers: dict[str, CogWriter | PalettePngWriter] = {"png": png}
+        try:
+            if tiff:
+                writers["labels"] = label_cog(staging.path(out / f"{stem}_labels.tif"), shape, names,
+                                              predictor.palette, predictor.ignore_value, scene.georeference)
+            if probabilities:
+                writers["probabilities"] = score_cog(staging.path(out / f"{stem}_probabilities.tif"),
+                                                     (*shape, len(names)), "probabilities", names, probability_dtype,
+                                                     scene.georeference)
+            if confidence:
+                writers["confidence"] = score_cog(staging.path(out / f"{stem}_confidence.tif"), shape, "confidence",
+                                                  names, probability_dtype, scene.georeference)
+            step = math.ceil(max(shape) / PREVIEW_SIDE)
+            preview = np.zeros((scene.bands, math.ceil(shape[0] / step), math.ceil(shape[1] / step)), np.float32)
+            small_labels = Subsampled(shape, step, _label_dtype(predictor))
 
-    def on_read(rows: slice, cols: slice, raw: np.ndarray) -> None:  # every step-th pixel, on the scene's grid
-        r, c = -(-rows.start // step) * step, -(-cols.start // step) * step
-        part = raw[:, r - rows.start::step, c - cols.start::step]
-        preview[:, r // step:r // step + part.shape[1], c // step:c // step + part.shape[2]] = part
+            def on_read(rows: slice, cols: slice, raw: np.ndarray) -> None:  # every step-th pixel, on the scene's grid
+                r, c = -(-rows.start // step) * step, -(-cols.start // step) * step
+                part = raw[:, r - rows.start::step, c - cols.start::step]
+                preview[:, r // step:r // step + part.shape[1], c // step:c // step + part.shape[2]] = part
 
-    try:
-        labels = Fanout(png, small_labels, writers.get("labels"))
-        _, counts = predictor.predict_scene(scene, tile=tile, labels_out=labels,
-                                            probabilities_out=writers.get("probabilities"),
-                                            confidence_out=writers.get("confidence"), on_tile=on_pixels,
-                                            on_read=on_read)
-        written = [writer.close() for writer in writers.values()]
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    written.append(_overlay(scene, preview, small_labels.array, predictor, out, rgb_bands, step))
-    run.files[scene.path] = written
+            labels = Fanout(png, small_labels, writers.get("labels"))
+            _, counts = predictor.predict_scene(scene, tile=tile, labels_out=labels,
+                                                probabilities_out=writers.get("probabilities"),
+                                                confidence_out=writers.get("confidence"), on_tile=on_pixels,
+                                                on_read=on_read)
+            for writer in writers.values():
+                writer.close()
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        _overlay(scene, preview, small_labels.array, predictor, out, rgb_bands, step, staging)
+        written = staging.finals
     run.pixels += int(counts.sum())
     run.class_pixels += counts.numpy()
     run.tiled.append(scene.path)
-
-
-def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: Path, tiff: bool) -> list[Path]:
-    stem = scene.path.stem
-    written = [palette_png(out / f"{stem}_labels.png", labels, predictor.num_classes, predictor.palette,
-                           predictor.ignore_value)]
-    if tiff:
-        with label_cog(out / f"{stem}_labels.tif", labels.shape, predictor.class_names, predictor.palette,
-                       predictor.ignore_value, scene.georeference) as cog:
-            cog[:, :] = labels
-        written.append(cog.path)
     return written
 
 
+def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: Path, tiff: bool,
+                  staging: Staging) -> None:
+    stem = scene.path.stem
+    palette_png(staging.path(out / f"{stem}_labels.png"), labels, predictor.num_classes, predictor.palette,
+                predictor.ignore_value)
+    if tiff:
+        with label_cog(staging.path(out / f"{stem}_labels.tif"), labels.shape, predictor.class_names,
+                       predictor.palette, predictor.ignore_value, scene.georeference) as cog:
+            cog[:, :] = labels
+
+
 def _overlay(scene: Scene, image: np.ndarray, labels: np.ndarray, predictor: Predictor, out: Path, rgb_bands,
-             step: int) -> Path:
+             step: int, staging: Staging) -> None:
     from PIL import Image
 
     bands = rgb_bands if rgb_bands is not None else scene.rgb_bands
     picture = side_by_side(image, labels, predictor.class_names, predictor.palette, predictor.ignore_value, bands)
     del image
     path = out / (f"{scene.path.stem}_overlay.png" if step == 1 else f"{scene.path.stem}_overlay_1to{step}.png")
-    Image.fromarray(picture).save(path)
-    return path
+    save_png(Image.fromarray(picture), staging.path(path))
 
 
 def _write_scores(result: Prediction, out: Path, stem: str, class_names: Sequence[str], georeference: Georeference,
-                  *, probabilities: bool, confidence: bool, dtype: str) -> list[Path]:
+                  *, probabilities: bool, confidence: bool, dtype: str, staging: Staging) -> None:
     """``STEM_probabilities.tif`` and ``STEM_confidence.tif`` (COGs; 0 where there is no data), as asked."""
-    written = []
     height, width = result.valid.shape
     if probabilities:
-        with score_cog(out / f"{stem}_probabilities.tif", (height, width, len(class_names)), "probabilities",
-                       class_names, dtype, georeference) as cog:
+        with score_cog(staging.path(out / f"{stem}_probabilities.tif"), (height, width, len(class_names)),
+                       "probabilities", class_names, dtype, georeference) as cog:
             cog[:, :] = result.probabilities.permute(1, 2, 0).numpy()
-        written.append(cog.path)
     if confidence:
-        with score_cog(out / f"{stem}_confidence.tif", (height, width), "confidence", class_names, dtype,
-                       georeference) as cog:
+        with score_cog(staging.path(out / f"{stem}_confidence.tif"), (height, width), "confidence", class_names,
+                       dtype, georeference) as cog:
             cog[:, :] = result.confidence.numpy()
-        written.append(cog.path)
-    return written
 
 
 def _write(scene: Scene, raw: np.ndarray, labels: np.ndarray, result, predictor: Predictor, out: Path,
-           run: PredictionRun, *, tiff: bool, probabilities: bool, confidence: bool, rgb_bands,
-           probability_dtype: str) -> None:
+           run: PredictionRun, staging: Staging, *, tiff: bool, probabilities: bool, confidence: bool, rgb_bands,
+           probability_dtype: str) -> list[Path]:
+    """One whole image's outputs under ``staging``'s temporary names; returns their final names."""
     labels = labels.astype(_label_dtype(predictor))
-    written = _write_labels(scene, labels, predictor, out, tiff)
+    _write_labels(scene, labels, predictor, out, tiff, staging)
     stem = scene.path.stem
-    written += _write_scores(result, out, stem, predictor.class_names, scene.georeference,
-                             probabilities=probabilities, confidence=confidence, dtype=probability_dtype)
+    _write_scores(result, out, stem, predictor.class_names, scene.georeference, probabilities=probabilities,
+                  confidence=confidence, dtype=probability_dtype, staging=staging)
     step = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)
-    written.append(_overlay(scene, raw[:, ::step, ::step], labels[::step, ::step], predictor, out, rgb_bands, step))
-    run.files[scene.path] = written
+    _overlay(scene, raw[:, ::step, ::step], labels[::step, ::step], predictor, out, rgb_bands, step, staging)
     run.pixels += int(result.valid.sum())
     run.class_pixels += result.class_pixels(predictor.num_classes).numpy()
+    return staging.finals
 
 
 # -- image time series -------------------------------------------------------------------------------
@@ -479,16 +632,29 @@ def predict_series_files(
     ``series/`` uses its ``masks/STEM.*`` as training did. A pixel without any valid date gets the label 255
     (no data).
     """
-    from cnnkit.data.series import read_series
-
     start = time.perf_counter()
+    out = prepare_folder(out)
     model, manifest = load_series_model(run_dir, device)
     prep, classes = manifest["input"], manifest["classes"]
+    files = expand_series_inputs(inputs)
+    with FolderLock(out):
+        remove_leftovers(out)
+        _check_out(out, [_series_stem(p) for p in files], overwrite)
+        run = _predict_series_into(model, files, out, prep, classes, device=device, tiff=tiff,
+                                   probabilities=probabilities, confidence=confidence,
+                                   probability_dtype=probability_dtype, progress=progress)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _predict_series_into(model, files: list[Path], out: Path, prep: dict, classes: dict, *, device: str, tiff: bool,
+                         probabilities: bool, confidence: bool, probability_dtype: str,
+                         progress: Callable[[int, int], None] | None) -> PredictionRun:
+    """Each series of ``files`` run whole into the prepared, locked folder ``out`` (outputs committed together)."""
+    from cnnkit.data.series import read_series
+
     mean = torch.tensor(prep["mean"], dtype=torch.float32)[:, None, None]
     std = torch.tensor(prep["std"], dtype=torch.float32)[:, None, None]
-    files = expand_series_inputs(inputs)
-    out = Path(out)
-    _check_out(out, [_series_stem(p) for p in files], overwrite)
     palette = [tuple(c) for c in classes.get("palette", [])] or None
     run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
     for index, path in enumerate(files):
@@ -501,22 +667,23 @@ def predict_series_files(
         seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = _series_stem(path)
-        written = [palette_png(out / f"{stem}_labels.png", labels, len(classes["names"]), palette)]
         where = _series_georeference(path) if tiff or probabilities or confidence else Georeference()
-        if tiff:
-            with label_cog(out / f"{stem}_labels.tif", labels.shape, classes["names"], palette, 255, where) as cog:
-                cog[:, :] = labels
-            written.append(cog.path)
-        if probabilities or confidence:
-            valid_pixels = torch.from_numpy(seen)
-            result = Prediction(torch.from_numpy(labels), torch.softmax(logits, 0).masked_fill(~valid_pixels, 0.0),
-                                valid_pixels, 255, stem)
-            written += _write_scores(result, out, stem, classes["names"], where, probabilities=probabilities,
-                                     confidence=confidence, dtype=probability_dtype)
+        with Staging() as staging:
+            palette_png(staging.path(out / f"{stem}_labels.png"), labels, len(classes["names"]), palette)
+            if tiff:
+                with label_cog(staging.path(out / f"{stem}_labels.tif"), labels.shape, classes["names"], palette, 255,
+                               where) as cog:
+                    cog[:, :] = labels
+            if probabilities or confidence:
+                valid_pixels = torch.from_numpy(seen)
+                result = Prediction(torch.from_numpy(labels),
+                                    torch.softmax(logits, 0).masked_fill(~valid_pixels, 0.0), valid_pixels, 255, stem)
+                _write_scores(result, out, stem, classes["names"], where, probabilities=probabilities,
+                              confidence=confidence, dtype=probability_dtype, staging=staging)
+            written = staging.finals
         run.files[path] = written
         run.pixels += int(seen.sum())
         run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]
         if progress is not None:
             progress(index + 1, run.pixels)
-    run.seconds = time.perf_counter() - start
     return run

@@ -43,6 +43,11 @@ def predict(
     batch_size: int = typer.Option(_BATCH_SIZE, min=1, help="Images per padded batch."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Finish what an interrupted run into --out left (same run and "
+                                "options): inputs it finished are kept, the others predicted again."),
+    external_vrt_sources: bool = typer.Option(False, "--allow-external-vrt-sources",
+                                              help="Let a VRT input read files outside its own folder (refused by "
+                                                   "default: a VRT from elsewhere could read any of your files)."),
     threads: int = typer.Option(None, min=1, help=THREADS),
 ) -> None:
     """Apply a trained run to new images and whole scenes: label maps, overlays, probabilities.
@@ -55,6 +60,12 @@ def predict(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from cnnkit.rasters.destination import prepare_folder
+
+    try:  # before torch is imported or the run read: a wrong --out fails at once
+        prepare_folder(out)
+    except CnnkitError as error:
+        fail(error)
     import_heavy("torch")
     from cnnkit.app.predict import expand_inputs, is_series_run, load_predictor, predict_files, predict_series_files
     from cnnkit.train.rundir import read_manifest
@@ -65,6 +76,8 @@ def predict(
         if is_series_run(read_manifest(run)):
             ignored = [flag for flag, given in (("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
                                                 ("--batch-size", batch_size != _BATCH_SIZE)) if given]
+            ignored += [flag for flag, given in (("--resume", resume),
+                                                 ("--allow-external-vrt-sources", external_vrt_sources)) if given]
             if ignored:
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
                                        f"({run!r}), which predicts each series whole (no tiles, one at a time).")
@@ -94,7 +107,8 @@ def predict(
 
             result = predict_files(predictor, files, out, band_count=band_count, tiff=tiff,
                                    probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
-                                   tile=tile, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                                   tile=tile, batch_size=batch_size, overwrite=overwrite, resume=resume,
+                                   external_sources=external_vrt_sources, progress=progress,
                                    probability_dtype=probability_dtype, rgb_bands=parse_rgb_bands(rgb_bands))
     except CnnkitError as error:
         fail(error)

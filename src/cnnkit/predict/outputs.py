@@ -18,6 +18,7 @@ Per input ``STEM``, in the output folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,10 +31,11 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.rasters import CogWriter, Georeference
+from cnnkit.rasters.boundary import disk_full
 from cnnkit.render.labels import DEFAULT_PALETTE, colorize, image_to_rgb, legend
 
-__all__ = ["PROBABILITY_DTYPES", "Fanout", "PalettePngWriter", "Subsampled", "label_cog", "palette_png", "score_cog",
-           "side_by_side"]
+__all__ = ["PROBABILITY_DTYPES", "Fanout", "PalettePngWriter", "Subsampled", "label_cog", "palette_png", "save_png",
+           "score_cog", "side_by_side"]
 
 
 def _palette(num_classes: int, palette) -> np.ndarray:
@@ -50,11 +52,24 @@ def palette_png(path: str | Path, labels: np.ndarray, num_classes: int, palette=
     colours = _png_colours(path, num_classes, palette, ignore_value)
     image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
     image.putpalette(colours.flatten().tolist())
-    try:
-        image.save(path, optimize=False)
-    except OSError as err:
-        raise CnnkitError(f"Could not write {path}: {err}.") from err
+    save_png(image, path)
     return Path(path)
+
+
+def save_png(image, path: str | Path) -> Path:
+    """Save a Pillow image as PNG under a hidden name, then rename it to ``path``: a file under ``path`` is complete,
+    and a symlink there is replaced, never written through. On an error nothing is left behind."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.png")
+    try:
+        partial.unlink(missing_ok=True)
+        image.save(partial, format="PNG", optimize=False)
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        what = "the disk is full (or a file size limit was reached)" if disk_full(err) else (err.strerror or err)
+        raise CnnkitError(f"Could not write {path}: {what}. The partial file was removed.") from err
+    return path
 
 
 def _png_colours(path, num_classes: int, palette, ignore_value: int) -> np.ndarray:
@@ -112,12 +127,19 @@ class PalettePngWriter:
         self._next = 0  # rows written to the file so far
         self._zip = zlib.compressobj(6)
         try:
-            self._file = open(self._partial, "wb")  # noqa: SIM115 (closed by close/abort)
+            self._partial.unlink(missing_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            self._file = os.fdopen(os.open(self._partial, flags, 0o666), "wb")  # the umask applies
             self._file.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height,
                                                                                    8, 3, 0, 0, 0))
                              + _chunk(b"PLTE", colours.tobytes()))
         except OSError as err:
-            raise CnnkitError(f"Could not write {self.path}: {err}.") from err
+            self.abort()
+            raise self._error(err) from err
+
+    def _error(self, err: OSError) -> CnnkitError:
+        what = "the disk is full (or a file size limit was reached)" if disk_full(err) else (err.strerror or err)
+        return CnnkitError(f"Could not write {self.path}: {what}. The partial file was removed.")
 
     def __setitem__(self, key, value) -> None:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
@@ -147,7 +169,8 @@ class PalettePngWriter:
             try:
                 self._file.write(_chunk(b"IDAT", data))
             except OSError as err:
-                raise CnnkitError(f"Could not write {self.path}: {err}.") from err
+                self.abort()
+                raise self._error(err) from err
 
     def close(self) -> Path:
         """Finish the file and rename it into place; every row must have been written."""
@@ -164,13 +187,14 @@ class PalettePngWriter:
             os.replace(self._partial, self.path)
         except OSError as err:
             self.abort()
-            raise CnnkitError(f"Could not write {self.path}: {err}.") from err
+            raise self._error(err) from err
         return self.path
 
     def abort(self) -> None:
         """Drop what was written: no file appears under the final name."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of close() too
+                self._file.close()
             self._file = None
         self._partial.unlink(missing_ok=True)
         self._pending.clear()

@@ -119,5 +119,5 @@ def raster_errors(path: str | os.PathLike, doing: str) -> Iterator[None]:
         message = _message(err)
         if disk_full(err) and doing.startswith("write"):
             raise CnnkitError(f"Could not {doing} {os.fspath(path)}: the disk is full (or a file size limit was "
-                              f"reached): {message}.") from err
+                              f"reached): {message}. The partial file was removed.") from err
         raise CnnkitError(f"Could not {doing} {os.fspath(path)}: {message}.{_codec_hint(message)}") from err

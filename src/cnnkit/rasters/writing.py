@@ -24,6 +24,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -92,6 +93,7 @@ class CogWriter:
         self.scale, self.resampling, self.block = scale, resampling, check_int(block, "block", minimum=128)
         self.count = self.shape[2] if len(self.shape) == 3 else 1
         self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial.tif")
+        self._remove(self._partial)  # a leftover of a killed run with this pid, or a planted link
         store = "float32" if self.dtype == "float16" else self.dtype
         profile = dict(driver="GTiff", width=self.shape[1], height=self.shape[0], count=self.count, dtype=store,
                        nodata=nodata, tiled=True, blockxsize=self.block, blockysize=self.block, BIGTIFF="IF_SAFER",
@@ -151,8 +153,9 @@ class CogWriter:
             options["NBITS"] = 16
         try:
             with raster_errors(self.path, "write the Cloud-Optimized GeoTIFF"):
-                self._dataset.close()
-                self._dataset = None
+                dataset, self._dataset = self._dataset, None
+                dataset.close()
+                self._remove(finished)
                 rasterio.shutil.copy(self._partial, finished, driver="COG", **options)
                 os.replace(finished, self.path)
         finally:
@@ -161,9 +164,10 @@ class CogWriter:
 
     def abort(self) -> None:
         """Drop what was written: no file appears under the final name."""
-        if self._dataset is not None:
-            self._dataset.close()
-            self._dataset = None
+        dataset, self._dataset = self._dataset, None
+        if dataset is not None:
+            with contextlib.suppress(Exception):  # a full disk fails the last flush too; the file goes anyway
+                dataset.close()
         self._remove(self._partial)
 
     @staticmethod
