@@ -73,3 +73,72 @@ def test_given_statistics_are_used_and_checked():
         Standardized(items, mean=[0.0] * 3, std=[1.0] * 3)[0]
     with pytest.raises(ShapeError, match="must all have 2 bands"):
         band_statistics([items[0], (torch.zeros(3, 2, 2), None)])
+
+
+# -- one streaming pass (#30) -----------------------------------------------------------------------------------------
+
+
+def test_one_streaming_pass_over_a_folder_equals_the_in_memory_computation(tmp_path):
+    """Band statistics, class counts, class weights and no-data counts of a TIFF folder read one item at a time
+    equal numpy's over all pixels held at once (float64), and the inverse-frequency weights computed by hand."""
+    import tifffile
+
+    from cnnkit.data import SegmentationFolder, data_statistics
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    images, labels = [], []
+    for k in range(5):
+        h, w = rng.integers(3, 9, size=2)
+        image = rng.normal(500.0, 80.0, size=(3, h, w)).astype(np.float32)
+        image[rng.random((3, h, w)) < 0.1] = np.nan
+        label = rng.integers(0, 3, size=(h, w)).astype(np.uint8)
+        label[rng.random((h, w)) < 0.2] = 9  # unlabelled through ignore_index
+        tifffile.imwrite(tmp_path / "images" / f"{k}.tif", image, photometric="minisblack", planarconfig="separate")
+        tifffile.imwrite(tmp_path / "masks" / f"{k}.tif", label)
+        images.append(image), labels.append(label)
+    found = data_statistics(SegmentationFolder(tmp_path, ignore_index=9), num_classes=3, weighting="inverse_frequency")
+    valid = [~np.isnan(x).any(0) for x in images]
+    pixels = np.concatenate([x[:, v] for x, v in zip(images, valid)], axis=1).astype(np.float64)
+    np.testing.assert_allclose(found.mean.numpy(), pixels.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(found.std.numpy(), pixels.std(1), rtol=1e-9)
+    counted = np.concatenate([y[v & (y != 9)] for y, v in zip(labels, valid)])
+    counts = np.bincount(counted, minlength=3)
+    assert found.class_counts.tolist() == counts.tolist()
+    np.testing.assert_allclose(found.class_weight.numpy(), counts.sum() / (3 * counts), rtol=1e-6)
+    assert found.items == 5 and found.pixels == sum(y.size for y in labels)
+    assert found.missing == sum(int((~v).sum()) for v in valid)
+    assert found.unlabelled == sum(int((v & (y == 9)).sum()) for y, v in zip(labels, valid))
+    assert found.without_data == ()
+
+
+def test_the_pass_does_not_depend_on_order_or_chunks():
+    """Merged chunks, in any order, give the one-pass statistics bit for bit (exact sums of float64 item sums)."""
+    from cnnkit.data import StatisticsPass
+
+    items = _images(11, 9, 2)
+    items[4] = (torch.full_like(items[4][0], float("nan")), items[4][1])  # an item without any data
+
+    def one_pass(chunk):
+        running = StatisticsPass(num_classes=4, nodata=-9999.0)
+        for index, (image, label) in chunk:
+            running.update(image, label, index)
+        return running
+
+    whole = one_pass(enumerate(items)).compute()
+    indexed = list(enumerate(items))
+    for cut in ([3, 7], [1], [5, 6, 8]):
+        parts = [indexed[a:b] for a, b in zip([0, *cut], [*cut, len(items)])]
+        merged = one_pass([])
+        for part in reversed(parts):
+            merged.merge(one_pass(part))
+        result = merged.compute()
+        assert torch.equal(result.mean, whole.mean) and torch.equal(result.std, whole.std)
+        assert torch.equal(result.class_counts, whole.class_counts) and result.missing == whole.missing
+    backwards = one_pass(reversed(indexed)).compute()
+    assert torch.equal(backwards.mean, whole.mean) and torch.equal(backwards.std, whole.std)
+    assert whole.without_data == (4,)
+    with pytest.raises(ShapeError, match=r"labels must be class indices in \[0, 2\).*Received a label [23]"):
+        from cnnkit.data import data_statistics
+
+        data_statistics(items, num_classes=2)

@@ -12,12 +12,20 @@ float TIFFs, or a "nodata" value such as 0 or −9999) and with sizes a network'
 5. both **padded** at the bottom and right to a multiple of ``multiple_of`` with missing pixels (validity 0,
    label −100), so that a network with total stride ``multiple_of`` sees whole cells. Under
    :func:`cnnkit.masked` these are ordinary invalid pixels: they never count in the loss or the metrics.
+
+The statistics are computed in **one streaming pass** (:class:`StatisticsPass`, :func:`data_statistics`): one item
+is decoded at a time, and only sums are kept, so a data set larger than memory costs the memory of one item. Each
+item's float64 band sums are added *exactly* (Shewchuk's partials, as ``math.fsum``), so the result does not depend
+on the order of the items or on how the pass is split (chunks, workers, ranks merged with
+:meth:`StatisticsPass.merge`); within one item the float64 sum is exact for integer-valued bands (uint8, uint16
+counts), and rounded in float64 otherwise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,10 +33,11 @@ from torch.utils.data import Dataset
 
 from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError
+from cnnkit.losses import class_weights
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.masking.sampler import spatial_sizes
 
-__all__ = ["Standardized", "band_statistics", "missing_pixels"]
+__all__ = ["DataStatistics", "Standardized", "StatisticsPass", "band_statistics", "data_statistics", "missing_pixels"]
 
 
 def missing_pixels(image: Tensor, nodata: float | None = None) -> Tensor:
@@ -39,8 +48,212 @@ def missing_pixels(image: Tensor, nodata: float | None = None) -> Tensor:
     return bad.any(dim=0)
 
 
+def _add_exact(partials: list[float], value: float) -> None:
+    """Add ``value`` to the exact sum held as non-overlapping ``partials`` (Shewchuk; ``math.fsum(partials)``)."""
+    i = 0
+    for other in partials:
+        if abs(value) < abs(other):
+            value, other = other, value
+        high = value + other
+        low = other - (high - value)
+        if low:
+            partials[i] = low
+            i += 1
+        value = high
+    partials[i:] = [value]
+
+
+@dataclass(frozen=True)
+class DataStatistics:
+    """What one pass over ``(image, label)`` pairs found (:func:`data_statistics`).
+
+    Attributes:
+        mean, std: Per-band mean and standard deviation over the pixels with data, ``(C,)`` float64; a band with
+            zero spread gets std 1.
+        class_counts: Pixels of each class among the pixels with data, ``(num_classes,)`` int64 (``None`` without
+            ``num_classes``).
+        class_weight: :func:`cnnkit.losses.class_weights` of those labels (``None`` without ``weighting``).
+        items, pixels: Items and pixels seen.
+        missing: Pixels without data (NaN, ±inf or ``nodata`` in any band).
+        unlabelled: Pixels with data whose label is −100.
+        without_data: Indices of the items with no pixel of data at all.
+    """
+
+    mean: Tensor
+    std: Tensor
+    class_counts: Tensor | None
+    class_weight: Tensor | None
+    items: int
+    pixels: int
+    missing: int
+    unlabelled: int
+    without_data: tuple[int, ...]
+
+
+class StatisticsPass:
+    """Band sums, class counts and no-data counts accumulated one item at a time (``update``), mergeable
+    (``merge``), turned into :class:`DataStatistics` by ``compute``; nothing of an item is kept.
+
+    Args:
+        num_classes: Count the labels of each class (each label must be in ``[0, num_classes)`` or −100).
+        nodata: A band value meaning "no data" (besides NaN and ±inf).
+
+    Examples:
+        >>> one = StatisticsPass(num_classes=2)
+        >>> _ = one.update(torch.tensor([[[1.0, 3.0], [float("nan"), 5.0]]]), torch.tensor([[0, 1], [1, -100]]))
+        >>> result = one.compute()
+        >>> result.mean, result.class_counts.tolist(), result.missing, result.unlabelled
+        (tensor([3.], dtype=torch.float64), [1, 1], 1, 1)
+    """
+
+    def __init__(self, num_classes: int | None = None, nodata: float | None = None) -> None:
+        if num_classes is not None:
+            check_int(num_classes, "num_classes")
+        self.num_classes, self.nodata = num_classes, nodata
+        self.bands: int | None = None
+        self._sum: list[list[float]] = []
+        self._square: list[list[float]] = []
+        self.counted = 0  # pixels with data
+        self.items = self.pixels = self.missing = self.unlabelled = 0
+        self.class_counts = torch.zeros(num_classes or 0, dtype=torch.int64)
+        self.without_data: list[int] = []
+
+    def update(self, image, label=None, index: int | None = None) -> Tensor | None:
+        """Add one ``(C, H, W)`` image (and its ``(H, W)`` label map, if counting classes); ``index`` names the item
+        in :attr:`DataStatistics.without_data` (default: the count of items so far).
+
+        Returns:
+            The label map with −100 where the image has no data (as :class:`Standardized` returns it), or ``None``
+            without a label.
+        """
+        image = torch.as_tensor(image)
+        if image.ndim != 3:
+            raise ShapeError(f"dataset images must be (C, H, W). Received an image of shape {tuple(image.shape)}.")
+        if self.bands is None:
+            self.bands = len(image)
+            self._sum, self._square = [[] for _ in range(self.bands)], [[] for _ in range(self.bands)]
+        elif len(image) != self.bands:
+            raise ShapeError(f"dataset images must all have {self.bands} bands. Received one with {len(image)}.")
+        missing = missing_pixels(image, self.nodata)
+        values = image[:, ~missing].to(torch.float64)
+        for band, (total, square) in enumerate(zip(values.sum(1).tolist(), (values * values).sum(1).tolist())):
+            _add_exact(self._sum[band], total)
+            _add_exact(self._square[band], square)
+        if values.shape[1] == 0:
+            self.without_data.append(self.items if index is None else index)
+        self.items += 1
+        self.counted += values.shape[1]
+        self.pixels += missing.numel()
+        self.missing += int(missing.sum())
+        if label is None:
+            return None
+        label = torch.as_tensor(label)
+        if label.shape != missing.shape or label.is_floating_point() or label.is_complex():
+            raise ShapeError(f"dataset labels must be integer (H, W) maps of the image's size "
+                             f"{tuple(missing.shape)}. Received {label.dtype} {tuple(label.shape)}.")
+        label = label.long().masked_fill(missing, IGNORE_INDEX)
+        if self.num_classes is not None:
+            counted = label[label != IGNORE_INDEX]
+            if counted.numel() and (counted.min() < 0 or counted.max() >= self.num_classes):
+                bad = int(counted[(counted < 0) | (counted >= self.num_classes)][0])
+                raise ShapeError(f"labels must be class indices in [0, {self.num_classes}) or -100 (num_classes="
+                                 f"{self.num_classes}). Received a label {bad}.")
+            self.class_counts += torch.bincount(counted, minlength=self.num_classes)
+            self.unlabelled += int(missing.numel() - missing.sum()) - counted.numel()
+        return label
+
+    def merge(self, other: StatisticsPass) -> StatisticsPass:
+        """Add ``other``'s sums and counts (another chunk of the same data set) to these; exact, so the order of
+        the chunks does not matter. Returns ``self``."""
+        if other.bands is not None:
+            if self.bands is None:
+                self.bands = other.bands
+                self._sum, self._square = [[] for _ in range(self.bands)], [[] for _ in range(self.bands)]
+            elif other.bands != self.bands:
+                raise ShapeError(f"dataset images must all have {self.bands} bands. Received a chunk with "
+                                 f"{other.bands}.")
+            for mine, theirs in ((self._sum, other._sum), (self._square, other._square)):
+                for band in range(self.bands):
+                    for value in theirs[band]:
+                        _add_exact(mine[band], value)
+        self.without_data += [self.items + i for i in other.without_data]
+        self.items += other.items
+        self.counted += other.counted
+        self.pixels += other.pixels
+        self.missing += other.missing
+        self.unlabelled += other.unlabelled
+        if self.num_classes is not None and other.num_classes == self.num_classes:
+            self.class_counts += other.class_counts
+        return self
+
+    def compute(self, class_weight: Tensor | None = None) -> DataStatistics:
+        """The statistics so far. Raises :class:`ShapeError` when no item has a pixel with data."""
+        if self.bands is None or self.counted == 0:
+            raise ShapeError("dataset has no pixel with data in every band: band statistics are undefined.")
+        mean = torch.tensor([math.fsum(p) / self.counted for p in self._sum], dtype=torch.float64)
+        square = torch.tensor([math.fsum(p) / self.counted for p in self._square], dtype=torch.float64)
+        std = (square - mean * mean).clamp_min(0).sqrt()
+        if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ShapeError(f"band statistics are not finite (mean {mean.tolist()}, std {std.tolist()}): values "
+                             "beyond float64's range; the data set holds a damaged file.")
+        return DataStatistics(
+            mean=mean, std=torch.where(std > 0, std, torch.ones_like(std)),
+            class_counts=self.class_counts.clone() if self.num_classes is not None else None,
+            class_weight=class_weight, items=self.items, pixels=self.pixels, missing=self.missing,
+            unlabelled=self.unlabelled, without_data=tuple(self.without_data),
+        )
+
+
+def data_statistics(
+    dataset: Iterable,
+    num_classes: int | None = None,
+    nodata: float | None = None,
+    weighting: str | None = None,
+) -> DataStatistics:
+    """Band statistics, class counts, class weights and no-data counts of ``dataset`` in one streaming pass.
+
+    Each item is decoded once (``for image, label in dataset``) and dropped: the memory is one item's, whatever
+    the size of the data set. Labels are counted where the image has data (a pixel without data is −100, as
+    :class:`Standardized` returns it).
+
+    Args:
+        dataset: ``(image (C, H, W), label (H, W))`` pairs, e.g. a :class:`~cnnkit.data.SegmentationFolder`.
+        num_classes: Count each class's pixels (required for ``weighting``).
+        nodata: A band value meaning "no data" (besides NaN and ±inf).
+        weighting: A ``method`` of :func:`cnnkit.losses.class_weights` (``"inverse_frequency"``, …): the class
+            weights of those labels, computed in the same pass.
+
+    Returns:
+        :class:`DataStatistics`.
+
+    Examples:
+        >>> items = [(torch.tensor([[[0.0, 2.0]]]), torch.tensor([[0, 1]])),
+        ...          (torch.tensor([[[4.0]]]), torch.tensor([[1]]))]
+        >>> found = data_statistics(items, num_classes=2, weighting="inverse_frequency")
+        >>> found.mean.item(), found.class_counts.tolist(), found.class_weight.tolist()
+        (2.0, [1, 2], [1.5, 0.75])
+    """
+    if weighting is not None and num_classes is None:
+        raise ShapeError(f"weighting needs num_classes. Received weighting={weighting!r}, num_classes=None.")
+    running = StatisticsPass(num_classes, nodata)
+
+    def labels():
+        for index, item in enumerate(dataset):
+            image, label = item[0], item[1]
+            yield running.update(image, label, index)
+
+    weight = None
+    if weighting is not None:
+        weight = class_weights(labels(), num_classes, weighting)
+    else:
+        for _ in labels():
+            pass
+    return running.compute(weight)
+
+
 def band_statistics(dataset, nodata: float | None = None) -> tuple[Tensor, Tensor]:
-    """Per-band mean and standard deviation over the pixels that hold data, in float64.
+    """Per-band mean and standard deviation over the pixels that hold data, in float64, in one streaming pass
+    (:class:`StatisticsPass`: exact sums of each item's float64 sums).
 
     Args:
         dataset: ``(image (C, H, W), label)`` pairs, all with the same C.
@@ -54,25 +267,11 @@ def band_statistics(dataset, nodata: float | None = None) -> tuple[Tensor, Tenso
         >>> band_statistics([(image, torch.zeros(2, 2))])
         (tensor([3.], dtype=torch.float64), tensor([1.6330], dtype=torch.float64))
     """
-    total = square = count = None
-    for image, _ in dataset:
-        image = torch.as_tensor(image).to(torch.float64)
-        if image.ndim != 3:
-            raise ShapeError(f"dataset images must be (C, H, W). Received an image of shape {tuple(image.shape)}.")
-        valid = ~missing_pixels(image, nodata)
-        values = image[:, valid]
-        if total is None:
-            total, square, count = values.new_zeros(len(image)), values.new_zeros(len(image)), 0
-        elif len(image) != len(total):
-            raise ShapeError(f"dataset images must all have {len(total)} bands. Received one with {len(image)}.")
-        total += values.sum(1)
-        square += (values * values).sum(1)
-        count += values.shape[1]
-    if total is None or count == 0:
-        raise ShapeError("dataset has no pixel with data in every band: band statistics are undefined.")
-    mean = total / count
-    std = (square / count - mean * mean).clamp_min(0).sqrt()
-    return mean, torch.where(std > 0, std, torch.ones_like(std))
+    running = StatisticsPass(nodata=nodata)
+    for item in dataset:
+        running.update(item[0])
+    found = running.compute()
+    return found.mean, found.std
 
 
 def _band_vector(value, name: str) -> Tensor:
