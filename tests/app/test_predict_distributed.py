@@ -1,0 +1,136 @@
+"""``predict_distributed`` on 2 gloo processes writes the files of one process, byte for byte: 20 images of mixed
+sizes (shared by read groups) and one scene run in tiles (its tiles dealt round the ranks, written by rank 0).
+
+The reference is :func:`cnnkit.app.predict.predict_files` in this process, one thread like each rank; the ranks are
+real processes. The run is a TinySegNet with seeded random weights written as a run folder (predicting needs no
+training), so the label maps are not one class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from cnnkit.app.predict import load_predictor, predict_files
+from cnnkit.app.predict_distributed import predict_distributed
+from cnnkit.errors import CnnkitError, ShapeError
+from cnnkit.models import TinySegNet
+from cnnkit.predict.sharding import balance, image_groups
+from cnnkit.train.rundir import write_manifest
+
+OPTIONS = {"tiff": True, "probabilities": True, "confidence": True, "max_pixels": 4096, "tile": 32, "batch_size": 2}
+"""Groups of 8 whole images, the scene (120 × 100 > 4096 pixels) in 16 tiles of 32 px (the last row and column
+partial). Probabilities as uint8: float16 COGs of several bands are not byte-reproducible even in one process (GDAL
+leaves the padding of the edge tiles uninitialised when it packs half floats), though their values are."""
+
+
+@pytest.fixture(scope="module")
+def run_and_images(tmp_path_factory) -> tuple[Path, list[Path], list[int]]:
+    root = tmp_path_factory.mktemp("predict-ddp")
+    torch.manual_seed(0)
+    model = TinySegNet(5, 3, width=4)
+    with torch.no_grad():  # batch-norm statistics that are not the identity
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    run = root / "run"
+    run.mkdir()
+    write_manifest(run, model, spec={"library": "cnnkit", "architecture": "TinySegNet", "args": {"width": 4}},
+                   in_channels=5, num_classes=3,
+                   preprocessing={"mean": [0.5] * 4, "std": [0.25] * 4, "nodata": None, "bands": None,
+                                  "multiple_of": 4, "validity_band": True, "band_count": 4},
+                   class_names=["water", "field", "forest"], palette=[[0, 0, 255], [0, 200, 0], [0, 100, 0]],
+                   ignore_index=255)
+    rng = np.random.default_rng(5)
+    images, sizes = [], []
+    for i in range(20):
+        h, w = int(rng.integers(16, 41)), int(rng.integers(16, 41))
+        bands = rng.random((4, h, w), dtype=np.float32)
+        bands[:, :3, :2] = np.nan  # a corner without data
+        path = root / "images" / f"img_{i:02d}.tif"
+        path.parent.mkdir(exist_ok=True)
+        tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="separate")
+        images.append(path)
+        sizes.append(h * w)
+    scene = rng.random((4, 120, 100), dtype=np.float32)
+    scene[:, 50:60, 40:90] = np.nan
+    tifffile.imwrite(root / "images" / "scene.tif", scene, photometric="minisblack", planarconfig="separate")
+    return run, [*images, root / "images" / "scene.tif"], sizes
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The outputs (hidden bookkeeping — the folder's lock, one process's --resume record — left out)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_files_of_one(run_and_images, tmp_path):
+    run, inputs, _ = run_and_images
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each rank runs one thread: the same kernels as the reference
+    try:
+        predictor, _ = load_predictor(run)
+        one = predict_files(predictor, inputs, tmp_path / "one", band_count=4, **OPTIONS)
+    finally:
+        torch.set_num_threads(threads)
+    two = predict_distributed(run, inputs, tmp_path / "two", devices=2, threads=1, timeout=120, **OPTIONS)
+
+    expected, written = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len(expected) == 21 * 5 and "scene_labels.png" in expected and "scene_probabilities.tif" in expected
+    assert sorted(written) == sorted(expected)
+    assert [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")] == [".cnnkit.lock"]  # no staging
+    different = [name for name in expected if written[name] != expected[name]]
+    assert not different, f"differ from one process's: {different}"
+    assert len(np.unique(tifffile.imread(tmp_path / "two" / "scene_labels.tif"))) >= 3  # classes and no-data
+    assert two.tiled == one.tiled == [inputs[-1]]
+    assert list(two.files) == list(one.files)
+    assert all(p.parent == tmp_path / "two" for paths in two.files.values() for p in paths)
+    assert two.pixels == one.pixels and (two.class_pixels == one.class_pixels).all()
+    assert two.summary(predictor.class_names).split(" in ")[0] == one.summary(predictor.class_names).split(" in ")[0]
+
+
+@pytest.mark.slow
+def test_one_ranks_data_error_stops_every_rank(run_and_images, tmp_path):
+    run, inputs, sizes = run_and_images
+    # a damaged image in a read group of rank 1: its header and block table read, its compressed pixels do not
+    groups = image_groups(len(sizes), OPTIONS["batch_size"])
+    rank_one = balance([sum(sizes[i] for i in g) for g in groups], 2)[1]
+    victim = groups[rank_one[0]][0]
+    broken = tmp_path / "inputs"
+    broken.mkdir()
+    for path in inputs:
+        (broken / path.name).write_bytes(path.read_bytes())
+    damaged = broken / inputs[victim].name
+    tifffile.imwrite(damaged, tifffile.imread(inputs[victim]), photometric="minisblack", planarconfig="separate",
+                     compression="zlib")
+    data = bytearray(damaged.read_bytes())
+    with tifffile.TiffFile(damaged) as tiff:
+        blocks = list(zip(tiff.pages[0].dataoffsets, tiff.pages[0].databytecounts))
+    for offset, count in blocks:
+        data[offset + 10:offset + count - 4] = bytes(count - 14)
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(CnnkitError, match=f"img_{victim:02d}"):
+        predict_distributed(run, [broken], out, devices=2, threads=1, timeout=60, **OPTIONS)
+    assert os.listdir(out) == [".cnnkit.lock"], "nothing under a final name, no staging folder left"
+
+
+def test_refusals_before_anything_starts(run_and_images, tmp_path):
+    run, inputs, _ = run_and_images
+    out = tmp_path / "out"
+    with pytest.raises(ShapeError, match=r"devices=10000 asks for 10000 CPU processes, but this machine has \d+"):
+        predict_distributed(run, inputs, out, devices=10000)
+    with pytest.raises(ShapeError, match="Unknown accelerator 'tpu'"):
+        predict_distributed(run, inputs, out, devices=2, accelerator="tpu")
+    with pytest.raises(ShapeError, match="Unknown predict option 'tiles'"):
+        predict_distributed(run, inputs, out, devices=2, tiles=3)
+    if not torch.cuda.is_available():
+        with pytest.raises(ShapeError, match="has none"):
+            predict_distributed(run, inputs, out, devices=2, accelerator="cuda")
+    assert not out.exists()
