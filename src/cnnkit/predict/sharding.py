@@ -69,8 +69,8 @@ def balance(costs: Sequence[float], world_size: int) -> list[list[int]]:
         ``world_size`` lists of indices; together every index once.
 
     Examples:
-        >>> balance([5, 1, 4, 2, 3], 2)
-        [[0, 3, 4], [1, 2]]
+        >>> balance([5, 1, 4, 2, 3], 2)  # 5 → rank 0, 4 → 1, 3 → 1, 2 → 0, 1 → 0 (a tie at 7: the lower rank)
+        [[0, 1, 3], [2, 4]]
         >>> balance([1.0], 3)
         [[0], [], []]
     """
