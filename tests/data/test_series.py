@@ -58,9 +58,14 @@ def test_items_equal_the_files(tmp_path):
     np.testing.assert_array_equal(series.numpy(), np.moveaxis(b, -1, 1))
     expected_valid = (b != -9999).all(-1) & (mask_b != 0)
     assert torch.equal(valid, torch.from_numpy(expected_valid)) and not valid[1, 3, 3] and not valid[3, 0].any()
-    series, valid, label = data[2]
+    series, valid, label = item = data[2]
     np.testing.assert_array_equal(series.numpy(), np.moveaxis(frames, -1, 1).astype(np.float32))
     assert label[0, 0] == -100 and label[1, 1] == int(label_c[1, 1])
+    # dates: c's file names 2024-01-01 … 2024-05-01 (days since January 1, 2024, a leap year); a and b have none
+    assert item.days.tolist() == [0, 31, 60, 91, 121] and data.dates(2).source == "file names"
+    assert data[0].days.tolist() == list(range(6)) and data.dates(1).source == "file order"
+    assert data.time_axis == ("acquisition dates (from file names) for 1 series; "
+                              "the order of the files (no acquisition dates found) for 2 series")
 
 
 def test_collated_batch_runs_exactly(tmp_path):
@@ -86,7 +91,7 @@ def test_errors(tmp_path):
     with pytest.raises(CnnkitError, match="No label for the series"):
         SeriesFolder(root)
     np.save(root / "labels" / "d.npy", np.zeros((3, 3, 2)))
-    with pytest.raises(CnnkitError, match=r"Could not read .*d\.tif"):
+    with pytest.raises(CnnkitError, match=r"Could not (read|open the raster) .*d\.tif"):
         SeriesFolder(root)[3]
     with pytest.raises(ShapeError, match="nodata must be a number"):
         SeriesFolder(root, nodata="0")
@@ -178,3 +183,52 @@ def test_weight_maps_from_the_folder(tmp_path):
     assert len(item) == 4 and torch.equal(item[3], torch.from_numpy(maps["a"].astype(np.float32)))
     with pytest.raises(ShapeError, match=r"c\.npy: a weight map must be H × W = \(8, 6\) of finite values ≥ 0"):
         data[2]
+
+
+def test_dated_geotiff_and_dates_json_reach_the_batch(tmp_path):
+    """A GeoTIFF of T·C bands whose descriptions hold the dates (read through cnnkit.rasters: declared nodata is no
+    data), a stack dated by series/dates.json; the days go through standardisation, crops and collate_series."""
+    import json
+
+    import rasterio
+
+    from cnnkit.data.series import SeriesCrops, StandardizedSeries, read_series
+
+    rng = np.random.default_rng(7)
+    root = tmp_path / "data"
+    for name in ("series", "labels", "masks"):
+        (root / name).mkdir(parents=True)
+    bands = rng.normal(size=(3, 2, 6, 5)).astype(np.float32)  # T = 3, C = 2
+    bands[1, 0, 2, 3] = -9999
+    with rasterio.open(root / "series" / "g.tif", "w", driver="GTiff", width=5, height=6, count=6, dtype="float32",
+                       nodata=-9999, crs="EPSG:32631", transform=rasterio.transform.from_origin(0, 60, 10, 10)) as dst:
+        dst.write(bands.reshape(6, 6, 5))
+        for i, day in enumerate(["20230410", "20230410", "2023-06-01", "2023-06-01", "20230715", "20230715"]):
+            dst.set_band_description(i + 1, f"{day}_B{i % 2 + 1}")
+    np.save(root / "labels" / "g.npy", np.eye(3, dtype=np.uint8)[rng.integers(0, 3, (6, 5))])
+    tifffile.imwrite(root / "series" / "h.tif", rng.normal(size=(2, 2, 6, 5)).astype(np.float32),
+                     photometric="minisblack")
+    np.save(root / "labels" / "h.npy", np.eye(3, dtype=np.uint8)[rng.integers(0, 3, (6, 5))])
+    (root / "series" / "dates.json").write_text(json.dumps({"h": ["2023-05-02", "2023-05-20"]}))
+    data = SeriesFolder(root)
+    series, valid, _ = item = data[0]
+    np.testing.assert_array_equal(np.nan_to_num(series.numpy(), nan=-9999), bands)
+    assert not valid[1, 2, 3] and int((~valid).sum()) == 1
+    assert item.days.tolist() == [99, 151, 195] and data.dates(0).source == "band descriptions"
+    assert data[1].days.tolist() == [121, 139] and data.dates(1).source == "dates.json"
+    assert data.time_axis == ("acquisition dates (from band descriptions) for 1 series; acquisition dates (from "
+                              "dates.json) for 1 series")
+    _, read_valid, read_dates = read_series(root / "series" / "g.tif", band_count=2, with_dates=True)
+    assert torch.equal(read_valid, valid) and read_dates == data.dates(0)
+    standardized = StandardizedSeries(data)
+    assert standardized[0].days.tolist() == [99, 151, 195]
+    crops = SeriesCrops(standardized, 4, num_crops=2, generator=torch.Generator().manual_seed(0))
+    assert [crops[i].days.tolist() for i in range(4)] == [[99, 151, 195]] * 2 + [[121, 139]] * 2
+    batch = collate_series([crops[3], crops[0]])
+    assert batch.days.tolist() == [[121, 139, 0], [99, 151, 195]]
+    x, batch_valid, labels = batch  # still the three tensors
+    assert x.shape == (2, 3, 2, 4, 4) and labels.shape == (2, 4, 4) and not batch_valid[0, 2].any()
+    # a mask with another number of dates than the image, named
+    np.save(root / "masks" / "g.npy", np.ones((2, 6, 5), np.uint8))
+    with pytest.raises(ShapeError, match=r"g\.npy: the mask has 2 dates, the series .*g\.tif has 3"):
+        SeriesFolder(root)[0]

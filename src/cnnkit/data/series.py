@@ -18,11 +18,18 @@ bool, label (H, W) int64)`` — and ``weight (H, W) float32`` fourth when ``weig
 there is no label; the series keeps NaN where it had NaN (the
 model selects it away, see :class:`~cnnkit.models.SeriesSegNet`). :func:`collate_series` pads a list of
 items at the end in time and at the bottom and right in space (``valid = False`` and label −100 there).
+
+**Acquisition dates** (:mod:`cnnkit.data.dates`): from a ``dates.json`` beside the series, the per-date files'
+names (``YYYYMMDD`` or ``YYYY-MM-DD``), or a TIFF stack's band descriptions (read through :mod:`cnnkit.rasters`);
+without any, the order of the files is the time axis (:attr:`SeriesFolder.time_axis` says which). Items are
+:class:`SeriesItem` tuples — the same elements, plus the days ``(T,)`` as their ``days`` attribute — and
+:func:`collate_series` returns the padded days ``(N, T)`` as its result's ``days``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +38,66 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cnnkit.data.crops import RareClassCrops
+from cnnkit.data.dates import SeriesDates, dates_from_descriptions, series_dates
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
+from cnnkit.rasters import Raster
 
-__all__ = ["SeriesCrops", "SeriesFolder", "StandardizedSeries", "collate_series", "read_series",
-           "series_band_statistics"]
+__all__ = ["SeriesBatch", "SeriesCrops", "SeriesFolder", "SeriesItem", "StandardizedSeries", "collate_series",
+           "read_series", "series_band_statistics"]
+
+
+class SeriesItem(tuple):
+    """A series item ``(series, valid, label[, weight])`` — a plain tuple of those elements — with the series'
+    acquisition days ``(T,)`` int64 as the attribute ``days`` (``None``: unknown, read as ``0 … T−1``).
+
+    Examples:
+        >>> item = SeriesItem((torch.zeros(2, 1, 3, 3), torch.ones(2, 3, 3, dtype=torch.bool), torch.zeros(3, 3)),
+        ...                   days=torch.tensor([92, 131]))
+        >>> series, valid, label = item
+        >>> len(item), item.days.tolist()
+        (3, [92, 131])
+    """
+
+    days: Tensor | None
+
+    def __new__(cls, elements, days: Tensor | None = None):
+        item = super().__new__(cls, elements)
+        item.days = days
+        return item
+
+    def __reduce__(self):
+        return SeriesItem, (tuple(self), self.days)
+
+
+class SeriesBatch(tuple):
+    """What :func:`collate_series` returns: ``(x, valid, labels[, weight])``, with the padded days ``(N, T)``
+    int64 as the attribute ``days`` (0 at padded dates; ``0 … T−1`` for items without days)."""
+
+    days: Tensor
+
+    def __new__(cls, elements, days: Tensor):
+        batch = super().__new__(cls, elements)
+        batch.days = days
+        return batch
+
+    def __reduce__(self):
+        return SeriesBatch, (tuple(self), self.days)
+
+
+def _dated_stack(path: Path, band_count: int | None) -> tuple[np.ndarray, tuple[date, ...]] | None:
+    """A GeoTIFF of T·C bands whose band descriptions hold their dates, read through :mod:`cnnkit.rasters`, as
+    ``(T, C, H, W)`` (declared nodata as NaN) and its dates; ``None`` for any other file."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    with Raster(path) as raster:
+        if raster.page_stack:
+            return None
+        dates = dates_from_descriptions(raster.descriptions, band_count, str(path))
+        if dates is None:
+            return None
+        stack = raster.read()
+    return stack.reshape(len(dates), -1, *stack.shape[1:]), dates
 
 _IMAGES = (".png", ".tif", ".tiff")
 
@@ -71,8 +133,9 @@ def _frame(array: np.ndarray, size: tuple[int, int], path: Path) -> np.ndarray:
 
 
 def read_series(path: str | Path, *, band_count: int | None = None, nodata: float | None = None,
-                mask: str | Path | None = None) -> tuple[Tensor, Tensor]:
-    """One series without its label, as ``cnnkit predict`` reads it: ``(series (T, C, H, W) float32, valid (T, H, W))``.
+                mask: str | Path | None = None, with_dates: bool = False):
+    """One series without its label, as ``cnnkit predict`` reads it: ``(series (T, C, H, W) float32, valid (T, H, W))``
+    — and its :class:`~cnnkit.data.dates.SeriesDates` third with ``with_dates=True``.
 
     Args:
         path: A T × C × H × W or T × H × W × C TIFF stack (or ``.npy``), or a folder of per-date images in name
@@ -81,13 +144,20 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
             as T × C × H × W.
         nodata: A band value meaning "no data" (besides NaN and ±inf).
         mask: A T × H × W validity file (non-zero = valid), as in a data folder's ``masks/``.
+        with_dates: Also return the series' dates (:func:`cnnkit.data.dates.series_dates`).
 
     Raises:
         ShapeError: the stack does not hold ``band_count`` bands per date in either layout, a folder's dates
-            have bands but no ``band_count`` says which axis holds them, or the mask does not fit.
+            have bands but no ``band_count`` says which axis holds them, the mask does not fit, or the dates
+            cannot be parsed, repeat or go backwards.
     """
     path = Path(path)
-    if path.is_dir():
+    files: list[Path] = []
+    described = None
+    dated = None if path.is_dir() else _dated_stack(path, band_count)
+    if dated is not None:
+        stack, described = dated
+    elif path.is_dir():
         dates = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGES and not p.name.startswith("."))
         if not dates:
             raise CnnkitError(f"The series folder {path} holds no image.")
@@ -97,6 +167,7 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
                              "band_count (the bands per date) to tell them apart.")
         size = first.shape[:2] if first.ndim == 2 or first.shape[-1] == band_count else first.shape[1:]
         stack = np.stack([_frame(_read(p), tuple(size), p) for p in dates])
+        files = dates
     else:
         stack = _read(path)
         if stack.ndim == 3:
@@ -111,17 +182,28 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
             stack = np.moveaxis(stack, -1, 1)
     if band_count is not None and stack.shape[1] != band_count:
         raise ShapeError(f"{path}: the run was trained on {band_count} bands per date. Received {stack.shape[1]}.")
+    if stack.shape[0] == 0:
+        raise ShapeError(f"{path}: a series needs at least one date. Received shape {stack.shape}.")
     series = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     valid = torch.isfinite(series).all(dim=1)
     if nodata is not None:
         valid &= ~(series == nodata).any(dim=1)
     if mask is not None:
-        given = _read(Path(mask))
-        if given.shape != tuple(valid.shape):
-            raise ShapeError(f"{mask}: the mask must be T × H × W = {tuple(valid.shape)}. "
-                             f"Received shape {given.shape}.")
-        valid &= torch.from_numpy(given != 0)
-    return series, valid
+        valid &= _mask(Path(mask), tuple(valid.shape), path)
+    if not with_dates:
+        return series, valid
+    return series, valid, series_dates(path, series.shape[0], files=files, descriptions=described)
+
+
+def _mask(path: Path, shape: tuple[int, ...], series: Path) -> Tensor:
+    """A T × H × W validity file as bool; an error naming it when its dates or size differ from the series'."""
+    given = _read(path)
+    if given.ndim == 3 and given.shape[0] != shape[0]:
+        raise ShapeError(f"{path}: the mask has {given.shape[0]} dates, the series {series} has {shape[0]}. "
+                         f"Expected T × H × W = {shape}.")
+    if given.shape != shape:
+        raise ShapeError(f"{path}: the mask must be T × H × W = {shape}. Received shape {given.shape}.")
+    return torch.from_numpy(given != 0)
 
 
 class SeriesFolder(Dataset):
@@ -131,6 +213,11 @@ class SeriesFolder(Dataset):
         root: The data folder (see the module documentation for the layout).
         nodata: A band value meaning "no data" (besides NaN and ±inf).
         ignore_index: The value of a label image meaning "no label" (e.g. 255), returned as −100.
+        reference: The day 0 of the items' ``days`` (default: January 1 of each series' first year; see
+            :meth:`cnnkit.data.dates.SeriesDates.days`).
+
+    Items are :class:`SeriesItem`; :meth:`dates` gives a series' dates and their source, :attr:`time_axis` what
+    the time axis is for the whole folder.
 
     Examples:
         >>> import tempfile, tifffile
@@ -145,8 +232,11 @@ class SeriesFolder(Dataset):
         (torch.Size([5, 2, 4, 6]), 1, [-100, -100, -100, -100, -100, -100], 1)
     """
 
-    def __init__(self, root: str | Path, *, nodata: float | None = None, ignore_index: int | None = None) -> None:
+    def __init__(self, root: str | Path, *, nodata: float | None = None, ignore_index: int | None = None,
+                 reference: date | None = None) -> None:
         self.root = Path(root)
+        self.reference = reference
+        self._dates: dict[int, SeriesDates] = {}
         for name in ("series", "labels"):
             if not (self.root / name).is_dir():
                 raise CnnkitError(f"{name} folder does not exist. Received: {str(self.root / name)!r}")
@@ -158,7 +248,7 @@ class SeriesFolder(Dataset):
         labels = {p.stem: p for p in sorted((self.root / "labels").iterdir()) if not p.name.startswith(".")}
         self.samples: list[tuple[Path, Path, Path | None]] = []
         for entry in sorted((self.root / "series").iterdir()):
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name == "dates.json":
                 continue
             stem = entry.name if entry.is_dir() else entry.stem
             if stem not in labels:
@@ -179,6 +269,22 @@ class SeriesFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def dates(self, index: int) -> SeriesDates:
+        """The dates of series ``index`` and where they came from (reads the series once)."""
+        if index not in self._dates:
+            self[index]
+        return self._dates[index]
+
+    @property
+    def time_axis(self) -> str:
+        """What the time axis is, in words, for the whole folder (reads every series once): e.g.
+        ``"acquisition dates (from file names)"``, or ``"the order of the files (no acquisition dates found)"``."""
+        axes = sorted({self.dates(i).time_axis for i in range(len(self))})
+        if len(axes) == 1:
+            return axes[0]
+        counts = {axis: sum(self.dates(i).time_axis == axis for i in range(len(self))) for axis in axes}
+        return "; ".join(f"{axis} for {count} series" for axis, count in counts.items())
 
     def _label(self, path: Path) -> np.ndarray:
         array = _read(path)
@@ -205,7 +311,14 @@ class SeriesFolder(Dataset):
         entry, label_path, mask_path = self.samples[index]
         label = self._label(label_path)
         size = label.shape
-        if entry.is_dir():
+        files: list[Path] = []
+        described = None
+        dated = None if entry.is_dir() else _dated_stack(entry, None)
+        if dated is not None:
+            stack, described = dated
+            if stack.shape[2:] != size:
+                raise ShapeError(f"{entry}: the stack {stack.shape} does not hold frames of the label's size {size}.")
+        elif entry.is_dir():
             dates = sorted(p for p in entry.iterdir() if p.suffix.lower() in _IMAGES and not p.name.startswith("."))
             if not dates:
                 raise CnnkitError(f"The series folder {entry} holds no image.")
@@ -214,6 +327,7 @@ class SeriesFolder(Dataset):
                 raise ShapeError(f"The dates of {entry} differ in their number of bands: "
                                  f"{[f.shape[0] for f in frames]}.")
             stack = np.stack(frames)
+            files = dates
         else:
             stack = _read(entry)
             if stack.ndim == 3:  # (T, H, W): one band
@@ -234,18 +348,18 @@ class SeriesFolder(Dataset):
         if self.nodata is not None:
             valid &= ~(series == self.nodata).any(dim=1)
         if mask_path is not None:
-            mask = _read(mask_path)
-            if mask.shape != (series.shape[0], *size):
-                raise ShapeError(f"{mask_path}: the mask must be T × H × W = {(series.shape[0], *size)}. Received "
-                                 f"shape {mask.shape}.")
-            valid &= torch.from_numpy(mask != 0)
+            valid &= _mask(mask_path, (series.shape[0], *size), entry)
+        if index not in self._dates:
+            self._dates[index] = series_dates(entry, series.shape[0], files=files, descriptions=described)
+        days = self._dates[index].days(self.reference)
         if self.weights is None:
-            return series, valid, torch.from_numpy(label)
+            return SeriesItem((series, valid, torch.from_numpy(label)), days=days)
         weight = _read(self.weights[index])
         if weight.shape != size or not np.all(np.isfinite(weight)) or np.any(weight < 0):
             raise ShapeError(f"{self.weights[index]}: a weight map must be H × W = {size} of finite values ≥ 0. "
                              f"Received shape {weight.shape}.")
-        return series, valid, torch.from_numpy(label), torch.from_numpy(weight.astype(np.float32))
+        return SeriesItem((series, valid, torch.from_numpy(label), torch.from_numpy(weight.astype(np.float32))),
+                          days=days)
 
 
 def collate_series(samples: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
@@ -254,7 +368,8 @@ def collate_series(samples: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     Dates are padded at the end and pixels at the bottom and right, with ``valid = False``, zero input and
     label −100; invalid inputs (NaN under clouds) are set to 0 (they are never read: see
     :class:`~cnnkit.models.SeriesSegNet`). Items may carry a fourth element, a per-pixel loss weight
-    ``(H, W)``: it is padded with 0 and returned fourth.
+    ``(H, W)``: it is padded with 0 and returned fourth. The result is a :class:`SeriesBatch`: its ``days``
+    ``(N, T)`` are the items' ``days`` (:class:`SeriesItem`; ``0 … T−1`` for an item without), 0 where padded.
 
     Examples:
         >>> a = (torch.ones(3, 2, 4, 5), torch.ones(3, 4, 5, dtype=torch.bool), torch.zeros(4, 5, dtype=torch.long))
@@ -262,6 +377,8 @@ def collate_series(samples: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
         >>> x, valid, labels = collate_series([a, b])
         >>> x.shape, valid[0].sum().item(), labels[0, 5, 0].item()
         (torch.Size([2, 5, 2, 6, 5]), 60, -100)
+        >>> collate_series([SeriesItem(a, days=torch.tensor([10, 40, 90])), b]).days.tolist()
+        [[10, 40, 90, 0, 0], [0, 1, 2, 3, 4]]
     """
     if not samples:
         raise ShapeError("collate_series needs at least one sample. Received an empty list.")
@@ -284,15 +401,20 @@ def collate_series(samples: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     mask = torch.zeros(len(samples), steps, height, width, dtype=torch.bool)
     labels = torch.full((len(samples), height, width), IGNORE_INDEX, dtype=torch.long)
     weights = torch.zeros(len(samples), height, width) if weighted else None
+    days = torch.zeros(len(samples), steps, dtype=torch.int64)
     for n, item in enumerate(samples):
         series, valid, label = item[:3]
         t, _, h, w = series.shape
+        given = getattr(item, "days", None)
+        if given is not None and tuple(given.shape) != (t,):
+            raise ShapeError(f"samples[{n}].days must be ({t},), one day per date. Received {tuple(given.shape)}.")
+        days[n, :t] = torch.arange(t) if given is None else given
         x[n, :t, :, :h, :w] = torch.where(valid[:, None], series, torch.zeros(()))
         mask[n, :t, :h, :w] = valid
         labels[n, :h, :w] = label
         if weighted:
             weights[n, :h, :w] = torch.as_tensor(item[3], dtype=torch.float32)
-    return (x, mask, labels, weights) if weighted else (x, mask, labels)
+    return SeriesBatch((x, mask, labels, weights) if weighted else (x, mask, labels), days)
 
 
 def series_band_statistics(dataset) -> tuple[Tensor, Tensor]:
@@ -353,7 +475,7 @@ class StandardizedSeries(Dataset):
             raise ShapeError(f"item {index} has {series.shape[1]} bands; the statistics have {len(self.mean)}.")
         scaled = (series - self.mean[:, None, None]) / self.std[:, None, None]
         scaled = torch.where(valid[:, None], scaled, torch.zeros(()))
-        return (scaled, valid, *item[2:])
+        return SeriesItem((scaled, valid, *item[2:]), days=getattr(item, "days", None))
 
 
 class SeriesCrops(Dataset):
@@ -384,7 +506,11 @@ class SeriesCrops(Dataset):
         self.dataset = dataset
         first = dataset[0]
         self._bands, self._weighted = int(first[0].shape[1]), len(first) > 3
-        self._steps = [int(dataset[i][0].shape[0]) for i in range(len(dataset))]
+        self._steps, self._days = [], []
+        for i in range(len(dataset)):
+            item = dataset[i]
+            self._steps.append(int(item[0].shape[0]))
+            self._days.append(getattr(item, "days", None))
         self._crops = RareClassCrops(_Flattened(dataset), crop_size=crop_size, class_ratios=class_ratios or {},
                                      num_crops=num_crops, generator=generator)
         self.crop_size, self.num_crops = crop_size, num_crops
@@ -403,7 +529,8 @@ class SeriesCrops(Dataset):
         bands, size = self._bands, flat.shape[1:]
         series = flat[: steps * bands].reshape(steps, bands, *size)
         valid = flat[steps * bands : steps * (bands + 1)] > 0.5
-        return (series, valid, label, flat[-1]) if self._weighted else (series, valid, label)
+        days = self._days[index // self.num_crops]
+        return SeriesItem((series, valid, label, flat[-1]) if self._weighted else (series, valid, label), days=days)
 
 
 CACHE_BYTES = 256 * 2**20

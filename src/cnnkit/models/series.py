@@ -37,6 +37,8 @@ class SeriesSegNet(nn.Module):
     Shape:
         - x: (N, T, in_channels, H, W).
         - mask: (N, T, H, W) bool, ``True`` where the pixel holds data on that date (``None``: all valid).
+        - days: (N, T) acquisition days, accepted so that every series network is called alike (as
+          :class:`~cnnkit.models.utae.UTAE` is) and not used: the ConvLSTM sees only the order of the dates.
         - Output: (N, num_classes, H, W) logits.
 
     Examples:
@@ -61,12 +63,15 @@ class SeriesSegNet(nn.Module):
         self.recurrent = ConvLSTM2d(width, hidden, kernel_size, padding="same")
         self.head = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, num_classes, 1))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, days: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[2] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ShapeError(f"SeriesSegNet expects x (N, T, C, H, W) with C = in_channels = {self.in_channels}. "
                              f"Received x of shape {got}.")
         n, t, c, h, w = x.shape
+        if days is not None and (not isinstance(days, Tensor) or tuple(days.shape) != (n, t)):
+            got = tuple(days.shape) if isinstance(days, Tensor) else type(days).__name__
+            raise ShapeError(f"SeriesSegNet: days must be (N, T) = {(n, t)}. Received days of shape {got}.")
         if mask is not None:
             if tuple(mask.shape) != (n, t, h, w):
                 raise ShapeError(f"SeriesSegNet: mask must be (N, T, H, W) = {(n, t, h, w)}. Received mask of shape "

@@ -3,7 +3,9 @@
 Batches are ``((x, valid), labels)`` or ``((x, valid), labels, pixel_weight)``, as
 :func:`cnnkit.data.collate_series` pads them: ``x`` (N, T, C, H, W), ``valid`` (N, T, H, W) bool (False
 under clouds and in the padding), ``labels`` (N, H, W) with −100 where there is no label (and in the
-padding), ``pixel_weight`` (N, H, W) ≥ 0. The model is called as ``model(x, valid)``; the loss is
+padding), ``pixel_weight`` (N, H, W) ≥ 0. The images may carry the acquisition days third, ``(x, valid, days)``
+with ``days`` (N, T) (``collate_series(...).days``). The model is called as ``model(x, valid)`` or
+``model(x, valid, days)``; the loss is
 :class:`~cnnkit.losses.PixelCrossEntropy` with the class weights, −100 left out and the pixel weights
 applied. Logged keys are those of :class:`~cnnkit.train.SegmentationTask`.
 """
@@ -26,7 +28,8 @@ class SeriesSegmentationTask(SegmentationTask):
     the padding itself, through ``valid``).
 
     Shape:
-        - images: a pair ``(x (N, T, C, H, W), valid (N, T, H, W) bool)``
+        - images: a pair ``(x (N, T, C, H, W), valid (N, T, H, W) bool)``, or a triple with ``days (N, T)``
+          third (for networks that use the acquisition dates, :class:`~cnnkit.models.utae.UTAE`)
         - targets: (N, H, W) integer labels, −100 ignored
         - pixel_weight (optional third batch item): (N, H, W), ≥ 0
 
@@ -37,16 +40,21 @@ class SeriesSegmentationTask(SegmentationTask):
         >>> x, valid = torch.randn(2, 5, 2, 8, 8), torch.rand(2, 5, 8, 8) > 0.3
         >>> task((x, valid)).shape
         torch.Size([2, 3, 8, 8])
+        >>> from cnnkit.models.utae import UTAE
+        >>> task = SeriesSegmentationTask(UTAE(2, 3, encoder_widths=(4, 4), num_heads=2), num_classes=3)
+        >>> task((x, valid, torch.tensor([[5, 30, 61, 90, 122]] * 2))).shape
+        torch.Size([2, 3, 8, 8])
     """
 
     def forward(self, images) -> Tensor:
-        if isinstance(images, (tuple, list)) and len(images) == 2:
-            x, valid = images
-            return self.model(x, valid)
+        if isinstance(images, (tuple, list)) and len(images) in (2, 3):
+            return self.model(*images)
         if isinstance(images, Tensor):
             return self.model(images)
-        raise ShapeError("SeriesSegmentationTask expects images as a pair (x (N, T, C, H, W), valid (N, T, H, W)), "
-                         f"as collate_series pads them. Received {type(images).__name__}.")
+        raise ShapeError("SeriesSegmentationTask expects images as a pair (x (N, T, C, H, W), valid (N, T, H, W)) "
+                         "or a triple (x, valid, days (N, T)), as collate_series pads them. Received "
+                         f"{type(images).__name__}" + (f" of {len(images)}" if isinstance(images, (tuple, list))
+                                                        else "") + ".")
 
     def _step(self, batch):
         images, targets = self._split(batch)
