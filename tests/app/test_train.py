@@ -128,6 +128,24 @@ def test_tiff_folder_with_a_heldout_folder(tmp_path):
     for k, name in enumerate(CLASS_NAMES):
         assert float(page.cells[f"data/share of labelled pixels/{k}: {name}"]) == pytest.approx(shares[k], abs=1e-9)
 
+    # How this run was made: the data, its missing values, the network and the rate, counted here from the files
+    missing = unlabelled = total = 0
+    for path in sorted((tmp_path / "train" / "images").iterdir()):
+        gone = np.isnan(tifffile.imread(path)).any(0)
+        mask = tifffile.imread(tmp_path / "train" / "masks" / path.name)
+        missing, unlabelled, total = missing + gone.sum(), unlabelled + ((mask == 255) & ~gone).sum(), total + gone.size
+    assert page.sections["run"] == "yes"
+    assert page.cells["run/value/data"] == str(tmp_path / "train")
+    assert page.cells["run/value/held-out split"] == f"held-out folder {str(tmp_path / 'held')!r}"
+    assert page.cells["run/value/network"] == "TinySegNet" and page.cells["run/value/encoder"] == "none"
+    assert float(page.cells["run/value/ignore value"]) == 255 and page.cells["run/value/initial weights"] == "random"
+    assert float(page.cells["run/value/epochs"]) == 2
+    assert float(page.cells["run/value/learning rate"]) == 0.01  # TinySegNet's family default, not given
+    assert page.cells["run/from/learning rate"] == "default of the 'cnnkit' family"
+    assert float(page.cells["run/value/no-data share"]) == pytest.approx(missing / total, abs=1e-12)
+    assert float(page.cells["run/value/unlabelled share"]) == pytest.approx(unlabelled / total, abs=1e-12)
+    assert 0 < missing < total and 0 < unlabelled < total  # both shares are measured, not zero by construction
+
 
 def _heldout_iou_one_image_at_a_time(train_root: Path, held_root: Path, run: Path, width: int) -> float:
     """The network's held-out mean IoU recomputed without the pipeline: numpy band statistics over the

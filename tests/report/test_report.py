@@ -80,8 +80,40 @@ def _parse(path: Path) -> _Page:
 
 
 def test_public_names():
-    assert set(cnnkit.report.__all__) == {"REPORT_DIR", "ReportSection", "load_run_weights", "read_metrics",
-                                             "write_report"}
+    assert set(cnnkit.report.__all__) == {
+        "REPORT_DIR", "ReportSection", "RunRecipe", "data_section", "evaluation_section", "frames_section",
+        "load_run_weights", "maps_section", "profiles_section", "read_metrics", "recipe_section",
+        "series_data_section", "series_evaluation_section", "write_report"}
+    assert all(hasattr(cnnkit.report, name) for name in cnnkit.report.__all__)
+
+
+def test_recipe_section_states_how_the_run_was_made(tmp_path):
+    """Every setting of a RunRecipe is in the written page, numbers exact in data-value, with where it came from."""
+    from cnnkit.report import RunRecipe, recipe_section
+
+    recipe = RunRecipe(data="/data/fields", split="2 of 9 images held out at random (seed 3)",
+                       band_names=["blue", "green", "red", "nir", "validity"], bands=["blue", "green", "red", 3],
+                       nodata="NaN, ±inf, or 0", ignore_index=255, network="Unet / resnet18", encoder="resnet18",
+                       weights="imagenet", epochs=7, batch_size=4, lr=3e-4, lr_source="--lr", schedule="cosine",
+                       options=[("warm-up epochs", 2, "default of the 'convolutional' family")],
+                       nodata_share=1 / 3, unlabelled_share=0.125, seed=3)
+    with pytest.warns(UserWarning, match="no logs"):
+        path = write_report(tmp_path, sections=[recipe_section(recipe)])
+    page = _parse(path)
+    assert next(iter(page.sections)) == "run" and page.sections["run"] == "yes"
+    cells = {key: cell["data-value"] for key, cell in page.cells.items()}
+    assert cells["run/value/data"] == "/data/fields" and cells["run/value/network"] == "Unet / resnet18"
+    assert cells["run/value/bands"] == "blue, green, red, nir, validity"
+    assert cells["run/value/bands kept"] == "blue, green, red, 3" and cells["run/value/encoder"] == "resnet18"
+    assert cells["run/value/no data"] == "NaN, ±inf, or 0" and cells["run/value/initial weights"] == "imagenet"
+    assert float(cells["run/value/learning rate"]) == 3e-4 and cells["run/from/learning rate"] == "--lr"
+    assert float(cells["run/value/warm-up epochs"]) == 2
+    assert cells["run/from/warm-up epochs"] == "default of the 'convolutional' family"
+    assert float(cells["run/value/no-data share"]) == 1 / 3 and float(cells["run/value/unlabelled share"]) == 0.125
+    assert float(cells["run/value/ignore value"]) == 255 and float(cells["run/value/epochs"]) == 7
+    text = path.read_text(encoding="utf-8")
+    assert ">255<" in text and ">7<" in text  # integers shown as they are, not with four decimals
+    assert "33.3 % of the training pixels hold no data" in text
 
 
 def test_report_is_one_file_with_valid_relative_pngs(run):

@@ -6,6 +6,8 @@
 * :mod:`cnnkit.app.threads` — how many threads a command uses on a shared machine;
 * :mod:`cnnkit.app.timeseries` — image time series with clouds → trained ConvLSTM → report (``cnnkit train`` on
   a series folder, ``cnnkit demo --time-series``).
+* :mod:`cnnkit.app.workflow` — the steps both share (one evaluation, one majority baseline, class counts, the
+  held-out split, the device choice): images and series differ only by what an item is (``Kind``).
 
 Names are imported on first use: ``cnnkit predict`` does not load Lightning, training does.
 """
@@ -24,8 +26,8 @@ _NAMES = {
     "load_predictor": "cnnkit.app.predict",
     "predict_files": "cnnkit.app.predict",
     "SegmentationRun": "cnnkit.app.train",
-    "evaluate": "cnnkit.app.train",
-    "majority_baseline": "cnnkit.app.train",
+    "evaluate": "cnnkit.app.workflow",
+    "majority_baseline": "cnnkit.app.workflow",
     "train_folder": "cnnkit.app.train",
     "train_segmentation": "cnnkit.app.train",
     "busy_cores": "cnnkit.app.threads",

@@ -37,28 +37,42 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
-from cnnkit._tensors import argmax
 from cnnkit.app.console import console_log
-from cnnkit.app.train import holdout_split, validation_period
+from cnnkit.app.workflow import (
+    RARE_CROP_SHARE,
+    SERIES,
+    check_class_names,
+    choose_accelerator,
+    count_classes,
+    evaluate,
+    holdout_split,
+    learning_rate,
+    majority_baseline,
+    validation_period,
+)
 from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights
 from cnnkit.masking import BucketBatchSampler
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.metrics import SegmentationMetrics
-from cnnkit.models import SeriesSegNet
+from cnnkit.models import ModelSpec, build, family_of, parse_spec, resolve, spec_for, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
-from cnnkit.report import ReportSection, write_report
+from cnnkit.report import (
+    RunRecipe,
+    frames_section,
+    maps_section,
+    profiles_section,
+    recipe_section,
+    series_data_section,
+    series_evaluation_section,
+    write_report,
+)
 from cnnkit.train import fit
 from cnnkit.train.rundir import prepare_run_dir, write_manifest
 from cnnkit.train.series_task import SeriesSegmentationTask
 
-__all__ = ["SeriesRun", "evaluate_series", "is_series_folder", "least_cloudy_date", "run_series_demo",
+__all__ = ["SeriesRun", "is_series_folder", "least_cloudy_date", "run_series_demo",
            "series_demo", "train_series", "train_series_folder"]
-
-RARE_CROP_SHARE = 0.5
-"""Share of the crops centred on a rare-class pixel (split evenly between the rare classes)."""
-
 
 @dataclass
 class SeriesRun:
@@ -161,40 +175,6 @@ def _loader(dataset, sizes, batch_size: int, shuffle: bool, seed: int = 0) -> Da
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_task_batch)
 
 
-def evaluate_series(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
-                    device: str | torch.device = "cpu", keep: Sequence[int] = ()) -> tuple[dict, dict[int, Tensor]]:
-    """Held-out metrics of ``model(x, valid)`` in eval mode over ``dataset`` (padded batches, −100 and padding left
-    out), and the predicted label maps of the items ``keep`` (by index). The model's mode is restored."""
-    metrics = SegmentationMetrics(num_classes)
-    sizes = getattr(dataset, "sizes", None) or [(int(i[0].shape[0]), *i[0].shape[2:]) for i in dataset]
-    sampler = BucketBatchSampler(sizes, batch_size, shuffle=False)
-    predictions: dict[int, Tensor] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in sampler:
-                items = [dataset[i] for i in batch]
-                x, valid, labels = collate_series([item[:3] for item in items])
-                logits = model(x.to(device), valid.to(device)).to("cpu")
-                metrics.update(logits, labels)
-                for n, i in enumerate(batch):
-                    if i in keep:
-                        h, w = items[n][2].shape
-                        predictions[i] = argmax(logits[n, :, :h, :w], 0)
-    finally:
-        model.train(was_training)
-    return metrics.compute(), predictions
-
-
-def _majority_metrics(majority: int, dataset, num_classes: int) -> dict:
-    metrics = SegmentationMetrics(num_classes)
-    for i in range(len(dataset)):
-        label = torch.as_tensor(dataset[i][2])
-        metrics.update(torch.full_like(label, majority)[None], label[None])
-    return metrics.compute()
-
-
 def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int, batch_size: int, lr: float,
                  scheduler: str | None, seed: int, device: str) -> None:
     """The single-date baseline's training: the optimiser, schedule, loss, crops and batches of the main run,
@@ -220,84 +200,24 @@ def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int
                 schedule.step()
 
 
-def _accelerator(device: str) -> tuple[str, int | list[int]]:
-    from cnnkit.app.train import _accelerator as accelerator
+def series_spec(model_spec: ModelSpec | dict | None, width: int = 8, hidden: int = 16,
+                kernel_size: int = 3) -> ModelSpec:
+    """The spec of the series network to train: ``model_spec`` checked (a network of a series family, which takes
+    ``(x, valid)``), or cnnkit's SeriesSegNet of ``width``, ``hidden`` and ``kernel_size``.
 
-    return accelerator(device)
-
-
-# -- report sections ---------------------------------------------------------------------------------
-
-def _data_section(train, names, share, weight, rare, valid_shares, crop_size, count_crops, rare_share):
-    from cnnkit.render.series import valid_share_figure
-
-    steps = [s[0] for s in train.sizes]
-    sides = [v for s in train.sizes for v in s[1:]]
-    flat = [v for shares in valid_shares for v in shares]
-    text = (f"{len(train)} training series of {min(steps)}–{max(steps)} dates, {min(sides)}–{max(sides)} px a side, "
-            f"{train[0][0].shape[1]} bands. {100 * (1 - sum(flat) / len(flat)):.1f} % of the pixel-dates hold no data "
-            "(cloud, NaN, nodata): they are masked, never filled. Training uses "
-            f"{count_crops} crops of {crop_size}×{crop_size} px per epoch with all their dates"
-            + (f", {100 * rare_share:.0f} % of them centred on a rare-class pixel ({', '.join(names[k] for k in rare)})"
-               if rare else "")
-            + ". The loss weights below were estimated on those crops.")
-    rows = [(f"{k}: {name}", s, w, "rare" if k in rare else "")
-            for k, (name, s, w) in enumerate(zip(names, share, weight))]
-    return ReportSection("Series and clouds", text,
-                         figures=[(valid_share_figure(valid_shares), "Valid share of every date (training series)")],
-                         columns=["class", "share of labelled pixels", "loss weight", "note"], rows=rows,
-                         id="series-data")
-
-
-def _profiles_section(raw_item, names, palette, bands):
-    from cnnkit.render.series import band_profiles_figure, pick_profile_pixels
-
-    series, valid, label = raw_item[:3]
-    pixels = pick_profile_pixels(label, valid, per_class=1, num_classes=len(names))
-    if not pixels:
-        return None
-    fig = band_profiles_figure(series, valid, pixels, names, bands=bands, palette=palette)
-    text = ("One pixel of every class of a held-out series: its band values at the dates that hold data, joined in "
-            "order — what the ConvLSTM reads. Grey bars and crosses mark cloudy dates: there the pixel has no value, "
-            "and its memory is carried over unchanged.")
-    return ReportSection("Pixels over time", text, figures=[(fig, "Band profiles per class, cloudy dates marked")],
-                         id="series-profiles")
-
-
-def _frames_section(raw_item, bands):
-    from cnnkit.render.series import frame_strip_figure
-
-    series, valid = raw_item[:2]
-    fig = frame_strip_figure(series, valid, bands=bands)
-    text = (f"A held-out series of {series.shape[0]} dates: the bands (clouds in white) over the validity mask "
-            "(black: no data). Each date is a frame of the recurrence; a black pixel keeps the state it had.")
-    return ReportSection("A series, date by date", text, figures=[(fig, "Frames and cloud masks")], id="series-frames")
-
-
-def _maps_section(panels, names, palette, rows: int):
-    from cnnkit.render.series import label_maps_figure
-
-    fig = label_maps_figure(panels, names, rows=rows, palette=palette)
-    text = ("Held-out series, one per row: the true labels, the network's prediction from every date, and (when "
-            "it was trained) the single-date baseline's prediction from the least cloudy date. Opaque panels; "
-            "each class has the legend's colour exactly; light grey has no label (not counted).")
-    return ReportSection("Predicted vs true", text, figures=[(fig, "True, time series, single date")],
-                         id="series-maps")
-
-
-def _evaluation_section(names, iou, single, majority_iou, mean, single_mean, majority_mean, majority, heldout,
-                        seconds, cpu):
-    text = (f"Mean IoU on {heldout} held-out series: {mean:.3f} for the network over every date"
-            + (f", {single_mean:.3f} for the same network trained on each series' least cloudy date alone"
-               if single_mean is not None else "")
-            + f", {majority_mean:.3f} for predicting '{names[majority]}' (the most frequent training class) "
-            f"everywhere. Reading, training and evaluating took {seconds:.1f} s wall, {cpu:.1f} s CPU.")
-    columns = ["class", "time series IoU"] + (["single-date IoU"] if single is not None else []) + ["majority IoU"]
-    rows = []
-    for k, name in enumerate(names):
-        rows.append((f"{k}: {name}", iou[k], *((single[k],) if single is not None else ()), majority_iou[k]))
-    rows.append(("mean IoU", mean, *((single_mean,) if single is not None else ()), majority_mean))
-    return ReportSection("Held-out evaluation", text, columns=columns, rows=rows, id="heldout", replaces=("iou",))
+    Examples:
+        >>> series_spec(None, 8, 16, 1)
+        ModelSpec(library='cnnkit', architecture='SeriesSegNet', encoder=None, args={'width': 8, 'hidden': 16, \
+'kernel_size': 1})
+    """
+    if model_spec is None:
+        return spec_for("SeriesSegNet", args={"width": width, "hidden": hidden, "kernel_size": kernel_size})
+    spec = parse_spec(model_spec)
+    resolve(spec)
+    if not family_of(spec).endswith("series"):
+        raise ShapeError(f"A time-series run trains a network that reads (series, valid): one of a series family, "
+                         f"such as SeriesSegNet. Received {spec.label()} (family {family_of(spec)!r}).")
+    return spec
 
 
 def train_series(
@@ -311,7 +231,7 @@ def train_series(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 8,
-    lr: float = 1e-2,
+    lr: float | None = 1e-2,
     scheduler: str | None = None,
     width: int = 8,
     hidden: int = 16,
@@ -335,6 +255,8 @@ def train_series(
     profile_bands: Sequence[int] = (0, 1),
     rgb_bands: Sequence[int] | None = None,
     manifest_extra: dict | None = None,
+    model_spec: ModelSpec | dict | None = None,
+    recipe: dict | None = None,
 ) -> SeriesRun:
     """Train :class:`~cnnkit.models.SeriesSegNet` on cloudy series, evaluate it and its baselines, write the report.
 
@@ -349,7 +271,8 @@ def train_series(
         seed: Seed of the weights, crops and batch order.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
         batch_size: Crops per batch.
-        lr: AdamW learning rate.
+        lr: AdamW learning rate; ``None``: the network family's (:func:`cnnkit.models.training_defaults`, 1e-2 for
+            SeriesSegNet, the default).
         scheduler: ``None`` (constant ``lr``) or ``"cosine"`` (down to 0 over the run). Constant by default: on the
             demo data, 240 steps with cosine gave held-out mean IoU 0.26, 276 constant-rate steps of the same
             network and crops in a plain loop 0.59 (see ``docs/timeseries.md``).
@@ -373,6 +296,11 @@ def train_series(
         profile_bands: Bands drawn in the report's pixel profiles.
         rgb_bands: Bands shown as R, G, B in the report's frame strip (default the first three).
         manifest_extra: More keys for the manifest's ``series`` object (e.g. which series were held out).
+        model_spec: The network by name (:func:`series_spec`: a network of a series family); default SeriesSegNet
+            with ``width``, ``hidden`` and ``kernel_size``. Built by :func:`cnnkit.models.build`, recorded in the
+            manifest.
+        recipe: What the caller knows of how the data was read, for the report's *How this run was made*: ``data``,
+            ``split``, ``nodata`` (see :func:`cnnkit.app.train_segmentation`).
 
     Returns:
         A :class:`SeriesRun`.
@@ -387,12 +315,14 @@ def train_series(
         check_int(value, name, low)
     if not 0 <= rare_below < 1:
         raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
-    names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))
-    if len(names) != num_classes:
-        raise ShapeError(f"class_names must name all {num_classes} classes. Received {len(names)} names: {names}.")
+    names = check_class_names(class_names, num_classes)
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
-    accelerator, devices = _accelerator(device)
+    spec = series_spec(model_spec, width, hidden, kernel_size)
+    defaults = training_defaults(spec)
+    lr, lr_source = learning_rate(None if lr is None or lr == defaults.lr else lr, defaults.lr,
+                                  f"the {family_of(spec)} family")
+    accelerator, devices = choose_accelerator(device)
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
     torch.manual_seed(seed)
 
@@ -400,22 +330,9 @@ def train_series(
     train = StandardizedSeries(train)
     heldout = StandardizedSeries(raw_heldout, train.mean, train.std)
     bands = int(train[0][0].shape[1])
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    valid_shares = []
-    for i in range(len(train)):
-        _, valid, label, *_ = train[i]
-        counted = label[label != IGNORE_INDEX]
-        if counted.numel() and (counted.min() < 0 or counted.max() >= num_classes):
-            bad = int(counted[(counted < 0) | (counted >= num_classes)][0])
-            raise ShapeError(f"labels must be class indices in [0, {num_classes}) or -100. Received a label {bad} in "
-                             f"training series {i}.")
-        counts += torch.bincount(counted.flatten(), minlength=num_classes)
-        valid_shares.append(valid.flatten(1).float().mean(1).tolist())
-    if counts.sum() == 0:
-        raise ShapeError("The training labels hold no labelled pixel (all are -100).")
-    share = (counts / counts.sum()).tolist()
-    majority = int(counts.argmax())
-    rare = [k for k in range(num_classes) if 0 < share[k] < rare_below]
+    counted = count_classes(train, num_classes, kind=SERIES)
+    share, majority, rare = counted.share, counted.majority, counted.rare(rare_below)
+    valid_shares = [train[i][1].flatten(1).float().mean(1).tolist() for i in range(len(train))]
     steps = [s[0] for s in train.sizes]
     valid_share = sum(v for s in valid_shares for v in s) / sum(len(s) for s in valid_shares)
     log(f"data: {len(train)} training and {len(heldout)} held-out series, {bands} bands, {min(steps)}–{max(steps)} "
@@ -440,9 +357,10 @@ def train_series(
         def on_train_epoch_start(self, trainer, pl_module):
             crops.set_epoch(trainer.current_epoch)
 
-    builder_args = {"in_channels": bands, "num_classes": num_classes, "width": width, "hidden": hidden,
-                    "kernel_size": kernel_size}
-    net = SeriesSegNet(**builder_args)
+    net = build(spec, in_channels=bands, num_classes=num_classes)
+    log(f"network: {spec.label()} ({spec.library}{', args ' + str(spec.args) if spec.args else ''}), "
+        f"{sum(p.numel() for p in net.parameters()):,} parameters, random weights; AdamW, learning rate {lr:g} "
+        f"({lr_source}), {scheduler or 'constant'} schedule")
     task = SeriesSegmentationTask(net, num_classes, class_weight=weight, lr=lr, weight_decay=1e-4,
                                   scheduler=scheduler, class_names=names)
     if resume:
@@ -455,18 +373,20 @@ def train_series(
 
     # held-out: the series with the most classes first in the report's pictures
     shown = sorted(range(len(heldout)), key=lambda i: -len(torch.unique(heldout[i][2])))[:3]
-    result, predicted = evaluate_series(net, heldout, num_classes, batch_size, device, keep=shown)
-    majority_result = _majority_metrics(majority, heldout, num_classes)
+    predicted: dict[int, Tensor] = {}
+    result = evaluate(net, heldout, num_classes, batch_size, device, kind=SERIES, keep=shown, predictions=predicted)
+    majority_result = majority_baseline(majority, heldout, num_classes, kind=SERIES)
     single_result = single_predicted = None
     if single_date_baseline:
         single_start = time.process_time()
         single_crops = SeriesCrops(_SingleDate(train), crop_size, ratios, crops_per_series,
                                    generator=torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)
-        single_net = SeriesSegNet(**builder_args).to(device)
+        single_net = build(spec, in_channels=bands, num_classes=num_classes).to(device)
         _train_plain(single_net, single_crops, weight, epochs, batch_size, lr, scheduler, seed, device)
-        single_result, single_predicted = evaluate_series(single_net, _SingleDate(heldout), num_classes, batch_size,
-                                                          device, keep=shown)
+        single_predicted = {}
+        single_result = evaluate(single_net, _SingleDate(heldout), num_classes, batch_size, device, kind=SERIES,
+                                 keep=shown, predictions=single_predicted)
         log(f"single-date baseline: held-out mean IoU {float(single_result['mean_iou']):.3f} "
             f"({time.process_time() - single_start:.1f} s CPU)")
 
@@ -484,17 +404,29 @@ def train_series(
         if single_predicted is not None:
             panels.append((f"series {i}: single date", single_predicted[i]))
     example = raw_heldout[shown[0]]
+    run_recipe = RunRecipe(
+        data=(recipe or {}).get("data", "series given in Python"),
+        split=(recipe or {}).get("split", f"{len(heldout)} held-out series given"), band_names=None, bands=None,
+        nodata=(recipe or {}).get("nodata", "NaN, ±inf, invalid dates"), ignore_index=ignore_index,
+        network=spec.label(), encoder=spec.encoder, weights="random", epochs=epochs, batch_size=batch_size, lr=lr,
+        lr_source=lr_source, schedule=scheduler or "constant",
+        options=[("crops per series", crops_per_series, ""), ("crop size", crop_size, "px"),
+                 ("single-date baseline", "trained" if single_date_baseline else "not trained", "")],
+        nodata_share=counted.missing / counted.pixels, unlabelled_share=counted.unlabelled / counted.pixels,
+        seed=seed)
     sections = [
-        _data_section(train, names, share, weight.tolist(), rare, valid_shares, crop_size, len(crops), rare_share),
-        _evaluation_section(names, iou, single_iou, majority_iou, mean_iou, single_mean, majority_mean, majority,
-                            len(heldout), seconds, cpu),
-        _maps_section(panels, names, palette, rows=len(shown)),  # one row per series
-        _profiles_section(example, names, palette, [b for b in profile_bands if b < bands] or [0]),
-        _frames_section(example, rgb_bands),
+        recipe_section(run_recipe),
+        series_data_section(train.sizes, bands, names, share, weight.tolist(), rare, valid_shares, crop_size,
+                            len(crops), rare_share),
+        series_evaluation_section(names, iou, single_iou, majority_iou, mean_iou, single_mean, majority_mean,
+                                  majority, len(heldout), seconds, cpu),
+        maps_section(panels, names, palette, rows=len(shown)),  # one row per series
+        profiles_section(*example[:3], names, palette, [b for b in profile_bands if b < bands] or [0]),
+        frames_section(*example[:2], rgb_bands),
     ]
     report = write_report(out, model=None, sections=[s for s in sections if s is not None],
                           title=title or "cnnkit: image time series")
-    write_manifest(out, net, builder="SeriesSegNet", builder_args=builder_args,
+    write_manifest(out, net, spec=spec, in_channels=bands, num_classes=num_classes,
                    preprocessing={**(preprocessing or {}), "kind": "series", "mean": train.mean.tolist(),
                                   "std": train.std.tolist(), "band_count": bands},
                    class_names=names, ignore_index=ignore_index, palette=palette, task="series-segmentation",
@@ -584,7 +516,10 @@ def train_series_folder(
     return train_series(train_part, held_part, num_classes, out, class_names=class_names, seed=seed, log=log,
                         title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name} (time series)"),
                         preprocessing=preprocessing, ignore_index=ignore_index,
-                        manifest_extra={"heldout": held_names}, **kwargs)
+                        manifest_extra={"heldout": held_names},
+                        recipe={"data": str(root), "split": split,
+                                "nodata": "NaN, ±inf, masks/" + (f", or {nodata!r}" if nodata is not None else "")},
+                        **kwargs)
 
 
 # -- the demo ----------------------------------------------------------------------------------------

@@ -37,16 +37,29 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
 from cnnkit.app.threads import usable_cores
+from cnnkit.app.workflow import (
+    IMAGES,
+    RARE_CROP_SHARE,
+    Subset,
+    check_class_names,
+    choose_accelerator,
+    count_classes,
+    evaluate,
+    holdout_split,
+    learning_rate,
+    majority_baseline,
+    silent,
+    validation_period,
+)
 from cnnkit.data import RareClassCrops
 from cnnkit.data.standardize import missing_pixels
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.losses import class_weights
-from cnnkit.masking import BucketBatchSampler, collate_padded, masked, padding_fraction, spatial_sizes
+from cnnkit.masking import BucketBatchSampler, collate_padded, padding_fraction, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.metrics import SegmentationMetrics
 from cnnkit.models import MODELS, ModelSpec, build, parse_spec, spec_for, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
-from cnnkit.report import write_report
+from cnnkit.report import RunRecipe, data_section, evaluation_section, recipe_section, write_report
 from cnnkit.train import DistributedBucketSampler, FilterEvolutionCallback, SegmentationTask, fit
 from cnnkit.train.callbacks import DivergenceStop
 from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero
@@ -59,18 +72,14 @@ from cnnkit.train.rundir import (
     write_run_options,
 )
 
-__all__ = ["STRATEGIES", "SegmentationRun", "check_scaling", "evaluate", "majority_baseline", "model_options",
-           "network_spec", "padding_shares", "size_multiple", "train_folder", "train_segmentation",
-           "validation_period", "weights_source"]
+__all__ = ["RARE_CROP_SHARE", "STRATEGIES", "SegmentationRun", "check_scaling", "evaluate", "holdout_split",
+           "majority_baseline", "model_options", "network_spec", "padding_shares", "size_multiple", "train_folder",
+           "train_segmentation", "validation_period", "weights_source"]
 
 STRATEGIES = ("auto", "ddp")
 """Values of ``strategy`` (``--strategy``): Lightning's names; ``"auto"`` is ``"ddp"`` on several processes.
 ``"ddp_spawn"`` is refused: it pickles the task, loaders and callbacks, and the applications' log (a closure over
 the terminal) and crop callback do not pickle."""
-
-RARE_CROP_SHARE = 0.5
-"""Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
-
 
 @dataclass
 class SegmentationRun:
@@ -123,37 +132,6 @@ class SegmentationRun:
         ]
 
 
-def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
-             device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """:class:`~cnnkit.metrics.SegmentationMetrics` of ``masked(model)`` in eval mode over ``dataset``.
-
-    Batches are padded (bucketed, in size order); padding and −100 labels are not counted. The model's
-    mode is restored.
-    """
-    metrics = SegmentationMetrics(num_classes, sync_on_compute=False)  # the whole set, in this process alone
-    sampler = BucketBatchSampler(spatial_sizes(dataset), batch_size, shuffle=False)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded)
-    was_training = model.training
-    model.eval()
-    try:
-        runner = masked(model)
-        with torch.no_grad():
-            for images, labels in loader:
-                metrics.update(runner(images.to(device)).to("cpu"), labels)
-    finally:
-        model.train(was_training)
-    return metrics.compute()
-
-
-def majority_baseline(majority: int, dataset, num_classes: int) -> dict[str, Tensor]:
-    """The same metrics for the constant prediction ``majority`` on every pixel of ``dataset``."""
-    metrics = SegmentationMetrics(num_classes, sync_on_compute=False)  # rank 0 alone, after a distributed fit
-    for _, label in dataset:
-        label = torch.as_tensor(label)
-        metrics.update(torch.full_like(label, majority)[None], label[None])
-    return metrics.compute()
-
-
 def padding_shares(sizes, batch_size: int, seed: int) -> tuple[float, float]:
     """Padded share of one epoch's batches: (bucketed, random batches of the same size)."""
     g = torch.Generator().manual_seed(seed)
@@ -161,23 +139,6 @@ def padding_shares(sizes, batch_size: int, seed: int) -> tuple[float, float]:
     order = torch.randperm(len(sizes), generator=g).tolist()
     randomly = padding_fraction([order[i : i + batch_size] for i in range(0, len(order), batch_size)], sizes)
     return bucketed, randomly
-
-
-def _accelerator(device: str) -> tuple[str, int | list[int]]:
-    if not isinstance(device, str):
-        raise ShapeError(f"device must be a string such as 'cpu' or 'cuda:0'. Received device={device!r}.")
-    kind, _, index = device.partition(":")
-    if kind == "cpu" and not index:
-        return "cpu", 1
-    if kind == "cuda" and (not index or index.isdigit()):
-        if not torch.cuda.is_available():
-            raise ShapeError(f"device {device!r} needs CUDA, which this machine does not have. Use --device cpu.")
-        return "gpu", [int(index or 0)]
-    raise ShapeError(f"Unknown device {device!r}. Expected 'cpu', 'cuda' or 'cuda:<index>'.")
-
-
-def _silent(text: str) -> None:
-    """The ``log`` of the processes other than rank 0."""
 
 
 def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 1, strategy: str = "auto",
@@ -198,7 +159,7 @@ def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 
         ...
         cnnkit.errors.ShapeError: --devices 10000 asks for 10000 CPU processes per node, but this machine has ...
     """
-    accelerator, chosen = _accelerator(device)
+    accelerator, chosen = choose_accelerator(device)
     if isinstance(devices, str) and devices.strip().isdigit():
         devices = int(devices)
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
@@ -239,7 +200,7 @@ def _item_names(dataset) -> list[str] | None:
     names = getattr(dataset, "item_names", None)
     if names is not None:
         return list(names)
-    if isinstance(dataset, _Subset):
+    if isinstance(dataset, Subset):
         inner = _item_names(dataset.folder)
         return [inner[i] for i in dataset.indices] if inner is not None else None
     samples = getattr(dataset, "samples", None)
@@ -247,57 +208,6 @@ def _item_names(dataset) -> list[str] | None:
         return [image.name for image, _ in samples]
     inner = getattr(dataset, "dataset", None)
     return _item_names(inner) if inner is not None else None
-
-
-def _data_section(sizes, bucketed: float, randomly: float, names, share, weight, rare, batch_size: int):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from cnnkit.report import ReportSection
-
-    fig = Figure(figsize=(10, 3.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    left, middle, right = fig.subplots(1, 3)
-    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
-    left.scatter(widths, heights, s=10, alpha=0.6)
-    left.set(xlabel="width (px)", ylabel="height (px)", title=f"{len(sizes)} training image sizes")
-    middle.hist([heights, widths], bins=min(24, max(4, len(sizes) // 4)), label=["height", "width"])
-    middle.set(xlabel="pixels", ylabel="images", title="size histogram")
-    middle.legend()
-    bars = right.bar(["random\nbatches", "BucketBatch\nSampler"], [100 * randomly, 100 * bucketed],
-                     color=["#c44e52", "#4c72b0"])
-    right.bar_label(bars, fmt="%.1f %%")
-    right.set(ylabel="padded pixels (%)", title=f"padding per epoch, batches of {batch_size}", ylim=(0, 100))
-    rare_text = ", ".join(f"'{names[k]}' ({100 * share[k]:.2f} %)" for k in rare) or "none"
-    text = (f"{len(sizes)} training images, {min(min(s) for s in sizes)}–{max(max(s) for s in sizes)} px a side. "
-            f"Bucketing batches of similar sizes pads {100 * bucketed:.1f} % of the pixels of an epoch, against "
-            f"{100 * randomly:.1f} % for random batches. Rare classes: {rare_text}.")
-    rows = [(f"{k}: {name}", s, w, "rare" if k in rare else "") for k, (name, s, w) in
-            enumerate(zip(names, share, weight))]
-    return ReportSection("Data", text, figures=[(fig, "Image sizes and the padding saved by bucketing")],
-                         columns=["class", "share of labelled pixels", "loss weight", "note"], rows=rows, id="data")
-
-
-def _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, majority, seconds, heldout: int):
-    from cnnkit.report import ReportSection
-
-    text = (f"Mean IoU on {heldout} held-out images: {mean_iou:.3f} for the network, {baseline_mean:.3f} for a "
-            f"baseline that predicts the most frequent training class ('{names[majority]}') everywhere. "
-            f"Reading the data, training and evaluating took {seconds:.1f} s (this report is written after).")
-    rows = [(f"{k}: {name}", a, b) for k, (name, a, b) in enumerate(zip(names, iou, baseline_iou))]
-    rows.append(("mean IoU", mean_iou, baseline_mean))
-    return ReportSection("Held-out evaluation", text, columns=["class", "network IoU", "majority-class IoU"],
-                         rows=rows, id="heldout", replaces=("iou",))
-
-
-def validation_period(val_every: int, epochs: int) -> int:
-    """The largest period ≤ ``val_every`` that divides ``epochs``, so that the last epoch validates.
-
-    Examples:
-        >>> validation_period(2, 24), validation_period(12, 36), validation_period(5, 16), validation_period(3, 1)
-        (2, 12, 4, 1)
-    """
-    return max(d for d in range(1, min(val_every, epochs) + 1) if epochs % d == 0)
 
 
 def network_spec(model_spec: ModelSpec | dict | None, width: int = 16) -> ModelSpec:
@@ -453,6 +363,7 @@ def train_segmentation(
     model_spec: ModelSpec | dict | None = None,
     weights: str | os.PathLike | None = None,
     run_options: dict | None = None,
+    recipe: dict | None = None,
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
@@ -524,6 +435,10 @@ def train_segmentation(
         band_names: A name per input channel, for the report (the last is the validity band when
             ``preprocessing`` says so).
         rgb_bands: Channels the report draws as red, green, blue (see :func:`cnnkit.report.write_report`).
+        recipe: What the caller knows of how the data was read, for the report's *How this run was made*
+            (:class:`cnnkit.report.RunRecipe` fields): ``data`` (e.g. the folder), ``split``, ``bands``, ``nodata``,
+            ``nodata_share``, ``unlabelled_share``. Without it the section says "data sets given in Python" and
+            measures the shares itself (no data: where the validity band is 0).
         val_every: Validate on ``heldout`` at most every this many epochs, on a period that divides ``epochs`` (so
             that the last epoch validates); the final evaluation always runs.
 
@@ -539,15 +454,13 @@ def train_segmentation(
     start = time.perf_counter()
     rank_zero = launched_as_rank_zero()
     if not rank_zero:  # the other processes of a distributed run print nothing (their errors excepted)
-        log = _silent
+        log = silent
     for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
                              ("batch_size", batch_size, 1), ("crop_size", crop_size, 4), ("val_every", val_every, 1)):
         check_int(value, name, low)
     if not 0 <= rare_below < 1:
         raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
-    names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))
-    if len(names) != num_classes:
-        raise ShapeError(f"class_names must name all {num_classes} classes. Received {len(names)} names: {names}.")
+    names = check_class_names(class_names, num_classes)
     if model_builder is not None and (not isinstance(model_builder, tuple) or len(model_builder) != 2
                                       or model_builder[0] not in MODELS or not isinstance(model_builder[1], dict)):
         raise ShapeError(f"model_builder must be (name, kwargs) with a name from {sorted(MODELS)}. "
@@ -585,22 +498,9 @@ def train_segmentation(
         net = _build_network(spec, in_channels, num_classes, weights, data_bands, log)
     torch.manual_seed(seed)
 
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for _, label in train:
-        label = torch.as_tensor(label)
-        counted = label[label != IGNORE_INDEX]
-        if counted.numel() and (counted.min() < 0 or counted.max() >= num_classes):
-            bad = int(counted[(counted < 0) | (counted >= num_classes)][0])
-            hint = (f" If {bad} marks pixels without a label, pass ignore_index={bad} (--ignore-index {bad})."
-                    if bad >= num_classes else "")
-            raise ShapeError(f"labels must be class indices in [0, {num_classes}) or -100 (num_classes={num_classes}). "
-                             f"Received a label {bad}.{hint}")
-        counts += torch.bincount(counted.flatten(), minlength=num_classes)
-    if counts.sum() == 0:
-        raise ShapeError("The training labels hold no labelled pixel (all are -100).")
-    share = (counts / counts.sum()).tolist()
-    majority = int(counts.argmax())
-    rare = [k for k in range(num_classes) if 0 < share[k] < rare_below]
+    has_validity = bool((preprocessing or {}).get("validity_band"))
+    counted = count_classes(train, num_classes, kind=IMAGES, validity_band=has_validity)
+    share, majority, rare = counted.share, counted.majority, counted.rare(rare_below)
     first_image = torch.as_tensor(train[0][0])
     log(f"data: {len(train)} training and {len(heldout)} held-out images, {first_image.shape[0]} channels, sizes "
         f"{min(min(s) for s in sizes)}–{max(max(s) for s in sizes)} px; "
@@ -647,15 +547,14 @@ def train_segmentation(
     if net is None:  # random weights: built here, where the seeded generator has always stood for this network
         net = _build_network(spec, in_channels, num_classes, None, None, log)
     defaults = training_defaults(spec) if spec is not None else training_defaults(network_spec(None, width))
-    lr_given = lr is not None
-    lr = float(lr) if lr_given else defaults.lr
+    family = "your network" if spec is None else f"the {family_of_label(spec)} family"
+    lr, lr_source = learning_rate(lr, defaults.lr, family)
     optimizer: object = "adamw"
     factor = defaults.encoder_lr_factor if weights is not None and isinstance(getattr(net, "encoder", None),
                                                                               nn.Module) else 1.0
     if factor != 1.0:
         optimizer = _encoder_factor_optimizer(net, lr, factor, defaults.weight_decay)
-    family = "your network" if spec is None else f"the {family_of_label(spec)} family"
-    log(f"training: AdamW, learning rate {lr:g} ({'--lr' if lr_given else 'default of ' + family}), weight decay "
+    log(f"training: AdamW, learning rate {lr:g} ({lr_source}), weight decay "
         f"{defaults.weight_decay:g}, {scheduler or 'constant'} schedule"
         + (f", encoder learning rate ×{factor:g} (pretrained)" if factor != 1.0 else "")
         + (f"; the family's {defaults.warmup_epochs}-epoch warm-up is not applied (cnnkit's task has none yet)"
@@ -688,10 +587,23 @@ def train_segmentation(
     names_of_items = list(sample_names) if sample_names is not None else _item_names(heldout)
     if names_of_items is None or len(names_of_items) < len(samples):
         names_of_items = [f"held-out {i}" for i in range(len(samples))]
+    run_recipe = RunRecipe(
+        data=(recipe or {}).get("data", "data sets given in Python"),
+        split=(recipe or {}).get("split", f"{len(heldout)} held-out items given"),
+        band_names=list(band_names) if band_names is not None else None, bands=(recipe or {}).get("bands"),
+        nodata=(recipe or {}).get("nodata", "validity band 0" if has_validity else "none"), ignore_index=ignore_index,
+        network=spec.label() if spec is not None else f"{type(net).__name__} (your network)",
+        encoder=spec.encoder if spec is not None else None,
+        weights=os.fspath(weights) if weights is not None else "random", epochs=epochs, batch_size=batch_size,
+        lr=lr, lr_source=lr_source, schedule=scheduler or "constant",
+        options=[("encoder learning-rate factor", factor, "pretrained encoder" if factor != 1.0 else "")],
+        nodata_share=(recipe or {}).get("nodata_share", counted.missing / counted.pixels if has_validity else None),
+        unlabelled_share=(recipe or {}).get("unlabelled_share", counted.unlabelled / counted.pixels), seed=seed)
     sections = [
-        _data_section(sizes, bucketed, randomly, names, share, weight.tolist(), rare, batch_size),
-        _evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, majority,
-                            time.perf_counter() - start, len(heldout)),
+        recipe_section(run_recipe),
+        data_section(sizes, bucketed, randomly, names, share, weight.tolist(), rare, batch_size),
+        evaluation_section(names, iou, baseline_iou, mean_iou, baseline_mean, majority,
+                           time.perf_counter() - start, len(heldout)),
     ]
     report = write_report(out, model=net, samples=samples, class_names=names, title=title, sections=sections,
                           sample_names=names_of_items[:len(samples)], band_names=band_names, rgb_bands=rgb_bands,
@@ -770,7 +682,7 @@ def train_folder(
     check_scaling(kwargs.get("device", "cpu"), kwargs.get("devices", 1), kwargs.get("num_nodes", 1),
                   kwargs.get("strategy", "auto"), kwargs.get("precision"))
     if not launched_as_rank_zero():  # a process Lightning's "ddp" started: rank 0 checked and wrote the run folder
-        log = _silent
+        log = silent
     else:
         check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
     if kwargs.get("resume", False):
@@ -836,6 +748,9 @@ def train_folder(
                               title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name}"),
                               preprocessing=preprocessing, ignore_index=ignore_index, model_spec=spec,
                               run_options=run_options,
+                              recipe={"data": str(root), "split": split, "bands": list(bands) if bands is not None
+                                      else None, "nodata": f"NaN, ±inf{nodata_text}",
+                                      "nodata_share": missing / total, "unlabelled_share": unlabelled / total},
                               band_names=[*data_bands, "validity"] if data_bands is not None else None, **kwargs)
 
 
@@ -849,39 +764,3 @@ def _ranges(values: list[int]) -> str:
             parts.append(f"{start}" if start == v else f"{start}–{v}")
             start = None
     return ", ".join(parts) or "none"
-
-
-def holdout_split(folder, fraction: float, seed: int, unit: str = "image"):
-    """Hold out a random ``fraction`` of ``folder`` (at least one item each side), seeded.
-
-    Returns:
-        ``(train_part, held_part, description)``: two :class:`_Subset` views and a line for the log.
-    """
-    if not 0 < fraction < 1:
-        raise ShapeError(f"heldout_fraction must be in (0, 1). Received heldout_fraction={fraction!r}.")
-    if len(folder) < 2:
-        raise ShapeError(f"{str(folder.root)!r} holds {len(folder)} {unit}: at least 2 are needed to hold one out "
-                         "(or give a held-out folder).")
-    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
-    count = min(len(folder) - 1, max(1, round(fraction * len(folder))))
-    train_part, held_part = _Subset(folder, sorted(order[count:])), _Subset(folder, sorted(order[:count]))
-    units = unit if unit.endswith("s") else f"{unit}s"
-    return train_part, held_part, f"{count} of {len(folder)} {units} held out at random (seed {seed})"
-
-
-class _Subset(torch.utils.data.Dataset):
-    """``indices`` of a folder data set, with its ``sizes`` and ``label`` where the folder has them."""
-
-    def __init__(self, folder, indices: list[int]):
-        self.folder, self.indices = folder, indices
-        if hasattr(folder, "sizes"):
-            self.sizes = [folder.sizes[i] for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.folder[self.indices[index]]
-
-    def label(self, index: int) -> Tensor:
-        return self.folder.label(self.indices[index])

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ class ReportSection:
         figures: ``[(matplotlib Figure, caption), …]``, each saved as a PNG beside the report.
         columns: Table header; the first column names the rows.
         rows: Table rows ``(name, value, …)``, one value per further column. Numbers are shown with four
-            decimals and keep their exact value in the cell's ``data-value`` attribute, under the
+            decimals (integers as they are) and keep their exact value in the cell's ``data-value`` attribute, under the
             ``data-key`` ``"<id>/<column>/<name>"``; other values are shown as text.
         id: The section's HTML id (default ``extra-<position>``).
         replaces: Ids of built-in sections this one makes redundant (e.g. ``("iou",)`` for a held-out IoU
@@ -182,6 +182,8 @@ def _number(value: float) -> str:
 
 def _cell(key: str, value: Any) -> dict[str, Any]:
     """A table cell: numbers carry their exact value in ``data-value`` and are shown with 4 decimals."""
+    if isinstance(value, Integral) and not isinstance(value, bool):  # a count, an epoch, a label value: no decimals
+        return {"key": key, "value": float(value), "text": str(int(value)), "numeric": True}
     if isinstance(value, Real) and not isinstance(value, bool):
         return {"key": key, "value": float(value), "text": _number(float(value)), "numeric": True}
     return {"key": key, "value": str(value), "text": str(value), "numeric": False}
