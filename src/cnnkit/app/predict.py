@@ -253,8 +253,7 @@ def _plan(out: Path, files: list[Path], settings: dict, overwrite: bool, resume:
         return [p for p in files if p.stem not in done], state
     taken = _taken(out, stems)
     if taken and not overwrite and not resume:
-        interrupted = previous is not None and any(stem not in previous["done"] for stem in stems
-                                                   if any(t.startswith(f"{stem}_") for t in taken))
+        interrupted = previous is not None and any(stem not in previous["done"] for stem in stems)
         raise CnnkitError(f"--out {os.fspath(out)!r} already holds predictions for these inputs ("
                           + ", ".join(sorted(taken)[:5]) + (" …" if len(taken) > 5 else "") + ")"
                           + ("; some are from an interrupted run: pass --resume to finish it" if interrupted else "")

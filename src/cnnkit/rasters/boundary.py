@@ -68,7 +68,7 @@ def _codec_hint(message: str) -> str:
 
 
 def _message(err: BaseException) -> str:
-    text = str(err).strip()
+    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
     if isinstance(err, MemoryError):
         return "the decoder ran out of memory (the file declares more data than it holds, or than memory allows)"
     kind = type(err)

@@ -25,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError
 from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.georeference import Georeference
+from cnnkit.rasters.plausibility import tiff_blocks
 
 __all__ = ["CogWriter", "write_cog"]
 
@@ -97,7 +99,7 @@ class CogWriter:
         store = "float32" if self.dtype == "float16" else self.dtype
         profile = dict(driver="GTiff", width=self.shape[1], height=self.shape[0], count=self.count, dtype=store,
                        nodata=nodata, tiled=True, blockxsize=self.block, blockysize=self.block, BIGTIFF="IF_SAFER",
-                       SPARSE_OK=True, interleave="pixel" if self.count > 1 else "band",
+                       SPARSE_OK=False, interleave="pixel" if self.count > 1 else "band",
                        **(georeference.profile() if georeference is not None else {}))
         with raster_errors(self.path, "write"):
             self._dataset = rasterio.open(self._partial, "w", **profile)
@@ -155,12 +157,24 @@ class CogWriter:
             with raster_errors(self.path, "write the Cloud-Optimized GeoTIFF"):
                 dataset, self._dataset = self._dataset, None
                 dataset.close()
+                self._check_complete()
                 self._remove(finished)
                 rasterio.shutil.copy(self._partial, finished, driver="COG", **options)
+                with rasterio.open(finished) as written:  # GDAL reports a failed last write only on stderr
+                    tiff_blocks(written, finished)
                 os.replace(finished, self.path)
         finally:
             self._remove(self._partial, finished)
         return self.path
+
+    def _check_complete(self) -> None:
+        """Refuse a partial file shorter than its blocks: GDAL's last writes, at close, fail silently on a full disk."""
+        rows, cols = -(-self.shape[0] // self.block), -(-self.shape[1] // self.block)
+        itemsize = 4 if self.dtype == "float16" else np.dtype(self.dtype).itemsize
+        needed = rows * cols * self.block * self.block * self.count * itemsize
+        size = self._partial.stat().st_size
+        if size < needed:
+            raise OSError(errno.EFBIG, f"its temporary file holds {size:,} of the {needed:,} bytes written to it")
 
     def abort(self) -> None:
         """Drop what was written: no file appears under the final name."""
