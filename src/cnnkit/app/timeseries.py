@@ -50,7 +50,7 @@ from cnnkit.app.workflow import (
     majority_baseline,
     validation_period,
 )
-from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series
+from cnnkit.data.series import SeriesCrops, SeriesFolder, SeriesItem, StandardizedSeries, collate_series
 from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights
 from cnnkit.masking import BucketBatchSampler
@@ -147,7 +147,9 @@ class _SingleDate(Dataset):
         for index in range(len(dataset)):
             item = dataset[index]
             t = least_cloudy_date(item[1])
-            self.items.append((item[0][t : t + 1].clone(), item[1][t : t + 1].clone(), *item[2:]))
+            days = getattr(item, "days", None)
+            self.items.append(SeriesItem((item[0][t : t + 1].clone(), item[1][t : t + 1].clone(), *item[2:]),
+                                         days=days[t : t + 1].clone() if days is not None else None))
         self.sizes = [(1, *size[1:]) for size in dataset.sizes]
 
     def __len__(self) -> int:
@@ -158,9 +160,11 @@ class _SingleDate(Dataset):
 
 
 def _task_batch(items):
-    """:func:`collate_series` as the task takes it: ``((x, valid), labels[, weight])``."""
-    x, valid, labels, *weight = collate_series(items)
-    return ((x, valid), labels, *weight)
+    """:func:`collate_series` as the task takes it: ``((x, valid, days), labels[, weight])`` (every series network
+    is called ``(x, valid, days)``; SeriesSegNet does not read the days)."""
+    batch = collate_series(items)
+    x, valid, labels, *weight = batch
+    return ((x, valid, batch.days), labels, *weight)
 
 
 MEGABATCH = 4
@@ -190,8 +194,8 @@ def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int
         crops.set_epoch(epoch)
         sampler.set_epoch(epoch)
         for batch in sampler:
-            (x, valid), labels, *pixel_weight = _task_batch([crops[i] for i in batch])
-            logits = net(x.to(device), valid.to(device))
+            inputs, labels, *pixel_weight = _task_batch([crops[i] for i in batch])
+            logits = net(*(v.to(device) for v in inputs))
             loss = loss_fn(logits, labels.to(device), *(w.to(device) for w in pixel_weight))
             optimizer.zero_grad()
             loss.backward()
@@ -203,7 +207,7 @@ def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int
 def series_spec(model_spec: ModelSpec | dict | None, width: int = 8, hidden: int = 16,
                 kernel_size: int = 3) -> ModelSpec:
     """The spec of the series network to train: ``model_spec`` checked (a network of a series family, which takes
-    ``(x, valid)``), or cnnkit's SeriesSegNet of ``width``, ``hidden`` and ``kernel_size``.
+    ``(x, valid, days)``), or cnnkit's SeriesSegNet of ``width``, ``hidden`` and ``kernel_size``.
 
     Examples:
         >>> series_spec(None, 8, 16, 1)

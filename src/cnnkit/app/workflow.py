@@ -49,7 +49,7 @@ class Kind:
         label_index: Where an item's ``(H, W)`` label map sits: ``(image, label)`` or ``(series, valid, label, …)``.
         collate: Pads items into ``(inputs, labels)``: the network's positional inputs and the ``(N, H, W)`` labels.
         runner: The network as the evaluation calls it on ``inputs`` (images through :func:`cnnkit.masked`; a
-            series network takes ``(x, valid)`` and masks itself).
+            series network takes ``(x, valid, days)`` and masks itself).
     """
 
     name: str
@@ -75,14 +75,15 @@ def _collate_images(items):
 def _collate_series(items):
     from cnnkit.data.series import collate_series
 
-    x, valid, labels = collate_series([item[:3] for item in items])
-    return (x, valid), labels
+    batch = collate_series(items)
+    return (batch[0], batch[1], batch.days), batch[2]
 
 
 IMAGES = Kind("images", 1, _collate_images, masked)
 """Items ``(image (C, H, W), label (H, W))``; the network runs through :func:`cnnkit.masked` on padded batches."""
 SERIES = Kind("series", 2, _collate_series, lambda model: model)
-"""Items ``(series (T, C, H, W), valid (T, H, W), label (H, W)[, weight])``; the network is called ``(x, valid)``."""
+"""Items ``(series (T, C, H, W), valid (T, H, W), label (H, W)[, weight])`` (:class:`~cnnkit.data.series.SeriesItem`,
+with their acquisition days); the network is called ``(x, valid, days)``."""
 
 
 # -- held-out scores ---------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, batch_size: int = 8,
     labels are not counted. The model's mode is restored.
 
     Args:
-        model: The network (images: run through :func:`cnnkit.masked`; series: called ``(x, valid)``).
+        model: The network (images: run through :func:`cnnkit.masked`; series: called ``(x, valid, days)``).
         dataset: Items of ``kind``.
         num_classes: Number of classes.
         batch_size: Items per batch.
