@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 
 from cnnkit import errors
+from cnnkit._checks import check_int
 from cnnkit.app.predict import (
     PredictionRun,
     _check_out,
@@ -95,7 +96,8 @@ def predict_distributed(run: str | os.PathLike, inputs: Sequence[str | os.PathLi
             launcher (``torchrun``), whose ``WORLD_SIZE`` decides.
         accelerator: ``"cpu"``, ``"cuda"`` (or ``"gpu"``: rank ``i`` of a node on GPU ``LOCAL_RANK``), or
             ``"auto"`` (GPUs where there are any).
-        threads: CPU threads per rank (default: the usable cores shared evenly among a node's ranks, at least 1).
+        threads: CPU threads per rank (default: the usable cores shared evenly among a node's ranks, at least 1; in
+            one process, torch's setting is left as it is).
         timeout: Seconds a rank waits on another (gloo's timeout) before failing.
         **predict_options: :data:`PREDICT_OPTIONS`, as for :func:`~cnnkit.app.predict.predict_files`.
             ``progress`` is called once, at the end, when several processes run; ``log`` only in one process;
@@ -114,6 +116,8 @@ def predict_distributed(run: str | os.PathLike, inputs: Sequence[str | os.PathLi
         raise ShapeError(f"Unknown predict option {unknown[0]!r}. Expected one of {PREDICT_OPTIONS}.")
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ShapeError(f"timeout must be a number of seconds > 0. Received timeout={timeout!r}.")
+    if threads is not None:
+        check_int(threads, "threads")
     name = _check_accelerator(accelerator)
     progress = predict_options.pop("progress", None)
     log = predict_options.pop("log", None)
@@ -133,6 +137,8 @@ def predict_distributed(run: str | os.PathLike, inputs: Sequence[str | os.PathLi
         raise UnsupportedError("resume is not available with several processes yet. Received resume=True with "
                                f"devices={devices!r}: resume with devices=1, or pass overwrite=True to start again.")
     if processes == 1:
+        if threads is not None:
+            torch.set_num_threads(threads)
         predictor, manifest = load_predictor(run, device=_rank_device(name, 0))
         return predict_files(predictor, inputs, out, band_count=(manifest.get("input") or {}).get("band_count"),
                              progress=progress, **({"log": log} if log is not None else {}), **predict_options)
