@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cnnkit.data import SyntheticLandCover
@@ -40,26 +42,54 @@ def test_textures_have_one_mean_colour_and_one_spread_in_every_class():
 def test_textures_are_the_patterns_by_hand_and_deterministic_by_seed():
     from cnnkit.data.synthetic import SyntheticTextures, texture_pattern
 
-    data = SyntheticTextures(3, seed=7, size=32, bands=2, noise=0.0, amplitude=0.25, mean=0.4)
-    again = SyntheticTextures(3, seed=7, size=32, bands=2, noise=0.0, amplitude=0.25, mean=0.4)
-    other = SyntheticTextures(3, seed=8, size=32, bands=2, noise=0.0, amplitude=0.25, mean=0.4)
+    data = SyntheticTextures(3, seed=7, size=48, bands=2, noise=0.0, amplitude=0.25, mean=0.4)
+    again = SyntheticTextures(3, seed=7, size=48, bands=2, noise=0.0, amplitude=0.25, mean=0.4)
+    other = SyntheticTextures(3, seed=8, size=48, bands=2, noise=0.0, amplitude=0.25, mean=0.4)
     assert all(torch.equal(a, b) for a, b in zip(data.images + data.labels, again.images + again.labels))
     assert not torch.equal(data.labels[0], other.labels[0])
+    checked = {3: 0, 4: 0}
     for image, label in data:
         t = torch.round((image[0] - 0.4) / 0.25)  # the ±1 pattern
         assert torch.equal(image[0], image[1]) and bool((t.abs() == 1).all())
 
         def same(c, dy, dx, t=t, label=label):  # class-c pixel pairs (dy, dx) apart: equal (True) or opposite
-            a, b = t[: 32 - dy, : 32 - dx], t[dy:, dx:]
-            both = (label[: 32 - dy, : 32 - dx] == c) & (label[dy:, dx:] == c)
+            a, b = t[: 48 - dy, : 48 - dx], t[dy:, dx:]
+            both = (label[: 48 - dy, : 48 - dx] == c) & (label[dy:, dx:] == c)
             return a[both] == b[both]
 
-        assert bool(same(1, 0, 1).all()) and not bool(same(1, 1, 0).all())   # horizontal: constant along x
-        assert bool(same(2, 1, 0).all()) and not bool(same(2, 0, 1).all())   # vertical: constant along y
-        assert not bool(same(3, 0, 3).any()) and not bool(same(3, 3, 0).any())  # diagonal, period 6: 3 px flip
-        both = (label[1:, :-1] == 3) & (label[:-1, 1:] == 3)
-        assert bool((t[1:, :-1] == t[:-1, 1:])[both].all())                     # constant along x + y
-        assert not bool(same(4, 0, 4).any()) and not bool(same(4, 4, 0).any())  # 4-px checker cells
+        assert bool(same(1, 0, 1).all()) and not bool(same(1, 2, 0).any())  # horizontal, period 4: 2 px flip
+        assert bool(same(2, 1, 0).all()) and not bool(same(2, 0, 3).any())  # vertical, period 6: 3 px flip
+        for c in (3, 4):  # discs and squares: one checkerboard of 4-px cells, the same phase for both
+            assert not bool(same(c, 0, 4).any()) and not bool(same(c, 4, 0).any()) and bool(same(c, 4, 4).all())
+        objects = (label == 3) | (label == 4)
+        assert any(torch.equal(t[objects], texture_pattern("checkerboard", 48, 48, (py, px))[objects])
+                   for py in range(8) for px in range(8))
+        # shapes by hand: each square fills its bounding box, each disc π/4 of it (objects never touch)
+        for c, fill, tolerance in ((3, math.pi / 4, 0.12), (4, 1.0, 0.0)):
+            for blob in _components(label == c):
+                ys, xs = zip(*blob)
+                box = (max(ys) - min(ys) + 1) * (max(xs) - min(xs) + 1)
+                assert abs(len(blob) / box - fill) <= tolerance, (c, len(blob) / box)
+                checked[c] += 1
+    assert checked[3] >= 2 and checked[4] >= 2
     # hand values of the patterns
-    assert texture_pattern(2, 1, 6).tolist() == [[1.0, 1.0, -1.0, -1.0, 1.0, 1.0]]
-    assert texture_pattern(3, 2, 4, phase=(0, 1)).tolist() == [[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, -1.0]]
+    assert texture_pattern("vertical stripes", 1, 7).tolist() == [[1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0]]
+    assert texture_pattern("checkerboard", 5, 2, phase=(2, 3)).tolist() == [
+        [1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0], [-1.0, 1.0]]
+
+
+def _components(mask: torch.Tensor) -> list[set[tuple[int, int]]]:
+    """The 4-connected components of mask's pixels (flood fill by hand)."""
+    points = {tuple(p) for p in torch.nonzero(mask).tolist()}
+    blobs = []
+    while points:
+        todo, blob = [next(iter(points))], set()
+        while todo:
+            y, x = todo.pop()
+            if (y, x) in blob or (y, x) not in points:
+                continue
+            blob.add((y, x))
+            todo += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
+        points -= blob
+        blobs.append(blob)
+    return blobs

@@ -25,9 +25,9 @@ Everything is generated at construction from ``seed`` (per image from ``(seed, i
 set is identical on every machine and run.
 
 :class:`SyntheticTextures` is a second data set, where colour tells nothing: every class has the same mean
-colour and the same distribution of pixel values, and only the arrangement of neighbouring pixels (stripes of
-two orientations and two frequencies, a checkerboard, speckle) separates the classes — what a network with a
-wide receptive field learns and a per-pixel classifier cannot.
+colour and the same distribution of pixel values; textures (speckle, stripes of two orientations and
+frequencies) and shapes (discs and squares filled with one checkerboard) separate the classes — what a
+network with a wide receptive field learns and a per-pixel classifier cannot.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.masking import IGNORE_INDEX
 
-__all__ = ["CLASS_NAMES", "RARE_CLASS", "SPECTRA", "TEXTURE_NAMES", "SyntheticLandCover", "SyntheticTextures",
-           "texture_pattern"]
+__all__ = ["CLASS_NAMES", "PATTERNS", "RARE_CLASS", "SPECTRA", "TEXTURE_NAMES", "SyntheticLandCover",
+           "SyntheticTextures", "texture_pattern"]
 
 CLASS_NAMES = ("water", "forest", "cropland", "urban", "greenhouse")
 """Class names by label index."""
@@ -179,69 +179,77 @@ class SyntheticLandCover(Dataset):
                 f"max_size={self.max_size}, bands={self.bands}, noise={self.noise})")
 
 
-TEXTURE_NAMES = ("speckle", "horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard")
+TEXTURE_NAMES = ("speckle", "horizontal stripes", "vertical stripes", "discs", "squares")
 """Class names of :class:`SyntheticTextures` by label index."""
 
-_TEXTURE_PERIODS = (1, 4, 4, 6, 8)  # speckle: no period; stripes 2 px on / 2 off, 3 / 3; checker cells 4 px
+PATTERNS = {"speckle": 1, "horizontal stripes": 4, "vertical stripes": 6, "checkerboard": 8}
+"""The ±1 patterns of :func:`texture_pattern` and their periods in pixels (speckle: none)."""
+
+_CLASS_PATTERNS = ("speckle", "horizontal stripes", "vertical stripes", "checkerboard", "checkerboard")
 
 
-def texture_pattern(label: int, height: int, width: int, phase: tuple[int, int] = (0, 0),
+def texture_pattern(name: str, height: int, width: int, phase: tuple[int, int] = (0, 0),
                     generator: torch.Generator | None = None) -> Tensor:
-    """(height, width) pattern of ±1 of texture class ``label`` (:data:`TEXTURE_NAMES`), half +1 and half −1.
+    """(height, width) pattern of ±1, half +1 and half −1: one of :data:`PATTERNS`.
 
-    With ``(y, x)`` shifted by ``phase`` and ``p`` the class's period:
+    With ``(y, x)`` shifted by ``phase`` and ``h`` half the pattern's period:
 
-    - 0 speckle: independent ±1 per pixel (from ``generator``);
-    - 1 horizontal stripes: ``+1`` where ``(y // (p/2)) % 2 == 0`` (constant along a row), p = 4;
-    - 2 vertical stripes: the same along x (constant down a column), p = 4;
-    - 3 diagonal stripes: the same of ``(x + y) // (p/2)``, p = 6;
-    - 4 checkerboard: ``+1`` where ``(y // (p/2) + x // (p/2)) % 2 == 0``, 4-px cells.
+    - ``"speckle"``: independent ±1 per pixel (from ``generator``);
+    - ``"horizontal stripes"``: ``+1`` where ``(y // h) % 2 == 0`` (constant along a row), period 4;
+    - ``"vertical stripes"``: the same along x (constant down a column), period 6;
+    - ``"checkerboard"``: ``+1`` where ``(y // h + x // h) % 2 == 0``, 4-px cells.
 
     Examples:
-        >>> texture_pattern(1, 4, 3)
+        >>> texture_pattern("horizontal stripes", 4, 3)
         tensor([[ 1.,  1.,  1.],
                 [ 1.,  1.,  1.],
                 [-1., -1., -1.],
                 [-1., -1., -1.]])
-        >>> texture_pattern(4, 2, 9)[0]
+        >>> texture_pattern("checkerboard", 2, 9)[0]
         tensor([ 1.,  1.,  1.,  1., -1., -1., -1., -1.,  1.])
     """
-    if not isinstance(label, int) or not 0 <= label < len(TEXTURE_NAMES):
-        raise ShapeError(f"label must be an integer in [0, {len(TEXTURE_NAMES)}). Received label={label!r}.")
+    if name not in PATTERNS:
+        raise ShapeError(f"Unknown pattern {name!r}. Expected one of {tuple(PATTERNS)}.")
     ys = torch.arange(height).view(-1, 1) + phase[0]
     xs = torch.arange(width).view(1, -1) + phase[1]
-    half = _TEXTURE_PERIODS[label] // 2
-    if label == 0:
+    half = PATTERNS[name] // 2
+    if name == "speckle":
         bits = torch.randint(0, 2, (height, width), generator=generator)
-    elif label == 1:
+    elif name == "horizontal stripes":
         bits = (ys // half % 2).expand(height, width)
-    elif label == 2:
+    elif name == "vertical stripes":
         bits = (xs // half % 2).expand(height, width)
-    elif label == 3:
-        bits = (ys + xs) // half % 2
     else:
         bits = (ys // half + xs // half) % 2
     return 1.0 - 2.0 * bits.float()
 
 
 class SyntheticTextures(Dataset):
-    """Seeded scenes whose classes differ by texture only: the same mean colour, the same pixel values.
+    """Seeded scenes whose classes differ by texture and shape only: one mean colour, one set of pixel values.
 
-    Each scene is a map of smooth random regions (the arg-max of five low-frequency noise fields, regions of
-    about ``size / 4`` px) of the five textures of :data:`TEXTURE_NAMES`. A pixel of every class is
-    ``mean + amplitude × t`` in each band, ``t = ±1`` from :func:`texture_pattern` (a random phase per scene and
-    class), plus Gaussian noise: every class takes the two values ``mean ± amplitude`` half the time each, so a
-    pixel's colour — or any per-pixel statistic — says nothing of its class; only the arrangement of its
-    neighbours (orientation, frequency) does. Every pixel is labelled; there is no validity band.
+    Each scene is a map of smooth random regions (the arg-max of three low-frequency noise fields, regions of
+    about ``size / 4`` px) of three **textures** — ``speckle``, ``horizontal stripes`` (period 4), ``vertical
+    stripes`` (period 6) — on which non-overlapping objects of two **shapes** are drawn: ``discs`` (radius
+    ``r``) and axis-aligned ``squares`` of the same area (side ``r √π``), ``r`` from ``radius``, both filled
+    with the same checkerboard (4-px cells). Texture tells regions from objects; only the outline tells a disc
+    from a square, and a pixel deep inside either sees the same checkerboard: a network must see the whole
+    object (a receptive field of ~``2 r``) to tell them apart.
+
+    A pixel of every class is ``mean + amplitude × t`` in each band, ``t = ±1`` from :func:`texture_pattern`
+    (a random phase per scene and pattern), plus Gaussian noise: every class takes the values ``mean ±
+    amplitude`` half the time each, so a pixel's colour — or any per-pixel statistic — says nothing of its
+    class. Every pixel is labelled; there is no validity band.
 
     Args:
         num_images: Number of scenes (>= 1).
         seed: Seed of everything random; the same seed gives the same data set.
-        size: Height and width of every scene (>= 8).
-        bands: Number of bands (>= 1), all carrying the same texture (a grey pattern) with their own noise.
+        size: Height and width of every scene (>= 16).
+        bands: Number of bands (>= 1), all carrying the same pattern (a grey texture) with their own noise.
         mean: The mean colour of every band and class.
-        amplitude: Half the contrast of the textures (> 0).
+        amplitude: Half the contrast of the patterns (> 0).
         noise: Standard deviation of the per-pixel noise (>= 0).
+        radius: Smallest and largest disc radius ``(low, high)``, ``2 <= low <= high``; objects are placed
+            (up to ``size² / (10 high²)`` of them) where they do not overlap.
 
     Attributes:
         sizes: List of (H, W) per image. class_names: :data:`TEXTURE_NAMES`.
@@ -260,22 +268,27 @@ class SyntheticTextures(Dataset):
     class_names = TEXTURE_NAMES
 
     def __init__(self, num_images: int, seed: int = 0, size: int = 64, bands: int = 3, mean: float = 0.5,
-                 amplitude: float = 0.2, noise: float = 0.1) -> None:
+                 amplitude: float = 0.2, noise: float = 0.1, radius: tuple[float, float] = (6.0, 10.0)) -> None:
         if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
             raise ShapeError(f"num_images must be an integer >= 1. Received num_images={num_images!r}.")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ShapeError(f"seed must be an integer. Received seed={seed!r}.")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-            raise ShapeError(f"size must be an integer >= 8. Received size={size!r}.")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 16:
+            raise ShapeError(f"size must be an integer >= 16. Received size={size!r}.")
         if not isinstance(bands, int) or isinstance(bands, bool) or bands < 1:
             raise ShapeError(f"bands must be an integer >= 1. Received bands={bands!r}.")
-        for name, value, positive in (("mean", mean, False), ("amplitude", amplitude, True), ("noise", noise, False)):
+        for name, value, rule in (("mean", mean, "finite"), ("amplitude", amplitude, "> 0"), ("noise", noise, ">= 0")):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or (value <= 0 if positive else (value < 0 and name == "noise")):
-                rule = "> 0" if positive else ">= 0" if name == "noise" else "finite"
+                    or (rule == "> 0" and value <= 0) or (rule == ">= 0" and value < 0):
                 raise ShapeError(f"{name} must be a finite number ({rule}). Received {name}={value!r}.")
+        ok = isinstance(radius, (tuple, list)) and len(radius) == 2 and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) for r in radius)
+        if not ok or not 2 <= radius[0] <= radius[1] or 2 * radius[1] >= size:
+            raise ShapeError("radius must be a pair (low, high) with 2 <= low <= high < size / 2. "
+                             f"Received radius={radius!r} with size={size}.")
         self.seed, self.size, self.bands = seed, size, bands
         self.mean, self.amplitude, self.noise = float(mean), float(amplitude), float(noise)
+        self.radius = (float(radius[0]), float(radius[1]))
         self.images: list[Tensor] = []
         self.labels: list[Tensor] = []
         for index in range(num_images):
@@ -286,13 +299,34 @@ class SyntheticTextures(Dataset):
 
     def _scene(self, index: int) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        n, size = self.num_classes, self.size
-        label = argmax(_smooth_noise(n, size, size, max(4, size // 4), g), 0)
+        size = self.size
+        label = argmax(_smooth_noise(3, size, size, max(4, size // 4), g), 0)
+        ys, xs = torch.arange(size).view(-1, 1).float(), torch.arange(size).view(1, -1).float()
+        taken = torch.zeros(size, size, dtype=torch.bool)
+        low, high = self.radius
+        for _ in range(max(1, int(size * size / (10 * high * high)))):
+            for _attempt in range(10):
+                r = low + (high - low) * float(torch.rand((), generator=g))
+                cy, cx = (r + (size - 2 * r) * torch.rand(2, generator=g)).tolist()
+                if float(torch.rand((), generator=g)) < 0.5:
+                    shape, c = (ys - cy) ** 2 + (xs - cx) ** 2 <= r * r, 3
+                else:
+                    half = r * math.sqrt(math.pi) / 2
+                    shape, c = ((ys - cy).abs() <= half) & ((xs - cx).abs() <= half), 4
+                near = F.max_pool2d(shape[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0  # 2-px margin
+                if not bool((near & taken).any()):
+                    label[shape] = c
+                    taken |= shape
+                    break
         texture = torch.zeros(size, size)
-        for c in range(n):
-            period = _TEXTURE_PERIODS[c]
+        for name in dict.fromkeys(_CLASS_PATTERNS):
+            period = PATTERNS[name]
             phase = (int(torch.randint(period, (), generator=g)), int(torch.randint(period, (), generator=g)))
-            texture = torch.where(label == c, texture_pattern(c, size, size, phase, g), texture)
+            where = torch.zeros_like(taken)
+            for c, pattern in enumerate(_CLASS_PATTERNS):
+                if pattern == name:
+                    where |= label == c
+            texture = torch.where(where, texture_pattern(name, size, size, phase, g), texture)
         image = self.mean + self.amplitude * texture + self.noise * torch.randn(self.bands, size, size, generator=g)
         return image.float(), label.long()
 
@@ -311,4 +345,5 @@ class SyntheticTextures(Dataset):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_images={len(self)}, seed={self.seed}, size={self.size}, "
-                f"bands={self.bands}, mean={self.mean}, amplitude={self.amplitude}, noise={self.noise})")
+                f"bands={self.bands}, mean={self.mean}, amplitude={self.amplitude}, noise={self.noise}, "
+                f"radius={self.radius})")
