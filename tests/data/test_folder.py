@@ -426,16 +426,19 @@ def test_strips_pointing_into_the_header_never_train_on_garbage(tmp_path, offset
 
 
 def test_float_values_beyond_the_dtypes_statistics_are_refused(tmp_path):
-    """Values whose mean square overflows the file's own float32 are refused naming the file; real values pass."""
+    """Values whose mean square overflows float32 (what cnnkit trains in) are refused naming the file; real values
+    pass, half floats included (1,000 is ordinary there though its square is beyond float16)."""
     (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
     values = (np.arange(256, dtype=np.float32).reshape(16, 16) % 50) * 1e3
     tifffile.imwrite(tmp_path / "images" / "good.tif", values)
+    tifffile.imwrite(tmp_path / "images" / "half.tif", values.astype(np.float16))  # squares beyond float16: fine
     tifffile.imwrite(tmp_path / "images" / "bad.tif", values * np.float32(1e25))  # up to 4.9e29
-    for stem in ("good", "bad"):
+    for stem in ("good", "half", "bad"):
         tifffile.imwrite(tmp_path / "masks" / f"{stem}.tif", np.zeros((16, 16), np.uint8))
     ds = SegmentationFolder(tmp_path)
     stems = [p.stem for p, _ in ds.samples]
     np.testing.assert_array_equal(ds[stems.index("good")][0][0].numpy(), values)
+    np.testing.assert_array_equal(ds[stems.index("half")][0][0].numpy(), values.astype(np.float16).astype(np.float32))
     with pytest.raises(CnnkitError, match=r"images.bad\.tif holds values impossible for its float32 data: band 0 "
                                           r"has a mean square of .*largest magnitude 4\.9e\+29.*beyond the float32"):
         ds[stems.index("bad")]

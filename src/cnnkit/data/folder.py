@@ -81,16 +81,18 @@ def _read_tiff(path: Path, raw: bool) -> tuple[np.ndarray, _Info]:
 
 
 def _check_plausible(bands: np.ndarray, dtype: np.dtype, path: Path) -> None:
-    """Refuse a floating-point raster whose band statistics lie beyond its own dtype's range.
+    """Refuse a floating-point raster whose band statistics lie beyond the float32 range they are computed in.
 
     A TIFF whose strips point into its own header (StripOffsets 0) decodes its tags as pixels: values like 1e29 that
     no sensor records, and a band mean of 2.6e35 that training took as data. Such a band's mean square (float64, over
-    its finite values) exceeds the largest value of the dtype the file declares, or is not finite at all; real
-    imagery is many orders of magnitude below. Integer bands cannot be checked this way (every value is possible).
+    its finite values) exceeds the largest float32 — the dtype cnnkit reads, standardises and trains in — so its
+    variance cannot even be represented there; real imagery lies many orders of magnitude below. (The limit is
+    float32's also for float16 files: 1,000 is ordinary in a half-float band, and its square is beyond float16.)
+    Integer bands cannot be judged by their values: every value is possible.
     """
     if not np.issubdtype(dtype, np.floating):
         return
-    limit = float(np.finfo(dtype).max)
+    limit = float(np.finfo(np.float32).max)
     for band, values in enumerate(bands.reshape(len(bands), -1)):
         finite = values[np.isfinite(values)].astype(np.float64)
         if not finite.size:
@@ -100,9 +102,10 @@ def _check_plausible(bands: np.ndarray, dtype: np.dtype, path: Path) -> None:
         if not np.isfinite(mean_square) or mean_square > limit:
             raise CnnkitError(
                 f"{path} holds values impossible for its {np.dtype(dtype).name} data: band {band} has a mean square "
-                f"of {mean_square:.3g} (largest magnitude {float(np.abs(finite).max()):.3g}), beyond the "
-                f"{np.dtype(dtype).name} range {limit:.3g}. The file is damaged (e.g. its strips point into its own "
-                "header) and is refused rather than trained on; replace it or remove it from the folder."
+                f"of {mean_square:.3g} (largest magnitude {float(np.abs(finite).max()):.3g}), beyond the float32 "
+                f"range {limit:.3g} in which it is standardised and trained. The file is damaged (e.g. its strips "
+                "point into its own header) and is refused rather than trained on; replace it or remove it from the "
+                "folder."
             )
 
 
@@ -205,9 +208,9 @@ class SegmentationFolder(Dataset):
 
     **Files are read when an item is.** The data set holds paths only (sizes come from the headers, see
     :attr:`sizes`); pixels are decoded in ``__getitem__``, so a folder larger than memory streams. A floating-point
-    image whose band statistics lie beyond its own dtype's range (a TIFF whose strips point into its header decodes
-    its tags as values like 1e29) is refused naming the file; a decoder's error or a ``MemoryError`` while decoding
-    becomes a :class:`~cnnkit.errors.CnnkitError` naming the file.
+    image whose band statistics lie beyond the float32 range it is trained in (a TIFF whose strips point into its
+    header decodes its tags as values like 1e29) is refused naming the file; a decoder's error or a ``MemoryError``
+    while decoding becomes a :class:`~cnnkit.errors.CnnkitError` naming the file.
 
     Args:
         root: The dataset folder.
