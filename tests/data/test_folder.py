@@ -457,3 +457,25 @@ def test_memory_error_while_decoding_names_the_file(folder, monkeypatch):
     index = [p.stem for p, _ in ds.samples].index("d")
     with pytest.raises(CnnkitError, match=r"Could not read .*images.d\.tiff: not enough memory .*16\.0 GiB"):
         ds[index]
+
+
+def test_the_issues_damaged_folder_names_or_refuses_every_entry(tmp_path):
+    """#27's folder in one: an orphan mask and a looping link named when the folder is built, the file whose strips
+    point into its header refused (naming it) by the statistics pass — none silently dropped."""
+    from cnnkit.data import data_statistics
+
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    values = (np.arange(256, dtype=np.float32).reshape(16, 16) % 50) * 1e3
+    for stem in ("a", "b"):
+        tifffile.imwrite(tmp_path / "images" / f"{stem}.tif", values)
+    _strips_into_header(tmp_path / "images" / "c.tif", values, 0)
+    for stem in ("a", "b", "c", "orphan"):
+        tifffile.imwrite(tmp_path / "masks" / f"{stem}.tif", np.zeros((16, 16), np.uint8))
+    (tmp_path / "masks" / "loop.tif").symlink_to(tmp_path / "masks" / "loop.tif")
+    lines: list[str] = []
+    ds = SegmentationFolder(tmp_path, log=lines.append)
+    assert [p.stem for p, _ in ds.samples] == ["a", "b", "c"]
+    assert len(lines) == 2 and "masks/loop.tif: a symbolic link that loops" in lines[0]
+    assert "masks/orphan.tif: a mask without an image" in lines[1]
+    with pytest.raises(CnnkitError, match=r"images.c\.tif"):
+        data_statistics(ds, num_classes=2)
