@@ -213,7 +213,7 @@ def test_png_folder_with_a_random_split(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--heldout-fraction", "1.5"], "heldout_fraction must be in (0, 1)"),
-    (["--bands", "0,x"], "bands must be a comma-separated list of ints"),
+    (["--bands", "0,x"], "'x' does not name a band"),  # a name: the PNGs name no band
     (["--classes", "a,b"], "labels must be class indices in [0, 2) or -100"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, message):
@@ -227,3 +227,51 @@ def test_bad_options_are_one_line_errors(tmp_path, args, message):
 def test_missing_folder_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["train", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "images folder does not exist" in result.output
+
+
+def _described_geotiffs(root: Path, seed: int, count: int) -> None:
+    """``count`` 5-band float32 GeoTIFFs whose band descriptions are blue, green, red, nir, swir, and their masks."""
+    import rasterio
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k in range(count):
+        image = rng.normal(size=(5, 24, 20)).astype(np.float32)
+        with rasterio.open(root / "images" / f"s{k}.tif", "w", driver="GTiff", width=20, height=24, count=5,
+                           dtype="float32") as dst:
+            dst.write(image)
+            dst.descriptions = ("blue", "green", "red", "nir", "swir")
+        tifffile.imwrite(root / "masks" / f"s{k}.tif", rng.integers(0, 3, (24, 20), dtype=np.uint8))
+
+
+def test_bands_by_name_composite_by_name_and_training_options(tmp_path):
+    """--bands by the files' band names (the manifest records their indices), the report's composite from the bands
+    named red, green, blue (not the first three), the training options in the log and the report."""
+    import json
+
+    _described_geotiffs(tmp_path / "train", 1, 3)
+    _described_geotiffs(tmp_path / "held", 2, 1)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", str(tmp_path / "train"), "--heldout", str(tmp_path / "held"), "--out", str(out), "--epochs", "2",
+        "--width", "4", "--num-classes", "3", "--bands", "nir,Blue,GREEN,2", "--warmup-epochs", "1",
+        "--accumulate-grad-batches", "2", "--batch-size", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1-epoch warm-up (--warmup-epochs), gradients accumulated over 2 batches (--accumulate-grad-batches)" \
+        in " ".join(result.output.split())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["bands"] == [3, 0, 1, 2]
+    page = _parse(out / "report" / "report.html")
+    assert page.cells["run/value/bands"] == "nir, blue, green, red, validity"
+    assert page.cells["run/value/bands kept"] == "nir, Blue, GREEN, 2"
+    assert float(page.cells["run/value/warm-up epochs"]) == 1 and page.cells["run/from/warm-up epochs"] == \
+        "--warmup-epochs"
+    assert float(page.cells["run/value/batches per optimizer step"]) == 2
+    text = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Image: bands: red, green, blue as red, green, blue" in text  # bands 3, 2, 1 of the network's input
+
+    refused = CliRunner().invoke(app, ["train", str(tmp_path / "train"), "--out", str(tmp_path / "other"),
+                                       "--freeze-encoder", "1"])
+    assert refused.exit_code == 2 and "--freeze-encoder needs a network with an encoder" in refused.output
+    assert not (tmp_path / "other").exists()

@@ -48,6 +48,7 @@ from cnnkit.app.workflow import (
     holdout_split,
     learning_rate,
     majority_baseline,
+    training_options,
     validation_period,
 )
 from cnnkit.data.series import SeriesCrops, SeriesFolder, SeriesItem, StandardizedSeries, collate_series
@@ -261,6 +262,10 @@ def train_series(
     manifest_extra: dict | None = None,
     model_spec: ModelSpec | dict | None = None,
     recipe: dict | None = None,
+    warmup_epochs: int | None = None,
+    accumulate_grad_batches: int = 1,
+    freeze_encoder_epochs: int = 0,
+    encoder_lr_factor: float | None = None,
 ) -> SeriesRun:
     """Train :class:`~cnnkit.models.SeriesSegNet` on cloudy series, evaluate it and its baselines, write the report.
 
@@ -303,6 +308,9 @@ def train_series(
         model_spec: The network by name (:func:`series_spec`: a network of a series family); default SeriesSegNet
             with ``width``, ``hidden`` and ``kernel_size``. Built by :func:`cnnkit.models.build`, recorded in the
             manifest.
+        warmup_epochs, accumulate_grad_batches, freeze_encoder_epochs, encoder_lr_factor: As in
+            :func:`cnnkit.app.train_segmentation` (a series network has no ``encoder``: the last two are refused).
+            The single-date baseline trains in a plain loop without warm-up or accumulation.
         recipe: What the caller knows of how the data was read, for the report's *How this run was made*: ``data``,
             ``split``, ``nodata`` (see :func:`cnnkit.app.train_segmentation`).
 
@@ -324,8 +332,11 @@ def train_series(
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
     spec = series_spec(model_spec, width, hidden, kernel_size)
     defaults = training_defaults(spec)
-    lr, lr_source = learning_rate(None if lr is None or lr == defaults.lr else lr, defaults.lr,
-                                  f"the {family_of(spec)} family")
+    family = f"the {family_of(spec)!r} family"
+    lr, lr_source = learning_rate(None if lr is None or lr == defaults.lr else lr, defaults.lr, family)
+    chosen = training_options(defaults, family, has_encoder=False, pretrained=False, warmup_epochs=warmup_epochs,
+                              encoder_lr_factor=encoder_lr_factor, freeze_encoder_epochs=freeze_encoder_epochs,
+                              accumulate_grad_batches=accumulate_grad_batches)
     accelerator, devices = choose_accelerator(device)
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
     torch.manual_seed(seed)
@@ -364,15 +375,16 @@ def train_series(
     net = build(spec, in_channels=bands, num_classes=num_classes)
     log(f"network: {spec.label()} ({spec.library}{', args ' + str(spec.args) if spec.args else ''}), "
         f"{sum(p.numel() for p in net.parameters()):,} parameters, random weights; AdamW, learning rate {lr:g} "
-        f"({lr_source}), {scheduler or 'constant'} schedule")
+        f"({lr_source}), {scheduler or 'constant'} schedule" + (f"; {chosen.text()}" if chosen.text() else ""))
     task = SeriesSegmentationTask(net, num_classes, class_weight=weight, lr=lr, weight_decay=1e-4,
-                                  scheduler=scheduler, class_names=names)
+                                  scheduler=scheduler, class_names=names, **chosen.task_kwargs())
     if resume:
         log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
     fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
         accelerator=accelerator, devices=devices, progress=progress, callbacks=[_NewCrops()],
         enable_model_summary=False, num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-        check_val_every_n_epoch=validation_period(val_every, epochs))
+        check_val_every_n_epoch=validation_period(val_every, epochs),
+        accumulate_grad_batches=chosen.accumulate_grad_batches)
     net.to(torch.device(device))
 
     # held-out: the series with the most classes first in the report's pictures
@@ -414,7 +426,7 @@ def train_series(
         nodata=(recipe or {}).get("nodata", "NaN, ±inf, invalid dates"), ignore_index=ignore_index,
         network=spec.label(), encoder=spec.encoder, weights="random", epochs=epochs, batch_size=batch_size, lr=lr,
         lr_source=lr_source, schedule=scheduler or "constant",
-        options=[("crops per series", crops_per_series, ""), ("crop size", crop_size, "px"),
+        options=[*chosen.rows(), ("crops per series", crops_per_series, ""), ("crop size", crop_size, "px"),
                  ("single-date baseline", "trained" if single_date_baseline else "not trained", "")],
         nodata_share=counted.missing / counted.pixels, unlabelled_share=counted.unlabelled / counted.pixels,
         seed=seed)

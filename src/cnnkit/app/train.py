@@ -49,6 +49,7 @@ from cnnkit.app.workflow import (
     learning_rate,
     majority_baseline,
     silent,
+    training_options,
     validation_period,
 )
 from cnnkit.data import RareClassCrops
@@ -314,20 +315,6 @@ def _build_network(spec: ModelSpec, in_channels: int, num_classes: int, weights,
     return net
 
 
-def _encoder_factor_optimizer(net: nn.Module, lr: float, factor: float, weight_decay: float):
-    """AdamW with the pretrained encoder's parameters at ``lr * factor``, the rest at ``lr``."""
-    encoder = {id(p) for p in net.encoder.parameters()}
-
-    def make(params):
-        params = list(params)
-        slow = [p for p in params if id(p) in encoder]
-        fast = [p for p in params if id(p) not in encoder]
-        return torch.optim.AdamW([{"params": fast, "lr": lr}, {"params": slow, "lr": lr * factor}], lr=lr,
-                                 weight_decay=weight_decay)
-
-    return make
-
-
 def train_segmentation(
     train,
     heldout,
@@ -368,6 +355,10 @@ def train_segmentation(
     num_nodes: int = 1,
     strategy: str = "auto",
     precision: str | None = None,
+    warmup_epochs: int | None = None,
+    encoder_lr_factor: float | None = None,
+    freeze_encoder_epochs: int = 0,
+    accumulate_grad_batches: int = 1,
 ) -> SegmentationRun | None:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -439,6 +430,12 @@ def train_segmentation(
             (:class:`cnnkit.report.RunRecipe` fields): ``data`` (e.g. the folder), ``split``, ``bands``, ``nodata``,
             ``nodata_share``, ``unlabelled_share``. Without it the section says "data sets given in Python" and
             measures the shares itself (no data: where the validity band is 0).
+        warmup_epochs: Epochs of linear learning-rate warm-up (``None``: the family's, 0 for cnnkit's and smp's
+            convolutional networks, 1 for transformers; see :class:`~cnnkit.train.SegmentationTask`).
+        encoder_lr_factor: The encoder's learning rate is ``lr`` times this (``None``: the family's factor, 0.1, for
+            a pretrained encoder; 1 otherwise). Needs a network with an ``encoder`` (smp's).
+        freeze_encoder_epochs: Keep the encoder frozen for this many first epochs (needs an ``encoder``).
+        accumulate_grad_batches: One optimizer step every this many batches (Lightning's gradient accumulation).
         val_every: Validate on ``heldout`` at most every this many epochs, on a period that divides ``epochs`` (so
             that the last epoch validates); the final evaluation always runs.
 
@@ -469,6 +466,13 @@ def train_segmentation(
         raise ShapeError("model excludes model_spec and weights: give a network of your own, or name one (and its "
                          "weights). Received both.")
     spec = network_spec(model_spec, width) if model is None else None
+    defaults = training_defaults(spec) if spec is not None else training_defaults(network_spec(None, width))
+    family = "your network" if spec is None else f"the {family_of_label(spec)} family"
+    has_encoder = spec.library == "smp" if spec is not None else isinstance(getattr(model, "encoder", None), nn.Module)
+    chosen = training_options(defaults, family, has_encoder=has_encoder, pretrained=weights is not None,
+                              warmup_epochs=warmup_epochs, encoder_lr_factor=encoder_lr_factor,
+                              freeze_encoder_epochs=freeze_encoder_epochs,
+                              accumulate_grad_batches=accumulate_grad_batches)
     options = {**(model_options(spec) if spec is not None else {}), **(run_options or {})}
     multiple = size_multiple(spec) if spec is not None else 1
     if len(train) < 1 or len(heldout) < 1:
@@ -546,22 +550,12 @@ def train_segmentation(
 
     if net is None:  # random weights: built here, where the seeded generator has always stood for this network
         net = _build_network(spec, in_channels, num_classes, None, None, log)
-    defaults = training_defaults(spec) if spec is not None else training_defaults(network_spec(None, width))
-    family = "your network" if spec is None else f"the {family_of_label(spec)} family"
     lr, lr_source = learning_rate(lr, defaults.lr, family)
-    optimizer: object = "adamw"
-    factor = defaults.encoder_lr_factor if weights is not None and isinstance(getattr(net, "encoder", None),
-                                                                              nn.Module) else 1.0
-    if factor != 1.0:
-        optimizer = _encoder_factor_optimizer(net, lr, factor, defaults.weight_decay)
-    log(f"training: AdamW, learning rate {lr:g} ({lr_source}), weight decay "
-        f"{defaults.weight_decay:g}, {scheduler or 'constant'} schedule"
-        + (f", encoder learning rate ×{factor:g} (pretrained)" if factor != 1.0 else "")
-        + (f"; the family's {defaults.warmup_epochs}-epoch warm-up is not applied (cnnkit's task has none yet)"
-           if defaults.warmup_epochs else ""))
+    log(f"training: AdamW, learning rate {lr:g} ({lr_source}), weight decay {defaults.weight_decay:g}, "
+        f"{scheduler or 'constant'} schedule" + (f"; {chosen.text()}" if chosen.text() else ""))
     task = SegmentationTask(net, num_classes, class_weight=weight, masked_input=True, lr=lr,
                             weight_decay=defaults.weight_decay, scheduler=scheduler, class_names=names,
-                            optimizer=optimizer)
+                            **chosen.task_kwargs())
     first_conv = next((name for name, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))), None)
     callbacks: list = [_NewCrops(), DivergenceStop(lr)]
     if first_conv is not None:
@@ -572,7 +566,8 @@ def train_segmentation(
                   accelerator=accelerator, devices=lightning_devices, num_nodes=num_nodes, strategy=strategy,
                   precision=precision, progress=progress, callbacks=callbacks, enable_model_summary=False,
                   num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-                  check_val_every_n_epoch=validation_period(val_every, epochs))
+                  check_val_every_n_epoch=validation_period(val_every, epochs),
+                  accumulate_grad_batches=chosen.accumulate_grad_batches)
     if not trainer.is_global_zero:  # evaluation, report, weights and manifest: rank 0 only
         return None
     if precision is not None and precision.endswith("-true"):
@@ -596,7 +591,7 @@ def train_segmentation(
         encoder=spec.encoder if spec is not None else None,
         weights=os.fspath(weights) if weights is not None else "random", epochs=epochs, batch_size=batch_size,
         lr=lr, lr_source=lr_source, schedule=scheduler or "constant",
-        options=[("encoder learning-rate factor", factor, "pretrained encoder" if factor != 1.0 else "")],
+        options=chosen.rows(),
         nodata_share=(recipe or {}).get("nodata_share", counted.missing / counted.pixels if has_validity else None),
         unlabelled_share=(recipe or {}).get("unlabelled_share", counted.unlabelled / counted.pixels), seed=seed)
     sections = [
@@ -633,7 +628,7 @@ def train_folder(
     class_names: Sequence[str] | None = None,
     ignore_index: int | None = None,
     nodata: float | None = None,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
     **kwargs,
@@ -656,7 +651,9 @@ def train_folder(
         class_names: A name per class.
         ignore_index: A mask value meaning "not labelled" (e.g. 255), read as −100.
         nodata: A band value meaning "no data" (besides NaN and ±inf).
-        bands: Band indices to keep, in order (default all).
+        bands: Bands to keep, in order (default all): indices counted from 0, or names that each TIFF's band
+            descriptions declare (``["red", "green", "nir"]``, case-insensitive; see
+            :class:`~cnnkit.data.SegmentationFolder`). The manifest records the indices of the first image.
         seed: Seed of the split, the weights, the crops and the batch order.
         log: Called with each line of text to print.
         kwargs: Further options of :func:`train_segmentation` (``epochs``, ``device``, ``width``, ``model_spec``,
@@ -738,7 +735,7 @@ def train_folder(
         f"unlabelled{ignore_text}: {unlabelled:,} ({100 * unlabelled / total:.1f} %)")
     band_count = SegmentationFolder(root, images, masks, ignore_index=ignore_index)[0][0].shape[0]
     preprocessing = {"mean": train.mean.tolist(), "std": train.std.tolist(), "nodata": nodata,
-                     "bands": list(bands) if bands is not None else None, "multiple_of": multiple,
+                     "bands": list(folder.band_indices) if bands is not None else None, "multiple_of": multiple,
                      "validity_band": True, "band_count": band_count}
     channels = len(bands) if bands is not None else band_count
     if data_bands is not None and len(data_bands) != channels:

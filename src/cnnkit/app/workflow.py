@@ -10,6 +10,8 @@ sits, how a batch is padded, how the network is called); everything else is here
 * :func:`evaluate` — held-out metrics (and label maps) of a network, padding and −100 left out;
 * :func:`majority_baseline` — the same metrics for the most frequent training class everywhere;
 * :func:`count_classes` — labelled pixels per class (labels checked), unlabelled and missing pixels;
+* :func:`training_options` — warm-up, encoder learning-rate factor, frozen encoder, gradient accumulation: given or
+  the family's defaults, each with its source;
 * :func:`holdout_split`, :func:`validation_period`, :func:`choose_accelerator`, :func:`learning_rate`,
   :data:`RARE_CROP_SHARE`.
 """
@@ -17,21 +19,22 @@ sits, how a batch is padded, how the network is called); everything else is here
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.masking import BucketBatchSampler, collate_padded, masked, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.metrics import SegmentationMetrics
 
-__all__ = ["IMAGES", "RARE_CROP_SHARE", "SERIES", "ClassCounts", "Kind", "Subset", "check_class_names",
-           "choose_accelerator", "count_classes", "evaluate", "holdout_split", "learning_rate", "majority_baseline",
-           "silent", "validation_period"]
+__all__ = ["IMAGES", "RARE_CROP_SHARE", "SERIES", "ClassCounts", "Kind", "Subset", "TrainingOptions",
+           "check_class_names", "choose_accelerator", "count_classes", "evaluate", "holdout_split", "learning_rate",
+           "majority_baseline", "silent", "training_options", "validation_period"]
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -301,3 +304,99 @@ def learning_rate(lr: float | None, default: float, family: str) -> tuple[float,
 
 def silent(text: str) -> None:
     """The ``log`` of the processes other than rank 0 of a distributed run."""
+
+
+# -- training options --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The training options a run applies, each with where it came from (the family's defaults or the user).
+
+    Attributes:
+        warmup_epochs: Epochs of linear learning-rate warm-up (:class:`~cnnkit.train.SegmentationTask`).
+        encoder_lr_factor: The encoder's learning rate is ``lr`` times this.
+        freeze_encoder_epochs: The encoder is frozen for this many first epochs.
+        accumulate_grad_batches: One optimizer step every this many batches (:func:`cnnkit.train.fit`).
+        sources: Where each came from, by attribute name (``"--warmup-epochs"``, ``"default of the …"``).
+    """
+
+    warmup_epochs: int = 0
+    encoder_lr_factor: float = 1.0
+    freeze_encoder_epochs: int = 0
+    accumulate_grad_batches: int = 1
+    sources: dict = field(default_factory=dict)
+
+    def task_kwargs(self) -> dict:
+        """The keyword arguments of :class:`~cnnkit.train.SegmentationTask` these set."""
+        return {"warmup_epochs": self.warmup_epochs, "encoder_lr_factor": self.encoder_lr_factor,
+                "freeze_encoder_epochs": self.freeze_encoder_epochs}
+
+    def rows(self) -> list[tuple[str, object, str]]:
+        """``(setting, value, source)`` for the report's *How this run was made*."""
+        return [("warm-up epochs", self.warmup_epochs, self.sources.get("warmup_epochs", "")),
+                ("encoder learning-rate factor", self.encoder_lr_factor, self.sources.get("encoder_lr_factor", "")),
+                ("encoder frozen (epochs)", self.freeze_encoder_epochs, self.sources.get("freeze_encoder_epochs", "")),
+                ("batches per optimizer step", self.accumulate_grad_batches,
+                 self.sources.get("accumulate_grad_batches", ""))]
+
+    def text(self) -> str:
+        """What the log says of them: only those that change the plain run."""
+        parts = []
+        if self.warmup_epochs:
+            parts.append(f"{self.warmup_epochs}-epoch warm-up ({self.sources['warmup_epochs']})")
+        if self.encoder_lr_factor != 1.0:
+            parts.append(f"encoder learning rate ×{self.encoder_lr_factor:g} ({self.sources['encoder_lr_factor']})")
+        if self.freeze_encoder_epochs:
+            parts.append(f"encoder frozen for {self.freeze_encoder_epochs} epochs "
+                         f"({self.sources['freeze_encoder_epochs']})")
+        if self.accumulate_grad_batches != 1:
+            parts.append(f"gradients accumulated over {self.accumulate_grad_batches} batches "
+                         f"({self.sources['accumulate_grad_batches']})")
+        return ", ".join(parts)
+
+
+def training_options(defaults, family: str, *, has_encoder: bool, pretrained: bool,
+                     warmup_epochs: int | None = None, encoder_lr_factor: float | None = None,
+                     freeze_encoder_epochs: int = 0, accumulate_grad_batches: int = 1) -> TrainingOptions:
+    """The options a run applies: those given, the family's ``defaults`` (:func:`cnnkit.models.training_defaults`)
+    for the rest. The family's encoder factor applies to a pretrained encoder only. Checked before any data is read.
+
+    Examples:
+        >>> from cnnkit.models import FAMILY_DEFAULTS
+        >>> options = training_options(FAMILY_DEFAULTS["convolutional"], "the 'convolutional' family",
+        ...                            has_encoder=True, pretrained=True, freeze_encoder_epochs=2)
+        >>> options.text()
+        "encoder learning rate ×0.1 (default of the 'convolutional' family, pretrained encoder), encoder frozen for \
+2 epochs (--freeze-encoder)"
+        >>> training_options(FAMILY_DEFAULTS["cnnkit"], "the 'cnnkit' family", has_encoder=False, pretrained=False,
+        ...                  freeze_encoder_epochs=1)
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: --freeze-encoder needs a network with an encoder (an smp architecture such as \
+Unet). Received --freeze-encoder 1.
+    """
+    sources = {}
+    if warmup_epochs is None:
+        warmup_epochs, sources["warmup_epochs"] = int(defaults.warmup_epochs), f"default of {family}"
+    else:
+        warmup_epochs, sources["warmup_epochs"] = check_int(warmup_epochs, "warmup_epochs", 0), "--warmup-epochs"
+    freeze_encoder_epochs = check_int(freeze_encoder_epochs, "freeze_encoder_epochs", 0)
+    sources["freeze_encoder_epochs"] = "--freeze-encoder" if freeze_encoder_epochs else ""
+    accumulate_grad_batches = check_int(accumulate_grad_batches, "accumulate_grad_batches", 1)
+    sources["accumulate_grad_batches"] = "--accumulate-grad-batches" if accumulate_grad_batches != 1 else ""
+    if encoder_lr_factor is None:
+        factor = float(defaults.encoder_lr_factor) if has_encoder and pretrained else 1.0
+        sources["encoder_lr_factor"] = f"default of {family}, pretrained encoder" if factor != 1.0 else ""
+    else:
+        factor = encoder_lr_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+            raise ShapeError(f"--encoder-lr-factor must be a number > 0. Received --encoder-lr-factor {factor!r}.")
+        factor, sources["encoder_lr_factor"] = float(factor), "--encoder-lr-factor"
+    for option, value, active in (("--freeze-encoder", freeze_encoder_epochs, freeze_encoder_epochs > 0),
+                                  ("--encoder-lr-factor", encoder_lr_factor,
+                                   encoder_lr_factor is not None and encoder_lr_factor != 1.0)):
+        if active and not has_encoder:
+            raise ShapeError(f"{option} needs a network with an encoder (an smp architecture such as Unet). "
+                             f"Received {option} {value}.")
+    return TrainingOptions(warmup_epochs, factor, freeze_encoder_epochs, accumulate_grad_batches, sources)

@@ -18,6 +18,7 @@ from cnnkit.cli.common import (
     csv_list,
     fail,
     import_heavy,
+    parse_rgb_bands,
     threads_line,
 )
 from cnnkit.cli.inspect import model_args_json
@@ -49,7 +50,11 @@ def train(
     num_classes: int = typer.Option(None, min=2, help="Number of classes (default: largest label + 1)."),
     ignore_index: int = typer.Option(None, help="Mask value meaning 'not labelled', e.g. 255."),
     nodata: float = typer.Option(None, help="Band value meaning 'no data' (NaN and inf always are)."),
-    bands: str = typer.Option(None, help="Band indices to keep, counted from 0, comma-separated: 3,2,1 (default all)."),
+    bands: str = typer.Option(None, help="Bands to keep, in order, comma-separated: indices counted from 0 (3,2,1) or "
+                              "the names the TIFFs' band descriptions give (red,green,nir); default all."),
+    rgb_bands: str = typer.Option(None, "--rgb-bands", help="The three bands the report draws as red, green, blue, "
+                                  "counted from 0 among the bands the network reads: 2,1,0 (default: the bands named "
+                                  "red, green and blue, else the first three)."),
     images: str = typer.Option("images", help="Sub-folder of the images."),
     masks: str = typer.Option("masks", help="Sub-folder of the label masks."),
     batch_size: int = typer.Option(8, min=1, help="Images (or crops) per batch."),
@@ -69,6 +74,15 @@ def train(
                                    "filters and other bands their mean (docs/models.md)."),
     lr: float = typer.Option(None, help="AdamW learning rate (default: the network family's, 1e-2 for cnnkit's "
                              "networks, 1e-3 for smp's; shown in the log)."),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", min=0, help="Epochs of linear learning-rate warm-up "
+                                      "(default: the network family's, 0 for convolutional networks, 1 for "
+                                      "transformers)."),
+    encoder_lr_factor: float = typer.Option(None, "--encoder-lr-factor", help="The encoder's learning rate is --lr "
+                                            "times this (default: 0.1 for a pretrained smp encoder, else 1)."),
+    freeze_encoder: int = typer.Option(0, "--freeze-encoder", min=0, metavar="EPOCHS", help="Keep the encoder "
+                                       "frozen for this many first epochs (smp networks)."),
+    accumulate_grad_batches: int = typer.Option(1, "--accumulate-grad-batches", min=1, help="One optimizer step "
+                                                "every this many batches (gradient accumulation)."),
     time_series: bool = typer.Option(False, "--time-series", help="Read ROOT as a folder of image time series "
                                      "(series/ and labels/); recognised without this flag too."),
     hidden: int = typer.Option(16, min=1, help="Time series: hidden channels of the ConvLSTM."),
@@ -89,7 +103,7 @@ def train(
     log = console_log(console)
     rank_zero = launched_as_rank_zero()  # Lightning's ddp runs this command again in each other process
     try:
-        names, band_list = csv_list(classes, "classes"), csv_list(bands, "bands", int)
+        names, band_list = csv_list(classes, "classes"), _band_list(bands)
         args = model_args_json(model_args)
         if encoder is not None and model is None:
             raise ShapeError(f"--encoder needs --model (an smp architecture such as Unet). Received --encoder "
@@ -106,7 +120,9 @@ def train(
         common = dict(heldout=heldout, heldout_fraction=heldout_fraction, num_classes=num_classes, class_names=names,
                       ignore_index=ignore_index, nodata=nodata, seed=seed, epochs=epochs, device=device,
                       batch_size=batch_size, lr=lr, overwrite=overwrite, resume=resume, quiet=not verbose,
-                      progress=console.is_terminal, log=log)
+                      progress=console.is_terminal, log=log, rgb_bands=parse_rgb_bands(rgb_bands),
+                      warmup_epochs=warmup_epochs, encoder_lr_factor=encoder_lr_factor,
+                      freeze_encoder_epochs=freeze_encoder, accumulate_grad_batches=accumulate_grad_batches)
         if series:
             from cnnkit.app.timeseries import train_series_folder
 
@@ -119,17 +135,21 @@ def train(
             if band_list is not None:
                 raise ShapeError("--bands is not supported for time series yet: every band of the stacks is used. "
                                  f"Received --bands {bands}.")
-            given = [name for name, value in (("--model", model if model != "SeriesSegNet" else None),
-                                              ("--weights", weights), ("--model-args", model_args),
+            given = [name for name, value in (("--encoder", encoder), ("--weights", weights),
                                               ("--band-names", band_names)) if value is not None]
             if given:
-                raise ShapeError(f"{', '.join(given)}: a time-series run trains cnnkit's SeriesSegNet only, for now. "
-                                 f"Received {', '.join(given)} with the time-series folder {root!r}.")
-            if lr is None:
-                from cnnkit.models import spec_for, training_defaults
+                raise ShapeError(f"{', '.join(given)}: a time-series run trains a series network (SeriesSegNet, "
+                                 f"UTAE) from random weights, for now. Received {', '.join(given)} with the "
+                                 f"time-series folder {root!r}.")
+            series_spec = None
+            if model is not None and (model != "SeriesSegNet" or model_args is not None):
+                from cnnkit.models import spec_for
 
-                common["lr"] = training_defaults(spec_for("SeriesSegNet")).lr
-            result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size, **common)
+                series_spec = spec_for(model, args={"width": width, **args} if width is not None else args)
+            elif model_args is not None:
+                raise ShapeError("--model-args needs --model. Received --model-args without --model.")
+            result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size,
+                                         model_spec=series_spec, **common)
         else:
             from cnnkit.app.train import train_folder
 
@@ -200,6 +220,15 @@ def models(
                           soft_wrap=True)
     except CnnkitError as error:
         fail(error)
+
+
+def _band_list(text: str | None) -> list[int | str] | None:
+    """``--bands 3,2,1`` → ``[3, 2, 1]``; ``--bands red,green,nir`` → names, looked up in each TIFF's band
+    descriptions by the data folder (digits are indices, anything else a name)."""
+    items = csv_list(text, "bands")
+    if items is None:
+        return None
+    return [int(item) if item.isdigit() else item for item in items]
 
 
 def _yes_no(value: bool | None) -> str:

@@ -99,8 +99,9 @@ def write_report(
             ``"band <i>"``, and ``"validity"`` for the last one with ``validity_band``.
         validity_band: The last input band is a validity band (1 = data, 0 = none; what cnnkit train and demo
             feed the network): pixels where it is 0 are drawn as "no data", and the filters say so.
-        rgb_bands: The bands drawn as red, green, blue (or one band as grey) in the image panels; default the
-            first three (the first one for fewer than three data bands).
+        rgb_bands: The bands drawn as red, green, blue (or one band as grey) in the image panels; default the bands
+            ``band_names`` names red, green and blue (case-insensitive), else the first three (the first one for
+            fewer than three data bands).
 
     The folder's ``cnnkit-report.json`` lists the files written. An earlier report there is replaced only if
     cnnkit wrote it (the list says so) and this call writes every section of its own that it had: only the

@@ -25,7 +25,7 @@ from cnnkit._tensors import argmax
 from cnnkit.errors import ShapeError
 from cnnkit.report.reading import evolution_states, stub_evolution
 
-__all__ = ["BUILDERS", "Context", "ReportSection", "Section", "Writer", "build_sections", "central_crop"]
+__all__ = ["BUILDERS", "Context", "ReportSection", "Section", "Writer", "build_sections", "central_crop", "named_rgb"]
 
 MAX_ROWS = 8  # samples drawn one row each (true / predicted / errors / confidence)
 MAX_GRADCAM = 4
@@ -359,7 +359,25 @@ def _composite_bands(ctx: Context, channels: int) -> tuple[int, ...]:
             raise ShapeError(f"rgb_bands must be 1 or 3 band indices in [0, {channels - 1}]. "
                              f"Received rgb_bands={ctx.rgb_bands!r}.")
         return bands
+    named = named_rgb(ctx.band_names[:data])
+    if named is not None:
+        return named
     return (0, 1, 2) if data >= 3 else (0,)
+
+
+def named_rgb(band_names: Sequence[str]) -> tuple[int, int, int] | None:
+    """The indices of the bands named red, green and blue (case-insensitive, each named once), else ``None``.
+
+    Examples:
+        >>> named_rgb(["Blue", "Green", "Red", "NIR"])
+        (2, 1, 0)
+        >>> named_rgb(["band 0", "band 1", "band 2"]) is None
+        True
+    """
+    folded = [str(name).strip().casefold() for name in band_names]
+    if any(folded.count(colour) != 1 for colour in ("red", "green", "blue")):
+        return None
+    return folded.index("red"), folded.index("green"), folded.index("blue")
 
 
 def predictions_section(ctx: Context) -> Section:
