@@ -6,13 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cnnkit.cli.common import (
-    Command,
-    app,
-    console_for_output,
-    fail,
-    import_heavy,
-)
+from cnnkit.cli.common import Command, app, console_for_output, fail, import_heavy
 from cnnkit.errors import CnnkitError
 
 

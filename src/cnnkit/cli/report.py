@@ -6,12 +6,7 @@ import sys
 
 import typer
 
-from cnnkit.cli.common import (
-    Command,
-    app,
-    fail,
-    import_heavy,
-)
+from cnnkit.cli.common import Command, app, fail, import_heavy
 from cnnkit.cli.inspect import MODEL_ARGS, RUNS_CODE, load_factory, model_args_json
 from cnnkit.errors import CnnkitError
 
