@@ -485,3 +485,30 @@ def test_a_section_may_replace_a_built_in_one(run, tmp_path):
     assert "iou" not in _parse(path).sections
     with pytest.raises(ValueError, match=r"replaces must list ids of built-in sections"):
         cnnkit.report.ReportSection("x", replaces=("nope",))
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_a_report_killed_while_written_is_replaced_by_the_next(tmp_path, monkeypatch, kill_at):
+    """A report killed while it is written (1: its list being renamed into place; 2: its page) leaves no page that
+    its list does not name, so the next report of the run (what --resume writes) replaces it instead of refusing."""
+    import cnnkit.report.page as page
+    from cnnkit.report import ReportSection
+
+    section = ReportSection("Data", "d", columns=["class", "share"], rows=[("water", 0.5)], id="data")
+    replace, calls = page.os.replace, []
+
+    def killed(src, dst):
+        calls.append(dst)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt  # the process stops here
+        return replace(src, dst)
+
+    monkeypatch.setattr(page.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="no logs"):
+        write_report(tmp_path, sections=[section])
+    monkeypatch.setattr(page.os, "replace", replace)
+    assert not (tmp_path / "report" / "report.html").exists()
+    with pytest.warns(UserWarning, match="no logs"):
+        path = write_report(tmp_path, sections=[section])
+    assert float(_parse(path).cells["data/share/water"]["data-value"]) == 0.5
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cnnkit-report.json", "report.html"]

@@ -171,10 +171,16 @@ def write_report(
     html = _render_html({"title": title if title is not None else run.resolve().name, "run_dir": str(run),
                          "sections": parts})
     path = folder / "report.html"
-    path.write_text(html, encoding="utf-8")
     from cnnkit.train.rundir import write_report_manifest
 
-    write_report_manifest(folder, [*writer.written, path.name], [section.title for section in sections])
+    # The page is staged, listed, then renamed into place: a run killed at any point leaves no report.html that the
+    # list does not name (the next report, a --resume's, replaces what the list names and keeps anything else).
+    staged = folder / ".report.html.partial"
+    staged.unlink(missing_ok=True)  # cnnkit's own temporary name, left by a report killed while it was written
+    staged.write_text(html, encoding="utf-8")
+    write_report_manifest(folder, writer.written, [section.title for section in sections],
+                          staged={path.name: staged})
+    os.replace(staged, path)
     return path
 
 

@@ -349,12 +349,23 @@ def read_report_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     return {"files": files, "sections": sections}
 
 
-def write_report_manifest(folder: str | os.PathLike, files: Sequence[str], sections: Sequence[str]) -> None:
-    """Record the files a report wrote in ``folder`` (with their SHA-256) and the titles of its own sections."""
+def write_report_manifest(folder: str | os.PathLike, files: Sequence[str], sections: Sequence[str], *,
+                          staged: dict[str, Path] | None = None) -> None:
+    """Record the files a report wrote in ``folder`` (with their SHA-256) and the titles of its own sections.
+
+    ``staged``: files about to be renamed into ``folder`` under these names, recorded with the digest of their
+    staged copy (the list is written before the rename, so that a report killed in between never leaves a page that
+    no list names: the next report, e.g. of a ``--resume``, would have to keep it and refuse).
+    """
     folder = Path(folder)
-    (folder / REPORT_MANIFEST).write_text(
-        json.dumps({"files": {name: _digest(folder / name) for name in sorted(files)}, "sections": list(sections)},
-                   indent=1) + "\n", encoding="utf-8")
+    digests = {name: _digest(folder / name) for name in files}
+    digests.update({name: _digest(Path(path)) for name, path in (staged or {}).items()})
+    path = folder / REPORT_MANIFEST
+    partial = folder / (REPORT_MANIFEST + ".partial")
+    partial.unlink(missing_ok=True)  # cnnkit's own temporary name (a link planted there is removed, not followed)
+    partial.write_text(json.dumps({"files": dict(sorted(digests.items())), "sections": list(sections)}, indent=1)
+                       + "\n", encoding="utf-8")
+    os.replace(partial, path)  # whole or not at all
 
 
 def write_manifest(out: str | os.PathLike, model, *, spec=None, in_channels: int | None = None,
