@@ -55,8 +55,12 @@ def crop_series(
     noise: float = 0.25,
     frequencies: tuple[float, ...] = FREQUENCIES,
     shares: tuple[float, ...] = SHARES,
-) -> list[tuple[Tensor, Tensor]]:
+    with_days: bool = False,
+) -> list[tuple[Tensor, ...]]:
     """``count`` scenes as ``(series (T, 7, H, W) float32 with NaN under clouds, labels (H, W) int64)``.
+
+    With ``with_days=True`` each scene also has its acquisition days third, ``(T,)`` int64: the date's position in
+    the season (the seventh band) × 365, rounded — what :class:`~cnnkit.models.utae.UTAE` encodes.
 
     Args:
         count: Number of scenes.
@@ -67,11 +71,15 @@ def crop_series(
         noise: Standard deviation of the per-pixel noise (the signal's amplitude is about 1).
         frequencies: Oscillations per season of each class (a negative one turns the other way round).
         shares: Share of the fields of each class (summing to 1).
+        with_days: Return the days too (the scenes are the same: no random number is drawn for them).
 
     Examples:
         >>> series, labels = crop_series(1, seed=3)[0]
         >>> series.shape[1], series.dtype, labels.dtype
         (7, torch.float32, torch.int64)
+        >>> series, labels, days = crop_series(1, seed=3, with_days=True)[0]
+        >>> days.shape == (series.shape[0],) and bool((days[1:] >= days[:-1]).all())
+        True
         >>> 6 <= series.shape[0] <= 24 and 32 <= labels.shape[0] <= 64
         True
     """
@@ -111,5 +119,6 @@ def crop_series(
         border[:, 1:] |= field[:, 1:] != field[:, :-1]
         unlabelled_fields = rng.random(fields) < 0.1
         labels[border | unlabelled_fields[field]] = IGNORE_INDEX
-        scenes.append((torch.from_numpy(frames), torch.from_numpy(labels)))
+        scene = (torch.from_numpy(frames), torch.from_numpy(labels))
+        scenes.append((*scene, torch.from_numpy(np.rint(dates * 365).astype(np.int64))) if with_days else scene)
     return scenes

@@ -118,8 +118,8 @@ def collapse_dates(values: Tensor, weights: Tensor) -> Tensor:
         raise ShapeError(f"collapse_dates expects values (N, T, C, H, W) with C divisible by the heads, and weights "
                          f"(N, heads, T, H, W) = ({n}, heads, {t}, {h}, {w}). Received values {tuple(values.shape)}, "
                          f"weights {tuple(weights.shape)}.")
-    grouped = values.reshape(n, t, heads, c // heads, h, w)  # g: the head, c: a channel of its group
-    return torch.einsum("ntgcyx,ngtyx->ngcyx", grouped, weights).reshape(n, c, h, w)
+    grouped = values.reshape(n, t, heads, c // heads, h, w)
+    return (grouped * weights.transpose(1, 2).unsqueeze(3)).sum(1).reshape(n, c, h, w)
 
 
 class ChannelNorm(nn.Module):
