@@ -274,4 +274,5 @@ def test_bands_by_name_composite_by_name_and_training_options(tmp_path):
     refused = CliRunner().invoke(app, ["train", str(tmp_path / "train"), "--out", str(tmp_path / "other"),
                                        "--freeze-encoder", "1"])
     assert refused.exit_code == 2 and "--freeze-encoder needs a network with an encoder" in refused.output
+    assert "folder" not in refused.output and "band mean" not in refused.output  # refused before reading the data
     assert not (tmp_path / "other").exists()

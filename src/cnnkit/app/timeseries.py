@@ -92,6 +92,7 @@ class SeriesRun:
         steps: (shortest, longest) series of the training split.
         seconds: Wall time from the start to the written report.
         cpu_seconds: CPU time of this process over the same span (all its threads).
+        network: What the printed line calls the network (``"ConvLSTM"`` for SeriesSegNet, else its name).
     """
 
     report: Path
@@ -111,11 +112,13 @@ class SeriesRun:
     seconds: float
     cpu_seconds: float
     extra: dict = field(default_factory=dict)
+    network: str = "ConvLSTM"
 
     def lines(self) -> list[str]:
         """The result as ``cnnkit demo --time-series`` and ``cnnkit train`` print it."""
         names = self.class_names
-        lines = [f"held-out mean IoU:             {self.mean_iou:.3f}  (ConvLSTM over every date, clouds masked)"]
+        lines = [f"held-out mean IoU:             {self.mean_iou:.3f}  ({self.network} over every date, clouds "
+                 "masked)"]
         if self.single_date_mean_iou is not None:
             lines.append(f"single-date baseline IoU:      {self.single_date_mean_iou:.3f}  (same network, trained and "
                          "evaluated on each series' least cloudy date alone)")
@@ -457,6 +460,7 @@ def train_series(
         class_weight=weight.tolist(), rare_classes=rare, majority=majority, valid_share=valid_share,
         steps=(min(steps), max(steps)), seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu_start,
+        network="ConvLSTM" if spec.architecture == "SeriesSegNet" else spec.label(),
     )
 
 

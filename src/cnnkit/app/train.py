@@ -660,11 +660,11 @@ def train_folder(
             ``weights``, ``band_names`` (the data bands, for a pretrained first layer) …). With ``weights`` a run
             folder and no ``model_spec``, the run's network is fine-tuned.
 
-    The cheap checks come first, before any pass over the data: the network's names and arguments, ``out``
-    (empty, or a run to ``resume`` whose recorded options these must equal), the device and the process count
-    (:func:`check_scaling`). Every process of a distributed run reads the folder itself: the split, the band
-    statistics and the class weights are computed from the same files in the same order, the same on every
-    process; rank 0 alone prints and writes.
+    The cheap checks come first, before any pass over the data: the network's names and arguments, the training
+    options (:func:`cnnkit.app.workflow.training_options`), ``out`` (empty, or a run to ``resume`` whose recorded
+    options these must equal), the device and the process count (:func:`check_scaling`). Every process of a
+    distributed run reads the folder itself: the split, the band statistics and the class weights are computed from
+    the same files in the same order, the same on every process; rank 0 alone prints and writes.
     """
     from cnnkit.data import SegmentationFolder, Standardized
 
@@ -678,6 +678,11 @@ def train_folder(
                    "--ignore-index": ignore_index}
     check_scaling(kwargs.get("device", "cpu"), kwargs.get("devices", 1), kwargs.get("num_nodes", 1),
                   kwargs.get("strategy", "auto"), kwargs.get("precision"))
+    training_options(training_defaults(spec), f"the {family_of_label(spec)} family", has_encoder=spec.library == "smp",
+                     pretrained=weights is not None, warmup_epochs=kwargs.get("warmup_epochs"),
+                     encoder_lr_factor=kwargs.get("encoder_lr_factor"),
+                     freeze_encoder_epochs=kwargs.get("freeze_encoder_epochs", 0),
+                     accumulate_grad_batches=kwargs.get("accumulate_grad_batches", 1))  # checked before any data pass
     if not launched_as_rank_zero():  # a process Lightning's "ddp" started: rank 0 checked and wrote the run folder
         log = silent
     else:
