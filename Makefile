@@ -40,12 +40,17 @@ test: $(VENV)/.installed $(TF_VENV)/.installed
 	$(BIN)/lint-imports --no-cache  # the floors of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 	CNNKIT_TF_KERAS_PYTHON=$(abspath $(TF_VENV))/bin/python $(BIN)/python -m pytest
 
-# Mutation fuzzing of the Keras reader, more files than `make test` (500): KERAS_FUZZ_COUNT, KERAS_FUZZ_SEED.
+# Mutation fuzzing of the Keras reader and of cnnkit predict's raster readers, more files than `make test` (500 and
+# 320): KERAS_FUZZ_COUNT, KERAS_FUZZ_SEED, RASTER_FUZZ_COUNT, RASTER_FUZZ_SEED.
 KERAS_FUZZ_COUNT ?= 5000
 KERAS_FUZZ_SEED ?= 17
+RASTER_FUZZ_COUNT ?= 4000
+RASTER_FUZZ_SEED ?= 27
 fuzz: $(VENV)/.installed
 	KERAS_FUZZ_COUNT=$(KERAS_FUZZ_COUNT) KERAS_FUZZ_SEED=$(KERAS_FUZZ_SEED) $(BIN)/python -m pytest \
 		tests/keras/test_fuzz.py -p no:cacheprovider -q -s
+	RASTER_FUZZ_COUNT=$(RASTER_FUZZ_COUNT) RASTER_FUZZ_SEED=$(RASTER_FUZZ_SEED) $(BIN)/python -m pytest \
+		tests/rasters/test_fuzz.py -p no:cacheprovider -q -s
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
