@@ -239,6 +239,12 @@ def test_refusals(demo_run, tmp_path):
                                 str(tmp_path / "p")])
     text = " ".join(again.output.split())
     assert again.exit_code == 2 and "already holds predictions" in text and "--overwrite" in text
+    resumed = runner.invoke(app, ["predict", str(out), str(out / "samples" / "heldout_00.tif"), "--out",
+                                  str(tmp_path / "p"), "--resume"])  # everything finished: nothing to redo
+    assert resumed.exit_code == 0 and "0 images" in resumed.output and "1 finished before (--resume)" in " ".join(
+        resumed.output.split()), resumed.output
+    empty = runner.invoke(app, ["predict", str(out), str(out / "samples"), "--out", ""])
+    assert empty.exit_code == 2 and "--out must name a folder. Received out=''" in " ".join(empty.output.split())
     old = tmp_path / "old-run"
     (old / "checkpoints").mkdir(parents=True)
     done = runner.invoke(app, ["predict", str(old), str(out / "samples"), "--out", str(tmp_path / "q")])

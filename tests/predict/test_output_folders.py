@@ -75,9 +75,14 @@ def test_overwrite_replaces_a_symlink_and_leaves_its_target_untouched(tmp_path):
     out.mkdir()
     for name in ("s0_labels.png", "s0_labels.tif", "s0_overlay.png"):
         (out / name).symlink_to(victim)
-    predict_files(predictor, [image], out, tiff=True, overwrite=True)
+    umask = os.umask(0o027)
+    try:
+        predict_files(predictor, [image], out, tiff=True, overwrite=True)
+    finally:
+        os.umask(umask)
     assert victim.read_text() == "keep me"
     assert not any((out / name).is_symlink() for name in _finals(out))
+    assert {oct((out / name).stat().st_mode & 0o777) for name in _finals(out)} == {oct(0o640)}  # the user's umask
     _same_outputs(out, reference)
 
 
