@@ -190,3 +190,17 @@ def test_a_vrt_reads_only_files_in_its_own_folder_unless_allowed(tmp_path):
                     .format(rel=1, name="private.tif"))
     with pytest.raises(CnnkitError, match=r"asks to run Python code"):
         check_vrt_sources(code, allow_outside=True)
+
+
+def test_a_compressed_block_over_the_budget_is_refused(tmp_path, monkeypatch):
+    from cnnkit.rasters import plausibility
+
+    path = tmp_path / "b.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16", tiled=True,
+                       blockxsize=32, blockysize=32, compress="deflate") as dst:
+        dst.write(np.ones((1, 64, 64), np.uint16))
+    Raster(path).close()
+    monkeypatch.setattr(plausibility, "MAX_COMPRESSED_BLOCK", 2047)  # a 32 × 32 uint16 block is 2,048 bytes
+    with pytest.raises(CnnkitError, match=r"b\.tif stores deflate-compressed blocks of 32 × 32 pixels × 1 samples "
+                                          r"\(0 MiB each, decoded whole whatever window is read\): over the 0 MiB"):
+        Raster(path)

@@ -4,7 +4,8 @@ A header is a promise the bytes must keep. Before anything is allocated:
 
 * **TIFF** (:func:`tiff_blocks`): the number of blocks is bounded; every block's data lies after the header, inside
   the file, clear of the first directory and of the other blocks; no block decodes to more than its compression can
-  produce from its byte count (deflate at most 1,032:1, an uncompressed block exactly its size). A block without
+  produce from its byte count (deflate at most 1,032:1, an uncompressed block exactly its size), and no compressed
+  block decodes to more than :data:`MAX_COMPRESSED_BLOCK` (GDAL decodes it whole). A block without
   data (byte count 0, as GDAL writes it) is a *sparse* block: it is read as no data, never as zeros.
 * **PNG** (:func:`check_png`): the declared size fits the budget, and the image data decompresses — counted, in
   bounded memory — to exactly the rows the header declares; a file that holds 40 rows
@@ -32,13 +33,17 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError
 
-__all__ = ["MAX_BLOCKS", "MAX_PIXELS", "PICTURE_BYTES", "check_declared", "check_png", "tiff_blocks"]
+__all__ = ["MAX_BLOCKS", "MAX_COMPRESSED_BLOCK", "MAX_PIXELS", "PICTURE_BYTES", "check_declared", "check_png",
+           "tiff_blocks"]
 
 MAX_PIXELS = 2**31 - 1
 """Pixels per band (height × width) of one raster at most."""
 
 MAX_BLOCKS = 2**20
 """Blocks (tiles or strips, per band of a band-interleaved file) of one raster at most."""
+
+MAX_COMPRESSED_BLOCK = 256 * 2**20
+"""Bytes a compressed block may decode to: GDAL decodes such a block whole, whatever window is asked of it."""
 
 PICTURE_BYTES = 256 * 2**20
 """A PNG or JPEG is decoded whole (by Pillow): its decoded pixels may take this many bytes at most."""
@@ -112,6 +117,12 @@ def tiff_blocks(dataset, path: str | os.PathLike, first_page: bool = True) -> fr
         raise CnnkitError(f"{name} declares {down * across * planes:,} blocks of {rows} × {cols} pixels "
                           f"({height} × {width} × {dataset.count} bands): more than {MAX_BLOCKS:,}. Is the file "
                           "intact?")
+    whole = rows * math.ceil(cols * samples * bits / 8)
+    if compression != "NONE" and whole > MAX_COMPRESSED_BLOCK:
+        raise CnnkitError(f"{name} stores {compression.lower()}-compressed blocks of {rows} × {cols} pixels × "
+                          f"{samples} samples ({whole / 2**20:.0f} MiB each, decoded whole whatever window is read): "
+                          f"over the {MAX_COMPRESSED_BLOCK // 2**20} MiB budget. Re-tile it "
+                          "(gdal_translate -co TILED=YES).")
     header, directory = _header_end(path, size)
     if not first_page:
         directory = (0, 0)
