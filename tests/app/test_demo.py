@@ -114,6 +114,17 @@ def test_short_demo_writes_a_report_whose_images_exist(short_run):
     assert float(page.cells["heldout/majority-class IoU/mean IoU"]) == result.baseline_mean_iou
     assert float(page.cells[f"data/loss weight/{RARE_CLASS}: greenhouse"]) == result.class_weight[RARE_CLASS]
     assert result.rare_classes == [RARE_CLASS]
+    # how the run was made: the built-in data, its cloud and unlabelled shares counted here from the generator
+    train = SyntheticLandCover(16, seed=0)
+    labels = [label for _, label in train]
+    pixels = sum(label.numel() for label in labels)
+    cloudy = sum(int(cloud.sum()) for cloud in train.clouds)
+    unlabelled = sum(int((label == -100).sum()) for label in labels)
+    assert page.cells["run/value/data"] == "built-in synthetic land cover (16 scenes, seed 0)"
+    assert page.cells["run/value/bands"] == "blue, green, red, NIR, validity"
+    assert float(page.cells["run/value/no-data share"]) == pytest.approx(cloudy / pixels, abs=1e-12)
+    assert float(page.cells["run/value/unlabelled share"]) == pytest.approx(unlabelled / pixels, abs=1e-12)
+    assert 0 < cloudy < pixels and 0 < unlabelled < pixels
 
 
 def test_short_demo_prints_and_returns_iou_and_baseline(short_run):

@@ -343,3 +343,25 @@ def test_series_label_tiffs_carry_the_inputs_georeferencing(trained, tmp_path):
     with tifffile.TiffFile(tmp_path / "p" / "plain_labels.tif") as tif:
         assert not any(code in tif.pages[0].tags for code in (33550, 33922))
         assert tif.pages[0].tags[42113].value == "255"
+
+
+def test_a_series_network_chosen_by_name_trains_through_the_same_workflow(tmp_path):
+    """--model UTAE on a series folder: built from its spec, called with the days, recorded in the manifest and
+    the report; options a series network cannot take are refused before the folder is read."""
+    root = tmp_path / "data"
+    _write_folder(root, count=3)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(root), "--out", str(out), "--epochs", "1", "--model", "UTAE",
+                                 "--model-args", '{"encoder_widths": [4, 4], "num_heads": 2}', "--crop-size", "12",
+                                 "--batch-size", "4", "--threads", "1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "(UTAE over every date, clouds masked)" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["spec"] == {"library": "cnnkit", "architecture": "UTAE",
+                                         "args": {"encoder_widths": [4, 4], "num_heads": 2}}
+    html = (out / "report" / "report.html").read_text()
+    assert 'data-key="run/value/network" data-value="UTAE"' in html
+    assert "default of the &#39;cnnkit-series&#39; family" in html  # the learning rate's source
+    refused = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "other"), "--freeze-encoder", "1"])
+    assert refused.exit_code == 2 and "--freeze-encoder needs a network with an encoder" in refused.output
+    assert not (tmp_path / "other").exists() and "folder" not in refused.output

@@ -114,7 +114,9 @@ def train_demo(
         train, heldout, len(CLASS_NAMES), out, class_names=CLASS_NAMES, epochs=epochs, seed=seed, device=device,
         title="cnnkit demo: TinySegNet on synthetic land cover with clouds", progress=progress, log=log,
         preprocessing=preprocessing, sample_names=[sample_name(i) for i in range(len(heldout))],
-        band_names=band_names, **kwargs,
+        band_names=band_names, recipe={"data": f"built-in synthetic land cover ({n_train} scenes, seed {2 * seed})",
+                                       "split": f"{n_heldout} generated held-out scenes (seed {2 * seed + 1})",
+                                       "nodata": "clouds (validity band 0)"}, **kwargs,
     )
     written = write_samples(heldout, Path(out) / SAMPLES, count=min(SAMPLE_COUNT, len(heldout)))
     log(f"held-out scenes to try `cnnkit predict` on: {written[0].parent}/ ({len(written)} TIFFs, NaN under clouds)")

@@ -69,7 +69,7 @@ from cnnkit.report import (
     write_report,
 )
 from cnnkit.train import fit
-from cnnkit.train.rundir import prepare_run_dir, write_manifest
+from cnnkit.train.rundir import check_run_dir, prepare_run_dir, write_manifest
 from cnnkit.train.series_task import SeriesSegmentationTask
 
 __all__ = ["SeriesRun", "is_series_folder", "least_cloudy_date", "run_series_demo",
@@ -503,7 +503,18 @@ def train_series_folder(
         seed: Seed of the split and of the training.
         log: Called with each line of text.
         kwargs: Further options of :func:`train_series`.
+
+    The cheap checks come first, before the folder is read: the network's names (:func:`series_spec`), the training
+    options, the device and ``out`` (empty, or a run to ``overwrite`` or ``resume``).
     """
+    spec = series_spec(kwargs.get("model_spec"), kwargs.get("width", 8), kwargs.get("hidden", 16),
+                       kwargs.get("kernel_size", 3))  # the cheap checks first, before the folder is read
+    training_options(training_defaults(spec), f"the {family_of(spec)!r} family", has_encoder=False, pretrained=False,
+                     warmup_epochs=kwargs.get("warmup_epochs"), encoder_lr_factor=kwargs.get("encoder_lr_factor"),
+                     freeze_encoder_epochs=kwargs.get("freeze_encoder_epochs", 0),
+                     accumulate_grad_batches=kwargs.get("accumulate_grad_batches", 1))
+    choose_accelerator(kwargs.get("device", "cpu"))
+    check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
     folder = SeriesFolder(root, nodata=nodata, ignore_index=ignore_index)
     if heldout is not None:
         train_part = folder
@@ -592,7 +603,11 @@ def series_demo(
     settings = {**DEMO_SETTINGS, **kwargs}
     return train_series(train, heldout, len(CROP_CLASSES), out, class_names=CROP_CLASSES, epochs=epochs, seed=seed,
                         log=log, title="cnnkit demo --time-series: a ConvLSTM on cloudy crop-type series",
-                        profile_bands=(0, 3), rgb_bands=(0, 2, 4), **settings)
+                        profile_bands=(0, 3), rgb_bands=(0, 2, 4),
+                        recipe={"data": f"built-in seeded synthetic crop-type series ({n_train} series, seed "
+                                        f"{2 * seed})",
+                                "split": f"{n_heldout} generated held-out series (seed {2 * seed + 1})",
+                                "nodata": "clouds (NaN)"}, **settings)
 
 
 def run_series_demo(out: str | os.PathLike = "cnnkit-demo-series", *, epochs: int | None = None, console=None,
