@@ -3,7 +3,8 @@
 Layout of ``run_dir``::
 
     run_dir/
-        checkpoints/last.ckpt        written at the end of every epoch (atomically, see AtomicCheckpointIO)
+        checkpoints/last.ckpt        written at the end of every epoch (atomically, see AtomicCheckpointIO, in
+                                     a thread while the next epoch runs: Lightning's AsyncCheckpointIO)
         checkpoints/best.ckpt        lowest ``val/loss`` so far (only with a validation loader)
         logs/version_<k>/metrics.csv one CSV per (re)start; the ``step`` column is the global step
         tensorboard/version_<k>/     when ``tensorboard`` is installed
@@ -11,7 +12,9 @@ Layout of ``run_dir``::
 Resume: with ``resume="auto"`` a run whose ``checkpoints/last.ckpt`` exists continues from it — model,
 optimiser, epoch and global step, callback states (e.g. :class:`~cnnkit.train.FilterEvolutionCallback`) —
 so a crashed or killed run is restarted with the same call. A checkpoint is written after the epoch's
-validation, so a restart repeats at most the interrupted epoch.
+validation, in a thread while the next epoch starts (``fit`` waits for it before returning, also after an error),
+so a restart repeats at most the interrupted epoch — and the one before it if the process was killed while its
+checkpoint was being written. Pass ``plugins=[AtomicCheckpointIO()]`` to write in the training thread.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.masking import BucketBatchSampler
@@ -288,8 +292,9 @@ def fit(
     if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
         loggers.append(TensorBoardLogger(save_dir=run_dir, name=TENSORBOARD))
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
-    if not any(isinstance(p, TorchCheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        # written in a thread (tensors cloned first): the epoch's checkpoint no longer holds up the next epoch
+        plugins.append(AsyncCheckpointIO(AtomicCheckpointIO()))
     trainer_kwargs.setdefault("log_every_n_steps", 1)
     if quiet:
         trainer_kwargs.setdefault("enable_model_summary", False)
