@@ -23,6 +23,11 @@ Why these values:
 ``encoder_lr_factor`` multiplies the encoder's learning rate **when it starts from pretrained weights** (0.1:
 the pretrained filters move ten times slower than the new decoder); an encoder with random weights learns at
 ``lr`` like the rest.
+
+Every row reaches :class:`cnnkit.train.SegmentationTask` as it is (``optimizer``, ``lr``, ``weight_decay``,
+``scheduler=schedule``, ``warmup_epochs``, ``encoder_lr_factor``), and ``tests/models/test_family_defaults.py``
+trains one network of each family from its row for a few epochs on built-in data: the loss finite and falling,
+the held-out mean IoU above the majority class's.
 """
 
 from __future__ import annotations
