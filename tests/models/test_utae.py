@@ -39,9 +39,10 @@ def _series(t, h, w, channels=3, seed=0):
 
 
 def test_padded_batch_equals_each_series_alone():
-    """Outputs and weight gradients: sizes that are and are not multiples of 4, lengths 2 to 5."""
+    """Outputs and weight gradients: sizes that are and are not multiples of 4, lengths 2 to 5 (encoding "modulate";
+    "add" is held to the same in tests/data/test_pastis.py)."""
     torch.manual_seed(0)
-    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2).double()
+    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding="modulate").double()
     items = [_series(5, 12, 9, seed=1), _series(2, 8, 13, seed=2), _series(4, 10, 16, seed=3)]
     x, mask, days = _pad(items)
     out = net(x, mask, days)
@@ -60,9 +61,10 @@ def test_padded_batch_equals_each_series_alone():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_a_fully_masked_extra_date_changes_nothing():
+@pytest.mark.parametrize("encoding", ["add", "modulate"])
+def test_a_fully_masked_extra_date_changes_nothing(encoding):
     torch.manual_seed(1)
-    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2).double()
+    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding=encoding).double()
     series, valid, days = _series(4, 11, 14, seed=4)
     reference = net(series[None], valid[None], days[None])
     extra = torch.full((1, 3, 11, 14), 1e6, dtype=torch.float64)

@@ -83,8 +83,9 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     d = layer.d_model // layer.num_heads
     for t, day in enumerate(days[n, valid].tolist()):
         angles = [day / 1000.0 ** (2 * (c // 2) / d) for c in range(d)]
-        pe = [math.sin(a) if c % 2 == 0 else math.cos(a) for c, a in enumerate(angles)]
-        e[t] = e[t] + torch.tensor(pe * layer.num_heads, dtype=x.dtype)
+        pe = torch.tensor([math.sin(a) if c % 2 == 0 else math.cos(a) for c, a in enumerate(angles)] * layer.num_heads,
+                          dtype=x.dtype)
+        e[t] = e[t] + pe if layer.encoding == "add" else e[t] * pe + pe
     keys = (e @ layer.key.weight[:, :, 0, 0].T + layer.key.bias).reshape(len(e), layer.num_heads, -1)
     heads = []
     for h in range(layer.num_heads):
@@ -96,9 +97,10 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     return torch.relu(hidden)
 
 
-def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates():
+@pytest.mark.parametrize("encoding", ["add", "modulate"])
+def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates(encoding):
     torch.manual_seed(3)
-    layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8).double()
+    layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8, encoding=encoding).double()
     x = torch.randn(2, 4, 6, 3, 3, dtype=torch.float64)
     mask = torch.rand(2, 4, 3, 3) > 0.4
     mask[0, :, 1, 1] = False  # a pixel without data
@@ -143,3 +145,5 @@ def test_ltae_gradcheck_state_dict_and_errors():
         LTAE2d(4, num_heads=3)
     with pytest.raises(ShapeError, match="period must be a number > 0"):
         LTAE2d(4, period=0)
+    with pytest.raises(ShapeError, match=r"Unknown encoding 'multiply'. Expected one of \('add', 'modulate'\)"):
+        LTAE2d(4, encoding="multiply")

@@ -102,6 +102,8 @@ class UTAE(nn.Module):
         key_channels: Length of each head's query and keys (L-TAE's ``d_k``).
         d_model: Channels of the attention's date embeddings (default ``encoder_widths[-1]``).
         period: Scale of the date encoding, in days (:func:`~cnnkit.nn.temporal_attention.date_encoding`).
+        encoding: How the date encoding enters the attention: ``"add"`` (L-TAE's) or ``"modulate"`` (each feature
+            times its own sinusoid of the day; see :class:`~cnnkit.nn.LTAE2d`).
 
     Shape:
         - x: ``(N, T, in_channels, H, W)`` (any H and W).
@@ -119,7 +121,7 @@ class UTAE(nn.Module):
 
     def __init__(self, in_channels: int = 6, num_classes: int = 5, encoder_widths: Sequence[int] = (16, 32, 32),
                  decoder_widths: Sequence[int] | None = None, num_heads: int = 4, key_channels: int = 4,
-                 d_model: int | None = None, period: float = 1000.0):
+                 d_model: int | None = None, period: float = 1000.0, encoding: str = "add"):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(num_classes, "num_classes")
@@ -143,7 +145,8 @@ class UTAE(nn.Module):
             self.encoder.append(_block(encoder_widths[i],
                                        nn.Conv2d(encoder_widths[i - 1], encoder_widths[i], 4, stride=2, padding=1)))
         self.attention = LTAE2d(encoder_widths[-1], decoder_widths[-1], num_heads=num_heads,
-                                key_channels=key_channels, d_model=d_model or encoder_widths[-1], period=period)
+                                key_channels=key_channels, d_model=d_model or encoder_widths[-1], period=period,
+                                encoding=encoding)
         self.up = nn.ModuleList([
             nn.ModuleList([nn.ConvTranspose2d(decoder_widths[i + 1], decoder_widths[i], 4, stride=2, padding=1),
                            ChannelNorm(decoder_widths[i])])

@@ -5,11 +5,19 @@ head compares one **learned master query** with a key computed from each date's 
 encoding of the acquisition day), and takes the softmax-weighted sum of its own group of the features over the
 dates. The math, for one pixel, head ``h`` and dates ``t`` with validity ``m_t``::
 
-    e_t   = W_in · norm(x_t) + b_in + PE(day_t)                  (d_model channels)
+    f_t   = W_in · norm(x_t) + b_in                              (d_model channels)
+    e_t   = f_t + PE(day_t)                 (encoding="add", L-TAE's)
+          = f_t ⊙ PE(day_t) + PE(day_t)     (encoding="modulate")
     k_t   = W_k · e_t + b_k                                      (num_heads × key_channels)
     s_t   = ⟨q_h, k_{t,h}⟩ / √key_channels                       (the attention logits)
     a_t   = masked_softmax(s, m)_t                               (exactly 0 where m_t is False)
     out   = MLP(concat_h Σ_t a_t · e_{t, group h})               (out_channels)
+
+``encoding="modulate"`` multiplies each channel by its own sinusoid of the day, so that even uniform attention
+sums ``Σ_t f_t ⊙ PE(day_t)``: a Fourier-like coefficient of each feature over the season, which tells how fast
+and in which direction the bands change, not only when. On cnnkit's demo data, whose crops differ only by such
+rhythms at a random phase per field, it reached a held-out mean IoU of 0.55 where ``"add"`` reached 0.35 (same
+network, data and 432 steps; docs/timeseries.md).
 
 Exactness: a date masked at a pixel gets weight exactly 0 there (its logit is set to −inf before the softmax,
 never multiplied by a mask), and a pixel whose every date is masked gets all-zero weights and a zero output,
@@ -35,10 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit._checks import check_int
+from cnnkit._checks import check_choice, check_int
 from cnnkit.errors import ShapeError
 
-__all__ = ["ChannelNorm", "LTAE2d", "TemporalAttention", "collapse_dates", "date_encoding", "masked_softmax"]
+__all__ = ["ENCODINGS", "ChannelNorm", "LTAE2d", "TemporalAttention", "collapse_dates", "date_encoding",
+           "masked_softmax"]
+
+ENCODINGS = ("add", "modulate")
+"""How :class:`LTAE2d` combines the dates' features with their date encoding."""
 
 
 def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int) -> Tensor:
@@ -172,6 +184,8 @@ class LTAE2d(nn.Module):
         d_model: Channels the dates are projected to before the attention (default ``in_channels``); divisible
             by ``num_heads``.
         period: Scale of the date encoding's longest wavelength, in days (:func:`date_encoding`).
+        encoding: How the date encoding enters: ``"add"`` (L-TAE's ``f + PE``) or ``"modulate"``
+            (``f ⊙ PE + PE``; the module documentation says why).
 
     Shape:
         - x: ``(N, T, in_channels, H, W)``.
@@ -192,8 +206,8 @@ class LTAE2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, num_heads: int = 4,
-                 key_channels: int = 4, d_model: int | None = None, period: float = 1000.0, device=None,
-                 dtype=None) -> None:
+                 key_channels: int = 4, d_model: int | None = None, period: float = 1000.0, encoding: str = "add",
+                 device=None, dtype=None) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         d_model = in_channels if d_model is None else d_model
@@ -205,6 +219,7 @@ class LTAE2d(nn.Module):
                              f"num_heads={num_heads}.")
         if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
             raise ShapeError(f"period must be a number > 0. Received period={period!r}.")
+        self.encoding = check_choice(encoding, ENCODINGS, "encoding")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.num_heads = in_channels, out_channels, num_heads
         self.key_channels, self.d_model, self.period = key_channels, d_model, float(period)
@@ -243,7 +258,8 @@ class LTAE2d(nn.Module):
             x = torch.where(mask[:, :, None], x, zero)
         frames = self.in_proj(self.in_norm(x.reshape(n * t, c, h, w))).reshape(n, t, self.d_model, h, w)
         encoding = date_encoding(days.to(frames.dtype), self.d_model, self.period, self.num_heads)
-        embedded = frames + encoding[..., None, None]
+        encoding = encoding[..., None, None]
+        embedded = frames + encoding if self.encoding == "add" else frames * encoding + encoding
         if mask is not None:
             embedded = torch.where(mask[:, :, None], embedded, zero)
         keys = self.key(embedded.reshape(n * t, self.d_model, h, w))
@@ -263,7 +279,8 @@ class LTAE2d(nn.Module):
         text = f"{self.in_channels}, {self.out_channels}, num_heads={self.num_heads}, key_channels={self.key_channels}"
         if self.d_model != self.in_channels:
             text += f", d_model={self.d_model}"
-        return text + (f", period={self.period:g}" if self.period != 1000.0 else "")
+        text += f", period={self.period:g}" if self.period != 1000.0 else ""
+        return text + (f", encoding={self.encoding!r}" if self.encoding != "add" else "")
 
 
 TemporalAttention = LTAE2d
