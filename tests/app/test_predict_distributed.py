@@ -79,12 +79,15 @@ def test_two_processes_write_the_files_of_one(run_and_images, tmp_path):
         one = predict_files(predictor, inputs, tmp_path / "one", band_count=4, **OPTIONS)
     finally:
         torch.set_num_threads(threads)
+    stale = tmp_path / "two" / ".cnnkit-predict-staging-killed" / "rank1"  # what a killed run leaves behind
+    stale.mkdir(parents=True)
+    (stale / "img_00_labels.png").write_bytes(b"half")
     two = predict_distributed(run, inputs, tmp_path / "two", devices=2, threads=1, timeout=120, **OPTIONS)
 
     expected, written = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len(expected) == 21 * 5 and "scene_labels.png" in expected and "scene_probabilities.tif" in expected
     assert sorted(written) == sorted(expected)
-    assert [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")] == [".cnnkit.lock"]  # no staging
+    assert [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")] == [".cnnkit.lock"]  # staging gone
     different = [name for name in expected if written[name] != expected[name]]
     assert not different, f"differ from one process's: {different}"
     assert len(np.unique(tifffile.imread(tmp_path / "two" / "scene_labels.tif"))) >= 3  # classes and no-data

@@ -78,6 +78,8 @@ PREDICT_OPTIONS = ("tiff", "probabilities", "confidence", "max_pixels", "tile", 
 
 _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                      "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID")
+_STAGING = ".cnnkit-predict-staging-"
+"""Name (and a random suffix) of the hidden folder in ``out`` where the ranks write until every one has finished."""
 _STOP_GRACE = 5.0
 """Seconds a rank is given to end after SIGTERM before it is killed."""
 
@@ -108,8 +110,8 @@ def predict_distributed(run: str | os.PathLike, inputs: Sequence[str | os.PathLi
 
     Raises:
         CnnkitError: a bad argument or input, before any process starts; or the error of the first rank that
-            failed (its own class and message), after every rank was stopped and nothing was left under a final
-            name.
+            failed (its message; its class when it is one of :mod:`cnnkit.errors`), after every rank was stopped
+            and nothing was left under a final name.
     """
     unknown = sorted(set(predict_options) - set(PREDICT_OPTIONS))
     if unknown:
@@ -226,10 +228,18 @@ def _launch(config: dict, inputs: Sequence[str | os.PathLike], processes: int) -
         return _launch_locked(config, files, out, processes, start)
 
 
-def _launch_locked(config: dict, files: list[Path], out: Path, processes: int, start: float) -> PredictionRun:
+def _clear(out: Path) -> None:
+    """Leftovers of interrupted runs in the locked folder ``out``: writers' temporary files and staging folders."""
     remove_leftovers(out)
+    for stale in out.glob(f"{_STAGING}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _launch_locked(config: dict, files: list[Path], out: Path, processes: int, start: float) -> PredictionRun:
+    _clear(out)
     _check_out(out, [p.stem for p in files], bool(config["options"].get("overwrite", False)))
-    staging = out / f".cnnkit-predict-{uuid.uuid4().hex[:12]}"
+    staging = out / f"{_STAGING}{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     ranks: list[subprocess.Popen] = []
     try:
@@ -350,9 +360,9 @@ def _predict_rank(config: dict) -> PredictionRun | None:
             try:
                 out = prepare_folder(out)
                 lock = FolderLock(out).acquire()
-                remove_leftovers(out)
+                _clear(out)
                 _check_out(out, [p.stem for p in files], bool(options.get("overwrite", False)))
-                staging = out / f".cnnkit-predict-{uuid.uuid4().hex[:12]}"
+                staging = out / f"{_STAGING}{uuid.uuid4().hex[:12]}"
                 staging.mkdir()
                 status = ("ok", os.fspath(staging))
             except CnnkitError as error:
