@@ -5,8 +5,8 @@ Run as ``python _predict_child.py`` with a JSON object on stdin: ``inputs``, ``o
 of ``predict_files``) and at most one of
 
 * ``kill_after``: SIGKILL itself at that progress call (mid-scene, as ``kill -9`` would);
-* ``hold``: ``[started, go]`` — at the first progress call create the file ``started`` and wait until ``go`` exists
-  (the run holds the output folder's lock meanwhile);
+* ``hold``: ``[started, go]`` — at progress call ``hold_at`` (default 1) create the file ``started`` and wait until
+  ``go`` exists or the parent kills it (the run holds the output folder's lock meanwhile);
 * ``file_size``: ``RLIMIT_FSIZE`` in bytes, with ``SIGXFSZ`` ignored (writes past it fail with ``EFBIG``, a full disk).
 
 It prints one JSON line: ``{"outcome": "ok" | "cnnkit" | "raw", "message": ...}``.
@@ -46,7 +46,7 @@ def main() -> None:
         calls["n"] += 1
         if job.get("kill_after") == calls["n"]:
             os.kill(os.getpid(), signal.SIGKILL)
-        if job.get("hold") and calls["n"] == 1:
+        if job.get("hold") and calls["n"] == job.get("hold_at", 1):
             started, go = job["hold"]
             open(started, "w").close()
             deadline = time.monotonic() + 120

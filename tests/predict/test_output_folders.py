@@ -3,13 +3,15 @@ written through; two runs into one --out: one refused naming the other, the othe
 leaves nothing under a final name and --resume completes it equal to an uninterrupted run; a full disk ends in a
 clear error without partial files; --out under a file or empty is refused before torch is imported.
 
-The runs that must be killed, held or limited run in a child (``_predict_child.py``); each compares with the same
-seeded network run here, in this process, into another folder."""
+The run that is held and killed runs in a child (``_predict_child.py``); each test compares with the same seeded
+network run here, in this process, into another folder."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -113,59 +115,69 @@ def test_out_that_is_empty_under_a_file_or_read_only_is_refused_before_anything_
     print(f"\n--out under a file refused {exit_line[3]} s after the command started (torch not imported)")
 
 
-def test_two_runs_into_one_out_one_refused_the_other_intact(tmp_path):
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != ".cnnkit.lock"}
+
+
+def test_a_second_run_is_refused_then_kill_9_mid_scene_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """One child run into --out, held mid-scene (s0 committed, s1 partly written): a second run into the same --out
+    is refused naming the holder and touches nothing; the holder is then killed with SIGKILL: nothing of s1 under a
+    final name; a run without --resume says the folder holds an interrupted run; --resume predicts s1 only and the
+    folder then equals an uninterrupted run's, byte for byte (PNGs) and pixel for pixel (COGs)."""
     images = _scenes(tmp_path / "in")
     out, reference = tmp_path / "out", tmp_path / "reference"
     predict_files(make_predictor(), images, reference, **TILED)
     started, go = tmp_path / "started", tmp_path / "go"
+    # progress calls: 9 tiles and the end of s0, then s1's tiles: call 14 is s1's 4th tile
     holder = subprocess.Popen([sys.executable, str(CHILD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     holder.stdin.write(json.dumps({"inputs": [str(p) for p in images], "out": str(out), "options": TILED,
-                                   "hold": [str(started), str(go)]}))
+                                   "hold": [str(started), str(go)], "hold_at": 14}))
     holder.stdin.close()
     try:
         deadline = time.monotonic() + 180
         while not started.exists():
             assert holder.poll() is None and time.monotonic() < deadline, "the first run never started"
             time.sleep(0.05)
+        before = _snapshot(out)
         with pytest.raises(CnnkitError, match=rf"is being written by another command \(pid {holder.pid} on .*"
                                               r"_predict_child\.py"):
             predict_files(make_predictor(), images, out, overwrite=True, **TILED)
-        go.touch()
-        record = json.loads(holder.stdout.read().strip().splitlines()[-1])
+        assert _snapshot(out) == before  # the refused run touched nothing
+        holder.kill()  # SIGKILL, mid-scene
     finally:
         holder.wait(timeout=120)
-    assert record["outcome"] == "ok", record
-    _same_outputs(out, reference)
-    with FolderLock(out):  # released when the holder ended
-        pass
-
-
-def test_kill_9_mid_scene_leaves_no_final_file_and_resume_equals_an_uninterrupted_run(tmp_path):
-    images = _scenes(tmp_path / "in")
-    out, reference = tmp_path / "out", tmp_path / "reference"
-    # progress calls: 9 tiles and the end of s0, then s1's tiles: call 14 is s1's 4th tile
-    record, code = _child({"inputs": [str(p) for p in images], "out": str(out), "options": TILED, "kill_after": 14})
-    assert record is None and code == -9
+    assert holder.returncode == -9
     assert _finals(out) == ["s0_confidence.tif", "s0_labels.png", "s0_labels.tif", "s0_overlay.png"]
     assert any(".partial." in p.name for p in out.iterdir()), "killed before s1 was begun"
+    with FolderLock(out):  # the kernel dropped the killed holder's lock
+        pass
     with pytest.raises(CnnkitError, match=r"interrupted run: pass --resume"):
         predict_files(make_predictor(), images, out, **TILED)
     run = predict_files(make_predictor(), images, out, resume=True, **TILED)
     assert run.resumed == [images[0]] and list(run.files) == [images[1]]
     assert not [p.name for p in out.iterdir() if ".partial." in p.name or ".staged." in p.name]
-    predict_files(make_predictor(), images, reference, **TILED)
     _same_outputs(out, reference)
     with pytest.raises(CnnkitError, match=r"--resume: .*other settings \(probabilities differ\)"):
         predict_files(make_predictor(), images, out, resume=True, probabilities=True, **TILED)
 
 
 def test_a_full_disk_ends_in_a_clear_error_without_partial_files(tmp_path):
+    """RLIMIT_FSIZE (with SIGXFSZ ignored) makes writes past 100 kB fail as on a full disk."""
     images = _scenes(tmp_path / "in", 1, side=160)
     out = tmp_path / "out"
     options = {**TILED, "probabilities": True, "probability_dtype": "float16"}  # a 160² × 3 float32 partial: 300 kB
-    record, code = _child({"inputs": [str(p) for p in images], "out": str(out), "options": options,
-                           "file_size": 100_000})
-    assert code == 0 and record["outcome"] == "cnnkit", record
-    assert "the disk is full (or a file size limit was reached)" in record["message"]
-    assert "s0_" in record["message"] and "removed" in record["message"]
-    assert [p.name for p in out.iterdir()] in ([".cnnkit.lock"], [".cnnkit.lock", ".cnnkit-predict.json"])
+    predictor = make_predictor()
+    prepare_folder(out)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(CnnkitError) as refused:
+            predict_files(predictor, images, out, **options)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    message = str(refused.value)
+    assert "the disk is full (or a file size limit was reached)" in message and "removed" in message
+    assert "s0_" in message
+    assert sorted(p.name for p in out.iterdir()) in ([".cnnkit.lock"], [".cnnkit-predict.json", ".cnnkit.lock"])
