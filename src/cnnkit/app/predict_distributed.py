@@ -256,7 +256,7 @@ def _launch_locked(config: dict, files: list[Path], out: Path, processes: int, s
             codes = [p.poll() for p in ranks]
             if any(code not in (None, 0) for code in codes):
                 _stop(ranks)
-                raise _first_error(staging, [p.returncode for p in ranks]) from None
+                raise _first_error(staging, codes) from None  # the codes seen before the others were stopped
             if all(code == 0 for code in codes):
                 break
             time.sleep(0.1)
@@ -296,8 +296,9 @@ def _first_error(staging: Path, codes: list[int | None]) -> Exception:
     if not reports:
         failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
         rank, code = failed[0] if failed else (0, None)
-        return CnnkitError(f"Rank {rank} of {len(codes)} stopped with exit code {code} without an error (killed, "
-                           "or out of memory?); every rank was stopped and no output was written.")
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"stopped with exit code {code}"
+        return CnnkitError(f"Rank {rank} of {len(codes)} {how} without reporting an error (killed, or out of "
+                           "memory?); every rank was stopped and no output was written.")
     ours = [r for r in reports if isinstance(getattr(errors, r["type"], None), type)
             and issubclass(getattr(errors, r["type"]), CnnkitError)]
     first = min(ours or reports, key=lambda r: (r["time"], r["rank"]))  # a data error, not the others' lost peer
