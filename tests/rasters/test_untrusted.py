@@ -204,3 +204,22 @@ def test_a_compressed_block_over_the_budget_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CnnkitError, match=r"b\.tif stores deflate-compressed blocks of 32 × 32 pixels × 1 samples "
                                           r"\(0 MiB each, decoded whole whatever window is read\): over the 0 MiB"):
         Raster(path)
+
+
+def test_a_vrt_holds_its_geotiffs_to_the_same_checks(tmp_path):
+    source = tmp_path / "band.tif"
+    values = _striped(source)
+    vrt = tmp_path / "stack.vrt"
+    from cnnkit.rasters import stack_vrt
+
+    stack_vrt([source], vrt)
+    np.testing.assert_array_equal(Raster(vrt).read_raw(), values)
+    _patch_tag(source, "StripOffsets", 0, index=1)
+    with pytest.raises(CnnkitError, match=r"band\.tif: block \(1, 0\) lies at bytes 0–384"):
+        Raster(vrt)
+    with rasterio.open(source, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16", tiled=True,
+                       blockxsize=32, blockysize=32, SPARSE_OK=True) as dst:
+        dst.write(np.ones((1, 32, 32), np.uint16), window=Window(0, 0, 32, 32))
+    stack_vrt([source], vrt)
+    with pytest.raises(CnnkitError, match=r"stack\.vrt reads .*band\.tif, which has blocks without data \(sparse\)"):
+        Raster(vrt)

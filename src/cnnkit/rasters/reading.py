@@ -44,7 +44,7 @@ from cnnkit.errors import CnnkitError, UnsupportedError
 from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.georeference import Georeference
 from cnnkit.rasters.plausibility import check_declared, tiff_blocks
-from cnnkit.rasters.vrt import check_vrt_sources
+from cnnkit.rasters.vrt import check_vrt_sources, vrt_source_files
 
 __all__ = ["RASTER_EXTENSIONS", "Raster", "read_georeference"]
 
@@ -248,6 +248,7 @@ class Raster:
             raise CnnkitError(f"Input image does not exist: {self.path}")
         if self.path.suffix.lower() == ".vrt":
             check_vrt_sources(self.path, allow_outside=external_sources)
+            _check_vrt_tiffs(self.path)
         main = _Source(str(self.path), self.path)
         pages = sorted((int(s.split(":")[1]), s) for s in main.subdatasets if s.startswith("GTIFF_DIR:"))
         self._pages: list[_Source | _Page] = []
@@ -365,6 +366,21 @@ class Raster:
 
     def __repr__(self) -> str:
         return f"Raster({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, block_shape={self.block_shape})"
+
+
+def _check_vrt_tiffs(path: Path) -> None:
+    """The GeoTIFFs a VRT reads, held to the checks of a GeoTIFF read directly (their declared sizes against their
+    bytes); one with sparse blocks is refused, since through a VRT those would read as GDAL's fill, not as no data."""
+    import rasterio
+
+    for source in vrt_source_files(path):
+        if source.suffix.lower() not in (".tif", ".tiff") or not source.is_file():
+            continue
+        with raster_errors(source, "open the raster"), rasterio.open(source) as ds:
+            check_declared(source, ds.count, ds.height, ds.width)
+            if ds.driver == "GTiff" and tiff_blocks(ds, source):
+                raise UnsupportedError(f"{path} reads {source}, which has blocks without data (sparse); through a "
+                                       "VRT they would read as values. Predict that file directly.")
 
 
 def read_georeference(path: str | Path) -> Georeference:

@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.rasters.boundary import raster_errors
 
-__all__ = ["check_vrt_sources", "stack_vrt"]
+__all__ = ["check_vrt_sources", "stack_vrt", "vrt_source_files"]
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
@@ -170,3 +170,19 @@ def check_vrt_sources(path: str | os.PathLike, allow_outside: bool = False, _dep
             if _depth >= _NESTING:
                 raise CnnkitError(f"{path}: VRTs nested more than {_NESTING} deep.")
             check_vrt_sources(source, allow_outside, _depth + 1)
+
+
+def vrt_source_files(path: str | os.PathLike, _depth: int = 0) -> list[Path]:
+    """The files a VRT reads (those of nested VRTs included), resolved; GDAL connection strings and ``/vsi`` paths are
+    left out (:func:`check_vrt_sources` refuses them unless allowed)."""
+    path = Path(path)
+    folder = path.resolve().parent
+    found = []
+    for text, relative in _sources(path):
+        if not text or text.startswith("/vsi") or ":" in text.split("/")[0]:
+            continue
+        source = ((folder / text) if relative else Path(text)).resolve()
+        found.append(source)
+        if source.suffix.lower() == ".vrt" and source.is_file() and _depth < _NESTING:
+            found += vrt_source_files(source, _depth + 1)
+    return list(dict.fromkeys(found))
