@@ -20,7 +20,9 @@ TRANSFORM = Affine(20.0, 0.0, 600000.0, 0.0, -20.0, 5100000.0)
 
 def test_public_names():
     assert {"Raster", "CogWriter", "write_cog", "Georeference", "prefetch", "BackgroundWriter", "raster_errors",
-            "read_georeference", "RASTER_EXTENSIONS"} <= set(cnnkit.rasters.__all__)
+            "read_georeference", "RASTER_EXTENSIONS", "read_picture", "check_vrt_sources", "prepare_folder",
+            "FolderLock", "Staging"} <= set(cnnkit.rasters.__all__)
+    assert all(hasattr(cnnkit.rasters, name) for name in cnnkit.rasters.__all__)
 
 
 def test_reader_honours_nodata_scale_offset_and_names(tmp_path):

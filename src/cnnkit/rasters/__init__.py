@@ -8,28 +8,41 @@
 * :func:`prefetch` and :class:`BackgroundWriter` (``streaming.py``) read ahead and write behind in background
   threads with bounded queues;
 * :func:`stack_vrt` (``vrt.py``) stacks bands kept in separate files as one raster (``gdalbuildvrt -separate``);
-* :func:`raster_errors` (``boundary.py``): the one place where GDAL's and the file system's errors become
-  :class:`~cnnkit.errors.CnnkitError`.
+* :func:`raster_errors` (``boundary.py``): the one place where whatever a decoder (GDAL, Pillow, zlib) or the file
+  system raises becomes :class:`~cnnkit.errors.CnnkitError`;
+* ``plausibility.py``: an untrusted file's declared sizes checked against its bytes and a memory budget before
+  decoding (:func:`~cnnkit.rasters.plausibility.tiff_blocks`, :func:`~cnnkit.rasters.plausibility.check_png`);
+  :func:`read_picture` (``pictures.py``) reads PNG/JPEG with Pillow after those checks; :func:`check_vrt_sources`
+  keeps a VRT to its own folder;
+* :func:`prepare_folder`, :class:`FolderLock`, :class:`Staging` (``destination.py``): output folders checked before
+  computing, locked while written, files staged under temporary names and renamed into place together.
 
 PNG and JPEG stay with Pillow (:mod:`cnnkit.predict.scene`).
 """
 
 from cnnkit.rasters.boundary import raster_errors
+from cnnkit.rasters.destination import FolderLock, Staging, prepare_folder
 from cnnkit.rasters.georeference import Georeference
+from cnnkit.rasters.pictures import read_picture
 from cnnkit.rasters.reading import RASTER_EXTENSIONS, Raster, read_georeference
 from cnnkit.rasters.streaming import BackgroundWriter, prefetch
-from cnnkit.rasters.vrt import stack_vrt
+from cnnkit.rasters.vrt import check_vrt_sources, stack_vrt
 from cnnkit.rasters.writing import CogWriter, write_cog
 
 __all__ = [
     "RASTER_EXTENSIONS",
     "BackgroundWriter",
     "CogWriter",
+    "FolderLock",
     "Georeference",
     "Raster",
+    "Staging",
+    "check_vrt_sources",
     "prefetch",
+    "prepare_folder",
     "raster_errors",
     "read_georeference",
+    "read_picture",
     "stack_vrt",
     "write_cog",
 ]
