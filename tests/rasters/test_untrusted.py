@@ -223,3 +223,21 @@ def test_a_vrt_holds_its_geotiffs_to_the_same_checks(tmp_path):
     stack_vrt([source], vrt)
     with pytest.raises(CnnkitError, match=r"stack\.vrt reads .*band\.tif, which has blocks without data \(sparse\)"):
         Raster(vrt)
+
+
+def test_predict_refuses_a_vrt_reading_outside_its_folder_unless_allowed(tmp_path):
+    from cnnkit.app.predict import predict_files
+    from cnnkit.models import TinySegNet
+    from cnnkit.predict import Predictor, Preprocessing
+
+    (tmp_path / "shared").mkdir()
+    _striped(tmp_path / "private.tif")
+    from cnnkit.rasters import stack_vrt
+
+    stack_vrt([tmp_path / "private.tif"], tmp_path / "shared" / "scene.vrt")  # ../private.tif
+    predictor = Predictor(TinySegNet(2, 3), Preprocessing(mean=(50.0,), std=(30.0,), multiple_of=4), ("a", "b", "c"))
+    with pytest.raises(CnnkitError, match=r"scene\.vrt reads \.\./private\.tif, outside its own folder"):
+        predict_files(predictor, [tmp_path / "shared" / "scene.vrt"], tmp_path / "refused")
+    assert not [p for p in (tmp_path / "refused").iterdir() if not p.name.startswith(".")]
+    run = predict_files(predictor, [tmp_path / "shared" / "scene.vrt"], tmp_path / "allowed", external_sources=True)
+    assert run.pixels == 32 * 24
