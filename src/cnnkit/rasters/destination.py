@@ -70,8 +70,8 @@ def prepare_folder(out: str | os.PathLike, option: str = "--out") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".cnnkit-probe.{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"cnnkit")
+        probe.unlink(missing_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
         probe.unlink()
     except OSError as err:
         raise CnnkitError(f"{option} {text!r} cannot be written: {err.strerror or err}. Choose a folder you can "
