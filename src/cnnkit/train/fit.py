@@ -4,7 +4,7 @@ Layout of ``run_dir``::
 
     run_dir/
         checkpoints/last.ckpt        written at the end of every epoch (atomically, see AtomicCheckpointIO, in
-                                     a thread while the next epoch runs: Lightning's AsyncCheckpointIO)
+                                     a thread while the next epoch runs)
         checkpoints/best.ckpt        lowest ``val/loss`` so far (only with a validation loader)
         logs/version_<k>/metrics.csv one CSV per (re)start; the ``step`` column is the global step
         tensorboard/version_<k>/     when ``tensorboard`` is installed
@@ -14,7 +14,8 @@ optimiser, epoch and global step, callback states (e.g. :class:`~cnnkit.train.Fi
 so a crashed or killed run is restarted with the same call. A checkpoint is written after the epoch's
 validation, in a thread while the next epoch starts (``fit`` waits for it before returning, also after an error),
 so a restart repeats at most the interrupted epoch — and the one before it if the process was killed while its
-checkpoint was being written. Pass ``plugins=[AtomicCheckpointIO()]`` to write in the training thread.
+checkpoint was being written. Pass ``plugins=[AtomicCheckpointIO()]`` to write in the training thread (the
+default is ``AtomicCheckpointIO(background=True)``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from cnnkit.errors import ArgumentTypeError, ShapeError
 from cnnkit.masking import BucketBatchSampler
@@ -69,13 +72,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     killed at any moment leaves either the previous complete checkpoint or the new complete one.
     Non-local paths (``s3://`` …) fall back to Lightning's writer.
 
+    Args:
+        background: Write in a thread, so training goes on meanwhile: :meth:`save_checkpoint` first copies every
+            tensor into host memory (a point-in-time copy, in the calling thread; no extra GPU memory), then
+            returns. One write at a time; :meth:`teardown` (Lightning calls it when ``fit`` ends, also after an
+            error), :meth:`load_checkpoint` and :meth:`remove_checkpoint` wait for the pending write, and an
+            error of a write is raised by the next call.
+
     Examples:
         >>> import tempfile, torch
         >>> path = Path(tempfile.mkdtemp()) / "a" / "x.ckpt"
         >>> AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, path)
         >>> torch.load(path)["w"], sorted(p.name for p in path.parent.iterdir())
         (tensor([1., 1.]), ['x.ckpt'])
+        >>> writer, w = AtomicCheckpointIO(background=True), torch.ones(2)
+        >>> writer.save_checkpoint({"w": w}, path); _ = w.add_(1); writer.teardown()
+        >>> torch.load(path)["w"]                      # the tensor as it was when saved
+        tensor([1., 1.])
     """
+
+    def __init__(self, background: bool = False) -> None:
+        super().__init__()
+        if not isinstance(background, bool):
+            raise ArgumentTypeError(f"background must be True or False. Received background={background!r}.")
+        self.background = background
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def _wait(self) -> None:
+        """Wait for the pending background write; raise its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -83,6 +111,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "AtomicCheckpointIO.save_checkpoint does not take storage_options. "
                 f"Received storage_options={storage_options!r}."
             )
+        self._wait()
+        if not self.background:
+            self._write(checkpoint, path)
+            return
+        host = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-checkpoint")
+        self._pending = self._executor.submit(self._write, host, path)
+
+    def load_checkpoint(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self._wait()
+        return super().load_checkpoint(*args, **kwargs)
+
+    def remove_checkpoint(self, path) -> None:
+        self._wait()
+        super().remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        try:
+            self._wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def _write(self, checkpoint: dict[str, Any], path) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):
             super().save_checkpoint(checkpoint, path)
             return
@@ -293,8 +347,8 @@ def fit(
         loggers.append(TensorBoardLogger(save_dir=run_dir, name=TENSORBOARD))
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(p, CheckpointIO) for p in plugins):
-        # written in a thread (tensors cloned first): the epoch's checkpoint no longer holds up the next epoch
-        plugins.append(AsyncCheckpointIO(AtomicCheckpointIO()))
+        # written in a thread (tensors copied to host memory first): the checkpoint no longer holds up the next epoch
+        plugins.append(AtomicCheckpointIO(background=True))
     trainer_kwargs.setdefault("log_every_n_steps", 1)
     if quiet:
         trainer_kwargs.setdefault("enable_model_summary", False)
