@@ -201,8 +201,26 @@ def test_truncated_png_is_a_cnnkit_error_naming_the_file(folder, which):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # "OSError: image file is truncated" without the name before
     ds = SegmentationFolder(root)
-    with pytest.raises(CnnkitError, match=rf"Could not read .*{which}/a\.png: .*damaged, truncated"):
+    with pytest.raises(CnnkitError, match=rf"Could not read .*{which}/a\.png: .*truncated"):
         ds[0]
+
+
+@pytest.mark.parametrize("which", ["images", "masks"])
+def test_png_holding_fewer_rows_than_it_declares_is_refused_not_padded(folder, which):
+    """Pillow pads such a PNG with zeros (pixels and labels that were never stored); the folder refuses it."""
+    import struct
+    import zlib
+
+    root, _ = folder
+    rows = np.zeros((2, 1 + 7), np.uint8).tobytes()  # 2 of the 5 declared rows of a 7-px grey image, filter 0
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    header = struct.pack(">IIBBBBB", 7, 5, 8, 0, 0, 0, 0)
+    (root / which / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert np.array(Image.open(root / which / "a.png")).shape == (5, 7)  # what was read before
+    with pytest.raises(CnnkitError, match=rf"{which}.a\.png declares 5 rows .* the file is truncated or damaged"):
+        SegmentationFolder(root)[0]
 
 
 def test_damaged_tiffs_are_cnnkit_errors_naming_the_file(folder):

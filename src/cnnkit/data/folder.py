@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.rasters import Georeference, Raster
+from cnnkit.rasters.plausibility import check_png
 
 __all__ = ["SegmentationFolder"]
 
@@ -110,8 +111,12 @@ def _check_plausible(bands: np.ndarray, dtype: np.dtype, path: Path) -> None:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """A PNG's pixels (palette images: the indices), after its declared size is checked against its image data
+    (:func:`~cnnkit.rasters.plausibility.check_png`): Pillow alone pads a PNG holding fewer rows than it declares
+    with zeros, which would train as real pixels and labels."""
     from PIL import Image
 
+    check_png(path)
     with Image.open(path) as img:
         if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
             return np.array(img)  # palette: the indices, not the colours
