@@ -30,7 +30,8 @@ a scene it decoded besides, and the output files' blocks as they are written: 2.
 _limited: list[bool] = []
 
 _FULL = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
-_FULL_TEXT = re.compile(r"no space left|file too large|disk quota|short write|failed to write|write failed", re.I)
+_FULL_TEXT = re.compile(r"no space left|file too large|disk quota", re.I)
+_WRITE_TEXT = re.compile(r"short write|failed to write|write failed|write error", re.I)
 _CODEC = re.compile(r"missing codec\s*(\w+)?|codec\s+(\w+)\s+(?:is\s+)?not (?:available|supported|configured)|"
                     r"decoder (\w+) not available|(\w+) compression support is not configured", re.I)
 
@@ -48,11 +49,13 @@ def _configure_gdal() -> None:
 
 
 def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the disk (or a file size limit, or a quota) is full."""
+    """Whether ``error`` (or what caused it) says the disk (or a file size limit, or a quota) is full."""
     for err in (error, error.__cause__, error.__context__):
         if isinstance(err, OSError) and err.errno in _FULL:
             return True
-    return bool(_FULL_TEXT.search(str(error)))
+        if err is not None and _FULL_TEXT.search(str(err)):
+            return True
+    return False
 
 
 def _codec_hint(message: str) -> str:
@@ -120,4 +123,8 @@ def raster_errors(path: str | os.PathLike, doing: str) -> Iterator[None]:
         if disk_full(err) and doing.startswith("write"):
             raise CnnkitError(f"Could not {doing} {os.fspath(path)}: the disk is full (or a file size limit was "
                               f"reached): {message}. The partial file was removed.") from err
+        if doing.startswith("write") and any(_WRITE_TEXT.search(str(e)) for e in (err, err.__cause__) if e):
+            cause = f" ({_message(err.__cause__)})" if err.__cause__ is not None else ""
+            raise CnnkitError(f"Could not {doing} {os.fspath(path)}: {message}{cause}. Is the disk full, or a file "
+                              "size limit reached? The partial file was removed.") from err
         raise CnnkitError(f"Could not {doing} {os.fspath(path)}: {message}.{_codec_hint(message)}") from err
