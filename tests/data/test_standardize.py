@@ -127,17 +127,28 @@ def test_the_pass_does_not_depend_on_order_or_chunks():
 
     whole = one_pass(enumerate(items)).compute()
     indexed = list(enumerate(items))
-    for cut in ([3, 7], [1], [5, 6, 8]):
+    for cut, order in (([3, 7], [2, 1, 0]), ([1], [1, 0]), ([5, 6, 8], [2, 0, 3, 1])):
         parts = [indexed[a:b] for a, b in zip([0, *cut], [*cut, len(items)])]
         merged = one_pass([])
-        for part in reversed(parts):
-            merged.merge(one_pass(part))
+        for k in order:
+            merged.merge(one_pass(parts[k]))
         result = merged.compute()
         assert torch.equal(result.mean, whole.mean) and torch.equal(result.std, whole.std)
         assert torch.equal(result.class_counts, whole.class_counts) and result.missing == whole.missing
+        assert (result.items, result.pixels, result.unlabelled) == (whole.items, whole.pixels, whole.unlabelled)
+        assert result.without_data == whole.without_data == (4,)
     backwards = one_pass(reversed(indexed)).compute()
     assert torch.equal(backwards.mean, whole.mean) and torch.equal(backwards.std, whole.std)
-    assert whole.without_data == (4,)
+    assert backwards.without_data == (4,)
+    unnumbered = StatisticsPass(num_classes=4, nodata=-9999.0)  # positions, shifted past the items merged before
+    unnumbered.update(*items[4])
+    assert one_pass(indexed[:4]).merge(unnumbered).compute().without_data == (4,)
+    with pytest.raises(ShapeError, match=r"same num_classes and nodata.*num_classes=3, nodata=-9999.0 into "
+                                         r"num_classes=4, nodata=-9999.0"):
+        one_pass(indexed).merge(StatisticsPass(num_classes=3, nodata=-9999.0))
+    labels_only = StatisticsPass()
+    labels_only.update(torch.ones(1, 1, 3), torch.tensor([[0, -100, -100]]))
+    assert labels_only.compute().unlabelled == 2  # counted without num_classes too
     with pytest.raises(ShapeError, match=r"labels must be class indices in \[0, 2\).*Received a label [23]"):
         from cnnkit.data import data_statistics
 

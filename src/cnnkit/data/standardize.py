@@ -16,9 +16,11 @@ float TIFFs, or a "nodata" value such as 0 or −9999) and with sizes a network'
 The statistics are computed in **one streaming pass** (:class:`StatisticsPass`, :func:`data_statistics`): one item
 is decoded at a time, and only sums are kept, so a data set larger than memory costs the memory of one item. Each
 item's float64 band sums are added *exactly* (Shewchuk's partials, as ``math.fsum``), so the result does not depend
-on the order of the items or on how the pass is split (chunks, workers, ranks merged with
-:meth:`StatisticsPass.merge`); within one item the float64 sum is exact for integer-valued bands (uint8, uint16
-counts), and rounded in float64 otherwise.
+on the order of the items or on how the pass is split at item boundaries (chunks, workers, ranks merged with
+:meth:`StatisticsPass.merge`). Within one item the sums are float64 sums of its pixels: exact for integer-valued
+bands while they stay below 2**53 (uint8 counts always; uint16 squares near 65,535 beyond about two million pixels of
+one item are rounded), rounded in float64 otherwise — there the item's own sum is torch's, the same for the same
+item on the same build and thread count.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ class DataStatistics:
     without_data: tuple[int, ...]
 
 
+def _definition(running: StatisticsPass) -> tuple:
+    """What a pass counts: its classes and its missing pixels (a NaN ``nodata`` adds nothing to NaN's)."""
+    nodata = running.nodata
+    return running.num_classes, None if nodata is None or math.isnan(nodata) else float(nodata)
+
+
 class StatisticsPass:
     """Band sums, class counts and no-data counts accumulated one item at a time (``update``), mergeable
     (``merge``), turned into :class:`DataStatistics` by ``compute``; nothing of an item is kept.
@@ -117,10 +125,12 @@ class StatisticsPass:
         self.items = self.pixels = self.missing = self.unlabelled = 0
         self.class_counts = torch.zeros(num_classes or 0, dtype=torch.int64)
         self.without_data: list[int] = []
+        self._numbered = False  # an update was given its item's index (kept as it is by merge)
 
     def update(self, image, label=None, index: int | None = None) -> Tensor | None:
-        """Add one ``(C, H, W)`` image (and its ``(H, W)`` label map, if counting classes); ``index`` names the item
-        in :attr:`DataStatistics.without_data` (default: the count of items so far).
+        """Add one ``(C, H, W)`` image (and its ``(H, W)`` label map); ``index`` names the item in
+        :attr:`DataStatistics.without_data` (default: the count of items so far in this pass). Give each item its
+        index in the whole data set when chunks are merged in any order.
 
         Returns:
             The label map with −100 where the image has no data (as :class:`Standardized` returns it), or ``None``
@@ -139,6 +149,8 @@ class StatisticsPass:
         for band, (total, square) in enumerate(zip(values.sum(1).tolist(), (values * values).sum(1).tolist())):
             _add_exact(self._sum[band], total)
             _add_exact(self._square[band], square)
+        if index is not None:
+            self._numbered = True
         if values.shape[1] == 0:
             self.without_data.append(self.items if index is None else index)
         self.items += 1
@@ -152,19 +164,25 @@ class StatisticsPass:
             raise ShapeError(f"dataset labels must be integer (H, W) maps of the image's size "
                              f"{tuple(missing.shape)}. Received {label.dtype} {tuple(label.shape)}.")
         label = label.long().masked_fill(missing, IGNORE_INDEX)
+        counted = label[label != IGNORE_INDEX]
         if self.num_classes is not None:
-            counted = label[label != IGNORE_INDEX]
             if counted.numel() and (counted.min() < 0 or counted.max() >= self.num_classes):
                 bad = int(counted[(counted < 0) | (counted >= self.num_classes)][0])
                 raise ShapeError(f"labels must be class indices in [0, {self.num_classes}) or -100 (num_classes="
                                  f"{self.num_classes}). Received a label {bad}.")
             self.class_counts += torch.bincount(counted, minlength=self.num_classes)
-            self.unlabelled += int(missing.numel() - missing.sum()) - counted.numel()
+        self.unlabelled += int(missing.numel() - missing.sum()) - counted.numel()
         return label
 
     def merge(self, other: StatisticsPass) -> StatisticsPass:
         """Add ``other``'s sums and counts (another chunk of the same data set) to these; exact, so the order of
-        the chunks does not matter. Returns ``self``."""
+        the chunks does not matter. Items without data keep the indices ``update`` was given; a chunk counted
+        without indices has its positions shifted past this pass's items (then the order of the merges numbers
+        them). Returns ``self``."""
+        if _definition(other) != _definition(self):
+            raise ShapeError(f"only passes with the same num_classes and nodata merge. Received num_classes="
+                             f"{other.num_classes}, nodata={other.nodata} into num_classes={self.num_classes}, "
+                             f"nodata={self.nodata}.")
         if other.bands is not None:
             if self.bands is None:
                 self.bands = other.bands
@@ -176,14 +194,14 @@ class StatisticsPass:
                 for band in range(self.bands):
                     for value in theirs[band]:
                         _add_exact(mine[band], value)
-        self.without_data += [self.items + i for i in other.without_data]
+        self.without_data += [i if other._numbered else self.items + i for i in other.without_data]
+        self._numbered |= other._numbered
         self.items += other.items
         self.counted += other.counted
         self.pixels += other.pixels
         self.missing += other.missing
         self.unlabelled += other.unlabelled
-        if self.num_classes is not None and other.num_classes == self.num_classes:
-            self.class_counts += other.class_counts
+        self.class_counts += other.class_counts
         return self
 
     def compute(self, class_weight: Tensor | None = None) -> DataStatistics:
@@ -200,7 +218,7 @@ class StatisticsPass:
             mean=mean, std=torch.where(std > 0, std, torch.ones_like(std)),
             class_counts=self.class_counts.clone() if self.num_classes is not None else None,
             class_weight=class_weight, items=self.items, pixels=self.pixels, missing=self.missing,
-            unlabelled=self.unlabelled, without_data=tuple(self.without_data),
+            unlabelled=self.unlabelled, without_data=tuple(sorted(self.without_data)),
         )
 
 
