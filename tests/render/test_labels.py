@@ -144,6 +144,12 @@ def test_percentile_stretch_matches_numpy_percentile():
 def test_nan_pixels_render_as_no_data_and_errors():
     img = torch.tensor([[[0.0, float("nan"), 2.0]]])
     assert image_to_rgb(img).tolist() == [[[0, 0, 0], [255, 255, 255], [255, 255, 255]]]  # NaN: NODATA_COLOR
+    for normalize in ("minmax", "percentile"):  # ±inf is missing too, and stretches nothing (+inf blacked out all)
+        inf = torch.tensor([[[0.0, 1.0, 2.0, float("inf"), -float("inf")]]])
+        drawn = image_to_rgb(inf, normalize=normalize)[0]
+        assert drawn[:3].tolist() == image_to_rgb(inf[..., :3], normalize=normalize)[0].tolist()
+        assert drawn[3:].tolist() == [[255, 255, 255]] * 2
+    assert overlay(inf, torch.zeros(1, 5, dtype=torch.long))[0, 3:].tolist() == [[255, 255, 255]] * 2
     with pytest.raises(ShapeError, match=r"bands must be given for an image with 2 channels"):
         image_to_rgb(torch.zeros(2, 2, 2))
     with pytest.raises(ShapeError, match=r"bands must be 1 or 3 channel indices in \[0, 3\].*bands=\(0, 1, 9\)"):

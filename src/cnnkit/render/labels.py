@@ -18,7 +18,7 @@ Conventions, shared by every function here:
 * **Ignored pixels.** ``ignore_index`` marks pixels outside every class (unlabelled, clouds, padding).
   :func:`colorize` paints them ``ignore_color`` (default :data:`UNLABELLED_COLOR`); :func:`overlay` leaves them
   byte-identical to the image's own RGB rendering (:func:`image_to_rgb`).
-* **No data, one colour everywhere.** A pixel without data — NaN in a band :func:`image_to_rgb` draws, or
+* **No data, one colour everywhere.** A pixel without data — NaN or ±inf in a band :func:`image_to_rgb` draws, or
   ``valid`` false where a function takes ``valid`` — is :data:`NODATA_COLOR` in every picture of cnnkit: the
   composite, the overlay, the coloured mask, the panels of :mod:`cnnkit.render.panels` and the legend's "no data"
   row. A pixel with data but no label is :data:`UNLABELLED_COLOR`. Neither colour is one of the palette's, nor
@@ -317,8 +317,8 @@ def image_to_rgb(
       the usual satellite-image stretch; robust to clouds and hot pixels), clipped to [0, 255];
     * ``"none"``: floats already in [0, 1], ``round(255 · x)`` clipped.
 
-    A constant band renders as 0. NaN (missing) pixels are left out of the statistics, and a pixel NaN in any
-    band drawn renders as :data:`NODATA_COLOR`.
+    A constant band renders as 0. Missing pixels (NaN or ±inf, as :func:`cnnkit.data.missing_pixels` counts them)
+    are left out of the statistics, and a pixel missing in any band drawn renders as :data:`NODATA_COLOR`.
 
     Args:
         image: (C, H, W) or (N, C, H, W), torch layout.
@@ -353,6 +353,7 @@ def image_to_rgb(
         if picked.dtype == np.bool_ or not np.issubdtype(picked.dtype, np.number):
             raise ShapeError(f"image must hold numbers. Received image with dtype {arr.dtype}.")
         x = picked.astype(np.float64)
+        x[~np.isfinite(x)] = np.nan  # ±inf is missing too: left out of the stretch, not stretching it to nothing
         if normalize == "none":
             scaled = 255.0 * x
         else:
@@ -376,9 +377,15 @@ def image_to_rgb(
             scaled = np.where(span > 0, 255.0 * (x - lo) / np.where(span > 0, span, 1.0), 0.0)
         rgb = np.clip(np.round(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
     rgb = np.ascontiguousarray(np.moveaxis(rgb, 1, -1))
-    if np.issubdtype(picked.dtype, np.floating):
-        rgb[np.isnan(picked).any(axis=1)] = NODATA_COLOR
+    rgb[_missing(picked)] = NODATA_COLOR
     return rgb if batched else rgb[0]
+
+
+def _missing(picked: np.ndarray) -> np.ndarray:
+    """(..., H, W) True where any of the drawn bands ``picked`` (..., 3, H, W) is NaN or ±inf."""
+    if not np.issubdtype(picked.dtype, np.floating):
+        return np.zeros(picked.shape[:-3] + picked.shape[-2:], dtype=bool)
+    return ~np.isfinite(picked).all(axis=-3)
 
 
 def overlay(
@@ -396,7 +403,7 @@ def overlay(
 
     The image is first rendered by :func:`image_to_rgb` (``bands``, ``normalize``); a labelled pixel
     becomes ``round((1 − alpha) · rgb + alpha · colour)``; a pixel with ``ignore_index`` keeps the
-    rendered ``rgb`` bytes unchanged. A pixel without data (NaN in a band drawn, or ``valid`` false) is
+    rendered ``rgb`` bytes unchanged. A pixel without data (NaN or ±inf in a band drawn, or ``valid`` false) is
     :data:`NODATA_COLOR`, whatever its label.
 
     Args:
@@ -406,7 +413,7 @@ def overlay(
         palette, ignore_index: As in :func:`colorize`.
         bands: R, G, B channel indices (or one for grey); default first three, or grey for 1 channel.
         normalize: Band normalisation of float images (:func:`image_to_rgb`).
-        valid: (H, W) or (N, H, W) truthy where the pixel has data (default: where the image is not NaN).
+        valid: (H, W) or (N, H, W) truthy where the pixel has data (default: where the bands drawn are finite).
 
     Shape:
         - Output: (H, W, 3) or (N, H, W, 3), ``uint8``.
@@ -429,10 +436,8 @@ def overlay(
     blended = np.round((1.0 - alpha) * rgb.astype(np.float64) + alpha * colors.astype(np.float64))
     out = rgb.copy()
     out[labelled] = np.clip(blended, 0, 255).astype(np.uint8)[labelled]
-    arr = _to_numpy(image, "image")
-    if np.issubdtype(arr.dtype, np.floating):  # no data wins over a label
-        picked = list(_resolve_bands(bands, arr.shape[-3]))
-        out[np.isnan(arr[..., picked, :, :]).any(axis=-3)] = NODATA_COLOR
+    arr = _to_numpy(image, "image")  # no data wins over a label
+    out[_missing(arr[..., list(_resolve_bands(bands, arr.shape[-3])), :, :])] = NODATA_COLOR
     out[~_valid_mask(valid, lab.shape)] = NODATA_COLOR
     return out
 
