@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnkit.app import load_predictor, train_demo
+from cnnkit.app import predict_distributed as distributed
 from cnnkit.cli.main import app
 from cnnkit.data import CLASS_NAMES, SyntheticLandCover
 
@@ -261,3 +262,34 @@ def test_refusals(demo_run, tmp_path):
     tifffile.imwrite(wrong, np.zeros((3, 20, 20), np.float32), photometric="minisblack")
     done = runner.invoke(app, ["predict", str(out), str(wrong), "--out", str(tmp_path / "s")])
     assert done.exit_code == 2 and "has 3 bands; the network was trained on 4" in " ".join(done.output.split())
+
+
+def test_devices_two_writes_the_files_of_one_process(demo_run, tmp_path, monkeypatch):
+    """``cnnkit predict --devices 2`` (two gloo processes, one thread each; whole images shared by read groups, a
+    scene's tiles dealt round the ranks) writes the files of ``--devices 1 --threads 1``, byte for byte."""
+    out, _ = demo_run
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for i in range(5):
+        image = rng.normal(0, 1, (4, 20 + 3 * i, 30 - 2 * i)).astype(np.float32)
+        tifffile.imwrite(folder / f"img_{i}.tif", image, photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(folder / "scene.tif", rng.normal(0, 1, (4, 90, 70)).astype(np.float32),
+                     photometric="minisblack", planarconfig="separate")
+    args = ["predict", str(out), str(folder), "--tiff", "--confidence", "--max-pixels", "2000", "--tile", "32"]
+    threads = torch.get_num_threads()
+    try:
+        one = runner.invoke(app, [*args, "--out", str(tmp_path / "one"), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    started = []  # the processes the command started: two ranks, not this process alone
+    launch = distributed._launch
+    monkeypatch.setattr(distributed, "_launch", lambda config, inputs, processes: started.append(processes)
+                        or launch(config, inputs, processes))
+    two = runner.invoke(app, [*args, "--out", str(tmp_path / "two"), "--devices", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    assert started == [2]
+    assert "1 run in tiles" in two.output
+    written = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if not p.name.startswith(".")}
+    assert len(written) == 6 * 4  # labels PNG and COG, overlay, confidence for each input
+    assert {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")} == written

@@ -48,6 +48,10 @@ def predict(
     external_vrt_sources: bool = typer.Option(False, "--allow-external-vrt-sources",
                                               help="Let a VRT input read files outside its own folder (refused by "
                                                    "default: a VRT from elsewhere could read any of your files)."),
+    devices: str = typer.Option("1", "--devices", help="Processes sharing the images and a large scene's tiles: CPU "
+                                "processes (at most the usable cores) with --device cpu, GPUs with --device cuda; "
+                                "'auto': every GPU. The files equal one process's, byte for byte "
+                                "(docs/distributed.md). Under torchrun, the launcher decides."),
     threads: int = typer.Option(None, min=1, help=THREADS),
 ) -> None:
     """Apply a trained run to new images and whole scenes: label maps, overlays, probabilities.
@@ -68,6 +72,7 @@ def predict(
         fail(error)
     import_heavy("torch")
     from cnnkit.app.predict import expand_inputs, is_series_run, load_predictor, predict_files, predict_series_files
+    from cnnkit.app.predict_distributed import launched, predict_distributed
     from cnnkit.train.rundir import read_manifest
 
     console = console_for_output()
@@ -76,7 +81,7 @@ def predict(
         if is_series_run(read_manifest(run)):
             ignored = [flag for flag, given in (("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
                                                 ("--batch-size", batch_size != _BATCH_SIZE)) if given]
-            ignored += [flag for flag, given in (("--resume", resume),
+            ignored += [flag for flag, given in (("--resume", resume), ("--devices", devices != "1"),
                                                  ("--allow-external-vrt-sources", external_vrt_sources)) if given]
             if ignored:
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
@@ -92,8 +97,15 @@ def predict(
             console.print(f"outputs: {out}/ (STEM_labels.png, STEM_labels.tif{extra} per series; 255 = no valid "
                           "date)", markup=False, highlight=False)
             return
-        predictor, manifest = load_predictor(run, device=device)
-        band_count = (manifest.get("input") or {}).get("band_count")
+        several = devices != "1" or launched()
+        if several and device not in ("cpu", "cuda"):
+            raise UnsupportedError(f"--device {device} with --devices {devices}: with several processes use --device "
+                                   "cuda (rank i of a node takes GPU i) or --device cpu.")
+        if several:
+            class_names = read_manifest(run)["classes"]["names"]
+        else:
+            predictor, manifest = load_predictor(run, device=device)
+            class_names = predictor.class_names
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),
                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
                       transient=False) as bar:
@@ -105,12 +117,19 @@ def predict(
                 bar.update(task, completed=images,
                            rate=f"{images / elapsed:.1f} img/s, {pixels / elapsed / 1e6:.2f} Mpx/s")
 
-            result = predict_files(predictor, files, out, band_count=band_count, tiff=tiff,
-                                   probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
-                                   tile=tile, batch_size=batch_size, overwrite=overwrite, resume=resume,
-                                   external_sources=external_vrt_sources, progress=progress,
-                                   probability_dtype=probability_dtype, rgb_bands=parse_rgb_bands(rgb_bands))
+            options = dict(tiff=tiff, probabilities=probabilities, confidence=confidence, max_pixels=max_pixels,
+                           tile=tile, batch_size=batch_size, overwrite=overwrite, resume=resume,
+                           external_sources=external_vrt_sources, progress=progress,
+                           probability_dtype=probability_dtype, rgb_bands=parse_rgb_bands(rgb_bands))
+            if several:
+                result = predict_distributed(run, files, out, devices=devices, accelerator=device, threads=threads,
+                                             **options)
+            else:
+                result = predict_files(predictor, files, out, band_count=(manifest.get("input") or {}).get(
+                    "band_count"), **options)
     except CnnkitError as error:
         fail(error)
-    console.print(result.summary(predictor.class_names), markup=False, highlight=False, soft_wrap=log_lines(console))
+    if result is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
+        return
+    console.print(result.summary(class_names), markup=False, highlight=False, soft_wrap=log_lines(console))
     console.print(f"outputs: {out}/", markup=False, highlight=False)
