@@ -197,3 +197,46 @@ def test_accumulating_k_batches_equals_one_batch_k_times_as_large(tmp_path, loss
 def _logits_targets(task, data, indices):
     batch, targets = collate_padded([data[i] for i in indices])
     return task(batch), targets
+
+
+def test_accumulation_on_simulated_ranks_equals_one_batch(monkeypatch):
+    """W = 2 ranks × k = 2 accumulated batches in one process (the all-reduce answers with the sums of every
+    rank's share of the batch, DDP averages the ranks' gradients): the step equals one process's on all the
+    samples at once."""
+    from types import SimpleNamespace
+
+    import cnnkit.train.task as task_module
+
+    data = _Scenes()
+    shares = [[[0], [1, 2]], [[3, 4], [5]]]  # batch i, rank r: shares of unequal size and weight
+    task = SegmentationTask(_double_net(), num_classes=3, class_weight=[1.0, 2.5, 0.5], masked_input=True)
+    sums = []
+    for batch in shares:
+        with torch.no_grad():
+            parts = [task.loss_fn.weighted_sum(*_logits_targets(task, data, share)) for share in batch]
+        sums.append(torch.stack([sum(t for t, _ in parts), sum(w for _, w in parts),
+                                 torch.tensor(3.0, dtype=torch.float64)]))
+    monkeypatch.setattr(task_module, "world_size", lambda: 2)
+    # the trainer as _loss reads it (world_size 1 only picks no batch-norm sync: the network has no batch norm)
+    task._trainer = SimpleNamespace(training=True, accumulate_grad_batches=2, world_size=1)
+    rank_grads, windows = [], []
+    for rank in range(2):
+        task.zero_grad()
+        task._window = None
+        for i, batch in enumerate(shares):
+            monkeypatch.setattr(task_module, "all_reduce_sum", lambda tensor, i=i: sums[i])
+            loss, _, _, _ = task._step(collate_padded([data[j] for j in batch[rank]]))
+            (loss / 2).backward()  # Lightning's 1/k
+        rank_grads.append([p.grad.clone() for p in task.parameters()])
+        windows.append(task._window)
+    assert windows[0] == windows[1]
+    for p, *grads in zip(task.parameters(), *rank_grads):
+        p.grad = sum(grads) / 2  # DDP's average
+    task.on_before_optimizer_step(SimpleNamespace(param_groups=[{"params": list(task.parameters())}]))
+    got = [p.grad.clone() for p in task.parameters()]
+    monkeypatch.undo()
+    task._trainer = None
+    task.zero_grad()
+    task.loss_fn(*_logits_targets(task, data, range(6))).backward()
+    for a, p in zip(got, task.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-12, atol=1e-14)
