@@ -8,7 +8,12 @@ training), so the label maps are not one class.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +142,54 @@ def test_refusals_before_anything_starts(run_and_images, tmp_path):
         with pytest.raises(ShapeError, match="has none"):
             predict_distributed(run, inputs, out, devices=2, accelerator="cuda")
     assert not out.exists()
+
+
+def test_a_rank_killed_silently_is_named_before_its_peers_lost_connection(tmp_path):
+    """Rank 1 killed by SIGKILL (no report) while rank 0 reports only that its peer went away: the error names rank
+    1's signal; a data error reported by a rank is raised as it is."""
+    from cnnkit.app.predict_distributed import _first_error
+
+    (tmp_path / "error-rank0.json").write_text(json.dumps(
+        {"rank": 0, "time": 1.0, "type": "RuntimeError", "message": "[gloo] Connection closed by peer"}))
+    with pytest.raises(CnnkitError, match=r"^Rank 1 of 2 was killed by signal 9 without reporting an error"):
+        raise _first_error(tmp_path, [1, -9])
+    (tmp_path / "error-rank1.json").write_text(json.dumps(
+        {"rank": 1, "time": 2.0, "type": "ShapeError", "message": "img_03.tif: bands differ"}))
+    error = _first_error(tmp_path, [1, 1])
+    assert isinstance(error, ShapeError) and str(error) == "img_03.tif: bands differ"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_ranks_end_with_the_process_that_started_them(tmp_path):
+    """A parent killed with SIGKILL (no finally runs) takes its ranks with it: none is left writing into a staging
+    folder that the next run removes."""
+    ready = tmp_path / "rank.pid"
+    rank = (f"import os, sys, time; from cnnkit.app.predict_distributed import _end_with_parent; "
+            f"_end_with_parent({{parent}}); open({os.fspath(ready)!r}, 'w').write(str(os.getpid())); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {rank!r}.format(parent=os.getpid())]); time.sleep(300)")])
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(ready.read_text())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(pid), "the rank outlived the process that started it"
+    finally:
+        parent.kill()
+        if pid is not None and _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

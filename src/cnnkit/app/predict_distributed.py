@@ -243,7 +243,8 @@ def _launch_locked(config: dict, files: list[Path], out: Path, processes: int, s
     staging.mkdir()
     ranks: list[subprocess.Popen] = []
     try:
-        config = {**config, "files": [os.fspath(p) for p in files], "staging": os.fspath(staging)}
+        config = {**config, "files": [os.fspath(p) for p in files], "staging": os.fspath(staging),
+                  "parent": os.getpid()}
         (staging / "config.json").write_text(json.dumps(config), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARIABLES and not k.startswith("SLURM_")}
         env.update(WORLD_SIZE=str(processes), LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1",
@@ -293,14 +294,18 @@ def _first_error(staging: Path, codes: list[int | None]) -> Exception:
             reports.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             continue
-    if not reports:
-        failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-        rank, code = failed[0] if failed else (0, None)
-        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"stopped with exit code {code}"
-        return CnnkitError(f"Rank {rank} of {len(codes)} {how} without reporting an error (killed, or out of "
-                           "memory?); every rank was stopped and no output was written.")
     ours = [r for r in reports if isinstance(getattr(errors, r["type"], None), type)
             and issubclass(getattr(errors, r["type"]), CnnkitError)]
+    silent = [(rank, code) for rank, code in enumerate(codes)
+              if code not in (None, 0) and rank not in {r["rank"] for r in reports}]
+    if not ours and silent:  # its peers' reports only say it went away ("Connection closed by peer")
+        rank, code = silent[0]
+        how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
+        return CnnkitError(f"Rank {rank} of {len(codes)} {how} without reporting an error (killed, or out of "
+                           "memory?); every rank was stopped and no output was written.")
+    if not reports:
+        return CnnkitError(f"The {len(codes)} ranks stopped without reporting an error (exit codes {codes}); no "
+                           "output was written.")
     first = min(ours or reports, key=lambda r: (r["time"], r["rank"]))  # a data error, not the others' lost peer
     kind = getattr(errors, first["type"], None)
     if isinstance(kind, type) and issubclass(kind, CnnkitError):
@@ -311,9 +316,28 @@ def _first_error(staging: Path, codes: list[int | None]) -> Exception:
     return CnnkitError(f"Rank {first['rank']} of {len(codes)} failed: {first['type']}: {first['message']}")
 
 
+def _end_with_parent(parent: int) -> None:
+    """Have this rank terminated when ``parent`` (the process that started it) ends, and end now if it already has.
+
+    A parent killed without its ``finally`` (SIGKILL, the out-of-memory killer, SIGTERM) would otherwise leave its ranks
+    running: they would go on writing into a staging folder that the next run into ``out`` removes, and rank 0 would
+    rename its files into ``out`` while that run holds the lock. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere
+    the ranks end when a collective times out.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it ended before the line above
+        sys.exit(1)
+
+
 def _main(argv: Sequence[str]) -> int:
     """One rank started by :func:`_launch`: run it; on an error, write it where the launcher reads it."""
     config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    if config.get("parent") is not None:
+        _end_with_parent(config["parent"])
 
     def report(error: BaseException) -> None:  # at once: before leaving the group makes the others fail too
         rank = int(os.environ.get("RANK", "0"))
