@@ -5,6 +5,7 @@ each held-out series alone, and the task's per-pixel weights against a hand-writ
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from typer.testing import CliRunner
 
 from cnnkit.cli.main import app
@@ -349,7 +351,10 @@ def test_a_series_network_chosen_by_name_trains_through_the_same_workflow(tmp_pa
     """--model UTAE on a series folder: built from its spec, called with the days, recorded in the manifest and
     the report; options a series network cannot take are refused before the folder is read."""
     root = tmp_path / "data"
-    _write_folder(root, count=3)
+    scenes = _write_folder(root, count=3)
+    dates = {f"field_{i:02d}": [f"2024-{2 + 2 * t:02d}-{1 + 3 * i:02d}" for t in range(len(s))]
+             for i, (s, _) in enumerate(scenes)}
+    (root / "series" / "dates.json").write_text(json.dumps(dates))
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", str(root), "--out", str(out), "--epochs", "1", "--model", "UTAE",
                                  "--model-args", '{"encoder_widths": [4, 4], "num_heads": 2}', "--crop-size", "12",
@@ -362,6 +367,24 @@ def test_a_series_network_chosen_by_name_trains_through_the_same_workflow(tmp_pa
     html = (out / "report" / "report.html").read_text()
     assert 'data-key="run/value/network" data-value="UTAE"' in html
     assert "default of the &#39;cnnkit-series&#39; family" in html  # the learning rate's source
+    # predict calls the network with the series' acquisition days, as training did (not 0 … T-1)
+    from cnnkit.app.predict import load_series_model
+    from cnnkit.data.series import read_series
+
+    done = runner.invoke(app, ["predict", str(out), str(root / "series" / "field_01.tif"), "--out",
+                               str(tmp_path / "pred")])
+    assert done.exit_code == 0, done.output
+    net, manifest = load_series_model(out)
+    prep = manifest["input"]
+    series, valid, found = read_series(root / "series" / "field_01.tif", band_count=prep["band_count"],
+                                       with_dates=True)
+    assert found.days().tolist() == [(date(2024, 2 + 2 * t, 4) - date(2024, 1, 1)).days for t in range(len(series))]
+    x = torch.where(valid[:, None], (series - torch.tensor(prep["mean"])[:, None, None])
+                    / torch.tensor(prep["std"])[:, None, None], torch.zeros(()))
+    with torch.no_grad():
+        logits = net(x[None], valid[None], found.days()[None])[0]
+    expected = np.where(valid.any(0).numpy(), logits.argmax(0).numpy(), 255)
+    assert np.array_equal(np.array(Image.open(tmp_path / "pred" / "field_01_labels.png")), expected)
     refused = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "other"), "--freeze-encoder", "1"])
     assert refused.exit_code == 2 and "--freeze-encoder needs a network with an encoder" in refused.output
     assert not (tmp_path / "other").exists() and "folder" not in refused.output

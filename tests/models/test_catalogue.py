@@ -17,7 +17,8 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 def test_rows_count_what_smp_builds():
     rows = describe_models(6, 3, encoders=["resnet18"])
     by_name = {(r.library, r.architecture): r for r in rows}
-    assert {name for library, name in by_name if library == "cnnkit"} == {"TinySegNet", "TinyResNet", "SeriesSegNet"}
+    assert {name for library, name in by_name if library == "cnnkit"} == {"TinySegNet", "TinyResNet", "SeriesSegNet",
+                                                                                "UTAE"}
     for cls in smp.MODEL_ARCHITECTURES_MAPPING.values():
         row = by_name["smp", cls.__name__]
         assert row.encoder == "resnet18"

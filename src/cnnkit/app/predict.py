@@ -657,11 +657,12 @@ def _predict_series_into(model, files: list[Path], out: Path, prep: dict, classe
     palette = [tuple(c) for c in classes.get("palette", [])] or None
     run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
     for index, path in enumerate(files):
-        series, valid = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"),
-                                    mask=_series_mask(path))
+        series, valid, dates = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"),
+                                           mask=_series_mask(path), with_dates=True)
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
+        days = dates.days()  # as in training: days since January 1 of the series' first year (0 … T-1 undated)
         with torch.no_grad():
-            logits = model(x[None].to(device), valid[None].to(device))[0].to("cpu")
+            logits = model(x[None].to(device), valid[None].to(device), days[None].to(device))[0].to("cpu")
         labels = argmax(logits, 0).numpy()
         seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes

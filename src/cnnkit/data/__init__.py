@@ -3,8 +3,19 @@ bands with a validity band for missing pixels (statistics in one streaming pass)
 series with clouds, and the seeded synthetic data sets of ``cnnkit demo``."""
 
 from cnnkit.data.crops import RareClassCrops
+from cnnkit.data.dates import SeriesDates, series_dates
 from cnnkit.data.folder import SegmentationFolder
-from cnnkit.data.series import SeriesCrops, SeriesFolder, StandardizedSeries, collate_series, series_band_statistics
+from cnnkit.data.pastis import PastisDataset
+from cnnkit.data.series import (
+                                SeriesBatch,
+                                SeriesCrops,
+                                SeriesFolder,
+                                SeriesItem,
+                                StandardizedSeries,
+                                collate_series,
+                                read_series,
+                                series_band_statistics,
+)
 from cnnkit.data.standardize import DataStatistics, Standardized, StatisticsPass, band_statistics, data_statistics
 from cnnkit.data.synthetic import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
 from cnnkit.data.synthetic_series import CROP_CLASSES, crop_series
@@ -14,10 +25,14 @@ __all__ = [
     "CROP_CLASSES",
     "RARE_CLASS",
     "DataStatistics",
+    "PastisDataset",
     "RareClassCrops",
     "SegmentationFolder",
+    "SeriesBatch",
     "SeriesCrops",
+    "SeriesDates",
     "SeriesFolder",
+    "SeriesItem",
     "Standardized",
     "StandardizedSeries",
     "StatisticsPass",
@@ -26,5 +41,7 @@ __all__ = [
     "collate_series",
     "crop_series",
     "data_statistics",
+    "read_series",
     "series_band_statistics",
+    "series_dates",
 ]

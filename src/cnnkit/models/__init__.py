@@ -1,9 +1,9 @@
 """Networks by name: cnnkit's small ones, segmentation-models-pytorch's architectures on any encoder, and builders
 of the user's own, built safely from the JSON spec a run folder stores.
 
-- :mod:`~cnnkit.models.tiny`, :mod:`~cnnkit.models.series`: cnnkit's networks (:class:`TinySegNet`,
-  :class:`TinyResNet`, :class:`SeriesSegNet`): small enough to train in seconds on a CPU, exact on padded
-  batches.
+- :mod:`~cnnkit.models.tiny`, :mod:`~cnnkit.models.series`, :mod:`~cnnkit.models.utae`: cnnkit's networks
+  (:class:`TinySegNet`, :class:`TinyResNet`, :class:`SeriesSegNet`, :class:`UTAE`): small enough to train in
+  seconds on a CPU, exact on padded batches.
 - :mod:`~cnnkit.models.spec`: the spec (``{"library", "architecture", "encoder", "args"}``) and its form checks,
   torch-free.
 - :mod:`~cnnkit.models.registry`: the names a spec may use (:data:`MODELS`, smp's architectures and encoders,
@@ -44,6 +44,7 @@ from cnnkit.models.series import SeriesSegNet
 from cnnkit.models.spec import MAX_CHANNELS, MAX_CLASSES, MAX_PARAMETERS, ModelSpec, parse_spec
 from cnnkit.models.stem import COLOURS, adapt_stem, adapted_stem_weight, stem_convolutions
 from cnnkit.models.tiny import TinyResNet, TinySegNet
+from cnnkit.models.utae import UTAE
 from cnnkit.models.weights import StateDictDiff, check_state_dict, load_weights, read_header, regular_file
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_CLASSES",
     "MAX_PARAMETERS",
     "MODELS",
+    "UTAE",
     "ModelRow",
     "ModelSpec",
     "SeriesSegNet",
