@@ -134,6 +134,19 @@ def test_rgb_mask_refused(folder):
         ds[0]
 
 
+def test_unlistable_folder_is_a_cnnkit_error_naming_it(folder, monkeypatch):
+    from pathlib import Path
+
+    root, _ = folder
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)  # as chmod 000 does for anyone but root
+    with pytest.raises(CnnkitError, match=r"Could not list .*images: Permission denied\. Make the folder readable"):
+        SegmentationFolder(root)
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(CnnkitError, match="images folder does not exist"):
         SegmentationFolder(tmp_path)

@@ -330,8 +330,13 @@ class SegmentationFolder(Dataset):
 
     def _list(self, folder: Path) -> list[Path]:
         """The readable files of ``folder``, sorted; every other entry is named (:meth:`_skip`) or refused."""
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as error:
+            raise CnnkitError(f"Could not list {folder}: {error.strerror or error}. Make the folder "
+                              "readable.") from error
         files = []
-        for path in sorted(folder.iterdir()):
+        for path in entries:
             if path.name.startswith("."):
                 self._skip(path, "a hidden entry (its name starts with '.')")
                 continue
