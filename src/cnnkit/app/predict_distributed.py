@@ -236,11 +236,17 @@ def _clear(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _launch_locked(config: dict, files: list[Path], out: Path, processes: int, start: float) -> PredictionRun:
+def _staging(out: Path, files: list[Path], overwrite: bool) -> Path:
+    """In the locked folder ``out``: leftovers cleared, the final names checked, a new staging folder made."""
     _clear(out)
-    _check_out(out, [p.stem for p in files], bool(config["options"].get("overwrite", False)))
+    _check_out(out, [p.stem for p in files], overwrite)
     staging = out / f"{_STAGING}{uuid.uuid4().hex[:12]}"
     staging.mkdir()
+    return staging
+
+
+def _launch_locked(config: dict, files: list[Path], out: Path, processes: int, start: float) -> PredictionRun:
+    staging = _staging(out, files, bool(config["options"].get("overwrite", False)))
     ranks: list[subprocess.Popen] = []
     try:
         config = {**config, "files": [os.fspath(p) for p in files], "staging": os.fspath(staging),
@@ -385,11 +391,7 @@ def _predict_rank(config: dict) -> PredictionRun | None:
             try:
                 out = prepare_folder(out)
                 lock = FolderLock(out).acquire()
-                _clear(out)
-                _check_out(out, [p.stem for p in files], bool(options.get("overwrite", False)))
-                staging = out / f"{_STAGING}{uuid.uuid4().hex[:12]}"
-                staging.mkdir()
-                status = ("ok", os.fspath(staging))
+                status = ("ok", os.fspath(_staging(out, files, bool(options.get("overwrite", False)))))
             except CnnkitError as error:
                 status = (type(error).__name__, str(error))
         status = broadcast_object(status)
