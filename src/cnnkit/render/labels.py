@@ -22,7 +22,9 @@ Conventions, shared by every function here:
   ``valid`` false where a function takes ``valid`` — is :data:`NODATA_COLOR` in every picture of cnnkit: the
   composite, the overlay, the coloured mask, the panels of :mod:`cnnkit.render.panels` and the legend's "no data"
   row. A pixel with data but no label is :data:`UNLABELLED_COLOR`. Neither colour is one of the palette's, nor
-  the other's, so no picture can confuse a class, an unlabelled pixel and a missing one.
+  the other's, so no mask or panel can confuse a class, an unlabelled pixel and a missing one. Where the image
+  itself shows (the composite, an overlay's unlabelled pixels) its own colours include white and black: a saturated
+  cloud looks like no data there; the panels are the pictures that tell them apart.
 """
 
 from __future__ import annotations
