@@ -110,6 +110,12 @@ def test_one_streaming_pass_over_a_folder_equals_the_in_memory_computation(tmp_p
     assert found.missing == sum(int((~v).sum()) for v in valid)
     assert found.unlabelled == sum(int((v & (y == 9)).sum()) for y, v in zip(labels, valid))
     assert found.without_data == ()
+    label = labels[3].copy()
+    label[0, 0] = 7
+    tifffile.imwrite(tmp_path / "masks" / "3.tif", label)  # one class too many, among five masks: named
+    with pytest.raises(ShapeError, match=r"^item 3 \(.*images.3\.tif, .*masks.3\.tif\): labels must be class indices "
+                                         r"in \[0, 3\) or -100 \(num_classes=3\)\. Received a label 7\."):
+        data_statistics(SegmentationFolder(tmp_path, ignore_index=9), num_classes=3)
 
 
 def test_the_pass_does_not_depend_on_order_or_chunks():

@@ -257,8 +257,12 @@ def data_statistics(
 
     def labels():
         for index, item in enumerate(dataset):
-            image, label = item[0], item[1]
-            yield running.update(image, label, index)
+            try:
+                yield running.update(item[0], item[1], index)
+            except ShapeError as error:  # which of thousands of items: its index, and its files where it has some
+                samples = getattr(dataset, "samples", None)
+                files = f" ({', '.join(map(str, samples[index]))})" if isinstance(samples, list) else ""
+                raise ShapeError(f"item {index}{files}: {error}") from None
 
     weight = None
     if weighting is not None:
