@@ -71,7 +71,7 @@ def test_given_statistics_are_used_and_checked():
         Standardized(items, multiple_of=0)
     with pytest.raises(ShapeError, match=r"item 0: expected an image \(3, H, W\)"):
         Standardized(items, mean=[0.0] * 3, std=[1.0] * 3)[0]
-    with pytest.raises(ShapeError, match="must all have 2 bands"):
+    with pytest.raises(ShapeError, match=r"^item 1: dataset images must all have 2 bands"):
         band_statistics([items[0], (torch.zeros(3, 2, 2), None)])
 
 

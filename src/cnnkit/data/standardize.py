@@ -222,6 +222,14 @@ class StatisticsPass:
         )
 
 
+def _item_error(dataset, index: int, error: ShapeError) -> ShapeError:
+    """``error`` naming the item among thousands: its index, and its files where the data set lists them
+    (:attr:`~cnnkit.data.SegmentationFolder.samples`)."""
+    samples = getattr(dataset, "samples", None)
+    files = f" ({', '.join(map(str, samples[index]))})" if isinstance(samples, list) else ""
+    return ShapeError(f"item {index}{files}: {error}")
+
+
 def data_statistics(
     dataset: Iterable,
     num_classes: int | None = None,
@@ -259,10 +267,8 @@ def data_statistics(
         for index, item in enumerate(dataset):
             try:
                 yield running.update(item[0], item[1], index)
-            except ShapeError as error:  # which of thousands of items: its index, and its files where it has some
-                samples = getattr(dataset, "samples", None)
-                files = f" ({', '.join(map(str, samples[index]))})" if isinstance(samples, list) else ""
-                raise ShapeError(f"item {index}{files}: {error}") from None
+            except ShapeError as error:
+                raise _item_error(dataset, index, error) from None
 
     weight = None
     if weighting is not None:
@@ -290,8 +296,11 @@ def band_statistics(dataset, nodata: float | None = None) -> tuple[Tensor, Tenso
         (tensor([3.], dtype=torch.float64), tensor([1.6330], dtype=torch.float64))
     """
     running = StatisticsPass(nodata=nodata)
-    for item in dataset:
-        running.update(item[0])
+    for index, item in enumerate(dataset):
+        try:
+            running.update(item[0], index=index)
+        except ShapeError as error:
+            raise _item_error(dataset, index, error) from None
     found = running.compute()
     return found.mean, found.std
 
