@@ -50,6 +50,8 @@ PNG_EXTENSIONS = (".png",)
 TIFF_EXTENSIONS = (".tif", ".tiff", ".vrt")
 EXTENSIONS = PNG_EXTENSIONS + TIFF_EXTENSIONS
 _INT64_MAX = np.iinfo(np.int64).max
+_PLAUSIBLE_CHUNK = 1 << 20
+"""Values of a band checked at a time by :func:`_check_plausible` (8 MiB of float64)."""
 
 
 def _is_int(value) -> bool:
@@ -95,15 +97,21 @@ def _check_plausible(bands: np.ndarray, dtype: np.dtype, path: Path) -> None:
         return
     limit = float(np.finfo(np.float32).max)
     for band, values in enumerate(bands.reshape(len(bands), -1)):
-        finite = values[np.isfinite(values)].astype(np.float64)
-        if not finite.size:
+        square, count, largest = 0.0, 0, 0.0
+        for start in range(0, values.size, _PLAUSIBLE_CHUNK):  # float64 copies of a chunk, not of a whole band
+            chunk = values[start:start + _PLAUSIBLE_CHUNK]
+            finite = chunk[np.isfinite(chunk)].astype(np.float64)
+            with np.errstate(over="ignore"):
+                square += float(np.dot(finite, finite))
+            count += finite.size
+            largest = max(largest, float(np.abs(finite).max(initial=0.0)))
+        if not count:
             continue
-        with np.errstate(over="ignore"):
-            mean_square = float(np.dot(finite, finite)) / finite.size
+        mean_square = square / count
         if not np.isfinite(mean_square) or mean_square > limit:
             raise CnnkitError(
                 f"{path} holds values impossible for its {np.dtype(dtype).name} data: band {band} has a mean square "
-                f"of {mean_square:.3g} (largest magnitude {float(np.abs(finite).max()):.3g}), beyond the float32 "
+                f"of {mean_square:.3g} (largest magnitude {largest:.3g}), beyond the float32 "
                 f"range {limit:.3g} in which it is standardised and trained. The file is damaged (e.g. its strips "
                 "point into its own header) and is refused rather than trained on; replace it or remove it from the "
                 "folder."
@@ -550,7 +558,7 @@ class SegmentationFolder(Dataset):
                     f"bands={self.bands} for {image_path}"
                 )
             array = array[indices]
-        image = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
+        image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))  # no second copy of float32 bands
         target = torch.from_numpy(label)
         if self.ignore_index is not None:
             target[target == self.ignore_index] = IGNORE_INDEX
