@@ -9,7 +9,8 @@ from PIL import Image
 
 from cnnkit.errors import CnnkitError
 from cnnkit.predict.memory import return_large_buffers
-from cnnkit.predict.outputs import Fanout, PalettePngWriter, Subsampled, palette_png
+from cnnkit.predict.outputs import Fanout, PalettePngWriter, Subsampled, palette_png, side_by_side
+from cnnkit.render import NODATA_COLOR, UNLABELLED_COLOR, legend
 
 
 def _bands(height: int, step: int):
@@ -56,3 +57,20 @@ def test_strip_png_refusals_leave_no_file(tmp_path):
 def test_return_large_buffers_is_idempotent():
     first = return_large_buffers()
     assert isinstance(first, bool) and return_large_buffers() == first
+
+
+def test_overlay_draws_no_data_in_the_nodata_colour():
+    """The overlay's label map paints the no-data label NODATA_COLOR (not black, the unlabelled colour), and its
+    legend is the one with a "no data" row of that colour."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (12, 10)).astype(np.uint8)
+    labels[2:5, 3:7] = 255
+    image = rng.normal(100, 20, (3, 12, 10)).astype(np.float32)
+    palette = [(10, 20, 30), (0, 255, 0), (0, 0, 255)]
+    picture = side_by_side(image, labels, ["a", "b", "c"], palette, 255)
+    mask = picture[:12, 10 + 8:2 * 10 + 8]  # the label map, right of the composite and the 8-px gap
+    nodata = labels == 255
+    assert (mask[nodata] == NODATA_COLOR).all() and NODATA_COLOR != UNLABELLED_COLOR
+    np.testing.assert_array_equal(mask[~nodata], np.asarray(palette, np.uint8)[labels[~nodata]])
+    key = legend(["a", "b", "c"], palette, nodata_name="no data")
+    np.testing.assert_array_equal(picture[12 + 8:12 + 8 + key.shape[0], :key.shape[1]], key)

@@ -32,7 +32,7 @@ import numpy as np
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.rasters import CogWriter, Georeference
 from cnnkit.rasters.boundary import disk_full
-from cnnkit.render.labels import DEFAULT_PALETTE, colorize, image_to_rgb, legend
+from cnnkit.render.labels import DEFAULT_PALETTE, NODATA_COLOR, colorize, image_to_rgb, legend
 
 __all__ = ["PROBABILITY_DTYPES", "Fanout", "PalettePngWriter", "Subsampled", "label_cog", "palette_png", "save_png",
            "score_cog", "side_by_side"]
@@ -320,7 +320,9 @@ def side_by_side(image: np.ndarray, labels: np.ndarray, class_names: Sequence[st
                  ignore_value: int = 255, bands: Sequence[int] | None = None, step: int = 1) -> np.ndarray:
     """The image's RGB composite and the opaque label map side by side, the legend below (``uint8`` RGB).
 
-    ``step`` > 1 draws every ``step``-th pixel (a preview of a large scene).
+    Pixels labelled ``ignore_value`` (no data) are :data:`~cnnkit.render.NODATA_COLOR` in the label map, as in every
+    picture of cnnkit, and the legend's "no data" row shows that colour. ``step`` > 1 draws every ``step``-th pixel
+    (a preview of a large scene).
     """
     from PIL import Image
 
@@ -329,8 +331,9 @@ def side_by_side(image: np.ndarray, labels: np.ndarray, class_names: Sequence[st
     if bands is None and image.shape[0] == 2:
         bands = (0,)  # two bands: the first in grey
     rgb = image_to_rgb(image, bands, normalize="percentile")
-    mask = colorize(labels.astype(np.int64), _palette(len(class_names), palette), ignore_index=ignore_value)
-    key = legend(list(class_names), _palette(len(class_names), palette), ignore_name="no data")
+    mask = colorize(labels.astype(np.int64), _palette(len(class_names), palette), ignore_index=ignore_value,
+                    ignore_color=NODATA_COLOR)  # a prediction's ignore value means "no data"
+    key = legend(list(class_names), _palette(len(class_names), palette), nodata_name="no data")
     gap = 8
     height, width = rgb.shape[:2]
     canvas = np.full((height + gap + key.shape[0], max(2 * width + gap, key.shape[1]), 3), 255, dtype=np.uint8)
