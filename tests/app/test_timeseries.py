@@ -121,12 +121,13 @@ def test_pixel_weights_reach_the_loss():
     labels = torch.randint(0, 3, (2, 6, 5))
     labels[0, 0] = -100
     pixel = torch.rand(2, 6, 5, dtype=torch.float64)
-    loss, _, _ = task._step(((x, valid), labels, pixel))
+    loss, logged, _, n = task._step(((x, valid), labels, pixel))
     counted = labels != -100
     per_pixel = F.cross_entropy(net(x, valid), labels.clamp_min(0), reduction="none")
     w = class_weight[labels.clamp_min(0)] * pixel * counted
     torch.testing.assert_close(loss, (per_pixel * w).sum() / w.sum(), rtol=1e-12, atol=1e-12)
-    unweighted, _, _ = task._step(((x, valid), labels))
+    assert n == 2 and torch.equal(logged, loss.detach())  # one process: the loss is the logged weighted mean
+    unweighted, _, _, _ = task._step(((x, valid), labels))
     assert not torch.allclose(loss, unweighted)
 
 

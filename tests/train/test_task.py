@@ -69,7 +69,7 @@ def _env() -> dict[str, str]:
 def test_public_names():
     assert set(train.__all__) >= {
         "SegmentationTask", "ClassificationTask", "fit", "FilterEvolutionCallback", "AtomicCheckpointIO",
-        "last_checkpoint",
+        "last_checkpoint", "FreezeEncoder", "encoder_of",
     }
     for name in train.__all__:
         assert hasattr(train, name)

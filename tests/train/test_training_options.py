@@ -240,3 +240,39 @@ def test_accumulation_on_simulated_ranks_equals_one_batch(monkeypatch):
     task.loss_fn(*_logits_targets(task, data, range(6))).backward()
     for a, p in zip(got, task.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_series_accumulation_equals_one_batch_k_times_as_large(tmp_path):
+    """The series task normalises its loss like the image task: k accumulated batches of padded series (several
+    lengths and sizes, per-pixel weights) give the weights of one batch k times as large."""
+    from cnnkit.data.series import collate_series
+    from cnnkit.models import SeriesSegNet
+    from cnnkit.train import SeriesSegmentationTask
+
+    g = torch.Generator().manual_seed(2)
+    items = []
+    for i in range(6):
+        t, h, w = 2 + i % 3, 5 + i % 2, 6 - i % 3
+        label = torch.randint(0, 3, (h, w), generator=g)
+        label[0, : i % 3] = -100
+        items.append((torch.randn(t, 2, h, w, generator=g), torch.rand(t, h, w, generator=g) > 0.3, label,
+                      torch.rand(h, w, generator=g)))
+
+    def collate(batch):
+        x, valid, labels, weight = collate_series(batch)
+        return (x.double(), valid), labels, weight.double()
+
+    def trained(batches, accumulate):
+        torch.manual_seed(3)
+        net = SeriesSegNet(2, 3, width=4, hidden=4).double()
+        task = SeriesSegmentationTask(net, num_classes=3, class_weight=[1.0, 2.5, 0.5], optimizer="sgd", lr=0.5,
+                                      weight_decay=0.0)
+        loader = DataLoader(items, batch_sampler=batches, collate_fn=collate)
+        fit(task, loader, run_dir=tmp_path / f"k{accumulate}", max_epochs=1, accumulate_grad_batches=accumulate,
+            **QUIET)
+        return _state(net)
+
+    accumulated = trained([[0, 1], [2, 3], [4, 5]], 2)
+    large = trained([[0, 1, 2, 3], [4, 5]], 1)
+    for key in large:
+        torch.testing.assert_close(accumulated[key], large[key], rtol=1e-12, atol=1e-14)

@@ -17,13 +17,23 @@ from cnnkit.data.series import (
                                 series_band_statistics,
 )
 from cnnkit.data.standardize import DataStatistics, Standardized, StatisticsPass, band_statistics, data_statistics
-from cnnkit.data.synthetic import CLASS_NAMES, RARE_CLASS, SyntheticLandCover
+from cnnkit.data.synthetic import (
+                                CLASS_NAMES,
+                                PATTERNS,
+                                RARE_CLASS,
+                                TEXTURE_NAMES,
+                                SyntheticLandCover,
+                                SyntheticTextures,
+                                texture_pattern,
+)
 from cnnkit.data.synthetic_series import CROP_CLASSES, crop_series
 
 __all__ = [
     "CLASS_NAMES",
     "CROP_CLASSES",
+    "PATTERNS",
     "RARE_CLASS",
+    "TEXTURE_NAMES",
     "DataStatistics",
     "PastisDataset",
     "RareClassCrops",
@@ -37,6 +47,7 @@ __all__ = [
     "StandardizedSeries",
     "StatisticsPass",
     "SyntheticLandCover",
+    "SyntheticTextures",
     "band_statistics",
     "collate_series",
     "crop_series",
@@ -44,4 +55,5 @@ __all__ = [
     "read_series",
     "series_band_statistics",
     "series_dates",
+    "texture_pattern",
 ]

@@ -14,6 +14,8 @@ from cnnkit._lazy import lazy_names
 _NAMES = {
     "EpochLine": "cnnkit.train.callbacks",
     "FilterEvolutionCallback": "cnnkit.train.callbacks",
+    "FreezeEncoder": "cnnkit.train.callbacks",
+    "encoder_of": "cnnkit.train.callbacks",
     "AtomicCheckpointIO": "cnnkit.train.fit",
     "DistributedBucketSampler": "cnnkit.train.sampling",
     "PRECISIONS": "cnnkit.train.distributed",

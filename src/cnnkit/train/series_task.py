@@ -64,8 +64,8 @@ class SeriesSegmentationTask(SegmentationTask):
             raise ShapeError(f"pixel_weight must be a tensor of the labels' shape {tuple(targets.shape)}. "
                              f"Received {got}.")
         logits = self(images)
-        loss = self.loss_fn(logits, targets) if weight is None else self.loss_fn(logits, targets, weight)
-        return loss, logits, len(targets)
+        loss, logged, n = self._loss(logits, targets, weight)  # over the global batch, as for single images
+        return loss, logged, logits, n
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Predicted labels (N, H, W)."""
