@@ -193,3 +193,39 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_ranks_of_a_launcher_write_the_files_of_one(run_and_images, tmp_path):
+    """Two processes with torchrun's variables (no staging given: rank 0 locks --out and makes it) write the files
+    one process writes, and leave no staging folder."""
+    from cnnkit.app.predict_distributed import _free_port
+
+    run, inputs, _ = run_and_images
+    chosen = [*inputs[:3], inputs[-1]]  # three whole images and the tiled scene
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        predictor, _ = load_predictor(run)
+        predict_files(predictor, chosen, tmp_path / "one", band_count=4, **OPTIONS)
+    finally:
+        torch.set_num_threads(threads)
+    script = ("import sys; from cnnkit.app.predict_distributed import predict_distributed; "
+              f"result = predict_distributed({os.fspath(run)!r}, {[os.fspath(p) for p in chosen]!r}, "
+              f"{os.fspath(tmp_path / 'two')!r}, threads=1, timeout=60, **{OPTIONS!r}); "
+              "print('rank result:', result is not None)")
+    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    ranks = [subprocess.Popen([sys.executable, "-c", script], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        printed = [p.communicate(timeout=120)[0] for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()
+    assert [p.returncode for p in ranks] == [0, 0]
+    assert "rank result: True" in printed[0] and "rank result: False" in printed[1]
+    expected, written = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert sorted(written) == sorted(expected) and len(expected) == 4 * 5
+    assert [name for name in expected if written[name] != expected[name]] == []
+    assert [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")] == [".cnnkit.lock"]
