@@ -159,6 +159,23 @@ def test_a_rank_killed_silently_is_named_before_its_peers_lost_connection(tmp_pa
     assert isinstance(error, ShapeError) and str(error) == "img_03.tif: bands differ"
 
 
+def test_a_rank_that_fails_to_join_reports_why(tmp_path, monkeypatch):
+    """An error before the rank's work (joining the process group: the port taken since it was chosen) is written
+    where the launcher reads it, and raised from there; it was swallowed ("stopped with exit code 1 without
+    reporting an error")."""
+    import cnnkit.app.predict_distributed as module
+
+    def unjoinable(config, on_error=None):
+        raise RuntimeError("The server socket has failed to listen on any local network address. port: 29511")
+
+    monkeypatch.setattr(module, "_run_rank", unjoinable)
+    monkeypatch.setenv("RANK", "1")
+    (tmp_path / "config.json").write_text(json.dumps({"staging": os.fspath(tmp_path)}))
+    assert module._main([os.fspath(tmp_path / "config.json")]) == 1
+    with pytest.raises(CnnkitError, match=r"^Rank 1 of 2 failed: RuntimeError: The server socket has failed .*29511"):
+        raise module._first_error(tmp_path, [None, 1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_ranks_end_with_the_process_that_started_them(tmp_path):
     """A parent killed with SIGKILL (no finally runs) takes its ranks with it: none is left writing into a staging

@@ -345,15 +345,20 @@ def _main(argv: Sequence[str]) -> int:
     if config.get("parent") is not None:
         _end_with_parent(config["parent"])
 
+    reported: list[BaseException] = []
+
     def report(error: BaseException) -> None:  # at once: before leaving the group makes the others fail too
         rank = int(os.environ.get("RANK", "0"))
         (Path(config["staging"]) / f"error-rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "time": time.time(), "type": type(error).__name__, "message": str(error)}),
             encoding="utf-8")
+        reported.append(error)
 
     try:
         _run_rank(config, on_error=report)
-    except BaseException:  # reported to the launcher, which raises it
+    except BaseException as error:  # reported to the launcher, which raises it
+        if not reported:  # raised before the rank's work began (joining the group: a port taken, a bad address)
+            report(error)
         return 1
     return 0
 
