@@ -510,3 +510,103 @@ def test_the_issues_damaged_folder_names_or_refuses_every_entry(tmp_path):
     assert "masks/orphan.tif: a mask without an image" in lines[1]
     with pytest.raises(CnnkitError, match=r"images.c\.tif"):
         data_statistics(ds, num_classes=2)
+
+
+# -- sparse blocks, colour interpretation, header-only pair check -----------------------------------------------------
+
+
+def _sparse_geotiff(path, values: np.ndarray) -> None:
+    """A 32 × 32 GeoTIFF of 16 × 16 blocks written with SPARSE_OK=TRUE whose top-right block is never written (its
+    byte count is 0: GDAL reads it as 0, no nodata declared)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    count = 1 if values.ndim == 2 else len(values)
+    values = values.reshape(count, 32, 32)
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=count, dtype=values.dtype.name,
+                       tiled=True, blockxsize=16, blockysize=16, sparse_ok=True) as dst:
+        for row, col in ((0, 0), (1, 0), (1, 1)):  # block (0, 1) left unwritten
+            window = Window(col * 16, row * 16, 16, 16)
+            dst.write(values[:, row * 16:row * 16 + 16, col * 16:col * 16 + 16], window=window)
+
+
+def test_sparse_blocks_are_unlabelled_in_masks_and_no_data_in_images(tmp_path):
+    """A mask's block stored without data reads as GDAL's 0 — a class — through read_raw; it must be −100, and the
+    image's pixels there NaN. The reference: the written values with the unwritten block set by hand."""
+    import rasterio
+
+    rng = np.random.default_rng(11)
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    image = rng.integers(1, 1000, (2, 32, 32)).astype(np.uint16)
+    mask = rng.integers(1, 4, (32, 32)).astype(np.uint8)  # classes 1–3 where written: a 0 can only be GDAL's fill
+    _sparse_geotiff(tmp_path / "images" / "s.tif", image)
+    _sparse_geotiff(tmp_path / "masks" / "s.tif", mask)
+    with rasterio.open(tmp_path / "masks" / "s.tif") as src:  # the file is what the test means: block (0, 1) sparse
+        assert src.read(1)[:16, 16:].max() == 0 and src.read(1)[16:, :].min() >= 1
+    hole = np.zeros((32, 32), bool)
+    hole[:16, 16:] = True
+    expected_label = np.where(hole, -100, mask.astype(np.int64))
+    expected_image = np.where(hole, np.nan, image.astype(np.float32))
+    ds = SegmentationFolder(tmp_path)
+    got_image, got_label = ds[0]
+    np.testing.assert_array_equal(got_label.numpy(), expected_label)
+    np.testing.assert_array_equal(ds.label(0).numpy(), expected_label)
+    np.testing.assert_array_equal(got_image.numpy(), expected_image)  # NaN exactly in the hole
+
+
+def test_band_names_fall_back_to_the_colour_interpretation(tmp_path):
+    """An RGB GeoTIFF without band descriptions: its bands are named red, green, blue (GDAL's colour interpretation),
+    usable in bands=; a band described keeps its description."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    rng = np.random.default_rng(12)
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    rgb = rng.integers(0, 256, (3, 8, 6), dtype=np.uint8)
+    with rasterio.open(tmp_path / "images" / "a.tif", "w", driver="GTiff", width=6, height=8, count=3, dtype="uint8",
+                       photometric="RGB") as dst:
+        dst.write(rgb)
+    with rasterio.open(tmp_path / "images" / "a.tif") as src:
+        assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        assert src.descriptions == (None, None, None)
+    tifffile.imwrite(tmp_path / "masks" / "a.tif", rng.integers(0, 3, (8, 6), dtype=np.uint8))
+    assert SegmentationFolder(tmp_path).band_names == ("red", "green", "blue")
+    picked = SegmentationFolder(tmp_path, bands=("Blue", "red"))
+    assert picked.band_names == ("blue", "red") and picked.band_indices == (2, 0)
+    np.testing.assert_array_equal(picked[0][0].numpy(), rgb[[2, 0]].astype(np.float32))
+    with rasterio.open(tmp_path / "images" / "a.tif", "r+") as dst:
+        dst.set_band_description(2, "nir")  # a description wins over the colour interpretation
+    assert SegmentationFolder(tmp_path).band_names == ("red", "nir", "blue")
+
+
+def test_check_pairs_refuses_a_mismatch_from_headers_before_any_pixel_is_decoded(folder, tmp_path, monkeypatch):
+    """check_pairs reads headers only: with every decode made to fail, a size mismatch and a grid mismatch are still
+    refused naming both files, and a good folder passes (its mask sizes kept for sizes)."""
+    import rasterio
+    from affine import Affine
+
+    import cnnkit.data.folder as folder_module
+    from cnnkit.rasters import Raster
+
+    def never(*args, **kwargs):
+        raise AssertionError("a pixel was decoded")
+
+    for name in ("read", "read_raw"):
+        monkeypatch.setattr(Raster, name, never)
+    monkeypatch.setattr(folder_module, "_read", never)
+    monkeypatch.setattr(folder_module, "_read_png", never)
+    root, expected = folder
+    good = SegmentationFolder(root)
+    good.check_pairs()
+    assert good.sizes == [expected[p.stem][1].shape for p, _ in good.samples]
+
+    Image.fromarray(np.zeros((5, 6), np.uint8)).save(root / "masks" / "a.png")  # the image is 5 × 7
+    with pytest.raises(ShapeError, match=r"images.a\.png has shape \(5, 7, 3\), mask .*masks.a\.png has shape "
+                                         r"\(5, 6\)"):
+        SegmentationFolder(root).check_pairs()
+
+    _geotiffs(tmp_path / "geo", 13, count=2)
+    with rasterio.open(tmp_path / "geo" / "masks" / "s1.tif", "r+") as dst:
+        dst.transform = Affine(10, 0, 601010, 0, -10, 5000000)  # one pixel east of its image
+    with pytest.raises(ShapeError, match=r"not aligned: image .*images.s1\.tif.*mask .*masks.s1\.tif"):
+        SegmentationFolder(tmp_path / "geo").check_pairs()

@@ -14,7 +14,11 @@ TIFFs are read through GDAL (:class:`cnnkit.rasters.Raster`, the one TIFF reader
 
 * a band's declared **nodata** reads as NaN (no data: left out of the statistics and the loss, counted in the
   training log) and a mask's declared nodata as an unlabelled pixel (−100), with no option given;
-* band **descriptions** ("blue" … "swir") name the bands (:attr:`SegmentationFolder.band_names`);
+* band **descriptions** ("blue" … "swir") name the bands (:attr:`SegmentationFolder.band_names`); a band without a
+  description is named by its colour interpretation where that names a band ("red", "green", "blue", "nir", …: an
+  RGB GeoTIFF's bands are red, green, blue), not where it says only how to draw it ("gray", "palette", "undefined");
+* blocks a GeoTIFF stores **without data** (GDAL's sparse blocks, byte count 0) read as no data in an image (NaN) and
+  as unlabelled in a mask (−100), never as GDAL's fill value (0 would be a class);
 * an image and its mask must lie on the same grid: equal CRS and transform where both are georeferenced, else
   the same size; a misaligned pair is refused naming both files.
 
@@ -66,16 +70,36 @@ class _Info:
     georeference: Georeference = field(default_factory=Georeference)
     descriptions: tuple = ()  # each band's description (None where it has none)
     channels_first: bool = False  # a 3-D array is (C, H, W) for certain (a multi-band raster, not a page stack)
+    colorinterp: tuple = ()  # each band's colour interpretation as GDAL names it ("red", "gray", "undefined", …)
+    sparse: np.ndarray | None = field(default=None, compare=False)  # (C, H, W) True in blocks without data (raw reads)
+
+    @property
+    def names(self) -> tuple:
+        """Each band's name: its description, else its colour interpretation where that names a band (``None``)."""
+        count = max(len(self.descriptions), len(self.colorinterp))
+        described = self.descriptions + (None,) * (count - len(self.descriptions))
+        colours = self.colorinterp + ("undefined",) * (count - len(self.colorinterp))
+        return tuple(d if d else (c if c not in _NOT_NAMES else None) for d, c in zip(described, colours))
+
+
+_NOT_NAMES = frozenset({"undefined", "gray", "grey", "palette"})
+"""Colour interpretations that say how to draw a band, not which band it is: they do not name it."""
+
+
+def _info(raster: Raster, sparse: np.ndarray | None = None) -> _Info:
+    return _Info(tuple(raster.nodata), raster.georeference, tuple(raster.descriptions), not raster.page_stack,
+                 tuple(raster.colorinterp), sparse)
 
 
 def _read_tiff(path: Path, raw: bool) -> tuple[np.ndarray, _Info]:
     """The pixels as stored (``raw``) or as float32 with declared nodata as NaN and scale/offset applied; a single
     band as (H, W), a multi-band raster as (C, H, W), a page stack in its stored layout ((H, W, C) or (C, H, W))."""
     with Raster(path) as raster:
-        array = raster.read_raw() if raw else raster.read()
+        array = raster.read_raw() if raw else raster.read()  # read(): sparse blocks as NaN
         if not raw:
             _check_plausible(array, raster.dtype, path)
-        info = _Info(tuple(raster.nodata), raster.georeference, tuple(raster.descriptions), not raster.page_stack)
+        # read_raw(): GDAL's fill (nodata or 0) in blocks stored without data; where they lie, for the caller
+        info = _info(raster, raster.sparse_mask() if raw and raster.has_sparse_blocks else None)
         if raster.page_stack:
             array = array.transpose(1, 2, 0) if raster.channels_last else array
         elif raster.count == 1:
@@ -148,7 +172,7 @@ def _header(path: Path) -> _Info:
     if path.suffix.lower() not in TIFF_EXTENSIONS:
         return _Info()
     with _reading(path), Raster(path) as raster:
-        return _Info(tuple(raster.nodata), raster.georeference, tuple(raster.descriptions), not raster.page_stack)
+        return _info(raster)
 
 
 @contextmanager
@@ -169,6 +193,56 @@ def _reading(path: Path) -> Iterator[None]:
             f"Could not read {path}: {type(error).__name__}: {error}. The file is damaged, truncated or not a "
             f"{path.suffix.lstrip('.').upper()} file; replace it or remove it from the folder."
         ) from error
+
+
+def _image_shape(path: Path) -> tuple[tuple[int, ...], _Info]:
+    """The shape :func:`_read` gives an image's pixels, and its metadata, from its header alone (nothing decoded)."""
+    with _reading(path):
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            with Raster(path) as raster:
+                info = _info(raster)
+                if raster.page_stack and raster.channels_last:
+                    return (raster.height, raster.width, raster.count), info
+                return (raster.shape[1:] if raster.count == 1 and not raster.page_stack else raster.shape), info
+        from PIL import Image
+
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+                return (height, width), _Info()
+            return (height, width, len(img.getbands()) if img.mode in ("RGB", "RGBA", "LA") else 3), _Info()
+
+
+def _layout(shape: tuple, channels_first: bool, hw: tuple, image_path: Path, mask_path: Path) -> str:
+    """How an image of ``shape`` lies over its mask's ``hw``: ``"HW"``, ``"CHW"`` or ``"HWC"``; a ShapeError naming
+    both files where it does not fit. The one rule for pixels read (``__getitem__``) and headers (``check_pairs``)."""
+    if len(shape) == 2:
+        layout = "HW"
+    elif len(shape) == 3:
+        layout = "CHW" if channels_first or tuple(shape[:2]) != tuple(hw) else "HWC"
+    else:
+        raise ShapeError(f"An image must be 2-D or 3-D. Received shape {tuple(shape)} from {image_path}")
+    spatial = tuple(shape[1:]) if layout == "CHW" else tuple(shape[:2])
+    if spatial == tuple(hw):
+        return layout
+    if layout == "CHW" and not channels_first:  # neither (H, W, C) nor (C, H, W) fits
+        raise ShapeError(
+            f"Image and mask sizes differ: image {image_path} has shape {tuple(shape)}, mask {mask_path} "
+            f"has shape {tuple(hw)}; the image must be (H, W), (H, W, C) or (C, H, W) with the mask's (H, W)."
+        )
+    raise ShapeError(f"Image and mask sizes differ: image {image_path} has shape {spatial}, mask {mask_path} has "
+                     f"shape {tuple(hw)}.")
+
+
+def _check_aligned(image_path: Path, where: Georeference, mask_path: Path, mask_where: Georeference) -> None:
+    """Refuse an image and mask that are both georeferenced on different grids (CRS or transform), naming both."""
+    if where.is_set and mask_where.is_set and where != mask_where:
+        raise ShapeError(
+            f"Image and mask are not aligned: image {image_path} lies on CRS {where.crs} with transform "
+            f"{tuple(where.transform or ())}, mask {mask_path} on CRS {mask_where.crs} with transform "
+            f"{tuple(mask_where.transform or ())}; they must share CRS and transform (resample the mask onto "
+            "the image's grid, e.g. with gdalwarp -te/-tr or rasterio.warp.reproject)."
+        )
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -231,7 +305,8 @@ class SegmentationFolder(Dataset):
             extension (``.png``, ``.tif``, ``.tiff``, ``.vrt``).
         masks: Sub-folder with the label masks, one per image stem.
         bands: Optional bands to keep, in order: indices counted from 0 (e.g. ``(3, 2, 1)``) or the band names the
-            files declare (their band descriptions, case-insensitive: ``("nir", "red", "green")``), mixed as
+            files declare (their band descriptions, else their colour interpretation; case-insensitive: ``("nir",
+            "red", "green")``), mixed as
             needed; each image's names are looked up in its own file. Default all bands.
         ignore_index: Optional mask value meaning "not labelled" (e.g. 255); it is returned as −100, the
             value that :func:`cnnkit.losses.pixel_cross_entropy` and ``F.cross_entropy`` leave out.
@@ -325,7 +400,7 @@ class SegmentationFolder(Dataset):
                     self._skip(path, f"a mask without an image (no {stem}{{{','.join(EXTENSIONS)}}} in "
                                      f"{self.image_dir})", stacklevel=3)
         if self.bands is not None and not all(_is_int(b) for b in self.bands):
-            self._band_indices(_header(self.samples[0][0]).descriptions, self.samples[0][0], None)  # early check
+            self._band_indices(_header(self.samples[0][0]).names, self.samples[0][0], None)  # early check
 
     def _skip(self, path: Path, why: str, stacklevel: int = 4) -> None:
         """Name an entry that is left out: in :attr:`skipped`, and through ``log`` (or a ``UserWarning``)."""
@@ -375,7 +450,8 @@ class SegmentationFolder(Dataset):
         return files
 
     def _band_indices(self, descriptions: tuple, path: Path, count: int | None) -> list[int]:
-        """``bands`` as indices into ``path``'s bands: names matched to its band descriptions, case-insensitive."""
+        """``bands`` as indices into ``path``'s bands: names matched to its band names (:attr:`_Info.names`: the
+        descriptions, else the colour interpretation), case-insensitive."""
         by_name: dict[str, list[int]] = {}
         for index, name in enumerate(descriptions):
             if name:
@@ -409,10 +485,30 @@ class SegmentationFolder(Dataset):
         if self.bands is None:
             return None
         first = self.samples[0][0]
-        return tuple(self._band_indices(_header(first).descriptions, first, None))
+        return tuple(self._band_indices(_header(first).names, first, None))
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def check_pairs(self) -> None:
+        """Check every image against its mask from their headers alone, before any pixel is decoded: the mask holds
+        one label per pixel, the image has the mask's (H, W) (in any layout ``__getitem__`` reads), and both lie on
+        one grid (equal CRS and transform) where both are georeferenced. Cheap (headers only), so a training run
+        calls it before its passes over the pixels; the mask sizes read are kept for :attr:`sizes`.
+
+        Raises:
+            ShapeError: an image and its mask differ in size or grid (naming both files).
+            UnsupportedError: a mask that is not (H, W).
+            CnnkitError: a file that cannot be opened (naming it).
+        """
+        sizes = []
+        for image_path, mask_path in self.samples:
+            hw = _size(mask_path)
+            shape, info = _image_shape(image_path)
+            _check_aligned(image_path, info.georeference, mask_path, _header(mask_path).georeference)
+            _layout(shape, info.channels_first, hw, image_path, mask_path)
+            sizes.append(hw)
+        self._sizes = sizes
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -431,9 +527,11 @@ class SegmentationFolder(Dataset):
 
     @property
     def band_names(self) -> tuple[str, ...] | None:
-        """The bands' names as the first image's file describes them (after ``bands`` selection), or ``None`` when
-        it does not name every band (PNG, or a TIFF without band descriptions)."""
-        names = _header(self.samples[0][0]).descriptions
+        """The bands' names as the first image's file gives them (after ``bands`` selection): each band's description,
+        else its colour interpretation where that names a band (an RGB GeoTIFF without descriptions: ``("red",
+        "green", "blue")``); ``None`` when it does not name every band (PNG, or a TIFF whose bands are neither
+        described nor interpreted as colours)."""
+        names = _header(self.samples[0][0]).names
         if not names or not all(names):
             return None
         if self.bands is not None:
@@ -468,6 +566,9 @@ class SegmentationFolder(Dataset):
         labels = self._labels(mask, path)
         if unlabelled is not None:
             labels[unlabelled.reshape(labels.shape)] = IGNORE_INDEX  # the mask's declared nodata: not labelled
+        if info.sparse is not None and info.sparse.any():
+            # blocks stored without data hold GDAL's fill (0, a class): not labelled
+            labels[info.sparse.any(axis=0).reshape(labels.shape)] = IGNORE_INDEX
         return labels, info
 
     def _labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
@@ -512,34 +613,12 @@ class SegmentationFolder(Dataset):
         image_path, mask_path = self.samples[index]
         label, mask_info = self._read_label(mask_path)
         array, info = _read(image_path, raw=False)
-        where, mask_where = info.georeference, mask_info.georeference
-        if where.is_set and mask_where.is_set and where != mask_where:
-            raise ShapeError(
-                f"Image and mask are not aligned: image {image_path} lies on CRS {where.crs} with transform "
-                f"{tuple(where.transform or ())}, mask {mask_path} on CRS {mask_where.crs} with transform "
-                f"{tuple(mask_where.transform or ())}; they must share CRS and transform (resample the mask onto "
-                "the image's grid, e.g. with gdalwarp -te/-tr or rasterio.warp.reproject)."
-            )
-        hw = label.shape
-        if array.ndim == 2:
+        _check_aligned(image_path, info.georeference, mask_path, mask_info.georeference)
+        layout = _layout(array.shape, info.channels_first, label.shape, image_path, mask_path)
+        if layout == "HW":
             array = array[None]
-        elif array.ndim == 3:
-            if info.channels_first:
-                pass  # a multi-band raster: (C, H, W) whatever the sizes
-            elif array.shape[:2] == hw:
-                array = np.moveaxis(array, -1, 0)
-            elif array.shape[1:] != hw:
-                raise ShapeError(
-                    f"Image and mask sizes differ: image {image_path} has shape {array.shape}, mask {mask_path} "
-                    f"has shape {hw}; the image must be (H, W), (H, W, C) or (C, H, W) with the mask's (H, W)."
-                )
-        else:
-            raise ShapeError(f"An image must be 2-D or 3-D. Received shape {array.shape} from {image_path}")
-        if array.shape[1:] != hw:
-            raise ShapeError(
-                f"Image and mask sizes differ: image {image_path} has shape {array.shape[1:]}, "
-                f"mask {mask_path} has shape {hw}."
-            )
+        elif layout == "HWC":
+            array = np.moveaxis(array, -1, 0)
         if array.shape[0] == 0 or array.size == 0:
             # A zero-band TIFF would otherwise reach Standardized as its validity band alone.
             raise ShapeError(
@@ -551,7 +630,7 @@ class SegmentationFolder(Dataset):
                 f"An image must hold real numbers. Received dtype {array.dtype} from {image_path}"
             )
         if self.bands is not None:
-            indices = self._band_indices(info.descriptions, image_path, array.shape[0])
+            indices = self._band_indices(info.names, image_path, array.shape[0])
             if max(indices) >= array.shape[0]:
                 raise ShapeError(
                     f"bands must index the image's {array.shape[0]} bands, counted from 0. Received: "
