@@ -64,7 +64,10 @@ def interleaved_cpu_ms(fns: dict[str, Callable[[], object]], seconds: float = 10
 
 
 def command_peak(command: list[str], columns: int = 120) -> tuple[float, float, str]:
-    """Run ``command`` in a child and return (wall seconds, the child's peak RSS in MB, its output).
+    """Run ``command`` in a child and return (wall seconds, the child's peak RSS in MiB, its output).
+
+    The peak is the kernel's ``ru_maxrss`` of the child, which Linux counts in KiB: the value returned is in MiB
+    (2**20 bytes; 1.0 GB = 10**9 bytes is 953.7 MiB).
 
     A small launcher starts the command and reports its peak: a child forked from this (large) process would count
     this process's pages as its own until it execs, and Linux keeps that as the child's peak. Raises if the
@@ -79,4 +82,4 @@ def command_peak(command: list[str], columns: int = 120) -> tuple[float, float, 
     code, seconds, peak_kb = done.stdout.split()
     if int(code) != 0:
         raise RuntimeError(f"{' '.join(command[:4])} … failed:\n{done.stderr}")
-    return float(seconds), int(peak_kb) / 1024, done.stderr  # ru_maxrss is in kB on Linux
+    return float(seconds), int(peak_kb) / 1024, done.stderr  # ru_maxrss is in KiB on Linux
