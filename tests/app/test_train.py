@@ -276,3 +276,86 @@ def test_bands_by_name_composite_by_name_and_training_options(tmp_path):
     assert refused.exit_code == 2 and "--freeze-encoder needs a network with an encoder" in refused.output
     assert "folder" not in refused.output and "band mean" not in refused.output  # refused before reading the data
     assert not (tmp_path / "other").exists()
+
+
+def _small_tiffs(root: Path, seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` 2-band float32 TIFFs of 16 × 20 with NaN holes, uint8 masks of 3 balanced classes (255: no label)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    pairs = []
+    for k in range(count):
+        image = rng.normal(3.0, 2.0, (2, 16, 20)).astype(np.float32)
+        image[:, rng.random((16, 20)) < 0.05] = np.nan
+        mask = rng.integers(0, 3, (16, 20), dtype=np.uint8)
+        mask[rng.random((16, 20)) < 0.05] = 255
+        tifffile.imwrite(root / "images" / f"s{k}.tif", image, photometric="minisblack", planarconfig="separate")
+        tifffile.imwrite(root / "masks" / f"s{k}.tif", mask)
+        pairs.append((image, mask))
+    return pairs
+
+
+def test_train_folder_reads_the_training_split_once_before_training(tmp_path, monkeypatch):
+    """#30: band statistics, class weights and the no-data and unlabelled counts come from one pass (each training
+    item decoded once before the epoch), equal to numpy over the files; a skipped entry is named in the log."""
+    import json
+
+    from cnnkit.app.train import train_folder
+    from cnnkit.data import SegmentationFolder
+
+    pairs = _small_tiffs(tmp_path / "train", 21, 4)
+    _small_tiffs(tmp_path / "held", 22, 1)
+    tifffile.imwrite(tmp_path / "train" / "masks" / "orphan.tif", np.zeros((16, 20), np.uint8))
+    reads: dict[tuple[str, int], int] = {}
+    original = SegmentationFolder.__getitem__
+
+    def counted(self, index):
+        key = (self.root.name, int(index))
+        reads[key] = reads.get(key, 0) + 1
+        return original(self, index)
+
+    monkeypatch.setattr(SegmentationFolder, "__getitem__", counted)
+    lines: list[str] = []
+    run = train_folder(tmp_path / "train", tmp_path / "run", heldout=tmp_path / "held", num_classes=3, epochs=1,
+                       width=4, ignore_index=255, rare_below=0.0, progress=False, log=lines.append)
+    # each training item: once for the statistics, once in the one epoch (item 0 also gives the channel count)
+    assert [reads[("train", k)] for k in range(1, 4)] == [2, 2, 2], reads
+
+    valid = [np.isfinite(image).all(0) for image, _ in pairs]
+    pixels = np.concatenate([image[:, ok].astype(np.float64) for (image, _), ok in zip(pairs, valid)], axis=1)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    np.testing.assert_allclose(manifest["input"]["mean"], pixels.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(manifest["input"]["std"], pixels.std(1), rtol=1e-12)
+    labels = np.concatenate([mask[ok & (mask != 255)] for (_, mask), ok in zip(pairs, valid)])
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    enet = 1.0 / np.log(1.02 + counts / counts.sum())  # train_segmentation's default weighting
+    np.testing.assert_allclose(run.class_weight, enet, rtol=1e-6)
+    missing = sum(int((~ok).sum()) for ok in valid)
+    unlabelled = sum(int(((mask == 255) & ok).sum()) for (_, mask), ok in zip(pairs, valid))
+    total = 4 * 16 * 20
+    text = "\n".join(lines)
+    assert f"training pixels: {total:,}; no data (NaN, ±inf): {missing:,} " in text
+    assert f"unlabelled (ignore_index=255): {unlabelled:,} ({100 * unlabelled / total:.1f} %)" in text
+    assert any(line.startswith("skipped ") and line.endswith("orphan.tif: a mask without an image (no "
+                                                              "orphan{.png,.tif,.tiff,.vrt} in "
+                                                              f"{tmp_path / 'train' / 'images'})") for line in lines)
+
+
+def test_train_folder_refuses_a_mismatched_pair_before_decoding_any_pixel(tmp_path, monkeypatch):
+    """#25: the header check comes before the statistics and the class weights: with decoding made to fail, the
+    mismatch is what is refused, naming both files."""
+    import cnnkit.data.folder as folder_module
+    from cnnkit.app.train import train_folder
+    from cnnkit.errors import ShapeError
+
+    _small_tiffs(tmp_path / "train", 23, 3)
+    tifffile.imwrite(tmp_path / "train" / "masks" / "s1.tif", np.zeros((16, 19), np.uint8))
+
+    def never(*args, **kwargs):
+        raise AssertionError("a pixel was decoded")
+
+    monkeypatch.setattr(folder_module, "_read", never)
+    with pytest.raises(ShapeError, match=r"images.s1\.tif has shape \(16, 20\), mask .*masks.s1\.tif has shape "
+                                         r"\(16, 19\)"):
+        train_folder(tmp_path / "train", tmp_path / "run", num_classes=3, epochs=1, width=4, log=lambda line: None)
+    assert not (tmp_path / "run").exists()

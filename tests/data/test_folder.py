@@ -363,7 +363,7 @@ def test_training_excludes_and_counts_the_declared_nodata(tmp_path):
     assert 0 < missing < total and unlabelled > 0
     assert f"no data (NaN, ±inf, or the files' declared 0): {missing:,} ({100 * missing / total:.1f} %)" in text
     assert f"unlabelled: {unlabelled:,} ({100 * unlabelled / total:.1f} %)" in text
-    assert "band names (the files' band descriptions): blue, green, red, nir, swir" in text
+    assert "band names (the files' band descriptions or colour interpretation): blue, green, red, nir, swir" in text
     assert "nodata declared by the files: images 0 (no data, left out); masks 255 (unlabelled)" in text
 
 

@@ -40,6 +40,7 @@ from cnnkit.app.threads import usable_cores
 from cnnkit.app.workflow import (
     IMAGES,
     RARE_CROP_SHARE,
+    ClassCounts,
     Subset,
     check_class_names,
     choose_accelerator,
@@ -53,7 +54,7 @@ from cnnkit.app.workflow import (
     validation_period,
 )
 from cnnkit.data import RareClassCrops
-from cnnkit.data.standardize import missing_pixels
+from cnnkit.data.standardize import DataStatistics
 from cnnkit.errors import CnnkitError, ShapeError
 from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, padding_fraction, spatial_sizes
@@ -184,6 +185,9 @@ def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 
     processes = check_devices(accelerator, chosen, num_nodes)
     return accelerator, chosen, processes if processes is not None else num_nodes
 
+
+DEFAULT_WEIGHTING = "enet"
+"""The class weighting of :func:`train_segmentation` (``weighting``): ENet's ``1 / ln(1.02 + share)``."""
 
 REPORT_SAMPLES = 32
 """Held-out items handed to the report: the first 8 get a row each, the t-SNE draws pixels from all of them."""
@@ -332,7 +336,7 @@ def train_segmentation(
     width: int = 16,
     crop_size: int = 32,
     rare_below: float = 0.05,
-    weighting: str = "enet",
+    weighting: str = DEFAULT_WEIGHTING,
     title: str | None = None,
     progress: bool = True,
     quiet: bool = True,
@@ -359,6 +363,7 @@ def train_segmentation(
     encoder_lr_factor: float | None = None,
     freeze_encoder_epochs: int = 0,
     accumulate_grad_batches: int = 1,
+    statistics: DataStatistics | None = None,
 ) -> SegmentationRun | None:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -438,6 +443,11 @@ def train_segmentation(
         accumulate_grad_batches: One optimizer step every this many batches (Lightning's gradient accumulation).
         val_every: Validate on ``heldout`` at most every this many epochs, on a period that divides ``epochs`` (so
             that the last epoch validates); the final evaluation always runs.
+        statistics: What a pass over the items ``train`` wraps already found (:func:`cnnkit.data.data_statistics`
+            with ``num_classes`` and this ``weighting``, as :func:`train_folder` computes it): its class counts replace
+            this function's own pass over ``train`` (:func:`~cnnkit.app.workflow.count_classes`), and its class
+            weights are used when no class is rare. With rare classes the weights are estimated on the images and
+            their crops (what the loss sees), a pass of its own. Default: counted here.
 
     Returns:
         A :class:`SegmentationRun` on rank 0; ``None`` in the other processes of a distributed run.
@@ -503,10 +513,18 @@ def train_segmentation(
     torch.manual_seed(seed)
 
     has_validity = bool((preprocessing or {}).get("validity_band"))
-    counted = count_classes(train, num_classes, kind=IMAGES, validity_band=has_validity)
+    if statistics is None:
+        counted = count_classes(train, num_classes, kind=IMAGES, validity_band=has_validity)
+    else:  # the caller's pass (unpadded pixels: no data and padding are not counted as pixels here)
+        if statistics.class_counts is None or len(statistics.class_counts) != num_classes:
+            raise ShapeError(f"statistics must count the {num_classes} classes (data_statistics(..., num_classes="
+                             f"{num_classes})). Received class_counts={statistics.class_counts}.")
+        counted = ClassCounts(statistics.class_counts.to(torch.float64), statistics.unlabelled + statistics.missing,
+                              statistics.missing, statistics.pixels)
+        if counted.counts.sum() == 0:
+            raise ShapeError("The training labels hold no labelled pixel (all are -100).")
     share, majority, rare = counted.share, counted.majority, counted.rare(rare_below)
-    first_image = torch.as_tensor(train[0][0])
-    log(f"data: {len(train)} training and {len(heldout)} held-out images, {first_image.shape[0]} channels, sizes "
+    log(f"data: {len(train)} training and {len(heldout)} held-out images, {in_channels} channels, sizes "
         f"{min(min(s) for s in sizes)}–{max(max(s) for s in sizes)} px; "
         + "; ".join(f"'{names[k]}' {100 * share[k]:.2f} %" for k in range(num_classes)) + " of labelled pixels")
 
@@ -519,9 +537,13 @@ def train_segmentation(
         log(f"rare classes (< {100 * rare_below:g} %): " + ", ".join(names[k] for k in rare)
             + f"; {len(crops)} crops of {crop_size}×{crop_size} per epoch")
     # The weights are estimated on what the loss sees in an epoch, crops included: the crops already raise the
-    # rare classes' share, and weights from the images alone would count that boost twice.
+    # rare classes' share, and weights from the images alone would count that boost twice. Without crops, the
+    # caller's pass over the images gave them (the same counts: padding and no data are -100 in both).
     mixed = ConcatDataset(parts)
-    weight = class_weights((label for _, label in mixed), num_classes, weighting)
+    if statistics is not None and statistics.class_weight is not None and not rare:
+        weight = statistics.class_weight
+    else:
+        weight = class_weights((label for _, label in mixed), num_classes, weighting)
     log(f"class weights ({weighting.replace('_', ' ')}, images{' and crops' if rare else ''}): "
         + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weight.tolist())))
     # The global batches, each process its share (in one process: BucketBatchSampler's batches, a short last batch
@@ -662,11 +684,15 @@ def train_folder(
 
     The cheap checks come first, before any pass over the data: the network's names and arguments, the training
     options (:func:`cnnkit.app.workflow.training_options`), ``out`` (empty, or a run to ``resume`` whose recorded
-    options these must equal), the device and the process count (:func:`check_scaling`). Every process of a
-    distributed run reads the folder itself: the split, the band statistics and the class weights are computed from
-    the same files in the same order, the same on every process; rank 0 alone prints and writes.
+    options these must equal), the device and the process count (:func:`check_scaling`), and every image against its
+    mask from their headers (:meth:`~cnnkit.data.SegmentationFolder.check_pairs`: sizes, CRS and transform). Then one
+    streaming pass over the training split (:func:`cnnkit.data.data_statistics`) gives the band statistics, the class
+    counts, the no-data and unlabelled counts and the class weights; with rare classes the weights are estimated
+    again on the images and their crops (what the loss sees). Entries of the folders left out are named in ``log``.
+    Every process of a distributed run reads the folder itself: the split, the band statistics and the class weights
+    are computed from the same files in the same order, the same on every process; rank 0 alone prints and writes.
     """
-    from cnnkit.data import SegmentationFolder, Standardized
+    from cnnkit.data import SegmentationFolder, Standardized, data_statistics
 
     model_spec = kwargs.pop("model_spec", None)
     weights = kwargs.get("weights")
@@ -690,9 +716,11 @@ def train_folder(
     if kwargs.get("resume", False):
         check_run_options(out, {**model_options(spec), **run_options})
     data_bands = kwargs.pop("band_names", None)
-    folder = SegmentationFolder(root, images, masks, bands=bands, ignore_index=ignore_index)
+    folder = SegmentationFolder(root, images, masks, bands=bands, ignore_index=ignore_index, log=log)
+    folder.check_pairs()  # headers only: a mismatched pair is refused before any pixel is decoded
     if heldout is not None:
-        held = SegmentationFolder(heldout, images, masks, bands=bands, ignore_index=ignore_index)
+        held = SegmentationFolder(heldout, images, masks, bands=bands, ignore_index=ignore_index, log=log)
+        held.check_pairs()
         train_part, held_part = folder, held
         split = f"held-out folder {str(heldout)!r}"
     else:
@@ -720,25 +748,23 @@ def train_folder(
             + " (unlabelled)")
     if data_bands is None and folder.band_names is not None:
         data_bands = list(folder.band_names)
-        log("band names (the files' band descriptions): " + ", ".join(data_bands))
-    train = Standardized(train_part, nodata=nodata, multiple_of=multiple)
-    held = Standardized(held_part, train.mean, train.std, nodata=nodata, multiple_of=multiple)
+        log("band names (the files' band descriptions or colour interpretation): " + ", ".join(data_bands))
+    # One streaming pass over the training split: band statistics, class counts, class weights (used as they are
+    # when no class is rare, see train_segmentation), no-data and unlabelled pixels.
+    found = data_statistics(train_part, num_classes, nodata=nodata,
+                            weighting=kwargs.get("weighting", DEFAULT_WEIGHTING))
+    train = Standardized(train_part, found.mean, found.std, nodata=nodata, multiple_of=multiple)
+    held = Standardized(held_part, found.mean, found.std, nodata=nodata, multiple_of=multiple)
     log("band mean " + ", ".join(f"{v:.4g}" for v in train.mean.tolist())
         + "; std " + ", ".join(f"{v:.4g}" for v in train.std.tolist()))
-    missing = unlabelled = total = 0
-    for index in range(len(train_part)):
-        image, label = train_part[index]
-        gone = missing_pixels(torch.as_tensor(image), nodata)
-        missing += int(gone.sum())
-        unlabelled += int(((torch.as_tensor(label) == IGNORE_INDEX) & ~gone).sum())
-        total += gone.numel()
+    missing, unlabelled, total = found.missing, found.unlabelled, found.pixels
     nodata_text = f", or {nodata!r}" if nodata is not None else ""
     if declared["images"]:
         nodata_text += ", or the files' declared " + ", ".join(f"{v:g}" for v in declared["images"])
     ignore_text = f" (ignore_index={ignore_index})" if ignore_index is not None else ""
     log(f"training pixels: {total:,}; no data (NaN, ±inf{nodata_text}): {missing:,} ({100 * missing / total:.1f} %); "
         f"unlabelled{ignore_text}: {unlabelled:,} ({100 * unlabelled / total:.1f} %)")
-    band_count = SegmentationFolder(root, images, masks, ignore_index=ignore_index)[0][0].shape[0]
+    band_count = SegmentationFolder(root, images, masks, ignore_index=ignore_index, log=silent)[0][0].shape[0]
     preprocessing = {"mean": train.mean.tolist(), "std": train.std.tolist(), "nodata": nodata,
                      "bands": list(folder.band_indices) if bands is not None else None, "multiple_of": multiple,
                      "validity_band": True, "band_count": band_count}
@@ -753,7 +779,8 @@ def train_folder(
                               recipe={"data": str(root), "split": split, "bands": list(bands) if bands is not None
                                       else None, "nodata": f"NaN, ±inf{nodata_text}",
                                       "nodata_share": missing / total, "unlabelled_share": unlabelled / total},
-                              band_names=[*data_bands, "validity"] if data_bands is not None else None, **kwargs)
+                              band_names=[*data_bands, "validity"] if data_bands is not None else None,
+                              statistics=found, **kwargs)
 
 
 def _ranges(values: list[int]) -> str:

@@ -362,7 +362,7 @@ class SegmentationFolder(Dataset):
             if not bands or not all((_is_int(b) and b >= 0) or (isinstance(b, str) and b.strip()) for b in bands):
                 raise ShapeError(
                     "bands must be a non-empty sequence of band indices (integers >= 0, counted from 0) or band "
-                    f"names (the files' band descriptions). Received: bands={given!r}"
+                    f"names (the files' band descriptions, else their colour interpretation). Received: bands={given!r}"
                 )
             bands = tuple(int(b) if _is_int(b) else b for b in bands)
         if ignore_index is not None and not _is_int(ignore_index):

@@ -168,8 +168,10 @@ class StatisticsPass:
         if self.num_classes is not None:
             if counted.numel() and (counted.min() < 0 or counted.max() >= self.num_classes):
                 bad = int(counted[(counted < 0) | (counted >= self.num_classes)][0])
+                hint = (f" If {bad} marks pixels without a label, pass ignore_index={bad} (--ignore-index {bad})."
+                        if bad >= self.num_classes else "")
                 raise ShapeError(f"labels must be class indices in [0, {self.num_classes}) or -100 (num_classes="
-                                 f"{self.num_classes}). Received a label {bad}.")
+                                 f"{self.num_classes}). Received a label {bad}.{hint}")
             self.class_counts += torch.bincount(counted, minlength=self.num_classes)
         self.unlabelled += int(missing.numel() - missing.sum()) - counted.numel()
         return label
