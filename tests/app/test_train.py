@@ -359,3 +359,30 @@ def test_train_folder_refuses_a_mismatched_pair_before_decoding_any_pixel(tmp_pa
                                          r"\(16, 19\)"):
         train_folder(tmp_path / "train", tmp_path / "run", num_classes=3, epochs=1, width=4, log=lambda line: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_rgb_geotiffs_without_descriptions_are_named_by_their_colour_interpretation(tmp_path):
+    """Bands by the colour interpretation GDAL reads (red, green, blue; no band descriptions): selected by name
+    (the manifest records their indices), named in the log, and the report's composite drawn from them."""
+    import json
+
+    import rasterio
+
+    from cnnkit.app.train import train_folder
+
+    rng = np.random.default_rng(24)
+    for part, count in (("train", 3), ("held", 1)):
+        (tmp_path / part / "images").mkdir(parents=True)
+        (tmp_path / part / "masks").mkdir()
+        for k in range(count):
+            with rasterio.open(tmp_path / part / "images" / f"s{k}.tif", "w", driver="GTiff", width=20, height=16,
+                               count=3, dtype="uint8", photometric="RGB") as dst:
+                dst.write(rng.integers(0, 256, (3, 16, 20), dtype=np.uint8))
+            tifffile.imwrite(tmp_path / part / "masks" / f"s{k}.tif", rng.integers(0, 3, (16, 20), dtype=np.uint8))
+    lines: list[str] = []
+    train_folder(tmp_path / "train", tmp_path / "run", heldout=tmp_path / "held", num_classes=3, epochs=1, width=4,
+                 bands=("Blue", "green", "red"), progress=False, log=lines.append)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["input"]["bands"] == [2, 1, 0]
+    assert "band names (the files' band descriptions or colour interpretation): blue, green, red" in lines
+    text = (tmp_path / "run" / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Image: bands: red, green, blue as red, green, blue" in text  # the network's bands 2, 1, 0
