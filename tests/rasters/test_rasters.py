@@ -139,3 +139,30 @@ def test_background_writer_runs_in_order_and_reports_the_first_error():
     with pytest.raises(OSError, match="disk full at 0"), BackgroundWriter() as writer:
         for i in range(3):
             writer.submit(fail, i)
+
+
+def test_a_sweep_of_haloed_tiles_decodes_each_block_once_and_holds_less_than_two_rows_of_blocks(tmp_path):
+    """Tiles of 24 px with a 3-px halo swept row by row over 32-px blocks: every window equals the array, every block
+    is decoded once, and the cache drops the rows above each row of tiles (it holds at most the 19 rows of one row of
+    blocks below the top of a window and the next whole row, 51 rows, where whole blocks would be 64); a window that
+    goes back up is still read right (its blocks decoded again)."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 60000, (2, 100, 90)).astype(np.uint16)
+    path = tmp_path / "x.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=90, height=100, count=2, dtype="uint16", tiled=True,
+                       blockxsize=32, blockysize=32, compress="deflate") as dst:
+        dst.write(data)
+    raster = Raster(path)
+    source = raster._main
+    row_of_blocks = 32 * 90 * 2 * 2
+    held = []
+    for top in range(0, 100, 24):
+        for left in range(0, 90, 24):
+            rows, cols = slice(max(top - 3, 0), min(top + 27, 100)), slice(max(left - 3, 0), min(left + 27, 90))
+            np.testing.assert_array_equal(raster.read_raw(rows, cols), data[:, rows, cols])
+            held.append(source._cached)
+    assert raster.blocks_decoded == 4 * 3
+    assert max(held) == 51 * 90 * 2 * 2 < 2 * row_of_blocks
+    np.testing.assert_array_equal(raster.read_raw(slice(0, 40), slice(0, 90)), data[:, 0:40])  # back up
+    assert raster.blocks_decoded > 4 * 3
+    raster.close()
