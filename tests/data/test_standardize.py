@@ -159,3 +159,18 @@ def test_the_pass_does_not_depend_on_order_or_chunks():
         from cnnkit.data import data_statistics
 
         data_statistics(items, num_classes=2)
+
+
+def test_a_label_beyond_the_classes_names_ignore_index():
+    """cnnkit train counts classes in data_statistics' pass: a label >= num_classes (a 255 "not labelled") is refused
+    naming the item and suggesting ignore_index, as the count it replaced did; a negative one without the hint."""
+    from cnnkit.data import data_statistics
+
+    image = torch.ones(1, 2, 2)
+    with pytest.raises(ShapeError, match=r"item 1: labels must be class indices in \[0, 3\) or -100 "
+                                         r"\(num_classes=3\)\. Received a label 255\. If 255 marks pixels without a "
+                                         r"label, pass ignore_index=255"):
+        data_statistics([(image, torch.zeros(2, 2, dtype=torch.long)), (image, torch.tensor([[0, 255], [1, 2]]))],
+                        num_classes=3)
+    with pytest.raises(ShapeError, match=r"Received a label -3\.$"):
+        data_statistics([(image, torch.tensor([[0, -3], [1, 2]]))], num_classes=3)
