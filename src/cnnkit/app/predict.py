@@ -32,6 +32,7 @@ from cnnkit._checks import check_int
 from cnnkit._tensors import argmax
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.predict import Prediction, Predictor, Preprocessing
+from cnnkit.predict.memory import release_free_memory
 from cnnkit.predict.outputs import (
     PROBABILITY_DTYPES,
     Fanout,
@@ -466,6 +467,11 @@ def predict_scene_into(scene: Scene, predictor: Predictor, out: Path, run: Predi
                                                 probabilities_out=writers.get("probabilities"),
                                                 confidence_out=writers.get("confidence"), on_tile=on_pixels,
                                                 on_read=on_read)
+            # every window is read: the reader's blocks (two rows of blocks across the scene, 90 MB for a
+            # 10,980-px-wide uint16 × 4 scene) and GDAL's cached blocks of the file go before the COG copies and the
+            # overlay, not after them
+            scene.close()
+            release_free_memory()  # what the reading, computing and writing threads freed, before the copies
             for writer in writers.values():
                 writer.close()
         except BaseException:
