@@ -53,7 +53,7 @@ def _write_folder(root: Path, count: int, seed: int = 0) -> None:
 
 
 def _measure(root: Path) -> tuple[float, float, float]:
-    """(peak RSS MB, wall s of the child, s of building the folder and the pass inside it)."""
+    """(peak RSS MiB, wall s of the child, s of building the folder and the pass inside it)."""
     wall, peak, output = command_peak([sys.executable, "-c", _CHILD.format(classes=CLASSES), str(root)])
     inside = float(output.split()[-1])
     return peak, wall, inside
@@ -71,9 +71,9 @@ def run() -> list[dict]:
             peak, wall, inside = _measure(root)
             rows.append({
                 "benchmark": f"SegmentationFolder + one streaming statistics pass, {count} images of {SIDE}×{SIDE}×"
-                             f"{BANDS} uint16 (deflate TIFF): peak RSS {peak:.0f} MB ({peak - base_peak:+.0f} MB "
+                             f"{BANDS} uint16 (deflate TIFF): peak RSS {peak:.0f} MiB ({peak - base_peak:+.0f} MiB "
                              f"over one image), pass {inside:.1f} s",
-                "baseline": f"the same child on one image: peak RSS {base_peak:.0f} MB",
+                "baseline": f"the same child on one image: peak RSS {base_peak:.0f} MiB",
                 "ms": 1000 * inside, "baseline_ms": 1000 * base_inside, "ratio": peak / base_peak,
                 "goal": "peak RSS ratio ≤ 1.1 (flat in the number of images)",
                 "peak_mb": peak, "baseline_peak_mb": base_peak, "images": count, "child_wall_s": wall,

@@ -91,7 +91,7 @@ def _large_scene(run: Path, folder: Path, side: int = 8000) -> list[dict]:
     command = [sys.executable, "-m", "cnnkit.cli", "predict", str(run), str(path), "--out", str(folder / "out"),
                "--probabilities"]
     seconds, peak_mb, _ = command_peak(command)
-    peak_text = f"{peak_mb:.0f} MB"
+    peak_text = f"{peak_mb:.0f} MiB"
     return [{"benchmark": f"cnnkit predict, {side}×{side}×{BANDS} uint16 TIFF, probabilities written, "
                           f"{seconds:.0f} s ({side * side / seconds / 1e6:.2f} Mpx/s)",
              "baseline": "memory budget 1.5 GB", "ms": peak_mb, "baseline_ms": 1536.0,
