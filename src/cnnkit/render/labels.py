@@ -357,7 +357,7 @@ def image_to_rgb(
         x = picked.astype(np.float64)
         x[~np.isfinite(x)] = np.nan  # ±inf is missing too: left out of the stretch, not stretching it to nothing
         if normalize == "none":
-            scaled = 255.0 * x
+            np.multiply(x, 255.0, out=x)
         else:
             if normalize == "percentile":
                 low, high = percentiles
@@ -376,8 +376,14 @@ def image_to_rgb(
                     hi = np.nanpercentile(x, high, axis=(2, 3), keepdims=True)
             lo = np.nan_to_num(lo)
             span = np.nan_to_num(hi) - lo
-            scaled = np.where(span > 0, 255.0 * (x - lo) / np.where(span > 0, span, 1.0), 0.0)
-        rgb = np.clip(np.round(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
+            # 255 · (x − lo) / span, 0 where the band is flat — in place, the same operations in the same order (a
+            # preview of 1024² × 3 in float64 is 25 MB a temporary: this keeps one, not five)
+            np.subtract(x, lo, out=x)
+            np.multiply(x, 255.0, out=x)
+            np.divide(x, np.where(span > 0, span, 1.0), out=x)
+            np.multiply(x, span > 0, out=x)
+        np.nan_to_num(x, copy=False, nan=0.0)
+        rgb = np.clip(np.round(x, out=x), 0, 255, out=x).astype(np.uint8)
     rgb = np.ascontiguousarray(np.moveaxis(rgb, 1, -1))
     rgb[_missing(picked)] = NODATA_COLOR
     return rgb if batched else rgb[0]
