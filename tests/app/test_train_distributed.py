@@ -11,10 +11,13 @@ mean, unsynchronised batch norm — fails it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,58 @@ def test_more_processes_than_exist_is_refused_before_anything(tmp_path):
     result = CliRunner().invoke(app, ["train", str(missing), "--out", str(out), "--precision", "half"])
     assert result.exit_code != 0 and "Unknown precision 'half'" in " ".join(result.output.split())
     assert not out.exists()
+
+
+def _damage(path: Path) -> None:
+    """Cut a TIFF in half: its header still reads, its pixels do not (a copy or sync that stopped half-way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _damaged_run(write_tiff_scenes, root: Path, wait_for: str, victim: int,
+                 epochs: int) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """``cnnkit train --devices 2`` on a fresh folder, one training image damaged as soon as ``out/<wait_for>``
+    appears; the run, its folder and the damaged file."""
+    write_tiff_scenes(root / "train", SyntheticLandCover(6, seed=11, min_size=16, max_size=24))
+    write_tiff_scenes(root / "held", SyntheticLandCover(2, seed=12, min_size=16, max_size=24))
+    damaged, out = sorted((root / "train" / "images").glob("*.tif"))[victim], root / "run"
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
+    env.update(COLUMNS="200", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "cnnkit", "train", str(root / "train"), "--heldout", str(root / "held"),
+               "--out", str(out), "--epochs", str(epochs), "--batch-size", "3", "--width", "4", "--ignore-index",
+               "255", "--threads", "1", "--devices", "2", "--strategy", "ddp"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / wait_for).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _damage(damaged)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the ranks did not stop within 60 s of the damage (a hang?)")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of the run may outlive it
+        proc.wait()
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), out, damaged
+
+
+@pytest.mark.parametrize(("wait_for", "victim", "epochs"), [
+    ("run-options.json", 2, 1),        # rank 0 read it whole; rank 1, started inside fit, reads it damaged
+    ("checkpoints/last.ckpt", 3, 3),   # damaged while the ranks train: the rank whose share holds it fails
+], ids=["rank-1-statistics", "training-step"])
+def test_one_ranks_damaged_file_stops_every_rank_with_its_error(tiff_scenes, tmp_path, wait_for, victim, epochs):
+    done, out, damaged = _damaged_run(tiff_scenes, tmp_path, wait_for, victim, epochs)
+    # before: rank 0 SIGKILLed by Lightning's observer (exit code -9), or failing with gloo's "Connection closed
+    # by peer" (exit code 1) while the other rank's error went by
+    assert done.returncode == 2, (done.returncode, done.stdout[-2000:], done.stderr[-4000:])
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(damaged) in errors[0] and "damaged or truncated" in errors[0], done.stderr
+    assert "Connection closed by peer" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    for final in ("model.safetensors", "manifest.json", "report"):
+        assert not (out / final).exists(), final
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "train")], capture_output=True, text=True).stdout
+    assert not left.strip(), f"ranks still running: {left}"

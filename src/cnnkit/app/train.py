@@ -25,6 +25,7 @@ Items are ``(image (C, H, W) float, label (H, W) int)``; −100 marks pixels wit
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -64,7 +65,7 @@ from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import RunRecipe, data_section, evaluation_section, recipe_section, write_report
 from cnnkit.train import DistributedBucketSampler, FilterEvolutionCallback, SegmentationTask, fit
 from cnnkit.train.callbacks import DivergenceStop
-from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero
+from cnnkit.train.distributed import check_devices, check_precision, launched_as_rank_zero, stop_together
 from cnnkit.train.rundir import (
     check_run_dir,
     check_run_options,
@@ -319,6 +320,20 @@ def _build_network(spec: ModelSpec, in_channels: int, num_classes: int, weights,
     return net
 
 
+def _ranks_stop_together(function):
+    """Run ``function`` so that on several processes one rank's error stops every rank, and the command fails with
+    the first rank's error (:func:`cnnkit.train.distributed.stop_together`): a damaged file that only one rank reads
+    is reported as that file's error, not as the others' lost connection or a SIGKILL."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with stop_together(kwargs.get("devices", 1) != 1 or kwargs.get("num_nodes", 1) != 1):
+            return function(*args, **kwargs)
+
+    return run
+
+
+@_ranks_stop_together
 def train_segmentation(
     train,
     heldout,
@@ -638,6 +653,7 @@ def train_segmentation(
     )
 
 
+@_ranks_stop_together
 def train_folder(
     root: str | os.PathLike,
     out: str | os.PathLike = "cnnkit-run",
