@@ -290,7 +290,8 @@ def train_series(
             SeriesSegNet, the default).
         scheduler: ``None`` (constant ``lr``) or ``"cosine"`` (down to 0 over the run). Constant by default: on the
             demo data, 240 steps with cosine gave held-out mean IoU 0.26, 276 constant-rate steps of the same
-            network and crops in a plain loop 0.59 (see ``docs/timeseries.md``).
+            network and crops in a plain loop 0.59 (not a controlled pair, see ``docs/timeseries.md``); the demo
+            uses cosine after a warm-up epoch (:data:`DEMO_SETTINGS`).
         width, hidden, kernel_size, init: The network's encoder channels, ConvLSTM hidden channels, window and
             initialisation (:class:`~cnnkit.models.SeriesSegNet`; ``init="keras"``: forget-gate bias 1).
         crop_size: Side of the training crops (all dates kept).
