@@ -389,21 +389,3 @@ def test_a_series_network_chosen_by_name_trains_through_the_same_workflow(tmp_pa
     refused = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "other"), "--freeze-encoder", "1"])
     assert refused.exit_code == 2 and "--freeze-encoder needs a network with an encoder" in refused.output
     assert not (tmp_path / "other").exists() and "folder" not in refused.output
-
-
-def test_the_demo_settings_build_a_keras_initialised_convlstm():
-    """The demo's network (DEMO_SETTINGS) through series_spec and build: init="keras" is recorded in the spec (so the
-    manifest rebuilds the same network) and gives the ConvLSTM a forget-gate bias of 1; the default records no init."""
-    from cnnkit.app.timeseries import DEMO_SETTINGS, series_spec
-    from cnnkit.models import build
-
-    assert "init" not in series_spec(None, 8, 16, 1).args
-    spec = series_spec(None, DEMO_SETTINGS["width"], DEMO_SETTINGS["hidden"], DEMO_SETTINGS["kernel_size"],
-                       DEMO_SETTINGS["init"])
-    assert spec.args["init"] == "keras"
-    net = build(spec, in_channels=7, num_classes=5)
-    hidden = DEMO_SETTINGS["hidden"]
-    bias = net.recurrent.bias_l0
-    assert torch.equal(bias[hidden:2 * hidden], torch.ones(hidden))  # Keras gate order i, f, c, o
-    assert torch.equal(bias[:hidden], torch.zeros(hidden))
-    assert "init='keras'" in repr(net)

@@ -209,10 +209,9 @@ def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int
 
 
 def series_spec(model_spec: ModelSpec | dict | None, width: int = 8, hidden: int = 16,
-                kernel_size: int = 3, init: str = "torch") -> ModelSpec:
+                kernel_size: int = 3) -> ModelSpec:
     """The spec of the series network to train: ``model_spec`` checked (a network of a series family, which takes
-    ``(x, valid, days)``), or cnnkit's SeriesSegNet of ``width``, ``hidden``, ``kernel_size`` and ``init`` (recorded
-    only when not ``"torch"``).
+    ``(x, valid, days)``), or cnnkit's SeriesSegNet of ``width``, ``hidden`` and ``kernel_size``.
 
     Examples:
         >>> series_spec(None, 8, 16, 1)
@@ -220,8 +219,7 @@ def series_spec(model_spec: ModelSpec | dict | None, width: int = 8, hidden: int
 'kernel_size': 1})
     """
     if model_spec is None:
-        args = {"width": width, "hidden": hidden, "kernel_size": kernel_size}
-        return spec_for("SeriesSegNet", args=args if init == "torch" else {**args, "init": init})
+        return spec_for("SeriesSegNet", args={"width": width, "hidden": hidden, "kernel_size": kernel_size})
     spec = parse_spec(model_spec)
     resolve(spec)
     if not family_of(spec).endswith("series"):
@@ -246,7 +244,6 @@ def train_series(
     width: int = 8,
     hidden: int = 16,
     kernel_size: int = 3,
-    init: str = "torch",
     crop_size: int = 32,
     crops_per_series: int = 1,
     rare_below: float = 0.05,
@@ -290,10 +287,9 @@ def train_series(
             SeriesSegNet, the default).
         scheduler: ``None`` (constant ``lr``) or ``"cosine"`` (down to 0 over the run). Constant by default: on the
             demo data, 240 steps with cosine gave held-out mean IoU 0.26, 276 constant-rate steps of the same
-            network and crops in a plain loop 0.59 (not a controlled pair, see ``docs/timeseries.md``); the demo
-            uses cosine after a warm-up epoch (:data:`DEMO_SETTINGS`).
-        width, hidden, kernel_size, init: The network's encoder channels, ConvLSTM hidden channels, window and
-            initialisation (:class:`~cnnkit.models.SeriesSegNet`; ``init="keras"``: forget-gate bias 1).
+            network and crops in a plain loop 0.59 (see ``docs/timeseries.md``).
+        width, hidden, kernel_size: The network's encoder channels, ConvLSTM hidden channels and window
+            (:class:`~cnnkit.models.SeriesSegNet`).
         crop_size: Side of the training crops (all dates kept).
         crops_per_series: Crops of each series per epoch.
         rare_below: A class under this share of the labelled training pixels is rare.
@@ -337,7 +333,7 @@ def train_series(
     names = check_class_names(class_names, num_classes)
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
-    spec = series_spec(model_spec, width, hidden, kernel_size, init)
+    spec = series_spec(model_spec, width, hidden, kernel_size)
     defaults = training_defaults(spec)
     family = f"the {family_of(spec)!r} family"
     lr, lr_source = learning_rate(None if lr is None or lr == defaults.lr else lr, defaults.lr, family)
@@ -511,9 +507,8 @@ def train_series_folder(
     The cheap checks come first, before the folder is read: the network's names (:func:`series_spec`), the training
     options, the device and ``out`` (empty, or a run to ``overwrite`` or ``resume``).
     """
-    # the cheap checks first, before the folder is read
     spec = series_spec(kwargs.get("model_spec"), kwargs.get("width", 8), kwargs.get("hidden", 16),
-                       kwargs.get("kernel_size", 3), kwargs.get("init", "torch"))
+                       kwargs.get("kernel_size", 3))  # the cheap checks first, before the folder is read
     training_options(training_defaults(spec), f"the {family_of(spec)!r} family", has_encoder=False, pretrained=False,
                      warmup_epochs=kwargs.get("warmup_epochs"), encoder_lr_factor=kwargs.get("encoder_lr_factor"),
                      freeze_encoder_epochs=kwargs.get("freeze_encoder_epochs", 0),
@@ -560,18 +555,12 @@ def train_series_folder(
 
 # -- the demo ----------------------------------------------------------------------------------------
 
-DEMO_TRAIN = 96
+DEMO_TRAIN = 48
 DEMO_HELDOUT = 16
-DEMO_EPOCHS = 60
-DEMO_SETTINGS = {"width": 8, "hidden": 16, "kernel_size": 1, "init": "keras", "crop_size": 24, "crops_per_series": 1,
-                 "batch_size": 8, "lr": 1e-2, "scheduler": "cosine", "warmup_epochs": 1, "val_every": 12}
-"""The demo's network and training: chosen by CPU time on 2 cores (see ``docs/timeseries.md``). 96 series of one
-crop each per epoch instead of 48 of two (the same steps, twice the fields: with 48 the held-out loss rose while
-the training loss fell), 60 epochs instead of 36 (the held-out IoU was still rising at 36), and a cosine decay
-after one epoch of warm-up so that the last epochs settle instead of ending wherever a constant rate of 1e-2
-leaves them; the ConvLSTM initialised as Keras does (forget-gate bias 1, orthogonal recurrent weights), which left
-the first epochs' plateau at chance sooner. Measured on seeds 0–4 in ``docs/benchmarks.md`` (the goal of 0.80 on
-every seed is not reached: seeds whose held-out series are short stay near 0.65)."""
+DEMO_EPOCHS = 36
+DEMO_SETTINGS = {"width": 8, "hidden": 16, "kernel_size": 1, "crop_size": 24, "crops_per_series": 2,
+                 "batch_size": 8, "lr": 1e-2, "val_every": 12}
+"""The demo's network and training: chosen by CPU time on 2 cores (see ``docs/timeseries.md``)."""
 
 
 def series_demo(

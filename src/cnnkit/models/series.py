@@ -33,8 +33,6 @@ class SeriesSegNet(nn.Module):
         hidden: Hidden channels of the ConvLSTM (and of the head).
         kernel_size: Window of the ConvLSTM's convolutions (odd; 1 is an LSTM per pixel, about 9× cheaper
             than 3, with the spatial context left to the encoder's and the head's 3 × 3 windows).
-        init: How the ConvLSTM draws its weights (:meth:`cnnkit.nn.ConvLSTM2d.reset_parameters`): ``"torch"``
-            or ``"keras"`` (orthogonal recurrent weights, forget-gate bias 1).
 
     Shape:
         - x: (N, T, in_channels, H, W).
@@ -51,7 +49,7 @@ class SeriesSegNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32,
-                 kernel_size: int = 3, init: str = "torch"):
+                 kernel_size: int = 3):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("hidden", hidden), ("kernel_size", kernel_size)):
@@ -62,7 +60,7 @@ class SeriesSegNet(nn.Module):
         self.kernel_size = kernel_size
         self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
                                      nn.Conv2d(width, width, 1), nn.ReLU())
-        self.recurrent = ConvLSTM2d(width, hidden, kernel_size, padding="same", init=init)
+        self.recurrent = ConvLSTM2d(width, hidden, kernel_size, padding="same")
         self.head = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, num_classes, 1))
 
     def forward(self, x: Tensor, mask: Tensor | None = None, days: Tensor | None = None) -> Tensor:
@@ -86,5 +84,4 @@ class SeriesSegNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, "
-                f"hidden={self.hidden}" + (f", kernel_size={self.kernel_size}" if self.kernel_size != 3 else "")
-                + (f", init={self.recurrent.init!r}" if self.recurrent.init != "torch" else ""))
+                f"hidden={self.hidden}" + (f", kernel_size={self.kernel_size}" if self.kernel_size != 3 else ""))
