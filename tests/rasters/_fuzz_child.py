@@ -9,7 +9,9 @@ what it then maps (``RLIMIT_AS``), and for each file prints ``{"start": file}`` 
      "declared": [bands, height, width] | null, "pixels": pixels predicted with data}
 
 ``outcome`` is ``"cnnkit"`` for a ``CnnkitError`` (a clean refusal) and ``"raw"`` for any other exception (a bug).
-``peak_rss_mb`` is the peak resident memory above the warmed-up interpreter, ``rss_mb`` the absolute peak.
+``peak_rss_mb`` is the peak resident memory above the warmed-up interpreter, ``rss_mb`` the absolute peak, both in
+MiB from this process's own ``VmHWM`` (not ``ru_maxrss``, which on Linux keeps the high-water mark of the process
+that forked this one: a child of a 2 GB pytest process reported 2 GB before it had done anything).
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ import resource
 import sys
 import time
 import warnings
+
+
+def _peak_mib() -> float:
+    """This process's peak resident memory (``VmHWM``, KiB in /proc/self/status) in MiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def main() -> None:
@@ -41,7 +49,7 @@ def main() -> None:
     with open("/proc/self/status", encoding="ascii") as status:
         mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (mapped + limit, mapped + limit))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = _peak_mib()
     for path, out in jobs:
         print(json.dumps({"start": path}), flush=True)
         start = time.perf_counter()
@@ -57,7 +65,7 @@ def main() -> None:
         except BaseException as error:
             record.update(outcome="raw", error=type(error).__name__, message=str(error)[:300])
         record["seconds"] = round(time.perf_counter() - start, 3)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _peak_mib()
         record["peak_rss_mb"], record["rss_mb"] = round(peak - baseline, 1), round(peak, 1)
         print(json.dumps(record), flush=True)
 
