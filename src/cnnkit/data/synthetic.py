@@ -69,7 +69,28 @@ def _smooth_noise(channels: int, height: int, width: int, cell: int, g: torch.Ge
     return fine[0, :, :height, :width]
 
 
-class SyntheticLandCover(Dataset):
+class _InMemoryScenes(Dataset):
+    """What both seeded data sets share: ``images`` and ``labels`` built in ``__init__``, items as pairs."""
+
+    images: list[Tensor]
+    labels: list[Tensor]
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def class_counts(self) -> Tensor:
+        """(num_classes,) number of labelled pixels of each class over the whole data set."""
+        counts = torch.zeros(self.num_classes, dtype=torch.long)
+        for label in self.labels:
+            counts += torch.bincount(label[label >= 0], minlength=self.num_classes)
+        return counts
+
+
+class SyntheticLandCover(_InMemoryScenes):
     """Seeded synthetic land-cover scenes of varying size with clouds, unlabelled pixels and a rare class.
 
     See the module documentation for how scenes are made.
@@ -161,18 +182,6 @@ class SyntheticLandCover(Dataset):
         validity = (~cloud).float().unsqueeze(0)
         return torch.cat([bands, validity]).float(), label.long(), cloud
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
-
-    def class_counts(self) -> Tensor:
-        """(num_classes,) number of labelled pixels of each class over the whole data set."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long)
-        for label in self.labels:
-            counts += torch.bincount(label[label >= 0], minlength=self.num_classes)
-        return counts
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_images={len(self)}, seed={self.seed}, min_size={self.min_size}, "
@@ -224,7 +233,7 @@ def texture_pattern(name: str, height: int, width: int, phase: tuple[int, int] =
     return 1.0 - 2.0 * bits.float()
 
 
-class SyntheticTextures(Dataset):
+class SyntheticTextures(_InMemoryScenes):
     """Seeded scenes whose classes differ by texture and shape only: one mean colour, one set of pixel values.
 
     Each scene is a map of smooth random regions (the arg-max of three low-frequency noise fields, regions of
@@ -329,19 +338,6 @@ class SyntheticTextures(Dataset):
             texture = torch.where(where, texture_pattern(name, size, size, phase, g), texture)
         image = self.mean + self.amplitude * texture + self.noise * torch.randn(self.bands, size, size, generator=g)
         return image.float(), label.long()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
-
-    def class_counts(self) -> Tensor:
-        """(num_classes,) number of pixels of each class over the whole data set."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long)
-        for label in self.labels:
-            counts += torch.bincount(label.flatten(), minlength=self.num_classes)
-        return counts
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_images={len(self)}, seed={self.seed}, size={self.size}, "
