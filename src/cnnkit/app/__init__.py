@@ -34,8 +34,8 @@ _NAMES = {
     "choose_threads": "cnnkit.app.threads",
     "usable_cores": "cnnkit.app.threads",
     "SeriesRun": "cnnkit.app.timeseries",
-    "run_series_demo": "cnnkit.app.timeseries",
-    "series_demo": "cnnkit.app.timeseries",
+    "run_series_demo": "cnnkit.app.demo",
+    "series_demo": "cnnkit.app.demo",
     "train_series": "cnnkit.app.timeseries",
     "train_series_folder": "cnnkit.app.timeseries",
 }

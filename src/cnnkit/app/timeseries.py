@@ -37,7 +37,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnkit._checks import check_int
-from cnnkit.app.console import console_log
 from cnnkit.app.workflow import (
     RARE_CROP_SHARE,
     SERIES,
@@ -72,8 +71,7 @@ from cnnkit.train import fit
 from cnnkit.train.rundir import check_run_dir, prepare_run_dir, write_manifest
 from cnnkit.train.series_task import SeriesSegmentationTask
 
-__all__ = ["SeriesRun", "is_series_folder", "least_cloudy_date", "run_series_demo",
-           "series_demo", "train_series", "train_series_folder"]
+__all__ = ["SeriesRun", "is_series_folder", "least_cloudy_date", "train_series", "train_series_folder"]
 
 @dataclass
 class SeriesRun:
@@ -551,76 +549,3 @@ def train_series_folder(
                         recipe={"data": str(root), "split": split,
                                 "nodata": "NaN, ±inf, masks/" + (f", or {nodata!r}" if nodata is not None else "")},
                         **kwargs)
-
-
-# -- the demo ----------------------------------------------------------------------------------------
-
-DEMO_TRAIN = 48
-DEMO_HELDOUT = 16
-DEMO_EPOCHS = 36
-DEMO_SETTINGS = {"width": 8, "hidden": 16, "kernel_size": 1, "crop_size": 24, "crops_per_series": 2,
-                 "batch_size": 8, "lr": 1e-2, "val_every": 12}
-"""The demo's network and training: chosen by CPU time on 2 cores (see ``docs/timeseries.md``)."""
-
-
-def series_demo(
-    out: str | os.PathLike = "cnnkit-demo-series",
-    *,
-    epochs: int = DEMO_EPOCHS,
-    seed: int = 0,
-    n_train: int = DEMO_TRAIN,
-    n_heldout: int = DEMO_HELDOUT,
-    log: Callable[[str], None] = print,
-    **kwargs,
-) -> SeriesRun:
-    """``cnnkit demo --time-series``: :func:`train_series` on seeded synthetic crop-type series with clouds.
-
-    The training and held-out splits are :func:`cnnkit.data.crop_series` (seeds ``2·seed`` and ``2·seed + 1``):
-    6–24 dates, 32–64 px a side, about 30 % of every date under cloud (NaN), unlabelled field borders and
-    fields, and a rare class; the crops differ only by the rhythm of their bands over the season, so a
-    single date cannot tell them apart.
-
-    Args:
-        out: Run folder.
-        epochs: Training epochs.
-        seed: Seed of the data and the training.
-        n_train, n_heldout: Number of training and held-out series.
-        log: Called with each line of text.
-        kwargs: Further options of :func:`train_series` (they override :data:`DEMO_SETTINGS`).
-    """
-    from cnnkit.data.synthetic_series import CROP_CLASSES, crop_series
-
-    check_int(n_train, "n_train", 2)
-    check_int(n_heldout, "n_heldout")
-
-    def items(scenes):
-        return [(s, torch.isfinite(s).all(1), y) for s, y in scenes]
-
-    train = items(crop_series(n_train, seed=2 * seed))
-    heldout = items(crop_series(n_heldout, seed=2 * seed + 1))
-    log("built-in data: seeded synthetic crop-type series, 6 bands + the date's position in the season; the crops "
-        "differ only by how their bands oscillate over the season; NaN under clouds")
-    settings = {**DEMO_SETTINGS, **kwargs}
-    return train_series(train, heldout, len(CROP_CLASSES), out, class_names=CROP_CLASSES, epochs=epochs, seed=seed,
-                        log=log, title="cnnkit demo --time-series: a ConvLSTM on cloudy crop-type series",
-                        profile_bands=(0, 3), rgb_bands=(0, 2, 4),
-                        recipe={"data": f"built-in seeded synthetic crop-type series ({n_train} series, seed "
-                                        f"{2 * seed})",
-                                "split": f"{n_heldout} generated held-out series (seed {2 * seed + 1})",
-                                "nodata": "clouds (NaN)"}, **settings)
-
-
-def run_series_demo(out: str | os.PathLike = "cnnkit-demo-series", *, epochs: int | None = None, console=None,
-                    **kwargs) -> SeriesRun:
-    """Run :func:`series_demo` and print the held-out mean IoU beside both baselines, the report and the time."""
-    from rich.console import Console
-    from rich.rule import Rule
-
-    console = console or Console()
-    console.print(Rule("cnnkit demo --time-series — a ConvLSTM on cloudy crop-type series"))
-    log = console_log(console)
-    result = series_demo(out, epochs=DEMO_EPOCHS if epochs is None else epochs, log=log, **kwargs)
-    console.print(Rule("result"))
-    for line in result.lines():
-        log(line)
-    return result

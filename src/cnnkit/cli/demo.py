@@ -44,7 +44,7 @@ def demo(
 
     try:
         if time_series:
-            from cnnkit.app.timeseries import run_series_demo
+            from cnnkit.app.demo import run_series_demo
 
             console = console_for_output()
             console.print(threads_line(threads), markup=False, highlight=False)
