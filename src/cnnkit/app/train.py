@@ -38,6 +38,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
 from cnnkit.app.threads import usable_cores
+from cnnkit.app.weights import build_network, weights_source
 from cnnkit.app.workflow import (
     IMAGES,
     RARE_CROP_SHARE,
@@ -56,11 +57,11 @@ from cnnkit.app.workflow import (
 )
 from cnnkit.data import RareClassCrops
 from cnnkit.data.standardize import DataStatistics
-from cnnkit.errors import CnnkitError, ShapeError
+from cnnkit.errors import ShapeError
 from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, padding_fraction, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.models import MODELS, ModelSpec, build, parse_spec, spec_for, training_defaults
+from cnnkit.models import MODELS, ModelSpec, parse_spec, spec_for, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import RunRecipe, data_section, evaluation_section, recipe_section, write_report
 from cnnkit.train import DistributedBucketSampler, FilterEvolutionCallback, SegmentationTask, fit
@@ -267,59 +268,6 @@ def size_multiple(spec: ModelSpec) -> int:
     return 1
 
 
-def weights_source(weights: str | os.PathLike | None, stack) -> tuple[str | os.PathLike | None, Path | None,
-                                                                        ModelSpec | None]:
-    """``(weights for cnnkit.models.build, the folder the file must lie in, the spec of a run)`` from ``--weights``.
-
-    * ``None``, ``"imagenet"`` (a weight name): as given;
-    * a cnnkit run folder: its weights file (read inside the folder only) and the spec its manifest names;
-    * a Keras ``.keras``/``.h5`` file: converted by :func:`cnnkit.keras.load` into a safetensors file in a
-      temporary folder entered on ``stack`` (a :class:`contextlib.ExitStack`);
-    * a ``.safetensors``/``.pt``/``.pth`` state dict: as given (``.pt`` read with ``weights_only=True``).
-    """
-    if weights is None:
-        return None, None, None
-    path = Path(weights)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        model = manifest["model"]
-        return model["weights"], path, parse_spec(model["spec"])
-    if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
-        import tempfile
-
-        from cnnkit.keras import load, save_safetensors
-
-        if not path.is_file():
-            raise CnnkitError(f"--weights {os.fspath(weights)!r}: no such Keras file.")
-        module, _ = load(path)
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnnkit-keras-")))
-        save_safetensors(module, folder / "keras.safetensors")
-        return folder / "keras.safetensors", None, None
-    if isinstance(weights, str) and "/" not in weights and os.sep not in weights and not path.suffix \
-            and not path.exists():
-        return weights, None, None  # a weight name: smp/timm's download and cache
-    if not path.exists():
-        raise CnnkitError(f"--weights {os.fspath(weights)!r} does not exist. Expected 'imagenet' (or another weight "
-                          "name the encoder offers), a .safetensors/.pt/.pth state dict, a cnnkit run folder or a "
-                          "Keras .keras/.h5 file.")
-    return weights, None, None
-
-
-def _build_network(spec: ModelSpec, in_channels: int, num_classes: int, weights, band_names, log) -> nn.Module:
-    """``build(spec, ...)`` with ``weights`` (see :func:`weights_source`), logged."""
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        source, root, _ = weights_source(weights, stack)
-        net = build(spec, in_channels=in_channels, num_classes=num_classes, weights=source, root=root,
-                    band_names=band_names if source is not None else None)
-    count = sum(p.numel() for p in net.parameters())
-    origin = "random weights" if weights is None else f"weights {os.fspath(weights)!r}"
-    log(f"network: {spec.label()} ({spec.library}{', args ' + str(spec.args) if spec.args else ''}), "
-        f"{count:,} parameters, {origin}")
-    return net
-
-
 def _ranks_stop_together(function):
     """Run ``function`` so that on several processes one rank's error stops every rank, and the command fails with
     the first rank's error (:func:`cnnkit.train.distributed.stop_together`): a damaged file that only one rank reads
@@ -400,7 +348,7 @@ def train_segmentation(
         weights: Initial weights of ``model_spec``'s network: ``None`` (random), ``"imagenet"`` (or another name
             smp offers for the encoder), a ``.safetensors``/``.pt``/``.pth`` state dict, a cnnkit run folder, or a
             Keras ``.keras``/``.h5`` file (converted by :mod:`cnnkit.keras`; its weights must fit the network), see
-            :func:`weights_source`. A pretrained 3-band first layer is adapted to ``band_names``.
+            :func:`cnnkit.app.weights.weights_source`. A pretrained 3-band first layer is adapted to ``band_names``.
         run_options: Options the run was started with that ``resume`` must keep (command-line names to values,
             e.g. ``{"--nodata": 0}``), recorded in the run folder with the network's; a resumed run that differs is
             refused naming the option.
@@ -524,7 +472,7 @@ def train_segmentation(
     net = model
     if model is None and weights is not None:  # before anything is written: weights that do not fit leave no run
         torch.manual_seed(seed)
-        net = _build_network(spec, in_channels, num_classes, weights, data_bands, log)
+        net = build_network(spec, in_channels, num_classes, weights, data_bands, log)
     torch.manual_seed(seed)
 
     has_validity = bool((preprocessing or {}).get("validity_band"))
@@ -586,7 +534,7 @@ def train_segmentation(
                 crops.set_epoch(trainer.current_epoch)
 
     if net is None:  # random weights: built here, where the seeded generator has always stood for this network
-        net = _build_network(spec, in_channels, num_classes, None, None, log)
+        net = build_network(spec, in_channels, num_classes, None, None, log)
     lr, lr_source = learning_rate(lr, defaults.lr, family)
     log(f"training: AdamW, learning rate {lr:g} ({lr_source}), weight decay {defaults.weight_decay:g}, "
         f"{scheduler or 'constant'} schedule" + (f"; {chosen.text()}" if chosen.text() else ""))
