@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
 from cnnkit.app.threads import usable_cores
-from cnnkit.app.weights import build_network, weights_source
+from cnnkit.app.weights import build_network, spec_of_weights, weights_source
 from cnnkit.app.workflow import (
     IMAGES,
     RARE_CROP_SHARE,
@@ -71,7 +71,6 @@ from cnnkit.train.rundir import (
     check_run_dir,
     check_run_options,
     prepare_run_dir,
-    read_manifest,
     write_manifest,
     write_run_options,
 )
@@ -660,8 +659,8 @@ def train_folder(
 
     model_spec = kwargs.pop("model_spec", None)
     weights = kwargs.get("weights")
-    if model_spec is None and weights is not None and Path(weights).is_dir():
-        model_spec = parse_spec(read_manifest(weights)["model"]["spec"])
+    if model_spec is None and weights is not None:
+        model_spec = spec_of_weights(weights)
     spec = network_spec(model_spec, kwargs.get("width", 16))
     multiple = size_multiple(spec)
     run_options = {"--nodata": nodata, "--bands": list(bands) if bands is not None else None,

@@ -15,7 +15,16 @@ from cnnkit.errors import CnnkitError
 from cnnkit.models import ModelSpec, build, parse_spec
 from cnnkit.train.rundir import read_manifest
 
-__all__ = ["build_network", "weights_source"]
+__all__ = ["build_network", "spec_of_weights", "weights_source"]
+
+
+def spec_of_weights(weights: str | os.PathLike) -> ModelSpec | None:
+    """The network a ``--weights`` source names, used when no ``--model`` is given: a run folder's (from its
+    manifest); ``None`` for a weight name or a state dict (they fit a network the user names)."""
+    path = Path(weights)
+    if path.is_dir():
+        return parse_spec(read_manifest(path)["model"]["spec"])
+    return None
 
 
 def weights_source(weights: str | os.PathLike | None, stack) -> tuple[str | os.PathLike | None, Path | None,
