@@ -7,8 +7,12 @@ A series' dates are taken from the first of these sources that has them:
 2. the **file names** of a per-date folder, each holding one date as ``YYYYMMDD`` or ``YYYY-MM-DD``
    (``S2_20240402_T31TCJ.tif``, ``2024-04-02.png``);
 3. the **band descriptions** of a TIFF stack read through :mod:`cnnkit.rasters` (GDAL), each band's description
-   holding the date of its band (``"20240402_B04"``; the bands of one date next to each other);
-4. otherwise **the order of the files** is the time axis: days ``0, 1, …, T − 1`` (``source = "file order"``,
+   holding the date of its band (``"20240402_B04"``; the bands of one date next to each other; in a stack of
+   pages, page after page);
+4. the stack's **TIFF tags**: a ``"dates"`` list in the JSON image description ``tifffile`` writes
+   (``tifffile.imwrite(path, series, metadata={"dates": ["2024-04-02", ...]})``), or a ``dates`` metadata item
+   (GDAL's ``TIFFTAG_GDAL_METADATA``: ``dataset.update_tags(dates="2024-04-02,2024-05-11")`` with rasterio);
+5. otherwise **the order of the files** is the time axis: days ``0, 1, …, T − 1`` (``source = "file order"``,
    which :attr:`SeriesDates.time_axis` says in words for a log or a report).
 
 Dates must increase strictly (a repeated or earlier date is refused, naming the file); a date that cannot be
@@ -41,9 +45,9 @@ from torch import Tensor
 from cnnkit.errors import CnnkitError, ShapeError
 
 __all__ = ["DATE_SOURCES", "SeriesDates", "check_dates", "date_in_text", "dates_from_descriptions",
-           "dates_from_json", "dates_from_names", "parse_date", "series_dates"]
+           "dates_from_json", "dates_from_names", "dates_from_tags", "parse_date", "series_dates"]
 
-DATE_SOURCES = ("dates.json", "file names", "band descriptions", "file order")
+DATE_SOURCES = ("dates.json", "file names", "band descriptions", "TIFF tags", "file order")
 """Where a series' dates came from (:attr:`SeriesDates.source`), in the order they are looked for."""
 
 _DATE = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)|(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)")
@@ -155,6 +159,47 @@ def dates_from_descriptions(descriptions: Sequence[str | None], bands: int | Non
     return check_dates(dates, [f"bands {s + 1}–{s + bands}" for s in range(0, len(found), bands)], where)
 
 
+def dates_from_tags(tags: dict[str, str], where: str) -> tuple[date, ...] | None:
+    """The dates a stack's TIFF tags list (``tags`` as GDAL gives them: :attr:`cnnkit.rasters.Stack.tags`): the
+    ``"dates"`` list of a JSON image description (``tifffile.imwrite(..., metadata={"dates": [...]})``), else a
+    ``dates`` metadata item (a JSON list, or dates separated by commas or spaces); ``None`` if there is neither.
+
+    Examples:
+        >>> dates_from_tags({"TIFFTAG_IMAGEDESCRIPTION": '{"shape": [2, 3, 8, 8], "dates": ["2024-04-02", 20240511]}'},
+        ...                 "s.tif")
+        (datetime.date(2024, 4, 2), datetime.date(2024, 5, 11))
+        >>> dates_from_tags({"dates": "2024-04-02, 2024-03-01"}, "s.tif")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: s.tif: the dates must increase. TIFF tag dates[1] (2024-03-01) goes backwards from \
+TIFF tag dates[0] (2024-04-02).
+    """
+    listed = None
+    text = tags.get("TIFFTAG_IMAGEDESCRIPTION", "")
+    if text.lstrip().startswith("{"):
+        try:
+            described = json.loads(text)
+        except (ValueError, RecursionError):
+            described = None
+        if isinstance(described, dict) and "dates" in described:
+            listed = described["dates"]
+            if not isinstance(listed, list):
+                raise ShapeError(f"{where}: the image description's \"dates\" must be a list of dates (YYYY-MM-DD or "
+                                 f"YYYYMMDD). Received {type(listed).__name__}.")
+    item = next((tags[k] for k in ("dates", "DATES") if k in tags), None)
+    if listed is None and item is not None:
+        try:
+            listed = json.loads(item) if item.lstrip().startswith("[") else None
+        except (ValueError, RecursionError):
+            listed = None
+        if not isinstance(listed, list):
+            listed = [v for v in re.split(r"[,\s]+", item) if v]
+    if listed is None:
+        return None
+    names = [f"TIFF tag dates[{i}]" for i in range(len(listed))]
+    return check_dates([parse_date(v, f"{where}: {n}") for v, n in zip(listed, names)], names, where)
+
+
 def dates_from_json(path: Path, key: str | None, where: str) -> tuple[date, ...] | None:
     """The dates listed in ``path`` (a ``dates.json``): a list (``key`` is ``None``: the file is the series'
     own), or under ``key`` in an object (the file is its folder's); ``None`` if the object has no entry for ``key``.
@@ -223,7 +268,7 @@ class SeriesDates:
 
 
 def series_dates(entry: Path, steps: int, *, files: Sequence[Path] = (),
-                 descriptions: tuple[date, ...] | None = None) -> SeriesDates:
+                 descriptions: tuple[date, ...] | None = None, tags: tuple[date, ...] | None = None) -> SeriesDates:
     """The dates of the series at ``entry`` (a per-date folder, or a stack file), of ``steps`` dates, from the
     first source that has them (the module documentation lists them).
 
@@ -232,6 +277,7 @@ def series_dates(entry: Path, steps: int, *, files: Sequence[Path] = (),
         steps: The series' number of dates (the dates found must be as many).
         files: A folder's per-date files, in the order they were read.
         descriptions: The dates already read from a stack's band descriptions (:func:`dates_from_descriptions`).
+        tags: The dates already read from a stack's TIFF tags (:func:`dates_from_tags`).
 
     Raises:
         ShapeError: dates that cannot be parsed, repeat or go backwards, or are not ``steps`` many (naming the file).
@@ -247,6 +293,8 @@ def series_dates(entry: Path, steps: int, *, files: Sequence[Path] = (),
         found, source = dates_from_names(files, where), "file names"
     if found is None and descriptions is not None:
         found, source = descriptions, "band descriptions"
+    if found is None and tags is not None:
+        found, source = tags, "TIFF tags"
     if found is None:
         return SeriesDates.file_order(steps)
     if len(found) != steps:

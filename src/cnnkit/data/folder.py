@@ -178,7 +178,7 @@ def _header(path: Path) -> _Info:
 @contextmanager
 def _reading(path: Path) -> Iterator[None]:
     """Re-raise what a reader library throws for a damaged file (PIL's ``OSError: image file is truncated``,
-    tifffile's ``TiffFileError``, zlib, struct, ...) as a :class:`CnnkitError` that names the file."""
+    GDAL's errors, zlib, struct, ...) as a :class:`CnnkitError` that names the file."""
     try:
         yield
     except CnnkitError:

@@ -38,10 +38,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cnnkit.data.crops import RareClassCrops
-from cnnkit.data.dates import SeriesDates, dates_from_descriptions, series_dates
+from cnnkit.data.dates import SeriesDates, dates_from_descriptions, dates_from_tags, series_dates
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.rasters import Raster
+from cnnkit.rasters.plausibility import check_png
+from cnnkit.rasters.reading import read_stack
 
 __all__ = ["SeriesBatch", "SeriesCrops", "SeriesFolder", "SeriesItem", "StandardizedSeries", "collate_series",
            "read_series", "series_band_statistics"]
@@ -85,34 +86,46 @@ class SeriesBatch(tuple):
         return SeriesBatch, (tuple(self), self.days)
 
 
-def _dated_stack(path: Path, band_count: int | None) -> tuple[np.ndarray, tuple[date, ...]] | None:
-    """A GeoTIFF of T·C bands whose band descriptions hold their dates, read through :mod:`cnnkit.rasters`, as
-    ``(T, C, H, W)`` (declared nodata as NaN) and its dates; ``None`` for any other file."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
-    with Raster(path) as raster:
-        if raster.page_stack:
-            return None
-        dates = dates_from_descriptions(raster.descriptions, band_count, str(path))
-        if dates is None:
-            return None
-        stack = raster.read()
-    return stack.reshape(len(dates), -1, *stack.shape[1:]), dates
-
 _IMAGES = (".png", ".tif", ".tiff")
+_TIFFS = (".tif", ".tiff")
 
 
-def _read(path: Path) -> np.ndarray:
+def _read_stack(path: Path, band_count: int | None) -> tuple[np.ndarray, dict[str, tuple[date, ...] | None]]:
+    """A stack file as an array and the dates it carries (``{"descriptions": …, "tags": …}``, ``None`` where a
+    source has none). A TIFF is read through :func:`cnnkit.rasters.read_stack` (GDAL, every page once, declared
+    nodata as NaN): ``(T, C, H, W)`` by its band descriptions' dates when they hold them, else shaped as written
+    (``tifffile``'s recorded shape), else its bands in order as dates of ``band_count`` bands (a GeoTIFF of T·C
+    bands), or of as many bands as its tags' dates say."""
+    if path.suffix.lower() not in _TIFFS:
+        return _read(path), {}
+    stack = read_stack(path)
+    described = dates_from_descriptions(stack.descriptions, band_count, str(path))
+    if described is not None:
+        series = stack.by_band()
+        return series.reshape(len(described), -1, *series.shape[1:]), {"descriptions": described}
+    tagged = dates_from_tags(stack.tags, str(path))
+    total = stack.pages * stack.bands
+    steps = total // band_count if band_count and total % band_count == 0 else (
+        len(tagged) if tagged and total % len(tagged) == 0 else None)
+    if stack.recorded or steps is None:
+        return stack.array, {"tags": tagged}
+    series = stack.by_band()
+    return series.reshape(steps, -1, *series.shape[1:]), {"tags": tagged}
+
+
+def _read(path: Path, *, values: bool = False) -> np.ndarray:
+    """A file's array: a TIFF (every page) through :func:`cnnkit.rasters.read_stack` — as stored, or with
+    ``values`` as float32 with declared nodata as NaN —, a ``.npy``, a PNG with Pillow (its header checked first)."""
+    suffix = path.suffix.lower()
+    if suffix in _TIFFS:
+        return read_stack(path, raw=not values).array
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        if path.suffix.lower() == ".npy":
+        if suffix == ".npy":
             return np.load(path, allow_pickle=False)
-        if path.suffix.lower() == ".png":
+        if suffix == ".png":
             from PIL import Image
 
+            check_png(path)
             with Image.open(path) as image:
                 return np.array(image)
     except (OSError, ValueError, SyntaxError) as err:
@@ -153,23 +166,21 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
     """
     path = Path(path)
     files: list[Path] = []
-    described = None
-    dated = None if path.is_dir() else _dated_stack(path, band_count)
-    if dated is not None:
-        stack, described = dated
-    elif path.is_dir():
+    carried: dict[str, tuple[date, ...] | None] = {}
+    if path.is_dir():
         dates = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGES and not p.name.startswith("."))
         if not dates:
             raise CnnkitError(f"The series folder {path} holds no image.")
-        first = _read(dates[0])
+        first = _read(dates[0], values=True)
         if first.ndim == 3 and band_count is None:
             raise ShapeError(f"{dates[0]}: a date of shape {first.shape} may be H × W × C or C × H × W; give "
                              "band_count (the bands per date) to tell them apart.")
         size = first.shape[:2] if first.ndim == 2 or first.shape[-1] == band_count else first.shape[1:]
-        stack = np.stack([_frame(_read(p), tuple(size), p) for p in dates])
+        stack = np.stack([_frame(first if p == dates[0] else _read(p, values=True), tuple(size), p) for p in dates])
         files = dates
     else:
-        stack = _read(path)
+        stack, carried = _read_stack(path, band_count)
+    if not path.is_dir() and not carried.get("descriptions"):
         if stack.ndim == 3:
             stack = stack[:, None]
         if stack.ndim != 4:
@@ -192,7 +203,7 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
         valid &= _mask(Path(mask), tuple(valid.shape), path)
     if not with_dates:
         return series, valid
-    return series, valid, series_dates(path, series.shape[0], files=files, descriptions=described)
+    return series, valid, series_dates(path, series.shape[0], files=files, **carried)
 
 
 def _mask(path: Path, shape: tuple[int, ...], series: Path) -> Tensor:
@@ -312,24 +323,23 @@ class SeriesFolder(Dataset):
         label = self._label(label_path)
         size = label.shape
         files: list[Path] = []
-        described = None
-        dated = None if entry.is_dir() else _dated_stack(entry, None)
-        if dated is not None:
-            stack, described = dated
+        carried: dict[str, tuple[date, ...] | None] = {}
+        if not entry.is_dir():
+            stack, carried = _read_stack(entry, None)
+        if carried.get("descriptions"):
             if stack.shape[2:] != size:
                 raise ShapeError(f"{entry}: the stack {stack.shape} does not hold frames of the label's size {size}.")
         elif entry.is_dir():
             dates = sorted(p for p in entry.iterdir() if p.suffix.lower() in _IMAGES and not p.name.startswith("."))
             if not dates:
                 raise CnnkitError(f"The series folder {entry} holds no image.")
-            frames = [_frame(_read(p), size, p) for p in dates]
+            frames = [_frame(_read(p, values=True), size, p) for p in dates]
             if len({f.shape[0] for f in frames}) != 1:
                 raise ShapeError(f"The dates of {entry} differ in their number of bands: "
                                  f"{[f.shape[0] for f in frames]}.")
             stack = np.stack(frames)
             files = dates
         else:
-            stack = _read(entry)
             if stack.ndim == 3:  # (T, H, W): one band
                 stack = stack[:, None]
             if stack.ndim != 4:
@@ -350,7 +360,7 @@ class SeriesFolder(Dataset):
         if mask_path is not None:
             valid &= _mask(mask_path, (series.shape[0], *size), entry)
         if index not in self._dates:
-            self._dates[index] = series_dates(entry, series.shape[0], files=files, descriptions=described)
+            self._dates[index] = series_dates(entry, series.shape[0], files=files, **carried)
         days = self._dates[index].days(self.reference)
         if self.weights is None:
             return SeriesItem((series, valid, torch.from_numpy(label)), days=days)

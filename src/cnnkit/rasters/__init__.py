@@ -2,7 +2,8 @@
 
 * :class:`Raster` (``reading.py``) reads any raster GDAL opens — GeoTIFF/COG, JPEG2000, VRT, ENVI, netCDF — one
   window at a time, assembled from the file's own blocks (each decoded once in a row-by-row sweep), with its CRS,
-  transform, nodata, scale/offset, band descriptions and colour interpretation;
+  transform, nodata, scale/offset, band descriptions and colour interpretation; :func:`read_stack` reads every page
+  of a TIFF stack (an image time series) whole, each page decoded once, as one array;
 * :class:`CogWriter` and :func:`write_cog` (``writing.py``) write Cloud-Optimized GeoTIFFs window by window (tiled,
   deflate with a predictor, internal overviews, colour table, nodata, metadata), renamed into place when complete;
 * :func:`prefetch` and :class:`BackgroundWriter` (``streaming.py``) read ahead and write behind in background
@@ -24,7 +25,7 @@ from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.destination import FolderLock, Staging, prepare_folder
 from cnnkit.rasters.georeference import Georeference
 from cnnkit.rasters.pictures import read_picture
-from cnnkit.rasters.reading import RASTER_EXTENSIONS, Raster, read_georeference
+from cnnkit.rasters.reading import RASTER_EXTENSIONS, Raster, Stack, read_georeference, read_stack
 from cnnkit.rasters.streaming import BackgroundWriter, prefetch
 from cnnkit.rasters.vrt import check_vrt_sources, stack_vrt
 from cnnkit.rasters.writing import CogWriter, write_cog
@@ -36,6 +37,7 @@ __all__ = [
     "FolderLock",
     "Georeference",
     "Raster",
+    "Stack",
     "Staging",
     "check_vrt_sources",
     "prefetch",
@@ -43,6 +45,7 @@ __all__ = [
     "raster_errors",
     "read_georeference",
     "read_picture",
+    "read_stack",
     "stack_vrt",
     "write_cog",
 ]

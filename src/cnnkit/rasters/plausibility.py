@@ -33,8 +33,8 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError
 
-__all__ = ["MAX_BLOCKS", "MAX_COMPRESSED_BLOCK", "MAX_PIXELS", "PICTURE_BYTES", "check_declared", "check_png",
-           "tiff_blocks"]
+__all__ = ["MAX_BLOCKS", "MAX_COMPRESSED_BLOCK", "MAX_PAGES", "MAX_PIXELS", "PICTURE_BYTES", "STACK_BYTES",
+           "check_declared", "check_png", "check_stack", "tiff_blocks", "tiff_directories"]
 
 MAX_PIXELS = 2**31 - 1
 """Pixels per band (height × width) of one raster at most."""
@@ -47,6 +47,13 @@ MAX_COMPRESSED_BLOCK = 256 * 2**20
 
 PICTURE_BYTES = 256 * 2**20
 """A PNG or JPEG is decoded whole (by Pillow): its decoded pixels may take this many bytes at most."""
+
+STACK_BYTES = 8 * 2**30
+"""A stack of TIFF pages read whole (:func:`cnnkit.rasters.read_stack`: a series) may take this many bytes decoded
+(60 dates × 10 bands × 1,830² float32 pixels: 8.0 GB)."""
+
+MAX_PAGES = 2**16
+"""Pages of one TIFF at most."""
 
 _RATIO = {"NONE": 1, "DEFLATE": 1100, "ADOBE_DEFLATE": 1100, "LZW": 4096, "PACKBITS": 128}
 """The most a block of each compression can decode to per stored byte (deflate's bound is 1,032:1); other codecs
@@ -62,6 +69,68 @@ def check_declared(path: str | os.PathLike, count: int, height: int, width: int)
         raise CnnkitError(f"{os.fspath(path)} declares {height} × {width} pixels × {count} bands: more than cnnkit "
                           f"reads from one file ({MAX_PIXELS} pixels a band). Split it (gdal_translate -srcwin) or "
                           "check that the file is intact.")
+
+
+def check_stack(path: str | os.PathLike, pages: int, count: int, height: int, width: int, itemsize: int,
+                budget: int = STACK_BYTES) -> None:
+    """Refuse a stack of ``pages`` pages of ``count`` bands of ``height × width`` whose decoded values (``itemsize``
+    bytes each) would take more than ``budget`` bytes, before any is decoded.
+
+    Examples:
+        >>> check_stack("s.tif", 100_000, 10, 1000, 1000, 4)
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.CnnkitError: s.tif declares 100000 pages of 10 bands of 1000 × 1000 pixels (4,000,000,000,000 \
+bytes decoded): over the 8 GiB a stack read whole may take. Split the series in space (gdal_translate -srcwin) or \
+check that the file is intact.
+    """
+    check_declared(path, count, height, width)
+    total = pages * count * height * width * itemsize
+    if total > budget:
+        raise CnnkitError(f"{os.fspath(path)} declares {pages} pages of {count} bands of {height} × {width} pixels "
+                          f"({total:,} bytes decoded): over the {budget // 2**30} GiB a stack read whole may take. "
+                          "Split the series in space (gdal_translate -srcwin) or check that the file is intact.")
+
+
+def tiff_directories(path: str | os.PathLike, limit: int = MAX_PAGES) -> int:
+    """Walk a TIFF's chain of directories (one per page, overviews and masks included) and count them; every
+    directory must lie inside the file, and the chain must end (GDAL, given a chain cut short, logs an error and
+    reads the pages before the cut: a truncated stack would lose its last dates silently).
+
+    Raises:
+        CnnkitError: a directory outside the file (truncated), a chain that loops, or more than ``limit`` pages.
+    """
+    name = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            return 0
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        if big and len(head) < 16:
+            raise CnnkitError(f"{name}: its BigTIFF header is cut short: the file is truncated.")
+        offset = struct.unpack(order + "Q", head[8:16])[0] if big else struct.unpack(order + "I", head[4:8])[0]
+        count_size, entry, next_size = (8, 20, 8) if big else (2, 12, 4)
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise CnnkitError(f"{name}: its directory {len(seen) + 1} (byte {offset}) is one met before: the chain "
+                                  "of pages loops; the file is damaged.")
+            if len(seen) >= limit:
+                raise CnnkitError(f"{name} holds more than {limit:,} pages: more than cnnkit reads from one file. Is "
+                                  "the file intact?")
+            seen.add(offset)
+            f.seek(offset)
+            raw = f.read(count_size)
+            entries = struct.unpack(order + ("Q" if big else "H"), raw)[0] if len(raw) == count_size else None
+            end = offset + count_size + entry * (entries or 0) + next_size
+            if entries is None or end > size:
+                raise CnnkitError(f"{name}: its directory {len(seen)} lies at bytes {offset}–{end} of a file of {size} "
+                                  "bytes: the file is truncated or damaged.")
+            f.seek(end - next_size)
+            offset = struct.unpack(order + ("Q" if big else "I"), f.read(next_size))[0]
+    return len(seen)
 
 
 def _header_end(path: Path, size: int) -> tuple[int, tuple[int, int]]:

@@ -13,6 +13,11 @@ VRT mosaics, ENVI, netCDF — is read by :class:`Raster`:
 * **TIFF page stacks.** A TIFF whose pages are single-band images of one size (what ``tifffile.imwrite`` makes of a
   ``(C, H, W)`` or ``(H, W, C)`` array without ``planarconfig``) is read page by page through GDAL; which axis holds
   the bands is decided as for any 3-D array (the expected band count, else the shorter of first and last axis).
+* **Stacks of pages, whole** (:func:`read_stack`): every page of a TIFF — single-band or multi-band, pixel- or
+  band-interleaved, any compression — decoded once through GDAL, each page held to the checks of a single image
+  (:mod:`cnnkit.rasters.plausibility`), into one array: ``(T, C, H, W)`` for pages of ``C`` bands, or the shape its
+  writer recorded (``tifffile``'s ``{"shape": [...]}`` image description), so a series stack reads as the array
+  that was written. This is how :mod:`cnnkit.data.series` reads its stacks, labels and masks.
 
 Examples:
     >>> import numpy as np, rasterio, tempfile, os
@@ -33,9 +38,11 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +50,10 @@ import numpy as np
 from cnnkit.errors import CnnkitError, UnsupportedError
 from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.georeference import Georeference
-from cnnkit.rasters.plausibility import check_declared, tiff_blocks
+from cnnkit.rasters.plausibility import MAX_PAGES, check_declared, check_stack, tiff_blocks, tiff_directories
 from cnnkit.rasters.vrt import check_vrt_sources, vrt_source_files
 
-__all__ = ["RASTER_EXTENSIONS", "Raster", "read_georeference"]
+__all__ = ["RASTER_EXTENSIONS", "Raster", "Stack", "read_georeference", "read_stack"]
 
 RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".h5", ".hdf")
 """File extensions read through GDAL (PNG and JPEG are read with Pillow)."""
@@ -93,6 +100,7 @@ class _Source:
             self.colorinterp = tuple(c.name for c in ds.colorinterp)
             self.driver = ds.driver
             self.subdatasets = tuple(ds.subdatasets)
+            self.tags = dict(ds.tags())
         self._dataset = None
         self._lock = threading.Lock()
         # (block row, block column) → (first row kept, the block's rows from there down): see _trim
@@ -192,6 +200,17 @@ class _Source:
                     mask[bands, ys - r0:ye - r0, xs - c0:xe - c0] = True
         return mask
 
+    def read_whole(self) -> np.ndarray:
+        """Every band whole, ``(count, height, width)`` in the file's dtype: one GDAL read, nothing cached (each
+        block decoded once), the dataset closed after it."""
+        with self._lock, raster_errors(self.path, "read"):
+            try:
+                return self._open().read()
+            finally:
+                if self._dataset is not None:
+                    self._dataset.close()
+                    self._dataset = None
+
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1`` and columns ``c0:c1`` of every band, ``(count, h, w)`` in the file's dtype."""
         from rasterio.windows import Window
@@ -263,6 +282,11 @@ class Raster:
         colorinterp: Each band's colour interpretation as GDAL names it (``"red"``, ``"gray"``, ``"undefined"``, …).
         scales, offsets: Each band's scale and offset (a stored value ``v`` means ``v * scale + offset``).
         block_shape: The file's block ``(rows, cols)``: windows are assembled from whole blocks.
+        tags: The metadata of the file (its first page), GDAL's default domain: ``{"TIFFTAG_IMAGEDESCRIPTION": …,
+            "AREA_OR_POINT": …}``; a TIFF's own tags are named ``TIFFTAG_*``.
+        pages: How many pages (full-resolution images: GDAL's ``GTIFF_DIR`` subdatasets) a TIFF holds; 1 for other
+            rasters. A stack of multi-band pages is read whole by :func:`read_stack`; this window reader reads its
+            first page.
 
     Raises:
         CnnkitError: the file cannot be opened (GDAL's message and the file's name), declares more than it holds or
@@ -278,7 +302,8 @@ class Raster:
             check_vrt_sources(self.path, allow_outside=external_sources)
             _check_vrt_tiffs(self.path)
         main = _Source(str(self.path), self.path)
-        pages = sorted((int(s.split(":")[1]), s) for s in main.subdatasets if s.startswith("GTIFF_DIR:"))
+        pages = _pages(main)
+        self.tags, self.pages = main.tags, max(1, len(pages))
         self._pages: list[_Source | _Page] = []
         self._channels_last = False
         if main.driver == "GTiff" and pages and main.count == 1:
@@ -367,19 +392,7 @@ class Raster:
         Args:
             rows, cols: Slices of step 1; windows past the edge are cut.
         """
-        raw = self.read_raw(rows, cols)
-        window = raw.astype(np.float32)
-        for band, (nodata, scale, offset) in enumerate(zip(self.nodata, self.scales, self.offsets)):
-            if nodata is not None:
-                window[band][raw[band] == np.asarray(nodata).astype(raw.dtype)] = np.nan
-                if np.isnan(nodata):
-                    window[band][np.isnan(raw[band])] = np.nan
-            if scale != 1 or offset != 0:
-                window[band] = window[band] * np.float32(scale) + np.float32(offset)
-        sparse = self.sparse_mask(rows, cols)
-        if sparse is not None:
-            window[sparse] = np.nan
-        return window
+        return _values(self.read_raw(rows, cols), self.nodata, self.scales, self.offsets, self.sparse_mask(rows, cols))
 
     def close(self) -> None:
         """Close the file's datasets and drop the cached blocks (reading again reopens them)."""
@@ -394,6 +407,180 @@ class Raster:
 
     def __repr__(self) -> str:
         return f"Raster({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, block_shape={self.block_shape})"
+
+
+def _values(raw: np.ndarray, nodata, scales, offsets, sparse: np.ndarray | None, out: np.ndarray | None = None
+            ) -> np.ndarray:
+    """``raw`` ``(count, h, w)`` as float32 values (into ``out`` if given): each band's declared nodata and the
+    blocks without stored data (``sparse``) as NaN, scale and offset applied."""
+    window = raw.astype(np.float32) if out is None else out
+    if out is not None:
+        out[...] = raw
+    for band, (value, scale, offset) in enumerate(zip(nodata, scales, offsets)):
+        if value is not None:
+            window[band][raw[band] == np.asarray(value).astype(raw.dtype)] = np.nan
+            if np.isnan(value):
+                window[band][np.isnan(raw[band])] = np.nan
+        if scale != 1 or offset != 0:
+            window[band] = window[band] * np.float32(scale) + np.float32(offset)
+    if sparse is not None:
+        window[sparse] = np.nan
+    return window
+
+
+def _pages(source: _Source) -> list[tuple[int, str]]:
+    """A TIFF's pages as ``(number, GDAL name)`` in page order (empty for a one-page TIFF and other rasters)."""
+    if source.driver != "GTiff":
+        return []
+    return sorted((int(s.split(":")[1]), s) for s in source.subdatasets if s.startswith("GTIFF_DIR:"))
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Every page of a raster, decoded: what :func:`read_stack` returns.
+
+    Attributes:
+        path: The file.
+        array: The pixels in :attr:`shape`: the file's dtype (``raw=True``) or float32 with no data as NaN.
+        shape: The array's shape: the one its writer recorded (``tifffile``'s ``{"shape": [...]}`` image
+            description) when it fits the pages, else ``(pages, bands, H, W)``, dropping a pages or bands axis of 1.
+        pages, bands, height, width: The file's geometry: pages of ``bands`` bands of ``height × width``.
+        descriptions: Each band's description, page after page (``pages × bands`` entries, ``None`` where none).
+        tags: The first page's metadata (GDAL's default domain; a TIFF's tags as ``TIFFTAG_*``).
+        georeference: The first page's CRS and transform.
+        nodata: The first page's declared nodata value per band.
+        interleaved: Whether the pages are pixel-interleaved with several bands (stored ``(P, H, W, B)``).
+        recorded: Whether :attr:`shape` is the one the writer recorded (else the file's geometry).
+    """
+
+    path: Path
+    array: np.ndarray
+    shape: tuple[int, ...]
+    pages: int
+    bands: int
+    height: int
+    width: int
+    descriptions: tuple[str | None, ...] = ()
+    tags: dict = field(default_factory=dict)
+    georeference: Georeference = field(default_factory=Georeference)
+    nodata: tuple = ()
+    interleaved: bool = False  # pixel-interleaved pages of several bands: stored (P, H, W, B)
+    recorded: bool = False  # whether shape is the one the writer recorded
+    _storage: np.ndarray | None = None  # the pages as stored: (P, B, H, W), or (P, H, W, B) when interleaved
+
+    def by_band(self) -> np.ndarray:
+        """The pixels as ``(pages × bands, H, W)``, every band of the first page first (a copy only for
+        pixel-interleaved pages of several bands)."""
+        storage = self._storage.transpose(0, 3, 1, 2) if self.interleaved else self._storage
+        return storage.reshape(self.pages * self.bands, self.height, self.width)
+
+
+def _recorded_shape(tags: dict, size: int) -> tuple[int, ...] | None:
+    """The shape ``tifffile`` recorded in the image description (``{"shape": [...]}``), if it holds ``size`` values;
+    ``None`` for any other description (an untrusted file's description is only believed when it fits)."""
+    text = tags.get("TIFFTAG_IMAGEDESCRIPTION", "")
+    if not text.lstrip().startswith("{") or len(text) > 2**16:
+        return None
+    try:
+        shape = json.loads(text).get("shape")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(shape, list) or not shape or len(shape) > 32 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+        return None
+    return tuple(shape) if math.prod(shape) == size else None
+
+
+def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = False) -> Stack:
+    """Every page of a raster, each decoded once through GDAL, as one array.
+
+    A TIFF's pages — single-band or multi-band, pixel- or band-interleaved (``planarconfig`` contig or separate),
+    striped or tiled, any compression — must share their size, bands and dtype. Each page is held to the checks a
+    single image gets (:mod:`cnnkit.rasters.plausibility`: declared sizes against the file's bytes, blocks, budgets)
+    and the whole stack to :data:`~cnnkit.rasters.plausibility.STACK_BYTES` before anything is decoded; whatever
+    GDAL raises becomes a :class:`~cnnkit.errors.CnnkitError` naming the file. Pages are decoded one at a time into
+    the one output array (memory: the stack and one page). Other rasters (one GeoTIFF page, VRT, ENVI, …) are one
+    page.
+
+    Args:
+        path: The file (untrusted).
+        raw: Values as stored, in the file's dtype (labels, masks); a file with blocks without data (sparse) is
+            then refused. Default: float32, each page's declared nodata and sparse blocks as NaN, scale and offset
+            applied.
+        external_sources: Let a VRT read files outside its own folder (refused by default).
+
+    Returns:
+        A :class:`Stack`: its ``array`` is shaped as ``tifffile.imread`` shapes the same file where its writer
+        recorded the shape (``tifffile.imwrite`` of a ``(T, C, H, W)`` or ``(T, H, W, C)`` array), else
+        ``(pages, bands, H, W)`` without axes of 1.
+
+    Raises:
+        CnnkitError: the file cannot be opened or decoded, declares more than it holds, or more than
+            :data:`~cnnkit.rasters.plausibility.STACK_BYTES` (naming it).
+        UnsupportedError: pages of different sizes, bands or dtypes (naming the page), complex values, sparse blocks
+            with ``raw=True``.
+
+    Examples:
+        >>> import numpy as np, tifffile, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "s.tif")
+        >>> series = np.arange(3 * 2 * 4 * 5, dtype="uint16").reshape(3, 2, 4, 5)  # T, C, H, W
+        >>> tifffile.imwrite(path, series, photometric="minisblack", planarconfig="separate", compression="zlib")
+        >>> stack = read_stack(path)
+        >>> stack.pages, stack.bands, stack.shape, stack.array.dtype, bool((stack.array == series).all())
+        (3, 2, (3, 2, 4, 5), dtype('float32'), True)
+        >>> read_stack(path, raw=True).array.dtype
+        dtype('uint16')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"Input image does not exist: {path}")
+    if path.suffix.lower() == ".vrt":
+        check_vrt_sources(path, allow_outside=external_sources)
+        _check_vrt_tiffs(path)
+    main = _Source(str(path), path)
+    if main.driver == "GTiff":
+        tiff_directories(path)  # a chain of pages cut short: GDAL would read the pages before the cut
+    names = [str(path)] + [name for number, name in _pages(main) if number > 1]
+    if len(names) > MAX_PAGES:
+        raise CnnkitError(f"{path} holds {len(names):,} pages: more than the {MAX_PAGES:,} cnnkit reads from one "
+                          "file. Is the file intact?")
+    dtype = main.dtype
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise UnsupportedError(f"{path} holds {dtype} values; expected integer or float bands.")
+    out_dtype = dtype if raw else np.dtype(np.float32)
+    pages, bands, height, width = len(names), main.count, main.height, main.width
+    check_stack(path, pages, bands, height, width, out_dtype.itemsize)
+    interleaved = bands > 1 and not main.separate
+    storage = np.empty((pages, height, width, bands) if interleaved else (pages, bands, height, width), out_dtype)
+    descriptions: list[str | None] = []
+    for index, name in enumerate(names):
+        source = main if index == 0 else _Source(name, path)
+        found = (source.count, source.height, source.width, source.dtype)
+        if found != (bands, height, width, dtype) or source.separate != main.separate:
+            raise UnsupportedError(f"{path}: page {index + 1} holds {source.count} bands of {source.height} × "
+                                   f"{source.width} {source.dtype}, page 1 {bands} bands of {height} × {width} "
+                                   f"{dtype}: a stack's pages must be alike.")
+        if raw and source.sparse:
+            raise UnsupportedError(f"{path}: page {index + 1} has blocks without data (sparse); a label or mask "
+                                   "must store every block.")
+        page = source.read_whole()
+        target = storage[index].transpose(2, 0, 1) if interleaved else storage[index]
+        if raw:
+            target[...] = page
+        else:
+            sparse = source.sparse_mask(0, height, 0, width)
+            _values(page, source.nodata, source.scales, source.offsets, sparse, out=target)
+        descriptions += source.descriptions
+        del page
+    size = storage.size
+    recorded = _recorded_shape(main.tags, size)
+    if recorded is not None:
+        array = storage.reshape(recorded)
+    else:
+        array = storage.transpose(0, 3, 1, 2) if interleaved else storage
+        array = array.reshape((*(n for n in (pages, bands) if n > 1), height, width))
+    return Stack(path, array, tuple(array.shape), pages, bands, height, width, tuple(descriptions), main.tags,
+                 main.georeference, main.nodata, interleaved, recorded is not None, storage)
 
 
 def _check_vrt_tiffs(path: Path) -> None:
