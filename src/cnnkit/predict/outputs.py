@@ -3,7 +3,8 @@
 Per input ``STEM``, in the output folder:
 
 * ``STEM_labels.png`` — the label map as a palette PNG: pixel value = class index, shown in the class
-  colours; pixels without data hold ``ignore_value`` (255 by default), shown black;
+  colours; pixels without data hold ``ignore_value`` (255 by default), shown in :data:`~cnnkit.render.NODATA_COLOR`
+  (white) as in every other picture (black, :data:`~cnnkit.render.UNLABELLED_COLOR`, means "unlabelled");
 * ``STEM_labels.tif`` (``tiff=True``) — the same values as a Cloud-Optimized GeoTIFF on the input's CRS and
   transform: the palette as its colour table, ``ignore_value`` as its nodata, the class names in its metadata
   (:func:`label_cog`);
@@ -46,7 +47,18 @@ def _palette(num_classes: int, palette) -> np.ndarray:
 
 def palette_png(path: str | Path, labels: np.ndarray, num_classes: int, palette=None,
                 ignore_value: int = 255) -> Path:
-    """Write ``labels`` (H, W) as an 8-bit palette PNG: values are class indices, colours the class colours."""
+    """Write ``labels`` (H, W) as an 8-bit palette PNG: values are class indices, colours the class colours, and
+    ``ignore_value`` (no data) :data:`~cnnkit.render.NODATA_COLOR`.
+
+    Examples:
+        >>> import tempfile, os
+        >>> from PIL import Image
+        >>> path = palette_png(os.path.join(tempfile.mkdtemp(), "l.png"), np.array([[0, 1, 255]]), 2,
+        ...                    [(0, 0, 255), (0, 200, 0)])
+        >>> colours = Image.open(path).getpalette()
+        >>> colours[:6], colours[3 * 255:3 * 256]  # the classes; no data white, as in every picture
+        ([0, 0, 255, 0, 200, 0], [255, 255, 255])
+    """
     from PIL import Image
 
     colours = _png_colours(path, num_classes, palette, ignore_value)
@@ -78,6 +90,8 @@ def _png_colours(path, num_classes: int, palette, ignore_value: int) -> np.ndarr
                           f"do not fit ({path}). Ask for a TIFF label map instead (--tiff).")
     colours = np.zeros((256, 3), dtype=np.uint8)
     colours[:num_classes] = _palette(num_classes, palette)[:num_classes]
+    if ignore_value >= num_classes:  # no data: the one no-data colour of every picture, never a class's
+        colours[ignore_value] = NODATA_COLOR
     return colours
 
 
@@ -111,8 +125,8 @@ class PalettePngWriter:
         ...     out[0:2, 0:3] = 0
         ...     out[2:4, 0:6] = np.array([[0, 1, 255, 1, 0, 1]] * 2)
         >>> picture = Image.open(path)
-        >>> np.array(picture)[[0, 3]].tolist(), picture.getpalette()[3:6]
-        ([[0, 0, 0, 1, 1, 1], [0, 1, 255, 1, 0, 1]], [0, 200, 0])
+        >>> np.array(picture)[[0, 3]].tolist(), picture.getpalette()[3:6], picture.getpalette()[765:768]
+        ([[0, 0, 0, 1, 1, 1], [0, 1, 255, 1, 0, 1]], [0, 200, 0], [255, 255, 255])
     """
 
     dtype = np.dtype(np.uint8)
