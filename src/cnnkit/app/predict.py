@@ -12,6 +12,10 @@ the preprocessing training applied. :func:`predict_files` runs it over files, fo
 Per input it writes the label map (palette PNG; a Cloud-Optimized GeoTIFF too with ``tiff=True``), the image beside
 its labels with the legend (``STEM_overlay.png``) and, on request, probabilities and confidence (COGs, ``uint8``
 quantised or float16). The COGs lie on the input's CRS and transform.
+
+A run trained on image time series predicts series (:func:`predict_series`, :func:`predict_series_files`): whole,
+or, over ``max_pixels`` pixel-dates, in tiles in space with every date kept, equal to the whole series
+(:mod:`cnnkit.predict.series`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +54,9 @@ from cnnkit.rasters import CogWriter, Georeference, read_georeference
 from cnnkit.rasters.destination import FolderLock, Staging, prepare_folder, remove_leftovers
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
-__all__ = ["PredictionRun", "expand_inputs", "expand_series_inputs", "is_series_run", "load_predictor",
-           "load_series_model", "predict_files", "predict_series_files"]
+__all__ = ["PredictionRun", "SeriesInput", "days_reference", "expand_inputs", "expand_series_inputs", "is_series_run",
+           "load_predictor", "load_series_model", "predict_files", "predict_series", "predict_series_files",
+           "series_inputs"]
 
 PREVIEW_SIDE = 1024
 """Overlays of scenes with a longer side are drawn at a reduced scale."""
@@ -612,9 +618,65 @@ def _series_mask(path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def predict_series_files(
+def days_reference(prep: dict) -> date | None:
+    """Day 0 of the days the run was trained with (``input.days_reference``, e.g. PASTIS's 2018-09-01), or ``None``:
+    January 1 of each series' first year, as :class:`~cnnkit.data.SeriesFolder` counts them."""
+    text = prep.get("days_reference")
+    if text is None:
+        return None
+    try:
+        if isinstance(text, str) and len(text) == 10:
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise CnnkitError(f"The run's manifest.json: input.days_reference must be a date YYYY-MM-DD (day 0 of the "
+                      f"acquisition days). Received {text!r}.")
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    """One series for :func:`predict_series`.
+
+    Attributes:
+        name: The outputs' ``STEM``.
+        path: The file or folder it comes from (named in messages).
+        read: Called with the run manifest's ``input`` object; returns ``(series (T, C, H, W) float32 as stored,
+            valid (T, H, W) bool, days (T,) int64)`` — the days counted as training counted them.
+        georeference: Where the outputs lie (default: the stack's, or a per-date folder's first GeoTIFF's).
+    """
+
+    name: str
+    path: Path
+    read: Callable[[dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    georeference: Callable[[], Georeference] | None = None
+
+
+def series_inputs(inputs: Sequence[str | os.PathLike]) -> list[SeriesInput]:
+    """:func:`expand_series_inputs` as :class:`SeriesInput`: each read with :func:`~cnnkit.data.series.read_series`
+    (the run's band count and nodata, a data folder's ``masks/STEM.*``), its days from its dates."""
+    from cnnkit.data.series import read_series
+
+    def reader(path: Path):
+        def read(prep: dict):
+            series, valid, dates = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"),
+                                               mask=_series_mask(path), with_dates=True)
+            return series, valid, dates.days(days_reference(prep))
+        return read
+
+    return [SeriesInput(_series_stem(path), path, reader(path), lambda path=path: _series_georeference(path))
+            for path in expand_series_inputs(inputs)]
+
+
+def predict_series_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                         **options) -> PredictionRun:
+    """:func:`predict_series` on series stacks, per-date folders, data folders with ``series/`` or globs
+    (:func:`expand_series_inputs`); ``options`` as :func:`predict_series` takes them."""
+    return predict_series(run_dir, lambda: series_inputs(inputs), out, **options)
+
+
+def predict_series(
     run_dir: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Sequence[SeriesInput] | Callable[[], Sequence[SeriesInput]],
     out: str | os.PathLike,
     *,
     device: str = "cpu",
@@ -623,57 +685,84 @@ def predict_series_files(
     confidence: bool = False,
     overwrite: bool = False,
     probability_dtype: str = "uint8",
+    max_pixels: int = 1_048_576,
+    tile: int = 512,
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictionRun:
-    """Label maps of whole series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif`` (a
+    """Label maps of series with a series run: ``STEM_labels.png`` (palette PNG) and ``STEM_labels.tif`` (a
     Cloud-Optimized GeoTIFF on the CRS and transform of the stack, or of a folder's first date, when they are
     GeoTIFFs); on request ``STEM_probabilities.tif`` (``(H, W, K)`` softmax) and ``STEM_confidence.tif`` (the
     winning class's probability), COGs stored as ``probability_dtype`` says (``uint8`` quantised to 1/255, or
     ``float16``), 0 where a pixel has no valid date, georeferenced the same way.
 
-    Every series is read with :func:`~cnnkit.data.series.read_series` (the run's band count tells the stack
-    layouts apart; NaN, ±inf and the run's ``nodata`` are clouds), standardised with the run's band mean
-    and std, and run whole (no tiling in space: memory grows with T × H × W). A series inside a data folder's
-    ``series/`` uses its ``masks/STEM.*`` as training did. A pixel without any valid date gets the label 255
-    (no data).
+    Every series is standardised with the run's band mean and std and called with its acquisition days, as in
+    training. A series of more than ``max_pixels`` pixel-dates (``T × H × W``) runs in tiles of ``tile`` pixels a
+    side, every date in each tile, with the halo and grid traced from the network
+    (:func:`~cnnkit.predict.series.tiled_series_forward`): the result equals the whole series' (for a ConvLSTM
+    the halo grows with T; see :mod:`cnnkit.predict.series`) while the network's memory follows the tile. A pixel
+    without any valid date gets the label 255 (no data).
+
+    Args:
+        run_dir: A series run folder.
+        inputs: The series (:func:`series_inputs`), or a function returning them, called after the run is read.
+        out: Output folder (created); outputs of the same names are refused unless ``overwrite``.
+        device: Where the network runs.
+        tiff, probabilities, confidence, probability_dtype: Which outputs, as above.
+        max_pixels: Series with more pixel-dates run in tiles.
+        tile: Interior side of a tile in pixels (rounded up to the network's grid).
+        progress: Called with the series done and the pixels predicted so far.
     """
+    check_int(max_pixels, "max_pixels")
+    check_int(tile, "tile", 8)
     start = time.perf_counter()
     out = prepare_folder(out)
     model, manifest = load_series_model(run_dir, device)
     prep, classes = manifest["input"], manifest["classes"]
-    files = expand_series_inputs(inputs)
+    items = list(inputs() if callable(inputs) else inputs)
     with FolderLock(out):
         remove_leftovers(out)
-        _check_out(out, [_series_stem(p) for p in files], overwrite)
-        run = _predict_series_into(model, files, out, prep, classes, device=device, tiff=tiff,
+        _check_out(out, [item.name for item in items], overwrite)
+        run = _predict_series_into(model, items, out, prep, classes, device=device, tiff=tiff,
                                    probabilities=probabilities, confidence=confidence,
-                                   probability_dtype=probability_dtype, progress=progress)
+                                   probability_dtype=probability_dtype, max_pixels=max_pixels, tile=tile,
+                                   progress=progress)
     run.seconds = time.perf_counter() - start
     return run
 
 
-def _predict_series_into(model, files: list[Path], out: Path, prep: dict, classes: dict, *, device: str, tiff: bool,
-                         probabilities: bool, confidence: bool, probability_dtype: str,
-                         progress: Callable[[int, int], None] | None) -> PredictionRun:
-    """Each series of ``files`` run whole into the prepared, locked folder ``out`` (outputs committed together)."""
-    from cnnkit.data.series import read_series
+def _predict_series_into(model, items: list[SeriesInput], out: Path, prep: dict, classes: dict, *, device: str,
+                         tiff: bool, probabilities: bool, confidence: bool, probability_dtype: str, max_pixels: int,
+                         tile: int, progress: Callable[[int, int], None] | None) -> PredictionRun:
+    """Each series of ``items`` into the prepared, locked folder ``out`` (each one's outputs committed together)."""
+    from cnnkit.predict.series import series_tile_geometry, tiled_series_forward
 
     mean = torch.tensor(prep["mean"], dtype=torch.float32)[:, None, None]
     std = torch.tensor(prep["std"], dtype=torch.float32)[:, None, None]
     palette = [tuple(c) for c in classes.get("palette", [])] or None
     run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
-    for index, path in enumerate(files):
-        series, valid, dates = read_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"),
-                                           mask=_series_mask(path), with_dates=True)
+    geometries: dict[int, object] = {}  # per number of dates: a ConvLSTM's halo grows with T
+    for index, item in enumerate(items):
+        series, valid, days = item.read(prep)
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
-        days = dates.days()  # as in training: days since January 1 of the series' first year (0 … T-1 undated)
-        with torch.no_grad():
-            logits = model(x[None].to(device), valid[None].to(device), days[None].to(device))[0].to("cpu")
+        del series
+        steps, height, width = valid.shape
+        arguments = (x[None].to(device), valid[None].to(device), days[None].to(device))
+        if steps * height * width > max_pixels:
+            if steps not in geometries:
+                geometries[steps] = series_tile_geometry(model, x.shape[1], days)
+            logits = tiled_series_forward(model, *arguments, tile=tile, geometry=geometries[steps])[0].to("cpu")
+            run.tiled.append(item.path)
+        else:
+            with torch.no_grad():
+                logits = model(*arguments)[0].to("cpu")
+        del arguments, x
         labels = argmax(logits, 0).numpy()
         seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
-        stem = _series_stem(path)
-        where = _series_georeference(path) if tiff or probabilities or confidence else Georeference()
+        stem = item.name
+        where = Georeference()
+        if tiff or probabilities or confidence:
+            where = item.georeference() if item.georeference is not None else _series_georeference(item.path)
         with Staging() as staging:
             palette_png(staging.path(out / f"{stem}_labels.png"), labels, len(classes["names"]), palette)
             if tiff:
@@ -687,7 +776,7 @@ def _predict_series_into(model, files: list[Path], out: Path, prep: dict, classe
                 _write_scores(result, out, stem, classes["names"], where, probabilities=probabilities,
                               confidence=confidence, dtype=probability_dtype, staging=staging)
             written = staging.finals
-        run.files[path] = written
+        run.files[item.path] = written
         run.pixels += int(seen.sum())
         run.class_pixels += np.bincount(labels[seen].ravel(), minlength=len(classes["names"]))[: len(classes["names"])]
         if progress is not None:

@@ -38,8 +38,9 @@ def predict(
     rgb_bands: str = typer.Option(None, "--rgb-bands", help="Bands drawn as red, green, blue in the overlay, counted "
                                   "from 0 (e.g. 2,1,0); default: the bands the file names red, green, blue."),
     max_pixels: int = typer.Option(_MAX_PIXELS, min=1,
-                                   help="Larger images run tile by tile (same result, less memory)."),
-    tile: int = typer.Option(_TILE, min=8, help="Tile side in pixels for images over --max-pixels."),
+                                   help="Larger images run tile by tile (same result, less memory); a series: more "
+                                        "pixel-dates (T × H × W), tiled in space with every date kept."),
+    tile: int = typer.Option(_TILE, min=8, help="Tile side in pixels for images (and series) over --max-pixels."),
     batch_size: int = typer.Option(_BATCH_SIZE, min=1, help="Images per padded batch."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
@@ -59,8 +60,9 @@ def predict(
     Images are grouped by size and run as padded batches (each result equal to the image alone); images over
     --max-pixels are read, run and written tile by tile with a halo from the network's receptive field, so
     the result is identical to the whole-image pass while memory follows the tile. A run trained on image time
-    series predicts whole series (stacks or per-date folders), one label map each (and probabilities or
-    confidence on request), without tiling.
+    series predicts series (stacks or per-date folders), one label map
+    each (and probabilities or confidence on request); a series over --max-pixels pixel-dates runs in tiles in
+    space, every date kept, equal to the whole series.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -79,16 +81,15 @@ def predict(
     try:
         console.print(threads_line(threads), markup=False, highlight=False)
         if is_series_run(read_manifest(run)):
-            ignored = [flag for flag, given in (("--max-pixels", max_pixels != _MAX_PIXELS), ("--tile", tile != _TILE),
-                                                ("--batch-size", batch_size != _BATCH_SIZE)) if given]
-            ignored += [flag for flag, given in (("--resume", resume), ("--devices", devices != "1"),
-                                                 ("--allow-external-vrt-sources", external_vrt_sources)) if given]
+            ignored = [flag for flag, given in (("--batch-size", batch_size != _BATCH_SIZE), ("--resume", resume),
+                                                ("--devices", devices != "1"),
+                                                ("--allow-external-vrt-sources", external_vrt_sources)) if given]
             if ignored:
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
-                                       f"({run!r}), which predicts each series whole (no tiles, one at a time).")
-            result = predict_series_files(run, inputs, out, device=device, tiff=True, probabilities=probabilities,
-                                          confidence=confidence, overwrite=overwrite,
-                                          probability_dtype=probability_dtype)
+                                       f"({run!r}), which predicts one series at a time in one process.")
+            options = dict(device=device, tiff=True, probabilities=probabilities, confidence=confidence,
+                           overwrite=overwrite, probability_dtype=probability_dtype, max_pixels=max_pixels, tile=tile)
+            result = predict_series_files(run, inputs, out, **options)
             names = read_manifest(run)["classes"]["names"]
             console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
                           soft_wrap=log_lines(console))
