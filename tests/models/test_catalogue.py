@@ -43,16 +43,14 @@ def test_defaults_table():
 
 
 def test_cnnkit_defaults_are_what_the_applications_use_today():
-    from cnnkit.app.timeseries import train_series
-    from cnnkit.app.train import train_segmentation
+    from cnnkit.app.settings import KIND_DEFAULTS, TrainSettings
 
-    images = inspect.signature(train_segmentation).parameters
-    series = inspect.signature(train_series).parameters
     tiny = training_defaults({"library": "cnnkit", "architecture": "TinySegNet"})
-    # train_segmentation's lr=None takes the family's rate: for TinySegNet the 0.01 the demo has always trained with
-    assert images["lr"].default is None and (tiny.lr, tiny.schedule) == (0.01, images["scheduler"].default)
+    # lr=None takes the family's rate: for TinySegNet the 0.01 the demo has always trained with, and the images'
+    # cosine schedule is that family's; the series' constant rate is the ConvLSTM family's
+    assert TrainSettings().lr is None and (tiny.lr, tiny.schedule) == (0.01, KIND_DEFAULTS["images"]["scheduler"])
     recurrent = training_defaults({"library": "cnnkit", "architecture": "SeriesSegNet"})
-    assert (recurrent.lr, recurrent.schedule) == (series["lr"].default, series["scheduler"].default)
+    assert (recurrent.lr, recurrent.schedule) == (0.01, KIND_DEFAULTS["series"]["scheduler"])
     assert training_defaults({"library": "smp", "architecture": "Unet", "encoder": "resnet18"}).lr == 1e-3
     for spec in ({"library": "smp", "architecture": "Segformer", "encoder": "mit_b0"},
                  {"library": "smp", "architecture": "Unet", "encoder": "mit_b2"},

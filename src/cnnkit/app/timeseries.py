@@ -36,12 +36,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cnnkit._checks import check_int
+from cnnkit.app.settings import SETTING_NAMES, TrainSettings, settings_for
 from cnnkit.app.workflow import (
-    RARE_CROP_SHARE,
     SERIES,
     check_class_names,
     choose_accelerator,
+    choose_network,
     count_classes,
     evaluate,
     holdout_split,
@@ -55,7 +55,7 @@ from cnnkit.errors import ShapeError
 from cnnkit.losses import PixelCrossEntropy, class_weights
 from cnnkit.masking import BucketBatchSampler
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.models import ModelSpec, build, family_of, parse_spec, resolve, spec_for, training_defaults
+from cnnkit.models import ModelSpec, build, family_of, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import (
     RunRecipe,
@@ -209,21 +209,15 @@ def _train_plain(net: nn.Module, crops: SeriesCrops, weight: Tensor, epochs: int
 def series_spec(model_spec: ModelSpec | dict | None, width: int = 8, hidden: int = 16,
                 kernel_size: int = 3) -> ModelSpec:
     """The spec of the series network to train: ``model_spec`` checked (a network of a series family, which takes
-    ``(x, valid, days)``), or cnnkit's SeriesSegNet of ``width``, ``hidden`` and ``kernel_size``.
+    ``(x, valid, days)``), or cnnkit's SeriesSegNet of ``width``, ``hidden`` and ``kernel_size``
+    (:func:`cnnkit.app.workflow.choose_network` for series).
 
     Examples:
         >>> series_spec(None, 8, 16, 1)
         ModelSpec(library='cnnkit', architecture='SeriesSegNet', encoder=None, args={'width': 8, 'hidden': 16, \
 'kernel_size': 1})
     """
-    if model_spec is None:
-        return spec_for("SeriesSegNet", args={"width": width, "hidden": hidden, "kernel_size": kernel_size})
-    spec = parse_spec(model_spec)
-    resolve(spec)
-    if not family_of(spec).endswith("series"):
-        raise ShapeError(f"A time-series run trains a network that reads (series, valid): one of a series family, "
-                         f"such as SeriesSegNet. Received {spec.label()} (family {family_of(spec)!r}).")
-    return spec
+    return choose_network(model_spec, SERIES, width=width, hidden=hidden, kernel_size=kernel_size)
 
 
 def train_series(
@@ -232,41 +226,17 @@ def train_series(
     num_classes: int,
     out: str | os.PathLike = "cnnkit-run",
     *,
+    settings: TrainSettings | None = None,
+    model_spec: ModelSpec | dict | None = None,
     class_names: Sequence[str] | None = None,
-    epochs: int = 12,
-    seed: int = 0,
-    device: str = "cpu",
-    batch_size: int = 8,
-    lr: float | None = 1e-2,
-    scheduler: str | None = None,
-    width: int = 8,
-    hidden: int = 16,
-    kernel_size: int = 3,
-    crop_size: int = 32,
-    crops_per_series: int = 1,
-    rare_below: float = 0.05,
-    rare_share: float = RARE_CROP_SHARE,
-    weighting: str | None = "enet",
-    single_date_baseline: bool = True,
-    val_every: int = 1,
-    title: str | None = None,
-    progress: bool = True,
-    quiet: bool = True,
-    epoch_lines: bool = True,
-    log: Callable[[str], None] = print,
-    overwrite: bool = False,
-    resume: bool = False,
-    preprocessing: dict | None = None,
-    ignore_index: int | None = None,
     profile_bands: Sequence[int] = (0, 1),
     rgb_bands: Sequence[int] | None = None,
+    preprocessing: dict | None = None,
+    ignore_index: int | None = None,
     manifest_extra: dict | None = None,
-    model_spec: ModelSpec | dict | None = None,
     recipe: dict | None = None,
-    warmup_epochs: int | None = None,
-    accumulate_grad_batches: int = 1,
-    freeze_encoder_epochs: int = 0,
-    encoder_lr_factor: float | None = None,
+    title: str | None = None,
+    **options,
 ) -> SeriesRun:
     """Train :class:`~cnnkit.models.SeriesSegNet` on cloudy series, evaluate it and its baselines, write the report.
 
@@ -277,29 +247,14 @@ def train_series(
         num_classes: Number of classes; labels lie in ``[0, num_classes)`` or are −100.
         out: Run folder (see :func:`cnnkit.train.rundir.prepare_run_dir`: never deletes what cnnkit did not write).
         class_names: A name per class.
-        epochs: Training epochs (each: ``crops_per_series`` crops of every training series).
-        seed: Seed of the weights, crops and batch order.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-        batch_size: Crops per batch.
-        lr: AdamW learning rate; ``None``: the network family's (:func:`cnnkit.models.training_defaults`, 1e-2 for
-            SeriesSegNet, the default).
-        scheduler: ``None`` (constant ``lr``) or ``"cosine"`` (down to 0 over the run). Constant by default: on the
-            demo data, 240 steps with cosine gave held-out mean IoU 0.26, 276 constant-rate steps of the same
-            network and crops in a plain loop 0.59 (see ``docs/timeseries.md``).
-        width, hidden, kernel_size: The network's encoder channels, ConvLSTM hidden channels and window
-            (:class:`~cnnkit.models.SeriesSegNet`).
-        crop_size: Side of the training crops (all dates kept).
-        crops_per_series: Crops of each series per epoch.
-        rare_below: A class under this share of the labelled training pixels is rare.
-        rare_share: Share of the crops centred on a rare-class pixel (split between the rare classes).
-        weighting: ``method`` of :func:`cnnkit.losses.class_weights`, or ``None``: every class weighs 1.
-        single_date_baseline: Also train and evaluate the network on each series' least cloudy date.
-        val_every: Validate at most every this many epochs, on a period that divides ``epochs`` so that the
-            last epoch validates (e.g. 12 of 36; 8 of 16): on whole held-out series, validation can cost as much
-            as an epoch of crops.
+        settings: How the run trains (:class:`~cnnkit.app.TrainSettings`, the same object as for images; for
+            series ``epochs`` defaults to 12, the schedule to constant, the default SeriesSegNet to ``width`` 8,
+            ``hidden`` 16, ``kernel_size`` 3; each epoch draws ``crops_per_series`` crops of every training series,
+            all dates kept; ``weighting=None`` weighs every class 1; ``single_date_baseline`` also trains the network
+            on each series' least cloudy date). Validation runs on whole held-out series and can cost as much as an
+            epoch of crops: ``val_every`` 12 of 36 epochs in the demo. Series train in one process.
+        options: Fields of :class:`~cnnkit.app.TrainSettings` by name, applied over ``settings``.
         title: The report's title.
-        progress, quiet, epoch_lines, log: As in :func:`cnnkit.app.train_segmentation`.
-        overwrite, resume: As in :func:`cnnkit.train.rundir.prepare_run_dir`.
         preprocessing: More for the manifest's ``input`` (e.g. ``nodata``, ``band_count``); the band mean and std
             are added.
         ignore_index: The label value that meant "no label" in the user's files, for the manifest.
@@ -308,10 +263,9 @@ def train_series(
         manifest_extra: More keys for the manifest's ``series`` object (e.g. which series were held out).
         model_spec: The network by name (:func:`series_spec`: a network of a series family); default SeriesSegNet
             with ``width``, ``hidden`` and ``kernel_size``. Built by :func:`cnnkit.models.build`, recorded in the
-            manifest.
-        warmup_epochs, accumulate_grad_batches, freeze_encoder_epochs, encoder_lr_factor: As in
-            :func:`cnnkit.app.train_segmentation` (a series network has no ``encoder``: the last two are refused).
-            The single-date baseline trains in a plain loop without warm-up or accumulation.
+            manifest. A series network has no ``encoder``: the settings' ``freeze_encoder_epochs`` and
+            ``encoder_lr_factor`` are refused. The single-date baseline trains in a plain loop without warm-up or
+            accumulation.
         recipe: What the caller knows of how the data was read, for the report's *How this run was made*: ``data``,
             ``split``, ``nodata`` (see :func:`cnnkit.app.train_segmentation`).
 
@@ -321,25 +275,23 @@ def train_series(
     import lightning as L
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
-                             ("hidden", hidden, 1), ("kernel_size", kernel_size, 1), ("batch_size", batch_size, 1),
-                             ("crop_size", crop_size, 4),
-                             ("crops_per_series", crops_per_series, 1), ("val_every", val_every, 1)):
-        check_int(value, name, low)
-    if not 0 <= rare_below < 1:
-        raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
+    s = settings_for("series", settings, options)
+    epochs, seed, device, batch_size, lr, scheduler = s.epochs, s.seed, s.device, s.batch_size, s.lr, s.scheduler
+    crop_size, crops_per_series, rare_share, weighting, log = (s.crop_size, s.crops_per_series, s.rare_share,
+                                                               s.weighting, s.log)
     names = check_class_names(class_names, num_classes)
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
-    spec = series_spec(model_spec, width, hidden, kernel_size)
+    spec = series_spec(model_spec, s.width, s.hidden, s.kernel_size)
     defaults = training_defaults(spec)
     family = f"the {family_of(spec)!r} family"
     lr, lr_source = learning_rate(None if lr is None or lr == defaults.lr else lr, defaults.lr, family)
-    chosen = training_options(defaults, family, has_encoder=False, pretrained=False, warmup_epochs=warmup_epochs,
-                              encoder_lr_factor=encoder_lr_factor, freeze_encoder_epochs=freeze_encoder_epochs,
-                              accumulate_grad_batches=accumulate_grad_batches)
+    chosen = training_options(defaults, family, has_encoder=False, pretrained=False, warmup_epochs=s.warmup_epochs,
+                              encoder_lr_factor=s.encoder_lr_factor,
+                              freeze_encoder_epochs=s.freeze_encoder_epochs,
+                              accumulate_grad_batches=s.accumulate_grad_batches)
     accelerator, devices = choose_accelerator(device)
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, log=log)
+    out = prepare_run_dir(out, overwrite=s.overwrite, resume=s.resume, log=log)
     torch.manual_seed(seed)
 
     raw_heldout = heldout
@@ -347,7 +299,7 @@ def train_series(
     heldout = StandardizedSeries(raw_heldout, train.mean, train.std)
     bands = int(train[0][0].shape[1])
     counted = count_classes(train, num_classes, kind=SERIES)
-    share, majority, rare = counted.share, counted.majority, counted.rare(rare_below)
+    share, majority, rare = counted.share, counted.majority, counted.rare(s.rare_below)
     valid_shares = [train[i][1].flatten(1).float().mean(1).tolist() for i in range(len(train))]
     steps = [s[0] for s in train.sizes]
     valid_share = sum(v for s in valid_shares for v in s) / sum(len(s) for s in valid_shares)
@@ -356,8 +308,6 @@ def train_series(
         f"{100 * (1 - valid_share):.1f} % of pixel-dates without data; "
         + "; ".join(f"'{names[k]}' {100 * share[k]:.2f} %" for k in range(num_classes)) + " of labelled pixels")
 
-    if not 0 <= rare_share <= 1:
-        raise ShapeError(f"rare_share must be in [0, 1]. Received rare_share={rare_share!r}.")
     ratios = {k: rare_share / len(rare) for k in rare}
     crops = SeriesCrops(train, crop_size, ratios, crops_per_series, generator=torch.Generator().manual_seed(seed))
     weight = class_weights((item[2] for item in crops), num_classes, weighting) if weighting is not None \
@@ -379,12 +329,12 @@ def train_series(
         f"({lr_source}), {scheduler or 'constant'} schedule" + (f"; {chosen.text()}" if chosen.text() else ""))
     task = SeriesSegmentationTask(net, num_classes, class_weight=weight, lr=lr, weight_decay=1e-4,
                                   scheduler=scheduler, class_names=names, **chosen.task_kwargs())
-    if resume:
+    if s.resume:
         log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
-    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
-        accelerator=accelerator, devices=devices, progress=progress, callbacks=[_NewCrops()],
-        enable_model_summary=False, num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-        check_val_every_n_epoch=validation_period(val_every, epochs),
+    fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if s.resume else None,
+        accelerator=accelerator, devices=devices, progress=s.progress, callbacks=[_NewCrops()],
+        enable_model_summary=False, num_sanity_val_steps=0, quiet=s.quiet, log=log if s.epoch_lines else None,
+        check_val_every_n_epoch=validation_period(s.val_every, epochs),
         accumulate_grad_batches=chosen.accumulate_grad_batches)
     net.to(torch.device(device))
 
@@ -394,7 +344,7 @@ def train_series(
     result = evaluate(net, heldout, num_classes, batch_size, device, kind=SERIES, keep=shown, predictions=predicted)
     majority_result = majority_baseline(majority, heldout, num_classes, kind=SERIES)
     single_result = single_predicted = None
-    if single_date_baseline:
+    if s.single_date_baseline:
         single_start = time.process_time()
         single_crops = SeriesCrops(_SingleDate(train), crop_size, ratios, crops_per_series,
                                    generator=torch.Generator().manual_seed(seed))
@@ -428,7 +378,7 @@ def train_series(
         network=spec.label(), encoder=spec.encoder, weights="random", epochs=epochs, batch_size=batch_size, lr=lr,
         lr_source=lr_source, schedule=scheduler or "constant",
         options=[*chosen.rows(), ("crops per series", crops_per_series, ""), ("crop size", crop_size, "px"),
-                 ("single-date baseline", "trained" if single_date_baseline else "not trained", "")],
+                 ("single-date baseline", "trained" if s.single_date_baseline else "not trained", "")],
         nodata_share=counted.missing / counted.pixels, unlabelled_share=counted.unlabelled / counted.pixels,
         seed=seed)
     sections = [
@@ -505,14 +455,17 @@ def train_series_folder(
     The cheap checks come first, before the folder is read: the network's names (:func:`series_spec`), the training
     options, the device and ``out`` (empty, or a run to ``overwrite`` or ``resume``).
     """
-    spec = series_spec(kwargs.get("model_spec"), kwargs.get("width", 8), kwargs.get("hidden", 16),
-                       kwargs.get("kernel_size", 3))  # the cheap checks first, before the folder is read
+    settings = settings_for("series", kwargs.pop("settings", None),
+                            {**{name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES},
+                             "seed": seed, "log": log})
+    spec = series_spec(kwargs.get("model_spec"), settings.width, settings.hidden,
+                       settings.kernel_size)  # the cheap checks first, before the folder is read
     training_options(training_defaults(spec), f"the {family_of(spec)!r} family", has_encoder=False, pretrained=False,
-                     warmup_epochs=kwargs.get("warmup_epochs"), encoder_lr_factor=kwargs.get("encoder_lr_factor"),
-                     freeze_encoder_epochs=kwargs.get("freeze_encoder_epochs", 0),
-                     accumulate_grad_batches=kwargs.get("accumulate_grad_batches", 1))
-    choose_accelerator(kwargs.get("device", "cpu"))
-    check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
+                     warmup_epochs=settings.warmup_epochs, encoder_lr_factor=settings.encoder_lr_factor,
+                     freeze_encoder_epochs=settings.freeze_encoder_epochs,
+                     accumulate_grad_batches=settings.accumulate_grad_batches)
+    choose_accelerator(settings.device)
+    check_run_dir(out, overwrite=settings.overwrite, resume=settings.resume)
     folder = SeriesFolder(root, nodata=nodata, ignore_index=ignore_index)
     if heldout is not None:
         train_part = folder
@@ -542,7 +495,7 @@ def train_series_folder(
                              "num_classes if classes are missing.")
     log(f"folder {str(root)!r}: {len(folder)} series, {num_classes} classes; {split}")
     preprocessing = {"nodata": nodata}
-    return train_series(train_part, held_part, num_classes, out, class_names=class_names, seed=seed, log=log,
+    return train_series(train_part, held_part, num_classes, out, settings=settings, class_names=class_names,
                         title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name} (time series)"),
                         preprocessing=preprocessing, ignore_index=ignore_index,
                         manifest_extra={"heldout": held_names},

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
+from cnnkit.app.settings import SETTING_NAMES, TrainSettings, settings_for
 from cnnkit.app.threads import usable_cores
 from cnnkit.app.weights import build_network, spec_of_weights, weights_source
 from cnnkit.app.workflow import (
@@ -46,6 +47,7 @@ from cnnkit.app.workflow import (
     Subset,
     check_class_names,
     choose_accelerator,
+    choose_network,
     count_classes,
     evaluate,
     holdout_split,
@@ -61,7 +63,7 @@ from cnnkit.errors import ShapeError
 from cnnkit.losses import class_weights
 from cnnkit.masking import BucketBatchSampler, collate_padded, padding_fraction, spatial_sizes
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.models import MODELS, ModelSpec, parse_spec, spec_for, training_defaults
+from cnnkit.models import MODELS, ModelSpec, training_defaults
 from cnnkit.render.labels import DEFAULT_PALETTE
 from cnnkit.report import RunRecipe, data_section, evaluation_section, recipe_section, write_report
 from cnnkit.train import DistributedBucketSampler, FilterEvolutionCallback, SegmentationTask, fit
@@ -187,7 +189,7 @@ def check_scaling(device: str = "cpu", devices: int | str = 1, num_nodes: int = 
     return accelerator, chosen, processes if processes is not None else num_nodes
 
 
-DEFAULT_WEIGHTING = "enet"
+DEFAULT_WEIGHTING = TrainSettings.weighting
 """The class weighting of :func:`train_segmentation` (``weighting``): ENet's ``1 / ln(1.02 + share)``."""
 
 REPORT_SAMPLES = 32
@@ -217,19 +219,14 @@ def _item_names(dataset) -> list[str] | None:
 
 
 def network_spec(model_spec: ModelSpec | dict | None, width: int = 16) -> ModelSpec:
-    """The spec of the network to train: ``model_spec`` checked, or cnnkit's default TinySegNet of ``width``.
+    """The spec of the image network to train: ``model_spec`` checked, or cnnkit's default TinySegNet of ``width``
+    (:func:`cnnkit.app.workflow.choose_network` for images).
 
     Examples:
         >>> network_spec(None, 8)
         ModelSpec(library='cnnkit', architecture='TinySegNet', encoder=None, args={'width': 8})
     """
-    if model_spec is None:
-        return spec_for("TinySegNet", args={"width": width})
-    spec = parse_spec(model_spec)
-    from cnnkit.models import resolve
-
-    resolve(spec)  # unknown names (with the closest ones) and arguments that do not fit, before any data is read
-    return spec
+    return choose_network(model_spec, IMAGES, width=width)
 
 
 def model_options(spec: ModelSpec) -> dict:
@@ -287,45 +284,22 @@ def train_segmentation(
     num_classes: int,
     out: str | os.PathLike = "cnnkit-run",
     *,
-    class_names: Sequence[str] | None = None,
+    settings: TrainSettings | None = None,
     model: nn.Module | None = None,
-    epochs: int = 30,
-    seed: int = 0,
-    device: str = "cpu",
-    batch_size: int = 8,
-    lr: float | None = None,
-    scheduler: str | None = "cosine",
-    width: int = 16,
-    crop_size: int = 32,
-    rare_below: float = 0.05,
-    weighting: str = DEFAULT_WEIGHTING,
-    title: str | None = None,
-    progress: bool = True,
-    quiet: bool = True,
-    epoch_lines: bool = True,
-    log: Callable[[str], None] = print,
-    overwrite: bool = False,
-    resume: bool = False,
+    model_spec: ModelSpec | dict | None = None,
+    weights: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    band_names: Sequence[str] | None = None,
+    rgb_bands: Sequence[int] | None = None,
+    sample_names: Sequence[str] | None = None,
     preprocessing: dict | None = None,
     ignore_index: int | None = None,
     model_builder: tuple[str, dict] | None = None,
-    sample_names: Sequence[str] | None = None,
-    band_names: Sequence[str] | None = None,
-    rgb_bands: Sequence[int] | None = None,
-    val_every: int = 1,
-    model_spec: ModelSpec | dict | None = None,
-    weights: str | os.PathLike | None = None,
     run_options: dict | None = None,
     recipe: dict | None = None,
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    precision: str | None = None,
-    warmup_epochs: int | None = None,
-    encoder_lr_factor: float | None = None,
-    freeze_encoder_epochs: int = 0,
-    accumulate_grad_batches: int = 1,
     statistics: DataStatistics | None = None,
+    title: str | None = None,
+    **options,
 ) -> SegmentationRun | None:
     """Train a mask-aware segmentation network on ``train``, evaluate it on ``heldout``, write the report.
 
@@ -334,14 +308,17 @@ def train_segmentation(
             their ``sizes`` attribute (``[(H, W), …]``) is used if present. For a folder of files wrap a
             :class:`~cnnkit.data.SegmentationFolder` in :class:`~cnnkit.data.Standardized`.
         num_classes: Number of classes; labels lie in ``[0, num_classes)`` or are −100.
-        out: Run folder (created). It must be empty or new unless ``overwrite`` or ``resume`` is set: cnnkit
-            never deletes what it did not write (see :func:`cnnkit.train.rundir.prepare_run_dir`).
+        out: Run folder (created). It must be empty or new unless the settings' ``overwrite`` (remove what an
+            earlier cnnkit run wrote there, keep anything else) or ``resume`` (continue from
+            ``checkpoints/last.ckpt``, up to ``epochs`` in all) is set: cnnkit never deletes what it did not write
+            (see :func:`cnnkit.train.rundir.prepare_run_dir`).
         class_names: A name per class (default ``"class 0"``, …).
         model: A network of your own. It must map ``(N, C, H, W)`` to ``(N, num_classes, H, W)`` and be supported
             by :func:`cnnkit.masked`. Default: the network ``model_spec`` names, built by
             :func:`cnnkit.models.build`.
         model_spec: The network by name (a :class:`~cnnkit.models.ModelSpec` or its dict; see docs/models.md),
-            recorded in the manifest so that ``cnnkit predict`` rebuilds it. Default: TinySegNet with ``width``.
+            recorded in the manifest so that ``cnnkit predict`` rebuilds it. Default: TinySegNet of the settings'
+            ``width``.
             Heights and widths must be multiples of :func:`size_multiple` (4 for TinySegNet, 32 for most smp
             networks): ``Standardized(..., multiple_of=...)``.
         weights: Initial weights of ``model_spec``'s network: ``None`` (random), ``"imagenet"`` (or another name
@@ -351,37 +328,15 @@ def train_segmentation(
         run_options: Options the run was started with that ``resume`` must keep (command-line names to values,
             e.g. ``{"--nodata": 0}``), recorded in the run folder with the network's; a resumed run that differs is
             refused naming the option.
-        epochs: Training epochs (>= 1).
-        seed: Seed of the initial weights, the crops and the batch order.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-        devices, num_nodes, strategy, precision: Train on ``devices`` processes (CPU, gloo) or GPUs (``device=
-            "cuda"``, NCCL) per node, on ``num_nodes`` machines, with Lightning's ``strategy`` (:data:`STRATEGIES`)
-            and ``precision`` (:data:`cnnkit.train.PRECISIONS`, e.g. ``"64-true"``, ``"bf16-mixed"``); checked
-            before anything starts (:func:`check_scaling`). The weights do not depend on the number of processes
-            (up to float rounding): ``batch_size`` is the global batch, shared among them
-            (:class:`~cnnkit.train.DistributedBucketSampler`). Under Lightning's ``"ddp"`` the other processes run
-            the same command again; only rank 0 writes the run folder, evaluates and writes the report.
-        batch_size: Images (or crops) per batch: the global batch, over all processes.
-        lr: AdamW learning rate (the first one, with ``scheduler``); default the network family's
-            (:func:`cnnkit.models.training_defaults`: 1e-2 for cnnkit's networks, 1e-3 for smp's convolutional
-            ones), shown in the log. A loss that diverges stops the run with what to change
-            (:class:`~cnnkit.train.callbacks.DivergenceStop`).
-        scheduler: ``"cosine"`` (``lr`` down to 0 over the run) or ``None`` (constant), see
-            :class:`~cnnkit.train.SegmentationTask`.
-        width: Channels of the default network's first stage.
-        crop_size: Side of the crops mixed into each epoch (a multiple of 4 for the default network).
-        rare_below: A class under this share of the labelled training pixels is rare (gets crops).
-        weighting: ``method`` of :func:`cnnkit.losses.class_weights` (measured on the demo in
-            ``docs/demo.md``: with rare-class crops, ENet's milder weights beat median-frequency ones).
+        settings: How the run trains (:class:`~cnnkit.app.TrainSettings`: epochs, seed, device, batch size,
+            learning rate and schedule, crops, class weighting, validation period, warm-up, the encoder's rate and
+            freezing, gradient accumulation, processes and precision, progress and logging, ``overwrite`` and
+            ``resume``); ``None`` for the defaults. Under Lightning's ``"ddp"`` the other processes run the same
+            command again; only rank 0 writes the run folder, evaluates and writes the report. The weights do not
+            depend on the number of processes (up to float rounding): ``batch_size`` is the global batch.
+        options: Fields of :class:`~cnnkit.app.TrainSettings` by name (``epochs=4, lr=1e-3``), applied over
+            ``settings``; an unknown name is refused with the closest ones.
         title: The report's title.
-        progress: Show Lightning's progress bar.
-        quiet: Hide Lightning's banners, tips and known-harmless warnings (``--verbose`` shows them).
-        epoch_lines: Print one line per epoch through ``log`` (losses, validation mean IoU, time).
-        log: Called with each line of text to print.
-        overwrite: ``out`` holds an earlier cnnkit run (its ``cnnkit-run.json``): remove that run's checkpoints,
-            logs, TensorBoard events and report files, keep anything else, and train afresh.
-        resume: ``out`` holds an earlier cnnkit run: continue its training from ``checkpoints/last.ckpt``
-            (up to ``epochs`` in all) and write the report again.
         preprocessing: What turned the user's files into ``train``'s tensors, for the run manifest
             (:class:`cnnkit.predict.Preprocessing` fields and ``band_count``); ``None`` when unknown.
         ignore_index: The files' value for "no label" (for the manifest).
@@ -397,14 +352,6 @@ def train_segmentation(
             (:class:`cnnkit.report.RunRecipe` fields): ``data`` (e.g. the folder), ``split``, ``bands``, ``nodata``,
             ``nodata_share``, ``unlabelled_share``. Without it the section says "data sets given in Python" and
             measures the shares itself (no data: where the validity band is 0).
-        warmup_epochs: Epochs of linear learning-rate warm-up (``None``: the family's, 0 for cnnkit's and smp's
-            convolutional networks, 1 for transformers; see :class:`~cnnkit.train.SegmentationTask`).
-        encoder_lr_factor: The encoder's learning rate is ``lr`` times this (``None``: the family's factor, 0.1, for
-            a pretrained encoder; 1 otherwise). Needs a network with an ``encoder`` (smp's).
-        freeze_encoder_epochs: Keep the encoder frozen for this many first epochs (needs an ``encoder``).
-        accumulate_grad_batches: One optimizer step every this many batches (Lightning's gradient accumulation).
-        val_every: Validate on ``heldout`` at most every this many epochs, on a period that divides ``epochs`` (so
-            that the last epoch validates); the final evaluation always runs.
         statistics: What a pass over the items ``train`` wraps already found (:func:`cnnkit.data.data_statistics`
             with ``num_classes`` and this ``weighting``, as :func:`train_folder` computes it): its class counts replace
             this function's own pass over ``train`` (:func:`~cnnkit.app.workflow.count_classes`), and its class
@@ -421,14 +368,13 @@ def train_segmentation(
     import lightning as L
 
     start = time.perf_counter()
+    s = settings_for("images", settings, options)
+    epochs, seed, device, batch_size, lr, scheduler = s.epochs, s.seed, s.device, s.batch_size, s.lr, s.scheduler
+    width, crop_size, rare_below, weighting, log = s.width, s.crop_size, s.rare_below, s.weighting, s.log
+    overwrite, resume, devices, num_nodes, precision = s.overwrite, s.resume, s.devices, s.num_nodes, s.precision
     rank_zero = launched_as_rank_zero()
     if not rank_zero:  # the other processes of a distributed run print nothing (their errors excepted)
         log = silent
-    for name, value, low in (("num_classes", num_classes, 2), ("epochs", epochs, 1), ("width", width, 1),
-                             ("batch_size", batch_size, 1), ("crop_size", crop_size, 4), ("val_every", val_every, 1)):
-        check_int(value, name, low)
-    if not 0 <= rare_below < 1:
-        raise ShapeError(f"rare_below must be in [0, 1). Received rare_below={rare_below!r}.")
     names = check_class_names(class_names, num_classes)
     if model_builder is not None and (not isinstance(model_builder, tuple) or len(model_builder) != 2
                                       or model_builder[0] not in MODELS or not isinstance(model_builder[1], dict)):
@@ -442,14 +388,14 @@ def train_segmentation(
     family = "your network" if spec is None else f"the {family_of_label(spec)} family"
     has_encoder = spec.library == "smp" if spec is not None else isinstance(getattr(model, "encoder", None), nn.Module)
     chosen = training_options(defaults, family, has_encoder=has_encoder, pretrained=weights is not None,
-                              warmup_epochs=warmup_epochs, encoder_lr_factor=encoder_lr_factor,
-                              freeze_encoder_epochs=freeze_encoder_epochs,
-                              accumulate_grad_batches=accumulate_grad_batches)
+                              warmup_epochs=s.warmup_epochs, encoder_lr_factor=s.encoder_lr_factor,
+                              freeze_encoder_epochs=s.freeze_encoder_epochs,
+                              accumulate_grad_batches=s.accumulate_grad_batches)
     options = {**(model_options(spec) if spec is not None else {}), **(run_options or {})}
     multiple = size_multiple(spec) if spec is not None else 1
     if len(train) < 1 or len(heldout) < 1:
         raise ShapeError(f"train and heldout must not be empty. Received {len(train)} and {len(heldout)} items.")
-    accelerator, lightning_devices, processes = check_scaling(device, devices, num_nodes, strategy, precision)
+    accelerator, lightning_devices, processes = check_scaling(device, devices, num_nodes, s.strategy, precision)
     if rank_zero:  # Lightning's "ddp" starts the other processes inside fit, after rank 0 prepared the folder
         check_run_dir(out, overwrite=overwrite, resume=resume)
     if resume:
@@ -492,7 +438,7 @@ def train_segmentation(
 
     parts, part_sizes = [train], list(sizes)
     if rare:
-        crops = RareClassCrops(train, crop_size=crop_size, class_ratios={k: RARE_CROP_SHARE / len(rare) for k in rare},
+        crops = RareClassCrops(train, crop_size=crop_size, class_ratios={k: s.rare_share / len(rare) for k in rare},
                                generator=torch.Generator().manual_seed(seed))
         parts.append(crops)
         part_sizes += [(crop_size, crop_size)] * len(crops)
@@ -547,10 +493,10 @@ def train_segmentation(
     if resume:
         log(f"resuming from {out / 'checkpoints' / 'last.ckpt'}")
     trainer = fit(task, train_loader, val_loader, run_dir=out, max_epochs=epochs, resume="auto" if resume else None,
-                  accelerator=accelerator, devices=lightning_devices, num_nodes=num_nodes, strategy=strategy,
-                  precision=precision, progress=progress, callbacks=callbacks, enable_model_summary=False,
-                  num_sanity_val_steps=0, quiet=quiet, log=log if epoch_lines else None,
-                  check_val_every_n_epoch=validation_period(val_every, epochs),
+                  accelerator=accelerator, devices=lightning_devices, num_nodes=num_nodes, strategy=s.strategy,
+                  precision=precision, progress=s.progress, callbacks=callbacks, enable_model_summary=False,
+                  num_sanity_val_steps=0, quiet=s.quiet, log=log if s.epoch_lines else None,
+                  check_val_every_n_epoch=validation_period(s.val_every, epochs),
                   accumulate_grad_batches=chosen.accumulate_grad_batches)
     if not trainer.is_global_zero:  # evaluation, report, weights and manifest: rank 0 only
         return None
@@ -641,8 +587,9 @@ def train_folder(
             :class:`~cnnkit.data.SegmentationFolder`). The manifest records the indices of the first image.
         seed: Seed of the split, the weights, the crops and the batch order.
         log: Called with each line of text to print.
-        kwargs: Further options of :func:`train_segmentation` (``epochs``, ``device``, ``width``, ``model_spec``,
-            ``weights``, ``band_names`` (the data bands, for a pretrained first layer) …). With ``weights`` a run
+        kwargs: Further options of :func:`train_segmentation`: ``settings`` and its fields by name (``epochs``,
+            ``device``, ``width`` …), ``model_spec``, ``weights``, ``band_names`` (the data bands, for a pretrained
+            first layer) …. With ``weights`` a run
             folder and no ``model_spec``, the run's network is fine-tuned.
 
     The cheap checks come first, before any pass over the data: the network's names and arguments, the training
@@ -657,26 +604,28 @@ def train_folder(
     """
     from cnnkit.data import SegmentationFolder, Standardized, data_statistics
 
+    settings = settings_for("images", kwargs.pop("settings", None),
+                            {**{name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES},
+                             "seed": seed, "log": log})
     model_spec = kwargs.pop("model_spec", None)
     weights = kwargs.get("weights")
     if model_spec is None and weights is not None:
         model_spec = spec_of_weights(weights)
-    spec = network_spec(model_spec, kwargs.get("width", 16))
+    spec = network_spec(model_spec, settings.width)
     multiple = size_multiple(spec)
     run_options = {"--nodata": nodata, "--bands": list(bands) if bands is not None else None,
                    "--ignore-index": ignore_index}
-    check_scaling(kwargs.get("device", "cpu"), kwargs.get("devices", 1), kwargs.get("num_nodes", 1),
-                  kwargs.get("strategy", "auto"), kwargs.get("precision"))
+    check_scaling(settings.device, settings.devices, settings.num_nodes, settings.strategy, settings.precision)
     training_options(training_defaults(spec), f"the {family_of_label(spec)} family", has_encoder=spec.library == "smp",
-                     pretrained=weights is not None, warmup_epochs=kwargs.get("warmup_epochs"),
-                     encoder_lr_factor=kwargs.get("encoder_lr_factor"),
-                     freeze_encoder_epochs=kwargs.get("freeze_encoder_epochs", 0),
-                     accumulate_grad_batches=kwargs.get("accumulate_grad_batches", 1))  # checked before any data pass
+                     pretrained=weights is not None, warmup_epochs=settings.warmup_epochs,
+                     encoder_lr_factor=settings.encoder_lr_factor,
+                     freeze_encoder_epochs=settings.freeze_encoder_epochs,
+                     accumulate_grad_batches=settings.accumulate_grad_batches)  # checked before any data pass
     if not launched_as_rank_zero():  # a process Lightning's "ddp" started: rank 0 checked and wrote the run folder
         log = silent
     else:
-        check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
-    if kwargs.get("resume", False):
+        check_run_dir(out, overwrite=settings.overwrite, resume=settings.resume)
+    if settings.resume:
         check_run_options(out, {**model_options(spec), **run_options})
     data_bands = kwargs.pop("band_names", None)
     folder = SegmentationFolder(root, images, masks, bands=bands, ignore_index=ignore_index, log=log)
@@ -714,8 +663,7 @@ def train_folder(
         log("band names (the files' band descriptions or colour interpretation): " + ", ".join(data_bands))
     # One streaming pass over the training split: band statistics, class counts, class weights (used as they are
     # when no class is rare, see train_segmentation), no-data and unlabelled pixels.
-    found = data_statistics(train_part, num_classes, nodata=nodata,
-                            weighting=kwargs.get("weighting", DEFAULT_WEIGHTING))
+    found = data_statistics(train_part, num_classes, nodata=nodata, weighting=settings.weighting)
     train = Standardized(train_part, found.mean, found.std, nodata=nodata, multiple_of=multiple)
     held = Standardized(held_part, found.mean, found.std, nodata=nodata, multiple_of=multiple)
     log("band mean " + ", ".join(f"{v:.4g}" for v in train.mean.tolist())
@@ -735,7 +683,7 @@ def train_folder(
     if data_bands is not None and len(data_bands) != channels:
         raise ShapeError(f"--band-names must name the {channels} bands the network reads, in order. Received "
                          f"{len(data_bands)} names: {','.join(map(str, data_bands))}.")
-    return train_segmentation(train, held, num_classes, out, class_names=class_names, seed=seed, log=log,
+    return train_segmentation(train, held, num_classes, out, settings=settings, class_names=class_names,
                               title=kwargs.pop("title", f"cnnkit train: {Path(root).resolve().name}"),
                               preprocessing=preprocessing, ignore_index=ignore_index, model_spec=spec,
                               run_options=run_options,

@@ -32,9 +32,26 @@ from cnnkit.masking import BucketBatchSampler, collate_padded, masked, spatial_s
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.metrics import SegmentationMetrics
 
-__all__ = ["IMAGES", "RARE_CROP_SHARE", "SERIES", "ClassCounts", "Kind", "Subset", "TrainingOptions",
-           "check_class_names", "choose_accelerator", "count_classes", "evaluate", "holdout_split", "learning_rate",
-           "majority_baseline", "silent", "training_options", "validation_period"]
+__all__ = [
+    "IMAGES",
+    "RARE_CROP_SHARE",
+    "SERIES",
+    "ClassCounts",
+    "Kind",
+    "Subset",
+    "TrainingOptions",
+    "check_class_names",
+    "choose_accelerator",
+    "choose_network",
+    "count_classes",
+    "evaluate",
+    "holdout_split",
+    "learning_rate",
+    "majority_baseline",
+    "silent",
+    "training_options",
+    "validation_period",
+]
 
 RARE_CROP_SHARE = 0.5
 """Share of the rare-class crops centred on a rare pixel (split evenly between the rare classes)."""
@@ -263,6 +280,40 @@ def validation_period(val_every: int, epochs: int) -> int:
         (2, 12, 4, 1)
     """
     return max(d for d in range(1, min(val_every, epochs) + 1) if epochs % d == 0)
+
+
+def choose_network(model_spec, kind: Kind, *, width: int, hidden: int = 16, kernel_size: int = 3):
+    """The spec of the network a run trains, one rule for images and series: ``model_spec`` checked (known names,
+    arguments that fit, with the closest names otherwise) and of the kind of data — a network of a series family
+    (it reads ``(series, valid, days)``) for series, any other for images — or the kind's default network:
+    TinySegNet of ``width`` for images, SeriesSegNet of ``width``, ``hidden`` and ``kernel_size`` for series.
+
+    Examples:
+        >>> choose_network(None, IMAGES, width=8)
+        ModelSpec(library='cnnkit', architecture='TinySegNet', encoder=None, args={'width': 8})
+        >>> choose_network({"library": "cnnkit", "architecture": "UTAE"}, IMAGES, width=16)
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.ShapeError: UTAE reads image time series (family ...), and these are single \
+images. Choose an image network (cnnkit models lists them), or train on a folder of series. Received UTAE.
+    """
+    from cnnkit.models import family_of, parse_spec, resolve, spec_for
+
+    if model_spec is None:
+        if kind is SERIES:
+            return spec_for("SeriesSegNet", args={"width": width, "hidden": hidden, "kernel_size": kernel_size})
+        return spec_for("TinySegNet", args={"width": width})
+    spec = parse_spec(model_spec)
+    resolve(spec)  # unknown names (with the closest ones) and arguments that do not fit, before any data is read
+    family = family_of(spec)
+    if kind is SERIES and not family.endswith("series"):
+        raise ShapeError(f"A time-series run trains a network that reads (series, valid): one of a series family, "
+                         f"such as SeriesSegNet. Received {spec.label()} (family {family!r}).")
+    if kind is IMAGES and family.endswith("series"):
+        raise ShapeError(f"{spec.label()} reads image time series (family {family!r}), and these are single images. "
+                         f"Choose an image network (cnnkit models lists them), or train on a folder of series. "
+                         f"Received {spec.label()}.")
+    return spec
 
 
 def choose_accelerator(device: str) -> tuple[str, int | list[int]]:
