@@ -2,12 +2,14 @@
 
 * :mod:`cnnkit.app.train` — data → trained, evaluated network → report and run manifest (``cnnkit train``);
 * :mod:`cnnkit.app.demo` — the same on built-in data, and the seed questions' shapes (``cnnkit demo``);
+* :mod:`cnnkit.app.settings` — how a run trains (:class:`TrainSettings`), one object for images and series;
+* :mod:`cnnkit.app.weights` — where a run's first weights come from (``--weights``);
 * :mod:`cnnkit.app.predict` — a run → predictions for new images and whole scenes (``cnnkit predict``);
 * :mod:`cnnkit.app.threads` — how many threads a command uses on a shared machine;
-* :mod:`cnnkit.app.timeseries` — image time series with clouds → trained ConvLSTM → report (``cnnkit train`` on
-  a series folder, ``cnnkit demo --time-series``).
+* :mod:`cnnkit.app.timeseries` — image time series with clouds → trained series network → report (``cnnkit
+  train`` on a series folder; ``cnnkit demo --time-series`` runs it on built-in series).
 * :mod:`cnnkit.app.workflow` — the steps both share (one evaluation, one majority baseline, class counts, the
-  held-out split, the device choice): images and series differ only by what an item is (``Kind``).
+  held-out split, the device and network choice): images and series differ only by what an item is (``Kind``).
 
 Names are imported on first use: ``cnnkit predict`` does not load Lightning, training does.
 """
@@ -26,6 +28,7 @@ _NAMES = {
     "load_predictor": "cnnkit.app.predict",
     "predict_files": "cnnkit.app.predict",
     "SegmentationRun": "cnnkit.app.train",
+    "TrainSettings": "cnnkit.app.settings",
     "evaluate": "cnnkit.app.workflow",
     "majority_baseline": "cnnkit.app.workflow",
     "train_folder": "cnnkit.app.train",
