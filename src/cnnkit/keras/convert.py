@@ -21,6 +21,7 @@ dim 1 (``(N, H, W, C)`` → ``(N, C, H, W)``, ``(N, T, F)`` → ``(N, F, T)``, `
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "KerasModel",
     "LayerConversion",
     "LoadedModel",
+    "build_architecture",
     "load",
     "supported_layers",
 ]
@@ -168,9 +170,34 @@ def _weights_file_cap(elements: int, layers: int) -> int:
     return 16 * elements + 16 * 2**10 * (layers + 1) + 2**20
 
 
-def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
-    path = kf.path
-    layers, calls, input_refs, output_refs, model_class = parse_graph(kf.config, path, _BUILDERS, kf.keras_major)
+@dataclass
+class _Graph:
+    """A Keras config's layer graph, every layer built on the meta device and checked (no weights read)."""
+
+    path: str
+    layers: list  # (name, class_name, config) in config order
+    first: dict[str, tuple[_Layer, _Built]]  # each layer's first call: its config and meta module
+    order: list[_Call]
+    tensors: dict[tuple[str, int, int], tuple[str, Shape]]
+    keys: dict[str, str]  # layer name -> module key
+    input_refs: list
+    output_refs: list
+    model_class: str
+    storage_index: dict[str, int]
+    name: str
+
+    def model(self, channels_last: bool) -> KerasModel:
+        """The :class:`KerasModel` of the graph's modules (meta until materialised)."""
+        return KerasModel(
+            {self.keys[n]: b.module for n, (_, b) in self.first.items()}, self.order,
+            [self.tensors[tuple(r)][0] for r in self.input_refs], [self.tensors[tuple(r)][0] for r in self.output_refs],
+            [self.tensors[tuple(r)][1] for r in self.input_refs], channels_last=channels_last, name=self.name)
+
+
+def _build_graph(model_config: dict, path: str, keras_major: int, max_bytes: int) -> _Graph:
+    """Steps 1 and 2 of the module docstring: the graph parsed, every layer built on the meta device, the
+    parameter and memory budgets checked. Nothing is read from a weights file."""
+    layers, calls, input_refs, output_refs, model_class = parse_graph(model_config, path, _BUILDERS, keras_major)
     by_name = {name: (cls, config) for name, cls, config in layers}
     tensors: dict[tuple[str, int, int], tuple[str, Shape]] = {}
     keys: dict[str, str] = {}
@@ -206,7 +233,7 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
         refs = call_refs(structure)
         cls, config = by_name[name]
         shapes = [tensors[r][1] for r in refs]
-        layer = _Layer(name, cls, config, shapes, kf.keras_major)
+        layer = _Layer(name, cls, config, shapes, keras_major)
         try:
             with torch.device("meta"):
                 built = _BUILDERS[cls](layer)
@@ -246,6 +273,15 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
             f"{path}: the config asks for {total:,} bytes of weights and buffers; the budget is max_bytes="
             f"{max_bytes:,} (largest layers: {', '.join(f'{n!r} {b:,}' for n, b in largest)}). If you trust "
             "the file and have the memory, pass a larger max_bytes to cnnkit.keras.load.")
+    inner = model_config.get("config")
+    name = str(inner.get("name", "model")) if isinstance(inner, dict) else "model"
+    return _Graph(path, layers, first, order, tensors, keys, input_refs, output_refs, model_class, storage_index, name)
+
+
+def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
+    path = kf.path
+    graph = _build_graph(kf.config, path, kf.keras_major, max_bytes)
+    layers, first, tensors = graph.layers, graph.first, graph.tensors
 
     # 3. The stored arrays listed and checked against the config; nothing read yet.
     elements = sum(t.numel() for _, b in first.values() for t in (*b.module.parameters(), *b.module.buffers()))
@@ -253,7 +289,7 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
     listed = {}
     stored_bytes = 0
     for name, (layer, built) in first.items():
-        refs = kf.weights(name, layer.cls, storage_index.get(name, 0))
+        refs = kf.weights(name, layer.cls, graph.storage_index.get(name, 0))
         if kf.format == "keras":
             refs = _in_storage_order(built, refs)
         listed[name] = (refs, _check_stored(layer, built, refs, path))
@@ -272,22 +308,58 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
             {n: tuple(v) for n, v in expected.items()}, torch_w, tuple(layer.notes),
             sum(p.numel() for p in built.module.parameters()), *_keras_counts(layer, built, expected))
 
-    module = KerasModel(
-        {keys[n]: b.module for n, (_, b) in first.items()}, order,
-        [tensors[tuple(r)][0] for r in input_refs], [tensors[tuple(r)][0] for r in output_refs],
-        [tensors[tuple(r)][1] for r in input_refs], channels_last=channels_last,
-        name=str(kf.config.get("config", {}).get("name", "model")) if isinstance(kf.config.get("config"), dict)
-        else "model",
-    )
+    module = graph.model(channels_last)
     module.eval()
     report = ConversionReport(
-        path=path, format=kf.format, keras_version=kf.keras_version, model_class=model_class,
+        path=path, format=kf.format, keras_version=kf.keras_version, model_class=graph.model_class,
         layers=tuple(reports[n] for n, _, _ in layers if n in reports),
-        input_shapes=tuple(tensors[tuple(r)][1] for r in input_refs),
-        output_shapes=tuple(tensors[tuple(r)][1] for r in output_refs),
+        input_shapes=tuple(tensors[tuple(r)][1] for r in graph.input_refs),
+        output_shapes=tuple(tensors[tuple(r)][1] for r in graph.output_refs),
         channels_last=channels_last,
     )
     return LoadedModel(module, report)
+
+
+def build_architecture(model_config: dict, keras_major: int, path: str, *, max_bytes: int = MAX_BYTES) -> KerasModel:
+    """The :class:`KerasModel` a Keras model config describes, **on the meta device**, without weights.
+
+    The config gets every check :func:`load` makes before reading weights (only supported layers, no
+    ``Lambda`` or custom object, a graph that runs, at most :data:`MAX_LAYER_PARAMS` parameters per layer and
+    ``max_bytes`` in all); its modules and state-dict names are those :func:`load` gives for a file with this
+    config. Materialise it with ``module.to_empty(device=...)`` and load weights into every tensor.
+
+    Args:
+        model_config: The model config (the JSON object a ``.keras`` archive's ``config.json`` holds).
+        keras_major: The Keras major version that wrote it (2 for tf-keras; some defaults differ).
+        path: What the config came from, for the messages.
+        max_bytes: The budget for all weights and buffers together.
+
+    Raises:
+        UnsupportedError, ShapeError, KerasFileError: as :func:`load`, for the config.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> import cnnkit, json, zipfile
+        >>> archive = Path(cnnkit.__file__).parents[2] / "tests" / "keras" / "fixtures" / "classifier.keras"
+        >>> config = json.loads(zipfile.ZipFile(archive).read("config.json"))
+        >>> net = build_architecture(config, 3, str(archive))
+        >>> next(net.parameters()).device, net(torch.zeros(2, 3, 10, 10, device="meta")).shape
+        (device(type='meta'), torch.Size([2, 5]))
+    """
+    if not isinstance(model_config, dict):
+        raise KerasFileError(f"{path}: a Keras model config must be a JSON object. Received "
+                             f"{type(model_config).__name__}.")
+    try:
+        graph = _build_graph(model_config, path, keras_major, max_bytes)
+    except CnnkitError:
+        raise
+    except RecursionError:
+        raise KerasFileError(f"{path}: the config is nested too deeply to read (RecursionError).") from None
+    except Exception as error:
+        raise KerasFileError(f"{path}: the config could not be read ({type(error).__name__}: {error}).") from error
+    module = graph.model(False)
+    module.eval()
+    return module
 
 
 def load(path: str | Path, channels_last_input: bool = False, *, max_bytes: int = MAX_BYTES) -> LoadedModel:

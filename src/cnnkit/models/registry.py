@@ -8,7 +8,9 @@ One table per library of a :class:`~cnnkit.models.ModelSpec`:
   ``SegmentationModel``), on any of its encoders or on a timm model as ``tu-<name>``. Read from smp and timm
   when asked (importing them takes seconds; ``import cnnkit.models`` does not), never kept by hand.
 - ``user``: builders registered in this process with :func:`register`. A run folder can only *name* one: cnnkit
-  never imports code named in a file.
+  never imports code named in a file. A builder registered with ``reads_files=True`` (the converted Keras network
+  of :mod:`cnnkit.keras.network`) also takes ``root``, the folder its spec's files lie in (a run folder), given to
+  :func:`resolve`.
 
 Arguments are checked against the builder's own signature and type annotations before it is called: a name the
 builder does not take, a ``true`` where an ``int`` is annotated, a list where a ``str`` is, are refused with the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -61,6 +64,7 @@ _CNNKIT_FAMILIES = {"TinySegNet": "cnnkit", "TinyResNet": "cnnkit", "SeriesSegNe
 class _Registered:
     builder: Callable[..., nn.Module]
     family: str
+    reads_files: bool = False
 
 
 _USER: NameRegistry[_Registered] = NameRegistry("registered network")
@@ -73,7 +77,8 @@ _REFUSED_SMP = {
 }
 
 
-def register(name: str, builder: Callable[..., nn.Module], *, family: str = "convolutional") -> None:
+def register(name: str, builder: Callable[..., nn.Module], *, family: str = "convolutional",
+             reads_files: bool = False) -> None:
     """Register a network builder of your own under ``name`` (library ``"user"`` in a spec).
 
     The builder is called as ``builder(in_channels=..., num_classes=..., **spec.args)`` and returns an
@@ -85,6 +90,9 @@ def register(name: str, builder: Callable[..., nn.Module], *, family: str = "con
         name: The name specs use (not one of cnnkit's own networks; a later registration replaces one).
         builder: A class or function taking ``in_channels`` and ``num_classes`` as keywords.
         family: The row of :data:`~cnnkit.models.FAMILY_DEFAULTS` its training starts from.
+        reads_files: The builder reads files its spec's arguments name (a network's architecture): it is also
+            called with ``root=``, the folder those files lie in (the run folder :func:`resolve` was given, or
+            ``None``), and must read nothing outside it.
 
     Examples:
         >>> from torch import nn
@@ -104,7 +112,9 @@ def register(name: str, builder: Callable[..., nn.Module], *, family: str = "con
                                 f"{type(builder).__name__}.")
     if family not in FAMILIES:
         raise ShapeError(f"Unknown family {family!r}. Expected one of {FAMILIES!r}.")
-    _USER.register(name, _Registered(builder, family))
+    if not isinstance(reads_files, bool):
+        raise ArgumentTypeError(f"reads_files must be True or False. Received reads_files={reads_files!r}.")
+    _USER.register(name, _Registered(builder, family, reads_files))
 
 
 def smp_architectures() -> dict[str, type[nn.Module]]:
@@ -214,22 +224,30 @@ class Builder:
     """A spec whose names exist and whose arguments fit: call it to build the network.
 
     ``builder(in_channels, num_classes)`` builds on the current default device; smp networks take
-    ``encoder_weights`` (smp's own argument: ``None`` for random weights, a weight name to download).
+    ``encoder_weights`` (smp's own argument: ``None`` for random weights, a weight name to download). A builder
+    registered with ``reads_files=True`` is also given ``root``, the folder its spec's files lie in.
     """
 
     spec: ModelSpec
     function: Callable[..., nn.Module]
+    root: str | os.PathLike | None = None
+    reads_files: bool = False
 
     def __call__(self, in_channels: int, num_classes: int, *, encoder_weights: Any = None) -> nn.Module:
         args = dict(self.spec.args)
         if self.spec.library == "smp":
             return self.function(encoder_name=self.spec.encoder, encoder_weights=encoder_weights,
                                  in_channels=in_channels, classes=num_classes, **args)
+        if self.reads_files:
+            args["root"] = self.root
         return self.function(in_channels=in_channels, num_classes=num_classes, **args)
 
 
-def resolve(spec: ModelSpec | Mapping[str, Any]) -> Builder:
+def resolve(spec: ModelSpec | Mapping[str, Any], *, root: str | os.PathLike | None = None) -> Builder:
     """The :class:`Builder` of ``spec``, after checking every name and argument (imports smp for ``smp``).
+
+    ``root`` is the folder the spec's files lie in (a run folder, where its weights are read): given to a builder
+    registered with ``reads_files=True``, unused by the others.
 
     Raises:
         UnsupportedError: an unknown architecture or encoder (with the closest names), or a ``user`` network
@@ -260,8 +278,11 @@ def resolve(spec: ModelSpec | Mapping[str, Any]) -> Builder:
                 f"cnnkit.models.register({spec.architecture!r}, builder) in the process that builds or predicts "
                 "(for cnnkit predict: a Python script that registers it, then calls cnnkit's predict functions)."
             )
-        function = _USER[spec.architecture].builder
-        _check_args(function, spec.args, spec.architecture, reserved=_SET_BY_BUILD, refused={}, open_kwargs=True)
+        registered = _USER[spec.architecture]
+        function = registered.builder
+        reserved = (*_SET_BY_BUILD, "root") if registered.reads_files else _SET_BY_BUILD
+        _check_args(function, spec.args, spec.architecture, reserved=reserved, refused={}, open_kwargs=True)
+        return Builder(spec, function, root, registered.reads_files)
     else:
         networks = smp_architectures()
         if spec.architecture not in networks:
