@@ -24,6 +24,13 @@ TIFFs are read through GDAL (:class:`cnnkit.rasters.Raster`, the one TIFF reader
 
 Bands kept in separate files (as Sentinel-2 ships them) are stacked through a VRT (``.vrt`` files are read like
 TIFFs; see docs/rasters.md for the recipe).
+
+The other formats GDAL reads are read the same way, with whatever metadata they carry: ENVI (``.img`` beside its
+``.hdr``), netCDF (``.nc``: CRS, transform and ``_FillValue`` as nodata), HDF5/HDF4 (``.h5``, ``.hdf5``, ``.he5``,
+``.hdf``: ``_FillValue`` as nodata), JPEG 2000 (``.jp2``, ``.j2k``). A netCDF/HDF file must hold one raster (one
+variable or dataset); one holding several is refused naming them (extract the one to train on: ``gdal_translate
+'NETCDF:"f.nc":ndvi' f.tif``). Side-car files — an ENVI ``.hdr`` beside its image, GDAL's ``.aux.xml`` — are left
+out, each named.
 """
 
 from __future__ import annotations
@@ -45,14 +52,17 @@ from torch.utils.data import Dataset
 
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
-from cnnkit.rasters import Georeference, Raster
+from cnnkit.rasters import RASTER_EXTENSIONS, Georeference, Raster
 from cnnkit.rasters.plausibility import check_png
 
 __all__ = ["SegmentationFolder"]
 
 PNG_EXTENSIONS = (".png",)
-TIFF_EXTENSIONS = (".tif", ".tiff", ".vrt")
+TIFF_EXTENSIONS = RASTER_EXTENSIONS
+"""Read through GDAL (:class:`~cnnkit.rasters.Raster`): TIFF, VRT, JPEG 2000, ENVI, netCDF, HDF."""
 EXTENSIONS = PNG_EXTENSIONS + TIFF_EXTENSIONS
+_SIDECARS = {".hdr": "the ENVI header of {}", ".aux.xml": "GDAL's side-car metadata of {}"}
+"""Files beside an image that describe it (read by GDAL with the image), by ending: left out, named."""
 _INT64_MAX = np.iinfo(np.int64).max
 _PLAUSIBLE_CHUNK = 1 << 20
 """Values of a band checked at a time by :func:`_check_plausible` (8 MiB of float64)."""
@@ -438,6 +448,8 @@ class SegmentationFolder(Dataset):
                 self._skip(path, "a folder (sub-folders are not read; move its files up or remove it)")
             elif not stat.S_ISREG(mode):
                 self._skip(path, "not a regular file (a device, socket or pipe)")
+            elif self._sidecar(path):
+                self._skip(path, self._sidecar(path))
             elif path.suffix.lower() not in EXTENSIONS:
                 raise UnsupportedError(
                     f"Unsupported file extension {path.suffix!r}. Expected one of {EXTENSIONS}. Received: {path}"
@@ -448,6 +460,19 @@ class SegmentationFolder(Dataset):
             else:
                 files.append(path)
         return files
+
+    @staticmethod
+    def _sidecar(path: Path) -> str | None:
+        """Why ``path`` is left out if it is a side-car of an image beside it (an ENVI ``.hdr``, a ``.aux.xml``)."""
+        for ending, why in _SIDECARS.items():
+            if path.name.lower().endswith(ending) and len(path.name) > len(ending):
+                base = path.name[: -len(ending)]
+                # GDAL: x.img.aux.xml beside x.img; ENVI: x.hdr beside x.img (or x.img.hdr beside x.img)
+                images = [path.with_name(base)] + [path.with_name(base + suffix) for suffix in TIFF_EXTENSIONS]
+                found = next((p for p in images if p.suffix.lower() in EXTENSIONS and p.is_file()), None)
+                if found is not None:
+                    return why.format(found.name)
+        return None
 
     def _band_indices(self, descriptions: tuple, path: Path, count: int | None) -> list[int]:
         """``bands`` as indices into ``path``'s bands: names matched to its band names (:attr:`_Info.names`: the

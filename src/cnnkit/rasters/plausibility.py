@@ -33,8 +33,9 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError
 
-__all__ = ["MAX_BLOCKS", "MAX_COMPRESSED_BLOCK", "MAX_PAGES", "MAX_PIXELS", "PICTURE_BYTES", "STACK_BYTES",
-           "check_declared", "check_png", "check_stack", "tiff_blocks", "tiff_directories"]
+__all__ = ["CHUNKED_DRIVERS", "MAX_BLOCKS", "MAX_COMPRESSED_BLOCK", "MAX_PAGES", "MAX_PIXELS", "PICTURE_BYTES",
+           "STACK_BYTES", "check_chunks", "check_declared", "check_png", "check_raw", "check_stack", "tiff_blocks",
+           "tiff_directories"]
 
 MAX_PIXELS = 2**31 - 1
 """Pixels per band (height × width) of one raster at most."""
@@ -69,6 +70,56 @@ def check_declared(path: str | os.PathLike, count: int, height: int, width: int)
         raise CnnkitError(f"{os.fspath(path)} declares {height} × {width} pixels × {count} bands: more than cnnkit "
                           f"reads from one file ({MAX_PIXELS} pixels a band). Split it (gdal_translate -srcwin) or "
                           "check that the file is intact.")
+
+
+CHUNKED_DRIVERS = ("netCDF", "HDF5", "HDF5Image", "HDF4", "HDF4Image")
+"""GDAL drivers of formats stored in compressed chunks that the library decodes whole (netCDF-4 and HDF5 through
+libhdf5): a chunk is what GDAL reports as a block."""
+
+
+def check_chunks(path: str | os.PathLike, driver: str, block_shape: tuple[int, int], count: int, itemsize: int,
+                 budget: int = MAX_COMPRESSED_BLOCK) -> None:
+    """Refuse a netCDF/HDF raster whose chunks (GDAL's blocks; counted across every band, as a chunk may span them)
+    decode to more than ``budget`` bytes: the library decodes a chunk whole, whatever window is read.
+
+    Examples:
+        >>> check_chunks("x.h5", "HDF5Image", (40000, 40000), 1, 4)
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.CnnkitError: x.h5 (HDF5Image) stores chunks of 40000 × 40000 pixels × 1 bands (6104 MiB each, \
+decoded whole whatever window is read): over the 256 MiB budget. Re-chunk it (nccopy -c, h5repack -l) or check that \
+the file is intact.
+    """
+    rows, cols = block_shape
+    whole = rows * cols * max(count, 1) * itemsize
+    if whole > budget:
+        raise CnnkitError(f"{os.fspath(path)} ({driver}) stores chunks of {rows} × {cols} pixels × {count} bands "
+                          f"({whole / 2**20:.0f} MiB each, decoded whole whatever window is read): over the "
+                          f"{budget // 2**20} MiB budget. Re-chunk it (nccopy -c, h5repack -l) or check that the "
+                          "file is intact.")
+
+
+def check_raw(path: str | os.PathLike, offset: int, count: int, height: int, width: int, itemsize: int) -> None:
+    """Refuse a raw raster (ENVI: its ``.hdr`` declares the size, the data file holds the pixels uncompressed) whose
+    data file is shorter than its header declares: GDAL reads the missing rows as zeros, which would be taken as data.
+
+    Examples:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.img")
+        >>> with open(path, "wb") as f:
+        ...     _ = f.write(bytes(100))
+        >>> check_raw(path, 0, 2, 10, 10, 4)
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.CnnkitError: ...x.img holds 100 bytes; its header declares 10 × 10 pixels × 2 bands of 4 bytes \
+after a 0-byte offset (800 bytes): the file is truncated, or its header is wrong.
+    """
+    need = offset + count * height * width * itemsize
+    size = os.path.getsize(path)
+    if size < need:
+        raise CnnkitError(f"{os.fspath(path)} holds {size} bytes; its header declares {height} × {width} pixels × "
+                          f"{count} bands of {itemsize} bytes after a {offset}-byte offset ({need} bytes): the file is "
+                          "truncated, or its header is wrong.")
 
 
 def check_stack(path: str | os.PathLike, pages: int, count: int, height: int, width: int, itemsize: int,

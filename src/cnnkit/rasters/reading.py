@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -50,12 +52,22 @@ import numpy as np
 from cnnkit.errors import CnnkitError, UnsupportedError
 from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.georeference import Georeference
-from cnnkit.rasters.plausibility import MAX_PAGES, check_declared, check_stack, tiff_blocks, tiff_directories
+from cnnkit.rasters.plausibility import (
+    CHUNKED_DRIVERS,
+    MAX_PAGES,
+    check_chunks,
+    check_declared,
+    check_raw,
+    check_stack,
+    tiff_blocks,
+    tiff_directories,
+)
 from cnnkit.rasters.vrt import check_vrt_sources, vrt_source_files
 
-__all__ = ["RASTER_EXTENSIONS", "Raster", "Stack", "read_georeference", "read_stack"]
+__all__ = ["RASTER_EXTENSIONS", "SCIENTIFIC_EXTENSIONS", "Raster", "Stack", "read_georeference", "read_stack",
+           "resolve_raster"]
 
-RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".h5", ".hdf")
+RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".h5", ".hdf", ".hdf5", ".he5")
 """File extensions read through GDAL (PNG and JPEG are read with Pillow)."""
 
 MIN_CACHE = 16 * 2**20
@@ -93,6 +105,12 @@ class _Source:
                 "INTERLEAVE", "PIXEL").upper() == "BAND"
             self.dtype = np.result_type(*[np.dtype(d) for d in ds.dtypes]) if ds.count else np.dtype("uint8")
             self.block_shape = tuple(int(v) for v in ds.block_shapes[0]) if ds.count else (1, 1)
+            if ds.driver in CHUNKED_DRIVERS:
+                check_chunks(path, ds.driver, self.block_shape, ds.count, self.dtype.itemsize)
+            if ds.driver == "ENVI" and ds.count:  # raw pixels: the data file must hold what the header declares
+                offset = ds.tags(ns="ENVI").get("header_offset", "0")
+                check_raw(path, int(offset) if offset.strip().isdigit() else 0, ds.count, ds.height, ds.width,
+                          max(np.dtype(d).itemsize for d in ds.dtypes))
             self.georeference = Georeference.of(ds)
             self.nodata = tuple(ds.nodatavals)
             self.scales, self.offsets = tuple(ds.scales), tuple(ds.offsets)
@@ -264,9 +282,12 @@ class Raster:
     """A raster file opened for windowed reading through GDAL.
 
     Args:
-        path: The file (any format GDAL reads: GeoTIFF/COG, JPEG2000, VRT, ENVI, netCDF, …). An untrusted file: its
-            declared sizes are checked against its bytes before anything is decoded
-            (:mod:`cnnkit.rasters.plausibility`); a GeoTIFF's sparse blocks read as no data.
+        path: The file (any format GDAL reads: GeoTIFF/COG, JPEG2000, VRT, ENVI ``.img`` + ``.hdr``, netCDF, HDF5,
+            …), or one raster of a netCDF/HDF file named as GDAL names it (``NETCDF:"f.nc":var``,
+            ``HDF5:"f.h5"://group/data``; see :func:`resolve_raster`: a file holding one raster is read directly, one
+            holding several is refused naming them). An untrusted file: its declared sizes are checked against its
+            bytes before anything is decoded (:mod:`cnnkit.rasters.plausibility`); a GeoTIFF's sparse blocks read as
+            no data.
         bands: The number of bands expected, if known: decides which axis of a TIFF page stack holds the bands.
         external_sources: Let a VRT read files outside its own folder. ``False`` refuses such a VRT (and GDAL's
             virtual file systems in it), so that a VRT from elsewhere cannot read your files
@@ -274,6 +295,7 @@ class Raster:
 
     Attributes:
         path: The file.
+        name: What GDAL opens: the file, or its subdataset (``NETCDF:"f.nc":var``).
         count, height, width: Bands and size in pixels (``shape`` is ``(count, height, width)``).
         dtype: The bands' common NumPy dtype as stored.
         georeference: CRS and transform (:class:`~cnnkit.rasters.Georeference`).
@@ -295,13 +317,11 @@ class Raster:
     """
 
     def __init__(self, path: str | Path, bands: int | None = None, *, external_sources: bool = True):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CnnkitError(f"Input image does not exist: {self.path}")
+        self.name, self.path = resolve_raster(path)
         if self.path.suffix.lower() == ".vrt":
             check_vrt_sources(self.path, allow_outside=external_sources)
             _check_vrt_tiffs(self.path)
-        main = _Source(str(self.path), self.path)
+        main = _Source(self.name, self.path)
         pages = _pages(main)
         self.tags, self.pages = main.tags, max(1, len(pages))
         self._pages: list[_Source | _Page] = []
@@ -531,16 +551,14 @@ def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = 
         >>> read_stack(path, raw=True).array.dtype
         dtype('uint16')
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CnnkitError(f"Input image does not exist: {path}")
+    name, path = resolve_raster(path)
     if path.suffix.lower() == ".vrt":
         check_vrt_sources(path, allow_outside=external_sources)
         _check_vrt_tiffs(path)
-    main = _Source(str(path), path)
+    main = _Source(name, path)
     if main.driver == "GTiff":
         tiff_directories(path)  # a chain of pages cut short: GDAL would read the pages before the cut
-    names = [str(path)] + [name for number, name in _pages(main) if number > 1]
+    names = [name] + [page for number, page in _pages(main) if number > 1]
     if len(names) > MAX_PAGES:
         raise CnnkitError(f"{path} holds {len(names):,} pages: more than the {MAX_PAGES:,} cnnkit reads from one "
                           "file. Is the file intact?")
@@ -553,8 +571,8 @@ def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = 
     interleaved = bands > 1 and not main.separate
     storage = np.empty((pages, height, width, bands) if interleaved else (pages, bands, height, width), out_dtype)
     descriptions: list[str | None] = []
-    for index, name in enumerate(names):
-        source = main if index == 0 else _Source(name, path)
+    for index, page_name in enumerate(names):
+        source = main if index == 0 else _Source(page_name, path)
         found = (source.count, source.height, source.width, source.dtype)
         if found != (bands, height, width, dtype) or source.separate != main.separate:
             raise UnsupportedError(f"{path}: page {index + 1} holds {source.count} bands of {source.height} × "
@@ -607,8 +625,68 @@ def read_georeference(path: str | Path) -> Georeference:
     """
     import rasterio
 
-    path = Path(path)
-    if path.suffix.lower() not in RASTER_EXTENSIONS or not path.is_file():
-        return Georeference()
-    with raster_errors(path, "open the raster"), rasterio.open(path) as ds:
+    if _SUBDATASET.match(os.fspath(path)) is None:
+        path = Path(path)
+        if path.suffix.lower() not in RASTER_EXTENSIONS or not path.is_file():
+            return Georeference()
+    name, path = resolve_raster(path)
+    with raster_errors(path, "open the raster"), rasterio.open(name) as ds:
         return Georeference.of(ds)
+
+
+_SUBDATASET = re.compile(r'^(?P<driver>NETCDF|HDF5|HDF4_SDS|HDF4_EOS):(?P<quote>"?)(?P<file>.+?)(?P=quote):'
+                         r'(?P<part>[^"]+)$', re.IGNORECASE)
+"""A subdataset as GDAL names it: ``NETCDF:"file.nc":variable``, ``HDF5:"file.h5"://group/dataset`` (quotes
+optional)."""
+
+SCIENTIFIC_EXTENSIONS = (".nc", ".h5", ".hdf", ".hdf5", ".he5")
+"""Files that may hold several rasters (GDAL's subdatasets): netCDF, HDF5, HDF4."""
+
+
+def _subdataset_key(name: str) -> tuple[str, Path, str] | None:
+    match = _SUBDATASET.match(name)
+    if match is None:
+        return None
+    return match["driver"].upper(), Path(match["file"]).resolve(), match["part"]
+
+
+def resolve_raster(path: str | os.PathLike) -> tuple[str, Path]:
+    """The GDAL name to open for ``path`` and the file it lies in: a file as it is; a netCDF/HDF file holding exactly
+    one raster (subdataset), that raster; a subdataset named as GDAL names it (``NETCDF:"f.nc":var``,
+    ``HDF5:"f.h5"://group/data``), that subdataset, once it is found among those its file lists (so a name can only
+    read a raster of a local file, never a URL or a virtual file system).
+
+    Raises:
+        CnnkitError: a missing file; a netCDF/HDF file holding several rasters (naming them: name the one to read); a
+            subdataset its file does not hold (naming those it does).
+
+    Examples:
+        >>> resolve_raster("missing.nc")
+        Traceback (most recent call last):
+        ...
+        cnnkit.errors.CnnkitError: Input image does not exist: missing.nc
+    """
+    import rasterio
+
+    text = os.fspath(path)
+    asked = None if Path(text).is_file() else _subdataset_key(text)
+    file = asked[1] if asked is not None else Path(text)
+    if not file.is_file():
+        raise CnnkitError(f"Input image does not exist: {file}" + (f" (named in {text})" if asked else ""))
+    if asked is None and file.suffix.lower() not in SCIENTIFIC_EXTENSIONS:
+        return str(file), file
+    with raster_errors(file, "open the raster"), rasterio.open(file) as ds:
+        count, listed = ds.count, list(ds.subdatasets)
+    shown = ", ".join(listed[:8]) + (f", … ({len(listed)} in all)" if len(listed) > 8 else "")
+    if asked is not None:
+        found = [name for name in listed if _subdataset_key(name) == asked]
+        if not found:
+            raise CnnkitError(f"{file} holds no subdataset {text!r}; it holds: {shown or 'none'}.")
+        return found[0], file
+    if count or not listed:
+        return str(file), file
+    if len(listed) == 1:
+        return listed[0], file
+    raise CnnkitError(f"{file} holds {len(listed)} rasters (subdatasets): {shown}. cnnkit reads one raster a file: "
+                      f"name the one to read as GDAL does (e.g. {listed[0]!r}), or extract it (gdal_translate "
+                      f"{listed[0]!r} {file.stem}.tif).")
