@@ -25,8 +25,8 @@ _MAX_PIXELS, _TILE, _BATCH_SIZE = 1_048_576, 512, 8
 def predict(
     run: str = typer.Argument(..., help="A run folder of cnnkit train or cnnkit demo (it holds manifest.json)."),
     inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, TIFF), folders of them, or glob patterns; "  # noqa: B008
-                                       "for a time-series run: series stacks, per-date folders, or a folder "
-                                       "with series/."),
+                                       "for a time-series run: series stacks, per-date folders, a folder "
+                                       "with series/, or PASTIS folders and their DATA_S2/S2_<id>.npy patches."),
     out: str = typer.Option("predictions", "--out", help="Output folder: STEM_labels.png, STEM_overlay.png, …"),
     tiff: bool = typer.Option(False, "--tiff", help="Also write the label map as a Cloud-Optimized GeoTIFF (input's "
                               "CRS and transform, palette as colour table, class names in its metadata)."),
@@ -41,6 +41,8 @@ def predict(
                                    help="Larger images run tile by tile (same result, less memory); a series: more "
                                         "pixel-dates (T × H × W), tiled in space with every date kept."),
     tile: int = typer.Option(_TILE, min=8, help="Tile side in pixels for images (and series) over --max-pixels."),
+    fold: int = typer.Option(None, "--fold", help="PASTIS folders: predict the test patches of the published fold "
+                             "arrangement K (1-5; those cnnkit train --fold K held out); default every patch."),
     batch_size: int = typer.Option(_BATCH_SIZE, min=1, help="Images per padded batch."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs of the same names in --out."),
@@ -60,7 +62,7 @@ def predict(
     Images are grouped by size and run as padded batches (each result equal to the image alone); images over
     --max-pixels are read, run and written tile by tile with a halo from the network's receptive field, so
     the result is identical to the whole-image pass while memory follows the tile. A run trained on image time
-    series predicts series (stacks or per-date folders), one label map
+    series predicts series (stacks, per-date folders, PASTIS patches with their metadata's dates), one label map
     each (and probabilities or confidence on request); a series over --max-pixels pixel-dates runs in tiles in
     space, every date kept, equal to the whole series.
     """
@@ -73,6 +75,7 @@ def predict(
     except CnnkitError as error:
         fail(error)
     import_heavy("torch")
+    from cnnkit.app.pastis import is_pastis_input, predict_pastis
     from cnnkit.app.predict import expand_inputs, is_series_run, load_predictor, predict_files, predict_series_files
     from cnnkit.app.predict_distributed import launched, predict_distributed
     from cnnkit.train.rundir import read_manifest
@@ -80,16 +83,31 @@ def predict(
     console = console_for_output()
     try:
         console.print(threads_line(threads), markup=False, highlight=False)
-        if is_series_run(read_manifest(run)):
+        series = is_series_run(read_manifest(run))
+        pastis = [item for item in inputs if is_pastis_input(item)] if series else []
+        if fold is not None and not series:
+            raise UnsupportedError(f"--fold {fold}: chooses the test patches of a PASTIS folder, for a run trained on "
+                                   f"image time series; the run {run!r} was trained on images.")
+        if fold is not None and not pastis:
+            raise UnsupportedError(f"--fold {fold}: chooses the test patches of a PASTIS folder (metadata.geojson and "
+                                   f"DATA_S2/); none of the inputs is one. Received {', '.join(inputs)}.")
+        if series:
             ignored = [flag for flag, given in (("--batch-size", batch_size != _BATCH_SIZE), ("--resume", resume),
                                                 ("--devices", devices != "1"),
                                                 ("--allow-external-vrt-sources", external_vrt_sources)) if given]
             if ignored:
                 raise UnsupportedError(f"{', '.join(ignored)}: not available for a run trained on time series "
                                        f"({run!r}), which predicts one series at a time in one process.")
+            if pastis and len(pastis) != len(inputs):
+                other = next(item for item in inputs if item not in pastis)
+                raise UnsupportedError(f"PASTIS folders and other series in one call: {other!r} is not in a PASTIS "
+                                       "folder. Predict them in two calls.")
             options = dict(device=device, tiff=True, probabilities=probabilities, confidence=confidence,
                            overwrite=overwrite, probability_dtype=probability_dtype, max_pixels=max_pixels, tile=tile)
-            result = predict_series_files(run, inputs, out, **options)
+            if pastis:
+                result = predict_pastis(run, inputs, out, fold=fold, **options)
+            else:
+                result = predict_series_files(run, inputs, out, **options)
             names = read_manifest(run)["classes"]["names"]
             console.print(result.summary(names).replace(" images,", " series,"), markup=False, highlight=False,
                           soft_wrap=log_lines(console))

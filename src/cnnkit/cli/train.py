@@ -29,7 +29,8 @@ from cnnkit.errors import CnnkitError, ShapeError
 def train(
     root: str = typer.Argument(..., help="Data folder with images/ and masks/ (PNG or multi-band TIFF, by stem), or "
                                "a folder of image time series: series/ (T×C×H×W TIFF stacks or per-date folders) and "
-                               "labels/ (label images or one-hot .npy), optional masks/."),
+                               "labels/ (label images or one-hot .npy), optional masks/; or a PASTIS folder "
+                               "(metadata.geojson, DATA_S2/, ANNOTATIONS/; see --fold)."),
     out: str = typer.Option("cnnkit-run", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
                             "be empty or new, unless --overwrite or --resume."),
     epochs: int = typer.Option(30, min=1, help="Training epochs."),
@@ -87,6 +88,8 @@ def train(
                                      "(series/ and labels/); recognised without this flag too."),
     hidden: int = typer.Option(16, min=1, help="Time series: hidden channels of the ConvLSTM."),
     crop_size: int = typer.Option(32, min=4, help="Time series: side of the training crops (all dates kept)."),
+    fold: int = typer.Option(None, "--fold", help="PASTIS folders (metadata.geojson, DATA_S2/): the published fold "
+                             "arrangement K, 1-5 (1: train on folds 1-3, evaluate on test fold 5; default 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE),
     resume: bool = typer.Option(False, "--resume", help=RESUME),
     threads: int = typer.Option(None, min=1, help=THREADS),
@@ -110,7 +113,13 @@ def train(
                              f"{encoder} without --model.")
         if names is not None and num_classes is None:
             num_classes = len(names)
-        series = time_series or ((Path(root) / "series").is_dir() and (Path(root) / "labels").is_dir())
+        from cnnkit.data.pastis import is_pastis_folder
+
+        pastis = is_pastis_folder(root)
+        if fold is not None and not pastis:
+            raise ShapeError(f"--fold {fold}: chooses a PASTIS folder's published fold arrangement; {root!r} is not "
+                             "one (it needs metadata.geojson and DATA_S2/).")
+        series = pastis or time_series or ((Path(root) / "series").is_dir() and (Path(root) / "labels").is_dir())
         if rank_zero:
             console.print(Rule(f"cnnkit train — {root}" + (" (image time series)" if series else "")))
             console.print(threads_line(threads), markup=False, highlight=False)
@@ -148,8 +157,24 @@ def train(
                 series_spec = spec_for(model, args={"width": width, **args} if width is not None else args)
             elif model_args is not None:
                 raise ShapeError("--model-args needs --model. Received --model-args without --model.")
-            result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size,
-                                         model_spec=series_spec, **common)
+            if pastis:
+                from cnnkit.app.pastis import train_pastis
+
+                fixed = [f"{name} {value}" for name, value, default in (
+                    ("--heldout", heldout, None), ("--heldout-fraction", heldout_fraction, 0.2),
+                    ("--classes", classes, None), ("--num-classes", None if classes else num_classes, None),
+                    ("--ignore-index", ignore_index, None), ("--nodata", nodata, None)) if value != default]
+                if fixed:
+                    raise ShapeError(f"{', '.join(fixed)}: a PASTIS folder fixes its split (--fold), its 19 classes, "
+                                     f"its void label 19 and its validity (finite values). Received {', '.join(fixed)} "
+                                     f"with the PASTIS folder {root!r}.")
+                for name in ("heldout", "heldout_fraction", "num_classes", "class_names", "ignore_index", "nodata"):
+                    common.pop(name)
+                result = train_pastis(root, out, fold=1 if fold is None else fold, width=width or 8, hidden=hidden,
+                                      crop_size=crop_size, model_spec=series_spec, **common)
+            else:
+                result = train_series_folder(root, out, width=width or 8, hidden=hidden, crop_size=crop_size,
+                                             model_spec=series_spec, **common)
         else:
             from cnnkit.app.train import train_folder
 

@@ -168,6 +168,28 @@ class PastisDataset(Dataset):
         """The dates of patch ``index`` (from ``metadata.geojson``)."""
         return self._dates[index]
 
+    def index_of(self, patch) -> int:
+        """The index of the patch of id ``patch`` (as in ``ID_PATCH`` or in ``S2_<id>.npy``) among those read."""
+        try:
+            return self.patches.index(str(patch))
+        except ValueError:
+            raise CnnkitError(f"{self.root / 'metadata.geojson'} lists no patch {patch} in folds {self.folds}.") \
+                from None
+
+    def data_path(self, index: int) -> Path:
+        """``DATA_S2/S2_<id>.npy`` of patch ``index``."""
+        return self._data_path(self.patches[index])
+
+    def series(self, index: int) -> tuple[Tensor, Tensor]:
+        """Patch ``index``'s ``(series (T, C, H, W) float32, valid (T, H, W))`` without its target (what ``cnnkit
+        predict`` reads); its dates are :meth:`dates`."""
+        data = _load(self._data_path(self.patches[index]), "The data of patch")
+        if data.ndim != 4 or data.shape[0] != len(self._dates[index]):
+            raise ShapeError(f"{self._data_path(self.patches[index])}: expected T × C × H × W with T = "
+                             f"{len(self._dates[index])} (its dates in metadata.geojson). Received shape {data.shape}.")
+        series = torch.from_numpy(np.asarray(data, dtype=np.float32))
+        return series, torch.isfinite(series).all(dim=1)
+
     def __getitem__(self, index: int) -> SeriesItem:
         patch = self.patches[index]
         data = _load(self._data_path(patch), "The data of patch")

@@ -18,10 +18,11 @@ What holds, network by network:
   the geometry otherwise). Tiled == whole up to float rounding (tested: 1e-10 in float64).
 * **SeriesSegNet (ConvLSTM)**: its receptive field **grows with T** when ``kernel_size > 1``: each date's step
   convolves the state with a ``k × k`` window, so the final state at a pixel has seen ``T · (k − 1) / 2`` pixels
-  around it, plus one for the encoder's and one for the head's 3 × 3 windows: halo ``= 2 + T · (k − 1) / 2``. The
-  trace counts every step's convolution, so the geometry traced for a series of T dates covers exactly that
-  (:func:`series_tile_geometry` takes T); with ``kernel_size = 1`` the halo is 2, whatever T. Tiled == whole then
-  holds exactly (tested in float64); a halo of the T-independent 2 with ``kernel_size = 3`` does not.
+  around it, plus one for the encoder's and one for the head's 3 × 3 windows: halo ``= 2 + T · (k − 1) / 2`` (a
+  head of several dilated 3 × 3 convolutions adds the sum of its dilations instead of 1). The trace counts every
+  step's convolution, so the geometry traced for a series of T dates covers exactly that (:func:`series_tile_geometry`
+  is called with its days); with ``kernel_size = 1`` the halo is 2, whatever T. Tiled == whole then holds exactly
+  (tested in float64); a halo of the T-independent 2 with ``kernel_size = 3`` does not.
 
 Memory: the series itself is held whole (``T × C × H × W`` float32, as it is read); the network's activations —
 ``T × width × H × W`` per layer, the part that grows — follow the tile plus its halo.
