@@ -229,6 +229,35 @@ def test_the_run_is_rebuilt_by_name_and_tiles_equal_the_whole(keras_run, tmp_pat
     assert clear.mean() > 0.5 and np.array_equal(labels[clear], whole.labels.numpy()[clear])
 
 
+def test_cnnkit_predict_rebuilds_the_run_without_code_and_fine_tuning_continues_from_it(keras_run, folder, tmp_path):
+    """A fresh process (no import of cnnkit.keras by the caller) predicts from the run: labels == the argmax of the
+    network rebuilt here on the same standardised input; --weights RUN (no --model) fine-tunes the Keras network."""
+    from PIL import Image
+
+    done = subprocess.run([sys.executable, "-m", "cnnkit", "predict", str(keras_run), str(folder / "held" / "images"),
+                           "--out", str(tmp_path / "pred")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stems = sorted(p.stem for p in (folder / "held" / "images").iterdir())
+    predicted = {s: np.array(Image.open(tmp_path / "pred" / f"{s}_labels.png")) for s in stems}
+    net, manifest = _rebuilt(keras_run)
+    prep = manifest["input"]
+    for stem in stems:
+        bands = tifffile.imread(folder / "held" / "images" / f"{stem}.tif").astype(np.float64)
+        valid = np.isfinite(bands).all(0)
+        scaled = (bands - np.array(prep["mean"])[:, None, None]) / np.array(prep["std"])[:, None, None]
+        image = np.concatenate([np.where(valid, scaled, 0.0), valid[None].astype(np.float64)])
+        with torch.no_grad():
+            logits = net.double()(torch.from_numpy(image)[None])[0].numpy()
+        top2 = np.sort(logits, axis=0)[-2:]
+        clear = valid & (top2[1] - top2[0] > 1e-4)
+        assert clear.mean() > 0.5 and np.array_equal(predicted[stem][clear], logits.argmax(0)[clear])
+
+    done = _train(folder, tmp_path / "again", "--weights", str(keras_run))
+    assert done.exit_code == 0, done.output
+    again = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert again["model"]["spec"] == manifest["model"]["spec"]
+
+
 # --- refusals -----------------------------------------------------------------------------------------------------
 
 def _with_architecture(run: Path, tmp_path: Path, change, *, manifest_follows: bool) -> Path:
