@@ -206,3 +206,18 @@ def test_bad_series_are_refused_naming_the_file(utae_run, tmp_path):
         with pytest.raises(ShapeError, match=message):
             predict_series_files(run, [path], tmp_path / f"out_{name}")
         assert not list((tmp_path / f"out_{name}").glob("*_labels*")), name
+
+
+def test_public_names():
+    import cnnkit.app.pastis
+    import cnnkit.app.predict
+    import cnnkit.predict
+
+    assert {"SeriesAsImage", "pack_series", "series_tile_geometry", "tiled_series_forward"} <= set(
+        cnnkit.predict.__all__)
+    assert {"SeriesInput", "days_reference", "predict_series", "predict_series_files", "series_inputs"} <= set(
+        cnnkit.app.predict.__all__)
+    assert {"train_pastis", "predict_pastis", "pastis_inputs", "is_pastis_input"} <= set(cnnkit.app.pastis.__all__)
+    for module in (cnnkit.predict, cnnkit.app.predict, cnnkit.app.pastis):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)

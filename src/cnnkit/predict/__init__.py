@@ -1,8 +1,10 @@
 """Using a trained network: the preprocessing training applied, batches equal to single images, and exact tiled
-inference on scenes of any size (``cnnkit predict`` is :mod:`cnnkit.app.predict`)."""
+inference on scenes of any size, and on image time series in tiles in space (``cnnkit predict`` is
+:mod:`cnnkit.app.predict`)."""
 
 from cnnkit.predict.predictor import Prediction, Predictor, Preprocessing
 from cnnkit.predict.scene import Scene, open_scene
+from cnnkit.predict.series import SeriesAsImage, pack_series, series_tile_geometry, tiled_series_forward
 from cnnkit.predict.tiling import Tile, TileGeometry, plan_tiles, tile_geometry, tiled_forward
 
 __all__ = [
@@ -10,10 +12,14 @@ __all__ = [
     "Predictor",
     "Preprocessing",
     "Scene",
+    "SeriesAsImage",
     "Tile",
     "TileGeometry",
     "open_scene",
+    "pack_series",
     "plan_tiles",
+    "series_tile_geometry",
     "tile_geometry",
     "tiled_forward",
+    "tiled_series_forward",
 ]
