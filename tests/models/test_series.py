@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -22,26 +24,35 @@ def _pad(items, dtype):
     return x, mask
 
 
-@pytest.mark.parametrize("kernel_size", [3, 1])
+@pytest.mark.parametrize(("kernel_size", "harmonics", "head_dilations"), [(3, 0, (1,)), (1, 0, (1,)),
+                                                                        (1, 2, (1, 2, 4))])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_padded_batch_equals_each_series_alone(dtype, tol, kernel_size):
+def test_padded_batch_equals_each_series_alone(dtype, tol, kernel_size, harmonics, head_dilations):
+    """Padded in time and space (days 0 at padded dates, as collate_series pads them), each series' output and the
+    weight gradients equal those of the series alone — also with the harmonics and a head of several spatial
+    convolutions (padded pixels, never valid, are 0 between them)."""
     torch.manual_seed(0)
-    net = SeriesSegNet(3, 4, width=6, hidden=5, kernel_size=kernel_size).to(dtype)
+    net = SeriesSegNet(3, 4, width=6, hidden=5, kernel_size=kernel_size, harmonics=harmonics,
+                       head_dilations=head_dilations).to(dtype)
     shapes = [(5, 12, 9), (2, 7, 13), (4, 10, 10)]
-    items = []
+    items, all_days = [], []
     for t, h, w in shapes:
         series = torch.randn(t, 3, h, w, dtype=dtype)
         valid = torch.rand(t, h, w) > 0.3
         series[~valid[:, None].expand_as(series)] = float("nan")  # clouds stored as NaN
         items.append((series, valid))
+        all_days.append(torch.sort(torch.randint(0, 365, (t,))).values)
     x, mask = _pad(items, dtype)
-    out = net(x, mask)
+    days = torch.zeros(len(items), x.shape[1], dtype=torch.long)
+    for n, d in enumerate(all_days):
+        days[n, :len(d)] = d
+    out = net(x, mask, days)
     sum(out[n, :, :s.shape[2], :s.shape[3]].sum() for n, (s, _) in enumerate(items)).backward()
     batched = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     alone_total = 0
     for n, (series, valid) in enumerate(items):
-        alone = net(series[None], valid[None])
+        alone = net(series[None], valid[None], all_days[n][None])
         h, w = series.shape[2:]
         assert torch.isfinite(alone).all()
         torch.testing.assert_close(out[n, :, :h, :w], alone[0], atol=tol, rtol=tol)
@@ -64,12 +75,50 @@ def test_masked_date_keeps_the_state():
     torch.testing.assert_close(net(series, mask), net(series[:, kept], mask[:, kept]), atol=1e-12, rtol=0)
 
 
+def test_harmonics_by_hand_and_a_masked_date_changes_nothing():
+    """With harmonics the ConvLSTM reads [e, e·sin(2πk d/P), e·cos(2πk d/P)] (checked against the network's own
+    encoder and recurrence fed by hand); a fully masked extra date, whatever its day, changes nothing; the days
+    matter; a pixel without any valid date is 0 between the head's convolutions."""
+    torch.manual_seed(3)
+    net = SeriesSegNet(2, 3, width=4, hidden=4, kernel_size=1, harmonics=2, period=365.0,
+                       head_dilations=(1, 2)).double()
+    series = torch.randn(1, 3, 2, 9, 8, dtype=torch.float64)
+    mask = torch.rand(1, 3, 9, 8) > 0.3
+    mask[0, :, 0, 0] = False  # never valid
+    days = torch.tensor([[10, 100, 250]])
+    out = net(series, mask, days)
+    # by hand
+    e = net.encoder(torch.where(mask[0, :, None], series[0], torch.zeros((), dtype=torch.float64)))  # (T, 4, H, W)
+    parts = [e]
+    for k in (1, 2):
+        angle = 2 * math.pi * k * days[0].double() / 365.0
+        parts += [e * torch.sin(angle)[:, None, None, None], e * torch.cos(angle)[:, None, None, None]]
+    # the network orders the products sin1, cos1, sin2, cos2, each over the 4 features
+    _, (h_n, _) = net.recurrent(torch.cat(parts, 1)[None], mask=mask)
+    hidden = h_n[-1]
+    keep = mask.any(1)[:, None]
+    conv1, conv2, last = net.head[0], net.head[2], net.head[4]
+    hidden = torch.where(keep, torch.relu(conv1(hidden)), torch.zeros((), dtype=torch.float64))
+    hidden = torch.where(keep, torch.relu(conv2(hidden)), torch.zeros((), dtype=torch.float64))
+    torch.testing.assert_close(out, last(hidden), rtol=1e-12, atol=1e-12)
+    # a fully masked extra date
+    x = torch.cat([series[:, :1], torch.full((1, 1, 2, 9, 8), 1e6, dtype=torch.float64), series[:, 1:]], 1)
+    m = torch.cat([mask[:, :1], torch.zeros(1, 1, 9, 8, dtype=torch.bool), mask[:, 1:]], 1)
+    torch.testing.assert_close(net(x, m, torch.tensor([[10, 42, 100, 250]])), out, rtol=0, atol=1e-12)
+    assert (net(series, mask, days + 60) - out).abs().max() > 1e-6
+
+
 def test_shape_errors():
     net = SeriesSegNet(3, 2)
     with pytest.raises(ShapeError, match=r"x \(N, T, C, H, W\) with C = in_channels = 3"):
         net(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ShapeError, match=r"kernel_size must be odd"):
         SeriesSegNet(3, 2, kernel_size=2)
+    with pytest.raises(ShapeError, match=r"period must be a number > 0 \(days\). Received period=0"):
+        SeriesSegNet(3, 2, harmonics=1, period=0)
+    with pytest.raises(ShapeError, match=r"head_dilations must be a list of at least one dilation. Received "
+                                         r"head_dilations=\(\)"):
+        SeriesSegNet(3, 2, head_dilations=())
     with pytest.raises(ShapeError, match=r"mask must be \(N, T, H, W\) = \(1, 2, 8, 8\)"):
         net(torch.zeros(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 9, dtype=torch.bool))
 

@@ -44,6 +44,19 @@ def test_date_encoding_by_hand():
         date_encoding(days, 6, repeat=4)
 
 
+def test_harmonic_date_encoding_by_hand():
+    """basis="harmonic": 1, 2, … cycles per period (a season of 365 days), repeated per head; an odd width ends
+    with the sine of its last harmonic."""
+    days = torch.tensor([[0.0, 37.0, 200.0]], dtype=torch.float64)
+    encoding = date_encoding(days, 6, period=365.0, repeat=2, basis="harmonic")
+    for t, day in enumerate(days[0].tolist()):
+        by_hand = [math.sin(2 * math.pi * day / 365), math.cos(2 * math.pi * day / 365),
+                   math.sin(4 * math.pi * day / 365)]
+        torch.testing.assert_close(encoding[0, t], torch.tensor(by_hand * 2, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ShapeError, match=r"Unknown basis 'fourier'. Expected one of \('geometric', 'harmonic'\)"):
+        date_encoding(days, 4, basis="fourier")
+
+
 def test_collapse_dates_against_a_loop():
     torch.manual_seed(1)
     values, weights = torch.randn(2, 3, 6, 4, 5), torch.rand(2, 2, 3, 4, 5)
@@ -82,7 +95,8 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     e = normed @ layer.in_proj.weight[:, :, 0, 0].T + layer.in_proj.bias
     d = layer.d_model // layer.num_heads
     for t, day in enumerate(days[n, valid].tolist()):
-        angles = [day / 1000.0 ** (2 * (c // 2) / d) for c in range(d)]
+        angles = ([2 * math.pi * (c // 2 + 1) * day / layer.period for c in range(d)] if layer.basis == "harmonic"
+                  else [day / 1000.0 ** (2 * (c // 2) / d) for c in range(d)])
         pe = torch.tensor([math.sin(a) if c % 2 == 0 else math.cos(a) for c, a in enumerate(angles)] * layer.num_heads,
                           dtype=x.dtype)
         e[t] = e[t] + pe if layer.encoding == "add" else e[t] * pe + pe
@@ -97,10 +111,12 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     return torch.relu(hidden)
 
 
-@pytest.mark.parametrize("encoding", ["add", "modulate"])
-def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates(encoding):
+@pytest.mark.parametrize(("encoding", "basis"), [("add", "geometric"), ("modulate", "geometric"),
+                                               ("modulate", "harmonic")])
+def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates(encoding, basis):
     torch.manual_seed(3)
-    layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8, encoding=encoding).double()
+    layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8, encoding=encoding, basis=basis,
+                   period=365.0 if basis == "harmonic" else 1000.0).double()
     x = torch.randn(2, 4, 6, 3, 3, dtype=torch.float64)
     mask = torch.rand(2, 4, 3, 3) > 0.4
     mask[0, :, 1, 1] = False  # a pixel without data

@@ -13,12 +13,16 @@ date changes no state. So each series' output equals the output for that series 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError
 from cnnkit.nn import ConvLSTM2d
+from cnnkit.nn.temporal_attention import date_encoding
 
 __all__ = ["SeriesSegNet"]
 
@@ -33,6 +37,16 @@ class SeriesSegNet(nn.Module):
         hidden: Hidden channels of the ConvLSTM (and of the head).
         kernel_size: Window of the ConvLSTM's convolutions (odd; 1 is an LSTM per pixel, about 9× cheaper
             than 3, with the spatial context left to the encoder's and the head's 3 × 3 windows).
+        harmonics: ``K`` ≥ 0. With ``K > 0`` the ConvLSTM reads, beside each date's ``width`` encoder features
+            ``e_t``, the products ``e_t · sin(2πk·day_t / period)`` and ``e_t · cos(2πk·day_t / period)`` for ``k = 1
+            … K`` (``(2K + 1)·width`` channels): summed over the dates they are the Fourier coefficients of the
+            features over the season, which tell a rhythm apart from its reverse or its double; an LSTM accumulates
+            sums easily and products poorly. ``0``: the features alone (the days are not used).
+        period: The fundamental period of the harmonics, in days (365: one season).
+        head_dilations: One 3 × 3 convolution (with ReLU) of the head per entry, with that dilation, before the
+            1 × 1 classifier; ``(1, 2, 4)`` sees 15 × 15 px of final states, so that a pixel with few clear dates
+            can read its field's neighbours. Pixels with no valid date are 0 between these convolutions, as
+            padding is, so padded batches stay exact.
 
     Shape:
         - x: (N, T, in_channels, H, W).
@@ -49,19 +63,31 @@ class SeriesSegNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32,
-                 kernel_size: int = 3):
+                 kernel_size: int = 3, harmonics: int = 0, period: float = 365.0,
+                 head_dilations: Sequence[int] = (1,)):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("hidden", hidden), ("kernel_size", kernel_size)):
             check_int(value, name)
+        check_int(harmonics, "harmonics", 0)
         if kernel_size % 2 == 0:
             raise ShapeError(f"kernel_size must be odd (a centred window). Received kernel_size={kernel_size}.")
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
+            raise ShapeError(f"period must be a number > 0 (days). Received period={period!r}.")
+        if isinstance(head_dilations, (str, bytes)) or not isinstance(head_dilations, Sequence) or not head_dilations:
+            raise ShapeError(f"head_dilations must be a list of at least one dilation. Received "
+                             f"head_dilations={head_dilations!r}.")
+        head_dilations = tuple(check_int(d, f"head_dilations[{i}]") for i, d in enumerate(head_dilations))
         self.in_channels, self.num_classes, self.width, self.hidden = in_channels, num_classes, width, hidden
-        self.kernel_size = kernel_size
+        self.kernel_size, self.harmonics, self.period = kernel_size, harmonics, float(period)
+        self.head_dilations = head_dilations
         self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
                                      nn.Conv2d(width, width, 1), nn.ReLU())
-        self.recurrent = ConvLSTM2d(width, hidden, kernel_size, padding="same")
-        self.head = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, num_classes, 1))
+        self.recurrent = ConvLSTM2d((2 * harmonics + 1) * width, hidden, kernel_size, padding="same")
+        head: list[nn.Module] = []
+        for d in head_dilations:
+            head += [nn.Conv2d(hidden, hidden, 3, padding=d, dilation=d), nn.ReLU()]
+        self.head = nn.Sequential(*head, nn.Conv2d(hidden, num_classes, 1))
 
     def forward(self, x: Tensor, mask: Tensor | None = None, days: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[2] != self.in_channels:
@@ -79,9 +105,26 @@ class SeriesSegNet(nn.Module):
             mask = mask.bool()
             x = torch.where(mask[:, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         features = self.encoder(x.reshape(n * t, c, h, w)).reshape(n, t, self.width, h, w)
+        if self.harmonics:
+            if days is None:
+                days = torch.arange(t, device=x.device).expand(n, t)
+            dtype = features.dtype
+            waves = date_encoding(days.to(dtype), 2 * self.harmonics, self.period, basis="harmonic")  # (N, T, 2K)
+            modulated = features[:, :, None] * waves[:, :, :, None, None, None]  # (N, T, 2K, width, H, W)
+            features = torch.cat([features, modulated.reshape(n, t, -1, h, w)], 2)
         _, (h_n, _) = self.recurrent(features, mask=mask)
-        return self.head(h_n[-1])
+        out = h_n[-1]
+        if len(self.head) == 3:
+            return self.head(out)
+        # several spatial convolutions: zero the pixels without any valid date between them (as padding reads)
+        keep = torch.ones((), dtype=torch.bool, device=x.device) if mask is None else mask.any(1)[:, None]
+        zero = torch.zeros((), dtype=out.dtype, device=out.device)
+        for conv in self.head[:-1:2]:
+            out = torch.where(keep, F.relu(conv(out)), zero)
+        return self.head[-1](out)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, "
-                f"hidden={self.hidden}" + (f", kernel_size={self.kernel_size}" if self.kernel_size != 3 else ""))
+                f"hidden={self.hidden}" + (f", kernel_size={self.kernel_size}" if self.kernel_size != 3 else "")
+                + (f", harmonics={self.harmonics}, period={self.period:g}" if self.harmonics else "")
+                + (f", head_dilations={self.head_dilations}" if self.head_dilations != (1,) else ""))

@@ -104,6 +104,8 @@ class UTAE(nn.Module):
         period: Scale of the date encoding, in days (:func:`~cnnkit.nn.temporal_attention.date_encoding`).
         encoding: How the date encoding enters the attention: ``"add"`` (L-TAE's) or ``"modulate"`` (each feature
             times its own sinusoid of the day; see :class:`~cnnkit.nn.LTAE2d`).
+        basis: The date encoding's frequencies: ``"geometric"`` (L-TAE's) or ``"harmonic"`` (1, 2, … cycles per
+            ``period`` days; :func:`~cnnkit.nn.temporal_attention.date_encoding`).
 
     Shape:
         - x: ``(N, T, in_channels, H, W)`` (any H and W).
@@ -121,7 +123,8 @@ class UTAE(nn.Module):
 
     def __init__(self, in_channels: int = 6, num_classes: int = 5, encoder_widths: Sequence[int] = (16, 32, 32),
                  decoder_widths: Sequence[int] | None = None, num_heads: int = 4, key_channels: int = 4,
-                 d_model: int | None = None, period: float = 1000.0, encoding: str = "add"):
+                 d_model: int | None = None, period: float = 1000.0, encoding: str = "add",
+                 basis: str = "geometric"):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(num_classes, "num_classes")
@@ -146,7 +149,7 @@ class UTAE(nn.Module):
                                        nn.Conv2d(encoder_widths[i - 1], encoder_widths[i], 4, stride=2, padding=1)))
         self.attention = LTAE2d(encoder_widths[-1], decoder_widths[-1], num_heads=num_heads,
                                 key_channels=key_channels, d_model=d_model or encoder_widths[-1], period=period,
-                                encoding=encoding)
+                                encoding=encoding, basis=basis)
         self.up = nn.ModuleList([
             nn.ModuleList([nn.ConvTranspose2d(decoder_widths[i + 1], decoder_widths[i], 4, stride=2, padding=1),
                            ChannelNorm(decoder_widths[i])])

@@ -46,11 +46,14 @@ from torch import Tensor, nn
 from cnnkit._checks import check_choice, check_int
 from cnnkit.errors import ShapeError
 
-__all__ = ["ENCODINGS", "ChannelNorm", "LTAE2d", "TemporalAttention", "collapse_dates", "date_encoding",
+__all__ = ["BASES", "ENCODINGS", "ChannelNorm", "LTAE2d", "TemporalAttention", "collapse_dates", "date_encoding",
            "masked_softmax"]
 
 ENCODINGS = ("add", "modulate")
 """How :class:`LTAE2d` combines the dates' features with their date encoding."""
+
+BASES = ("geometric", "harmonic")
+"""The frequencies of :func:`date_encoding`: Vaswani et al.'s geometric ladder, or the harmonics of a period."""
 
 
 def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int) -> Tensor:
@@ -79,17 +82,23 @@ def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int) -> Tensor:
     return torch.where(mask, torch.softmax(filled, dim), torch.zeros((), dtype=logits.dtype, device=logits.device))
 
 
-def date_encoding(days: Tensor, channels: int, period: float = 1000.0, repeat: int = 1) -> Tensor:
+def date_encoding(days: Tensor, channels: int, period: float = 1000.0, repeat: int = 1,
+                  basis: str = "geometric") -> Tensor:
     """Sinusoidal encoding of acquisition days (Vaswani et al.'s, on days instead of positions).
 
-    ``E[..., 2i] = sin(day / period^(2i/d))``, ``E[..., 2i+1] = cos(day / period^(2i/d))`` with ``d =
-    channels // repeat``, the ``d`` channels repeated ``repeat`` times (one copy per attention head, as in L-TAE).
+    ``basis="geometric"`` (L-TAE's): ``E[..., 2i] = sin(day / period^(2i/d))``, ``E[..., 2i+1] = cos(day /
+    period^(2i/d))``. ``basis="harmonic"``: ``E[..., 2i] = sin(2π (i + 1) day / period)``, ``E[..., 2i+1] =
+    cos(2π (i + 1) day / period)`` — one, two, … cycles per ``period`` (a season of 365 days: the yearly rhythms a
+    crop's growth follows; the geometric ladder's wavelengths fall between them). Here ``d = channels // repeat``,
+    the ``d`` channels repeated ``repeat`` times (one copy per attention head, as in L-TAE).
 
     Args:
         days: ``(N, T)`` days (day of year, or days since a reference date); any real dtype.
         channels: Encoding channels (divisible by ``repeat``).
-        period: The longest wavelength's scale (L-TAE's ``T = 1000``).
+        period: The longest wavelength's scale (L-TAE's ``T = 1000``), or with ``basis="harmonic"`` the
+            fundamental period in days.
         repeat: Copies of the ``channels // repeat`` encoding.
+        basis: One of :data:`BASES`.
 
     Returns:
         ``(N, T, channels)`` in the default float dtype for integer days, else in ``days``' dtype.
@@ -97,13 +106,19 @@ def date_encoding(days: Tensor, channels: int, period: float = 1000.0, repeat: i
     Examples:
         >>> date_encoding(torch.tensor([[0, 10]]), 4)[0, 0].tolist()
         [0.0, 1.0, 0.0, 1.0]
+        >>> [round(v, 6) for v in date_encoding(torch.tensor([[91.25]]), 4, 365.0, basis="harmonic")[0, 0].tolist()]
+        [1.0, 0.0, 0.0, -1.0]
     """
     if channels % repeat:
         raise ShapeError(f"channels must be divisible by repeat. Received channels={channels}, repeat={repeat}.")
+    check_choice(basis, BASES, "basis")
     width = channels // repeat
     dtype = days.dtype if days.is_floating_point() else torch.get_default_dtype()
-    exponent = 2 * torch.div(torch.arange(width, device=days.device), 2, rounding_mode="floor").to(dtype) / width
-    angle = days.to(dtype)[..., None] / period**exponent
+    pair = torch.div(torch.arange(width, device=days.device), 2, rounding_mode="floor").to(dtype)
+    if basis == "harmonic":
+        angle = days.to(dtype)[..., None] * ((pair + 1) * (2 * math.pi / period))
+    else:
+        angle = days.to(dtype)[..., None] / period ** (2 * pair / width)
     encoding = torch.where(torch.arange(width, device=days.device) % 2 == 0, torch.sin(angle), torch.cos(angle))
     return encoding.repeat(*(1,) * days.dim(), repeat)
 
@@ -186,6 +201,8 @@ class LTAE2d(nn.Module):
         period: Scale of the date encoding's longest wavelength, in days (:func:`date_encoding`).
         encoding: How the date encoding enters: ``"add"`` (L-TAE's ``f + PE``) or ``"modulate"``
             (``f ⊙ PE + PE``; the module documentation says why).
+        basis: The date encoding's frequencies (:func:`date_encoding`): ``"geometric"`` (L-TAE's) or
+            ``"harmonic"`` (1, 2, … cycles per ``period`` days).
 
     Shape:
         - x: ``(N, T, in_channels, H, W)``.
@@ -207,7 +224,7 @@ class LTAE2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, num_heads: int = 4,
                  key_channels: int = 4, d_model: int | None = None, period: float = 1000.0, encoding: str = "add",
-                 device=None, dtype=None) -> None:
+                 basis: str = "geometric", device=None, dtype=None) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         d_model = in_channels if d_model is None else d_model
@@ -220,6 +237,7 @@ class LTAE2d(nn.Module):
         if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
             raise ShapeError(f"period must be a number > 0. Received period={period!r}.")
         self.encoding = check_choice(encoding, ENCODINGS, "encoding")
+        self.basis = check_choice(basis, BASES, "basis")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.num_heads = in_channels, out_channels, num_heads
         self.key_channels, self.d_model, self.period = key_channels, d_model, float(period)
@@ -257,7 +275,7 @@ class LTAE2d(nn.Module):
         if mask is not None:
             x = torch.where(mask[:, :, None], x, zero)
         frames = self.in_proj(self.in_norm(x.reshape(n * t, c, h, w))).reshape(n, t, self.d_model, h, w)
-        encoding = date_encoding(days.to(frames.dtype), self.d_model, self.period, self.num_heads)
+        encoding = date_encoding(days.to(frames.dtype), self.d_model, self.period, self.num_heads, self.basis)
         encoding = encoding[..., None, None]
         embedded = frames + encoding if self.encoding == "add" else frames * encoding + encoding
         if mask is not None:
@@ -280,6 +298,7 @@ class LTAE2d(nn.Module):
         if self.d_model != self.in_channels:
             text += f", d_model={self.d_model}"
         text += f", period={self.period:g}" if self.period != 1000.0 else ""
+        text += f", basis={self.basis!r}" if self.basis != "geometric" else ""
         return text + (f", encoding={self.encoding!r}" if self.encoding != "add" else "")
 
 
