@@ -746,16 +746,16 @@ def _predict_series_into(model, items: list[SeriesInput], out: Path, prep: dict,
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
         del series
         steps, height, width = valid.shape
-        arguments = (x[None].to(device), valid[None].to(device), days[None].to(device))
-        if steps * height * width > max_pixels:
+        if steps * height * width > max_pixels:  # the series stays in host memory, each window goes to the device
             if steps not in geometries:
                 geometries[steps] = series_tile_geometry(model, x.shape[1], days)
-            logits = tiled_series_forward(model, *arguments, tile=tile, geometry=geometries[steps])[0].to("cpu")
+            logits = tiled_series_forward(model, x[None], valid[None], days[None], tile=tile,
+                                          geometry=geometries[steps])[0].to("cpu")
             run.tiled.append(item.path)
         else:
             with torch.no_grad():
-                logits = model(*arguments)[0].to("cpu")
-        del arguments, x
+                logits = model(x[None].to(device), valid[None].to(device), days[None].to(device))[0].to("cpu")
+        del x
         labels = argmax(logits, 0).numpy()
         seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes

@@ -150,7 +150,8 @@ def tiled_series_forward(model: nn.Module, x: Tensor, valid: Tensor, days: Tenso
 
     The series is padded at the bottom and right to the grid with invalid pixels — what UTAE does to a whole series
     itself, and what a ConvLSTM (grid 1) never needs — and each window is packed for :class:`SeriesAsImage` as it
-    is read, so the packed copy never exists for the whole series.
+    is read and moved to the network's device, so the packed copy never exists for the whole series and the series
+    may stay in host memory while the network runs on a GPU.
     """
     if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[0] != 1:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -165,6 +166,8 @@ def tiled_series_forward(model: nn.Module, x: Tensor, valid: Tensor, days: Tenso
     if geometry is None:
         geometry = series_tile_geometry(model, bands, days)
     image = SeriesAsImage(model, bands, days).eval()
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else x.device
     pads = [-size % m for size, m in zip((height, width), geometry.multiple)]
     canvas = (height + pads[0], width + pads[1])
     valid = valid.bool()
@@ -177,7 +180,7 @@ def tiled_series_forward(model: nn.Module, x: Tensor, valid: Tensor, days: Tenso
         if any(short):  # the canvas's padding: invalid pixels, as the network pads a whole series
             part_x = F.pad(part_x, (0, short[1], 0, short[0]))
             part_valid = F.pad(part_valid, (0, short[1], 0, short[0]))
-        return pack_series(part_x, part_valid)
+        return pack_series(part_x, part_valid).to(device)
 
     out = tiled_forward(image, read, geometry, tile=tile, size=canvas)
     return out[..., :height, :width]
