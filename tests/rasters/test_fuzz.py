@@ -3,16 +3,17 @@ CnnkitError or predicted, in bounded time and memory, never predicted from bytes
 refusal leaves nothing under the final output names.
 
 Seeds, generated here: GeoTIFFs in strips (uncompressed, deflate) and tiles (deflate, LZW), a Cloud-Optimized
-GeoTIFF, a PNG, a JPEG 2000 and a VRT (its XML mutated, its source beside it). Each mutated file (byte flips,
-duplicated, overwritten, zeroed or deleted spans, sizes made huge, truncations — half of them inside the first 512
-bytes, where the headers lie; for PNGs mostly inside one chunk, its CRC made right, or the image data cut short as
-a valid deflate stream) is predicted by ``predict_files`` in a child process (``_fuzz_child.py``: torch imported
-once, many files per child, each under its own guard) with a time limit per file (10 s) and an address-space limit
-(1.5 GiB above the warmed-up interpreter).
+GeoTIFF, a PNG, a JPEG 2000, a VRT (its XML mutated, its source beside it), an ENVI file (its data file or its
+``.hdr`` mutated, the other beside it), a netCDF-4 file (deflate) and an HDF5 file (gzip chunks, h5py). Each mutated
+file (byte flips, duplicated, overwritten, zeroed or deleted spans, sizes made huge, truncations — half of them inside
+the first 512 bytes, where the headers lie; for PNGs mostly inside one chunk, its CRC made right, or the image data
+cut short as a valid deflate stream) is predicted by ``predict_files`` in a child process (``_fuzz_child.py``: torch
+imported once, many files per child, each under its own guard) with a time limit per file (10 s) and an
+address-space limit (1.5 GiB above the warmed-up interpreter).
 
 Outcomes: ``cnnkit`` (a clean error) or ``ok`` (predicted); never a raw exception, a signal or a hang. An accepted
 file must not yield more pixels with data than its bytes can hold (its size times the seed's compression bound:
-1 uncompressed, 1,032 deflate and PNG, 4,096 LZW, the VRT's source file for a VRT).
+1 uncompressed (ENVI too), 1,032 deflate, PNG, netCDF-4 and HDF5 gzip, 4,096 LZW, the VRT's source file for a VRT).
 
 ``RASTER_FUZZ_COUNT`` sets the number of files (default 320; ``make fuzz`` runs more) and ``RASTER_FUZZ_SEED`` the
 seed (default 27).
@@ -44,7 +45,7 @@ MEMORY_LIMIT = 3 * 2**29  # 1.5 GiB of address space above the warmed-up child
 FILE_SECONDS = 10.0
 START_SECONDS = 240.0
 BOUND = {"strips": 1, "strips_deflate": 1032, "tiles_deflate": 1032, "tiles_lzw": 4096, "cog": 1032, "png": 1032,
-         "jp2": None, "vrt": None}
+         "jp2": None, "vrt": None, "envi": 1, "netcdf": 1032, "hdf5": 1032}
 """Pixels with data an accepted file may yield per byte of itself (times the sample size), by seed."""
 
 
@@ -74,6 +75,17 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     from cnnkit.rasters import stack_vrt
 
     stack_vrt([seeds["strips"]], seeds["vrt"])
+    seeds["envi"] = folder / "envi.img"  # its header beside it: envi.hdr
+    with rasterio.open(seeds["envi"], "w", **{**common, "driver": "ENVI"}) as dst:
+        dst.write(values[None])
+    seeds["netcdf"] = folder / "netcdf.nc"
+    rasterio.shutil.copy(seeds["strips"], seeds["netcdf"], driver="netCDF", FORMAT="NC4C", COMPRESS="DEFLATE")
+    import h5py
+
+    seeds["hdf5"] = folder / "hdf5.h5"
+    with h5py.File(seeds["hdf5"], "w") as f:
+        data = f.create_dataset("data", data=values, chunks=(16, 16), compression="gzip")
+        data.attrs["_FillValue"] = np.uint16(0)
     return seeds
 
 
@@ -135,7 +147,13 @@ def write_mutations(folder: Path, seeds: dict[str, Path], count: int, seed: int)
         kind = kinds[i % len(kinds)]
         path = folder / f"{i:05d}_{kind}{seeds[kind].suffix}"
         data = seeds[kind].read_bytes()
-        path.write_bytes(mutate_png_chunk(data, rng) if kind == "png" and rng.random() < 0.7 else mutate(data, rng))
+        if kind == "envi":  # the data file or its header mutated, the other beside it
+            header = seeds[kind].with_suffix(".hdr").read_bytes()
+            damage_header = rng.random() < 0.5
+            path.with_suffix(".hdr").write_bytes(mutate(header, rng) if damage_header else header)
+            path.write_bytes(data if damage_header else mutate(data, rng))
+        else:
+            path.write_bytes(mutate_png_chunk(data, rng) if kind == "png" and rng.random() < 0.7 else mutate(data, rng))
         files.append((path, kind))
     return files
 
