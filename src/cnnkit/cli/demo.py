@@ -17,7 +17,7 @@ from cnnkit.cli.common import (
     import_heavy,
     threads_line,
 )
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, ShapeError
 
 
 @app.command(cls=Command)
@@ -31,6 +31,9 @@ def demo(
     time_series: bool = typer.Option(False, "--time-series", help="The image time-series demo instead: cloudy "
                                      "crop-type series whose classes only time tells apart, a ConvLSTM, and two "
                                      "baselines (majority class, least cloudy single date)."),
+    model: str = typer.Option(None, "--model", help="--time-series: the network, SeriesSegNet (a ConvLSTM, the "
+                              "default) or UTAE (U-Net with temporal attention), named as cnnkit train --model names "
+                              "them."),
     height: int = typer.Option(64, min=4, help="--shapes: height of the example image."),
     width: int = typer.Option(96, min=4, help="--shapes: width of the example image."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE),
@@ -43,12 +46,16 @@ def demo(
     from cnnkit.app.demo import run_demo, run_training_demo
 
     try:
+        if model is not None and not time_series:
+            raise ShapeError(f"--model chooses the network of the time-series demo: add --time-series. Received "
+                             f"--model {model} without it (the image demo trains TinySegNet).")
         if time_series:
             from cnnkit.app.demo import run_series_demo
 
             console = console_for_output()
             console.print(threads_line(threads), markup=False, highlight=False)
-            run_series_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, resume=resume,
+            run_series_demo(out, epochs=epochs, seed=seed, model=model, device=device, overwrite=overwrite,
+                            resume=resume,
                             console=console, quiet=not verbose, progress=console.is_terminal)
         elif shapes:
             run_demo(console_for_output(), height=height, width=width)
