@@ -92,6 +92,39 @@ def test_convlstm_halo_grows_with_the_dates_and_tiles_equal_the_whole(steps):
             assert against <= 1e-10
 
 
+def test_geometries_are_checked_once_per_distinct_geometry_and_a_global_op_is_refused():
+    """UTAE's geometry does not depend on T: one probe check serves 3, 5 and 7 dates (and the reused geometry is
+    exact at 7 dates, float64); a ConvLSTM's halo grows with T, so each length is checked. A series network with a
+    spatial mean (which no halo can reproduce) is refused by the probe check."""
+    from cnnkit.errors import UnsupportedError
+    from cnnkit.predict.series import SeriesGeometries
+
+    torch.manual_seed(4)
+    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2).double().eval()
+    geometries = SeriesGeometries(net, 3)
+    found = [geometries(torch.arange(t) * 7) for t in (3, 5, 7)]
+    assert geometries.checks == 1 and found[0] == found[1] == found[2]
+    x, valid, days = _series(steps=7, size=(23, 29))
+    with torch.no_grad():
+        whole = net(x, valid, days)
+    torch.testing.assert_close(tiled_series_forward(net, x, valid, days, tile=8, geometry=found[2]), whole, rtol=0,
+                               atol=1e-10)
+    lstm = SeriesGeometries(SeriesSegNet(3, 4, width=4, hidden=4).double().eval(), 3)
+    assert [lstm(torch.arange(t)).halo[0] for t in (3, 5, 3)] == [5, 7, 5] and lstm.checks == 2
+
+    class SpatialMean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x, valid, days):
+            out = self.conv(x[:, -1])
+            return out + out.mean((-2, -1), keepdim=True)
+
+    with pytest.raises(UnsupportedError, match="Tiles do not reproduce this network's whole-image result"):
+        series_tile_geometry(SpatialMean().eval(), 3, torch.arange(2))
+
+
 def test_packing_is_the_series_network_itself_and_refuses_wrong_shapes():
     torch.manual_seed(2)
     net = SeriesSegNet(3, 4, width=4, hidden=4).double().eval()
@@ -213,7 +246,7 @@ def test_public_names():
     import cnnkit.app.predict
     import cnnkit.predict
 
-    assert {"SeriesAsImage", "pack_series", "series_tile_geometry", "tiled_series_forward"} <= set(
+    assert {"SeriesAsImage", "SeriesGeometries", "pack_series", "series_tile_geometry", "tiled_series_forward"} <= set(
         cnnkit.predict.__all__)
     assert {"SeriesInput", "days_reference", "predict_series", "predict_series_files", "series_inputs"} <= set(
         cnnkit.app.predict.__all__)

@@ -734,23 +734,21 @@ def _predict_series_into(model, items: list[SeriesInput], out: Path, prep: dict,
                          tiff: bool, probabilities: bool, confidence: bool, probability_dtype: str, max_pixels: int,
                          tile: int, progress: Callable[[int, int], None] | None) -> PredictionRun:
     """Each series of ``items`` into the prepared, locked folder ``out`` (each one's outputs committed together)."""
-    from cnnkit.predict.series import series_tile_geometry, tiled_series_forward
+    from cnnkit.predict.series import SeriesGeometries, tiled_series_forward
 
     mean = torch.tensor(prep["mean"], dtype=torch.float32)[:, None, None]
     std = torch.tensor(prep["std"], dtype=torch.float32)[:, None, None]
     palette = [tuple(c) for c in classes.get("palette", [])] or None
     run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
-    geometries: dict[int, object] = {}  # per number of dates: a ConvLSTM's halo grows with T
+    geometries = SeriesGeometries(model, len(prep["mean"]))  # per number of dates: a ConvLSTM's halo grows with T
     for index, item in enumerate(items):
         series, valid, days = item.read(prep)
         x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
         del series
         steps, height, width = valid.shape
         if steps * height * width > max_pixels:  # the series stays in host memory, each window goes to the device
-            if steps not in geometries:
-                geometries[steps] = series_tile_geometry(model, x.shape[1], days)
             logits = tiled_series_forward(model, x[None], valid[None], days[None], tile=tile,
-                                          geometry=geometries[steps])[0].to("cpu")
+                                          geometry=geometries(days))[0].to("cpu")
             run.tiled.append(item.path)
         else:
             with torch.no_grad():

@@ -4,7 +4,13 @@ inference on scenes of any size, and on image time series in tiles in space (``c
 
 from cnnkit.predict.predictor import Prediction, Predictor, Preprocessing
 from cnnkit.predict.scene import Scene, open_scene
-from cnnkit.predict.series import SeriesAsImage, pack_series, series_tile_geometry, tiled_series_forward
+from cnnkit.predict.series import (
+    SeriesAsImage,
+    SeriesGeometries,
+    pack_series,
+    series_tile_geometry,
+    tiled_series_forward,
+)
 from cnnkit.predict.tiling import Tile, TileGeometry, plan_tiles, tile_geometry, tiled_forward
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "Preprocessing",
     "Scene",
     "SeriesAsImage",
+    "SeriesGeometries",
     "Tile",
     "TileGeometry",
     "open_scene",

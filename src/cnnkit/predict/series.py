@@ -52,7 +52,7 @@ from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError
 from cnnkit.predict.tiling import TileGeometry, tile_geometry, tiled_forward
 
-__all__ = ["SeriesAsImage", "pack_series", "series_tile_geometry", "tiled_series_forward"]
+__all__ = ["SeriesAsImage", "SeriesGeometries", "pack_series", "series_tile_geometry", "tiled_series_forward"]
 
 SERIES_PROBE_SIZE = 64
 """Side of the series traced by :func:`series_tile_geometry` (a power of two: every stride up to 64 divides it)."""
@@ -131,6 +131,40 @@ def series_tile_geometry(model: nn.Module, bands: int, days: Tensor, *, check: b
         halo = tuple(math.ceil(h / m) * m for h, m in zip(geometry.halo, multiple))
         geometry = TileGeometry(multiple, halo, geometry.scale, geometry.reach, geometry.ops)
     return geometry
+
+
+class SeriesGeometries:
+    """The tile geometries of one series network, per number of dates, for a run over many series.
+
+    Each new T is traced (cheap: one pass on a small probe); the probe check — a random series run whole and in tiles,
+    the costly part (seconds to a minute for a U-TAE-sized network and tens of dates) — runs once per distinct
+    ``(multiple, halo)``: series of other lengths whose trace gives a geometry already checked reuse it (every UTAE
+    length does; each ConvLSTM length with ``kernel_size > 1`` is checked, its halo growing with T).
+
+    Examples:
+        >>> from cnnkit.models import SeriesSegNet
+        >>> geometries = SeriesGeometries(SeriesSegNet(2, 3, width=4, hidden=4).eval(), bands=2)
+        >>> geometries(torch.arange(4)).halo, geometries(torch.arange(9)).halo, geometries.checks
+        ((6, 6), (11, 11), 2)
+    """
+
+    def __init__(self, model: nn.Module, bands: int) -> None:
+        self.model, self.bands = model, check_int(bands, "bands")
+        self._by_steps: dict[int, TileGeometry] = {}
+        self._checked: set[tuple] = set()
+        self.checks = 0
+
+    def __call__(self, days: Tensor) -> TileGeometry:
+        days = torch.as_tensor(days).reshape(1, -1)
+        steps = days.shape[1]
+        if steps not in self._by_steps:
+            geometry = series_tile_geometry(self.model, self.bands, days, check=False)
+            if (geometry.multiple, geometry.halo) not in self._checked:
+                geometry = series_tile_geometry(self.model, self.bands, days, check=True)
+                self._checked.add((geometry.multiple, geometry.halo))
+                self.checks += 1
+            self._by_steps[steps] = geometry
+        return self._by_steps[steps]
 
 
 def tiled_series_forward(model: nn.Module, x: Tensor, valid: Tensor, days: Tensor, *, tile,
