@@ -1,7 +1,8 @@
 """``cnnkit train DATA --weights net.keras`` trains the converted Keras network itself (cnnkit issue 25).
 
 Keras 3 (torch backend, the test extras) writes three small segmentation networks in a child process, with its own
-outputs on a fixed input: ``net.keras`` (4 bands in, 5 classes, softmax head), ``net5.h5`` (5 channels in: the
+outputs on a fixed input: ``net.keras`` (4 bands in, 5 classes, softmax head; saved for 12 × 10 images only, trained
+on any size), ``net5.h5`` (5 channels in: the
 bands and the validity band, logits head; legacy HDF5) and ``net2.keras`` (2 bands: fits no folder here). The data
 are 4-band TIFFs (NaN under clouds), as in test_networks.py.
 """
@@ -41,8 +42,8 @@ out = Path(sys.argv[1])
 keras.utils.set_random_seed(0)
 
 
-def network(channels, classes, activation):
-    image = keras.Input((None, None, channels), name="image")
+def network(channels, classes, activation, size):
+    image = keras.Input((*size, channels), name="image")
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(image)
     x = keras.layers.BatchNormalization(name="norm")(x)
     x = keras.layers.Conv2D(8, 3, padding="same", dilation_rate=2, activation="relu", name="conv_b")(x)
@@ -55,8 +56,9 @@ def network(channels, classes, activation):
 
 
 rng = np.random.default_rng(0)
-for name, channels, activation in (("net.keras", 4, "softmax"), ("net5.h5", 5, None), ("net2.keras", 2, None)):
-    model = network(channels, 5, activation)
+for name, channels, activation, size in (("net.keras", 4, "softmax", (12, 10)), ("net5.h5", 5, None, (None, None)),
+                                         ("net2.keras", 2, None, (None, None))):
+    model = network(channels, 5, activation, size)
     model.save(out / name)
     x = rng.standard_normal((2, 12, 10, channels)).astype("float32")
     np.savez(out / (name.split(".")[0] + ".npz"), x=x, y=keras.ops.convert_to_numpy(model(x, training=False)))
@@ -130,6 +132,18 @@ def test_the_network_training_starts_from_gives_keras_s_outputs(keras_files):
     with torch.no_grad():
         np.testing.assert_allclose(net(x).numpy(), y, atol=1e-4, rtol=0)
     assert not net.drop_validity_band and "every channel" in lines[1]
+
+
+def test_a_keras_input_of_one_size_takes_any_size_where_its_layers_allow(keras_files):
+    """net.keras was saved for (None, 12, 10, 4): a convolutional network, so it takes any size; the fixture
+    classifier flattens its features, so it keeps its declared (None, 10, 10, 3)."""
+    from cnnkit.keras.network import architecture_of, from_keras_file
+
+    net = from_keras_file(keras_files / "net.keras", in_channels=5, num_classes=5)
+    assert net.model.keras_input_shapes == ((None, None, 4),)
+    assert net(torch.zeros(1, 5, 7, 31)).shape == (1, 5, 7, 31)
+    fixture = Path(__file__).parents[1] / "keras" / "fixtures" / "classifier.keras"
+    assert architecture_of(fixture)[1].keras_input_shapes == ((10, 10, 3),)
 
 
 def test_a_padded_training_step_equals_each_sample_alone(keras_files):

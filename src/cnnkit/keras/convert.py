@@ -21,8 +21,10 @@ dim 1 (``(N, H, W, C)`` → ``(N, C, H, W)``, ``(N, T, F)`` → ``(N, F, T)``, `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -47,6 +49,8 @@ __all__ = [
     "load",
     "supported_layers",
 ]
+
+_T = TypeVar("_T")
 
 MAX_LAYER_PARAMS = 10**9
 #: Default budget of :func:`load` for all weights and buffers together (bytes); see its ``max_bytes``.
@@ -194,9 +198,10 @@ class _Graph:
             [self.tensors[tuple(r)][1] for r in self.input_refs], channels_last=channels_last, name=self.name)
 
 
-def _build_graph(model_config: dict, path: str, keras_major: int, max_bytes: int) -> _Graph:
+def _build_graph(model_config: dict, path: str, keras_major: int, max_bytes: int, free_sizes: bool = False) -> _Graph:
     """Steps 1 and 2 of the module docstring: the graph parsed, every layer built on the meta device, the
-    parameter and memory budgets checked. Nothing is read from a weights file."""
+    parameter and memory budgets checked. Nothing is read from a weights file. ``free_sizes``: the inputs'
+    spatial sizes (every axis but the batch and the last) are taken as ``None``, whatever the config declares."""
     layers, calls, input_refs, output_refs, model_class = parse_graph(model_config, path, _BUILDERS, keras_major)
     by_name = {name: (cls, config) for name, cls, config in layers}
     tensors: dict[tuple[str, int, int], tuple[str, Shape]] = {}
@@ -205,7 +210,10 @@ def _build_graph(model_config: dict, path: str, keras_major: int, max_bytes: int
     for name, cls, config in layers:
         keys[name] = _key(name, taken)
         if cls == "InputLayer":
-            tensors[(name, 0, 0)] = (keys[name], input_shape(config, f"{path}: input layer {name!r}"))
+            shape = input_shape(config, f"{path}: input layer {name!r}")
+            if free_sizes and len(shape) >= 3:
+                shape = (*(None,) * (len(shape) - 1), shape[-1])
+            tensors[(name, 0, 0)] = (keys[name], shape)
     for ref in (*input_refs, *output_refs):
         if ref[0] not in by_name:
             raise KerasFileError(
@@ -278,9 +286,9 @@ def _build_graph(model_config: dict, path: str, keras_major: int, max_bytes: int
     return _Graph(path, layers, first, order, tensors, keys, input_refs, output_refs, model_class, storage_index, name)
 
 
-def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
+def _convert(kf: KerasFile, channels_last: bool, max_bytes: int, free_sizes: bool = False) -> LoadedModel:
     path = kf.path
-    graph = _build_graph(kf.config, path, kf.keras_major, max_bytes)
+    graph = _build_graph(kf.config, path, kf.keras_major, max_bytes, free_sizes)
     layers, first, tensors = graph.layers, graph.first, graph.tensors
 
     # 3. The stored arrays listed and checked against the config; nothing read yet.
@@ -320,7 +328,8 @@ def _convert(kf: KerasFile, channels_last: bool, max_bytes: int) -> LoadedModel:
     return LoadedModel(module, report)
 
 
-def build_architecture(model_config: dict, keras_major: int, path: str, *, max_bytes: int = MAX_BYTES) -> KerasModel:
+def build_architecture(model_config: dict, keras_major: int, path: str, *, max_bytes: int = MAX_BYTES,
+                       free_sizes: bool = False) -> KerasModel:
     """The :class:`KerasModel` a Keras model config describes, **on the meta device**, without weights.
 
     The config gets every check :func:`load` makes before reading weights (only supported layers, no
@@ -333,6 +342,9 @@ def build_architecture(model_config: dict, keras_major: int, path: str, *, max_b
         keras_major: The Keras major version that wrote it (2 for tf-keras; some defaults differ).
         path: What the config came from, for the messages.
         max_bytes: The budget for all weights and buffers together.
+        free_sizes: Take the inputs' spatial sizes (all axes but the batch and the last) as free (``None``)
+            whatever the config declares: a convolutional network saved for ``(None, 256, 256, 3)`` then takes
+            any height and width. Layers that need the declared sizes refuse it.
 
     Raises:
         UnsupportedError, ShapeError, KerasFileError: as :func:`load`, for the config.
@@ -350,7 +362,7 @@ def build_architecture(model_config: dict, keras_major: int, path: str, *, max_b
         raise KerasFileError(f"{path}: a Keras model config must be a JSON object. Received "
                              f"{type(model_config).__name__}.")
     try:
-        graph = _build_graph(model_config, path, keras_major, max_bytes)
+        graph = _build_graph(model_config, path, keras_major, max_bytes, free_sizes)
     except CnnkitError:
         raise
     except RecursionError:
@@ -402,10 +414,16 @@ def load(path: str | Path, channels_last_input: bool = False, *, max_bytes: int 
     """
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
         raise ShapeError(f"max_bytes must be a positive integer. Received max_bytes={max_bytes!r}.")
+    return read_keras_file(path, lambda kf: _convert(kf, bool(channels_last_input), max_bytes))
+
+
+def read_keras_file(path: str | Path, read: Callable[[KerasFile], _T]) -> _T:
+    """``read(kf)`` on the opened Keras file, closed afterwards; every error from the libraries reading it (h5py,
+    zipfile, zlib, json, numpy) re-raised as a :class:`KerasFileError` naming the file, as :func:`load` does."""
     try:
         kf = open_keras_file(path)
         try:
-            return _convert(kf, bool(channels_last_input), max_bytes)
+            return read(kf)
         finally:
             kf.close()
     except CnnkitError:

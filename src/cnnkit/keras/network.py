@@ -16,6 +16,10 @@ and wrapped in :class:`KerasSegmentation` (channels first, logits out). The run 
   budgets), before anything is allocated. :func:`cnnkit.models.build` then compares the weights file's header
   with that meta network, as for every network.
 
+Sizes: a Keras input declared for one height and width (``(None, 256, 256, C)``) is taken for any height and
+width when every layer allows it (a convolutional network; the declared size computes exactly what Keras does),
+else kept as declared.
+
 The input: cnnkit's pipeline gives ``(N, C, H, W)``, the data bands then the validity band (1 = data). A Keras
 network whose input has ``C`` channels reads all of them; one with ``C - 1`` reads the data bands and the
 validity band is left out (pixels without data are 0 after standardisation; padding is handled by
@@ -34,15 +38,15 @@ import torch
 from torch import Tensor, nn
 
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
-from cnnkit.keras.convert import MAX_BYTES, build_architecture, load
+from cnnkit.keras.convert import MAX_BYTES, _convert, build_architecture, read_keras_file
 from cnnkit.keras.model import KerasModel, format_shape
 from cnnkit.keras.modules.activations import KerasActivation, _ActivationMixin
-from cnnkit.keras.reader import MAX_CONFIG_BYTES, KerasFileError, open_keras_file
+from cnnkit.keras.reader import MAX_CONFIG_BYTES, KerasFile, KerasFileError
 from cnnkit.models import ModelSpec, parse_spec, register
 from cnnkit.models.weights import regular_file
 
-__all__ = ["ARCHITECTURE", "NAME", "WEIGHTS_FILE", "KerasSegmentation", "architecture_of", "from_keras_file",
-           "keras_network", "keras_spec"]
+__all__ = ["ARCHITECTURE", "NAME", "WEIGHTS_FILE", "KerasSegmentation", "architecture_of", "digest",
+           "from_keras_file", "is_keras_file", "keras_network", "keras_spec"]
 
 NAME = "KerasNetwork"
 """The name the converted Keras network is registered under (library ``"user"`` of a spec)."""
@@ -91,20 +95,30 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _meta_network(config: dict, keras_major: int, where: str) -> tuple[KerasModel, bool]:
+    """The meta-device network of a config, of any height and width if its layers allow (an input declared
+    ``(None, 256, 256, C)`` taken as ``(None, None, None, C)``), else of the declared size; whether it is free."""
+    try:
+        return build_architecture(config, keras_major, where, free_sizes=True), True
+    except CnnkitError:  # a layer needs the declared size (a Flatten, a Reshape): the config as declared
+        return build_architecture(config, keras_major, where), False
+
+
+def _architecture(kf: KerasFile) -> tuple[bytes, KerasModel, bool]:
+    """(architecture bytes, meta network, free sizes) of an open Keras file; its weights not read."""
+    data = _encode(kf.config, kf.keras_version)
+    config, major = _decode(data, kf.path)
+    return (data, *_meta_network(config, major, kf.path))
+
+
 def architecture_of(path: str | os.PathLike) -> tuple[bytes, KerasModel]:
     """The architecture bytes of a Keras file and the meta-device network they describe (no weights read).
 
     Raises:
         KerasFileError, UnsupportedError, ShapeError: as :func:`cnnkit.keras.load` for the file's config.
     """
-    kf = open_keras_file(path)
-    try:
-        config, version = kf.config, kf.keras_version
-    finally:
-        kf.close()
-    data = _encode(config, version)
-    config, major = _decode(data, os.fspath(path))
-    return data, build_architecture(config, major, os.fspath(path))
+    data, meta, _ = read_keras_file(path, _architecture)
+    return data, meta
 
 
 # --- the network cnnkit trains ----------------------------------------------------------------------------------
@@ -245,10 +259,14 @@ def from_keras_file(path: str | os.PathLike, in_channels: int, num_classes: int,
         cnnkit.errors.ShapeError: .../classifier.keras: a segmentation network's output must be classes per pixel, ...
     """
     where = os.fspath(path)
-    architecture, meta = architecture_of(path)
-    drop = _check_fit(meta, in_channels, num_classes, where)  # before any weight is read
-    model, _ = load(path, max_bytes=max_bytes)
-    return _wrap(model, architecture, drop, where).float().train()
+
+    def read(kf: KerasFile) -> KerasSegmentation:
+        architecture, meta, free = _architecture(kf)
+        drop = _check_fit(meta, in_channels, num_classes, where)  # before any weight is read
+        model, _ = _convert(kf, False, max_bytes, free)
+        return _wrap(model, architecture, drop, where)
+
+    return read_keras_file(path, read).float().train()
 
 
 # --- rebuilt by name ----------------------------------------------------------------------------------------
@@ -258,9 +276,9 @@ def keras_network(in_channels: int, num_classes: int, architecture: str = WEIGHT
                   root: str | os.PathLike | None = None) -> KerasSegmentation:
     """The builder of ``KerasNetwork``: the network whose architecture the file ``root/architecture`` holds.
 
-    Called by :func:`cnnkit.models.build` with the run folder as ``root``; in training mode. On the meta device (a meta default
-    device, as :func:`~cnnkit.models.build` uses to check) the network holds no memory; elsewhere its tensors
-    are zeros (torch's own layers: their usual initialisation) until weights are loaded.
+    Called by :func:`cnnkit.models.build` with the run folder as ``root``; in training mode. On the meta device
+    (a meta default device, as :func:`~cnnkit.models.build` uses to check) the network holds no memory;
+    elsewhere its tensors are zeros (torch's own layers: their usual initialisation) until weights are loaded.
 
     Args:
         in_channels: Input channels of the data, the validity band included.
@@ -287,7 +305,7 @@ def keras_network(in_channels: int, num_classes: int, architecture: str = WEIGHT
         raise ShapeError(f"{where}: the Keras architecture's SHA-256 is {digest(data)}; the run's manifest names "
                          f"{sha256}. The file or the manifest was changed after training: refused.")
     config, major = _decode(data, where)
-    meta = build_architecture(config, major, where)
+    meta, _ = _meta_network(config, major, where)
     net = _wrap(meta, data, _check_fit(meta, in_channels, num_classes, where), where).train()
     if torch.get_default_device().type == "meta":
         return net
