@@ -24,16 +24,17 @@ def _pad(items, dtype):
     return x, mask
 
 
-@pytest.mark.parametrize(("kernel_size", "harmonics", "head_dilations"), [(3, 0, (1,)), (1, 0, (1,)),
-                                                                        (1, 2, (1, 2, 4))])
+@pytest.mark.parametrize(("kernel_size", "harmonics", "head_dilations", "context"), [(3, 0, (1,), 0), (1, 0, (1,), 0),
+                                                                        (1, 2, (1, 2, 4), 0), (1, 2, (1,), 5)])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_padded_batch_equals_each_series_alone(dtype, tol, kernel_size, harmonics, head_dilations):
+def test_padded_batch_equals_each_series_alone(dtype, tol, kernel_size, harmonics, head_dilations, context):
     """Padded in time and space (days 0 at padded dates, as collate_series pads them), each series' output and the
     weight gradients equal those of the series alone — also with the harmonics and a head of several spatial
-    convolutions (padded pixels, never valid, are 0 between them)."""
+    convolutions (padded pixels, never valid, are 0 between them), and with the neighbourhood context (padded
+    pixels weigh 0)."""
     torch.manual_seed(0)
     net = SeriesSegNet(3, 4, width=6, hidden=5, kernel_size=kernel_size, harmonics=harmonics,
-                       head_dilations=head_dilations).to(dtype)
+                       head_dilations=head_dilations, context=context).to(dtype)
     shapes = [(5, 12, 9), (2, 7, 13), (4, 10, 10)]
     items, all_days = [], []
     for t, h, w in shapes:
@@ -106,6 +107,37 @@ def test_harmonics_by_hand_and_a_masked_date_changes_nothing():
     m = torch.cat([mask[:, :1], torch.zeros(1, 1, 9, 8, dtype=torch.bool), mask[:, 1:]], 1)
     torch.testing.assert_close(net(x, m, torch.tensor([[10, 42, 100, 250]])), out, rtol=0, atol=1e-12)
     assert (net(series, mask, days + 60) - out).abs().max() > 1e-6
+
+
+def test_context_is_the_neighbours_mean_weighted_by_their_valid_dates():
+    """The head's input beside each pixel's final state: the mean of the states in its k × k window (inside the
+    image) weighted by their numbers of valid dates, by hand with loops; 0 at a pixel never seen itself."""
+    torch.manual_seed(4)
+    net = SeriesSegNet(2, 3, width=4, hidden=3, kernel_size=1, context=3).double()
+    series = torch.randn(1, 4, 2, 5, 6, dtype=torch.float64)
+    mask = torch.rand(1, 4, 5, 6) > 0.5
+    mask[0, :, 2, 2] = False
+    mask[0, :, 1:4, 1:4] = False  # a pixel whose whole window was never seen
+    mask[0, 0, 1, 1] = True
+    seen = {}
+    net.head[0].register_forward_pre_hook(lambda module, args: seen.setdefault("input", args[0].detach()))
+    net(series, mask)
+    e = net.encoder(torch.where(mask[0, :, None], series[0], torch.zeros((), dtype=torch.float64)))
+    _, (h_n, _) = net.recurrent(e[None], mask=mask)
+    state, count = h_n[-1][0], mask[0].sum(0).double()
+    head_input = seen["input"][0]
+    torch.testing.assert_close(head_input[:3], state, rtol=0, atol=0)
+    for i in range(5):
+        for j in range(6):
+            total, weight = torch.zeros(3, dtype=torch.float64), 0.0
+            for y in range(max(0, i - 1), min(5, i + 2)):
+                for x in range(max(0, j - 1), min(6, j + 2)):
+                    total += count[y, x] * state[:, y, x]
+                    weight += float(count[y, x])
+            expected = total / weight if count[i, j] else total * 0  # 0 where the pixel itself was never seen
+            torch.testing.assert_close(head_input[3:, i, j], expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ShapeError, match=r"context must be odd \(a centred window\) or 0. Received context=4"):
+        SeriesSegNet(2, 3, context=4)
 
 
 def test_shape_errors():

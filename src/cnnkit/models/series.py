@@ -47,6 +47,12 @@ class SeriesSegNet(nn.Module):
             1 × 1 classifier; ``(1, 2, 4)`` sees 15 × 15 px of final states, so that a pixel with few clear dates
             can read its field's neighbours. Pixels with no valid date are 0 between these convolutions, as
             padding is, so padded batches stay exact.
+        context: ``k`` (odd, 0 = off). With ``k > 0`` the head also reads, at each pixel, the mean of the final
+            states over its ``k × k`` neighbourhood weighted by each neighbour's number of valid dates (a pixel
+            seen on 20 dates counts 20 times one seen on 1; pixels never seen, padding and beyond the edge count 0):
+            fields are uniform, clouds fall elsewhere on other dates, so a pixel with few clear dates reads its
+            field's better-seen neighbours (0 at a pixel never seen itself, as at padding). No weights; the head's
+            first convolution takes ``2 · hidden`` channels.
 
     Shape:
         - x: (N, T, in_channels, H, W).
@@ -64,12 +70,15 @@ class SeriesSegNet(nn.Module):
 
     def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32,
                  kernel_size: int = 3, harmonics: int = 0, period: float = 365.0,
-                 head_dilations: Sequence[int] = (1,)):
+                 head_dilations: Sequence[int] = (1,), context: int = 0):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("hidden", hidden), ("kernel_size", kernel_size)):
             check_int(value, name)
         check_int(harmonics, "harmonics", 0)
+        check_int(context, "context", 0)
+        if context and context % 2 == 0:
+            raise ShapeError(f"context must be odd (a centred window) or 0. Received context={context}.")
         if kernel_size % 2 == 0:
             raise ShapeError(f"kernel_size must be odd (a centred window). Received kernel_size={kernel_size}.")
         if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
@@ -80,13 +89,14 @@ class SeriesSegNet(nn.Module):
         head_dilations = tuple(check_int(d, f"head_dilations[{i}]") for i, d in enumerate(head_dilations))
         self.in_channels, self.num_classes, self.width, self.hidden = in_channels, num_classes, width, hidden
         self.kernel_size, self.harmonics, self.period = kernel_size, harmonics, float(period)
-        self.head_dilations = head_dilations
+        self.head_dilations, self.context = head_dilations, context
         self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
                                      nn.Conv2d(width, width, 1), nn.ReLU())
         self.recurrent = ConvLSTM2d((2 * harmonics + 1) * width, hidden, kernel_size, padding="same")
         head: list[nn.Module] = []
-        for d in head_dilations:
-            head += [nn.Conv2d(hidden, hidden, 3, padding=d, dilation=d), nn.ReLU()]
+        for i, d in enumerate(head_dilations):
+            channels = 2 * hidden if context and not i else hidden
+            head += [nn.Conv2d(channels, hidden, 3, padding=d, dilation=d), nn.ReLU()]
         self.head = nn.Sequential(*head, nn.Conv2d(hidden, num_classes, 1))
 
     def forward(self, x: Tensor, mask: Tensor | None = None, days: Tensor | None = None) -> Tensor:
@@ -114,6 +124,17 @@ class SeriesSegNet(nn.Module):
             features = torch.cat([features, modulated.reshape(n, t, -1, h, w)], 2)
         _, (h_n, _) = self.recurrent(features, mask=mask)
         out = h_n[-1]
+        if self.context:
+            count = (torch.full((n, t, h, w), 1.0, dtype=out.dtype, device=out.device) if mask is None
+                     else mask.to(out.dtype)).sum(1, keepdim=True)  # (N, 1, H, W) valid dates per pixel
+            k = self.context
+            # sums over the window (zero beyond the edge: the same as padding, which has no valid date)
+            total = F.avg_pool2d(out * count, k, 1, k // 2, count_include_pad=True)
+            weight = F.avg_pool2d(count, k, 1, k // 2, count_include_pad=True)
+            # 0 at a pixel never seen itself (padding is one: the head's window must read 0 there)
+            pooled = torch.where((weight > 0) & (count > 0), total / weight.clamp_min(torch.finfo(out.dtype).tiny),
+                                 torch.zeros((), dtype=out.dtype, device=out.device))
+            out = torch.cat([out, pooled], 1)
         if len(self.head) == 3:
             return self.head(out)
         # several spatial convolutions: zero the pixels without any valid date between them (as padding reads)
@@ -127,4 +148,5 @@ class SeriesSegNet(nn.Module):
         return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, "
                 f"hidden={self.hidden}" + (f", kernel_size={self.kernel_size}" if self.kernel_size != 3 else "")
                 + (f", harmonics={self.harmonics}, period={self.period:g}" if self.harmonics else "")
-                + (f", head_dilations={self.head_dilations}" if self.head_dilations != (1,) else ""))
+                + (f", head_dilations={self.head_dilations}" if self.head_dilations != (1,) else "")
+                + (f", context={self.context}" if self.context else ""))
