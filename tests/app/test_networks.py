@@ -224,6 +224,8 @@ def _nothing_written(out: Path) -> bool:
     (lambda m: m["classes"].__setitem__("palette", [[999, -5, 3]] * 5), "'classes.palette[0]' must be 3 integers"),
     (lambda m: m["classes"].__setitem__("names", [1, 2, 3, 4, 5]), "'classes.names[0]' must be a string"),
     (lambda m: m.__setitem__("extra", json.loads("[" * 50 + "]" * 50)), "levels deep"),
+    (lambda m: m["input"].__setitem__("days_reference", "2018-13-45"), "'input.days_reference' must be a date"),
+    (lambda m: m["input"].__setitem__("days_reference", 20180901), "'input.days_reference' must be a date"),
 ])
 def test_tampered_manifests_are_refused(tiny_run, folder, tmp_path, change, message):
     root, _ = folder

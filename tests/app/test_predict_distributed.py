@@ -132,7 +132,7 @@ def test_one_ranks_data_error_stops_every_rank(run_and_images, tmp_path):
 def test_refusals_before_anything_starts(run_and_images, tmp_path):
     run, inputs, _ = run_and_images
     out = tmp_path / "out"
-    with pytest.raises(ShapeError, match=r"devices=10000 asks for 10000 CPU processes, but this machine has \d+"):
+    with pytest.raises(ShapeError, match=r"--devices 10000 asks for 10000 CPU processes, but this machine has \d+"):
         predict_distributed(run, inputs, out, devices=10000)
     with pytest.raises(ShapeError, match="Unknown accelerator 'tpu'"):
         predict_distributed(run, inputs, out, devices=2, accelerator="tpu")

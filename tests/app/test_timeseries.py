@@ -282,9 +282,9 @@ def test_series_predict_reads_masks_refuses_overwrites_and_unsupported_options(t
     again = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "p")], env={"COLUMNS": "200"})
     assert again.exit_code != 0 and "--overwrite" in again.output
     assert (tmp_path / "p" / "S2.2020_labels.tif").read_bytes() == before
-    refused = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "q"), "--tile", "64"],
+    refused = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "q"), "--devices", "2"],
                             env={"COLUMNS": "200"})
-    assert refused.exit_code != 0 and "--tile" in refused.output and "time series" in refused.output
+    assert refused.exit_code != 0 and "--devices" in refused.output and "time series" in refused.output
     # probabilities and confidence: the softmax of the network run by hand, 0 where no date is valid
     done = runner.invoke(app, ["predict", str(out), str(data), "--out", str(tmp_path / "pc"), "--probabilities",
                                "--confidence", "--probability-dtype", "float16"], env={"COLUMNS": "200"})

@@ -8,6 +8,7 @@
 * :mod:`cnnkit.app.threads` — how many threads a command uses on a shared machine;
 * :mod:`cnnkit.app.timeseries` — image time series with clouds → trained series network → report (``cnnkit
   train`` on a series folder; ``cnnkit demo --time-series`` runs it on built-in series).
+* :mod:`cnnkit.app.pastis` — the PASTIS benchmark's folders (published folds) through the same series pipeline;
 * :mod:`cnnkit.app.workflow` — the steps both share (one evaluation, one majority baseline, class counts, the
   held-out split, the device and network choice): images and series differ only by what an item is (``Kind``).
 
@@ -27,6 +28,9 @@ _NAMES = {
     "expand_inputs": "cnnkit.app.predict",
     "load_predictor": "cnnkit.app.predict",
     "predict_files": "cnnkit.app.predict",
+    "predict_series": "cnnkit.app.predict",
+    "predict_pastis": "cnnkit.app.pastis",
+    "train_pastis": "cnnkit.app.pastis",
     "SegmentationRun": "cnnkit.app.train",
     "TrainSettings": "cnnkit.app.settings",
     "evaluate": "cnnkit.app.workflow",

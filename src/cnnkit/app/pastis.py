@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cnnkit.app.predict import PredictionRun, SeriesInput, days_reference, predict_series
+from cnnkit.app.settings import SETTING_NAMES, settings_for
 from cnnkit.app.timeseries import SeriesRun, series_spec, train_series
 from cnnkit.data.pastis import FOLD_SPLITS, PASTIS_CLASSES, REFERENCE_DATE, VOID_LABEL, PastisDataset, is_pastis_folder
 from cnnkit.errors import CnnkitError, ShapeError
@@ -75,16 +76,18 @@ def train_pastis(root: str | os.PathLike, out: str | os.PathLike = "cnnkit-run",
     if fixed:
         raise ShapeError(f"{', '.join(fixed)}: set by the PASTIS layout (19 classes, void label 19, the published "
                          f"folds). Received {', '.join(fixed)} for the PASTIS folder {os.fspath(root)!r}.")
-    series_spec(kwargs.get("model_spec"), kwargs.get("width", 8), kwargs.get("hidden", 16),
-                kwargs.get("kernel_size", 3))  # the cheap checks first, before the folder is read
-    check_run_dir(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
+    settings = settings_for("series", kwargs.pop("settings", None),
+                            {**{name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES}, "log": log})
+    series_spec(kwargs.get("model_spec"), settings.width, settings.hidden,
+                settings.kernel_size)  # the cheap checks first, before the folder is read
+    check_run_dir(out, overwrite=settings.overwrite, resume=settings.resume)
     train = PastisDataset(root, "train", fold=fold)
     test = PastisDataset(root, "test", fold=fold)
     split = FOLD_SPLITS[fold]
     text = split_text(fold)
     log(f"PASTIS folder {os.fspath(root)!r}: {text}; {len(train)} training and {len(test)} test patches")
     return train_series(
-        train, test, len(PASTIS_CLASSES), out, class_names=PASTIS_CLASSES, ignore_index=VOID_LABEL, log=log,
+        train, test, len(PASTIS_CLASSES), out, settings=settings, class_names=PASTIS_CLASSES, ignore_index=VOID_LABEL,
         title=kwargs.pop("title", f"cnnkit train: PASTIS {Path(root).resolve().name}, fold arrangement {fold}"),
         preprocessing={"nodata": None, "days_reference": REFERENCE_DATE.isoformat()},
         manifest_extra={"pastis": {"fold": fold, "train_folds": list(split["train"]), "val_folds": list(split["val"]),

@@ -136,8 +136,8 @@ def predict_distributed(run: str | os.PathLike, inputs: Sequence[str | os.PathLi
         return result
     processes = _check_processes(name, devices)
     if processes > 1 and predict_options.get("resume"):
-        raise UnsupportedError("resume is not available with several processes yet. Received resume=True with "
-                               f"devices={devices!r}: resume with devices=1, or pass overwrite=True to start again.")
+        raise UnsupportedError("--resume is not available with several processes yet. Received --resume with "
+                               f"--devices {devices}: resume with --devices 1, or pass --overwrite to start again.")
     if processes == 1:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -180,13 +180,14 @@ def _check_processes(accelerator: str, devices: int | str) -> int:
     if devices == "auto":
         devices = -1 if accelerator == "cuda" else 1
     if isinstance(devices, bool) or not isinstance(devices, int) or not (devices >= 1 or devices == -1):
-        raise ShapeError(f"devices must be an integer >= 1 or 'auto'. Received devices={devices!r}.")
+        raise ShapeError(f"--devices must be an integer >= 1 or 'auto'. Received --devices {devices!r}.")
     if accelerator == "cpu":
         if devices == -1:
             return 1
         if devices > usable_cores():
-            raise ShapeError(f"devices={devices} asks for {devices} CPU processes, but this machine has "
-                             f"{usable_cores()} CPU cores. Use devices <= {usable_cores()} (or accelerator='cuda').")
+            raise ShapeError(f"--devices {devices} asks for {devices} CPU processes, but this machine has "
+                             f"{usable_cores()} CPU cores. Use --devices <= {usable_cores()} (or --device cuda for "
+                             "GPUs).")
         return devices
     return int(check_devices(accelerator, devices))
 

@@ -148,6 +148,16 @@ def _input(prep: Any, series: bool) -> dict[str, Any] | None:
     _int(prep.get("multiple_of", 1), "input.multiple_of", 1, 1024)
     if not isinstance(prep.get("validity_band", True), bool):
         raise _Bad("input.validity_band", "must be true or false", prep.get("validity_band"))
+    reference = prep.get("days_reference")
+    if reference is not None:  # the day series' acquisition days count from (PASTIS: 2018-09-01)
+        import datetime
+
+        try:
+            if not isinstance(reference, str) or len(reference) != 10:
+                raise ValueError
+            datetime.date.fromisoformat(reference)
+        except ValueError:
+            raise _Bad("input.days_reference", "must be a date as YYYY-MM-DD or null", reference) from None
     return prep
 
 
