@@ -3,7 +3,8 @@
 Keras 3 (torch backend, the test extras) writes three small segmentation networks in a child process, with its own
 outputs on a fixed input: ``net.keras`` (4 bands in, 5 classes, softmax head; saved for 12 × 10 images only, trained
 on any size), ``net5.h5`` (5 channels in: the
-bands and the validity band, logits head; legacy HDF5) and ``net2.keras`` (2 bands: fits no folder here). The data
+bands and the validity band, logits head; legacy HDF5), ``net2.keras`` (2 bands: fits no folder here) and
+``unet.keras`` (two stride-2 stages and a skip connection: sizes must be multiples of 4). The data
 are 4-band TIFFs (NaN under clouds), as in test_networks.py.
 """
 
@@ -62,6 +63,19 @@ for name, channels, activation, size in (("net.keras", 4, "softmax", (12, 10)), 
     model.save(out / name)
     x = rng.standard_normal((2, 12, 10, channels)).astype("float32")
     np.savez(out / (name.split(".")[0] + ".npz"), x=x, y=keras.ops.convert_to_numpy(model(x, training=False)))
+
+# two stride-2 stages and a skip connection: sizes must be multiples of 4
+image = keras.Input((None, None, 4), name="image")
+skip = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="down_1")(image)
+x = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="down_2")(skip)
+x = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="up_1")(x)
+x = keras.layers.Concatenate(name="skip")([x, skip])
+x = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="up_2")(x)
+x = keras.layers.Conv2D(5, 1, activation="softmax", name="head")(x)
+model = keras.Model(image, x)
+model.save(out / "unet.keras")
+x = rng.standard_normal((2, 16, 12, 4)).astype("float32")
+np.savez(out / "unet.npz", x=x, y=keras.ops.convert_to_numpy(model(x, training=False)))
 print("ok")
 """
 
@@ -146,14 +160,31 @@ def test_a_keras_input_of_one_size_takes_any_size_where_its_layers_allow(keras_f
     assert architecture_of(fixture)[1].keras_input_shapes == ((10, 10, 3),)
 
 
-def test_a_padded_training_step_equals_each_sample_alone(keras_files):
-    """Loss and every gradient of masked(net) on a padded batch == the sum over the samples alone (float64)."""
+def test_the_size_multiple_is_the_total_stride_and_the_spec_records_it(keras_files):
+    """unet.keras: two stride-2 stages → 4, recorded in the spec and given by the registry; gives Keras's outputs."""
+    from cnnkit.app.weights import build_network, spec_of_weights
+    from cnnkit.models.registry import size_multiple_of
+
+    spec = spec_of_weights(keras_files / "unet.keras")
+    assert spec.args["multiple_of"] == 4 and size_multiple_of(spec) == 4
+    assert spec_of_weights(keras_files / "net.keras").args["multiple_of"] == 1
+    net = build_network(spec, 5, 5, keras_files / "unet.keras", None, lambda line: None).eval()
+    x, y = _keras_io(keras_files, "unet")
+    with torch.no_grad():
+        logits = net(torch.cat([x, torch.ones(x.shape[0], 1, *x.shape[2:])], 1))
+    np.testing.assert_allclose(torch.softmax(logits.double(), 1).numpy(), y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "sizes"), [("net.keras", [(17, 23), (9, 12), (20, 8)]),
+                                             ("unet.keras", [(16, 24), (8, 12), (20, 8)])])
+def test_a_padded_training_step_equals_each_sample_alone(keras_files, name, sizes):
+    """Loss and every gradient of masked(net) on a padded batch == the sum over the samples alone (float64); the
+    strided network on sizes that are multiples of its 4, as cnnkit's pipeline pads them."""
     from cnnkit.keras.network import from_keras_file
     from cnnkit.masking import collate_padded, masked
 
-    net = from_keras_file(keras_files / "net.keras", in_channels=5, num_classes=5).double().eval()
+    net = from_keras_file(keras_files / name, in_channels=5, num_classes=5).double().eval()
     g = torch.Generator().manual_seed(1)
-    sizes = [(17, 23), (9, 12), (20, 8)]
     samples = [(torch.randn(5, h, w, generator=g, dtype=torch.float64),
                 torch.randint(0, 5, (h, w), generator=g)) for h, w in sizes]
     images, labels = collate_padded(samples)
@@ -187,7 +218,7 @@ def test_the_run_names_the_keras_network_and_holds_its_architecture(keras_run, k
     stored = tensors["keras_architecture"].numpy().tobytes()
     assert manifest["model"]["spec"] == {"library": "user", "architecture": "KerasNetwork",
                                          "args": {"architecture": "model.safetensors",
-                                                  "sha256": hashlib.sha256(stored).hexdigest()}}
+                                                  "sha256": hashlib.sha256(stored).hexdigest(), "multiple_of": 1}}
     assert manifest["model"]["in_channels"] == 5 and manifest["model"]["num_classes"] == 5
     architecture = json.loads(stored)
     assert architecture["config"] == _keras_config(keras_files / "net.keras")  # the file's config, as Keras wrote it
@@ -314,13 +345,18 @@ def _huge(config: dict) -> None:
     (_lambda, True, "Lambda"),
     (_huge, True, "parameters; at most"),
     (_wider, True, "do not fit the network"),
+    (None, True, "spec records multiple_of=2"),
 ])
 def test_a_tampered_architecture_is_refused(keras_run, tmp_path, change, follows, message):
     """A changed config is refused: by the digest, by the Keras reader's checks (on the meta device: a
     2·10⁹-parameter layer allocates nothing), or — a consistent but different network — by the weights' header."""
     from cnnkit.errors import CnnkitError
 
-    tampered = _with_architecture(keras_run, tmp_path, change, manifest_follows=follows)
+    tampered = _with_architecture(keras_run, tmp_path, change or (lambda config: None), manifest_follows=follows)
+    if change is None:  # the manifest alone: another size multiple
+        manifest = json.loads((tampered / "manifest.json").read_text())
+        manifest["model"]["spec"]["args"]["multiple_of"] = 2
+        (tampered / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CnnkitError, match=message):
         _rebuilt(tampered)
 

@@ -46,7 +46,7 @@ from cnnkit.models import ModelSpec, parse_spec, register
 from cnnkit.models.weights import regular_file
 
 __all__ = ["ARCHITECTURE", "NAME", "WEIGHTS_FILE", "KerasSegmentation", "architecture_of", "digest",
-           "from_keras_file", "is_keras_file", "keras_network", "keras_spec"]
+           "from_keras_file", "is_keras_file", "keras_network", "keras_spec", "size_multiple"]
 
 NAME = "KerasNetwork"
 """The name the converted Keras network is registered under (library ``"user"`` of a spec)."""
@@ -59,7 +59,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 _FORMAT = "cnnkit-keras-architecture"
 _EXTENSIONS = (".keras", ".h5", ".hdf5")
-_PROBE_SIDE = 64  # the side of the meta image that checks a Keras input of free size
+_PROBE_SIDE = 64  # the side of the meta image that checks a Keras input of free size (rounded to the multiple)
+_MAX_MULTIPLE = 1024  # the largest total stride looked for
 
 
 # --- the architecture: a Keras config as canonical bytes ------------------------------------------------------
@@ -185,6 +186,44 @@ def _strip_softmax(model: KerasModel, where: str) -> bool:
     return True
 
 
+def _maps_to_same_size(meta: KerasModel, channels: int, height: int, width: int) -> bool:
+    probe = torch.zeros(1, channels, height, width, device="meta")
+    try:
+        with torch.no_grad():
+            out = meta(probe)
+    except Exception:  # the graph's own refusal of the size (skip connections of different sizes, a crop too large)
+        return False
+    return isinstance(out, Tensor) and out.dim() == 4 and tuple(out.shape[2:]) == (height, width)
+
+
+def size_multiple(meta: KerasModel) -> int:
+    """What heights and widths the network needs to be multiples of: the smallest power of two ``m`` (up to
+    1024) for which it maps ``3m × 5m`` and ``7m × 3m`` images to same-sized class maps, found by meta-device
+    forward passes (a U-Net with four stride-2 stages: 16). 1 for an input of one declared size, or if none.
+
+    Examples:
+        >>> from cnnkit.keras.convert import build_architecture
+        >>> def conv(name, strides, cls="Conv2D"):
+        ...     return {"class_name": cls, "config": {"name": name, "filters": 2, "kernel_size": [3, 3],
+        ...                                          "strides": [strides, strides], "padding": "same"}}
+        >>> config = {"class_name": "Sequential", "config": {"name": "seg", "layers": [
+        ...     {"class_name": "InputLayer", "config": {"batch_shape": [None, None, None, 3]}},
+        ...     conv("down_1", 2), conv("down_2", 2), conv("up_1", 2, "Conv2DTranspose"),
+        ...     conv("up_2", 2, "Conv2DTranspose")]}}
+        >>> size_multiple(build_architecture(config, 3, "example"))
+        4
+    """
+    shape = meta.keras_input_shapes[0] if len(meta.keras_input_shapes) == 1 else ()
+    if len(shape) != 3 or any(s is not None for s in shape[:2]) or not isinstance(shape[-1], int):
+        return 1
+    multiple = 1
+    while multiple <= _MAX_MULTIPLE:
+        if all(_maps_to_same_size(meta, shape[-1], multiple * a, multiple * b) for a, b in ((3, 5), (7, 3))):
+            return multiple
+        multiple *= 2
+    return 1
+
+
 def _check_fit(meta: KerasModel, in_channels: int, num_classes: int, where: str) -> bool:
     """Check on the meta device that ``meta`` maps an image of ``in_channels`` (or one fewer: the validity band
     left out) to ``num_classes`` per pixel; whether the validity band is left out."""
@@ -202,7 +241,9 @@ def _check_fit(meta: KerasModel, in_channels: int, num_classes: int, where: str)
             f"{where}: the Keras network reads {channels} input channels; the folder's images give "
             f"{in_channels - 1} bands plus the validity band ({in_channels} channels). Expected {channels} or "
             f"{channels - 1} bands (choose them with --bands), or a Keras network for these bands.")
-    probe = torch.zeros(1, channels, *(s if isinstance(s, int) else _PROBE_SIDE for s in shape[:2]), device="meta")
+    multiple = size_multiple(meta)
+    side = -(-_PROBE_SIDE // multiple) * multiple
+    probe = torch.zeros(1, channels, *(s if isinstance(s, int) else side for s in shape[:2]), device="meta")
     try:
         with torch.no_grad():
             out = meta(probe)
@@ -272,8 +313,8 @@ def from_keras_file(path: str | os.PathLike, in_channels: int, num_classes: int,
 # --- rebuilt by name ----------------------------------------------------------------------------------------
 
 
-def keras_network(in_channels: int, num_classes: int, architecture: str = WEIGHTS_FILE, sha256: str = "", *,
-                  root: str | os.PathLike | None = None) -> KerasSegmentation:
+def keras_network(in_channels: int, num_classes: int, architecture: str = WEIGHTS_FILE, sha256: str = "",
+                  multiple_of: int = 1, *, root: str | os.PathLike | None = None) -> KerasSegmentation:
     """The builder of ``KerasNetwork``: the network whose architecture the file ``root/architecture`` holds.
 
     Called by :func:`cnnkit.models.build` with the run folder as ``root``; in training mode. On the meta device
@@ -285,6 +326,8 @@ def keras_network(in_channels: int, num_classes: int, architecture: str = WEIGHT
         num_classes: Classes of the data; must be the Keras output's.
         architecture: The ``.safetensors`` file inside ``root`` whose :data:`ARCHITECTURE` tensor holds it.
         sha256: The architecture's SHA-256 (hex), which the bytes read must have.
+        multiple_of: What heights and widths must be multiples of (:func:`size_multiple`), as the spec records it
+            for the training pipeline; must be the architecture's.
         root: The folder the file lies in (a run folder); nothing outside it is read.
 
     Raises:
@@ -306,6 +349,9 @@ def keras_network(in_channels: int, num_classes: int, architecture: str = WEIGHT
                          f"{sha256}. The file or the manifest was changed after training: refused.")
     config, major = _decode(data, where)
     meta, _ = _meta_network(config, major, where)
+    if size_multiple(meta) != multiple_of:
+        raise ShapeError(f"{where}: the Keras network needs sizes that are multiples of {size_multiple(meta)}; the "
+                         f"spec records multiple_of={multiple_of!r}. The manifest was changed after training: refused.")
     net = _wrap(meta, data, _check_fit(meta, in_channels, num_classes, where), where).train()
     if torch.get_default_device().type == "meta":
         return net
@@ -349,10 +395,13 @@ def keras_spec(path: str | os.PathLike) -> ModelSpec:
         >>> spec = keras_spec(fixture)
         >>> spec.library, spec.architecture, spec.args["architecture"], len(spec.args["sha256"])
         ('user', 'KerasNetwork', 'model.safetensors', 64)
+        >>> spec.args["multiple_of"]  # an input of one declared size: 1
+        1
     """
-    data, _ = architecture_of(path)
+    data, meta = architecture_of(path)
     return parse_spec({"library": "user", "architecture": NAME,
-                       "args": {"architecture": WEIGHTS_FILE, "sha256": digest(data)}})
+                       "args": {"architecture": WEIGHTS_FILE, "sha256": digest(data),
+                                "multiple_of": size_multiple(meta)}})
 
 
 def is_keras_file(path: str | os.PathLike) -> bool:
@@ -360,4 +409,8 @@ def is_keras_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in _EXTENSIONS
 
 
-register(NAME, keras_network, family="convolutional", reads_files=True)
+def _spec_multiple(args) -> int:
+    return int(args.get("multiple_of", 1))
+
+
+register(NAME, keras_network, family="convolutional", reads_files=True, multiple_of=_spec_multiple)

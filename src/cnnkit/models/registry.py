@@ -34,7 +34,7 @@ from torch import nn
 from cnnkit._registry import NameRegistry
 from cnnkit.errors import ArgumentTypeError, ShapeError, UnsupportedError
 from cnnkit.models.series import SeriesSegNet
-from cnnkit.models.spec import FAMILIES, ModelSpec, _short, closest_names, parse_spec
+from cnnkit.models.spec import FAMILIES, MAX_WIDTH, ModelSpec, _short, closest_names, parse_spec
 from cnnkit.models.tiny import TinyResNet, TinySegNet
 from cnnkit.models.utae import UTAE
 
@@ -47,6 +47,7 @@ __all__ = [
     "list_encoders",
     "register",
     "resolve",
+    "size_multiple_of",
     "smp_architectures",
     "spec_for",
 ]
@@ -65,6 +66,7 @@ class _Registered:
     builder: Callable[..., nn.Module]
     family: str
     reads_files: bool = False
+    multiple_of: Callable[[Mapping[str, Any]], int] | None = None
 
 
 _USER: NameRegistry[_Registered] = NameRegistry("registered network")
@@ -78,7 +80,7 @@ _REFUSED_SMP = {
 
 
 def register(name: str, builder: Callable[..., nn.Module], *, family: str = "convolutional",
-             reads_files: bool = False) -> None:
+             reads_files: bool = False, multiple_of: Callable[[Mapping[str, Any]], int] | None = None) -> None:
     """Register a network builder of your own under ``name`` (library ``"user"`` in a spec).
 
     The builder is called as ``builder(in_channels=..., num_classes=..., **spec.args)`` and returns an
@@ -93,6 +95,8 @@ def register(name: str, builder: Callable[..., nn.Module], *, family: str = "con
         reads_files: The builder reads files its spec's arguments name (a network's architecture): it is also
             called with ``root=``, the folder those files lie in (the run folder :func:`resolve` was given, or
             ``None``), and must read nothing outside it.
+        multiple_of: What heights and widths the network needs to be multiples of, from a spec's ``args``
+            (:func:`size_multiple_of`); ``None``: any size.
 
     Examples:
         >>> from torch import nn
@@ -114,7 +118,35 @@ def register(name: str, builder: Callable[..., nn.Module], *, family: str = "con
         raise ShapeError(f"Unknown family {family!r}. Expected one of {FAMILIES!r}.")
     if not isinstance(reads_files, bool):
         raise ArgumentTypeError(f"reads_files must be True or False. Received reads_files={reads_files!r}.")
-    _USER.register(name, _Registered(builder, family, reads_files))
+    if multiple_of is not None and not callable(multiple_of):
+        raise ArgumentTypeError(f"multiple_of must be a function of a spec's args, or None. Received "
+                                f"{type(multiple_of).__name__}.")
+    _USER.register(name, _Registered(builder, family, reads_files, multiple_of))
+
+
+def size_multiple_of(spec: ModelSpec | Mapping[str, Any]) -> int:
+    """What heights and widths a registered network needs to be multiples of: its registration's ``multiple_of``
+    applied to the spec's args (checked: an integer from 1 to 4096), else 1. For another library: 1 (its rule
+    lives with the training pipeline).
+
+    Examples:
+        >>> register("Strided", lambda in_channels, num_classes, stride=2: nn.Conv2d(in_channels, num_classes, 1),
+        ...          multiple_of=lambda args: args.get("stride", 2) ** 2)
+        >>> size_multiple_of({"library": "user", "architecture": "Strided", "args": {"stride": 4}})
+        16
+    """
+    spec = parse_spec(spec)
+    if spec.library != "user":
+        return 1
+    resolve(spec)  # not registered here: the error says what to do
+    rule = _USER[spec.architecture].multiple_of
+    if rule is None:
+        return 1
+    value = rule(spec.args)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH:
+        raise ShapeError(f"{spec.label()}: the size multiple its registration gives for args {_short(spec.args)} "
+                         f"must be an integer from 1 to {MAX_WIDTH}. Received {_short(value)}.")
+    return value
 
 
 def smp_architectures() -> dict[str, type[nn.Module]]:
