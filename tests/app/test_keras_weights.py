@@ -303,6 +303,25 @@ def test_cnnkit_predict_rebuilds_the_run_without_code_and_fine_tuning_continues_
     assert again["model"]["spec"] == manifest["model"]["spec"]
 
 
+def test_a_strided_keras_network_trains_on_odd_sizes_padded_to_its_multiple_and_predicts(folder, keras_files,
+                                                                                          tmp_path):
+    """unet.keras needs multiples of 4: cnnkit train pads the odd-sized images to them (the spec's multiple_of, through
+    the registry), and cnnkit predict gives a label map of each image's own size."""
+    from PIL import Image
+
+    done = _train(folder, tmp_path / "run", "--weights", str(keras_files / "unet.keras"))
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["input"]["multiple_of"] == 4 and manifest["model"]["spec"]["args"]["multiple_of"] == 4
+    done = subprocess.run([sys.executable, "-m", "cnnkit", "predict", str(tmp_path / "run"),
+                           str(folder / "held" / "images"), "--out", str(tmp_path / "pred")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for image in (folder / "held" / "images").iterdir():
+        shape = tifffile.imread(image).shape[1:]
+        assert np.array(Image.open(tmp_path / "pred" / f"{image.stem}_labels.png")).shape == shape
+
+
 # --- refusals -----------------------------------------------------------------------------------------------------
 
 def _with_architecture(run: Path, tmp_path: Path, change, *, manifest_follows: bool) -> Path:
