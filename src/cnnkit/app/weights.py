@@ -99,9 +99,11 @@ def build_network(spec: ModelSpec, in_channels: int, num_classes: int, weights, 
     if weights is not None and _is_keras_network(spec) and is_keras_file(weights):
         _check_keras_file(weights)
         net = from_keras_file(weights, in_channels, num_classes)
-        if digest(net.keras_architecture.numpy().tobytes()) != spec.args.get("sha256"):
-            raise CnnkitError(f"--weights {os.fspath(weights)!r}: the Keras file changed while it was read (its "
-                              "architecture differs from the one checked first). Train again.")
+        found = digest(net.keras_architecture.numpy().tobytes())
+        if found != spec.args.get("sha256"):
+            raise CnnkitError(f"--weights {os.fspath(weights)!r}: the spec names the Keras architecture with SHA-256 "
+                              f"{spec.args.get('sha256')!r}; this file's is {found!r} (the file changed while it was "
+                              f"read, or the spec was given by hand). Leave --model out: the file names its network.")
         count = sum(p.numel() for p in net.parameters())
         log(f"network: the Keras network of {os.fspath(weights)!r} ({KERAS_NETWORK}, {count:,} parameters, its "
             f"weights; {'the data bands, not the validity band' if net.drop_validity_band else 'every channel'} "
