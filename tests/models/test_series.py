@@ -24,17 +24,17 @@ def _pad(items, dtype):
     return x, mask
 
 
-@pytest.mark.parametrize(("kernel_size", "harmonics", "head_dilations", "context"), [(3, 0, (1,), 0), (1, 0, (1,), 0),
-                                                                        (1, 2, (1, 2, 4), 0), (1, 2, (1,), 5)])
+@pytest.mark.parametrize("options", [{"kernel_size": 3}, {"kernel_size": 1},
+                                     {"kernel_size": 1, "harmonics": 2, "head_dilations": (1, 2, 4)},
+                                     {"kernel_size": 1, "harmonics": 2, "phasors": 3, "context": 5}])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_padded_batch_equals_each_series_alone(dtype, tol, kernel_size, harmonics, head_dilations, context):
+def test_padded_batch_equals_each_series_alone(dtype, tol, options):
     """Padded in time and space (days 0 at padded dates, as collate_series pads them), each series' output and the
     weight gradients equal those of the series alone — also with the harmonics and a head of several spatial
     convolutions (padded pixels, never valid, are 0 between them), and with the neighbourhood context (padded
     pixels weigh 0)."""
     torch.manual_seed(0)
-    net = SeriesSegNet(3, 4, width=6, hidden=5, kernel_size=kernel_size, harmonics=harmonics,
-                       head_dilations=head_dilations, context=context).to(dtype)
+    net = SeriesSegNet(3, 4, width=6, hidden=5, **options).to(dtype)
     shapes = [(5, 12, 9), (2, 7, 13), (4, 10, 10)]
     items, all_days = [], []
     for t, h, w in shapes:
@@ -107,6 +107,23 @@ def test_harmonics_by_hand_and_a_masked_date_changes_nothing():
     m = torch.cat([mask[:, :1], torch.zeros(1, 1, 9, 8, dtype=torch.bool), mask[:, 1:]], 1)
     torch.testing.assert_close(net(x, m, torch.tensor([[10, 42, 100, 250]])), out, rtol=0, atol=1e-12)
     assert (net(series, mask, days + 60) - out).abs().max() > 1e-6
+
+
+def test_phasors_are_linear_views_of_the_bands_times_the_harmonics():
+    """With phasors=P the ConvLSTM reads [e, p, p·sin(2πk d/P), p·cos(2πk d/P)] with p = W·x (no bias, no ReLU) of
+    each date's masked bands; checked against the network's recurrence fed by hand."""
+    torch.manual_seed(5)
+    net = SeriesSegNet(2, 3, width=4, hidden=4, kernel_size=1, harmonics=1, phasors=2).double()
+    series = torch.randn(1, 3, 2, 5, 4, dtype=torch.float64)
+    mask = torch.rand(1, 3, 5, 4) > 0.3
+    days = torch.tensor([[30, 200, 300]])
+    x = torch.where(mask[0, :, None], series[0], torch.zeros((), dtype=torch.float64))
+    e = net.encoder(x)
+    p = torch.einsum("pc,tcyx->tpyx", net.phasor.weight[:, :, 0, 0], x)
+    angle = 2 * math.pi * days[0].double() / 365.0
+    fed = torch.cat([e, p, p * torch.sin(angle)[:, None, None, None], p * torch.cos(angle)[:, None, None, None]], 1)
+    _, (h_n, _) = net.recurrent(fed[None], mask=mask)
+    torch.testing.assert_close(net(series, mask, days), net.head(h_n[-1]), rtol=1e-12, atol=1e-12)
 
 
 def test_context_is_the_neighbours_mean_weighted_by_their_valid_dates():

@@ -43,6 +43,12 @@ class SeriesSegNet(nn.Module):
             features over the season, which tell a rhythm apart from its reverse or its double; an LSTM accumulates
             sums easily and products poorly. ``0``: the features alone (the days are not used).
         period: The fundamental period of the harmonics, in days (365: one season).
+        phasors: ``P`` ≥ 0. With ``P > 0`` (and ``K > 0``) the harmonics multiply ``P`` *linear* views of each
+            date's bands, ``p_t = W·x_t`` (a 1 × 1 convolution without bias or ReLU), instead of the encoder's
+            features, and the ConvLSTM reads ``[e_t, p_t, p_t·sin, p_t·cos …]`` (``width + (2K + 1)·P``
+            channels). A crop's bands at one date are the sine and cosine of its place in its cycle, linearly:
+            ``p_t`` can be that phasor, and ``Σ_t p_t·e^(−2πik·day_t/period)`` adds up coherently for the crop's
+            own rhythm only (ReLU features bend the phasor and blur the sums).
         head_dilations: One 3 × 3 convolution (with ReLU) of the head per entry, with that dilation, before the
             1 × 1 classifier; ``(1, 2, 4)`` sees 15 × 15 px of final states, so that a pixel with few clear dates
             can read its field's neighbours. Pixels with no valid date are 0 between these convolutions, as
@@ -70,13 +76,14 @@ class SeriesSegNet(nn.Module):
 
     def __init__(self, in_channels: int = 6, num_classes: int = 5, width: int = 16, hidden: int = 32,
                  kernel_size: int = 3, harmonics: int = 0, period: float = 365.0,
-                 head_dilations: Sequence[int] = (1,), context: int = 0):
+                 head_dilations: Sequence[int] = (1,), context: int = 0, phasors: int = 0):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("hidden", hidden), ("kernel_size", kernel_size)):
             check_int(value, name)
         check_int(harmonics, "harmonics", 0)
         check_int(context, "context", 0)
+        check_int(phasors, "phasors", 0)
         if context and context % 2 == 0:
             raise ShapeError(f"context must be odd (a centred window) or 0. Received context={context}.")
         if kernel_size % 2 == 0:
@@ -89,10 +96,13 @@ class SeriesSegNet(nn.Module):
         head_dilations = tuple(check_int(d, f"head_dilations[{i}]") for i, d in enumerate(head_dilations))
         self.in_channels, self.num_classes, self.width, self.hidden = in_channels, num_classes, width, hidden
         self.kernel_size, self.harmonics, self.period = kernel_size, harmonics, float(period)
-        self.head_dilations, self.context = head_dilations, context
+        self.head_dilations, self.context, self.phasors = head_dilations, context, phasors
+        # linear views of each date's bands (no ReLU), the ones the harmonics multiply when phasors > 0
+        self.phasor = nn.Conv2d(in_channels, phasors, 1, bias=False) if phasors else None
         self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
                                      nn.Conv2d(width, width, 1), nn.ReLU())
-        self.recurrent = ConvLSTM2d((2 * harmonics + 1) * width, hidden, kernel_size, padding="same")
+        modulated = (2 * harmonics + 1) * phasors if phasors else 2 * harmonics * width
+        self.recurrent = ConvLSTM2d(width + modulated, hidden, kernel_size, padding="same")
         head: list[nn.Module] = []
         for i, d in enumerate(head_dilations):
             channels = 2 * hidden if context and not i else hidden
@@ -120,8 +130,13 @@ class SeriesSegNet(nn.Module):
                 days = torch.arange(t, device=x.device).expand(n, t)
             dtype = features.dtype
             waves = date_encoding(days.to(dtype), 2 * self.harmonics, self.period, basis="harmonic")  # (N, T, 2K)
-            modulated = features[:, :, None] * waves[:, :, :, None, None, None]  # (N, T, 2K, width, H, W)
-            features = torch.cat([features, modulated.reshape(n, t, -1, h, w)], 2)
+            if self.phasor is not None:
+                linear = self.phasor(x.reshape(n * t, c, h, w)).reshape(n, t, self.phasors, h, w)
+                modulated = linear[:, :, None] * waves[:, :, :, None, None, None]
+                features = torch.cat([features, linear, modulated.reshape(n, t, -1, h, w)], 2)
+            else:
+                modulated = features[:, :, None] * waves[:, :, :, None, None, None]  # (N, T, 2K, width, H, W)
+                features = torch.cat([features, modulated.reshape(n, t, -1, h, w)], 2)
         _, (h_n, _) = self.recurrent(features, mask=mask)
         out = h_n[-1]
         if self.context:
