@@ -171,3 +171,19 @@ def test_damaged_stacks_are_refused_naming_the_file(tmp_path):
     # a stack over the budget, refused before decoding
     with pytest.raises(CnnkitError, match=r"s\.tif declares 4 pages of 2 bands of 16 × 16 pixels \(8,192 bytes"):
         check_stack("s.tif", 4, 2, 16, 16, 4, budget=4096)
+
+
+def test_window_reader_refuses_a_stack_of_multi_band_pages(tmp_path):
+    """Raster reads one image: a stack of multi-band pages is not one, and reading its first page alone would leave
+    the other dates out silently (as before this reader knew stacks)."""
+    from cnnkit.rasters import Raster
+
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 8, 8), np.uint16), photometric="minisblack", planarconfig="separate")
+    with pytest.raises(UnsupportedError, match=r"series\.tif holds 3 pages of 2 bands of 8 × 8: a stack"):
+        Raster(path)
+    assert read_stack(path).shape == (3, 2, 8, 8)
+    one = tmp_path / "one.tif"  # one multi-band page: one image
+    tifffile.imwrite(one, np.zeros((2, 8, 8), np.uint16), photometric="minisblack", planarconfig="separate")
+    with Raster(one) as raster:
+        assert raster.shape == (2, 8, 8) and raster.pages == 1

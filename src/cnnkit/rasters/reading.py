@@ -307,13 +307,14 @@ class Raster:
         tags: The metadata of the file (its first page), GDAL's default domain: ``{"TIFFTAG_IMAGEDESCRIPTION": …,
             "AREA_OR_POINT": …}``; a TIFF's own tags are named ``TIFFTAG_*``.
         pages: How many pages (full-resolution images: GDAL's ``GTIFF_DIR`` subdatasets) a TIFF holds; 1 for other
-            rasters. A stack of multi-band pages is read whole by :func:`read_stack`; this window reader reads its
-            first page.
+            rasters. A stack of multi-band pages of one size is refused here (it is not one image) and read whole by
+            :func:`read_stack`.
 
     Raises:
         CnnkitError: the file cannot be opened (GDAL's message and the file's name), declares more than it holds or
             than cnnkit reads, or is a VRT with sources outside its folder.
-        UnsupportedError: complex bands, or a page stack whose pages are not single-band images of one size.
+        UnsupportedError: complex bands, a page stack whose pages are not single-band images of one size, or a stack
+            of multi-band pages (an image time series: :func:`read_stack` reads it).
     """
 
     def __init__(self, path: str | Path, bands: int | None = None, *, external_sources: bool = True):
@@ -331,6 +332,14 @@ class Raster:
             last = _Source(pages[-1][1], self.path)
             if (last.count, last.height, last.width) == (1, main.height, main.width):
                 self._pages = [main] + [_Page(name, self.path) for number, name in pages if number > 1]
+        elif main.driver == "GTiff" and pages:
+            last = _Source(pages[-1][1], self.path)
+            if (last.count, last.height, last.width) == (main.count, main.height, main.width):
+                raise UnsupportedError(f"{self.path} holds {len(pages)} pages of {main.count} bands of {main.height} × "
+                                       f"{main.width}: a stack (an image time series?), not one image; reading its "
+                                       "first page alone would leave the others out. Read it with "
+                                       "cnnkit.rasters.read_stack (or as a series: cnnkit.data.SeriesFolder, a series "
+                                       "run's cnnkit predict), or write one image a file.")
         if self._pages:
             depth, height, width = len(self._pages), main.height, main.width
             if bands is not None and bands in (depth, width):
