@@ -38,11 +38,13 @@ def _series(t, h, w, channels=3, seed=0):
     return series, valid, days
 
 
-def test_padded_batch_equals_each_series_alone():
+@pytest.mark.parametrize("options", [{}, {"basis": "harmonic", "period": 365.0, "phasors": 3}])
+def test_padded_batch_equals_each_series_alone(options):
     """Outputs and weight gradients: sizes that are and are not multiples of 4, lengths 2 to 5 (encoding "modulate";
-    "add" is held to the same in tests/data/test_pastis.py)."""
+    "add" is held to the same in tests/data/test_pastis.py); also with the harmonic days and the phasors (averaged
+    over each block's valid pixels: padding counts 0)."""
     torch.manual_seed(0)
-    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding="modulate").double()
+    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding="modulate", **options).double()
     items = [_series(5, 12, 9, seed=1), _series(2, 8, 13, seed=2), _series(4, 10, 16, seed=3)]
     x, mask, days = _pad(items)
     out = net(x, mask, days)
@@ -61,10 +63,10 @@ def test_padded_batch_equals_each_series_alone():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("encoding", ["add", "modulate"])
-def test_a_fully_masked_extra_date_changes_nothing(encoding):
+@pytest.mark.parametrize(("encoding", "phasors"), [("add", 0), ("modulate", 0), ("modulate", 2)])
+def test_a_fully_masked_extra_date_changes_nothing(encoding, phasors):
     torch.manual_seed(1)
-    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding=encoding).double()
+    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding=encoding, phasors=phasors).double()
     series, valid, days = _series(4, 11, 14, seed=4)
     reference = net(series[None], valid[None], days[None])
     extra = torch.full((1, 3, 11, 14), 1e6, dtype=torch.float64)
@@ -94,11 +96,12 @@ def test_the_days_matter():
     assert (a - b).abs().max() > 1e-6
 
 
-def test_aligned_tiles_with_a_halo_equal_the_whole_image():
+@pytest.mark.parametrize("phasors", [0, 2])
+def test_aligned_tiles_with_a_halo_equal_the_whole_image(phasors):
     """Windows starting on multiples of 2^(levels−1), with a halo of the receptive field, equal the whole image
-    at their centre (no statistic over pixels: ChannelNorm is per pixel)."""
+    at their centre (no statistic over pixels: ChannelNorm is per pixel; the phasors' blocks are aligned)."""
     torch.manual_seed(3)
-    net = UTAE(2, 3, encoder_widths=(4, 4, 4), num_heads=2).double()
+    net = UTAE(2, 3, encoder_widths=(4, 4, 4), num_heads=2, phasors=phasors).double()
     series, valid, days = _series(3, 56, 60, channels=2, seed=6)
     whole = net(series[None], valid[None], days[None])[0]
     halo = 20  # the receptive field of 3 levels reaches 19 pixels (measured by gradients, see docs/timeseries.md)
@@ -109,6 +112,27 @@ def test_aligned_tiles_with_a_halo_equal_the_whole_image():
         expected = whole[:, top + inner_top:top + 40 - halo, left + inner_left:left + 48 - halo]
         torch.testing.assert_close(tile[:, inner_top:40 - halo, inner_left:48 - halo], expected, **TOL)
     assert net.size_multiple == 4
+
+
+def test_phasors_are_the_blocks_mean_of_a_linear_view_of_the_valid_pixels():
+    """The attention's extra input channels, by hand: for each date and 2 × 2 block, W·x averaged over the block's
+    valid pixels (0 for a block without any)."""
+    torch.manual_seed(7)
+    net = UTAE(2, 3, encoder_widths=(4, 4), num_heads=2, phasors=2).double()
+    series, valid, days = _series(3, 6, 5, channels=2, seed=8)
+    valid[1, :2, :2] = False  # a block without data on date 1
+    seen = {}
+    net.attention.in_norm.register_forward_pre_hook(lambda module, args: seen.setdefault("input", args[0].detach()))
+    net(series[None], valid[None], days[None])
+    got = seen["input"].reshape(3, 6, 3, 3)[:, 4:]  # (T, P, 3, 3): the padded 6 × 6 image in 2 × 2 blocks
+    w = net.phasor.weight[:, :, 0, 0]
+    for t in range(3):
+        for by in range(3):
+            for bx in range(3):
+                values = [w @ series[t, :, y, x] for y in range(2 * by, 2 * by + 2) for x in range(2 * bx, 2 * bx + 2)
+                          if y < 6 and x < 5 and valid[t, y, x]]
+                expected = torch.stack(values).mean(0) if values else torch.zeros(2, dtype=torch.float64)
+                torch.testing.assert_close(got[t, :, by, bx], expected, rtol=1e-12, atol=1e-12)
 
 
 def test_built_by_name_and_errors():

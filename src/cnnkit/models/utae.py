@@ -106,6 +106,11 @@ class UTAE(nn.Module):
             times its own sinusoid of the day; see :class:`~cnnkit.nn.LTAE2d`).
         basis: The date encoding's frequencies: ``"geometric"`` (L-TAE's) or ``"harmonic"`` (1, 2, … cycles per
             ``period`` days; :func:`~cnnkit.nn.temporal_attention.date_encoding`).
+        phasors: ``P`` ≥ 0 extra channels of the attention's input: ``P`` linear views of each date's bands (a
+            1 × 1 convolution without bias or ReLU), averaged over the valid pixels of each ``2^(levels−1)``-pixel
+            block of the lowest level (0 where none is valid). The encoder's ReLU features bend a crop's phasor
+            (its bands are the sine and cosine of its place in its cycle); these keep it, so that ``"modulate"``
+            sums it over the dates coherently.
 
     Shape:
         - x: ``(N, T, in_channels, H, W)`` (any H and W).
@@ -124,11 +129,12 @@ class UTAE(nn.Module):
     def __init__(self, in_channels: int = 6, num_classes: int = 5, encoder_widths: Sequence[int] = (16, 32, 32),
                  decoder_widths: Sequence[int] | None = None, num_heads: int = 4, key_channels: int = 4,
                  d_model: int | None = None, period: float = 1000.0, encoding: str = "add",
-                 basis: str = "geometric"):
+                 basis: str = "geometric", phasors: int = 0):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(num_classes, "num_classes")
         check_int(num_heads, "num_heads")
+        check_int(phasors, "phasors", 0)
         encoder_widths = self._widths(encoder_widths, "encoder_widths")
         decoder_widths = encoder_widths if decoder_widths is None else self._widths(decoder_widths, "decoder_widths")
         if len(decoder_widths) != len(encoder_widths):
@@ -147,7 +153,9 @@ class UTAE(nn.Module):
         for i in range(1, self.levels):
             self.encoder.append(_block(encoder_widths[i],
                                        nn.Conv2d(encoder_widths[i - 1], encoder_widths[i], 4, stride=2, padding=1)))
-        self.attention = LTAE2d(encoder_widths[-1], decoder_widths[-1], num_heads=num_heads,
+        self.phasors = phasors
+        self.phasor = nn.Conv2d(in_channels, phasors, 1, bias=False) if phasors else None
+        self.attention = LTAE2d(encoder_widths[-1] + phasors, decoder_widths[-1], num_heads=num_heads,
                                 key_channels=key_channels, d_model=d_model or encoder_widths[-1], period=period,
                                 encoding=encoding, basis=basis)
         self.up = nn.ModuleList([
@@ -207,7 +215,15 @@ class UTAE(nn.Module):
             skips.append(features.reshape(n, t, -1, *features.shape[-2:]))
         # attention at the lowest resolution
         low_mask = masks[-1]
-        embedded, logits = self.attention.embed(skips[-1], low_mask, days)
+        low = skips[-1]
+        if self.phasor is not None:
+            block = self.size_multiple
+            valid = mask.reshape(n * t, 1, *mask.shape[-2:]).to(x.dtype)
+            linear = self.phasor(x.reshape(n * t, c, *x.shape[-2:]))  # 0 at masked pixels: x is 0 there, no bias
+            total, count = F.avg_pool2d(linear, block), F.avg_pool2d(valid, block)
+            mean = torch.where(count > 0, total / count.clamp_min(torch.finfo(x.dtype).tiny), zero)
+            low = torch.cat([low, mean.reshape(n, t, self.phasors, *mean.shape[-2:])], 2)
+        embedded, logits = self.attention.embed(low, low_mask, days)
         weights = masked_softmax(logits, low_mask[:, None], 2)
         out = self.attention.mlp(collapse_dates(embedded, weights))
         out = torch.where(low_mask.any(1)[:, None], out, zero)
@@ -228,4 +244,4 @@ class UTAE(nn.Module):
                 f"encoder_widths={self.encoder_widths}")
         if self.decoder_widths != self.encoder_widths:
             text += f", decoder_widths={self.decoder_widths}"
-        return text + f", num_heads={self.num_heads}"
+        return text + f", num_heads={self.num_heads}" + (f", phasors={self.phasors}" if self.phasors else "")
