@@ -336,8 +336,10 @@ def test_train_folder_reads_the_training_split_once_before_training(tmp_path, mo
     text = "\n".join(lines)
     assert f"training pixels: {total:,}; no data (NaN, ±inf): {missing:,} " in text
     assert f"unlabelled (ignore_index=255): {unlabelled:,} ({100 * unlabelled / total:.1f} %)" in text
+    from cnnkit.data.folder import EXTENSIONS
+
     assert any(line.startswith("skipped ") and line.endswith("orphan.tif: a mask without an image (no "
-                                                              "orphan{.png,.tif,.tiff,.vrt} in "
+                                                              "orphan{" + ",".join(EXTENSIONS) + "} in "
                                                               f"{tmp_path / 'train' / 'images'})") for line in lines)
 
 

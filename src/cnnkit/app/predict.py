@@ -92,6 +92,7 @@ def _run_network(run_dir: str | os.PathLike, manifest: dict) -> torch.nn.Module:
     """The run's network rebuilt from its manifest's spec by :func:`cnnkit.models.build`, the weights file read
     inside the run folder only (no path or link out of it), checked against the network on the meta device
     before anything is allocated, every value finite."""
+    import cnnkit.keras.network  # noqa: F401  (registers KerasNetwork: a run may name a converted Keras network)
     from cnnkit.models import build
 
     model_info = manifest["model"]

@@ -261,7 +261,9 @@ def size_multiple(spec: ModelSpec) -> int:
             parameter = inspect.signature(smp_architectures()[spec.architecture]).parameters.get("encoder_depth")
             depth = parameter.default if parameter is not None and isinstance(parameter.default, int) else 5
         return 2 ** int(depth)
-    return 1
+    from cnnkit.models.registry import size_multiple_of
+
+    return size_multiple_of(spec)  # a registered builder's rule (a Keras network's total stride), else 1
 
 
 def _ranks_stop_together(function):

@@ -87,7 +87,7 @@ def build(
         ...
         cnnkit.errors.ShapeError: TinySegNet (args {'width': 4000}, in_channels=5, num_classes=3) has 864,...
     """
-    builder = resolve(spec)
+    builder = resolve(spec, root=root)
     check_count(in_channels, "in_channels", MAX_CHANNELS)
     check_count(num_classes, "num_classes", MAX_CLASSES)
     if isinstance(max_parameters, bool) or not isinstance(max_parameters, int) or max_parameters < 1:
