@@ -52,11 +52,12 @@ from cnnkit.predict.outputs import (
 from cnnkit.predict.scene import IMAGE_EXTENSIONS, Scene, open_scene
 from cnnkit.rasters import CogWriter, Georeference, read_georeference
 from cnnkit.rasters.destination import FolderLock, Staging, prepare_folder, remove_leftovers
+from cnnkit.rasters.reading import is_subdataset_name, resolve_raster, subdataset_stem
 from cnnkit.train.rundir import WEIGHTS, read_manifest
 
-__all__ = ["PredictionRun", "SeriesInput", "days_reference", "expand_inputs", "expand_series_inputs", "is_series_run",
-           "load_predictor", "load_series_model", "predict_files", "predict_series", "predict_series_files",
-           "series_inputs"]
+__all__ = ["PredictionRun", "SeriesInput", "days_reference", "expand_inputs", "expand_series_inputs", "input_stem",
+           "is_series_run", "load_predictor", "load_series_model", "predict_files", "predict_series",
+           "predict_series_files", "series_inputs"]
 
 PREVIEW_SIDE = 1024
 """Overlays of scenes with a longer side are drawn at a reduced scale."""
@@ -118,7 +119,14 @@ def _run_network(run_dir: str | os.PathLike, manifest: dict) -> torch.nn.Module:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images, in name order) and globs → image files, each once, in the order given."""
+    """Files, folders (their images, in name order), globs and subdataset names → image files, each once, in the
+    order given.
+
+    A subdataset named as GDAL names it (``NETCDF:"f.nc":ndvi``, ``HDF5:"f.h5"://bands``) is checked at once — its
+    file must be a local regular file that lists it (:func:`~cnnkit.rasters.reading.resolve_raster`) — and given as
+    the name its file lists; its outputs are named ``f_ndvi`` (:func:`input_stem`). Two inputs whose outputs would
+    share a name are refused.
+    """
     found: list[Path] = []
     for item in inputs:
         text = os.fspath(item)
@@ -130,6 +138,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             found += files
         elif path.is_file():
             found.append(path)
+        elif is_subdataset_name(text):
+            name, _ = resolve_raster(text)
+            found.append(Path(name))
         elif glob.has_magic(text):
             files = sorted(Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
@@ -144,11 +155,23 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             unique.append(path)
     stems: dict[str, Path] = {}
     for path in unique:
-        if path.stem in stems:
-            raise CnnkitError(f"Two inputs share the name {path.stem!r} ({stems[path.stem]} and {path}); their outputs "
+        stem = input_stem(path)
+        if stem in stems:
+            raise CnnkitError(f"Two inputs share the name {stem!r} ({stems[stem]} and {path}); their outputs "
                               "would overwrite each other. Predict them into different --out folders.")
-        stems[path.stem] = path
+        stems[stem] = path
     return unique
+
+
+def input_stem(path: str | os.PathLike) -> str:
+    """The outputs' ``STEM`` of an input of :func:`expand_inputs`: a file's stem, or for a subdataset its file's
+    stem and its name in safe characters (:func:`~cnnkit.rasters.reading.subdataset_stem`).
+
+    Examples:
+        >>> input_stem("scenes/a.tif"), input_stem('NETCDF:"scenes/f.nc":ndvi')
+        ('a', 'f_ndvi')
+    """
+    return subdataset_stem(path) if is_subdataset_name(path) else Path(path).stem
 
 
 @dataclass
@@ -245,7 +268,7 @@ class _State:
 def _plan(out: Path, files: list[Path], settings: dict, overwrite: bool, resume: bool) -> tuple[list[Path], _State]:
     """Which inputs to predict (all of them, or with ``resume`` those an interrupted run did not finish), checked
     against what ``out`` holds; the run's state to record progress in."""
-    stems = [p.stem for p in files]
+    stems = [input_stem(p) for p in files]
     previous = _State.read(out)
     state = _State(out, settings)
     if resume and previous is not None:
@@ -258,7 +281,7 @@ def _plan(out: Path, files: list[Path], settings: dict, overwrite: bool, resume:
         done = {stem: names for stem, names in previous["done"].items()
                 if stem in stems and all((out / name).is_file() for name in names)}
         state.done = done
-        return [p for p in files if p.stem not in done], state
+        return [p for p in files if input_stem(p) not in done], state
     taken = _taken(out, stems)
     if taken and not overwrite and not resume:
         interrupted = previous is not None and any(stem not in previous["done"] for stem in stems)
@@ -383,7 +406,7 @@ def _predict_into(predictor: Predictor, files: list[Path], out: Path, state: _St
     def committed(scene: Scene, written: list[Path]) -> None:
         run.files[scene.path] = written
         if state is not None:
-            state.finish(scene.path.stem, written)
+            state.finish(scene.stem, written)
 
     # whole images, in padded batches of similar sizes: read in groups so memory stays bounded
     group = max(batch_size, 4 * batch_size)
@@ -395,7 +418,7 @@ def _predict_into(predictor: Predictor, files: list[Path], out: Path, state: _St
             s.close()
 
         def finished(result, part=part, raws=raws):
-            index = next(i for i, s in enumerate(part) if s.path.stem == result.name)
+            index = next(i for i, s in enumerate(part) if s.stem == result.name)
             with Staging() as staging:
                 written = _write(part[index], raws[index].numpy(), result.labels.numpy(), result, predictor, out,
                                  run, staging, tiff=tiff, probabilities=probabilities, confidence=confidence,
@@ -403,7 +426,7 @@ def _predict_into(predictor: Predictor, files: list[Path], out: Path, state: _St
             committed(part[index], written)
             step(1, int(result.valid.sum()))
 
-        predictor.predict_images(raws, batch_size=batch_size, names=[s.path.stem for s in part], on_image=finished)
+        predictor.predict_images(raws, batch_size=batch_size, names=[s.stem for s in part], on_image=finished)
     # scenes larger than max_pixels: tile by tile, read ahead and written behind in background threads
     for scene in large:
         try:
@@ -444,7 +467,7 @@ def predict_scene_into(scene: Scene, predictor: Predictor, out: Path, run: Predi
     label PNG (strip by strip) and COGs under temporary names; the overlay drawn from previews of the image and the
     labels gathered on the way (the scene is read once, its labels never held whole); every output renamed into
     place when all are complete (nothing under a final name on an error). Returns the outputs' final names."""
-    stem, names, shape = scene.path.stem, predictor.class_names, (scene.height, scene.width)
+    stem, names, shape = scene.stem, predictor.class_names, (scene.height, scene.width)
     with Staging() as staging:
         png = PalettePngWriter(staging.path(out / f"{stem}_labels.png"), shape, predictor.num_classes,
                                predictor.palette, predictor.ignore_value)
@@ -495,7 +518,7 @@ def predict_scene_into(scene: Scene, predictor: Predictor, out: Path, run: Predi
 
 def _write_labels(scene: Scene, labels: np.ndarray, predictor: Predictor, out: Path, tiff: bool,
                   staging: Staging) -> None:
-    stem = scene.path.stem
+    stem = scene.stem
     palette_png(staging.path(out / f"{stem}_labels.png"), labels, predictor.num_classes, predictor.palette,
                 predictor.ignore_value)
     if tiff:
@@ -511,7 +534,7 @@ def _overlay(scene: Scene, image: np.ndarray, labels: np.ndarray, predictor: Pre
     bands = rgb_bands if rgb_bands is not None else scene.rgb_bands
     picture = side_by_side(image, labels, predictor.class_names, predictor.palette, predictor.ignore_value, bands)
     del image
-    path = out / (f"{scene.path.stem}_overlay.png" if step == 1 else f"{scene.path.stem}_overlay_1to{step}.png")
+    path = out / (f"{scene.stem}_overlay.png" if step == 1 else f"{scene.stem}_overlay_1to{step}.png")
     save_png(Image.fromarray(picture), staging.path(path))
 
 
@@ -535,7 +558,7 @@ def _write(scene: Scene, raw: np.ndarray, labels: np.ndarray, result, predictor:
     """One whole image's outputs under ``staging``'s temporary names; returns their final names."""
     labels = labels.astype(_label_dtype(predictor))
     _write_labels(scene, labels, predictor, out, tiff, staging)
-    stem = scene.path.stem
+    stem = scene.stem
     _write_scores(result, out, stem, predictor.class_names, scene.georeference, probabilities=probabilities,
                   confidence=confidence, dtype=probability_dtype, staging=staging)
     step = math.ceil(max(scene.height, scene.width) / PREVIEW_SIDE)

@@ -10,10 +10,14 @@
 * A TIFF page stack (single-band pages of one size, as ``tifffile.imwrite`` stores a 3-D array without
   ``planarconfig``): channels-last (H, W, C) when its last axis has the expected number of bands, channels-first
   (C, H, W) when its first axis has; channels-last when both hold (as in :class:`~cnnkit.data.SegmentationFolder`).
+* One raster of a netCDF/HDF file, named as GDAL names it (``NETCDF:"f.nc":ndvi``, ``HDF5:"f.h5"://bands``): read
+  like any raster once its local file is found to list it (:func:`cnnkit.rasters.reading.resolve_raster`); its
+  outputs are named ``f_ndvi`` (:attr:`Scene.stem`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import numpy as np
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.rasters import RASTER_EXTENSIONS, Georeference, Raster
 from cnnkit.rasters.pictures import read_picture
+from cnnkit.rasters.reading import is_subdataset_name, subdataset_stem
 
 __all__ = ["IMAGE_EXTENSIONS", "Scene", "open_scene"]
 
@@ -38,7 +43,7 @@ class Scene:
     """An input image, read whole or one window at a time.
 
     Attributes:
-        path: The file.
+        path: The file (or the subdataset's name, ``NETCDF:"f.nc":ndvi``).
         bands, height, width: Its size.
         georeference: Its CRS and transform (empty for PNG/JPEG and rasters without georeferencing).
         nodata: The nodata value the file declares (of its first band that declares one), if any; those pixels read
@@ -57,10 +62,17 @@ class Scene:
     colorinterp: tuple[str, ...] = ()
     _array: Any = None  # a NumPy array (PNG/JPEG), or a cnnkit.rasters.Raster
     _channels_last: bool = False
+    _stem: str | None = None  # a subdataset's outputs' name (f_ndvi); None: the file's stem
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.bands, self.height, self.width
+
+    @property
+    def stem(self) -> str:
+        """The outputs' name: the file's stem, or for a subdataset its file's stem and its name
+        (:func:`~cnnkit.rasters.reading.subdataset_stem`: ``NETCDF:"f.nc":ndvi`` → ``f_ndvi``)."""
+        return self._stem if self._stem is not None else self.path.stem
 
     @property
     def block_shape(self) -> tuple[int, int] | None:
@@ -141,7 +153,8 @@ def open_scene(path: str | Path, bands: int | None = None, *, external_sources: 
     (:mod:`cnnkit.rasters.plausibility`), and whatever its decoder raises becomes a :class:`CnnkitError` naming it.
 
     Args:
-        path: The file.
+        path: The file, or one raster of a netCDF/HDF file named as GDAL names it (``NETCDF:"f.nc":ndvi``: its local
+            file must exist, be a regular file and list it; no URL or ``/vsi…`` path).
         bands: The number of bands expected (decides the layout of a TIFF page stack; a mismatch is an error).
         external_sources: Let a VRT read files outside its own folder (refused by default).
 
@@ -160,6 +173,15 @@ def open_scene(path: str | Path, bands: int | None = None, *, external_sources: 
         >>> scene.shape, scene.band_names, scene.rgb_bands
         ((4, 6, 8), ('blue', 'green', 'red', 'nir'), (2, 1, 0))
     """
+    text = os.fspath(path)
+    if is_subdataset_name(text):  # NETCDF:"f.nc":var: its file must exist and list it (resolve_raster)
+        raster = Raster(text, bands, external_sources=external_sources)
+        declared = [v for v in raster.nodata if v is not None]
+        scene = _scene(Path(text), raster, raster.shape, bands, raster.georeference,
+                       declared[0] if declared else None, channels_last=False, band_names=raster.descriptions,
+                       colorinterp=raster.colorinterp)
+        scene._stem = subdataset_stem(text)
+        return scene
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():

@@ -64,8 +64,8 @@ from cnnkit.rasters.plausibility import (
 )
 from cnnkit.rasters.vrt import check_vrt_sources, vrt_source_files
 
-__all__ = ["RASTER_EXTENSIONS", "SCIENTIFIC_EXTENSIONS", "Raster", "Stack", "read_georeference", "read_stack",
-           "resolve_raster"]
+__all__ = ["RASTER_EXTENSIONS", "SCIENTIFIC_EXTENSIONS", "PageStack", "Raster", "Stack", "is_subdataset_name",
+           "parse_subdataset", "read_georeference", "read_stack", "resolve_raster", "subdataset_stem"]
 
 RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".h5", ".hdf", ".hdf5", ".he5")
 """File extensions read through GDAL (PNG and JPEG are read with Pillow)."""
@@ -224,6 +224,19 @@ class _Source:
         with self._lock, raster_errors(self.path, "read"):
             try:
                 return self._open().read()
+            finally:
+                if self._dataset is not None:
+                    self._dataset.close()
+                    self._dataset = None
+
+    def read_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0:r1`` and columns ``c0:c1`` of every band, ``(count, h, w)`` in the file's dtype, by one GDAL read
+        that decodes the blocks the window touches: the dataset opened for it and closed after it, nothing cached."""
+        from rasterio.windows import Window
+
+        with self._lock, raster_errors(self.path, "read"):
+            try:
+                return self._open().read(window=Window(c0, r0, c1 - c0, r1 - r0))
             finally:
                 if self._dataset is not None:
                     self._dataset.close()
@@ -520,7 +533,8 @@ def _recorded_shape(tags: dict, size: int) -> tuple[int, ...] | None:
     return tuple(shape) if math.prod(shape) == size else None
 
 
-def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = False) -> Stack:
+def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = False,
+               window: tuple[slice, slice] | None = None) -> Stack:
     """Every page of a raster, each decoded once through GDAL, as one array.
 
     A TIFF's pages — single-band or multi-band, pixel- or band-interleaved (``planarconfig`` contig or separate),
@@ -537,6 +551,10 @@ def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = 
             then refused. Default: float32, each page's declared nodata and sparse blocks as NaN, scale and offset
             applied.
         external_sources: Let a VRT read files outside its own folder (refused by default).
+        window: ``(rows, cols)`` slices of step 1 (cut at the edges): only that window of every page, each page
+            decoding only the blocks the window touches (:class:`PageStack`); the array's height and width are the
+            window's. A writer-recorded shape whose last axes are not the pages' rows and columns (a stack whose
+            page axis runs along the image) cannot be cut so: refused.
 
     Returns:
         A :class:`Stack`: its ``array`` is shaped as ``tifffile.imread`` shapes the same file where its writer
@@ -559,55 +577,154 @@ def read_stack(path: str | Path, *, raw: bool = False, external_sources: bool = 
         (3, 2, (3, 2, 4, 5), dtype('float32'), True)
         >>> read_stack(path, raw=True).array.dtype
         dtype('uint16')
+        >>> part = read_stack(path, window=(slice(1, 3), slice(2, None)))
+        >>> part.shape, bool((part.array == series[..., 1:3, 2:]).all())
+        ((3, 2, 2, 3), True)
     """
-    name, path = resolve_raster(path)
-    if path.suffix.lower() == ".vrt":
-        check_vrt_sources(path, allow_outside=external_sources)
-        _check_vrt_tiffs(path)
-    main = _Source(name, path)
-    if main.driver == "GTiff":
-        tiff_directories(path)  # a chain of pages cut short: GDAL would read the pages before the cut
-    names = [name] + [page for number, page in _pages(main) if number > 1]
-    if len(names) > MAX_PAGES:
-        raise CnnkitError(f"{path} holds {len(names):,} pages: more than the {MAX_PAGES:,} cnnkit reads from one "
-                          "file. Is the file intact?")
-    dtype = main.dtype
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise UnsupportedError(f"{path} holds {dtype} values; expected integer or float bands.")
-    out_dtype = dtype if raw else np.dtype(np.float32)
-    pages, bands, height, width = len(names), main.count, main.height, main.width
-    check_stack(path, pages, bands, height, width, out_dtype.itemsize)
-    interleaved = bands > 1 and not main.separate
-    storage = np.empty((pages, height, width, bands) if interleaved else (pages, bands, height, width), out_dtype)
-    descriptions: list[str | None] = []
-    for index, page_name in enumerate(names):
-        source = main if index == 0 else _Source(page_name, path)
-        found = (source.count, source.height, source.width, source.dtype)
-        if found != (bands, height, width, dtype) or source.separate != main.separate:
-            raise UnsupportedError(f"{path}: page {index + 1} holds {source.count} bands of {source.height} × "
-                                   f"{source.width} {source.dtype}, page 1 {bands} bands of {height} × {width} "
-                                   f"{dtype}: a stack's pages must be alike.")
-        if raw and source.sparse:
-            raise UnsupportedError(f"{path}: page {index + 1} has blocks without data (sparse); a label or mask "
-                                   "must store every block.")
-        page = source.read_whole()
-        target = storage[index].transpose(2, 0, 1) if interleaved else storage[index]
-        if raw:
-            target[...] = page
+    with PageStack(path, raw=raw, external_sources=external_sources) as stack:
+        if window is None:
+            storage = stack.read(raw=raw)
+            shape = stack.recorded or stack.geometry_shape
         else:
-            sparse = source.sparse_mask(0, height, 0, width)
-            _values(page, source.nodata, source.scales, source.offsets, sparse, out=target)
-        descriptions += source.descriptions
-        del page
-    size = storage.size
-    recorded = _recorded_shape(main.tags, size)
-    if recorded is not None:
-        array = storage.reshape(recorded)
-    else:
-        array = storage.transpose(0, 3, 1, 2) if interleaved else storage
-        array = array.reshape((*(n for n in (pages, bands) if n > 1), height, width))
-    return Stack(path, array, tuple(array.shape), pages, bands, height, width, tuple(descriptions), main.tags,
-                 main.georeference, main.nodata, interleaved, recorded is not None, storage)
+            shape = stack.window_shape(*window)
+            storage = stack.read(*window, raw=raw)
+        array = (storage.transpose(0, 3, 1, 2) if stack.interleaved and stack.recorded is None else storage)
+        array = array.reshape(shape)
+        return Stack(stack.path, array, tuple(array.shape), stack.pages, stack.bands, stack.height, stack.width,
+                     stack.descriptions, stack.tags, stack.georeference, stack.nodata, stack.interleaved,
+                     stack.recorded is not None, storage)
+
+
+class PageStack:
+    """Every page of a raster opened for reading, whole or one window at a time: what :func:`read_stack` reads.
+
+    Opening checks what :func:`read_stack` checks — each page held to the checks of a single image
+    (:mod:`cnnkit.rasters.plausibility`), pages alike in size, bands and dtype, the whole stack within
+    :data:`~cnnkit.rasters.plausibility.STACK_BYTES` — and decodes nothing. :meth:`read` then decodes every page whole,
+    or only the blocks a window touches on each page: each page is opened for the read and closed after it (GDAL's
+    cache of its blocks goes with it), so memory holds the window of every page, never the pages — a tile and its
+    halo cut from a series larger than memory. Blocks a halo shares with the next window are decoded again.
+
+    Args:
+        path: The file (untrusted).
+        raw: Refuse pages with blocks without data (sparse): labels and masks are read as stored.
+        external_sources: Let a VRT read files outside its own folder (refused by default).
+
+    Attributes:
+        path, pages, bands, height, width: The file and its geometry: pages of ``bands`` bands of ``height × width``.
+        dtype: The pages' dtype as stored.
+        interleaved: Whether the pages are pixel-interleaved with several bands (:meth:`read` gives ``(P, h, w, B)``).
+        recorded: The shape its writer recorded (``tifffile``'s image description), if it holds the pages' values.
+        geometry_shape: ``(pages, bands, height, width)`` without a pages or bands axis of 1.
+        descriptions, tags, georeference, nodata: As :class:`Stack` has them.
+
+    Examples:
+        >>> import numpy as np, tifffile, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "s.tif")
+        >>> tifffile.imwrite(path, np.arange(4 * 9 * 7, dtype="float32").reshape(4, 9, 7), photometric="minisblack")
+        >>> with PageStack(path) as stack:
+        ...     stack.pages, stack.read(slice(2, 4), slice(5, 9)).shape
+        (4, (4, 1, 2, 2))
+    """
+
+    def __init__(self, path: str | Path, *, raw: bool = False, external_sources: bool = False):
+        name, path = resolve_raster(path)
+        if path.suffix.lower() == ".vrt":
+            check_vrt_sources(path, allow_outside=external_sources)
+            _check_vrt_tiffs(path)
+        main = _Source(name, path)
+        if main.driver == "GTiff":
+            tiff_directories(path)  # a chain of pages cut short: GDAL would read the pages before the cut
+        names = [name] + [page for number, page in _pages(main) if number > 1]
+        if len(names) > MAX_PAGES:
+            raise CnnkitError(f"{path} holds {len(names):,} pages: more than the {MAX_PAGES:,} cnnkit reads from one "
+                              "file. Is the file intact?")
+        dtype = main.dtype
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise UnsupportedError(f"{path} holds {dtype} values; expected integer or float bands.")
+        self.path, self.dtype = path, dtype
+        self.pages, self.bands, self.height, self.width = len(names), main.count, main.height, main.width
+        check_stack(path, self.pages, self.bands, self.height, self.width,
+                    (dtype if raw else np.dtype(np.float32)).itemsize)
+        self.interleaved = self.bands > 1 and not main.separate
+        self._sources = [main]
+        descriptions: list[str | None] = list(main.descriptions)
+        for index, page_name in enumerate(names[1:], 1):
+            source = _Source(page_name, path)  # opened and checked, then closed: nothing decoded
+            found = (source.count, source.height, source.width, source.dtype)
+            if found != (self.bands, self.height, self.width, dtype) or source.separate != main.separate:
+                raise UnsupportedError(f"{path}: page {index + 1} holds {source.count} bands of {source.height} × "
+                                       f"{source.width} {source.dtype}, page 1 {self.bands} bands of {self.height} × "
+                                       f"{self.width} {dtype}: a stack's pages must be alike.")
+            self._sources.append(source)
+            descriptions += source.descriptions
+        if raw:
+            for index, source in enumerate(self._sources):
+                if source.sparse:
+                    raise UnsupportedError(f"{path}: page {index + 1} has blocks without data (sparse); a label or "
+                                           "mask must store every block.")
+        self.descriptions = tuple(descriptions)
+        self.tags, self.georeference, self.nodata = main.tags, main.georeference, main.nodata
+        self.recorded = _recorded_shape(main.tags, self.pages * self.bands * self.height * self.width)
+        self.geometry_shape = (*(n for n in (self.pages, self.bands) if n > 1), self.height, self.width)
+
+    def spatial(self) -> bool:
+        """Whether the array :func:`read_stack` gives ends with the pages' rows and columns (so a window of the pages
+        is a window of it): always, unless the writer recorded a shape that runs along the pages otherwise."""
+        if self.recorded is None:
+            return True
+        if self.interleaved:
+            return self.recorded[-3:] == (self.height, self.width, self.bands)
+        return self.recorded[-2:] == (self.height, self.width)
+
+    def window_shape(self, rows: slice, cols: slice) -> tuple[int, ...]:
+        """The shape :func:`read_stack` gives the window ``[rows, cols]`` (its array's, with the window's height and
+        width).
+
+        Raises:
+            UnsupportedError: a recorded shape whose last axes are not the pages' rows and columns (:meth:`spatial`).
+        """
+        (r0, r1), (c0, c1) = _span(rows, self.height), _span(cols, self.width)
+        if not self.spatial():
+            raise UnsupportedError(f"{self.path}: its writer recorded the shape {self.recorded}, whose last axes are "
+                                   f"not its pages' rows and columns ({self.height} × {self.width}); it is read "
+                                   "whole, not by windows.")
+        shape = list(self.recorded or self.geometry_shape)
+        where = (-3, -2) if self.interleaved and self.recorded is not None else (-2, -1)
+        shape[where[0]], shape[where[1]] = r1 - r0, c1 - c0
+        return tuple(shape)
+
+    def read(self, rows: slice = slice(None), cols: slice = slice(None), *, raw: bool = False) -> np.ndarray:
+        """The window ``[rows, cols]`` of every page as stored: ``(P, B, h, w)``, or ``(P, h, w, B)`` for
+        pixel-interleaved pages of several bands; the file's dtype (``raw``), else float32 with each page's declared
+        nodata and sparse blocks as NaN, scale and offset applied. The whole pages when no window is given."""
+        (r0, r1), (c0, c1) = _span(rows, self.height), _span(cols, self.width)
+        whole = (r0, r1, c0, c1) == (0, self.height, 0, self.width)
+        out_dtype = self.dtype if raw else np.dtype(np.float32)
+        size = (r1 - r0, c1 - c0)
+        storage = np.empty((self.pages, *size, self.bands) if self.interleaved else (self.pages, self.bands, *size),
+                           out_dtype)
+        for index, source in enumerate(self._sources):
+            page = source.read_whole() if whole else source.read_window(r0, r1, c0, c1)
+            target = storage[index].transpose(2, 0, 1) if self.interleaved else storage[index]
+            if raw:
+                target[...] = page
+            else:
+                _values(page, source.nodata, source.scales, source.offsets, source.sparse_mask(r0, r1, c0, c1),
+                        out=target)
+            del page
+        return storage
+
+    def close(self) -> None:
+        """Nothing is kept open between reads (each page is opened for a read and closed after it)."""
+        for source in self._sources:
+            source.close()
+
+    def __enter__(self) -> PageStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_vrt_tiffs(path: Path) -> None:
@@ -634,7 +751,7 @@ def read_georeference(path: str | Path) -> Georeference:
     """
     import rasterio
 
-    if _SUBDATASET.match(os.fspath(path)) is None:
+    if parse_subdataset(path) is None:
         path = Path(path)
         if path.suffix.lower() not in RASTER_EXTENSIONS or not path.is_file():
             return Georeference()
@@ -648,15 +765,69 @@ _SUBDATASET = re.compile(r'^(?P<driver>NETCDF|HDF5|HDF4_SDS|HDF4_EOS):(?P<quote>
 """A subdataset as GDAL names it: ``NETCDF:"file.nc":variable``, ``HDF5:"file.h5"://group/dataset`` (quotes
 optional)."""
 
+_VIRTUAL = re.compile(r"^/vsi|://|^[A-Za-z][A-Za-z0-9+.-]+:")
+"""A GDAL virtual file system, a URL or a connection string (``PG:…``): never a local file."""
+
 SCIENTIFIC_EXTENSIONS = (".nc", ".h5", ".hdf", ".hdf5", ".he5")
 """Files that may hold several rasters (GDAL's subdatasets): netCDF, HDF5, HDF4."""
 
 
-def _subdataset_key(name: str) -> tuple[str, Path, str] | None:
-    match = _SUBDATASET.match(name)
+def parse_subdataset(text: str | os.PathLike) -> tuple[str, Path, str] | None:
+    """``(driver, file, part)`` of a raster named as GDAL names a subdataset (``NETCDF:"f.nc":var``,
+    ``HDF5:"f.h5"://group/data``, quotes optional); ``None`` for any other text (a plain path).
+
+    Only the syntax is read: nothing is opened, and the file need not exist (:func:`resolve_raster` checks that it
+    is a local file listing that subdataset). The driver is upper-cased and repeated ``/`` in the part collapsed
+    (``//group/data`` and ``/group/data`` name one HDF5 dataset; a ``pathlib.Path`` of the name collapses them).
+
+    Examples:
+        >>> parse_subdataset('NETCDF:"scene.nc":ndvi')
+        ('NETCDF', PosixPath('scene.nc'), 'ndvi')
+        >>> parse_subdataset('hdf5:/data/s2.h5://bands/b08')
+        ('HDF5', PosixPath('/data/s2.h5'), '/bands/b08')
+        >>> parse_subdataset("scene.tif") is None
+        True
+    """
+    match = _SUBDATASET.match(os.fspath(text))
     if match is None:
         return None
-    return match["driver"].upper(), Path(match["file"]).resolve(), match["part"]
+    return match["driver"].upper(), Path(match["file"]), re.sub("/+", "/", match["part"])
+
+
+def is_subdataset_name(text: str | os.PathLike) -> bool:
+    """Whether ``text`` names a subdataset as GDAL does (:func:`parse_subdataset`) and is not itself an existing file.
+
+    Examples:
+        >>> is_subdataset_name('NETCDF:"scene.nc":ndvi'), is_subdataset_name("scene.nc")
+        (True, False)
+    """
+    return parse_subdataset(text) is not None and not Path(os.fspath(text)).is_file()
+
+
+def subdataset_stem(text: str | os.PathLike) -> str:
+    """The outputs' name for a subdataset: its file's stem and its part, joined by ``_``, every character other than
+    letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``.
+
+    Raises:
+        ValueError: ``text`` is no subdataset name.
+
+    Examples:
+        >>> subdataset_stem('NETCDF:"/data/f.nc":ndvi'), subdataset_stem('HDF5:"s2 tile.h5"://bands/b08')
+        ('f_ndvi', 's2_tile_bands_b08')
+    """
+    parsed = parse_subdataset(text)
+    if parsed is None:
+        raise ValueError(f"Not a subdataset name (DRIVER:\"file\":part). Received {os.fspath(text)!r}.")
+    _, file, part = parsed
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", piece).strip("_") for piece in (file.stem, part)]
+    return "_".join(piece for piece in safe if piece)
+
+
+def _subdataset_key(name: str) -> tuple[str, Path, str] | None:
+    parsed = parse_subdataset(name)
+    if parsed is None:
+        return None
+    return parsed[0], parsed[1].resolve(), parsed[2]
 
 
 def resolve_raster(path: str | os.PathLike) -> tuple[str, Path]:
@@ -680,6 +851,10 @@ def resolve_raster(path: str | os.PathLike) -> tuple[str, Path]:
     text = os.fspath(path)
     asked = None if Path(text).is_file() else _subdataset_key(text)
     file = asked[1] if asked is not None else Path(text)
+    if asked is not None and _VIRTUAL.search(_SUBDATASET.match(text)["file"]):
+        raise CnnkitError(f"{text!r} names a subdataset of {_SUBDATASET.match(text)['file']!r}, which is not a local "
+                          "file: a subdataset is read from a regular file only (no URL, /vsi… path or connection "
+                          "string).")
     if not file.is_file():
         raise CnnkitError(f"Input image does not exist: {file}" + (f" (named in {text})" if asked else ""))
     if asked is None and file.suffix.lower() not in SCIENTIFIC_EXTENSIONS:
