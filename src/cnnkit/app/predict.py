@@ -667,18 +667,23 @@ class SeriesInput:
         read: Called with the run manifest's ``input`` object; returns ``(series (T, C, H, W) float32 as stored,
             valid (T, H, W) bool, days (T,) int64)`` — the days counted as training counted them.
         georeference: Where the outputs lie (default: the stack's, or a per-date folder's first GeoTIFF's).
+        windows: Called with the manifest's ``input`` object; returns the series opened for reading window by window
+            (:class:`~cnnkit.data.SeriesWindows`, its days from :func:`days_reference`) or ``None`` where it is read
+            whole only. A series over ``max_pixels`` is then read tile by tile, never whole.
     """
 
     name: str
     path: Path
     read: Callable[[dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     georeference: Callable[[], Georeference] | None = None
+    windows: Callable[[dict], object | None] | None = None
 
 
 def series_inputs(inputs: Sequence[str | os.PathLike]) -> list[SeriesInput]:
     """:func:`expand_series_inputs` as :class:`SeriesInput`: each read with :func:`~cnnkit.data.series.read_series`
-    (the run's band count and nodata, a data folder's ``masks/STEM.*``), its days from its dates."""
-    from cnnkit.data.series import read_series
+    (the run's band count and nodata, a data folder's ``masks/STEM.*``), its days from its dates; TIFF stacks and
+    folders of per-date TIFFs can also be read window by window (:func:`~cnnkit.data.series.open_series`)."""
+    from cnnkit.data.series import open_series, read_series
 
     def reader(path: Path):
         def read(prep: dict):
@@ -687,8 +692,14 @@ def series_inputs(inputs: Sequence[str | os.PathLike]) -> list[SeriesInput]:
             return series, valid, dates.days(days_reference(prep))
         return read
 
-    return [SeriesInput(_series_stem(path), path, reader(path), lambda path=path: _series_georeference(path))
-            for path in expand_series_inputs(inputs)]
+    def windows(path: Path):
+        def opened(prep: dict):
+            return open_series(path, band_count=int(prep["band_count"]), nodata=prep.get("nodata"),
+                               mask=_series_mask(path))
+        return opened
+
+    return [SeriesInput(_series_stem(path), path, reader(path), lambda path=path: _series_georeference(path),
+                        windows(path)) for path in expand_series_inputs(inputs)]
 
 
 def predict_series_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
@@ -754,6 +765,25 @@ def predict_series(
     return run
 
 
+def _tiled_from_windows(model, source, reference, mean: torch.Tensor, std: torch.Tensor, tile: int,
+                        geometries) -> tuple[torch.Tensor, np.ndarray]:
+    """A series opened by windows (:class:`~cnnkit.data.SeriesWindows`) run in tiles: ``(logits (K, H, W), seen
+    (H, W))``, ``seen`` True where any date is valid (gathered from the windows read)."""
+    from cnnkit.predict.series import tiled_series_windows
+
+    days = source.dates.days(reference)
+    seen = np.zeros((source.height, source.width), dtype=bool)
+
+    def read(rows: slice, cols: slice):
+        series, valid = source.read(rows, cols)
+        seen[rows, cols] = valid.any(0).numpy()  # overlapping windows write the same values
+        return torch.where(valid[:, None], (series - mean) / std, torch.zeros(())), valid
+
+    logits = tiled_series_windows(model, read, (source.height, source.width), source.bands, days[None], tile=tile,
+                                  geometry=geometries(days))[0].to("cpu")
+    return logits, seen
+
+
 def _predict_series_into(model, items: list[SeriesInput], out: Path, prep: dict, classes: dict, *, device: str,
                          tiff: bool, probabilities: bool, confidence: bool, probability_dtype: str, max_pixels: int,
                          tile: int, progress: Callable[[int, int], None] | None) -> PredictionRun:
@@ -766,20 +796,32 @@ def _predict_series_into(model, items: list[SeriesInput], out: Path, prep: dict,
     run = PredictionRun(class_pixels=np.zeros(len(classes["names"]), np.int64))
     geometries = SeriesGeometries(model, len(prep["mean"]))  # per number of dates: a ConvLSTM's halo grows with T
     for index, item in enumerate(items):
-        series, valid, days = item.read(prep)
-        x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
-        del series
-        steps, height, width = valid.shape
-        if steps * height * width > max_pixels:  # the series stays in host memory, each window goes to the device
-            logits = tiled_series_forward(model, x[None], valid[None], days[None], tile=tile,
-                                          geometry=geometries(days))[0].to("cpu")
+        source = item.windows(prep) if item.windows is not None else None
+        if source is not None and source.steps * source.height * source.width <= max_pixels:
+            source.close()  # small enough to read whole
+            source = None
+        if source is not None:  # over max_pixels, on disk by windows: each tile's window and halo read, never all
+            try:
+                logits, seen = _tiled_from_windows(model, source, days_reference(prep), mean, std, tile, geometries)
+            finally:
+                source.close()
             run.tiled.append(item.path)
         else:
-            with torch.no_grad():
-                logits = model(x[None].to(device), valid[None].to(device), days[None].to(device))[0].to("cpu")
-        del x
+            series, valid, days = item.read(prep)
+            x = torch.where(valid[:, None], (series - mean) / std, torch.zeros(()))
+            del series
+            steps, height, width = valid.shape
+            if steps * height * width > max_pixels:  # the series stays in host memory, each window goes to the device
+                logits = tiled_series_forward(model, x[None], valid[None], days[None], tile=tile,
+                                              geometry=geometries(days))[0].to("cpu")
+                run.tiled.append(item.path)
+            else:
+                with torch.no_grad():
+                    logits = model(x[None].to(device), valid[None].to(device), days[None].to(device))[0].to("cpu")
+            del x
+            seen = valid.any(0).numpy()
+            del valid
         labels = argmax(logits, 0).numpy()
-        seen = valid.any(0).numpy()
         labels = np.where(seen, labels, 255).astype(np.uint8)  # palette_png refuses runs of over 255 classes
         stem = item.name
         where = Georeference()

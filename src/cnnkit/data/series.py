@@ -42,10 +42,10 @@ from cnnkit.data.dates import SeriesDates, dates_from_descriptions, dates_from_t
 from cnnkit.errors import CnnkitError, ShapeError, UnsupportedError
 from cnnkit.masking.batch import IGNORE_INDEX
 from cnnkit.rasters.plausibility import check_png
-from cnnkit.rasters.reading import read_stack
+from cnnkit.rasters.reading import PageStack, read_stack
 
-__all__ = ["SeriesBatch", "SeriesCrops", "SeriesFolder", "SeriesItem", "StandardizedSeries", "collate_series",
-           "read_series", "series_band_statistics"]
+__all__ = ["SeriesBatch", "SeriesCrops", "SeriesFolder", "SeriesItem", "SeriesWindows", "StandardizedSeries",
+           "collate_series", "open_series", "read_series", "series_band_statistics"]
 
 
 class SeriesItem(tuple):
@@ -213,6 +213,155 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
     if not with_dates:
         return series, valid
     return series, valid, series_dates(path, series.shape[0], files=files, **carried)
+
+
+class SeriesWindows:
+    """One series on disk read window by window, equal to the same window of :func:`read_series`'s whole read.
+
+    Made by :func:`open_series`. Each window of each TIFF page is decoded from the blocks it touches
+    (:class:`cnnkit.rasters.PageStack`), so a tile and its halo of every date cost memory, never the whole series;
+    validity is computed per window exactly as the whole read computes it per pixel (NaN or ±inf in a band, a band
+    equal to ``nodata``, the mask 0) — nothing in it needs a whole page. The mask file, when given, is read whole
+    (``T × H × W``, one byte a pixel-date: a quarter of one float32 band of the series).
+
+    Attributes:
+        path: The series (stack file or per-date folder).
+        steps, bands, height, width: ``T``, ``C``, ``H``, ``W``.
+        dates: Its :class:`~cnnkit.data.dates.SeriesDates`, found as :func:`read_series` finds them.
+    """
+
+    def __init__(self, path: Path, stacks: list[PageStack], steps: int, bands: int, dates: SeriesDates,
+                 nodata: float | None, mask: Tensor | None) -> None:
+        self.path, self._stacks, self.steps, self.bands, self.dates = path, stacks, steps, bands, dates
+        self.height, self.width = stacks[0].height, stacks[0].width
+        self._nodata, self._mask = nodata, mask
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.steps, self.bands, self.height, self.width
+
+    def read(self, rows: slice = slice(None), cols: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """The window ``[rows, cols]`` (cut at the edges): ``(series (T, C, h, w) float32, valid (T, h, w) bool)``."""
+        parts = []
+        for stack in self._stacks:
+            storage = stack.read(rows, cols)
+            if stack.interleaved:  # (P, h, w, B): the bands of each page, in order
+                storage = storage.transpose(0, 3, 1, 2)
+            parts.append(storage.reshape(-1, *storage.shape[-2:]))
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        series = torch.from_numpy(np.ascontiguousarray(flat.reshape(self.steps, self.bands, *flat.shape[-2:])))
+        del parts, flat
+        valid = _finite(series)
+        if self._nodata is not None:
+            valid &= ~(series == self._nodata).any(dim=1)
+        if self._mask is not None:
+            valid &= self._mask[:, rows, cols]
+        return series, valid
+
+    def close(self) -> None:
+        for stack in self._stacks:
+            stack.close()
+
+    def __enter__(self) -> SeriesWindows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_series(path: str | Path, *, band_count: int | None = None, nodata: float | None = None,
+                mask: str | Path | None = None) -> SeriesWindows | None:
+    """A series for reading window by window (:class:`SeriesWindows`), or ``None`` where it is read whole only.
+
+    Windows are read from a TIFF stack whose pages' rows and columns are the series' (every layout
+    :func:`read_series` reads, unless the writer recorded a shape that runs along the pages otherwise), and from a
+    folder of per-date TIFFs of ``band_count`` bands each, all of one size. ``.npy`` stacks, PNG dates and layouts
+    :func:`read_series` would refuse give ``None``: read those whole (where it raises the error that names the
+    problem). The dates and the mask are checked as :func:`read_series` checks them.
+
+    Args:
+        path, band_count, nodata, mask: As :func:`read_series` takes them.
+
+    Examples:
+        >>> import tempfile, tifffile
+        >>> path = Path(tempfile.mkdtemp()) / "s.tif"
+        >>> tifffile.imwrite(path, np.random.rand(3, 2, 9, 11).astype("float32"), photometric="minisblack")
+        >>> with open_series(path, band_count=2) as series:
+        ...     x, valid = series.read(slice(2, 5), slice(8, None))
+        >>> series.shape, tuple(x.shape), bool(torch.equal(x, read_series(path, band_count=2)[0][..., 2:5, 8:]))
+        ((3, 2, 9, 11), (3, 2, 3, 3), True)
+    """
+    path = Path(path)
+    stacks: list[PageStack] = []
+    try:
+        layout = _window_layout(path, band_count, stacks)
+        if layout is None:
+            for stack in stacks:
+                stack.close()
+            return None
+    except BaseException:
+        for stack in stacks:
+            stack.close()
+        raise
+    steps, bands, files, carried = layout
+    dates = series_dates(path, steps, files=files, **carried)
+    given = None
+    if mask is not None:
+        given = _mask(Path(mask), (steps, stacks[0].height, stacks[0].width), path)
+    return SeriesWindows(path, stacks, steps, bands, dates, nodata, given)
+
+
+def _window_layout(path: Path, band_count: int | None, stacks: list[PageStack]):
+    """``(T, C, files, carried dates)`` of a series :func:`read_series` would read with its pages' rows and columns
+    as the series', the pages opened into ``stacks``; ``None`` for any other."""
+    if path.is_dir():
+        dates = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGES and not p.name.startswith("."))
+        if not dates or band_count is None or any(p.suffix.lower() not in _TIFFS for p in dates):
+            return None
+        for file in dates:
+            stack = PageStack(file)
+            stacks.append(stack)
+            if (stack.height, stack.width) != (stacks[0].height, stacks[0].width) or band_count in (
+                    stack.height, stack.width) or stack.pages * stack.bands != band_count or not _frame_layout(stack):
+                return None
+        return len(dates), band_count, dates, {}
+    if path.suffix.lower() not in _TIFFS:
+        return None
+    stack = PageStack(path)
+    stacks.append(stack)
+    total = stack.pages * stack.bands
+    described = dates_from_descriptions(stack.descriptions, band_count, str(path))
+    if described is not None:  # by band, a date per group of bands
+        if total % len(described) or (band_count is not None and total // len(described) != band_count):
+            return None
+        return len(described), total // len(described), [], {"descriptions": described}
+    tagged = dates_from_tags(stack.tags, str(path))
+    carried = {"tags": tagged}
+    steps = total // band_count if band_count and total % band_count == 0 else (
+        len(tagged) if tagged and total % len(tagged) == 0 else None)
+    if stack.recorded is None and steps is not None:  # by band, as many dates as the bands say
+        return (steps, total // steps, [], carried) if band_count in (None, total // steps) else None
+    if not stack.spatial() or band_count in (stack.height, stack.width):
+        return None
+    shape = stack.recorded or stack.geometry_shape
+    if stack.interleaved and stack.recorded is not None:  # (T, H, W, C), read as T × C × H × W
+        return (shape[0], shape[-1], [], carried) if len(shape) == 4 and band_count == shape[-1] else None
+    lead = shape[:-2]
+    if len(lead) == 1 and band_count in (None, 1):
+        return lead[0], 1, [], carried
+    if len(lead) == 2 and band_count in (None, lead[1]):
+        return lead[0], lead[1], [], carried
+    return None
+
+
+def _frame_layout(stack: PageStack) -> bool:
+    """Whether a per-date file reads (:func:`_frame`) as its pages' bands in order over its pages' rows and columns."""
+    if not stack.spatial():
+        return False
+    shape = stack.recorded or stack.geometry_shape
+    if stack.interleaved and stack.recorded is not None:
+        return len(shape) == 3  # (H, W, C)
+    return len(shape) in (2, 3)  # (H, W) or (C, H, W)
 
 
 def _mask(path: Path, shape: tuple[int, ...], series: Path) -> Tensor:

@@ -24,8 +24,11 @@ What holds, network by network:
   is called with its days); with ``kernel_size = 1`` the halo is 2, whatever T. Tiled == whole then holds exactly
   (tested in float64); a halo of the T-independent 2 with ``kernel_size = 3`` does not.
 
-Memory: the series itself is held whole (``T × C × H × W`` float32, as it is read); the network's activations —
-``T × width × H × W`` per layer, the part that grows — follow the tile plus its halo.
+Memory: with :func:`tiled_series_forward` the series itself is held whole (``T × C × H × W`` float32, as it is
+read); :func:`tiled_series_windows` reads each tile's window and halo of every date from disk instead
+(:class:`cnnkit.data.SeriesWindows`), so the input follows the tile too. The network's activations —
+``T × width × H × W`` per layer, the part that grows — follow the tile plus its halo either way; the logits
+``(K, H, W)`` are gathered whole.
 
 Examples:
     >>> from cnnkit.models.utae import UTAE
@@ -52,7 +55,8 @@ from cnnkit._checks import check_int
 from cnnkit.errors import ShapeError
 from cnnkit.predict.tiling import TileGeometry, tile_geometry, tiled_forward
 
-__all__ = ["SeriesAsImage", "SeriesGeometries", "pack_series", "series_tile_geometry", "tiled_series_forward"]
+__all__ = ["SeriesAsImage", "SeriesGeometries", "pack_series", "series_tile_geometry", "tiled_series_forward",
+           "tiled_series_windows"]
 
 SERIES_PROBE_SIZE = 64
 """Side of the series traced by :func:`series_tile_geometry` (a power of two: every stride up to 64 divides it)."""
@@ -199,22 +203,53 @@ def tiled_series_forward(model: nn.Module, x: Tensor, valid: Tensor, days: Tenso
         raise ShapeError(f"days must hold one day per date ({steps}). Received shape {tuple(days.shape)}.")
     if geometry is None:
         geometry = series_tile_geometry(model, bands, days)
+    valid = valid.bool()
+    return tiled_series_windows(model, lambda rows, cols: (x[0, ..., rows, cols], valid[0, ..., rows, cols]),
+                                (height, width), bands, days, tile=tile, geometry=geometry)
+
+
+def tiled_series_windows(model: nn.Module, read, size: tuple[int, int], bands: int, days: Tensor, *, tile,
+                         geometry: TileGeometry | None = None) -> Tensor:
+    """:func:`tiled_series_forward` of a series read window by window: only each tile's window and halo of every
+    date is ever in memory.
+
+    Args:
+        model: A series network in eval mode.
+        read: Called with ``(rows, cols)`` slices (which may run past the bottom and right edges: cut them there);
+            returns that window's ``(x (T, C, h, w) standardised, valid (T, h, w) bool)`` — e.g.
+            :meth:`cnnkit.data.SeriesWindows.read`, standardised.
+        size: The series' ``(H, W)``.
+        bands: ``C``.
+        days: ``(1, T)`` or ``(T,)`` acquisition days.
+        tile, geometry: As :func:`tiled_series_forward` takes them.
+
+    Returns:
+        The logits ``(1, K, H, W)``, equal to the whole series' (the same tiles as :func:`tiled_series_forward`).
+    """
+    days = torch.as_tensor(days).reshape(1, -1)
+    if geometry is None:
+        geometry = series_tile_geometry(model, bands, days)
+    height, width = size
     image = SeriesAsImage(model, bands, days).eval()
     parameter = next(iter(model.parameters()), None)
-    device = parameter.device if parameter is not None else x.device
-    pads = [-size % m for size, m in zip((height, width), geometry.multiple)]
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    pads = [-side % m for side, m in zip((height, width), geometry.multiple)]
     canvas = (height + pads[0], width + pads[1])
-    valid = valid.bool()
 
-    def read(window: tuple[slice, slice]) -> Tensor:
+    def window(window: tuple[slice, slice]) -> Tensor:
         rows, cols = window
-        part_x = x[..., rows, cols]
-        part_valid = valid[..., rows, cols]
+        part_x, part_valid = read(rows, cols)
+        part_x, part_valid = part_x[None], part_valid[None].bool()
+        if part_x.dim() != 5 or part_x.shape[1:3] != (days.shape[1], bands) or tuple(part_valid.shape) != (
+                1, part_x.shape[1], *part_x.shape[-2:]):
+            raise ShapeError(f"read must return x (T, C, h, w) = ({days.shape[1]}, {bands}, h, w) and valid (T, h, w) "
+                             f"of the same window. Received x of shape {tuple(part_x.shape[1:])}, valid of shape "
+                             f"{tuple(part_valid.shape[1:])}.")
         short = (rows.stop - rows.start - part_x.shape[-2], cols.stop - cols.start - part_x.shape[-1])
         if any(short):  # the canvas's padding: invalid pixels, as the network pads a whole series
             part_x = F.pad(part_x, (0, short[1], 0, short[0]))
             part_valid = F.pad(part_valid, (0, short[1], 0, short[0]))
         return pack_series(part_x, part_valid).to(device)
 
-    out = tiled_forward(image, read, geometry, tile=tile, size=canvas)
+    out = tiled_forward(image, window, geometry, tile=tile, size=canvas)
     return out[..., :height, :width]

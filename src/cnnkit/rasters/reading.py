@@ -486,7 +486,8 @@ class Stack:
         array: The pixels in :attr:`shape`: the file's dtype (``raw=True``) or float32 with no data as NaN.
         shape: The array's shape: the one its writer recorded (``tifffile``'s ``{"shape": [...]}`` image
             description) when it fits the pages, else ``(pages, bands, H, W)``, dropping a pages or bands axis of 1.
-        pages, bands, height, width: The file's geometry: pages of ``bands`` bands of ``height × width``.
+        pages, bands, height, width: The file's geometry: pages of ``bands`` bands of ``height × width`` (the whole
+            pages', also when :attr:`array` holds a window of them).
         descriptions: Each band's description, page after page (``pages × bands`` entries, ``None`` where none).
         tags: The first page's metadata (GDAL's default domain; a TIFF's tags as ``TIFFTAG_*``).
         georeference: The first page's CRS and transform.
@@ -514,7 +515,7 @@ class Stack:
         """The pixels as ``(pages × bands, H, W)``, every band of the first page first (a copy only for
         pixel-interleaved pages of several bands)."""
         storage = self._storage.transpose(0, 3, 1, 2) if self.interleaved else self._storage
-        return storage.reshape(self.pages * self.bands, self.height, self.width)
+        return storage.reshape(self.pages * self.bands, *storage.shape[-2:])  # a window's height and width
 
 
 def _recorded_shape(tags: dict, size: int) -> tuple[int, ...] | None:
