@@ -667,9 +667,9 @@ class SeriesInput:
         read: Called with the run manifest's ``input`` object; returns ``(series (T, C, H, W) float32 as stored,
             valid (T, H, W) bool, days (T,) int64)`` — the days counted as training counted them.
         georeference: Where the outputs lie (default: the stack's, or a per-date folder's first GeoTIFF's).
-        windows: Called with the manifest's ``input`` object; returns the series opened for reading window by window
-            (:class:`~cnnkit.data.SeriesWindows`, its days from :func:`days_reference`) or ``None`` where it is read
-            whole only. A series over ``max_pixels`` is then read tile by tile, never whole.
+        windows: Called with the manifest's ``input`` object; returns the series opened for reading window by
+            window (:class:`~cnnkit.data.series.SeriesWindows`, its days from :func:`days_reference`) or ``None``
+            where it is read whole only. A series over ``max_pixels`` is then read tile by tile, never whole.
     """
 
     name: str
@@ -767,7 +767,7 @@ def predict_series(
 
 def _tiled_from_windows(model, source, reference, mean: torch.Tensor, std: torch.Tensor, tile: int,
                         geometries) -> tuple[torch.Tensor, np.ndarray]:
-    """A series opened by windows (:class:`~cnnkit.data.SeriesWindows`) run in tiles: ``(logits (K, H, W), seen
+    """A series opened by windows (:class:`~cnnkit.data.series.SeriesWindows`) run in tiles: ``(logits (K, H, W), seen
     (H, W))``, ``seen`` True where any date is valid (gathered from the windows read)."""
     from cnnkit.predict.series import tiled_series_windows
 

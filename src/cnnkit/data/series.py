@@ -219,7 +219,8 @@ class SeriesWindows:
     """One series on disk read window by window, equal to the same window of :func:`read_series`'s whole read.
 
     Made by :func:`open_series`. Each window of each TIFF page is decoded from the blocks it touches
-    (:class:`cnnkit.rasters.PageStack`), so a tile and its halo of every date cost memory, never the whole series;
+    (:class:`cnnkit.rasters.reading.PageStack`), so a tile and its halo of every date cost memory, never the whole
+    series;
     validity is computed per window exactly as the whole read computes it per pixel (NaN or ±inf in a band, a band
     equal to ``nodata``, the mask 0) — nothing in it needs a whole page. The mask file, when given, is read whole
     (``T × H × W``, one byte a pixel-date: a quarter of one float32 band of the series).

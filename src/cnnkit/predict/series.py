@@ -26,7 +26,7 @@ What holds, network by network:
 
 Memory: with :func:`tiled_series_forward` the series itself is held whole (``T × C × H × W`` float32, as it is
 read); :func:`tiled_series_windows` reads each tile's window and halo of every date from disk instead
-(:class:`cnnkit.data.SeriesWindows`), so the input follows the tile too. The network's activations —
+(:class:`cnnkit.data.series.SeriesWindows`), so the input follows the tile too. The network's activations —
 ``T × width × H × W`` per layer, the part that grows — follow the tile plus its halo either way; the logits
 ``(K, H, W)`` are gathered whole.
 
@@ -217,7 +217,7 @@ def tiled_series_windows(model: nn.Module, read, size: tuple[int, int], bands: i
         model: A series network in eval mode.
         read: Called with ``(rows, cols)`` slices (which may run past the bottom and right edges: cut them there);
             returns that window's ``(x (T, C, h, w) standardised, valid (T, h, w) bool)`` — e.g.
-            :meth:`cnnkit.data.SeriesWindows.read`, standardised.
+            :meth:`cnnkit.data.series.SeriesWindows.read`, standardised.
         size: The series' ``(H, W)``.
         bands: ``C``.
         days: ``(1, T)`` or ``(T,)`` acquisition days.
