@@ -188,8 +188,8 @@ crops on the rare class: the rare class (fallow; 171 held-out pixels for seed 2)
 few clear dates, its IoU falling to 0.1–0.3 with ENet's weights or 20 % of the crops."""
 DEMO_NETWORKS = {
     "SeriesSegNet": ({"width": 8, "hidden": 16, "kernel_size": 1, "harmonics": 2, "phasors": 8, "context": 7}, 1e-2),
-    "UTAE": ({"encoder_widths": [16, 32, 32], "num_heads": 4, "encoding": "modulate", "basis": "harmonic",
-              "period": 365, "phasors": 8}, 1e-2),
+    "UTAE": ({"encoder_widths": [16, 16], "d_model": 64, "num_heads": 4, "encoding": "modulate", "basis": "harmonic",
+              "period": 365, "phasors": 8}, 3e-3),
 }
 """The time-series demo's networks by ``--model`` name: ``(the network's arguments, learning rate)``. Both read the
 acquisition days through harmonics of the season (1 and 2 cycles a year and more), as the demo's crops differ only
