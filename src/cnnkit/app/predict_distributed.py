@@ -56,6 +56,7 @@ from cnnkit.app.predict import (
     _check_out,
     _check_row_budget,
     expand_inputs,
+    input_stem,
     load_predictor,
     predict_files,
     predict_scene_into,
@@ -240,7 +241,7 @@ def _clear(out: Path) -> None:
 def _staging(out: Path, files: list[Path], overwrite: bool) -> Path:
     """In the locked folder ``out``: leftovers cleared, the final names checked, a new staging folder made."""
     _clear(out)
-    _check_out(out, [p.stem for p in files], overwrite)
+    _check_out(out, [input_stem(p) for p in files], overwrite)
     staging = out / f"{_STAGING}{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     return staging

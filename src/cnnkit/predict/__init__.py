@@ -10,6 +10,7 @@ from cnnkit.predict.series import (
     pack_series,
     series_tile_geometry,
     tiled_series_forward,
+    tiled_series_windows,
 )
 from cnnkit.predict.tiling import Tile, TileGeometry, plan_tiles, tile_geometry, tiled_forward
 
@@ -29,4 +30,5 @@ __all__ = [
     "tile_geometry",
     "tiled_forward",
     "tiled_series_forward",
+    "tiled_series_windows",
 ]

@@ -25,7 +25,17 @@ from cnnkit.rasters.boundary import raster_errors
 from cnnkit.rasters.destination import FolderLock, Staging, prepare_folder
 from cnnkit.rasters.georeference import Georeference
 from cnnkit.rasters.pictures import read_picture
-from cnnkit.rasters.reading import RASTER_EXTENSIONS, Raster, Stack, read_georeference, read_stack
+from cnnkit.rasters.reading import (
+    RASTER_EXTENSIONS,
+    PageStack,
+    Raster,
+    Stack,
+    is_subdataset_name,
+    parse_subdataset,
+    read_georeference,
+    read_stack,
+    subdataset_stem,
+)
 from cnnkit.rasters.streaming import BackgroundWriter, prefetch
 from cnnkit.rasters.vrt import check_vrt_sources, stack_vrt
 from cnnkit.rasters.writing import CogWriter, write_cog
@@ -36,10 +46,13 @@ __all__ = [
     "CogWriter",
     "FolderLock",
     "Georeference",
+    "PageStack",
     "Raster",
     "Stack",
     "Staging",
     "check_vrt_sources",
+    "is_subdataset_name",
+    "parse_subdataset",
     "prefetch",
     "prepare_folder",
     "raster_errors",
@@ -47,5 +60,6 @@ __all__ = [
     "read_picture",
     "read_stack",
     "stack_vrt",
+    "subdataset_stem",
     "write_cog",
 ]
