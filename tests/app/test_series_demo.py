@@ -55,7 +55,7 @@ def test_a_demo_network_by_name_is_recorded_and_evaluated_with_the_days(tmp_path
     result = series_demo(out, model="UTAE", epochs=1, n_train=3, n_heldout=1, single_date_baseline=False,
                          progress=False, log=lines.append, crop_size=16, val_every=1)
     manifest = json.loads((out / "manifest.json").read_text())
-    args, _ = DEMO_NETWORKS["UTAE"]
+    args = DEMO_NETWORKS["UTAE"][0]
     assert manifest["model"]["spec"] == spec_for("UTAE", args=args).to_dict()
     assert any("UTAE" in line for line in lines)
     net, manifest = load_series_model(out)
