@@ -106,7 +106,8 @@ def date_encoding(days: Tensor, channels: int, period: float = 1000.0, repeat: i
     Examples:
         >>> date_encoding(torch.tensor([[0, 10]]), 4)[0, 0].tolist()
         [0.0, 1.0, 0.0, 1.0]
-        >>> [round(v, 6) for v in date_encoding(torch.tensor([[91.25]]), 4, 365.0, basis="harmonic")[0, 0].tolist()]
+        >>> quarter = date_encoding(torch.tensor([[91.25]]), 4, 365.0, basis="harmonic")[0, 0]  # a quarter season
+        >>> [round(v, 6) + 0.0 for v in quarter.tolist()]  # sin, cos of 1 and 2 cycles
         [1.0, 0.0, 0.0, -1.0]
     """
     if channels % repeat:
