@@ -14,13 +14,14 @@ from cnnkit.models import FAMILY_DEFAULTS, build, family_of, spec_for, training_
 from cnnkit.train import SegmentationTask, SeriesSegmentationTask
 from cnnkit.train.callbacks import DivergenceStop
 
-EPOCHS = {"cnnkit": 4, "cnnkit-series": 12, "convolutional": 4, "transformer": 4}
+EPOCHS = {"cnnkit": 4, "cnnkit-series": 12, "attention-series": 12, "convolutional": 4, "transformer": 4}
 """A few epochs each; the series network sees a fraction of a second of CPU per epoch, so it gets more."""
 
 # One network per family, small enough for seconds of CPU at 32 × 32.
 NETWORKS = {
     "cnnkit": spec_for("TinySegNet", args={"width": 8}),
     "cnnkit-series": spec_for("SeriesSegNet", args={"width": 8, "hidden": 8}),
+    "attention-series": spec_for("UTAE", args={"encoder_widths": [8, 8], "d_model": 16, "num_heads": 2}),
     "convolutional": spec_for("Unet", encoder="resnet18"),
     "transformer": spec_for("Segformer", encoder="mit_b0"),
 }
@@ -84,7 +85,7 @@ def one_thread():
 @pytest.mark.parametrize("family", sorted(NETWORKS))
 def test_family_trains_from_its_defaults(family, tmp_path, one_thread):
     spec = NETWORKS[family]
-    series = family == "cnnkit-series"
+    series = family.endswith("series")
     train, num_classes = _series(12, 0) if series else _images(16, 0)
     heldout, _ = _series(6, 1) if series else _images(8, 1)
     in_channels = train[0][0][0].shape[1] if series else train[0][0].shape[0]

@@ -136,7 +136,7 @@ def test_phasors_are_the_blocks_mean_of_a_linear_view_of_the_valid_pixels():
 
 
 def test_built_by_name_and_errors():
-    assert MODELS["UTAE"] is UTAE and family_of({"library": "cnnkit", "architecture": "UTAE"}) == "cnnkit-series"
+    assert MODELS["UTAE"] is UTAE and family_of({"library": "cnnkit", "architecture": "UTAE"}) == "attention-series"
     spec = spec_for("UTAE", args={"encoder_widths": [4, 8], "num_heads": 2})
     net = build(spec, in_channels=5, num_classes=3)
     assert isinstance(net, UTAE) and net.encoder_widths == (4, 8)

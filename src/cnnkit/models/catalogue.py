@@ -50,7 +50,7 @@ def describe_models(in_channels: int = 4, num_classes: int = 5, *, encoders: Seq
     Examples:
         >>> [(r.architecture, r.parameters, r.family) for r in describe_models(4, 5, libraries=["cnnkit"])]
         [('TinySegNet', 14821, 'cnnkit'), ('TinyResNet', 78981, 'cnnkit'), ('SeriesSegNet', 65701, 'cnnkit-series'),
-         ('UTAE', 94789, 'cnnkit-series')]
+         ('UTAE', 94789, 'attention-series')]
     """
     check_count(in_channels, "in_channels", MAX_CHANNELS)
     check_count(num_classes, "num_classes", MAX_CLASSES)

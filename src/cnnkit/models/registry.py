@@ -58,7 +58,7 @@ for _network in (TinySegNet, TinyResNet, SeriesSegNet, UTAE):
     MODELS.register(_network.__name__, _network)
 
 _CNNKIT_FAMILIES = {"TinySegNet": "cnnkit", "TinyResNet": "cnnkit", "SeriesSegNet": "cnnkit-series",
-                    "UTAE": "cnnkit-series"}
+                    "UTAE": "attention-series"}
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,8 @@ def resolve(spec: ModelSpec | Mapping[str, Any], *, root: str | os.PathLike | No
 def family_of(spec: ModelSpec | Mapping[str, Any]) -> str:
     """The training family of a spec's network: a key of :data:`~cnnkit.models.FAMILY_DEFAULTS`.
 
-    cnnkit's image networks are ``"cnnkit"``, its series networks (SeriesSegNet, UTAE) ``"cnnkit-series"``. An
+    cnnkit's image networks are ``"cnnkit"``, its ConvLSTM series network (SeriesSegNet) ``"cnnkit-series"``, its
+    temporal-attention one (UTAE) ``"attention-series"``. An
     smp network is ``"transformer"`` when its encoder is one: DPT (always on a ViT) and any architecture on smp's Mix
     Transformer encoders (``mit_b0`` … ``mit_b5``, SegFormer's own, read from smp's table of them); every other
     smp network is ``"convolutional"`` (a timm transformer as ``tu-`` encoder of a convolutional decoder too:

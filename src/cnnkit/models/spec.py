@@ -55,7 +55,7 @@ LIBRARIES = ("cnnkit", "smp", "user")
 """``cnnkit``: :data:`cnnkit.models.MODELS`; ``smp``: segmentation-models-pytorch's architectures on any of its
 encoders (timm's as ``tu-<name>``); ``user``: a builder registered with :func:`cnnkit.models.register`."""
 
-FAMILIES = ("cnnkit", "cnnkit-series", "convolutional", "transformer")
+FAMILIES = ("cnnkit", "cnnkit-series", "attention-series", "convolutional", "transformer")
 """Training families: the rows of :data:`cnnkit.models.FAMILY_DEFAULTS` (see :mod:`cnnkit.models.defaults`)."""
 
 MAX_CHANNELS = 1024
