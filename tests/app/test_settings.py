@@ -62,6 +62,10 @@ def test_series_take_the_same_settings_object(tmp_path):
     # series defaults differ from images' where the kind says so
     assert settings_for("series", None, {}).epochs == KIND_DEFAULTS["series"]["epochs"] == 12
     assert settings_for("images", None, {}).epochs == KIND_DEFAULTS["images"]["epochs"] == 30
+    # a schedule asked for is kept, whatever the kind's default: None is "constant", not "default"
+    assert settings_for("images", None, {"scheduler": None}).scheduler is None
+    assert settings_for("series", None, {"scheduler": "cosine"}).scheduler == "cosine"
+    assert settings_for("images", None, {}).scheduler == "cosine" and settings_for("series", None, {}).scheduler is None
 
 
 @pytest.mark.parametrize(("kind", "options", "message"), [

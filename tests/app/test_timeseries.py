@@ -367,7 +367,7 @@ def test_a_series_network_chosen_by_name_trains_through_the_same_workflow(tmp_pa
                                          "args": {"encoder_widths": [4, 4], "num_heads": 2}}
     html = (out / "report" / "report.html").read_text()
     assert 'data-key="run/value/network" data-value="UTAE"' in html
-    assert "default of the &#39;cnnkit-series&#39; family" in html  # the learning rate's source
+    assert "default of the &#39;attention-series&#39; family" in html  # the learning rate's source (UTAE's family)
     # predict calls the network with the series' acquisition days, as training did (not 0 … T-1)
     from cnnkit.app.predict import load_series_model
     from cnnkit.data.series import read_series

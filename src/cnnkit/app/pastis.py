@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit.app.predict import PredictionRun, SeriesInput, days_reference, predict_series
@@ -54,7 +54,7 @@ def split_text(fold: int) -> str:
 
 
 def train_pastis(root: str | os.PathLike, out: str | os.PathLike = "cnnkit-run", *, fold: int = 1,
-                 log: Callable[[str], None] = print, **kwargs) -> SeriesRun:
+                 **kwargs) -> SeriesRun:
     """:func:`~cnnkit.app.timeseries.train_series` on a PASTIS-layout folder, fold arrangement ``fold``.
 
     Args:
@@ -62,7 +62,6 @@ def train_pastis(root: str | os.PathLike, out: str | os.PathLike = "cnnkit-run",
         out: Run folder.
         fold: The published arrangement 1–5 (:data:`~cnnkit.data.pastis.FOLD_SPLITS`): its training folds train,
             its test fold is the held-out evaluation.
-        log: Called with each line of text.
         kwargs: Further options of :func:`~cnnkit.app.timeseries.train_series` (``model_spec``, ``epochs``, …); the
             classes (PASTIS's 19), the void label (19) and the split are PASTIS's and cannot be given.
 
@@ -77,7 +76,8 @@ def train_pastis(root: str | os.PathLike, out: str | os.PathLike = "cnnkit-run",
         raise ShapeError(f"{', '.join(fixed)}: set by the PASTIS layout (19 classes, void label 19, the published "
                          f"folds). Received {', '.join(fixed)} for the PASTIS folder {os.fspath(root)!r}.")
     settings = settings_for("series", kwargs.pop("settings", None),
-                            {**{name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES}, "log": log})
+                            {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})
+    log = settings.log
     series_spec(kwargs.get("model_spec"), settings.width, settings.hidden,
                 settings.kernel_size)  # the cheap checks first, before the folder is read
     check_run_dir(out, overwrite=settings.overwrite, resume=settings.resume)

@@ -11,6 +11,8 @@ Examples:
     >>> settings = TrainSettings(epochs=4, lr=1e-3)
     >>> settings.resolved("images").scheduler, settings.resolved("series").scheduler
     ('cosine', None)
+    >>> TrainSettings(scheduler=None).resolved("images").scheduler is None  # constant, asked for
+    True
     >>> settings_for("images", None, {"epoch": 4})
     Traceback (most recent call last):
     ...
@@ -42,8 +44,8 @@ class TrainSettings:
         lr: AdamW learning rate (the first one, with ``scheduler``); ``None``: the network family's
             (:func:`cnnkit.models.training_defaults`: 1e-2 for cnnkit's networks, 1e-3 for smp's convolutional ones),
             shown in the log. A loss that diverges stops the run with what to change.
-        scheduler: ``"cosine"`` (``lr`` down to 0 over the run) or ``None`` (constant); default ``"cosine"`` for
-            images, constant for series (on the demo series, 240 cosine steps gave held-out mean IoU 0.26 where 276
+        scheduler: ``"cosine"`` (``lr`` down to 0 over the run) or ``None`` (constant); ``"default"``: ``"cosine"``
+            for images, constant for series (on the demo series, 240 cosine steps gave held-out mean IoU 0.26 where 276
             constant-rate steps gave 0.59, see ``docs/timeseries.md``).
         width: Channels of the default network's first stage (TinySegNet: 16; SeriesSegNet: 8).
         hidden: Series: hidden channels of the default SeriesSegNet's ConvLSTM (16).
@@ -114,8 +116,8 @@ class TrainSettings:
         """
         if kind not in KIND_DEFAULTS:
             raise ShapeError(f"kind must be one of {sorted(KIND_DEFAULTS)}. Received kind={kind!r}.")
-        filled = {name: value for name, value in KIND_DEFAULTS[kind].items()
-                  if getattr(self, name) in (None, "default")}
+        filled = {name: value for name, value in KIND_DEFAULTS[kind].items()  # scheduler=None means constant
+                  if getattr(self, name) == "default" or (name != "scheduler" and getattr(self, name) is None)}
         settings = replace(self, **filled)
         settings._check(kind)
         return settings

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,8 +428,6 @@ def train_series_folder(
     class_names: Sequence[str] | None = None,
     ignore_index: int | None = None,
     nodata: float | None = None,
-    seed: int = 0,
-    log: Callable[[str], None] = print,
     **kwargs,
 ) -> SeriesRun:
     """:func:`train_series` on a folder of image time series (``cnnkit train`` on ``series/`` + ``labels/``).
@@ -448,16 +446,16 @@ def train_series_folder(
         class_names: A name per class.
         ignore_index: A label-image value meaning "no label" (e.g. 255).
         nodata: A band value meaning "no data" (besides NaN and ±inf).
-        seed: Seed of the split and of the training.
-        log: Called with each line of text.
+        settings (or its fields as keywords, ``seed`` and ``log`` among them): how the run trains; the
+            settings' ``seed`` also draws the held-out split, and ``log`` gets the folder's lines.
         kwargs: Further options of :func:`train_series`.
 
     The cheap checks come first, before the folder is read: the network's names (:func:`series_spec`), the training
     options, the device and ``out`` (empty, or a run to ``overwrite`` or ``resume``).
     """
     settings = settings_for("series", kwargs.pop("settings", None),
-                            {**{name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES},
-                             "seed": seed, "log": log})
+                            {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})
+    seed, log = settings.seed, settings.log
     spec = series_spec(kwargs.get("model_spec"), settings.width, settings.hidden,
                        settings.kernel_size)  # the cheap checks first, before the folder is read
     training_options(training_defaults(spec), f"the {family_of(spec)!r} family", has_encoder=False, pretrained=False,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -562,8 +562,6 @@ def train_folder(
     ignore_index: int | None = None,
     nodata: float | None = None,
     bands: Sequence[int | str] | None = None,
-    seed: int = 0,
-    log: Callable[[str], None] = print,
     **kwargs,
 ) -> SegmentationRun:
     """:func:`train_segmentation` on a folder of images and label masks (``cnnkit train``).
@@ -587,8 +585,8 @@ def train_folder(
         bands: Bands to keep, in order (default all): indices counted from 0, or names that each TIFF's band
             descriptions declare (``["red", "green", "nir"]``, case-insensitive; see
             :class:`~cnnkit.data.SegmentationFolder`). The manifest records the indices of the first image.
-        seed: Seed of the split, the weights, the crops and the batch order.
-        log: Called with each line of text to print.
+        settings (or its fields as keywords, ``seed`` and ``log`` among them): how the run trains; the
+            settings' ``seed`` also draws the held-out split, and ``log`` gets the folder's lines.
         kwargs: Further options of :func:`train_segmentation`: ``settings`` and its fields by name (``epochs``,
             ``device``, ``width`` …), ``model_spec``, ``weights``, ``band_names`` (the data bands, for a pretrained
             first layer) …. With ``weights`` a run
@@ -607,8 +605,8 @@ def train_folder(
     from cnnkit.data import SegmentationFolder, Standardized, data_statistics
 
     settings = settings_for("images", kwargs.pop("settings", None),
-                            {**{name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES},
-                             "seed": seed, "log": log})
+                            {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})
+    seed, log = settings.seed, settings.log
     model_spec = kwargs.pop("model_spec", None)
     weights = kwargs.get("weights")
     if model_spec is None and weights is not None:
