@@ -18,6 +18,16 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test: small convolutions run fastest on one, and on a shared 2-core machine a second
+    OpenMP thread spins in barriers (``pytestmark = pytest.mark.usefixtures("one_thread")`` for a whole file)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def golden(request):
     """``golden(path, text)``: compare text with the file at ``path`` (relative to tests/)."""
     update = request.config.getoption("--update-golden")

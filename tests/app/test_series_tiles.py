@@ -27,13 +27,7 @@ from cnnkit.train.rundir import prepare_run_dir, write_manifest
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiles are many small convolutions: on a shared 2-core machine one thread is ~10× faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: one thread is fastest
 
 
 def _series(steps=5, bands=3, size=(45, 37), dtype=torch.float64, seed=0):

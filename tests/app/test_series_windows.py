@@ -28,12 +28,7 @@ DATES = ["2021-04-02", "2021-04-12", "2021-06-01", "2021-08-30"]
 MEAN, STD = [0.5, 1.0, -1.0], [2.0, 1.0, 0.5]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: one thread is fastest
 
 
 def _values(seed=0) -> np.ndarray:

@@ -30,6 +30,8 @@ tvs = pytest.importorskip("torchvision.models.segmentation")
 SMALL = [(32, 64), (64, 32)]  # multiples of 32 (every model's stride), different per sample
 PAN_SIZES = [(128, 160), (160, 128)]  # PAN's pyramid halves the stride-16 map three more times
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: one thread is fastest
+
 
 class VGGGlobal(nn.Module):
     """vgg11_bn's features with a global-pooling head (its own 7×7 adaptive pooling is refused)."""
@@ -99,15 +101,6 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def _first(record: dict, key, value) -> None:
     record.setdefault(key, value)  # a pre-hook returning anything but None would replace the module's input
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small images: one thread is fastest, and on a loaded machine torch's small grouped float64 convolutions (one
-    parallel region per group) spend seconds in thread barriers with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _bn_input_shapes(model, image) -> dict[str, tuple[int, ...]]:

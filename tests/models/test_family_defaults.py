@@ -73,14 +73,6 @@ def _mean_iou(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     return sum(ious) / len(ious)
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: a few seconds of CPU each, without a second OpenMP thread spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("family", sorted(NETWORKS))
 def test_family_trains_from_its_defaults(family, tmp_path, one_thread):
