@@ -92,6 +92,14 @@ def test_bad_settings_are_refused_before_anything_is_written(kind, options, mess
     assert message in str(through.value) and not out.exists()
 
 
+def test_num_classes_is_checked_for_both_kinds(tmp_path):
+    with pytest.raises(ShapeError, match="num_classes"):
+        train_segmentation(_images(2, 0), _images(1, 1), 1, tmp_path / "a", **QUIET)
+    with pytest.raises(ShapeError, match="num_classes"):
+        train_series(_series(2, 0), _series(1, 1), 1.5, tmp_path / "b", **QUIET)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_a_network_of_the_other_kind_is_refused_naming_it(tmp_path):
     with pytest.raises(ShapeError, match=r"UTAE reads image time series .* these are single images"):
         train_segmentation(_images(2, 0), _images(1, 1), len(CLASS_NAMES), tmp_path / "a", epochs=1, **QUIET,

@@ -226,7 +226,8 @@ def count_classes(dataset, num_classes: int, *, kind: Kind = IMAGES, validity_ba
 
 
 def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
-    """``class_names`` as a tuple, one per class (default ``"class 0"``, …)."""
+    """``class_names`` as a tuple, one per class (default ``"class 0"``, …); ``num_classes`` an integer ≥ 2."""
+    check_int(num_classes, "num_classes", 2)
     names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(num_classes))
     if len(names) != num_classes:
         raise ShapeError(f"class_names must name all {num_classes} classes. Received {len(names)} names: {names}.")
