@@ -133,12 +133,15 @@ def _read(path: Path, *, values: bool = False) -> np.ndarray:
     raise UnsupportedError(f"Unsupported file {path} (expected .tif, .tiff, .png or .npy).")
 
 
-def _finite(series: Tensor) -> Tensor:
-    """``(T, H, W)``: where every band of a date is finite, computed date by date (``torch.isfinite`` of the whole
-    series made float temporaries of its size: a 320 MiB series peaked 567 MiB above itself)."""
+def _valid(series: Tensor, nodata: float | None) -> Tensor:
+    """``(T, H, W)``: where every band of a date is finite and none equals ``nodata``, computed date by date
+    (``torch.isfinite`` of the whole series made temporaries of its size: a 320 MiB series peaked 567 MiB above
+    itself)."""
     valid = torch.empty((series.shape[0], *series.shape[2:]), dtype=torch.bool)
     for t in range(series.shape[0]):
         torch.all(torch.isfinite(series[t]), dim=0, out=valid[t])
+        if nodata is not None:
+            valid[t] &= ~(series[t] == nodata).any(dim=0)
     return valid
 
 
@@ -205,9 +208,7 @@ def read_series(path: str | Path, *, band_count: int | None = None, nodata: floa
     if stack.shape[0] == 0:
         raise ShapeError(f"{path}: a series needs at least one date. Received shape {stack.shape}.")
     series = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
-    valid = _finite(series)
-    if nodata is not None:
-        valid &= ~(series == nodata).any(dim=1)
+    valid = _valid(series, nodata)
     if mask is not None:
         valid &= _mask(Path(mask), tuple(valid.shape), path)
     if not with_dates:
@@ -252,9 +253,7 @@ class SeriesWindows:
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
         series = torch.from_numpy(np.ascontiguousarray(flat.reshape(self.steps, self.bands, *flat.shape[-2:])))
         del parts, flat
-        valid = _finite(series)
-        if self._nodata is not None:
-            valid &= ~(series == self._nodata).any(dim=1)
+        valid = _valid(series, self._nodata)
         if self._mask is not None:
             valid &= self._mask[:, rows, cols]
         return series, valid
@@ -513,9 +512,7 @@ class SeriesFolder(Dataset):
         if stack.shape[1] == 0 or stack.shape[0] == 0:
             raise ShapeError(f"{entry}: a series needs at least one date and one band. Received shape {stack.shape}.")
         series = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
-        valid = _finite(series)
-        if self.nodata is not None:
-            valid &= ~(series == self.nodata).any(dim=1)
+        valid = _valid(series, self.nodata)
         if mask_path is not None:
             valid &= _mask(mask_path, (series.shape[0], *size), entry)
         if index not in self._dates:
