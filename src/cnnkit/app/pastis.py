@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit.app.predict import PredictionRun, SeriesInput, days_reference, predict_series
-from cnnkit.app.settings import SETTING_NAMES, settings_for
+from cnnkit.app.settings import pop_settings
 from cnnkit.app.timeseries import SeriesRun, series_spec, train_series
 from cnnkit.data.pastis import FOLD_SPLITS, PASTIS_CLASSES, REFERENCE_DATE, VOID_LABEL, PastisDataset, is_pastis_folder
 from cnnkit.errors import CnnkitError, ShapeError
@@ -75,8 +75,7 @@ def train_pastis(root: str | os.PathLike, out: str | os.PathLike = "cnnkit-run",
     if fixed:
         raise ShapeError(f"{', '.join(fixed)}: set by the PASTIS layout (19 classes, void label 19, the published "
                          f"folds). Received {', '.join(fixed)} for the PASTIS folder {os.fspath(root)!r}.")
-    settings = settings_for("series", kwargs.pop("settings", None),
-                            {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})
+    settings = pop_settings("series", kwargs)
     log = settings.log
     series_spec(kwargs.get("model_spec"), settings.width, settings.hidden,
                 settings.kernel_size)  # the cheap checks first, before the folder is read

@@ -30,7 +30,7 @@ from cnnkit._checks import check_int
 from cnnkit.app.workflow import RARE_CROP_SHARE
 from cnnkit.errors import ShapeError
 
-__all__ = ["KIND_DEFAULTS", "SETTING_NAMES", "TrainSettings", "settings_for"]
+__all__ = ["KIND_DEFAULTS", "SETTING_NAMES", "TrainSettings", "pop_settings", "settings_for"]
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -183,3 +183,16 @@ def settings_for(kind: str, settings: TrainSettings | None, options: Mapping[str
     if settings is not None and not isinstance(settings, TrainSettings):
         raise ShapeError(f"settings must be a cnnkit.app.TrainSettings. Received {type(settings).__name__}.")
     return replace(settings or TrainSettings(), **options).resolved(kind)
+
+
+def pop_settings(kind: str, kwargs: dict) -> TrainSettings:
+    """The settings in a function's ``**kwargs`` — ``settings`` and the fields given by name — taken out of
+    ``kwargs`` (the rest is left for the function) and resolved for ``kind``, as :func:`settings_for` does.
+
+    Examples:
+        >>> kwargs = {"epochs": 2, "model_spec": None}
+        >>> pop_settings("images", kwargs).epochs, kwargs
+        (2, {'model_spec': None})
+    """
+    return settings_for(kind, kwargs.pop("settings", None),
+                        {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})

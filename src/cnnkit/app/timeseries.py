@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cnnkit.app.settings import SETTING_NAMES, TrainSettings, settings_for
+from cnnkit.app.settings import TrainSettings, pop_settings, settings_for
 from cnnkit.app.workflow import (
     SERIES,
     check_class_names,
@@ -453,8 +453,7 @@ def train_series_folder(
     The cheap checks come first, before the folder is read: the network's names (:func:`series_spec`), the training
     options, the device and ``out`` (empty, or a run to ``overwrite`` or ``resume``).
     """
-    settings = settings_for("series", kwargs.pop("settings", None),
-                            {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})
+    settings = pop_settings("series", kwargs)
     seed, log = settings.seed, settings.log
     spec = series_spec(kwargs.get("model_spec"), settings.width, settings.hidden,
                        settings.kernel_size)  # the cheap checks first, before the folder is read

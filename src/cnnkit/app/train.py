@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from cnnkit._checks import check_int
-from cnnkit.app.settings import SETTING_NAMES, TrainSettings, settings_for
+from cnnkit.app.settings import TrainSettings, pop_settings, settings_for
 from cnnkit.app.threads import usable_cores
 from cnnkit.app.weights import build_network, spec_of_weights, weights_source
 from cnnkit.app.workflow import (
@@ -604,8 +604,7 @@ def train_folder(
     """
     from cnnkit.data import SegmentationFolder, Standardized, data_statistics
 
-    settings = settings_for("images", kwargs.pop("settings", None),
-                            {name: kwargs.pop(name) for name in list(kwargs) if name in SETTING_NAMES})
+    settings = pop_settings("images", kwargs)
     seed, log = settings.seed, settings.log
     model_spec = kwargs.pop("model_spec", None)
     weights = kwargs.get("weights")
