@@ -38,7 +38,8 @@ def _series(t, h, w, channels=3, seed=0):
     return series, valid, days
 
 
-@pytest.mark.parametrize("options", [{}, {"basis": "harmonic", "period": 365.0, "phasors": 3}])
+@pytest.mark.parametrize("options", [{}, {"basis": "harmonic", "period": 365.0, "phasors": 3},
+                                     {"basis": "harmonic", "period": 365.0, "harmonics": 2, "phasors": 3}])
 def test_padded_batch_equals_each_series_alone(options):
     """Outputs and weight gradients: sizes that are and are not multiples of 4, lengths 2 to 5 (encoding "modulate";
     "add" is held to the same in tests/data/test_pastis.py); also with the harmonic days and the phasors (averaged
@@ -63,10 +64,12 @@ def test_padded_batch_equals_each_series_alone(options):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize(("encoding", "phasors"), [("add", 0), ("modulate", 0), ("modulate", 2)])
-def test_a_fully_masked_extra_date_changes_nothing(encoding, phasors):
+@pytest.mark.parametrize(("encoding", "phasors", "harmonics"), [("add", 0, None), ("modulate", 0, None),
+                                                               ("modulate", 2, None), ("modulate", 2, 2)])
+def test_a_fully_masked_extra_date_changes_nothing(encoding, phasors, harmonics):
     torch.manual_seed(1)
-    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding=encoding, phasors=phasors).double()
+    basis = {"basis": "harmonic", "harmonics": harmonics} if harmonics is not None else {}
+    net = UTAE(3, 4, encoder_widths=(4, 8, 8), num_heads=2, encoding=encoding, phasors=phasors, **basis).double()
     series, valid, days = _series(4, 11, 14, seed=4)
     reference = net(series[None], valid[None], days[None])
     extra = torch.full((1, 3, 11, 14), 1e6, dtype=torch.float64)

@@ -57,6 +57,25 @@ def test_harmonic_date_encoding_by_hand():
         date_encoding(days, 4, basis="fourier")
 
 
+def test_harmonics_cycle_the_pairs_through_0_to_k_cycles():
+    """harmonics=K: pair i is (sin, cos) of (i mod (K + 1)) cycles per period; 0 cycles is (0, 1)."""
+    days = torch.tensor([[0.0, 37.0, 200.0]], dtype=torch.float64)
+    encoding = date_encoding(days, 14, period=365.0, repeat=2, basis="harmonic", harmonics=2)  # 7 channels a head
+    for t, day in enumerate(days[0].tolist()):
+        by_hand = []
+        for c in range(7):
+            angle = 2 * math.pi * ((c // 2) % 3) * day / 365
+            by_hand.append(math.sin(angle) if c % 2 == 0 else math.cos(angle))
+        torch.testing.assert_close(encoding[0, t], torch.tensor(by_hand * 2, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert (encoding[..., [0, 6, 7, 13]] == 0).all() and (encoding[..., [1, 8]] == 1).all()  # sin 0, cos 0
+    with pytest.raises(ShapeError, match=r"harmonics applies to basis='harmonic' only. Received basis='geometric'"):
+        date_encoding(days, 4, harmonics=2)
+    with pytest.raises(ShapeError, match=r"harmonics"):
+        date_encoding(days, 4, basis="harmonic", harmonics=-1)
+    with pytest.raises(ShapeError, match=r"harmonics applies to basis='harmonic' only"):
+        LTAE2d(4, harmonics=1)
+
+
 def test_collapse_dates_against_a_loop():
     torch.manual_seed(1)
     values, weights = torch.randn(2, 3, 6, 4, 5), torch.rand(2, 2, 3, 4, 5)
@@ -65,6 +84,10 @@ def test_collapse_dates_against_a_loop():
         for t in range(3):
             expected[:, 3 * head:3 * head + 3] += weights[:, head, t, None] * values[:, t, 3 * head:3 * head + 3]
     torch.testing.assert_close(collapse_dates(values, weights), expected)
+    # channels last (each pixel's channels side by side, as UTAE's encoder leaves them): the other code path
+    channels_last = values.reshape(6, 6, 4, 5).contiguous(memory_format=torch.channels_last).reshape(2, 3, 6, 4, 5)
+    assert channels_last.stride(2) == 1
+    torch.testing.assert_close(collapse_dates(channels_last, weights), expected)
     with pytest.raises(ShapeError, match=r"C divisible by the heads"):
         collapse_dates(torch.zeros(1, 3, 5, 2, 2), torch.zeros(1, 2, 3, 2, 2))
 
@@ -95,7 +118,8 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     e = normed @ layer.in_proj.weight[:, :, 0, 0].T + layer.in_proj.bias
     d = layer.d_model // layer.num_heads
     for t, day in enumerate(days[n, valid].tolist()):
-        angles = ([2 * math.pi * (c // 2 + 1) * day / layer.period for c in range(d)] if layer.basis == "harmonic"
+        cycles = [c // 2 + 1 if layer.harmonics is None else (c // 2) % (layer.harmonics + 1) for c in range(d)]
+        angles = ([2 * math.pi * k * day / layer.period for k in cycles] if layer.basis == "harmonic"
                   else [day / 1000.0 ** (2 * (c // 2) / d) for c in range(d)])
         pe = torch.tensor([math.sin(a) if c % 2 == 0 else math.cos(a) for c, a in enumerate(angles)] * layer.num_heads,
                           dtype=x.dtype)
@@ -111,11 +135,11 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     return torch.relu(hidden)
 
 
-@pytest.mark.parametrize(("encoding", "basis"), [("add", "geometric"), ("modulate", "geometric"),
-                                               ("modulate", "harmonic")])
-def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates(encoding, basis):
+@pytest.mark.parametrize(("encoding", "basis", "harmonics"), [("add", "geometric", None), ("modulate", "geometric", None),
+                                                            ("modulate", "harmonic", None), ("modulate", "harmonic", 1)])
+def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates(encoding, basis, harmonics):
     torch.manual_seed(3)
-    layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8, encoding=encoding, basis=basis,
+    layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8, encoding=encoding, basis=basis, harmonics=harmonics,
                    period=365.0 if basis == "harmonic" else 1000.0).double()
     x = torch.randn(2, 4, 6, 3, 3, dtype=torch.float64)
     mask = torch.rand(2, 4, 3, 3) > 0.4

@@ -190,7 +190,7 @@ DEMO_NETWORKS = {
     "SeriesSegNet": ({"width": 8, "hidden": 16, "kernel_size": 1, "harmonics": 2, "phasors": 8, "context": 7}, 1e-2,
                      DEMO_EPOCHS),
     "UTAE": ({"encoder_widths": [16, 16], "d_model": 64, "num_heads": 4, "encoding": "modulate", "basis": "harmonic",
-              "period": 365, "phasors": 8}, 3e-3, 30),
+              "period": 365, "harmonics": 2, "phasors": 8}, 3e-3, 40),
 }
 """The time-series demo's networks by ``--model`` name: ``(the network's arguments, learning rate, epochs)``
 (UTAE was still learning after 18 epochs: 0.777 / 0.752 on seeds 1 / 2, 0.881 / 0.810 after 30). Both read the

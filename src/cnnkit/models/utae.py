@@ -56,9 +56,8 @@ def _block(out_channels: int, first: nn.Module, second: bool = True) -> nn.Modul
 
 
 def _run(block: nn.ModuleList, x: Tensor, keep: Tensor) -> Tensor:
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     for conv, norm in zip(block[0::2], block[1::2]):
-        x = torch.where(keep, F.relu(norm(conv(x))), zero)
+        x = F.relu(norm(conv(x))) * keep
     return x
 
 
@@ -106,6 +105,9 @@ class UTAE(nn.Module):
             times its own sinusoid of the day; see :class:`~cnnkit.nn.LTAE2d`).
         basis: The date encoding's frequencies: ``"geometric"`` (L-TAE's) or ``"harmonic"`` (1, 2, … cycles per
             ``period`` days; :func:`~cnnkit.nn.temporal_attention.date_encoding`).
+        harmonics: With ``basis="harmonic"``: ``K`` ≥ 0 makes the encoding's pairs cycle through ``0 … K`` cycles per
+            ``period`` (0: the features' weighted mean over the dates; 1 … K: their Fourier coefficients), as
+            :class:`~cnnkit.models.SeriesSegNet`'s ``harmonics``; ``None``: ``1, 2, …`` cycles, one per pair.
         phasors: ``P`` ≥ 0 extra channels of the attention's input: ``P`` linear views of each date's bands (a
             1 × 1 convolution without bias or ReLU), averaged over the valid pixels of each ``2^(levels−1)``-pixel
             block of the lowest level (0 where none is valid). The encoder's ReLU features bend a crop's phasor
@@ -129,7 +131,7 @@ class UTAE(nn.Module):
     def __init__(self, in_channels: int = 6, num_classes: int = 5, encoder_widths: Sequence[int] = (16, 32, 32),
                  decoder_widths: Sequence[int] | None = None, num_heads: int = 4, key_channels: int = 4,
                  d_model: int | None = None, period: float = 1000.0, encoding: str = "add",
-                 basis: str = "geometric", phasors: int = 0):
+                 basis: str = "geometric", harmonics: int | None = None, phasors: int = 0):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(num_classes, "num_classes")
@@ -157,7 +159,7 @@ class UTAE(nn.Module):
         self.phasor = nn.Conv2d(in_channels, phasors, 1, bias=False) if phasors else None
         self.attention = LTAE2d(encoder_widths[-1] + phasors, decoder_widths[-1], num_heads=num_heads,
                                 key_channels=key_channels, d_model=d_model or encoder_widths[-1], period=period,
-                                encoding=encoding, basis=basis)
+                                encoding=encoding, basis=basis, harmonics=harmonics)
         self.up = nn.ModuleList([
             nn.ModuleList([nn.ConvTranspose2d(decoder_widths[i + 1], decoder_widths[i], 4, stride=2, padding=1),
                            ChannelNorm(decoder_widths[i])])
@@ -219,24 +221,26 @@ class UTAE(nn.Module):
         if self.phasor is not None:
             block = self.size_multiple
             valid = mask.reshape(n * t, 1, *mask.shape[-2:]).to(x.dtype)
-            linear = self.phasor(x.reshape(n * t, c, *x.shape[-2:]))  # 0 at masked pixels: x is 0 there, no bias
-            total, count = F.avg_pool2d(linear, block), F.avg_pool2d(valid, block)
+            # the block sums of the linear views = the linear views of the block sums (x is 0 at masked pixels and
+            # the 1 × 1 convolution has no bias): pooled first, the convolution runs on 1 / block² of the pixels
+            total = self.phasor(F.avg_pool2d(x.reshape(n * t, c, *x.shape[-2:]), block))
+            count = F.avg_pool2d(valid, block)
             mean = torch.where(count > 0, total / count.clamp_min(torch.finfo(x.dtype).tiny), zero)
             low = torch.cat([low, mean.reshape(n, t, self.phasors, *mean.shape[-2:])], 2)
         embedded, logits = self.attention.embed(low, low_mask, days)
         weights = masked_softmax(logits, low_mask[:, None], 2)
         out = self.attention.mlp(collapse_dates(embedded, weights))
-        out = torch.where(low_mask.any(1)[:, None], out, zero)
+        out = out * low_mask.any(1)[:, None]
         # the decoder, each skip collapsed by the upsampled attention
         for i in reversed(range(self.levels - 1)):
             level_mask = masks[i]
             keep = level_mask.any(1)[:, None]
             conv, norm = self.up[i]
-            out = torch.where(keep, F.relu(norm(conv(out))), zero)
+            out = F.relu(norm(conv(out))) * keep
             level_logits = _upsample_valid(logits, low_mask[:, None], 2 ** (self.levels - 1 - i))
             skip = collapse_dates(skips[i], masked_softmax(level_logits, level_mask[:, None], 2))
             conv, norm = self.decoder[i]
-            out = torch.where(keep, F.relu(norm(conv(torch.cat([out, skip], 1)))), zero)
+            out = F.relu(norm(conv(torch.cat([out, skip], 1)))) * keep
         return self.head(out)[..., :height, :width]
 
     def extra_repr(self) -> str:
