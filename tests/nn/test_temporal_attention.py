@@ -135,8 +135,9 @@ def _reference(layer: LTAE2d, x, mask, days, n, i, j):
     return torch.relu(hidden)
 
 
-@pytest.mark.parametrize(("encoding", "basis", "harmonics"), [("add", "geometric", None), ("modulate", "geometric", None),
-                                                            ("modulate", "harmonic", None), ("modulate", "harmonic", 1)])
+@pytest.mark.parametrize(("encoding", "basis", "harmonics"), [
+    ("add", "geometric", None), ("modulate", "geometric", None), ("modulate", "harmonic", None),
+    ("modulate", "harmonic", 1)])
 def test_ltae_equals_the_per_pixel_reference_and_ignores_masked_dates(encoding, basis, harmonics):
     torch.manual_seed(3)
     layer = LTAE2d(6, 5, num_heads=2, key_channels=3, d_model=8, encoding=encoding, basis=basis, harmonics=harmonics,
