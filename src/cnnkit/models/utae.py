@@ -56,6 +56,8 @@ def _block(out_channels: int, first: nn.Module, second: bool = True) -> nn.Modul
 
 
 def _run(block: nn.ModuleList, x: Tensor, keep: Tensor) -> Tensor:
+    # times the bool mask rather than torch.where (about 10x slower here on the CPU): exact, as every feature map is
+    # finite (the input is zeroed at masked pixels, NaN included, before the first convolution)
     for conv, norm in zip(block[0::2], block[1::2]):
         x = F.relu(norm(conv(x))) * keep
     return x

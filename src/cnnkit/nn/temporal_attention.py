@@ -106,7 +106,7 @@ def date_encoding(days: Tensor, channels: int, period: float = 1000.0, repeat: i
     1)``: under :class:`LTAE2d`'s ``"modulate"`` the first channel is 0 and the second keeps its feature as it is,
     whose attention-weighted sum over the dates is its mean — the level around which the other pairs measure the
     rhythms. (On ``cnnkit demo --time-series`` ``(1, 1)`` instead, both channels kept, reached a five-seed mean IoU of
-    0.891 where ``(0, 1)`` reached 0.937, one run each; docs/timeseries.md.)
+    0.891 where ``(0, 1)`` reached 0.937, one run each; docs/benchmarks.md.)
 
     Args:
         days: ``(N, T)`` days (day of year, or days since a reference date); any real dtype.
