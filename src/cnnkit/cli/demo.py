@@ -24,7 +24,7 @@ from cnnkit.errors import CnnkitError, ShapeError
 def demo(
     out: str = typer.Option("cnnkit-demo", "--out", help="Run folder: logs, checkpoints, report/report.html. Must "
                             "be empty or new, unless --overwrite or --resume."),
-    epochs: int = typer.Option(None, min=1, help="Training epochs (default 24; with --time-series 18, or 30 for "
+    epochs: int = typer.Option(None, min=1, help="Training epochs (default 24; with --time-series 18, or 40 for "
                                "--model UTAE)."),
     seed: int = typer.Option(0, help="Seed of the built-in data set, the weights and the batch order."),
     device: str = typer.Option("cpu", help="'cpu', 'cuda' or 'cuda:<index>'."),

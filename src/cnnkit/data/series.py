@@ -28,6 +28,7 @@ without any, the order of the files is the time axis (:attr:`SeriesFolder.time_a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -293,22 +294,19 @@ def open_series(path: str | Path, *, band_count: int | None = None, nodata: floa
     """
     path = Path(path)
     stacks: list[PageStack] = []
-    try:
+    with contextlib.ExitStack() as opened:  # the pages closed again unless the series is returned
+        opened.callback(lambda: [stack.close() for stack in stacks])
         layout = _window_layout(path, band_count, stacks)
         if layout is None:
-            for stack in stacks:
-                stack.close()
             return None
-    except BaseException:
-        for stack in stacks:
-            stack.close()
-        raise
-    steps, bands, files, carried = layout
-    dates = series_dates(path, steps, files=files, **carried)
-    given = None
-    if mask is not None:
-        given = _mask(Path(mask), (steps, stacks[0].height, stacks[0].width), path)
-    return SeriesWindows(path, stacks, steps, bands, dates, nodata, given)
+        steps, bands, files, carried = layout
+        dates = series_dates(path, steps, files=files, **carried)
+        given = None
+        if mask is not None:
+            given = _mask(Path(mask), (steps, stacks[0].height, stacks[0].width), path)
+        windows = SeriesWindows(path, stacks, steps, bands, dates, nodata, given)
+        opened.pop_all()
+        return windows
 
 
 def _window_layout(path: Path, band_count: int | None, stacks: list[PageStack]):

@@ -174,23 +174,18 @@ def open_scene(path: str | Path, bands: int | None = None, *, external_sources: 
         ((4, 6, 8), ('blue', 'green', 'red', 'nir'), (2, 1, 0))
     """
     text = os.fspath(path)
-    if is_subdataset_name(text):  # NETCDF:"f.nc":var: its file must exist and list it (resolve_raster)
-        raster = Raster(text, bands, external_sources=external_sources)
-        declared = [v for v in raster.nodata if v is not None]
-        scene = _scene(Path(text), raster, raster.shape, bands, raster.georeference,
-                       declared[0] if declared else None, channels_last=False, band_names=raster.descriptions,
-                       colorinterp=raster.colorinterp)
-        scene._stem = subdataset_stem(text)
-        return scene
-    path = Path(path)
+    subdataset = is_subdataset_name(text)  # NETCDF:"f.nc":var: its file must exist and list it (resolve_raster)
+    path = Path(text)
     suffix = path.suffix.lower()
-    if not path.is_file():
+    if not subdataset and not path.is_file():
         raise CnnkitError(f"Input image does not exist: {path}")
-    if suffix in RASTER_EXTENSIONS:
-        raster = Raster(path, bands, external_sources=external_sources)
+    if subdataset or suffix in RASTER_EXTENSIONS:
+        raster = Raster(text if subdataset else path, bands, external_sources=external_sources)
         declared = [v for v in raster.nodata if v is not None]
-        return _scene(path, raster, raster.shape, bands, raster.georeference, declared[0] if declared else None,
-                      channels_last=False, band_names=raster.descriptions, colorinterp=raster.colorinterp)
+        scene = _scene(path, raster, raster.shape, bands, raster.georeference, declared[0] if declared else None,
+                       channels_last=False, band_names=raster.descriptions, colorinterp=raster.colorinterp)
+        scene._stem = subdataset_stem(text) if subdataset else None
+        return scene
     if suffix in PICTURE_EXTENSIONS:
         array = read_picture(path)
         return _scene(path, array, array.shape, bands, channels_last=array.ndim == 3)

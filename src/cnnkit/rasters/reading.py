@@ -218,20 +218,10 @@ class _Source:
                     mask[bands, ys - r0:ye - r0, xs - c0:xe - c0] = True
         return mask
 
-    def read_whole(self) -> np.ndarray:
-        """Every band whole, ``(count, height, width)`` in the file's dtype: one GDAL read, nothing cached (each
-        block decoded once), the dataset closed after it."""
-        with self._lock, raster_errors(self.path, "read"):
-            try:
-                return self._open().read()
-            finally:
-                if self._dataset is not None:
-                    self._dataset.close()
-                    self._dataset = None
-
     def read_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Rows ``r0:r1`` and columns ``c0:c1`` of every band, ``(count, h, w)`` in the file's dtype, by one GDAL read
-        that decodes the blocks the window touches: the dataset opened for it and closed after it, nothing cached."""
+        """Rows ``r0:r1`` and columns ``c0:c1`` of every band (the whole bands when the window is), ``(count, h, w)``
+        in the file's dtype, by one GDAL read that decodes each block the window touches once: the dataset opened
+        for it and closed after it, nothing cached."""
         from rasterio.windows import Window
 
         with self._lock, raster_errors(self.path, "read"):
@@ -700,13 +690,12 @@ class PageStack:
         pixel-interleaved pages of several bands; the file's dtype (``raw``), else float32 with each page's declared
         nodata and sparse blocks as NaN, scale and offset applied. The whole pages when no window is given."""
         (r0, r1), (c0, c1) = _span(rows, self.height), _span(cols, self.width)
-        whole = (r0, r1, c0, c1) == (0, self.height, 0, self.width)
         out_dtype = self.dtype if raw else np.dtype(np.float32)
         size = (r1 - r0, c1 - c0)
         storage = np.empty((self.pages, *size, self.bands) if self.interleaved else (self.pages, self.bands, *size),
                            out_dtype)
         for index, source in enumerate(self._sources):
-            page = source.read_whole() if whole else source.read_window(r0, r1, c0, c1)
+            page = source.read_window(r0, r1, c0, c1)
             target = storage[index].transpose(2, 0, 1) if self.interleaved else storage[index]
             if raw:
                 target[...] = page
